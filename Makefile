@@ -1,0 +1,38 @@
+# emotion-pipeline: set-up and the two Quick-start commands. `make demo` and `make test` each create
+# the virtualenv on first use, so both work on a fresh clone.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+
+# Data: ../shared/data beside the checkout unless EMOTION_DATA_DIR says otherwise.
+export EMOTION_DATA_DIR ?= $(abspath ../shared/data)
+# Prefect's home (SQLite database, settings) and the artefact store stay inside the checkout.
+export PREFECT_HOME ?= $(abspath .emotion/prefect)
+export EMOTION_STORE ?= $(abspath .emotion/store)
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast clean
+
+install: $(STAMP)
+
+# pip is upgraded first: pip 23's resolver backtracks for many minutes over boto3/botocore here.
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)  ## the main job: train-all on cpu-demo, in-process Prefect (local SQLite), local store
+	$(VENV)/bin/emotion train-all deployments/sets/cpu-demo.yaml
+
+test: $(STAMP)  ## the whole test suite (CI runs this)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## everything except the tests marked slow
+	$(PY) -m pytest -q -m "not slow"
+
+clean:
+	rm -rf .emotion

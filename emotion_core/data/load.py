@@ -1,0 +1,133 @@
+"""``load_data``: locate, read, validate, split and subset a dataset into one ``EmotionData``.
+
+Features
+- Steps: locate (``data.path`` -> ``$EMOTION_DATA_DIR`` -> hub) -> read (one reader per format) ->
+  row checks and the ``invalid_rows`` policy -> carve missing splits (test first, then validation, each
+  a share of the *original* train rows, seeded and multi-label stratified) -> seeded subsets
+  (``max_*_samples``) -> table, report and hash.
+- Nothing is silent: dropped rows, carved splits and subsets are all recorded in ``data.report``.
+- Checks are vectorised (polars/numpy); Python loops only word error messages. GoEmotions train+dev
+  (49k rows) loads, validates and splits in ~1.6 s (reading 0.3 s, the stratifier ~1.2 s), plus ~2 s the
+  first time for importing scikit-learn (measured on the shared 2-core machine, under load).
+
+Limits
+- Everything is held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import polars as pl
+
+from emotion_core.config import DataConfig
+from emotion_core.data.dataset import EmotionData
+from emotion_core.data.goemotions import read_goemotions
+from emotion_core.data.hashing import DataHasher
+from emotion_core.data.locate import locate
+from emotion_core.data.report import DataReport
+from emotion_core.data.semeval import read_semeval
+from emotion_core.data.source import ROLES, SourceData
+from emotion_core.data.splits import carve, carved_size, subset
+from emotion_core.data.tabular import read_tabular
+from emotion_core.data.validate import check_rows
+from emotion_core.errors import DataError
+from emotion_core.labels import LabelSchema
+
+log = logging.getLogger(__name__)
+
+Part = tuple[pl.DataFrame, "np.ndarray | None"]
+
+
+def _read(cfg: DataConfig, hasher: DataHasher) -> SourceData:
+    location = locate(cfg)
+    if location.path is None:
+        from emotion_core.data.hub import read_hub
+
+        return read_hub(cfg.dataset, location.tried, hasher)
+    if cfg.dataset == "goemotions":
+        return read_goemotions(location.path, hasher)
+    if cfg.dataset == "semeval2018-ec":
+        return read_semeval(location.path, hasher)
+    return read_tabular(location.path, cfg, hasher)
+
+
+def _percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def _carve_missing(parts: dict[str, Part], cfg: DataConfig, report: DataReport) -> None:
+    n_train = parts["train"][0].height
+    for name, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+        if name in parts:
+            continue
+        frame, labels = parts["train"]
+        # Each carved split is `fraction` of the original train rows, not of what is left.
+        kept, carved = carve(labels, carved_size(fraction, n_train), cfg.seed, what=name)
+        parts[name] = (frame[carved], labels[carved])
+        parts["train"] = (frame[kept], labels[kept])
+        report.carved[name] = (
+            f"{_percent(fraction)} of train ({len(carved)} of {n_train} rows), "
+            f"seeded multi-label stratified (seed {cfg.seed})"
+        )
+
+
+def _subset(parts: dict[str, Part], cfg: DataConfig, report: DataReport) -> None:
+    limits = (("train", cfg.max_train_samples), ("validation", cfg.max_validation_samples), ("test", cfg.max_test_samples))
+    for stream, (name, limit) in enumerate(limits):
+        frame, labels = parts[name]
+        if limit is None or limit >= frame.height:
+            continue
+        keep = subset(frame.height, limit, cfg.seed, stream)
+        parts[name] = (frame[keep], labels[keep])
+        report.subsets[name] = f"{limit} of {frame.height} rows, seeded (seed {cfg.seed})"
+
+
+def _split_frame(name: str, frame: pl.DataFrame, labels: np.ndarray | None, schema: LabelSchema) -> pl.DataFrame:
+    n = frame.height
+    if labels is None:
+        columns = [pl.Series(label, [None] * n, dtype=pl.UInt8) for label in schema.names]
+    else:
+        columns = [pl.Series(label, labels[:, j], dtype=pl.UInt8) for j, label in enumerate(schema.names)]
+    return frame.select("id", "text").with_columns(pl.lit(name, dtype=pl.Utf8).alias("split")).hstack(columns)
+
+
+def load_data(cfg: DataConfig) -> EmotionData:
+    """Read, validate, split and subset the data ``cfg`` describes (see the module docstring)."""
+    started = time.perf_counter()
+    hasher = DataHasher()
+    source = _read(cfg, hasher)
+    rows_read = {raw.role: raw.rows_read for raw in source.raws}
+    dropped = check_rows(source.raws, cfg.invalid_rows)
+    report = DataReport(files=dict(source.files), rows_read=rows_read, dropped=[p.to_dict() for p in dropped])
+    for raw in source.raws:
+        if raw.frame.height == 0:
+            raise DataError(f"no rows left: all {raw.rows_read} row(s) were invalid and dropped", file=raw.file)
+
+    parts: dict[str, Part] = {raw.role: (raw.frame.select("id", "text"), raw.labels) for raw in source.raws}
+    _carve_missing(parts, cfg, report)
+    _subset(parts, cfg, report)
+
+    frames = []
+    for name in ROLES:
+        if name not in parts:
+            continue
+        frame, labels = parts[name]
+        frames.append(_split_frame(name, frame, labels, source.schema))
+        report.rows_used[name] = frame.height
+        if labels is not None:
+            report.label_counts[name] = {
+                label: int(count) for label, count in zip(source.schema.names, labels.sum(axis=0, dtype=np.int64))
+            }
+            report.rows_without_labels[name] = int((labels.sum(axis=1) == 0).sum())
+    table = pl.concat(frames, how="vertical")
+
+    # Options that change which rows are used; the path is left out on purpose (same bytes, same hash).
+    hasher.add_options(cfg.model_dump(mode="json", exclude={"path"}))
+    data = EmotionData(table=table, schema=source.schema, report=report, data_hash=hasher.hexdigest(),
+                       id_column=source.id_column)
+    log.info("loaded %s: %s in %.2f s (%d dropped)", cfg.dataset, report.rows_used,
+             time.perf_counter() - started, len(dropped))
+    return data

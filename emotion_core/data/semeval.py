@@ -1,0 +1,108 @@
+"""SemEval-2018 Task 1 E-c (English) reader: 11 emotions, multi-label, tweets.
+
+Features
+- Official files: tab-separated, header ``ID Tweet anger anticipation disgust fear joy love optimism
+  pessimism sadness surprise trust``, CRLF line endings (stripped), 0/1 labels, read raw (no quoting, as
+  released). Kaggle-style comma-separated CSVs with the same columns are read quote-aware.
+- ``path`` may be one file (train) or a folder: ``train.txt`` (required), ``dev.txt`` -> validation,
+  ``test.txt`` -> test, ``test-unlabelled.txt`` -> predict (also ``.tsv``/``.csv`` and the official
+  ``2018-E-c-En-{train,dev,test-gold,test}.txt`` names). A test file whose every label is ``NONE`` is
+  the unlabelled ``predict`` split (its label columns may also be absent).
+- Label columns are matched by name, so their order in the header does not matter; the schema order is
+  the official one above.
+
+Limits
+- Tab-separated files are not unquoted: a tweet keeps any ``"`` characters it has.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from emotion_core.data.delimited import first_line, parse_delimited, separator_for
+from emotion_core.data.hashing import DataHasher
+from emotion_core.data.source import ROW, RawFile, SourceData
+from emotion_core.data.validate import all_none, binary_label_matrix
+from emotion_core.errors import DataError
+from emotion_core.labels import LabelSchema
+
+LABELS = ("anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust")
+ID, TEXT = "ID", "Tweet"
+FILE_NAMES = {
+    "train": ("train.txt", "train.tsv", "train.csv", "2018-E-c-En-train.txt"),
+    "validation": ("dev.txt", "dev.tsv", "dev.csv", "validation.txt", "validation.csv", "2018-E-c-En-dev.txt"),
+    "test": ("test.txt", "test.tsv", "test.csv", "2018-E-c-En-test-gold.txt"),
+    "predict": ("test-unlabelled.txt", "test-unlabelled.tsv", "test-unlabelled.csv", "2018-E-c-En-test.txt"),
+}
+
+
+def check_columns(columns: list[str], file: str, *, labels_optional: bool) -> bool:
+    """Raise naming missing or unexpected columns; return whether the label columns are present."""
+    required = [ID, TEXT] + ([] if labels_optional and not set(LABELS) & set(columns) else list(LABELS))
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(
+            f"missing column(s) {', '.join(map(repr, missing))}; found: {', '.join(columns)}",
+            file=file,
+            column=missing[0],
+        )
+    extra = [c for c in columns if c not in (ID, TEXT, *LABELS)]
+    if extra:
+        raise DataError(
+            f"unexpected column(s) {', '.join(map(repr, extra))}; a SemEval E-c file has ID, Tweet and the "
+            f"11 emotion columns ({', '.join(LABELS)})",
+            file=file,
+            column=extra[0],
+        )
+    return set(LABELS) <= set(columns)
+
+
+def read_semeval_file(path: Path, role: str, hasher: DataHasher) -> RawFile:
+    data = path.read_bytes()
+    hasher.add_bytes(role, data)
+    sep = separator_for(path, first_line(data))
+    # The official TSVs are not CSV-quoted (a tweet may start with a quote); Kaggle CSVs are.
+    parsed = parse_delimited(data, file=str(path), sep=sep, quoted=sep == ",")
+    has_labels = check_columns(parsed.columns, parsed.file, labels_optional=role in ("test", "predict"))
+    frame = parsed.frame.rename({ID: "id", TEXT: "text"})
+    problems = list(parsed.problems)
+    labels = None
+    if role == "predict" or (role == "test" and (not has_labels or all_none(frame, list(LABELS)))):
+        role = "predict"  # unlabelled: whatever the label columns hold is not read
+    else:
+        labels, label_problems = binary_label_matrix(frame, list(LABELS), parsed.file)
+        problems += label_problems
+    return RawFile(
+        role=role,
+        file=parsed.file,
+        frame=frame.select("id", "text", ROW),
+        labels=labels,
+        rows_read=parsed.rows_read,
+        id_name=ID,
+        text_name=TEXT,
+        problems=problems,
+    )
+
+
+def read_semeval(path: Path, hasher: DataHasher) -> SourceData:
+    """Read a SemEval E-c folder or a single (training) file."""
+    if path.is_dir():
+        files = {}
+        for role, names in FILE_NAMES.items():
+            found = [path / name for name in names if (path / name).is_file()]
+            if found:
+                files[role] = found[0]
+        if "train" not in files:
+            names = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+            raise DataError(f"no train.txt in this SemEval E-c folder (found: {names})", file=str(path))
+    else:
+        files = {"train": path}
+    raws = [read_semeval_file(p, role, hasher) for role, p in files.items()]
+    predict = [raw for raw in raws if raw.role == "predict"]
+    if len(predict) > 1:
+        raise DataError(
+            f"two unlabelled test files ({predict[0].file} and {predict[1].file}); keep one", file=predict[1].file
+        )
+    return SourceData(
+        schema=LabelSchema(LABELS), raws=raws, id_column=ID, files={raw.role: raw.file for raw in raws}
+    )

@@ -1,0 +1,163 @@
+"""Tabular reader: any CSV, TSV or Parquet file with a text column and 0/1 label columns.
+
+Features
+- ``path`` is one file (every row labelled; validation and test are carved from it) or a folder with
+  ``train.*`` and optional ``validation.*`` (or ``dev.*``) and ``test.*`` (``.csv``, ``.tsv``,
+  ``.parquet``). A test file holding none of the label columns is read as the unlabelled ``predict``
+  split (and test is carved from train).
+- Columns: ``text_column``; ``id_column`` (unset: the 1-based row number, named ``row``, prefixed with
+  the role, e.g. ``validation:12``, when several files are read so ids stay unique); ``label_columns``
+  (unset: every column of the train file except text, id and ``ignore_columns``); ``ignore_columns``
+  (may be absent from a file). Any other column is an error, so a typo cannot become a label.
+- CSV/TSV are quote-aware; the separator comes from the extension (``.tsv`` tab, ``.csv`` comma; any
+  other extension: tab if the header has one). Parquet keeps its types: labels may be integer, float,
+  boolean or text 0/1.
+
+Limits
+- Label columns must be 0/1 (multi-label). A single multi-class column has to be one-hot encoded first.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import polars as pl
+
+from emotion_core.config import DataConfig
+from emotion_core.data.delimited import first_line, parse_delimited, separator_for
+from emotion_core.data.hashing import DataHasher
+from emotion_core.data.source import ROW, RawFile, SourceData
+from emotion_core.data.validate import binary_label_matrix
+from emotion_core.errors import DataError
+from emotion_core.labels import LabelSchema
+
+EXTENSIONS = (".csv", ".tsv", ".parquet")
+STEMS = {"train": ("train",), "validation": ("validation", "dev"), "test": ("test",)}
+ROW_ID = "row"
+RESERVED = ("id", "text", "split")
+"""Column names of ``EmotionData.table`` that a label may not take."""
+
+
+def read_table(path: Path, role: str, hasher: DataHasher) -> tuple[pl.DataFrame, list[str], int, list]:
+    """Any supported file -> (frame with ``ROW``, column names, rows read, row problems)."""
+    data = path.read_bytes()
+    hasher.add_bytes(role, data)
+    if path.suffix.lower() == ".parquet":
+        try:
+            frame = pl.read_parquet(io.BytesIO(data))
+        except Exception as exc:  # polars raises several types for a corrupt file
+            raise DataError(f"cannot read as Parquet: {exc}", file=str(path)) from None
+        if frame.height == 0:
+            raise DataError("no data rows", file=str(path))
+        columns = frame.columns
+        frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(ROW))
+        return frame, columns, frame.height, []
+    parsed = parse_delimited(data, file=str(path), sep=separator_for(path, first_line(data)), quoted=True)
+    return parsed.frame, parsed.columns, parsed.rows_read, parsed.problems
+
+
+def _require(columns: list[str], wanted: list[str], file: str, what: str) -> None:
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        raise DataError(
+            f"missing {what} column(s) {', '.join(map(repr, missing))}; found: {', '.join(columns)}",
+            file=file,
+            column=missing[0],
+        )
+
+
+def read_tabular_file(path: Path, role: str, cfg: DataConfig, labels: list[str] | None, row_prefix: str,
+                      hasher: DataHasher) -> tuple[RawFile, list[str]]:
+    """Read one file; ``labels`` None means infer them from this (train) file. Returns the labels used."""
+    file = str(path)
+    frame, columns, rows_read, problems = read_table(path, role, hasher)
+    if "" in columns and "" not in cfg.ignore_columns:
+        raise DataError(
+            f"header column {columns.index('') + 1} has no name (a pandas index written by to_csv? save with "
+            f"index=False, or add \"\" to data.ignore_columns)",
+            file=file,
+        )
+    keys = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else [])
+    _require(columns, keys, file, "text/id" if cfg.id_column else "text")
+    if labels is None:
+        labels = [c for c in columns if c not in keys and c not in cfg.ignore_columns]
+        if not labels:
+            raise DataError(
+                f"no label columns: every column is text, id or ignored ({', '.join(columns)})", file=file
+            )
+    present = [c for c in labels if c in columns]
+    unlabelled = role == "test" and not present
+    if not unlabelled:
+        _require(columns, labels, file, "label")
+    extra = [c for c in columns if c not in keys and c not in labels and c not in cfg.ignore_columns]
+    if extra:
+        raise DataError(
+            f"unexpected column(s) {', '.join(map(repr, extra))}: not the text, id or a label column; "
+            f"list them in data.ignore_columns (or data.label_columns)",
+            file=file,
+            column=extra[0],
+        )
+    clash = [c for c in labels if c in RESERVED]
+    if clash:
+        raise DataError(f"a label column may not be named {clash[0]!r} (reserved); rename it", file=file, column=clash[0])
+
+    if cfg.id_column:
+        ids = pl.col(cfg.id_column).cast(pl.Utf8)
+    else:
+        ids = pl.format(f"{row_prefix}{{}}", pl.col(ROW)) if row_prefix else pl.col(ROW).cast(pl.Utf8)
+    label_matrix = None
+    if not unlabelled:
+        # When the labels were inferred, a stray non-label column is the likely cause of a bad value.
+        hint = "" if cfg.label_columns else " (if {column!r} is not a label, add it to data.ignore_columns)"
+        label_matrix, label_problems = binary_label_matrix(frame, labels, file, hint=hint)
+        problems = problems + label_problems
+    raw = RawFile(
+        role="predict" if unlabelled else role,
+        file=file,
+        frame=frame.select(ids.alias("id"), pl.col(cfg.text_column).cast(pl.Utf8).alias("text"), ROW),
+        labels=label_matrix,
+        rows_read=rows_read,
+        id_name=cfg.id_column or ROW_ID,
+        text_name=cfg.text_column,
+        problems=problems,
+    )
+    return raw, labels
+
+
+def find_tabular_files(folder: Path) -> dict[str, Path]:
+    files: dict[str, Path] = {}
+    for role, stems in STEMS.items():
+        found = [p for p in sorted(folder.iterdir()) if p.stem in stems and p.suffix.lower() in EXTENSIONS]
+        if len(found) > 1:
+            raise DataError(
+                f"several {role} files ({', '.join(p.name for p in found)}); keep one", file=str(folder)
+            )
+        if found:
+            files[role] = found[0]
+    if "train" not in files:
+        names = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
+        raise DataError(f"no train.csv, train.tsv or train.parquet in this folder (found: {names})", file=str(folder))
+    return files
+
+
+def read_tabular(path: Path, cfg: DataConfig, hasher: DataHasher) -> SourceData:
+    """Read a tabular file (train only) or folder (train + optional validation/test)."""
+    if path.is_dir():
+        files = find_tabular_files(path)
+    else:
+        if path.suffix.lower() not in EXTENSIONS + (".txt",):
+            raise DataError(f"unsupported file type {path.suffix!r}; use .csv, .tsv or .parquet", file=str(path))
+        files = {"train": path}
+    labels = list(cfg.label_columns) if cfg.label_columns else None
+    raws = []
+    for role, file_path in files.items():
+        prefix = f"{role}:" if len(files) > 1 and not cfg.id_column else ""
+        raw, labels = read_tabular_file(file_path, role, cfg, labels, prefix, hasher)
+        raws.append(raw)
+    return SourceData(
+        schema=LabelSchema(tuple(labels)),
+        raws=raws,
+        id_column=cfg.id_column or ROW_ID,
+        files={raw.role: raw.file for raw in raws},
+    )

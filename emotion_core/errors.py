@@ -1,0 +1,58 @@
+"""User-facing errors.
+
+Every error a user can cause (bad data, bad config, unknown model, unreachable store) is an
+``EmotionError``: the CLI prints its message without a traceback and exits with status 2.
+Errors name where the problem is (file, row, column or config field) so it can be fixed
+without reading code.
+"""
+
+from __future__ import annotations
+
+
+class EmotionError(Exception):
+    """Base class for errors caused by input the user controls."""
+
+
+class ConfigError(EmotionError):
+    """A configuration file or value is invalid. The message names the file and field."""
+
+
+class DataError(EmotionError):
+    """A data file is invalid or cannot be found.
+
+    ``row`` is the 1-based data row (the header, if any, is not counted), so row 1 is the
+    first record of the file.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        row: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.file = file
+        self.row = row
+        self.column = column
+        self.reason = message
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if row is not None:
+            where.append(f"row {row}")
+        if column is not None:
+            where.append(f"column '{column}'")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ModelError(EmotionError):
+    """A model id or path cannot be resolved, or a model does not fit its config."""
+
+
+class StoreError(EmotionError):
+    """The artefact store is unreachable, or a run in it is missing or incomplete."""
+
+
+class RunFailed(EmotionError):
+    """One or more runs of a config set failed; the message names each config and its error."""

@@ -1,0 +1,179 @@
+"""Multi-label classification metrics.
+
+Features
+--------
+- ``sigmoid``: numerically stable logistic function (no overflow for large ``|logit|``), float64 out.
+- ``multilabel_metrics``: one JSON-serialisable dict (plain ``float``/``int``/``bool``/``str``/``list``)
+  with every number the project reports for a set of 0/1 predictions:
+
+  * micro / macro / weighted F1, micro and macro precision and recall;
+  * ``subset_accuracy`` (exact-match ratio: every label of a row right);
+  * ``jaccard_samples``, the official SemEval-2018 Task 1 E-c score: the mean over rows of
+    ``|T ∩ P| / |T ∪ P|``;
+  * ``hamming_loss`` (fraction of wrong cells);
+  * ``n_samples``, ``n_labels``;
+  * diagnostics that flag degenerate models: ``labels_never_predicted`` (names) and
+    ``no_positive_predictions`` (``True`` when every row has no predicted label);
+  * ``per_label``: ``{name: {precision, recall, f1, support, predicted_positives}}``.
+
+Conventions (choices, not facts -- keep them when comparing numbers across runs)
+-----------------------------------------------------------------------------------
+- ``zero_division=0`` for precision, recall and F1: a label never predicted has precision 0, a label
+  with no true positives in the data has recall 0, and a label absent from both truth and prediction
+  has F1 0. This is the conservative choice: a degenerate model ("never predict anything") cannot
+  score well by dividing by zero, and macro averages are over *all* labels, so they are comparable
+  between runs. The price: a label with no support in a split pulls its macro averages down even
+  when the model is right to never predict it; look at ``per_label[...]["support"]``.
+- ``jaccard_samples``: a row with no true label and no predicted label scores **1.0** (prediction
+  and truth agree exactly). This is how the SemEval E-c scorer treats "neutral" rows, and it is
+  scikit-learn's ``jaccard_score(average="samples", zero_division=1.0)``. With scikit-learn's default
+  such rows are undefined (warned, scored 0), which would punish a model for correctly predicting
+  "no emotion". It is computed by hand (three vectorised lines) so that the rule lives here, visible,
+  and works for a single label, where scikit-learn refuses sample-wise metrics.
+
+Limits
+------
+- Inputs must be dense ``(n, L)`` arrays of 0/1 (bool, integer or float holding exactly 0.0/1.0),
+  with ``n >= 1`` and ``L == len(label_names)``; anything else raises ``ValueError`` naming the problem.
+  Sparse matrices and label-index lists are not accepted.
+- With ``L == 1`` scikit-learn sees a binary column, not a multi-label matrix; the label is then
+  scored as the positive class (``labels=[1]``) so the numbers mean the same as for ``L >= 2``.
+- Metrics are for hard 0/1 predictions; turning probabilities into predictions is
+  ``emotion_core.thresholds``' job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.special import expit
+from sklearn.metrics import accuracy_score, hamming_loss, precision_recall_fscore_support
+
+__all__ = ["sigmoid", "multilabel_metrics"]
+
+# P/R/F1 value when a denominator is zero; see the module docstring for why 0.
+ZERO_DIVISION = 0.0
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Logistic function ``1 / (1 + exp(-x))``, element-wise, as float64, any shape.
+
+    ``scipy.special.expit`` is used because the textbook formula overflows ``exp(-x)`` for
+    ``x << 0`` (``exp(1000)`` is ``inf`` with a RuntimeWarning); expit evaluates the stable branch
+    for each sign, so ``sigmoid(-1000) == 0.0`` and ``sigmoid(1000) == 1.0`` without warnings.
+    NaN stays NaN (not validated here: logits come from a model, and NaN there is a model bug the
+    caller should see, not a silent 0.5).
+    """
+    return expit(np.asarray(logits, dtype=np.float64))
+
+
+def _as_binary_matrix(name: str, values: Any) -> np.ndarray:
+    """Validate a 2-D 0/1 matrix and return it as uint8. ``name`` is used in error messages."""
+    arr = np.asarray(values)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n_samples, n_labels) array, got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"{name} has no rows (shape {arr.shape}); metrics need at least one sample")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no label columns (shape {arr.shape})")
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} must hold numbers 0/1, got dtype {arr.dtype}")
+    bad = (arr != 0) & (arr != 1)  # NaN compares unequal to both, so it is caught here too
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must contain only 0 and 1; found {arr[row, col].item()!r} at row {row}, column {col} "
+            f"({int(bad.sum())} bad value(s) in total)"
+        )
+    return arr.astype(np.uint8)
+
+
+def _check_label_names(label_names: Sequence[str], n_labels: int) -> list[str]:
+    if isinstance(label_names, str):
+        # A bare string is a Sequence[str] of characters: almost certainly a caller mistake.
+        raise ValueError("label_names must be a sequence of names, not a single string")
+    names = list(label_names)
+    if len(names) != n_labels:
+        raise ValueError(f"label_names has {len(names)} names but the arrays have {n_labels} label columns")
+    for nm in names:
+        if not isinstance(nm, str):
+            raise ValueError(f"label names must be strings, got {nm!r}")
+    dupes = sorted({nm for nm in names if names.count(nm) > 1})
+    if dupes:
+        # per_label is keyed by name: a duplicate would silently overwrite another label's numbers.
+        raise ValueError(f"duplicate label names: {', '.join(dupes)}")
+    return names
+
+
+def _jaccard_samples(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean over rows of |T ∩ P| / |T ∪ P|; a row with an empty union scores 1.0 (see module doc)."""
+    inter = np.logical_and(y_true, y_pred).sum(axis=1)
+    union = np.logical_or(y_true, y_pred).sum(axis=1)
+    per_row = np.divide(inter, union, out=np.ones(len(union), dtype=np.float64), where=union > 0)
+    return float(per_row.mean())
+
+
+def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequence[str]) -> dict:
+    """All reported metrics for 0/1 predictions ``y_pred`` against ``y_true``, both ``(n, L)``.
+
+    Returns a JSON-serialisable dict; keys and conventions are listed in the module docstring.
+    Raises ``ValueError`` for shape mismatches, non-0/1 values, or label names that do not match
+    the columns.
+    """
+    yt = _as_binary_matrix("y_true", y_true)
+    yp = _as_binary_matrix("y_pred", y_pred)
+    if yt.shape != yp.shape:
+        raise ValueError(f"y_true and y_pred must have the same shape, got {yt.shape} and {yp.shape}")
+    n, n_labels = yt.shape
+    names = _check_label_names(label_names, n_labels)
+
+    # scikit-learn reads an (n, 1) matrix as a binary column, not as multi-label; score that one
+    # label as the positive class so P/R/F1 mean the same thing for every L.
+    if n_labels == 1:
+        sk_true, sk_pred, sk_labels = yt[:, 0], yp[:, 0], [1]
+    else:
+        sk_true, sk_pred, sk_labels = yt, yp, None
+    kw = {"labels": sk_labels, "zero_division": ZERO_DIVISION}
+
+    precision, recall, f1, _ = precision_recall_fscore_support(sk_true, sk_pred, average=None, **kw)
+    # One call per average gives P, R and F1 together (f1_score / precision_score / recall_score
+    # would each redo the same input validation and confusion counts: 2x slower on 5k x 28).
+    averaged = {
+        avg: precision_recall_fscore_support(sk_true, sk_pred, average=avg, **kw)[:3]
+        for avg in ("micro", "macro", "weighted")
+    }
+    support = yt.sum(axis=0)
+    predicted_positives = yp.sum(axis=0)
+
+    result: dict[str, Any] = {
+        "micro_f1": float(averaged["micro"][2]),
+        "macro_f1": float(averaged["macro"][2]),
+        "weighted_f1": float(averaged["weighted"][2]),
+        "micro_precision": float(averaged["micro"][0]),
+        "micro_recall": float(averaged["micro"][1]),
+        "macro_precision": float(averaged["macro"][0]),
+        "macro_recall": float(averaged["macro"][1]),
+        # accuracy_score on a multi-label matrix is the exact-match (subset) ratio.
+        "subset_accuracy": float(accuracy_score(sk_true, sk_pred)),
+        "jaccard_samples": _jaccard_samples(yt, yp),
+        "hamming_loss": float(hamming_loss(sk_true, sk_pred)),
+        "n_samples": int(n),
+        "n_labels": int(n_labels),
+        "labels_never_predicted": [nm for nm, c in zip(names, predicted_positives) if c == 0],
+        "no_positive_predictions": bool(predicted_positives.sum() == 0),
+        "per_label": {
+            nm: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                "predicted_positives": int(predicted_positives[i]),
+            }
+            for i, nm in enumerate(names)
+        },
+    }
+    return result

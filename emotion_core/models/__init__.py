@@ -1,0 +1,12 @@
+"""Model families. Each family module exposes the same plain functions (no base class):
+
+- ``build(cfg, schema, train_texts, train_labels) -> Family``: a ready-to-train model with its
+  featurizer/tokenizer, datasets builder, collator and optimizer parameter groups;
+- ``load(folder) -> Family``: the same, restored from a run's ``model/`` folder.
+
+``emotion_core.models.build_family`` and ``load_family`` dispatch on ``cfg.model.family``.
+"""
+
+from emotion_core.models.family import Family, build_family, load_family
+
+__all__ = ["Family", "build_family", "load_family"]

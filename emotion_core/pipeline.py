@@ -1,0 +1,155 @@
+"""The training recipe, top to bottom: one config in, one published run out.
+
+    load + validate data -> build the model family -> fit (HF Trainer) -> predict validation/test
+    -> tune thresholds on validation -> metrics -> write artefacts -> manifest last -> publish
+
+Everything is written into a private staging folder; on any error it is discarded, so the store
+never holds half a run. Prefect tasks call these functions; nothing here knows about Prefect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+
+from emotion_core import environment
+from emotion_core.config import RunConfig
+from emotion_core.data import EmotionData, load_data
+from emotion_core.metrics import sigmoid
+from emotion_core.models import build_family
+from emotion_core.runs import file_inventory, write_config, write_json, write_logits
+from emotion_core.store import LocalStore
+from emotion_core.thresholds import evaluate_policies
+from emotion_core.training.fit import fit
+from emotion_core.training.predict import predict_logits
+
+log = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+
+
+def make_run_id(cfg: RunConfig, data_hash: str, now: datetime) -> str:
+    """``<config>-<UTC time>-<8 hex of config + data>``: sortable, readable, unique per content."""
+    content = json.dumps(cfg.model_dump(mode="json"), sort_keys=True) + data_hash
+    return f"{cfg.name}-{now:%Y%m%dT%H%M%SZ}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+
+
+def quality_flags(evaluation: dict, policy: str) -> list[dict]:
+    """Warnings a reader of the summary must see: a model that predicts nothing is not a model."""
+    flags = []
+    if evaluation["validation"]["fixed"]["no_positive_predictions"]:
+        flags.append({"code": "no_predictions_at_0.5",
+                      "message": "validation predictions are empty for every label at threshold 0.5 (collapsed towards 'no label')"})
+    if evaluation["validation"][policy]["no_positive_predictions"]:
+        flags.append({"code": "no_predictions",
+                      "message": f"validation predictions are empty for every label at the run's {policy} thresholds"})
+    never = evaluation["validation"][policy]["labels_never_predicted"]
+    if never:
+        flags.append({"code": "labels_never_predicted", "message": f"never predicted on validation: {', '.join(never)}"})
+    return flags
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total}
+
+
+def train_config(cfg: RunConfig, store: LocalStore, data: EmotionData | None = None) -> str:
+    """Train ``cfg``, publish the run into ``store`` and return the run's URI."""
+    started_at = datetime.now(timezone.utc)
+    started = time.perf_counter()
+    environment.reset_peak_memory()
+    data = data if data is not None else load_data(cfg.data)
+    schema = data.schema
+    run_id = make_run_id(cfg, data.data_hash, started_at)
+    staging = store.staging(run_id)
+    log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
+             len(data.split("train")), len(data.split("validation")))
+    try:
+        train_labels = data.labels("train")
+        family = build_family(cfg, schema, data.texts("train"), train_labels)
+        train_dataset = family.make_dataset(data.texts("train"), train_labels)
+        validation_labels = data.labels("validation")
+        validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
+
+        stats = fit(cfg, family, train_dataset, validation_dataset, validation_labels, staging / "checkpoints")
+        shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the best weights are in memory now
+
+        batch = cfg.training.eval_batch_size
+        splits = ["validation"] + (["test"] if len(data.split("test")) else [])
+        logits = {split: predict_logits(family, data.texts(split), batch) for split in splits}
+        evaluation = evaluate_policies(
+            schema.names,
+            validation_labels, sigmoid(logits["validation"]),
+            data.labels("test") if "test" in logits else None,
+            sigmoid(logits["test"]) if "test" in logits else None,
+        )
+
+        (staging / "model").mkdir()
+        family.save(staging / "model")
+        for split in splits:
+            write_logits(staging / "logits" / f"{split}.parquet", data.ids(split), logits[split], schema)
+        write_config(staging / "config.yaml", cfg)
+        (staging / "labels.json").write_text(schema.to_json(), encoding="utf-8")
+        write_json(staging / "thresholds.json", {
+            "policy": cfg.threshold_policy,
+            "tuned_on": "validation",
+            "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
+        })
+        write_json(staging / "metrics.json", {k: v for k, v in evaluation.items() if k != "thresholds"})
+        write_json(staging / "data_report.json", data.report.to_dict())
+        write_json(staging / "train_log.json", stats.log_history)
+
+        policy = cfg.threshold_policy
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "run_id": run_id,
+            "status": "completed",
+            "config_name": cfg.name,
+            "family": cfg.model.family,
+            "model": getattr(cfg.model, "model", cfg.model.family),
+            "started_at": started_at.isoformat(),
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+            "config": cfg.model_dump(mode="json"),
+            "data": {"dataset": cfg.data.dataset, "hash": data.data_hash, "labels": list(schema.names),
+                     "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")}},
+            "parameters": count_parameters(family.model),
+            "timing": {
+                "wall_seconds": round(time.perf_counter() - started, 2),
+                "train_seconds": round(stats.train_seconds, 2),
+                "validation_seconds_during_training": round(stats.eval_seconds, 2),
+                "train_samples_per_second": round(stats.train_samples_per_second, 2),
+                "epochs_completed": stats.epochs_completed,
+                "steps": stats.steps,
+            },
+            "precision": stats.precision,
+            "memory": environment.peak_memory(),
+            "device": environment.device_facts(),
+            "versions": environment.package_versions(),
+            "git": environment.git_commit(),
+            "threshold_policy": policy,
+            "summary": {
+                split: {p: {"macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "jaccard_samples": m["jaccard_samples"],
+                            "subset_accuracy": m["subset_accuracy"]} for p, m in evaluation[split].items()}
+                for split in splits
+            },
+            "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
+            "flags": quality_flags(evaluation, policy),
+        }
+        manifest["files"] = file_inventory(staging)
+        write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
+        uri = store.publish(staging, run_id)
+    except BaseException:
+        store.discard(staging)
+        raise
+    for flag in manifest["flags"]:
+        log.warning("run %s: %s", run_id, flag["message"])
+    log.info("run %s published: %s", run_id, uri)
+    return uri

@@ -1,0 +1,95 @@
+"""Comparison table of a config set: one row per config, completed or failed.
+
+Features
+- Reads only run manifests (the run is the single source of truth); a failed config appears as a
+  row with status ``failed`` and its error, never silently missing.
+- Headline metrics at the run's threshold policy (named in a column), validation and test.
+- Markdown (for people, Prefect artifacts) and CSV (for tools), written atomically.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from emotion_core.store.local import atomic_write_text
+
+COLUMNS = [
+    "config", "status", "family", "model", "thresholds", "val_macro_f1", "val_micro_f1", "test_macro_f1",
+    "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
+    "train_seconds", "peak_rss_mb", "peak_gpu_mb", "flags", "run_id", "error",
+]
+
+
+def _row(entry: dict) -> dict:
+    manifest = entry.get("manifest")
+    if manifest is None:
+        return {"config": entry["config"], "status": entry.get("status", "failed"), "error": entry.get("error", "")}
+    policy = manifest["threshold_policy"]
+    summary = manifest["summary"]
+    test = summary.get("test", {}).get(policy, {})
+    return {
+        "config": manifest["config_name"],
+        "status": manifest["status"],
+        "family": manifest["family"],
+        "model": manifest["model"],
+        "thresholds": policy,
+        "val_macro_f1": summary["validation"][policy]["macro_f1"],
+        "val_micro_f1": summary["validation"][policy]["micro_f1"],
+        "test_macro_f1": test.get("macro_f1"),
+        "test_micro_f1": test.get("micro_f1"),
+        "test_jaccard": test.get("jaccard_samples"),
+        "trainable_params": manifest["parameters"]["trainable"],
+        "train_rows": manifest["data"]["rows"]["train"],
+        "epochs": manifest["timing"]["epochs_completed"],
+        "train_samples_per_s": manifest["timing"]["train_samples_per_second"],
+        "train_seconds": manifest["timing"]["train_seconds"],
+        "peak_rss_mb": manifest["memory"]["peak_rss_mb"],
+        "peak_gpu_mb": manifest["memory"]["peak_gpu_allocated_mb"],
+        "flags": "; ".join(f["code"] for f in manifest["flags"]),
+        "run_id": manifest["run_id"],
+        "error": "",
+    }
+
+
+def comparison_table(entries: list[dict]) -> pl.DataFrame:
+    """``entries``: ``{"config", "manifest"}`` for completed runs, ``{"config", "status", "error"}`` for failed ones.
+
+    Completed rows are sorted by validation macro-F1 (best first); failed rows follow.
+    """
+    rows = [_row(e) for e in entries]
+    frame = pl.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], schema_overrides={
+        "val_macro_f1": pl.Float64, "val_micro_f1": pl.Float64, "test_macro_f1": pl.Float64, "test_micro_f1": pl.Float64,
+        "test_jaccard": pl.Float64, "trainable_params": pl.Int64, "train_rows": pl.Int64, "epochs": pl.Float64,
+        "train_samples_per_s": pl.Float64, "train_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "peak_gpu_mb": pl.Float64,
+    }, infer_schema_length=None)
+    return frame.sort(["status", "val_macro_f1"], descending=[False, True], nulls_last=True)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(frame: pl.DataFrame, columns: list[str] | None = None) -> str:
+    columns = columns or [c for c in frame.columns if c not in ("run_id",)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in frame.select(columns).iter_rows():
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(frame: pl.DataFrame, folder: Path, title: str) -> dict[str, Path]:
+    """Write ``comparison.md`` and ``comparison.csv`` into ``folder``; return their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = f"# {title}\n\nMetrics at each run's threshold policy (tuned on validation only).\n\n" + to_markdown(frame)
+    md, csv = folder / "comparison.md", folder / "comparison.csv"
+    atomic_write_text(md, markdown)
+    atomic_write_text(csv, frame.write_csv())
+    return {"markdown": md, "csv": csv}

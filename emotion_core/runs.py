@@ -1,0 +1,93 @@
+"""The run: the one artefact everything downstream reads.
+
+Layout of a run folder (``runs/<run_id>/``), manifest written last:
+    manifest.json       config, data hash, versions, git commit, device, timings, memory, parameters,
+                        headline metrics, flags, and the size + sha256 of every other file
+    config.yaml         the validated config the run used
+    labels.json         the label schema (column order of every matrix below)
+    model/              weights (safetensors) and what rebuilds the inputs (tokenizer / featurizer)
+    logits/{validation,test}.parquet   id + one float32 logit column per label
+    thresholds.json     tuned thresholds of every policy, and the policy predictions use
+    metrics.json        every metric, per split and threshold policy (each says which thresholds)
+    data_report.json    what was read, carved, subset and dropped
+    train_log.json      the trainer's log history (loss, learning rate, validation scores)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+
+from emotion_core.config import RunConfig, parse_run_config
+from emotion_core.labels import LabelSchema
+from emotion_core.store.local import MANIFEST, atomic_write_text, resolve_run_folder
+
+
+def write_json(path: Path, payload) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n")
+
+
+def write_logits(path: Path, ids: list[str], logits: np.ndarray, schema: LabelSchema) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pl.DataFrame({"id": ids, **{name: logits[:, i].astype(np.float32) for i, name in enumerate(schema.names)}})
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    tmp.replace(path)
+
+
+def file_inventory(folder: Path) -> dict[str, dict]:
+    """Size and sha256 of every file under ``folder`` except the manifest (which lists them)."""
+    inventory = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        inventory[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    return inventory
+
+
+def write_config(path: Path, cfg: RunConfig) -> None:
+    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+@dataclass
+class Run:
+    """A complete run read back from its folder."""
+
+    folder: Path
+    manifest: dict
+    config: RunConfig
+    schema: LabelSchema
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+    def thresholds(self, policy: str | None = None) -> np.ndarray:
+        """Thresholds of ``policy`` (default: the one the run's predictions use), in label order."""
+        payload = json.loads((self.folder / "thresholds.json").read_text(encoding="utf-8"))
+        chosen = policy or payload["policy"]
+        return np.asarray([payload["thresholds"][chosen][name] for name in self.schema.names], dtype=np.float64)
+
+    def logits(self, split: str) -> tuple[list[str], np.ndarray]:
+        frame = pl.read_parquet(self.folder / "logits" / f"{split}.parquet")
+        return frame["id"].to_list(), frame.select(list(self.schema.names)).to_numpy().astype(np.float32)
+
+    def metrics(self) -> dict:
+        return json.loads((self.folder / "metrics.json").read_text(encoding="utf-8"))
+
+
+def read_run(ref: str | Path) -> Run:
+    """Open a complete run from a folder or ``file://`` URI (``StoreError`` if incomplete)."""
+    folder = resolve_run_folder(ref)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    config = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")), str(folder / "config.yaml"))
+    schema = LabelSchema.read(folder / "labels.json")
+    return Run(folder, manifest, config, schema)

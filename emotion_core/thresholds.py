@@ -1,0 +1,237 @@
+"""Decision thresholds: turn per-label probabilities into 0/1 predictions.
+
+Features
+--------
+- Three policies (``POLICIES``):
+
+  * ``"fixed"``: 0.5 for every label; nothing is tuned.
+  * ``"global"``: one threshold shared by all labels, the grid value that maximises **macro-F1**
+    over all labels jointly (macro, not micro, so rare emotions count as much as frequent ones).
+  * ``"per_label"``: each label gets the grid value that maximises its own F1.
+
+- ``tune_thresholds`` is vectorised: every probability is bucketed once against the sorted grid
+  (``np.searchsorted``) and TP / predicted-positive counts for every (label, grid value) come from
+  one ``bincount`` plus a reversed cumulative sum, so the cost is O(n*L*log G + L*G) time and
+  O(L*G) extra memory -- no (n, L, G) boolean cube. 5,426 x 28 with 99 grid points takes a few ms.
+- ``apply_thresholds`` uses ``prob >= threshold``; the tuning counts use the very same comparison,
+  so the F1 found while tuning is exactly the F1 obtained by applying the thresholds.
+- ``evaluate_policies`` tunes every policy on the **validation** split only and applies the same
+  thresholds to the test split, labelling every metrics dict with the policy and the split its
+  thresholds were tuned on. Test data never influences a threshold.
+
+Conventions
+-----------
+- Default grid: 0.01, 0.02, ..., 0.99 (99 values, ``np.arange(1, 100) / 100``). 0 and 1 are left
+  out: "predict every row" and "predict (almost) no row" are never useful operating points, and a
+  step of 0.01 is finer than the noise of F1 on a few thousand validation rows. It contains 0.5,
+  so a tuned policy can never do worse than ``fixed`` on the split it was tuned on.
+- Ties (several grid values give the same best F1, common on small splits where F1 is flat over
+  a range) go to the value **closest to 0.5**; an exact tie in distance goes to the lower value.
+  Why: the flat range only tells us that validation cannot separate those values; 0.5 is the
+  calibrated default, so the closest one moves least from it and is the most stable choice on new
+  data (an extreme value chosen by accident of grid order would often be a fluke).
+  F1 values within 1e-12 are treated as equal, so floating-point summation order cannot break a tie.
+- ``per_label``: a label with no positive in ``y_true`` gets 0.5. Its F1 is 0 at every threshold
+  (no true positive is possible), so there is nothing to tune; 0.5 keeps the untuned default
+  rather than an arbitrary grid end (0.5 even when a custom grid does not contain it).
+- ``global``: the single value is used for every label, including labels without positives
+  (their F1 is 0 at every threshold, so they do not influence which value is chosen).
+- F1 uses ``zero_division=0``, as ``emotion_core.metrics`` does, so the macro-F1 maximised here
+  is exactly the ``macro_f1`` reported for the same predictions.
+
+Limits
+------
+- Probabilities must be finite and in [0, 1] (apply ``metrics.sigmoid`` to logits first); grid
+  values must be finite, in [0, 1]; otherwise ``ValueError``.
+- Thresholds are tuned for F1 only; other objectives (precision at fixed recall, cost-weighted)
+  are not implemented.
+- Tuning on a small validation split overfits it: validation numbers of tuned policies are
+  optimistic by construction; only the test numbers are unbiased.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from emotion_core.metrics import _as_binary_matrix, _check_label_names, multilabel_metrics
+
+__all__ = [
+    "POLICIES",
+    "DEFAULT_GRID",
+    "FIXED_THRESHOLD",
+    "tune_thresholds",
+    "apply_thresholds",
+    "evaluate_policies",
+]
+
+POLICIES = ("fixed", "global", "per_label")
+FIXED_THRESHOLD = 0.5
+# integer / 100 is correctly rounded, so 0.3 here is the same double as the literal 0.3.
+DEFAULT_GRID = np.arange(1, 100) / 100
+# F1 values closer than this are a tie (they differ only by floating-point summation order).
+_TIE_TOL = 1e-12
+
+
+def _as_prob_matrix(name: str, values: Any) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (n_samples, n_labels) array, got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
+        raise ValueError(f"{name} must hold probabilities, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if arr.min() < 0.0 or arr.max() > 1.0:
+        raise ValueError(
+            f"{name} must hold probabilities in [0, 1], got range [{arr.min()}, {arr.max()}] "
+            "(apply emotion_core.metrics.sigmoid to logits first)"
+        )
+    return arr
+
+
+def _as_grid(grid: Any) -> np.ndarray:
+    if grid is None:
+        return DEFAULT_GRID.copy()
+    g = np.asarray(grid, dtype=np.float64)
+    if g.ndim != 1 or g.size == 0:
+        raise ValueError(f"grid must be a non-empty 1-D array of thresholds, got shape {g.shape}")
+    if not np.isfinite(g).all() or g.min() < 0.0 or g.max() > 1.0:
+        raise ValueError("grid values must be finite and in [0, 1]")
+    # Sorted and unique: searchsorted needs order, and duplicates would only duplicate ties.
+    return np.unique(g)
+
+
+def _f1_table(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """F1 of every label at every grid value, shape (L, G), zero_division=0.
+
+    ``k = searchsorted(grid, p, side="right")`` is the number of grid values ``<= p``, so ``p`` is
+    predicted positive at grid index ``g`` exactly when ``g < k`` -- the same ``p >= t`` rule as
+    ``apply_thresholds``. Counting rows per (label, k) and summing from the top gives, for each g,
+    how many rows (all / positive) have ``k > g``.
+    """
+    n, n_labels = probs.shape
+    n_grid = grid.size
+    k = np.searchsorted(grid, probs, side="right")  # (n, L) in 0..G
+    flat = (np.arange(n_labels)[None, :] * (n_grid + 1) + k).ravel()
+    size = n_labels * (n_grid + 1)
+    all_counts = np.bincount(flat, minlength=size).reshape(n_labels, n_grid + 1)
+    pos_counts = np.bincount(flat, weights=y_true.ravel().astype(np.float64), minlength=size)
+    pos_counts = pos_counts.reshape(n_labels, n_grid + 1)
+    # reversed cumsum over k, then drop k=0: entry g = count with k >= g+1, i.e. k > g.
+    predicted = np.cumsum(all_counts[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(np.float64)
+    tp = np.cumsum(pos_counts[:, ::-1], axis=1)[:, ::-1][:, 1:]
+    positives = y_true.sum(axis=0).astype(np.float64)[:, None]
+    # F1 = 2TP / (2TP + FP + FN) = 2TP / (predicted + positives); 0 where both are 0.
+    denom = predicted + positives
+    return np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+
+
+def _best_index(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Argmax over the last axis of ``scores`` (..., G); ties -> value closest to 0.5, then lower."""
+    best = scores.max(axis=-1, keepdims=True)
+    is_best = scores >= best - _TIE_TOL
+    # Rounded distance so 0.4 and 0.6 tie exactly despite binary floating point.
+    distance = np.round(np.abs(grid - FIXED_THRESHOLD), 9)
+    # Among the best, minimise distance; argmin returns the first (= lowest, grid is sorted) on ties.
+    masked = np.where(is_best, distance, np.inf)
+    return np.argmin(masked, axis=-1)
+
+
+def tune_thresholds(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    policy: str,
+    grid: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per-label thresholds, shape (L,) float64, for ``policy`` in ``POLICIES``.
+
+    ``y_true`` is (n, L) 0/1, ``probs`` (n, L) in [0, 1]; ``grid`` defaults to 0.01..0.99 step
+    0.01. See the module docstring for the policies, the tie rule and labels without positives.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown threshold policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    yt = _as_binary_matrix("y_true", y_true)
+    p = _as_prob_matrix("probs", probs)
+    if yt.shape != p.shape:
+        raise ValueError(f"y_true and probs must have the same shape, got {yt.shape} and {p.shape}")
+    g = _as_grid(grid)
+    n_labels = p.shape[1]
+
+    if policy == "fixed":
+        return np.full(n_labels, FIXED_THRESHOLD, dtype=np.float64)
+
+    f1 = _f1_table(yt, p, g)  # (L, G)
+    if policy == "global":
+        macro = f1.mean(axis=0)  # (G,)
+        return np.full(n_labels, g[_best_index(macro, g)], dtype=np.float64)
+
+    # per_label
+    thresholds = g[_best_index(f1, g)].astype(np.float64)
+    thresholds[yt.sum(axis=0) == 0] = FIXED_THRESHOLD
+    return thresholds
+
+
+def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """0/1 predictions, (n, L) uint8: 1 where ``probs[:, j] >= thresholds[j]``."""
+    p = _as_prob_matrix("probs", probs)
+    t = np.asarray(thresholds, dtype=np.float64)
+    if t.ndim != 1 or t.shape[0] != p.shape[1]:
+        raise ValueError(f"thresholds must have shape ({p.shape[1]},) to match probs {p.shape}, got {t.shape}")
+    if not np.isfinite(t).all():
+        raise ValueError("thresholds contain NaN or infinite values")
+    return (p >= t[None, :]).astype(np.uint8)
+
+
+def _labelled_metrics(y_true: np.ndarray, preds: np.ndarray, names: list[str], policy: str) -> dict:
+    out = multilabel_metrics(y_true, preds, names)
+    out["threshold_policy"] = policy
+    # "fixed" uses no data at all, so it was tuned on nothing.
+    out["thresholds_tuned_on"] = None if policy == "fixed" else "validation"
+    return out
+
+
+def evaluate_policies(
+    label_names: Sequence[str],
+    val_true: np.ndarray,
+    val_probs: np.ndarray,
+    test_true: np.ndarray | None = None,
+    test_probs: np.ndarray | None = None,
+) -> dict:
+    """Tune every policy on validation, score it on validation and (if given) test.
+
+    Returns ``{"thresholds": {policy: [float, ...]}, "validation": {policy: metrics},
+    "test": {policy: metrics}}`` (``"test"`` only when test arrays are given). Each metrics dict is
+    ``multilabel_metrics``' output plus ``threshold_policy`` and ``thresholds_tuned_on``
+    (``"validation"``, or ``None`` for ``fixed``). Tuned thresholds are computed once from
+    validation and applied unchanged to test.
+    """
+    if (test_true is None) != (test_probs is None):
+        raise ValueError("pass both test_true and test_probs, or neither")
+    val_probs = _as_prob_matrix("val_probs", val_probs)
+    names = _check_label_names(label_names, val_probs.shape[1])
+    if test_probs is not None:
+        test_probs = _as_prob_matrix("test_probs", test_probs)
+        if test_probs.shape[1] != val_probs.shape[1]:
+            raise ValueError(
+                f"test_probs has {test_probs.shape[1]} label columns but val_probs has {val_probs.shape[1]}"
+            )
+
+    thresholds = {policy: tune_thresholds(val_true, val_probs, policy) for policy in POLICIES}
+    report: dict[str, Any] = {
+        "thresholds": {policy: [float(x) for x in t] for policy, t in thresholds.items()},
+        "validation": {
+            policy: _labelled_metrics(val_true, apply_thresholds(val_probs, t), names, policy)
+            for policy, t in thresholds.items()
+        },
+    }
+    if test_probs is not None:
+        report["test"] = {
+            policy: _labelled_metrics(test_true, apply_thresholds(test_probs, t), names, policy)
+            for policy, t in thresholds.items()
+        }
+    return report

@@ -1,0 +1,1 @@
+"""Training: fit a model family with the Hugging Face Trainer, and batched prediction."""

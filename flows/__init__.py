@@ -1,0 +1,12 @@
+"""Prefect flows composing the tasks: ``train-model`` (one config) and ``train-all`` (a config set)."""
+
+import os
+
+# Before Prefect is imported anywhere: no telemetry, and the library's own log lines reach
+# Prefect's run logs (the UI) as well as the console.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "emotion_core")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The in-process (ephemeral) Prefect server takes ~20 s to start cold, more on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

@@ -1,0 +1,130 @@
+"""``emotion``: the command line.
+
+    emotion train CONFIG [--store URI] [--set KEY=VALUE ...]      one config, through the train-model flow
+    emotion train-all SET [--store URI] [--set KEY=VALUE ...]     a config set, through the train-all flow
+    emotion predict RUN DATA --out FILE                           0/1 labels + probabilities as CSV
+    emotion check-config PATH...                                  validate run configs or config sets
+
+Errors the user can fix (bad data, config, model id, store) print one clear message, no traceback,
+and exit with status 2; a config set with failed runs exits with 1. Heavy libraries are imported
+inside the commands so ``emotion --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train, compare and ship multi-label emotion classifiers.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception) -> None:
+    from emotion_core.errors import RunFailed
+
+    err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if isinstance(exc, RunFailed) else 2)
+
+
+def _run(fn, *args, **kwargs):
+    import flows  # noqa: F401  (sets Prefect's environment defaults first)
+    from emotion_core.errors import EmotionError
+
+    try:
+        return fn(*args, **kwargs)
+    except EmotionError as exc:
+        _fail(exc)
+
+
+SET_HELP = "Override a config field, e.g. --set training.epochs=1 --set data.max_train_samples=2000 (repeatable)."
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="Run config YAML."),
+          store: Optional[str] = typer.Option(None, help="Artefact store (path or file:// URI); default $EMOTION_STORE or .emotion/store."),
+          set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Train one config and publish its run."""
+    from emotion_core.config import parse_overrides
+
+    overrides = _run(parse_overrides, set_)
+
+    def go():
+        from flows.train_model import train_model
+
+        return train_model(config=str(config), store=store, overrides=overrides)
+
+    uri = _run(go)
+    out.print(f"run published: {uri}", highlight=False, soft_wrap=True)
+
+
+@app.command("train-all")
+def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g. deployments/sets/cpu-demo.yaml."),
+              store: Optional[str] = typer.Option(None, help="Artefact store (path or file:// URI)."),
+              set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+    """Train every config of a set and write the comparison table (markdown + CSV)."""
+    from emotion_core.config import parse_overrides
+
+    overrides = _run(parse_overrides, set_)
+
+    def go():
+        from flows.train_all import train_all as flow
+
+        return flow(config_set=str(config_set), store=store, overrides=overrides)
+
+    summary = _run(go)
+    out.print(summary["table"], highlight=False, soft_wrap=True)
+    out.print(f"comparison: {summary['markdown']}\n            {summary['csv']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
+            data: Path = typer.Argument(..., help="CSV/TSV/Parquet, GoEmotions TSV or SemEval E-c file."),
+            out_path: Path = typer.Option(..., "--out", help="CSV to write."),
+            text_column: Optional[str] = typer.Option(None, help="Text column (tabular files; default 'text')."),
+            id_column: Optional[str] = typer.Option(None, help="Id column to copy (default: the format's, else row numbers)."),
+            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
+    """Predict labels (at the run's tuned thresholds) and probabilities for a data file."""
+    from emotion_core.predict import predict_file
+
+    path = _run(predict_file, run, data, out_path, text_column=text_column, id_column=id_column, batch_size=batch_size)
+    out.print(f"predictions written: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command("check-config")
+def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or config sets.")) -> None:
+    """Validate configs without training; prints each resolved config name, family and model."""
+    from emotion_core.config import load_config_set, load_run_config
+    from emotion_core.errors import EmotionError
+
+    import yaml
+
+    for path in paths:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+            if isinstance(raw, dict) and "configs" in raw:
+                spec, entries = load_config_set(path)
+                out.print(f"{path}: set '{spec.name}', {len(entries)} configs", highlight=False)
+                configs = [e.config for e in entries]
+            else:
+                configs = [load_run_config(path)]
+        except (EmotionError, yaml.YAMLError, OSError) as exc:
+            if not isinstance(exc, EmotionError):
+                from emotion_core.errors import ConfigError
+
+                exc = ConfigError(f"{path}: {exc}")
+            _fail(exc)
+        for cfg in configs:
+            out.print(f"  ok  {cfg.name}: {cfg.model.family} {getattr(cfg.model, 'model', '')} on {cfg.data.dataset}", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,128 @@
+"""The training recipe end to end on real GoEmotions rows: FFNN trained, published, evaluated, predicted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from emotion_core import pipeline
+from emotion_core.config import load_run_config
+from emotion_core.errors import ModelError
+from emotion_core.metrics import sigmoid
+from emotion_core.predict import predict_file
+from emotion_core.runs import read_run
+from emotion_core.store import open_store
+from emotion_core.thresholds import apply_thresholds
+
+SMALL = {
+    "model": {"max_features": 20000, "hidden_size": 64},
+    "data": {"max_train_samples": 3000, "max_validation_samples": 600, "max_test_samples": 400},
+    "training": {"epochs": 6, "batch_size": 64, "early_stopping_patience": None},
+}
+
+
+@pytest.fixture(scope="module")
+def ffnn_run(data_dir, repo, tmp_path_factory):
+    store = open_store(tmp_path_factory.mktemp("store"))
+    cfg = load_run_config(repo / "deployments" / "configs" / "ffnn-tfidf.yaml", SMALL)
+    return pipeline.train_config(cfg, store), store
+
+
+def test_run_folder_is_complete(ffnn_run):
+    uri, store = ffnn_run
+    run = read_run(uri)
+    folder = run.folder
+    for name in ["manifest.json", "config.yaml", "labels.json", "thresholds.json", "metrics.json", "data_report.json",
+                 "train_log.json", "model/model.safetensors", "model/featurizer.json", "logits/validation.parquet", "logits/test.parquet"]:
+        assert (folder / name).is_file(), name
+    assert not (folder / "checkpoints").exists()
+    assert store.list_runs() == [run.run_id]
+    assert not list((store.root / ".staging").iterdir())
+    m = run.manifest
+    assert m["status"] == "completed" and m["family"] == "ffnn" and m["config_name"] == "ffnn-tfidf"
+    assert m["data"]["hash"].startswith("sha256:") and m["data"]["rows"] == {"train": 3000, "validation": 600, "test": 400}
+    assert m["timing"]["train_samples_per_second"] > 0 and m["timing"]["epochs_completed"] > 0
+    assert m["memory"]["peak_rss_mb"] > 100
+    assert m["versions"]["torch"].startswith("2.13") and "transformers" in m["versions"]
+    assert m["parameters"]["trainable"] == m["parameters"]["total"] > 64 * 28
+    assert "commit" in m["git"] and m["device"]["cpu_count"] >= 1
+    # The inventory matches the files on disk (the manifest lists everything but itself).
+    listed = set(m["files"])
+    on_disk = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    assert listed == on_disk
+
+
+def test_metrics_say_which_thresholds_and_learn_something(ffnn_run):
+    uri, _ = ffnn_run
+    run = read_run(uri)
+    metrics = run.metrics()
+    for split in ("validation", "test"):
+        for policy in ("fixed", "global", "per_label"):
+            entry = metrics[split][policy]
+            assert entry["threshold_policy"] == policy
+            assert entry["thresholds_tuned_on"] == (None if policy == "fixed" else "validation")
+    val = metrics["validation"]
+    assert val["per_label"]["macro_f1"] >= val["global"]["macro_f1"] >= val["fixed"]["macro_f1"]
+    # 3,000 rows of GoEmotions are enough to beat chance clearly (chance macro-F1 ~0.07 at the priors).
+    assert val["per_label"]["macro_f1"] > 0.2 and val["per_label"]["micro_f1"] > 0.3
+    # Stored logits reproduce the stored test metrics at the stored thresholds.
+    ids, logits = run.logits("test")
+    data_labels = pl.read_parquet(run.folder / "logits" / "test.parquet").height
+    assert len(ids) == data_labels == 400
+    thresholds = run.thresholds()
+    stored = json.loads((run.folder / "thresholds.json").read_text())
+    assert stored["policy"] == "per_label" and stored["tuned_on"] == "validation"
+    assert len(stored["thresholds"]["per_label"]) == 28 and set(stored["thresholds"]["fixed"].values()) == {0.5}
+    predicted = apply_thresholds(sigmoid(logits), thresholds)
+    assert predicted.sum() > 0
+
+
+def test_predict_on_a_trained_run_matches_stored_logits(ffnn_run, data_dir, tmp_path):
+    uri, _ = ffnn_run
+    run = read_run(uri)
+    ids, logits = run.logits("validation")
+    # GoEmotions dev is the validation split: predicting the official file gives the same numbers.
+    out = predict_file(uri, data_dir / "goemotions" / "dev.tsv", tmp_path / "preds.csv")
+    frame = pl.read_csv(out, schema_overrides={"id": pl.Utf8})
+    names = list(run.schema.names)
+    assert frame.columns == ["id", *names, *[f"{n}_prob" for n in names]]
+    assert frame.height == 5426
+    by_id = dict(zip(frame["id"].to_list(), range(frame.height)))
+    rows = [by_id[i] for i in ids]
+    probs = frame.select([f"{n}_prob" for n in names]).to_numpy()[rows]
+    np.testing.assert_allclose(probs, sigmoid(logits), atol=2e-6)
+    np.testing.assert_array_equal(frame.select(names).to_numpy()[rows], apply_thresholds(sigmoid(logits), run.thresholds()))
+
+
+def test_failed_run_leaves_nothing_in_the_store(data_dir, repo, tmp_path):
+    store = open_store(tmp_path / "store")
+    cfg = load_run_config(repo / "deployments" / "configs" / "minilm.yaml", {"model": {"model": "no-such-org/no-such-model"}, **{"data": SMALL["data"]}})
+    with pytest.raises(ModelError, match="no-such-org/no-such-model"):
+        pipeline.train_config(cfg, store)
+    assert store.list_runs() == [] and list((store.root / ".staging").iterdir()) == []
+
+
+def test_collapsed_model_is_flagged():
+    """A model whose validation predictions are empty for every label at 0.5 carries a flag."""
+    from emotion_core.thresholds import evaluate_policies
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((200, 3)) < 0.2).astype(np.int64)
+    y[0] = [1, 1, 1]
+    probs = np.full((200, 3), 0.1) + rng.random((200, 3)) * 0.05  # never reaches 0.5
+    evaluation = evaluate_policies(["a", "b", "c"], y, probs)
+    codes = [f["code"] for f in pipeline.quality_flags(evaluation, "per_label")]
+    assert "no_predictions_at_0.5" in codes
+    healthy = evaluate_policies(["a", "b", "c"], y, np.where(y == 1, 0.9, 0.1))
+    assert pipeline.quality_flags(healthy, "per_label") == []
+
+
+def test_config_snapshot_round_trips(ffnn_run):
+    uri, _ = ffnn_run
+    run = read_run(uri)
+    snapshot = yaml.safe_load((run.folder / "config.yaml").read_text())
+    assert snapshot["model"]["hidden_size"] == 64 and run.config.data.max_train_samples == 3000

@@ -1,0 +1,193 @@
+"""Tests for emotion_core.thresholds: known optima, tie rule, policy ordering, no test leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from emotion_core.metrics import multilabel_metrics
+from emotion_core.thresholds import (
+    DEFAULT_GRID,
+    POLICIES,
+    apply_thresholds,
+    evaluate_policies,
+    tune_thresholds,
+)
+
+
+def _constructed():
+    """3 labels with known optima (default grid 0.01..0.99).
+
+    label 0: positives {0.30, 0.45, 0.90}, negatives {0.05, 0.10, 0.25}: F1 = 1 exactly for
+             t in (0.25, 0.30] -> grid 0.26..0.30; closest to 0.5 is 0.30.
+    label 1: positives {0.70, 0.80}, negatives {0.20, 0.60, 0.15, 0.55}: F1 = 1 for t in (0.60, 0.70]
+             -> grid 0.61..0.70; closest to 0.5 is 0.61.
+    label 2: no positives -> 0.5 (cannot be tuned).
+    """
+    y = np.zeros((6, 3), dtype=int)
+    p = np.zeros((6, 3))
+    y[:, 0] = [1, 1, 1, 0, 0, 0]
+    p[:, 0] = [0.30, 0.45, 0.90, 0.05, 0.10, 0.25]
+    y[:, 1] = [1, 1, 0, 0, 0, 0]
+    p[:, 1] = [0.70, 0.80, 0.20, 0.60, 0.15, 0.55]
+    p[:, 2] = [0.9, 0.1, 0.2, 0.3, 0.4, 0.6]
+    return y, p
+
+
+def test_default_grid():
+    assert DEFAULT_GRID.shape == (99,)
+    assert DEFAULT_GRID[0] == 0.01 and DEFAULT_GRID[-1] == 0.99
+    assert 0.5 in DEFAULT_GRID and 0.3 in DEFAULT_GRID  # exact doubles, so thresholds print cleanly
+
+
+def test_per_label_finds_known_optimum():
+    y, p = _constructed()
+    t = tune_thresholds(y, p, "per_label")
+    assert t.dtype == np.float64 and t.shape == (3,)
+    assert t.tolist() == [0.30, 0.61, 0.5]
+    m = multilabel_metrics(y, apply_thresholds(p, t), ["x", "y", "z"])
+    assert m["per_label"]["x"]["f1"] == 1.0
+    assert m["per_label"]["y"]["f1"] == 1.0
+
+
+def test_fixed_is_half():
+    y, p = _constructed()
+    assert tune_thresholds(y, p, "fixed").tolist() == [0.5, 0.5, 0.5]
+
+
+def test_global_maximises_macro_f1_over_grid_brute_force():
+    # Independent check: macro-F1 from scikit-learn at every grid value. Macro over all 3 labels;
+    # label 2 (no positives) contributes 0 everywhere. Labels 0 and 1 are both perfect nowhere at
+    # once, so the best is a compromise computed here by brute force.
+    y, p = _constructed()
+    macro = np.array([f1_score(y, (p >= g).astype(int), average="macro", zero_division=0) for g in DEFAULT_GRID])
+    best = macro.max()
+    t = tune_thresholds(y, p, "global")
+    assert np.unique(t).size == 1
+    got = multilabel_metrics(y, apply_thresholds(p, t), ["x", "y", "z"])["macro_f1"]
+    assert got == pytest.approx(best, abs=1e-12)
+    # tie rule: of all grid values reaching the best, the one closest to 0.5
+    candidates = DEFAULT_GRID[macro >= best - 1e-12]
+    expected = candidates[np.argmin(np.round(np.abs(candidates - 0.5), 9))]
+    assert t[0] == expected
+
+
+def test_per_label_matches_brute_force_on_random_data():
+    rng = np.random.default_rng(3)
+    n, n_labels = 120, 5
+    y = (rng.random((n, n_labels)) < [0.05, 0.1, 0.3, 0.5, 0.2]).astype(int)
+    p = np.clip(0.35 * y + rng.random((n, n_labels)) * 0.7, 0, 1).round(2)  # rounded: many exact ties
+    grid = np.arange(5, 100, 5) / 100
+    t = tune_thresholds(y, p, "per_label", grid=grid)
+    for j in range(n_labels):
+        f1s = np.array([f1_score(y[:, j], (p[:, j] >= g).astype(int), zero_division=0) for g in grid])
+        candidates = grid[f1s >= f1s.max() - 1e-12]
+        expected = candidates[np.argmin(np.round(np.abs(candidates - 0.5), 9))]
+        assert t[j] == expected, j
+
+
+def test_equal_distance_tie_goes_to_lower():
+    y = np.array([[1], [0]])
+    p = np.array([[0.9], [0.1]])  # perfect at 0.4 and at 0.6
+    assert tune_thresholds(y, p, "per_label", grid=[0.6, 0.4]).tolist() == [0.4]
+    assert tune_thresholds(y, p, "global", grid=[0.6, 0.4]).tolist() == [0.4]
+
+
+def test_all_negative_labels_get_half():
+    y = np.zeros((4, 2), dtype=int)
+    p = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.3], [0.7, 0.6]])
+    for policy in POLICIES:
+        assert tune_thresholds(y, p, policy).tolist() == [0.5, 0.5], policy
+    # With a grid lacking 0.5 the tie rule alone would pick 0.4; per_label must still give 0.5 to a
+    # label without positives, while a label with positives gets a grid value. global keeps one
+    # shared grid value (here the flat-F1 tie winner closest to 0.5).
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    assert tune_thresholds(y, p, "per_label", grid=[0.2, 0.4, 0.7]).tolist() == [0.4, 0.5]
+    assert tune_thresholds(y, p, "global", grid=[0.2, 0.4, 0.7]).tolist() == [0.4, 0.4]
+
+
+def test_apply_thresholds_is_greater_or_equal():
+    p = np.array([[0.3, 0.29999], [0.5, 0.7]])
+    out = apply_thresholds(p, np.array([0.3, 0.7]))
+    assert out.dtype == np.uint8
+    assert out.tolist() == [[1, 0], [1, 1]]
+
+
+def _synthetic_split(rng, n, n_labels=6):
+    """Imbalanced labels; per-label calibration is deliberately off so tuning matters."""
+    rates = np.array([0.03, 0.08, 0.15, 0.3, 0.45, 0.1])[:n_labels]
+    y = (rng.random((n, n_labels)) < rates).astype(int)
+    shift = np.array([-2.5, -1.5, -0.5, 0.5, 1.0, -1.0])[:n_labels]  # miscalibration per label
+    logits = 2.0 * (2 * y - 1) + shift + rng.normal(0, 1.5, size=(n, n_labels))
+    return y, 1 / (1 + np.exp(-logits))
+
+
+def test_evaluate_policies_ordering_and_no_leakage():
+    rng = np.random.default_rng(7)
+    names = [f"e{i}" for i in range(6)]
+    val_y, val_p = _synthetic_split(rng, 400)
+    test_y, test_p = _synthetic_split(rng, 300)
+    report = evaluate_policies(names, val_y, val_p, test_y, test_p)
+
+    assert set(report) == {"thresholds", "validation", "test"}
+    for split in ("validation", "test"):
+        assert list(report[split]) == list(POLICIES)
+        for policy in POLICIES:
+            m = report[split][policy]
+            assert m["threshold_policy"] == policy
+            assert m["thresholds_tuned_on"] == (None if policy == "fixed" else "validation")
+
+    val = report["validation"]
+    # 0.5 is in the grid, so tuning can only match or beat the untuned choice on its own split.
+    assert val["global"]["macro_f1"] >= val["fixed"]["macro_f1"]
+    assert val["per_label"]["macro_f1"] >= val["global"]["macro_f1"]
+    # ...and on this miscalibrated data it must strictly help, or the tuner is doing nothing.
+    assert val["per_label"]["macro_f1"] > val["fixed"]["macro_f1"] + 0.01
+
+    for policy in POLICIES:
+        thr = np.array(report["thresholds"][policy])
+        # thresholds come from validation only ...
+        assert thr.tolist() == tune_thresholds(val_y, val_p, policy).tolist()
+        assert all(type(x) is float for x in report["thresholds"][policy])
+        # ... and the test numbers are exactly those thresholds applied to test.
+        expected_test = multilabel_metrics(test_y, apply_thresholds(test_p, thr), names)
+        got = {k: v for k, v in report["test"][policy].items() if k not in ("threshold_policy", "thresholds_tuned_on")}
+        assert got == expected_test
+    assert len(set(report["thresholds"]["per_label"])) > 1  # per-label really differs per label
+
+    # Changing the test split changes no threshold.
+    other = evaluate_policies(names, val_y, val_p, test_y[:50], 1 - test_p[:50])
+    assert other["thresholds"] == report["thresholds"]
+
+
+def test_evaluate_policies_without_test():
+    y, p = _constructed()
+    report = evaluate_policies(["x", "y", "z"], y, p)
+    assert set(report) == {"thresholds", "validation"}
+    assert report["thresholds"]["per_label"] == [0.3, 0.61, 0.5]
+    assert report["validation"]["per_label"]["per_label"]["x"]["f1"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda y, p: tune_thresholds(y, p, "best"), "unknown threshold policy"),
+        (lambda y, p: tune_thresholds(y[:5], p, "global"), "same shape"),
+        (lambda y, p: tune_thresholds(y, p[:, 0], "global"), "2-D"),
+        (lambda y, p: tune_thresholds(y * 3, p, "per_label"), "only 0 and 1"),
+        (lambda y, p: tune_thresholds(y, p * 2, "per_label"), r"\[0, 1\]"),
+        (lambda y, p: tune_thresholds(y, np.where(p > 0.5, np.nan, p), "per_label"), "NaN"),
+        (lambda y, p: tune_thresholds(y, p, "per_label", grid=[]), "non-empty"),
+        (lambda y, p: tune_thresholds(y, p, "per_label", grid=[0.2, 1.5]), "grid values"),
+        (lambda y, p: apply_thresholds(p, [0.5, 0.5]), r"shape \(3,\)"),
+        (lambda y, p: apply_thresholds(p, [0.5, np.nan, 0.5]), "NaN"),
+        (lambda y, p: evaluate_policies(["x", "y", "z"], y, p, test_true=y), "both"),
+        (lambda y, p: evaluate_policies(["x", "y"], y, p), "label_names"),
+        (lambda y, p: evaluate_policies(["x", "y", "z"], y, p, y[:, :2], p[:, :2]), "label columns"),
+    ],
+)
+def test_bad_input_raises(call, match):
+    y, p = _constructed()
+    with pytest.raises(ValueError, match=match):
+        call(y, p)
