@@ -3,8 +3,9 @@
     load + validate data -> build the model family -> fit (HF Trainer) -> predict validation/test
     -> tune thresholds on validation -> metrics -> write artefacts -> manifest last -> publish
 
-Everything is written into a private staging folder; on any error it is discarded, so the store
-never holds half a run. Prefect tasks call these functions; nothing here knows about Prefect.
+Everything is written into a private staging folder; on an error before publishing it is
+discarded, so the store never holds half a run. If only publishing fails (store unreachable after
+retries), the complete staged run is kept and the error says where. Prefect tasks call these functions; nothing here knows about Prefect.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from emotion_core.data import EmotionData, load_data
 from emotion_core.metrics import sigmoid
 from emotion_core.models import build_family
 from emotion_core.runs import file_inventory, write_config, write_json, write_logits
-from emotion_core.store import LocalStore
+from emotion_core.errors import StoreError
+from emotion_core.store import ArtifactStore
 from emotion_core.thresholds import evaluate_policies
 from emotion_core.training.fit import fit
 from emotion_core.training.predict import predict_logits
@@ -61,7 +63,7 @@ def count_parameters(model) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-def train_config(cfg: RunConfig, store: LocalStore, data: EmotionData | None = None) -> str:
+def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None) -> str:
     """Train ``cfg``, publish the run into ``store`` and return the run's URI."""
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
@@ -79,7 +81,7 @@ def train_config(cfg: RunConfig, store: LocalStore, data: EmotionData | None = N
         validation_labels = data.labels("validation")
         validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
 
-        stats = fit(cfg, family, train_dataset, validation_dataset, validation_labels, staging / "checkpoints")
+        stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints")
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the best weights are in memory now
 
         batch = cfg.training.eval_batch_size
@@ -145,10 +147,15 @@ def train_config(cfg: RunConfig, store: LocalStore, data: EmotionData | None = N
         }
         manifest["files"] = file_inventory(staging)
         write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
-        uri = store.publish(staging, run_id)
     except BaseException:
         store.discard(staging)
         raise
+    try:
+        uri = store.publish(staging, run_id)
+    except StoreError as exc:
+        # Training is the expensive part: keep the complete local copy rather than lose it.
+        raise StoreError(f"{exc}. The complete run is kept at {staging}; once the store is reachable: "
+                         f"emotion publish {staging} --store {store.uri}") from None
     for flag in manifest["flags"]:
         log.warning("run %s: %s", run_id, flag["message"])
     log.info("run %s published: %s", run_id, uri)

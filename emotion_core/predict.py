@@ -15,7 +15,7 @@ from emotion_core.data import read_prediction_input
 from emotion_core.metrics import sigmoid
 from emotion_core.models import load_family
 from emotion_core.runs import read_run
-from emotion_core.store.local import atomic_write_text
+from emotion_core.store.base import atomic_write_text
 from emotion_core.thresholds import apply_thresholds
 from emotion_core.training.predict import predict_logits
 

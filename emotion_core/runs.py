@@ -26,7 +26,8 @@ import yaml
 
 from emotion_core.config import RunConfig, parse_run_config
 from emotion_core.labels import LabelSchema
-from emotion_core.store.local import MANIFEST, atomic_write_text, resolve_run_folder
+from emotion_core.store import resolve_run_folder
+from emotion_core.store.base import MANIFEST, atomic_write_text
 
 
 def write_json(path: Path, payload) -> None:
@@ -85,7 +86,7 @@ class Run:
 
 
 def read_run(ref: str | Path) -> Run:
-    """Open a complete run from a folder or ``file://`` URI (``StoreError`` if incomplete)."""
+    """Open a complete run from a folder, ``file://`` or ``s3://`` URI (``StoreError`` if incomplete)."""
     folder = resolve_run_folder(ref)
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     config = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")), str(folder / "config.yaml"))

@@ -3,6 +3,7 @@
     emotion train CONFIG [--store URI] [--set KEY=VALUE ...]      one config, through the train-model flow
     emotion train-all SET [--store URI] [--set KEY=VALUE ...]     a config set, through the train-all flow
     emotion predict RUN DATA --out FILE                           0/1 labels + probabilities as CSV
+    emotion publish FOLDER --store URI                            publish a kept local run (after a store outage)
     emotion check-config PATH...                                  validate run configs or config sets
 
 Errors the user can fix (bad data, config, model id, store) print one clear message, no traceback,
@@ -93,6 +94,25 @@ def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
 
     path = _run(predict_file, run, data, out_path, text_column=text_column, id_column=id_column, batch_size=batch_size)
     out.print(f"predictions written: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def publish(folder: Path = typer.Argument(..., help="A complete run folder (with manifest.json), e.g. one kept after a failed publish."),
+            store: str = typer.Option(..., help="Store to publish into (path, file:// or s3://).")) -> None:
+    """Publish a complete local run folder into a store (idempotent)."""
+    import json
+
+    from emotion_core.errors import StoreError
+    from emotion_core.store import open_store, resolve_run_folder
+
+    def go():
+        run_folder = resolve_run_folder(folder)
+        run_id = json.loads((run_folder / "manifest.json").read_text(encoding="utf-8")).get("run_id")
+        if not run_id:
+            raise StoreError(f"{run_folder / 'manifest.json'}: no run_id")
+        return open_store(store).publish(run_folder, run_id)
+
+    out.print(f"run published: {_run(go)}", highlight=False, soft_wrap=True)
 
 
 @app.command("check-config")

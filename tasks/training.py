@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 
 from emotion_core import pipeline
 from emotion_core.config import RunConfig
-from emotion_core.store import open_store
+from tasks.storage import open_task_store
 
 
 @task(name="train-config", task_run_name="train-{cfg.name}")
@@ -14,6 +14,6 @@ def train_config(cfg: RunConfig, store_uri: str) -> str:
     """Train ``cfg`` and return the published run's URI."""
     logger = get_run_logger()
     logger.info("training %s (%s: %s) into %s", cfg.name, cfg.model.family, getattr(cfg.model, "model", "-"), store_uri)
-    uri = pipeline.train_config(cfg, open_store(store_uri))
+    uri = pipeline.train_config(cfg, open_task_store(store_uri))
     logger.info("published %s", uri)
     return uri

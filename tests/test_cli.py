@@ -65,3 +65,20 @@ def test_predict_cli_writes_labels_and_probabilities(data_dir, tmp_path):
     half.mkdir()
     incomplete = emotion("predict", str(half), str(csv), "--out", str(tmp_path / "y.csv"))
     assert incomplete.returncode == 2 and "incomplete run" in incomplete.stderr
+
+
+@pytest.mark.slow
+def test_train_all_cli_runs_the_flow_on_an_ephemeral_server(data_dir, tmp_path):
+    """The main job's path: the console script, an in-process Prefect server (SQLite), a local store."""
+    spec = {"name": "cli-tiny", "configs": [{
+        "path": str(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml"),
+        "overrides": {"model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},
+                      "data": {"max_train_samples": 1000, "max_validation_samples": 300, "max_test_samples": 300}}}]}
+    set_path = tmp_path / "cli-tiny.yaml"
+    set_path.write_text(yaml.safe_dump(spec))
+    result = emotion("train-all", str(set_path), "--store", str(tmp_path / "store"), PREFECT_HOME=str(tmp_path / "prefect"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| ffnn-tfidf | completed |" in result.stdout
+    assert "comparison:" in result.stdout and "cli-tiny-" in result.stdout
+    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the flow ran against a local SQLite Prefect
+    assert len(list((tmp_path / "store" / "runs").iterdir())) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from emotion_core.store.local import atomic_write_text
+from emotion_core.store.base import atomic_write_text
 
 COLUMNS = [
     "config", "status", "family", "model", "thresholds", "val_macro_f1", "val_micro_f1", "test_macro_f1",

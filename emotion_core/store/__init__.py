@@ -1,5 +1,50 @@
-"""Artefact store: where runs and reports are published. See ``local.py`` for the contract."""
+"""Artefact stores: where runs and reports are published (contract in ``base.py``).
 
-from emotion_core.store.local import LocalStore, open_store
+``open_store(uri)``: a local path or ``file://`` URI -> ``LocalStore``; ``s3://bucket/prefix`` ->
+``S3Store``. ``resolve_run_folder(ref)``: a local folder holding the complete run a path or URI names.
+"""
 
-__all__ = ["LocalStore", "open_store"]
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from emotion_core.errors import StoreError
+from emotion_core.store.base import MANIFEST, ArtifactStore
+from emotion_core.store.local import LocalStore
+
+__all__ = ["ArtifactStore", "LocalStore", "open_store", "resolve_run_folder"]
+
+
+def open_store(uri: str | Path, *, session=None) -> ArtifactStore:
+    """Open the store at ``uri``; ``session`` (a ``boto3.Session``) applies to S3 only."""
+    text = str(uri)
+    parsed = urlparse(text)
+    if parsed.scheme in ("", "file"):
+        return LocalStore(parsed.path if parsed.scheme == "file" else text)
+    if parsed.scheme == "s3":
+        from emotion_core.store.s3 import S3Store
+
+        return S3Store(parsed.netloc, parsed.path, session=session)
+    raise StoreError(f"store '{text}': unsupported scheme '{parsed.scheme}' (use a local path, file:// or s3://)")
+
+
+def resolve_run_folder(ref: str | Path) -> Path:
+    """A local folder with the complete run ``ref`` names; ``StoreError`` if it is missing or incomplete."""
+    text = str(ref)
+    parsed = urlparse(text)
+    if parsed.scheme == "s3":
+        store_prefix, sep, run_id = parsed.path.rstrip("/").rpartition("/runs/")
+        if not sep or not run_id or "/" in run_id:
+            raise StoreError(f"run '{text}': expected s3://<bucket>/[<prefix>/]runs/<run_id>")
+        from emotion_core.store.s3 import S3Store
+
+        return S3Store(parsed.netloc, store_prefix).run_folder(run_id)
+    if parsed.scheme not in ("", "file"):
+        raise StoreError(f"run '{text}': unsupported scheme '{parsed.scheme}' (use a folder, file:// or s3://)")
+    folder = Path(parsed.path if parsed.scheme == "file" else text).expanduser()
+    if not folder.is_dir():
+        raise StoreError(f"run '{text}': no such folder")
+    if not (folder / MANIFEST).is_file():
+        raise StoreError(f"run '{text}': incomplete run (no {MANIFEST}); it was never published")
+    return folder

@@ -61,8 +61,8 @@ def resolve_precision(requested: str) -> str:
     return "fp32"
 
 
-def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, validation_labels: np.ndarray, work_dir: Path) -> FitStats:
-    """Train ``family.model`` in place (it ends holding the best validation checkpoint)."""
+def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path):
+    """The configured ``transformers.Trainer`` for ``family`` and the precision it trains in."""
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
     t = cfg.training
@@ -72,10 +72,13 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, valid
     eval_steps = max(1, steps_per_epoch // t.evaluations_per_epoch)
 
     def compute_metrics(prediction) -> dict:
+        # Score against the labels that travelled with each batch: with length grouping the Trainer
+        # also reorders the validation set, so the dataset's own label order would not match.
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        labels = np.asarray(prediction.label_ids).round().astype(np.int64)
         probs = sigmoid(logits)
-        thresholds = tune_thresholds(validation_labels, probs, cfg.threshold_policy)
-        scores = multilabel_metrics(validation_labels, apply_thresholds(probs, thresholds), [str(i) for i in range(validation_labels.shape[1])])
+        thresholds = tune_thresholds(labels, probs, cfg.threshold_policy)
+        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds), [str(i) for i in range(labels.shape[1])])
         return {"macro_f1": scores["macro_f1"], "micro_f1": scores["micro_f1"]}
 
     args = TrainingArguments(
@@ -121,6 +124,12 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, valid
         callbacks=callbacks,
         optimizers=(optimizer, None),  # the Trainer builds the linear warm-up/decay schedule on it
     )
+    return trainer, precision
+
+
+def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path) -> FitStats:
+    """Train ``family.model`` in place (it ends holding the best validation checkpoint)."""
+    trainer, precision = build_trainer(cfg, family, train_dataset, validation_dataset, work_dir)
     started = time.perf_counter()
     output = trainer.train()
     wall = time.perf_counter() - started

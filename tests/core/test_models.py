@@ -114,3 +114,29 @@ def test_ffnn_features_model_save_load(tmp_path):
     np.testing.assert_allclose(predict_logits(reloaded, TEXTS), before, atol=1e-6)
     # Unseen n-grams are ignored, not an error.
     assert predict_logits(reloaded, ["zzzzqqq xxyyzz"]).shape == (1, 3)
+
+
+def test_in_training_validation_scores_align_with_labels_under_length_grouping(minilm, tmp_path):
+    """Regression: the Trainer length-groups the validation set too; scores must use the labels of each batch.
+
+    The Trainer's own evaluation (which picks the best checkpoint and drives early stopping) must
+    equal macro-F1 recomputed from predictions in the original order.
+    """
+    from emotion_core.metrics import multilabel_metrics, sigmoid
+    from emotion_core.thresholds import apply_thresholds, tune_thresholds
+    from emotion_core.training.fit import build_trainer
+
+    cfg, family = minilm
+    rng = np.random.default_rng(3)
+    words = ["glad", "furious", "tears", "lovely", "meh", "thanks", "awful", "why", "sure"]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 30, size=48)]
+    labels = (rng.random((48, 3)) < 0.35).astype(np.float32)
+    dataset = family.make_dataset(texts, labels)
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"eval_batch_size": 8})})
+    trainer, _ = build_trainer(cfg, family, dataset, dataset, tmp_path)
+    assert trainer.args.train_sampling_strategy == "group_by_length"
+    reported = trainer.evaluate()["eval_macro_f1"]
+    probs = sigmoid(predict_logits(family, texts, batch_size=48))
+    y = labels.astype(np.int64)
+    expected = multilabel_metrics(y, apply_thresholds(probs, tune_thresholds(y, probs, "per_label")), ["a", "b", "c"])["macro_f1"]
+    assert reported == pytest.approx(expected, abs=1e-6)

@@ -7,8 +7,7 @@ import json
 import pytest
 
 from emotion_core.errors import StoreError
-from emotion_core.store import open_store
-from emotion_core.store.local import resolve_run_folder
+from emotion_core.store import open_store, resolve_run_folder
 
 
 def stage(store, run_id: str, with_manifest: bool = True):
@@ -56,7 +55,9 @@ def test_refuses_to_publish_without_manifest_and_republish_is_idempotent(tmp_pat
 
 
 def test_unsupported_scheme_and_missing_run(tmp_path):
-    with pytest.raises(StoreError, match="scheme 's3' is not supported yet"):
-        open_store("s3://bucket/prefix")
+    with pytest.raises(StoreError, match="unsupported scheme 'gs'"):
+        open_store("gs://bucket/prefix")
+    with pytest.raises(StoreError, match="expected s3://<bucket>/"):
+        resolve_run_folder("s3://bucket/no-runs-here")
     with pytest.raises(StoreError, match="no such folder"):
         resolve_run_folder(tmp_path / "nothing")

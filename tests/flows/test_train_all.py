@@ -63,12 +63,24 @@ def test_failed_child_is_reported_and_fails_the_parent(prefect_server, data_dir,
     assert any("broken-model" in str(a.data) for a in artifacts)
 
 
-def test_train_model_flow_publishes_one_run(prefect_server, data_dir, repo, tmp_path):
+def test_train_model_flow_publishes_to_s3_with_a_credentials_block(prefect_server, data_dir, repo, s3_bucket, s3_endpoint, monkeypatch):
+    """Credentials and endpoint from a saved Prefect AwsCredentials block; the run lands in S3."""
+    from prefect_aws import AwsCredentials
+    from prefect_aws.client_parameters import AwsClientParameters
+
     from emotion_core.runs import read_run
+    from emotion_core.store import open_store
     from flows.train_model import train_model
 
-    uri = train_model(config=str(repo / "deployments" / "configs" / "ffnn-tfidf.yaml"), store=str(tmp_path / "s"),
+    AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+                   aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint)).save("emotion-s3-test", overwrite=True)
+    monkeypatch.setenv("EMOTION_AWS_CREDENTIALS_BLOCK", "emotion-s3-test")
+    monkeypatch.delenv("EMOTION_S3_ENDPOINT_URL")  # the endpoint can only come from the block
+    uri = train_model(config=str(repo / "deployments" / "configs" / "ffnn-tfidf.yaml"), store=f"s3://{s3_bucket}/nightly",
                       overrides={"data": TINY_DATA, "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1}})
+    assert uri.startswith(f"s3://{s3_bucket}/nightly/runs/ffnn-tfidf-")
+    monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", s3_endpoint)
     run = read_run(uri)
     assert run.manifest["config"]["data"]["max_train_samples"] == 1500
     assert run.manifest["timing"]["epochs_completed"] == 1.0
+    assert open_store(f"s3://{s3_bucket}/nightly").list_runs() == [run.run_id]

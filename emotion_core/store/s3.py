@@ -1,0 +1,197 @@
+"""S3 artefact store on boto3: AWS, MinIO, Ceph, moto... any S3 endpoint.
+
+Features
+- Keeps the contract of ``emotion_core.store.base``: files are uploaded first and ``manifest.json``
+  last, so a run prefix without a manifest is incomplete and invisible to ``list_runs``/``run_folder``.
+  A failed upload removes what it uploaded (best effort) and never writes the manifest.
+- Idempotent: publishing a run whose manifest is already there uploads nothing.
+- Reading a run downloads exactly the files its manifest lists into a local cache, checks each
+  sha256 against the manifest, and only then exposes the folder (manifest written last there too).
+- Credentials: boto3's own chain (environment, profile, instance role) or a ``boto3.Session`` passed
+  in (e.g. from a Prefect ``AwsCredentials`` block, resolved in the Prefect layer). They are never
+  logged. Endpoint: ``endpoint_url``, else ``$EMOTION_S3_ENDPOINT_URL``, else boto3's own
+  (``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``), else AWS.
+- Unreachable endpoints and throttling are retried by botocore's ``standard`` retry mode
+  (exponential backoff with jitter, ``attempts`` tries in all), then fail with a ``StoreError``
+  naming the store, the operation and the cause.
+
+Limits
+- No server-side locking: two writers publishing the same run id at once would both upload the
+  same content (run ids embed a content hash, so the result is the same).
+- Local cache: ``$EMOTION_CACHE_DIR`` (default ``~/.cache/emotion-pipeline``); it is not pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from emotion_core.errors import StoreError
+from emotion_core.store.base import MANIFEST, files_manifest_last
+
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EMOTION_CACHE_DIR") or Path.home() / ".cache" / "emotion-pipeline")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class S3Store:
+    """Runs under ``s3://<bucket>/<prefix>/runs/<run_id>/``, reports under ``.../reports/<name>/``."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, session=None, endpoint_url: str | None = None,
+                 attempts: int = 8, connect_timeout: float = 5.0) -> None:
+        import boto3
+        from botocore.config import Config
+
+        if not bucket:
+            raise StoreError("S3 store: no bucket given (expected s3://<bucket>[/<prefix>])")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url or os.environ.get("EMOTION_S3_ENDPOINT_URL") or None
+        self.attempts = attempts
+        session = session or boto3.session.Session()
+        config = Config(retries={"total_max_attempts": attempts, "mode": "standard"},
+                        connect_timeout=connect_timeout, read_timeout=60)
+        self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        self.cache = cache_root() / "s3" / bucket / (self.prefix or "_")
+
+    # -- naming ---------------------------------------------------------------------------------
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
+
+    def run_uri(self, run_id: str) -> str:
+        return f"s3://{self.bucket}/{self._key('runs', run_id)}"
+
+    def _fail(self, operation: str, exc: Exception) -> StoreError:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return StoreError(f"store {self.uri}{where}: {operation} failed after up to {self.attempts} attempts "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+
+    def _exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._fail(f"checking {key}", exc) from None
+        except Exception as exc:
+            raise self._fail(f"checking {key}", exc) from None
+
+    # -- writing --------------------------------------------------------------------------------
+    def staging(self, name: str) -> Path:
+        folder = self.cache / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _upload_folder(self, staging: Path, base_key: str, what: str) -> None:
+        uploaded: list[str] = []
+        try:
+            for path in files_manifest_last(staging):
+                key = f"{base_key}/{path.relative_to(staging).as_posix()}"
+                self.client.upload_file(str(path), self.bucket, key)
+                uploaded.append(key)
+        except Exception as exc:
+            error = self._fail(f"uploading {what}", exc)
+            self._remove(uploaded)
+            raise error from None
+
+    def _remove(self, keys: list[str]) -> None:
+        # Best effort: without a manifest the leftovers are invisible anyway.
+        for start in range(0, len(keys), 1000):
+            try:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+            except Exception:  # noqa: BLE001 - the store is failing already; the original error is raised
+                log.warning("could not remove %d partially uploaded objects under %s", len(keys), self.uri)
+                return
+
+    def publish(self, staging: Path, run_id: str) -> str:
+        if not (staging / MANIFEST).is_file():
+            raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run")
+        base = self._key("runs", run_id)
+        if self._exists(f"{base}/{MANIFEST}"):
+            self.discard(staging)
+            return self.run_uri(run_id)
+        self._upload_folder(staging, base, f"run {run_id}")
+        self.discard(staging)
+        log.info("published %s", self.run_uri(run_id))
+        return self.run_uri(run_id)
+
+    def publish_report(self, staging: Path, name: str) -> str:
+        base = self._key("reports", name)
+        self._upload_folder(staging, base, f"report {name}")
+        self.discard(staging)
+        return f"s3://{self.bucket}/{base}"
+
+    # -- reading --------------------------------------------------------------------------------
+    def list_runs(self) -> list[str]:
+        runs_prefix = self._key("runs") + "/"
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=runs_prefix):
+                for item in page.get("Contents", []):
+                    rest = item["Key"][len(runs_prefix):]
+                    run_id, _, name = rest.partition("/")
+                    if name == MANIFEST:
+                        found.append(run_id)
+        except Exception as exc:
+            raise self._fail("listing runs", exc) from None
+        return sorted(found)
+
+    def run_folder(self, run_id: str) -> Path:
+        """A verified local copy of a complete run (downloaded once, then served from the cache)."""
+        base = self._key("runs", run_id)
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=f"{base}/{MANIFEST}")["Body"].read()
+        except Exception as exc:
+            from botocore.exceptions import ClientError
+
+            if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise StoreError(f"run {run_id}: not found in {self.uri} or incomplete (no {MANIFEST})") from None
+            raise self._fail(f"reading run {run_id}", exc) from None
+        local = self.cache / "runs" / run_id
+        if (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == body:
+            return local
+        manifest = json.loads(body)
+        tmp = self.cache / ".downloads" / f"{run_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            for rel, facts in manifest.get("files", {}).items():
+                target = tmp / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.client.download_file(self.bucket, f"{base}/{rel}", str(target))
+                except Exception as exc:
+                    raise self._fail(f"downloading {rel} of run {run_id}", exc) from None
+                if _sha256(target) != facts["sha256"]:
+                    raise StoreError(f"run {run_id}: {rel} does not match the sha256 in its manifest (corrupt or overwritten)")
+            (tmp / MANIFEST).write_bytes(body)
+            if local.exists():
+                shutil.rmtree(local)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, local)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return local
