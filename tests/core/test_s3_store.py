@@ -31,7 +31,7 @@ def stage_run(store, run_id: str) -> None:
 
 def count_puts(store: S3Store) -> list[str]:
     calls: list[str] = []
-    store.client.meta.events.register("before-call.s3.PutObject", lambda params, **_: calls.append(params["Key"]))
+    store.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: calls.append(params["Key"]))
     return calls
 
 
