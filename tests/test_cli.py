@@ -76,9 +76,9 @@ def test_train_all_cli_runs_the_flow_on_an_ephemeral_server(data_dir, tmp_path):
                       "data": {"max_train_samples": 1000, "max_validation_samples": 300, "max_test_samples": 300}}}]}
     set_path = tmp_path / "cli-tiny.yaml"
     set_path.write_text(yaml.safe_dump(spec))
-    result = emotion("train-all", str(set_path), "--store", str(tmp_path / "store"), PREFECT_HOME=str(tmp_path / "prefect"))
+    result = emotion("train-all", str(set_path), "--store", str(tmp_path / "store"), PREFECT_HOME=str(tmp_path / "fresh-checkout" / ".emotion" / "prefect"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| ffnn-tfidf | completed |" in result.stdout
     assert "comparison:" in result.stdout and "cli-tiny-" in result.stdout
-    assert (tmp_path / "prefect" / "prefect.db").is_file()  # the flow ran against a local SQLite Prefect
+    assert (tmp_path / "fresh-checkout" / ".emotion" / "prefect" / "prefect.db").is_file()  # the flow ran against a local SQLite Prefect
     assert len(list((tmp_path / "store" / "runs").iterdir())) == 1
