@@ -75,9 +75,9 @@ def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None 
     log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
              len(data.split("train")), len(data.split("validation")))
     try:
-        train_labels = data.labels("train")
-        family = build_family(cfg, schema, data.texts("train"), train_labels)
-        train_dataset = family.make_dataset(data.texts("train"), train_labels)
+        train_texts, train_labels = data.texts("train"), data.labels("train")
+        family = build_family(cfg, schema, train_texts, train_labels)
+        train_dataset = family.make_dataset(train_texts, train_labels)
         validation_labels = data.labels("validation")
         validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
 

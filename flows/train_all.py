@@ -7,6 +7,7 @@ message naming it; the other children still run and are compared.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -28,7 +29,8 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
     logger.info("config set %s: %d configs -> %s", spec.name, len(entries), store)
     outcomes = []
     for entry in entries:
-        state = train_model(config=str(entry.path), store=store, overrides=entry.overrides, return_state=True)
+        config_path = os.path.normpath(entry.path)  # also names the child run: train-model-deployments/configs/x.yaml
+        state = train_model(config=config_path, store=store, overrides=entry.overrides, return_state=True)
         if state.is_completed():
             outcomes.append({"config": entry.config.name, "run_uri": state.result()})
         else:

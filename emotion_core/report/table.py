@@ -71,6 +71,8 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
+        if value.is_integer() and abs(value) >= 1:
+            return f"{int(value):,}"  # epochs, counts: no spurious decimals
         return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
