@@ -8,7 +8,7 @@ A ``Family`` bundles what the training loop and ``predict`` need, and nothing el
 - ``param_groups(training)``: optimizer groups (the pretrained body and the new head learn at
   different rates; biases and norms get no weight decay);
 - ``save(folder)``: weights as safetensors plus what is needed to rebuild the inputs;
-- ``lengths``: whether items carry a ``length`` used for length-grouped batching.
+- ``has_lengths``: whether items carry ``input_ids`` whose lengths drive length-grouped batching.
 """
 
 from __future__ import annotations

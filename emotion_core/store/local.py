@@ -32,9 +32,6 @@ class LocalStore:
     def uri(self) -> str:
         return self.root.as_uri()
 
-    def run_uri(self, run_id: str) -> str:
-        return (self.root / "runs" / run_id).as_uri()
-
     def staging(self, name: str) -> Path:
         """A fresh, private folder to write a run or report into before publishing it."""
         folder = self.root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}"

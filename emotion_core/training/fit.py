@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FitStats:
-    train_rows: int
     epochs_completed: float
     steps: int
     train_seconds: float          # wall time inside trainer.train(), evaluation excluded
@@ -142,7 +141,6 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
     log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation macro-F1 %s",
              output.global_step, train_seconds, eval_seconds, samples / train_seconds, best)
     return FitStats(
-        train_rows=len(train_dataset),
         epochs_completed=epochs_completed,
         steps=int(output.global_step),
         train_seconds=train_seconds,
