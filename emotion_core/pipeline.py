@@ -28,7 +28,7 @@ from emotion_core.runs import file_inventory, write_config, write_json, write_lo
 from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore
 from emotion_core.thresholds import evaluate_policies
-from emotion_core.training.fit import fit
+from emotion_core.training.fit import fit, seed_everything
 from emotion_core.training.predict import predict_logits
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,9 @@ def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None 
              len(data.split("train")), len(data.split("validation")))
     try:
         train_texts, train_labels = data.texts("train"), data.labels("train")
+        # Seed before the model is built: a new head's initial weights must not depend on what
+        # else consumed the random streams in this process (e.g. an earlier run of a config set).
+        seed_everything(cfg.training.seed)
         family = build_family(cfg, schema, train_texts, train_labels)
         train_dataset = family.make_dataset(train_texts, train_labels)
         validation_labels = data.labels("validation")

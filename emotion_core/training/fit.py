@@ -48,6 +48,13 @@ class FitStats:
     log_history: list[dict]
 
 
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) through ``transformers.set_seed``."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
 def resolve_precision(requested: str) -> str:
     """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     if requested != "auto":
