@@ -67,8 +67,16 @@ def test_metrics_say_which_thresholds_and_learn_something(ffnn_run):
             assert entry["thresholds_tuned_on"] == (None if policy == "fixed" else "validation")
     val = metrics["validation"]
     assert val["per_label"]["macro_f1"] >= val["global"]["macro_f1"] >= val["fixed"]["macro_f1"]
-    # 3,000 rows of GoEmotions are enough to beat chance clearly (chance macro-F1 ~0.07 at the priors).
-    assert val["per_label"]["macro_f1"] > 0.2 and val["per_label"]["micro_f1"] > 0.3
+    # It learnt from the text: clearly better than a predictor that knows only each label's base
+    # rate (constant probabilities, thresholds tuned the same way on the same validation rows).
+    from emotion_core.data import load_data
+    from emotion_core.thresholds import evaluate_policies
+
+    data = load_data(run.config.data)
+    prior = np.tile(data.labels("train").mean(axis=0), (len(data.split("validation")), 1))
+    baseline = evaluate_policies(list(run.schema.names), data.labels("validation").astype(int), prior)["validation"]["per_label"]
+    assert val["per_label"]["macro_f1"] > baseline["macro_f1"] + 0.1
+    assert val["per_label"]["micro_f1"] > baseline["micro_f1"] + 0.1
     # Stored logits reproduce the stored test metrics at the stored thresholds.
     ids, logits = run.logits("test")
     data_labels = pl.read_parquet(run.folder / "logits" / "test.parquet").height
