@@ -15,7 +15,6 @@ Layout of a run folder (``runs/<run_id>/``), manifest written last:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import yaml
 from emotion_core.config import RunConfig, parse_run_config
 from emotion_core.labels import LabelSchema
 from emotion_core.store import resolve_run_folder
-from emotion_core.store.base import MANIFEST, atomic_write_text
+from emotion_core.store.base import MANIFEST, atomic_write_text, sha256_file
 
 
 def write_json(path: Path, payload) -> None:
@@ -44,14 +43,10 @@ def write_logits(path: Path, ids: list[str], logits: np.ndarray, schema: LabelSc
 
 def file_inventory(folder: Path) -> dict[str, dict]:
     """Size and sha256 of every file under ``folder`` except the manifest (which lists them)."""
-    inventory = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        inventory[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
-    return inventory
+    return {
+        str(path.relative_to(folder)): {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    }
 
 
 def write_config(path: Path, cfg: RunConfig) -> None:

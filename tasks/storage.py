@@ -20,9 +20,5 @@ def open_task_store(uri: str) -> ArtifactStore:
         return open_store(uri)
     from prefect_aws import AwsCredentials
 
-    from emotion_core.store.s3 import S3Store
-
     block = AwsCredentials.load(block_name)
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    return S3Store(bucket, prefix, session=block.get_boto3_session(),
-                   endpoint_url=block.aws_client_parameters.endpoint_url)
+    return open_store(uri, session=block.get_boto3_session(), endpoint_url=block.aws_client_parameters.endpoint_url)

@@ -16,8 +16,8 @@ from emotion_core.store.local import LocalStore
 __all__ = ["ArtifactStore", "LocalStore", "open_store", "resolve_run_folder"]
 
 
-def open_store(uri: str | Path, *, session=None) -> ArtifactStore:
-    """Open the store at ``uri``; ``session`` (a ``boto3.Session``) applies to S3 only."""
+def open_store(uri: str | Path, *, session=None, endpoint_url: str | None = None) -> ArtifactStore:
+    """Open the store at ``uri``; ``session`` (a ``boto3.Session``) and ``endpoint_url`` apply to S3 only."""
     text = str(uri)
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
@@ -25,7 +25,7 @@ def open_store(uri: str | Path, *, session=None) -> ArtifactStore:
     if parsed.scheme == "s3":
         from emotion_core.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, parsed.path, session=session)
+        return S3Store(parsed.netloc, parsed.path, session=session, endpoint_url=endpoint_url)
     raise StoreError(f"store '{text}': unsupported scheme '{parsed.scheme}' (use a local path, file:// or s3://)")
 
 

@@ -23,7 +23,6 @@ Limits
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,21 +31,13 @@ import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import MANIFEST, files_manifest_last
+from emotion_core.store.base import MANIFEST, files_manifest_last, sha256_file
 
 log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("EMOTION_CACHE_DIR") or Path.home() / ".cache" / "emotion-pipeline")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class S3Store:
@@ -185,7 +176,7 @@ class S3Store:
                     self.client.download_file(self.bucket, f"{base}/{rel}", str(target))
                 except Exception as exc:
                     raise self._fail(f"downloading {rel} of run {run_id}", exc) from None
-                if _sha256(target) != facts["sha256"]:
+                if sha256_file(target) != facts["sha256"]:
                     raise StoreError(f"run {run_id}: {rel} does not match the sha256 in its manifest (corrupt or overwritten)")
             (tmp / MANIFEST).write_bytes(body)
             if local.exists():
