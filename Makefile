@@ -14,7 +14,9 @@ export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast clean
+PORT ?= 4200
+
+.PHONY: install demo stop test test-fast clean
 
 install: $(STAMP)
 
@@ -25,8 +27,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: $(STAMP)  ## the main job: train-all on cpu-demo, in-process Prefect (local SQLite), local store
-	$(VENV)/bin/emotion train-all deployments/sets/cpu-demo.yaml
+demo: $(STAMP)  ## the main job: local Prefect server + pools + workers, train-all/nightly on cpu-demo, local store
+	$(VENV)/bin/emotion demo deployments/sets/cpu-demo.yaml --port $(PORT)
+
+stop:  ## stop the server and workers that `make demo` left running (for the UI)
+	$(VENV)/bin/emotion stack down --port $(PORT)
 
 test: $(STAMP)  ## the whole test suite (CI runs this)
 	$(PY) -m pytest -q
@@ -34,5 +39,5 @@ test: $(STAMP)  ## the whole test suite (CI runs this)
 test-fast: $(STAMP)  ## everything except the tests marked slow
 	$(PY) -m pytest -q -m "not slow"
 
-clean:
+clean: stop
 	rm -rf .emotion

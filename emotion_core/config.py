@@ -143,6 +143,13 @@ class TrainingConfig(_Strict):
     """Seed of initialisation, dropout and batch order."""
 
 
+class ResourcesConfig(_Strict):
+    """What a run needs from the machine that trains it; the orchestrator routes on it."""
+
+    gpu_memory_gb: float = Field(16.0, gt=0, le=1024)
+    """GPU memory (GiB) the run needs: it goes to the smallest work queue whose cards have at least this much."""
+
+
 class RunConfig(_Strict):
     """One training run: a model on a dataset with a recipe."""
 
@@ -158,6 +165,8 @@ class RunConfig(_Strict):
     """The optimisation recipe."""
     threshold_policy: Literal["per_label", "global", "fixed"] = "per_label"
     """Thresholds used for predictions: tuned per label on validation, one tuned on validation, or 0.5."""
+    resources: ResourcesConfig = ResourcesConfig()
+    """Machine needs (GPU memory) used to place the run on a work queue."""
 
     @field_validator("name")
     @classmethod

@@ -16,6 +16,8 @@ import logging
 import shutil
 import time
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
 from emotion_core.metrics import sigmoid
 from emotion_core.models import build_family
+from emotion_core.monitoring import DeviceMonitor
 from emotion_core.runs import file_inventory, write_config, write_json, write_logits
 from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore
@@ -63,14 +66,28 @@ def count_parameters(model) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
-def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None) -> str:
-    """Train ``cfg``, publish the run into ``store`` and return the run's URI."""
+def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None, run_id: str | None = None,
+                 progress: Callable[[dict], None] | None = None, context: dict | None = None) -> str:
+    """Train ``cfg``, publish the run into ``store`` and return the run's URI (``train_run`` + ``publish_run``)."""
+    staging, run_id = train_run(cfg, store, data=data, run_id=run_id, progress=progress, context=context)
+    return publish_run(store, staging, run_id)
+
+
+def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None, run_id: str | None = None,
+              progress: Callable[[dict], None] | None = None, context: dict | None = None) -> tuple[Path, str]:
+    """Train ``cfg`` into a complete staging folder of ``store``; return ``(folder, run_id)``.
+
+    ``run_id``: chosen by the caller (an orchestrator that must find the run again), else derived
+    from config, data and time. ``progress``: called with progress events (step, epoch, eta, device
+    sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry (flow run,
+    work pool, worker...).
+    """
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     environment.reset_peak_memory()
     data = data if data is not None else load_data(cfg.data)
     schema = data.schema
-    run_id = make_run_id(cfg, data.data_hash, started_at)
+    run_id = run_id or make_run_id(cfg, data.data_hash, started_at)
     staging = store.staging(run_id)
     log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
              len(data.split("train")), len(data.split("validation")))
@@ -84,7 +101,10 @@ def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None 
         validation_labels = data.labels("validation")
         validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
 
-        stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints")
+        with DeviceMonitor() as monitor:
+            stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints",
+                        progress=progress, monitor=monitor)
+        device_usage = monitor.summary()
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the best weights are in memory now
 
         batch = cfg.training.eval_batch_size
@@ -137,6 +157,8 @@ def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None 
             "precision": stats.precision,
             "memory": environment.peak_memory(),
             "device": environment.device_facts(),
+            "device_usage": device_usage,
+            "orchestration": context or {},
             "versions": environment.package_versions(),
             "git": environment.git_commit(),
             "threshold_policy": policy,
@@ -153,13 +175,18 @@ def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None 
     except BaseException:
         store.discard(staging)
         raise
+    for flag in manifest["flags"]:
+        log.warning("run %s: %s", run_id, flag["message"])
+    return staging, run_id
+
+
+def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
+    """Publish a complete staged run (manifest last); on failure the staged copy is kept and named."""
     try:
         uri = store.publish(staging, run_id)
     except StoreError as exc:
         # Training is the expensive part: keep the complete local copy rather than lose it.
         raise StoreError(f"{exc}. The complete run is kept at {staging}; once the store is reachable: "
                          f"emotion publish {staging} --store {store.uri}") from None
-    for flag in manifest["flags"]:
-        log.warning("run %s: %s", run_id, flag["message"])
     log.info("run %s published: %s", run_id, uri)
     return uri

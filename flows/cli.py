@@ -5,6 +5,9 @@
     emotion predict RUN DATA --out FILE                           0/1 labels + probabilities as CSV
     emotion publish FOLDER --store URI                            publish a kept local run (after a store outage)
     emotion check-config PATH...                                  validate run configs or config sets
+    emotion stack up | down                                       the local Prefect server, pools, workers, deployments
+    emotion demo [SET]                                            stack up + train-all/nightly on SET, wait, print the summary
+    emotion pools                                                 create/update the work pools on $PREFECT_API_URL
 
 Errors the user can fix (bad data, config, model id, store) print one clear message, no traceback,
 and exit with status 2; a config set with failed runs exits with 1. Heavy libraries are imported
@@ -140,6 +143,68 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
             _fail(exc)
         for cfg in configs:
             out.print(f"  ok  {cfg.name}: {cfg.model.family} {getattr(cfg.model, 'model', '')} on {cfg.data.dataset}", highlight=False)
+
+
+stack_app = typer.Typer(no_args_is_help=True, help="The embedded default: local Prefect server, pools, workers, deployments.")
+app.add_typer(stack_app, name="stack")
+PORT_HELP = "Port of the local Prefect server and UI (127.0.0.1)."
+
+
+@stack_app.command("up")
+def stack_up(port: int = typer.Option(4200, help=PORT_HELP),
+             cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs.")) -> None:
+    """Start the local server, pools, workers and deployments (reuses what already runs)."""
+    from flows.stack import Stack
+
+    for line in _run(Stack(port=port, cpu_workers=cpu_workers).up):
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print("stop it with: emotion stack down  (or: make stop)", highlight=False)
+
+
+@stack_app.command("down")
+def stack_down(port: int = typer.Option(4200, help=PORT_HELP)) -> None:
+    """Stop the workers and the server that `stack up` started."""
+    from flows.stack import Stack
+
+    stopped = _run(Stack(port=port).down)
+    out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"), highlight=False)
+
+
+@app.command()
+def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"), help="Config set to run."),
+         port: int = typer.Option(4200, help=PORT_HELP),
+         cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs.")) -> None:
+    """The main job: stack up, run train-all/nightly on a config set, wait, print the summary and UI URL."""
+    from flows.stack import Stack, latest_artifact, trigger
+
+    stack = Stack(port=port, cpu_workers=cpu_workers)
+    for line in _run(stack.up):
+        out.print(line, highlight=False, soft_wrap=True)
+    _run(stack.wait_for_workers, {"orchestration": 1, "gpu": 1})
+    from emotion_core.config import load_config_set
+
+    spec, _ = _run(load_config_set, config_set)
+    out.print(f"running train-all/nightly on {config_set} ...", highlight=False)
+    run = _run(trigger, stack, "train-all/nightly", {"config_set": str(config_set.resolve())})
+    from tasks.training import slug
+
+    artifact = _run(latest_artifact, stack, f"comparison-{slug(spec.name)}", run.id)
+    if artifact is not None:
+        out.print(artifact.data, highlight=False, soft_wrap=True)
+    out.print(f"train-all/nightly: {run.state.name} ({run.state.message or ''})".rstrip(" ()"), highlight=False, soft_wrap=True)
+    out.print(f"flow run in the UI: {stack.ui_url}/runs/flow-run/{run.id}", highlight=False)
+    out.print(f"Prefect UI: {stack.ui_url}   stop everything: emotion stack down  (or: make stop)", highlight=False)
+    if not run.state.is_completed():
+        raise typer.Exit(1)
+
+
+@app.command()
+def pools() -> None:
+    """Create or update the work pools and queues of deployments/pools/pools.yaml on $PREFECT_API_URL."""
+    from flows.pools import apply_pools
+
+    for line in _run(apply_pools):
+        out.print(line, highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

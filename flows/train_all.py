@@ -1,45 +1,87 @@
-"""Flow ``train-all``: every config of a set -> one run each -> a comparison table.
+"""Flow ``train-all``: every config of a set -> one run each -> a comparison published everywhere.
 
-Children run one after another in this process (the ``local`` dispatch: a laptop or CI).
+Two ways to run the children, same outcome records:
+- ``dispatch="deployment"`` (the ``train-all/nightly`` deployment): one ``train-model/gpu`` flow run
+  per config, created at once on the gpu pool and placed on a work queue by the config's GPU memory
+  need (``flows.dispatch``); the workers' concurrency decides how many train at the same time;
+- ``dispatch="local"``: children run one after another in this process (a laptop, CI).
 A child that fails is recorded as failed in the comparison and fails this flow at the end with a
-message naming it; the other children still run and are compared.
+message naming its config; the others are still compared. Cancelling this flow cancels its children.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, runtime
+from prefect.artifacts import create_table_artifact
 
-from emotion_core.config import load_config_set
+from emotion_core.config import deep_merge, load_config_set
 from emotion_core.errors import RunFailed
 from emotion_core.settings import default_store_uri
+from flows.dispatch import cancel_children_of, child_run_id, queue_capacities, queue_for, start_children, wait_for_children
 from flows.train_model import train_model
 from tasks.reporting import compare_runs
+from tasks.training import slug
 
 
-@flow(name="train-all")
+def _cancel_children(flow, flow_run, state) -> None:
+    cancel_children_of(flow_run.id)
+
+
+@flow(name="train-all", on_cancellation=[_cancel_children], on_crashed=[_cancel_children])
 def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | None = None,
-              overrides: dict[str, Any] | None = None) -> dict:
-    """Train every config of ``config_set`` and publish the comparison; returns where it was written."""
+              dataset: str | None = None, overrides: dict[str, Any] | None = None,
+              dispatch: Literal["local", "deployment"] = "local", child_deployment: str = "train-model/gpu",
+              queues: dict[str, float] | None = None, poll_interval_s: float = 5.0) -> dict:
+    """Train every config of ``config_set`` and publish the comparison; returns where it was written.
+
+    ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;
+    ``queues``: the gpu pool's work queues and their cards' smallest GPU memory in GiB (default:
+    ``deployments/pools/pools.yaml``).
+    """
     logger = get_run_logger()
     store = store or default_store_uri()
+    overrides = deep_merge(overrides or {}, {"data": {"dataset": dataset}} if dataset else {})
     spec, entries = load_config_set(config_set, overrides)  # every config validated before any training
-    logger.info("config set %s: %d configs -> %s", spec.name, len(entries), store)
-    outcomes = []
-    for entry in entries:
-        config_path = os.path.normpath(entry.path)  # also names the child run: train-model-deployments/configs/x.yaml
-        state = train_model(config=config_path, store=store, overrides=entry.overrides, return_state=True)
-        if state.is_completed():
-            outcomes.append({"config": entry.config.name, "run_uri": state.result()})
-        else:
-            error = state.result(raise_on_failure=False)
-            message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(state.message)
-            logger.error("config %s failed: %s", entry.config.name, message)
-            outcomes.append({"config": entry.config.name, "status": "failed", "error": message})
+    queues = queues or queue_capacities("gpu")
+    started = datetime.now(timezone.utc)
+    parent_id = str(runtime.flow_run.id or os.getpid())
+    planned = [{"config": e.config.name, "path": os.path.normpath(e.path), "overrides": e.overrides,
+                "run_id": child_run_id(e.config.name, started, parent_id),
+                "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues)} for e in entries]
+    logger.info("config set %s: %d configs -> %s (%s dispatch)", spec.name, len(planned), store, dispatch)
+
+    if dispatch == "deployment":
+        children = start_children(child_deployment, [
+            {**p, "parameters": {"config": p["path"], "store": store, "overrides": p["overrides"], "run_id": p["run_id"]}}
+            for p in planned], tags=["train-all", spec.name])
+        logger.info("dispatched %d runs of %s: %s", len(children), child_deployment,
+                    ", ".join(f"{c.config}->{c.queue}" for c in children))
+        wait_for_children(children, poll_interval_s, logger)
+        outcomes = [c.outcome() for c in children]
+    else:
+        outcomes = []
+        for p in planned:
+            state = train_model(config=p["path"], store=store, overrides=p["overrides"], run_id=p["run_id"],
+                                return_state=True)
+            if state.is_completed():
+                outcomes.append({"config": p["config"], "run_id": p["run_id"], "state": "COMPLETED"})
+            else:
+                error = state.result(raise_on_failure=False)
+                message = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(state.message)
+                outcomes.append({"config": p["config"], "run_id": p["run_id"], "state": state.type.value,
+                                 "status": "failed", "error": message})
+    for o in outcomes:
+        if o.get("status") == "failed":
+            logger.error("config %s failed: %s", o["config"], o["error"])
+
+    create_table_artifact(key=f"children-{slug(spec.name)}", table=outcomes,
+                          description=f"train-all {spec.name}: one child run per config")
     summary = compare_runs(spec.name, outcomes, store)
-    failed = [o for o in outcomes if o.get("status") == "failed"]
+    failed = summary["failed"]
     if failed:
         names = "; ".join(f"{o['config']} ({o['error']})" for o in failed)
         raise RunFailed(f"{len(failed)} of {len(outcomes)} configs failed: {names}. Comparison: {summary['markdown']}")

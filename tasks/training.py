@@ -1,19 +1,106 @@
-"""Task: train one validated config and publish its run."""
+"""Tasks: train one validated config into a staged run, then publish it (retried on store outages).
+
+Training is not retried here (a bad config or a diverging model fails the same way twice); the
+publish step is, with growing delays, because an object store outage is usually transient. Both
+run in the same process, so the staged run survives between publish attempts.
+"""
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+import os
+import socket
+from pathlib import Path
 
-from emotion_core import pipeline
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from emotion_core import environment, pipeline
 from emotion_core.config import RunConfig
 from tasks.storage import open_task_store
 
 
+def slug(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def run_context() -> dict:
+    """Where this run executes: flow run, deployment, work pool/queue, worker, host, visible GPUs."""
+    from prefect import runtime
+
+    context = {"host": socket.gethostname(), "pid": os.getpid(),
+               "worker": os.environ.get("EMOTION_WORKER_NAME"),
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    flow_run_id = runtime.flow_run.id
+    if flow_run_id:
+        context.update(flow_run_id=str(flow_run_id), flow_run_name=runtime.flow_run.name,
+                       deployment=runtime.deployment.name)
+        try:
+            from prefect import get_client
+
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(flow_run_id)
+            context.update(work_pool=run.work_pool_name, work_queue=run.work_queue_name)
+        except Exception:  # monitoring must never fail a run
+            pass
+    return context
+
+
+class ProgressReporter:
+    """Progress events -> one log line each and a progress artifact (key ``progress-<config>``)."""
+
+    def __init__(self, config_name: str) -> None:
+        self.config_name = config_name
+        self.artifact_id = None
+        self.logger = get_run_logger()
+
+    def __call__(self, event: dict) -> None:
+        percent = round(100.0 * float(event.get("fraction") or 0.0), 1)
+        line = describe_progress(self.config_name, event)
+        self.logger.info(line)
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(percent, key=f"progress-{slug(self.config_name)}", description=line)
+        else:
+            update_progress_artifact(self.artifact_id, percent, description=line)
+
+
+def describe_progress(name: str, event: dict) -> str:
+    parts = [f"{name}: {event.get('event')}", f"step {event.get('step')}/{event.get('max_steps')}"]
+    if event.get("epoch") is not None:
+        parts.append(f"epoch {float(event['epoch']):.2f}")
+    if event.get("loss") is not None:
+        parts.append(f"loss {float(event['loss']):.4f}")
+    for key, value in (event.get("metrics") or {}).items():
+        if isinstance(value, (int, float)) and "macro_f1" in key:
+            parts.append(f"{key} {value:.4f}")
+    if event.get("eta_s") is not None:
+        parts.append(f"eta {float(event['eta_s']):.0f}s")
+    device = event.get("device") or {}
+    if device.get("kind") == "cuda":
+        parts.append(f"{device.get('name')} util {device.get('utilization_percent')}% "
+                     f"mem {device.get('memory_used_gib')}/{device.get('memory_total_gib')} GiB "
+                     f"(peak alloc {device.get('peak_allocated_gib')} GiB)")
+    elif device:
+        parts.append(f"cpu {device.get('process_cpu_percent')}% rss {device.get('rss_gib')} GiB")
+    return " | ".join(parts)
+
+
 @task(name="train-config", task_run_name="train-{cfg.name}")
-def train_config(cfg: RunConfig, store_uri: str) -> str:
-    """Train ``cfg`` and return the published run's URI."""
+def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> tuple[str, str]:
+    """Train ``cfg`` into a staged run of the store; returns ``(staging folder, run_id)``."""
     logger = get_run_logger()
-    logger.info("training %s (%s: %s) into %s", cfg.name, cfg.model.family, getattr(cfg.model, "model", "-"), store_uri)
-    uri = pipeline.train_config(cfg, open_task_store(store_uri))
-    logger.info("published %s", uri)
+    context = run_context()
+    logger.info("training %s (%s: %s) on %s worker=%s pool=%s queue=%s; device: %s", cfg.name, cfg.model.family,
+                getattr(cfg.model, "model", "-"), context["host"], context.get("worker"), context.get("work_pool"),
+                context.get("work_queue"), environment.device_facts())
+    store = open_task_store(store_uri)
+    staging, run_id = pipeline.train_run(cfg, store, run_id=run_id, progress=ProgressReporter(cfg.name), context=context)
+    return str(staging), run_id
+
+
+@task(name="publish-run", task_run_name="publish-{run_id}")
+def publish_run(staging: str, run_id: str, store_uri: str) -> str:
+    """Publish a staged run (files first, manifest last); returns its URI."""
+    uri = pipeline.publish_run(open_task_store(store_uri), Path(staging), run_id)
+    get_run_logger().info("published %s", uri)
     return uri

@@ -101,3 +101,35 @@ def s3_bucket(s3_endpoint, monkeypatch, tmp_path):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory):
+    """One real Prefect server (``prefect server start``, SQLite, 127.0.0.1) for the whole session.
+
+    In-process flows of the tests and the end-to-end workers all talk to it; its state (database,
+    pid files, logs) lives in a temporary folder. Workers and deployments are added by the
+    end-to-end fixtures that need them.
+    """
+    import flows  # noqa: F401  (Prefect environment defaults before Prefect is imported)
+    from flows.stack import Stack
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    state = tmp_path_factory.mktemp("prefect-stack")
+    stack = Stack(port=free_port(), state_dir=state, extra_env={
+        "PREFECT_HOME": str(state / "home"),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "5",
+    })
+    stack.start_server()
+    # This process only: subprocesses get the stack's API through ``stack.env()`` when they need it
+    # (the CLI tests check the in-process ephemeral server of a fresh checkout).
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.api_url}):
+            yield stack
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()  # the last run logs reach the server before it stops
+    finally:
+        stack.down()

@@ -18,14 +18,16 @@ from emotion_core.store.base import atomic_write_text
 COLUMNS = [
     "config", "status", "family", "model", "thresholds", "val_macro_f1", "val_micro_f1", "test_macro_f1",
     "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
-    "train_seconds", "peak_rss_mb", "peak_gpu_mb", "flags", "run_id", "error",
+    "train_seconds", "peak_rss_mb", "peak_gpu_mb", "flags", "worker", "run_id", "error",
 ]
 
 
 def _row(entry: dict) -> dict:
     manifest = entry.get("manifest")
     if manifest is None:
-        return {"config": entry["config"], "status": entry.get("status", "failed"), "error": entry.get("error", "")}
+        return {"config": entry["config"], "status": entry.get("status", "failed"), "run_id": entry.get("run_id"),
+                "error": entry.get("error", "")}
+    where = manifest.get("orchestration") or {}
     policy = manifest["threshold_policy"]
     summary = manifest["summary"]
     test = summary.get("test", {}).get(policy, {})
@@ -48,6 +50,7 @@ def _row(entry: dict) -> dict:
         "peak_rss_mb": manifest["memory"]["peak_rss_mb"],
         "peak_gpu_mb": manifest["memory"]["peak_gpu_allocated_mb"],
         "flags": "; ".join(f["code"] for f in manifest["flags"]),
+        "worker": where.get("worker") or where.get("host"),
         "run_id": manifest["run_id"],
         "error": "",
     }

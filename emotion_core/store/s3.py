@@ -44,7 +44,7 @@ class S3Store:
     """Runs under ``s3://<bucket>/<prefix>/runs/<run_id>/``, reports under ``.../reports/<name>/``."""
 
     def __init__(self, bucket: str, prefix: str = "", *, session=None, endpoint_url: str | None = None,
-                 attempts: int = 8, connect_timeout: float = 5.0) -> None:
+                 attempts: int | None = None, connect_timeout: float = 5.0) -> None:
         import boto3
         from botocore.config import Config
 
@@ -53,6 +53,8 @@ class S3Store:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url or os.environ.get("EMOTION_S3_ENDPOINT_URL") or None
+        # Attempts per request (botocore's standard mode: exponential backoff with jitter, max 20 s).
+        attempts = attempts or int(os.environ.get("EMOTION_S3_MAX_ATTEMPTS") or 8)
         self.attempts = attempts
         session = session or boto3.session.Session()
         config = Config(retries={"total_max_attempts": attempts, "mode": "standard"},

@@ -1,0 +1,118 @@
+"""Training progress as events: begin, throttled steps, each validation, end.
+
+``ProgressCallback(report, monitor=None, min_interval_s=10.0)`` is a ``transformers.TrainerCallback``
+that calls ``report(event)`` with a JSON-able dict:
+
+    {"event": "begin" | "step" | "evaluate" | "end", "step", "max_steps", "epoch", "fraction",
+     "elapsed_s", "eta_s", "loss", "learning_rate", "metrics", "device"}
+
+Features
+- ``begin`` and ``end`` always; ``step`` at most every ``min_interval_s`` seconds (0: every optimizer
+  step), never twice for one step; ``evaluate`` after every evaluation with the Trainer's metrics
+  dict in ``metrics`` (e.g. ``eval_macro_f1``; ``{}`` in the other events).
+- A step that the Trainer logs is reported from ``on_log``, after the log, so ``loss`` and
+  ``learning_rate`` are that step's; other steps from ``on_step_end`` with the latest logged values.
+- ``fraction`` = step / max_steps (1.0 at ``end``, also when early stopping ended the run sooner);
+  ``eta_s`` is linear in steps over the elapsed time (``None`` until a step is done, 0 at the end).
+- ``device``: ``monitor.snapshot()`` (a ``monitoring.DeviceMonitor`` sample) or ``None``.
+- A ``report`` (or snapshot) that raises is logged once as a warning and then ignored: progress
+  reporting never stops training.
+
+Limits
+- ``report`` runs synchronously in the training loop: keep it quick (a log line, an API call every
+  ``min_interval_s``), or it slows training.
+- The ETA counts evaluation time as training time and assumes steps of even cost.
+- ``loss`` is the Trainer's logged average since its previous log (``logging_steps``), not per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from emotion_core.monitoring import DeviceMonitor
+
+log = logging.getLogger(__name__)
+
+
+def _plain(value):
+    """Numbers as plain float/int (metrics may hold numpy scalars), so events stay JSON-able."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class ProgressCallback(TrainerCallback):
+    """Reports begin / throttled step / evaluate / end events to ``report``; see the module docstring."""
+
+    def __init__(self, report: Callable[[dict], None], monitor: "DeviceMonitor | None" = None,
+                 min_interval_s: float = 10.0) -> None:
+        self.report = report
+        self.monitor = monitor
+        self.min_interval_s = min_interval_s
+        self.started = time.monotonic()
+        self.last_sent = float("-inf")
+        self.last_step_sent = -1
+        self.loss: float | None = None
+        self.learning_rate: float | None = None
+        self.warned = False
+
+    def _event(self, kind: str, state, metrics: dict | None = None) -> dict:
+        elapsed = time.monotonic() - self.started
+        step, max_steps = int(state.global_step), int(state.max_steps or 0)
+        fraction = 1.0 if kind == "end" else (min(step / max_steps, 1.0) if max_steps else 0.0)
+        eta = elapsed * (1.0 - fraction) / fraction if step > 0 and fraction > 0 else None
+        device = self.monitor.snapshot() if self.monitor is not None else None
+        return {"event": kind, "step": step, "max_steps": max_steps,
+                "epoch": None if state.epoch is None else round(float(state.epoch), 4),
+                "fraction": round(fraction, 4), "elapsed_s": round(elapsed, 1),
+                "eta_s": None if eta is None else round(eta, 1),
+                "loss": self.loss, "learning_rate": self.learning_rate,
+                "metrics": {k: _plain(v) for k, v in (metrics or {}).items()}, "device": device}
+
+    def _send(self, kind: str, state, metrics: dict | None = None) -> None:
+        self.last_sent = time.monotonic()
+        if kind == "step":
+            self.last_step_sent = int(state.global_step)
+        try:
+            self.report(self._event(kind, state, metrics))
+        except Exception as exc:  # a broken progress sink must not stop training
+            if not self.warned:
+                self.warned = True
+                log.warning("progress report failed; training goes on, further failures are not logged: %r", exc)
+
+    def _step_due(self, state) -> bool:
+        return (int(state.global_step) > self.last_step_sent
+                and time.monotonic() - self.last_sent >= self.min_interval_s)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self._send("begin", state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # The Trainer's flow callback (which runs before this one) has decided whether this step is
+        # logged; if it is, report from on_log so the event carries this step's loss.
+        if not control.should_log and self._step_due(state):
+            self._send("step", state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs:  # evaluation logs and the final summary carry no training loss
+            return
+        self.loss = _plain(logs["loss"])
+        self.learning_rate = _plain(logs.get("learning_rate", self.learning_rate))
+        if self._step_due(state):
+            self._send("step", state)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self._send("evaluate", state, metrics)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._send("end", state)

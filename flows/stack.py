@@ -1,0 +1,228 @@
+"""The embedded default: a local Prefect server, its pools, workers and deployments, on this machine.
+
+    emotion stack up      server (SQLite, 127.0.0.1) + pools + orchestration worker + gpu worker(s) + deploy
+    emotion demo          up, then `train-all/nightly` on cpu-demo, wait, print the summary and UI URL
+    emotion stack down    stop everything `up` started
+
+Features: processes run detached (they outlive the command, so the UI stays up after the demo),
+each in its own process group with a pid file and a log in ``<state>/``; ``up`` reuses a healthy
+server and running workers; paths in ``EMOTION_STORE`` / ``EMOTION_DATA_DIR`` are made absolute
+so workers resolve them the same way; telemetry is off.
+Limits: one machine, one server per state folder; not a production deployment (use a Prefect server
+with PostgreSQL, and ``deployments/gpu_workers.py`` on each GPU machine).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from emotion_core.errors import EmotionError
+from emotion_core.settings import default_store_uri
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class StackError(EmotionError):
+    """The local stack could not start or stop (port taken, server not healthy, deploy failed)."""
+
+
+@dataclass
+class Stack:
+    """Where the local stack lives and how it is shaped."""
+
+    port: int = 4200
+    """Port of the Prefect server (and UI) on 127.0.0.1."""
+    state_dir: Path = field(default_factory=lambda: PROJECT_DIR / ".emotion" / "stack")
+    """Pid files and logs of the processes the stack started."""
+    cpu_workers: int = 1
+    """gpu-pool workers to start when the machine has no GPU (one per GPU otherwise)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Environment for the server, workers and deploy (e.g. S3 endpoint, credentials, store)."""
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.ui_url}/api"
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env}
+        env.update({
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_UI_API_URL": self.api_url,  # else the UI of a server on another port calls :4200
+            "PREFECT_HOME": str(Path(env.get("PREFECT_HOME") or self.state_dir / "prefect").resolve()),
+            "DO_NOT_TRACK": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
+            "EMOTION_PROJECT_DIR": str(PROJECT_DIR),
+            "PYTHONUNBUFFERED": "1",
+        })
+        store = self.extra_env.get("EMOTION_STORE") or default_store_uri()
+        env["EMOTION_STORE"] = store if "://" in store else str(Path(store).resolve())
+        if env.get("EMOTION_DATA_DIR"):
+            env["EMOTION_DATA_DIR"] = str(Path(env["EMOTION_DATA_DIR"]).resolve())
+        return env
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def _start(self, name: str, argv: list[str]) -> int:
+        pid_file = self.state_dir / f"{name}.pid"
+        if pid_file.exists() and _alive(int(pid_file.read_text())):
+            return int(pid_file.read_text())
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.state_dir / f"{name}.log", "ab")
+        process = subprocess.Popen(argv, env=self.env(), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        pid_file.write_text(str(process.pid))
+        return process.pid
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"{self.api_url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start_server(self, timeout_s: float = 240) -> None:
+        if self.healthy():
+            return
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        pid = self._start("server", [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if not _alive(pid):
+                raise StackError(f"the Prefect server exited at start (port {self.port} taken?); see {self.state_dir / 'server.log'}")
+            time.sleep(1)
+        raise StackError(f"the Prefect server did not answer {self.api_url}/health within {timeout_s:.0f}s; "
+                         f"see {self.state_dir / 'server.log'}")
+
+    def run_with_api(self, fn, *args, **kwargs):
+        """Call ``fn`` with this stack's API as Prefect's API (client calls from this process)."""
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: self.api_url}):
+            return fn(*args, **kwargs)
+
+    def apply_pools(self) -> list[str]:
+        from flows.pools import apply_pools
+
+        return self.run_with_api(apply_pools)
+
+    def deploy(self) -> None:
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=self.env(), cwd=PROJECT_DIR,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise StackError(f"prefect deploy --all failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+    def start_workers(self) -> None:
+        prefect = str(Path(sys.executable).with_name("prefect"))
+        self._start("worker-orchestration", [prefect, "worker", "start", "--pool", "orchestration", "--type", "process",
+                                             "--name", "orchestration-local", "--limit", "4"])
+        self._start("workers-gpu", [sys.executable, str(PROJECT_DIR / "deployments" / "gpu_workers.py"),
+                                    "--pool", "gpu", "--cpu-workers", str(self.cpu_workers)])
+
+    def wait_for_workers(self, pools: dict[str, int], timeout_s: float = 120) -> None:
+        """Wait until each pool has at least the given number of online workers."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counts = {pool: len(self.online_workers(pool)) for pool in pools}
+            if all(counts[p] >= n for p, n in pools.items()):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"workers did not come online within {timeout_s:.0f}s: {counts}; see {self.state_dir}/*.log")
+            time.sleep(1)
+
+    def online_workers(self, pool: str) -> list[str]:
+        response = httpx.post(f"{self.api_url}/work_pools/{pool}/workers/filter", json={}, timeout=10)
+        if response.status_code == 404:
+            return []
+        response.raise_for_status()
+        return [w["name"] for w in response.json() if w.get("status") == "ONLINE"]
+
+    def up(self) -> list[str]:
+        """Start (or reuse) the server, pools, workers and deployments; returns what it did."""
+        self.start_server()
+        lines = self.apply_pools()
+        self.deploy()
+        self.start_workers()
+        return lines + [f"deployments: train-all/nightly, train-model/gpu (from {PROJECT_DIR / 'prefect.yaml'})",
+                        f"UI: {self.ui_url}"]
+
+    def down(self) -> list[str]:
+        """Stop what ``up`` started: workers first (their runs end), then the server."""
+        stopped = []
+        for name in ("worker-orchestration", "workers-gpu", "server"):
+            pid_file = self.state_dir / f"{name}.pid"
+            if not pid_file.exists():
+                continue
+            pid = int(pid_file.read_text())
+            if _alive(pid):
+                _stop_group(pid)
+                stopped.append(f"{name} (pid {pid})")
+            pid_file.unlink()
+        return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _stop_group(pid: int, grace_s: float = 20) -> None:
+    """SIGTERM the process group, again after a pause (Prefect workers need two), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGTERM, grace_s), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.2)
+
+
+def trigger(stack: Stack, deployment: str, parameters: dict, timeout_s: float | None = None):
+    """Run ``deployment`` with ``parameters`` and wait for its final state; returns the flow run."""
+    from prefect.deployments import run_deployment
+
+    return stack.run_with_api(run_deployment, deployment, parameters=parameters, timeout=timeout_s,
+                              poll_interval=3, as_subflow=False)
+
+
+def latest_artifact(stack: Stack, key: str, flow_run_id=None):
+    """The newest artifact with ``key`` (of ``flow_run_id`` if given), or None."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    def read():
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
+                                               flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None),
+                sort=ArtifactSort.CREATED_DESC, limit=1)
+        return found[0] if found else None
+
+    return stack.run_with_api(read)
