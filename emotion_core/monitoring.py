@@ -100,10 +100,15 @@ class DeviceMonitor:
         self._static = {"host": socket.gethostname(), "pid": os.getpid(),
                         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         if self.kind == "cuda":
-            self.index = torch.cuda.current_device() if device is None else device
-            self._static.update(name=torch.cuda.get_device_name(self.index), index=self.index,
-                                memory_total_gib=_gib(torch.cuda.get_device_properties(self.index).total_memory))
             self._nvml_ok = True
+            try:
+                self.index = torch.cuda.current_device() if device is None else device
+                self._static.update(name=torch.cuda.get_device_name(self.index), index=self.index,
+                                    memory_total_gib=_gib(torch.cuda.get_device_properties(self.index).total_memory))
+            except Exception as exc:  # a device that cannot be queried: the samples will fail quietly too
+                self.index = 0 if device is None else device
+                self._static.update(name=None, index=self.index, memory_total_gib=None)
+                self.note = f"CUDA device facts unavailable: {type(exc).__name__}: {exc}"
         else:
             self.index = None
             memory = _system_memory_bytes()

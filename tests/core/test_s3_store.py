@@ -84,13 +84,11 @@ def test_unreachable_store_fails_clearly_and_publishes_nothing(tmp_path, s3_endp
     assert time.monotonic() - started < 60
 
 
-def test_store_down_for_a_while_is_retried_until_it_is_back(s3_bucket, s3_endpoint, monkeypatch):
+def test_store_down_for_a_while_is_retried_until_it_is_back(s3_bucket, s3_endpoint, s3_gate, monkeypatch):
     """The endpoint refuses connections for ~2 s, then comes back: publish retries and completes."""
-    port = _closed_port()
-    target = int(s3_endpoint.rsplit(":", 1)[1])
-    forwarder = threading.Thread(target=_forward_after, args=(port, target, 2.0), daemon=True)
-    forwarder.start()
-    store = S3Store(s3_bucket, "flaky", endpoint_url=f"http://127.0.0.1:{port}", attempts=10, connect_timeout=1)
+    opener = threading.Timer(2.0, s3_gate.open)
+    opener.start()
+    store = S3Store(s3_bucket, "flaky", endpoint_url=f"http://127.0.0.1:{s3_gate.port}", attempts=10, connect_timeout=1)
     staging = stage_run(store, "r4")
     assert store.publish(staging, "r4") == f"s3://{s3_bucket}/flaky/runs/r4"
     direct = S3Store(s3_bucket, "flaky", endpoint_url=s3_endpoint)
@@ -101,39 +99,6 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _forward_after(port: int, target: int, delay: float) -> None:
-    """After ``delay`` seconds, accept on ``port`` and pipe each connection to ``target`` (both on 127.0.0.1)."""
-    time.sleep(delay)
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", port))
-    server.listen(16)
-    server.settimeout(60)
-
-    def pipe(src, dst):
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            client, _ = server.accept()
-        except OSError:
-            break
-        upstream = socket.create_connection(("127.0.0.1", target))
-        threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
-        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
 
 
 TINY = {"model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},

@@ -1,12 +1,11 @@
 """The artefact store goes away while a run publishes: retried with backoff, then complete or nothing.
 
-A TCP gate in front of moto's S3 server refuses connections while closed (a store that is down);
+A TCP gate in front of moto's S3 server (``s3_gate``) refuses connections while closed (a store that is down);
 the real ``train-model`` flow publishes through it.
 """
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from pathlib import Path
@@ -19,73 +18,18 @@ pytestmark = pytest.mark.slow
 TINY = Path(__file__).resolve().parents[1] / "data" / "sets" / "tiny-ffnn.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Gate:
-    """Forwards 127.0.0.1:port to a target while open; while closed nothing listens (connection refused)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.port, self.target_port = free_port(), target_port
-        self.server: socket.socket | None = None
-        self.refused_until_open = 0
-
-    def open(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
-        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-@pytest.fixture
-def gate(s3_endpoint):
-    g = Gate(int(s3_endpoint.rsplit(":", 1)[1]))
-    yield g
-    g.close()
-
-
 def objects(endpoint: str, bucket: str) -> list[str]:
     listing = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket=bucket)
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def test_store_down_for_a_while_then_back_the_run_completes(prefect_server, data_dir, s3_endpoint, s3_bucket, gate, monkeypatch):
+def test_store_down_for_a_while_then_back_the_run_completes(prefect_server, data_dir, s3_endpoint, s3_bucket, s3_gate, monkeypatch):
     from flows.train_model import train_model
 
-    monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", f"http://127.0.0.1:{gate.port}")
+    monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", f"http://127.0.0.1:{s3_gate.port}")
     monkeypatch.setenv("EMOTION_S3_MAX_ATTEMPTS", "2")  # a short botocore retry: the task's retries do the rest
     # Closed now; opens ~12 s later, during the publish task's retry delays (10 s, 20 s).
-    opener = threading.Timer(12.0, gate.open)
+    opener = threading.Timer(12.0, s3_gate.open)
     opener.start()
     started = time.monotonic()
     try:
@@ -104,11 +48,11 @@ def test_store_down_for_a_while_then_back_the_run_completes(prefect_server, data
     assert run.manifest["status"] == "completed"
 
 
-def test_store_that_stays_down_fails_clearly_with_nothing_published(prefect_server, data_dir, s3_endpoint, s3_bucket, gate, monkeypatch):
+def test_store_that_stays_down_fails_clearly_with_nothing_published(prefect_server, data_dir, s3_endpoint, s3_bucket, s3_gate, monkeypatch):
     from emotion_core.errors import StoreError
     from flows.train_model import train_model
 
-    monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", f"http://127.0.0.1:{gate.port}")  # never opened
+    monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", f"http://127.0.0.1:{s3_gate.port}")  # never opened
     monkeypatch.setenv("EMOTION_S3_MAX_ATTEMPTS", "2")
     with pytest.raises(StoreError) as failure:
         train_model(config=str(TINY), store=f"s3://{s3_bucket}/down", run_id="store-stays-down", publish_retries=1)
