@@ -43,6 +43,8 @@ def measure(stack, config_set: Path) -> dict:
     started = time.perf_counter()
     parent = trigger(stack, "train-all/nightly", {"config_set": str(config_set)})
     trigger_to_completion = time.perf_counter() - started
+    if not parent.state.is_completed():
+        raise SystemExit(f"train-all/nightly ended {parent.state.name}: {parent.state.message}")
     children = httpx.post(f"{stack.api_url}/flow_runs/filter", json={
         "flow_runs": {"parent_flow_run_id": {"any_": [str(parent.id)]}}}, timeout=30).json()
     store = open_store(stack.env()["EMOTION_STORE"])
@@ -76,8 +78,14 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "orchestration.json"))
     args = parser.parse_args()
 
+    import os
+
     import flows  # noqa: F401
     from flows.stack import Stack
+
+    shared = ROOT.parent / "shared" / "data"
+    if not os.environ.get("EMOTION_DATA_DIR") and shared.is_dir():
+        os.environ["EMOTION_DATA_DIR"] = str(shared)  # as the Makefile and the tests do
 
     with tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp:
         stack = Stack(port=free_port(), state_dir=Path(tmp) / "stack", cpu_workers=args.workers, extra_env={

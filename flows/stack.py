@@ -208,7 +208,7 @@ def trigger(stack: Stack, deployment: str, parameters: dict, timeout_s: float | 
     from prefect.deployments import run_deployment
 
     return stack.run_with_api(run_deployment, deployment, parameters=parameters, timeout=timeout_s,
-                              poll_interval=3, as_subflow=False)
+                              poll_interval=1, as_subflow=False)
 
 
 def latest_artifact(stack: Stack, key: str, flow_run_id=None):

@@ -35,7 +35,7 @@ def _cancel_children(flow, flow_run, state) -> None:
 def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | None = None,
               dataset: str | None = None, overrides: dict[str, Any] | None = None,
               dispatch: Literal["local", "deployment"] = "local", child_deployment: str = "train-model/gpu",
-              queues: dict[str, float] | None = None, poll_interval_s: float = 5.0) -> dict:
+              queues: dict[str, float] | None = None, poll_interval_s: float = 2.0) -> dict:
     """Train every config of ``config_set`` and publish the comparison; returns where it was written.
 
     ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;

@@ -14,9 +14,11 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from emotion_core import environment, pipeline
 from emotion_core.config import RunConfig
 from tasks.storage import open_task_store
+
+# emotion_core.pipeline (torch, transformers) is imported inside the tasks: the train-all parent
+# imports this module too and only dispatches, so it starts in seconds, not ten.
 
 
 def slug(text: str) -> str:
@@ -88,6 +90,8 @@ def describe_progress(name: str, event: dict) -> str:
 @task(name="train-config", task_run_name="train-{cfg.name}")
 def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> tuple[str, str]:
     """Train ``cfg`` into a staged run of the store; returns ``(staging folder, run_id)``."""
+    from emotion_core import environment, pipeline
+
     logger = get_run_logger()
     context = run_context()
     logger.info("training %s (%s: %s) on %s worker=%s pool=%s queue=%s; device: %s", cfg.name, cfg.model.family,
@@ -101,6 +105,8 @@ def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> t
 @task(name="publish-run", task_run_name="publish-{run_id}")
 def publish_run(staging: str, run_id: str, store_uri: str) -> str:
     """Publish a staged run (files first, manifest last); returns its URI."""
+    from emotion_core import pipeline
+
     uri = pipeline.publish_run(open_task_store(store_uri), Path(staging), run_id)
     get_run_logger().info("published %s", uri)
     return uri
