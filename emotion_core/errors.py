@@ -56,3 +56,10 @@ class StoreError(EmotionError):
 
 class RunFailed(EmotionError):
     """One or more runs of a config set failed; the message names each config and its error."""
+
+
+class TrainingDiverged(EmotionError):
+    """Training stopped: the loss or the gradient norm stayed non-finite (NaN/inf) for several steps.
+
+    The message names the config, the steps and the values, and what to change.
+    """

@@ -25,13 +25,13 @@ from emotion_core import environment
 from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
 from emotion_core.metrics import sigmoid
-from emotion_core.models import build_family
+from emotion_core.models import build_family, preflight
 from emotion_core.monitoring import DeviceMonitor
 from emotion_core.runs import file_inventory, write_config, write_json, write_logits
 from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore
 from emotion_core.thresholds import evaluate_policies
-from emotion_core.training.fit import fit, seed_everything
+from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 from emotion_core.training.predict import predict_logits
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,15 @@ def quality_flags(evaluation: dict, policy: str) -> list[dict]:
     return flags
 
 
-def count_parameters(model) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": total}
+def count_parameters(model) -> dict[str, int | float]:
+    """Trainable and total parameters (a 4-bit QLoRA weight counts as the parameters it stands for), and
+    ``weights_mb``: the bytes the weights and buffers take as stored (a 4-bit weight: half a byte each)."""
+    from emotion_core.models.adapters import trainable_parameters
+
+    counts = trainable_parameters(model)
+    stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return {**counts, "trainable_percent": round(100.0 * counts["trainable"] / max(counts["total"], 1), 4),
+            "weights_mb": round(stored / 2**20, 1)}
 
 
 def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None, run_id: str | None = None,
@@ -82,6 +87,7 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry (flow run,
     work pool, worker...).
     """
+    preflight.check(cfg)  # before any download or training
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     environment.reset_peak_memory()
@@ -102,8 +108,13 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
 
         with DeviceMonitor() as monitor:
-            stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints",
-                        progress=progress, monitor=monitor)
+            if cfg.model.family == "zero_shot":  # prompted, not trained: nothing to fit
+                stats = FitStats(epochs_completed=0.0, steps=0, train_seconds=0.0, eval_seconds=0.0,
+                                 train_samples_per_second=0.0, best_validation_macro_f1=None,
+                                 precision=resolve_precision(cfg.training.precision), log_history=[])
+            else:
+                stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints",
+                            progress=progress, monitor=monitor, train_labels=train_labels)
         device_usage = monitor.summary()
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the best weights are in memory now
 

@@ -24,6 +24,7 @@ import polars as pl
 import yaml
 
 from emotion_core.config import RunConfig, parse_run_config
+from emotion_core.errors import StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.store import resolve_run_folder
 from emotion_core.store.base import MANIFEST, atomic_write_text, sha256_file
@@ -83,7 +84,14 @@ class Run:
 def read_run(ref: str | Path) -> Run:
     """Open a complete run from a folder, ``file://`` or ``s3://`` URI (``StoreError`` if incomplete)."""
     folder = resolve_run_folder(ref)
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    config = parse_run_config(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")), str(folder / "config.yaml"))
-    schema = LabelSchema.read(folder / "labels.json")
+    name = MANIFEST  # the file being read, for the error message
+    try:
+        manifest = json.loads((folder / name).read_text(encoding="utf-8"))
+        name = "config.yaml"
+        raw_config = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
+        name = "labels.json"
+        schema = LabelSchema.read(folder / name)
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # missing, undecodable or not JSON/YAML
+        raise StoreError(f"run '{ref}': cannot read {name} ({exc}); the run folder is incomplete or damaged") from None
+    config = parse_run_config(raw_config, str(folder / "config.yaml"))
     return Run(folder, manifest, config, schema)

@@ -31,7 +31,10 @@ out = Console()
 def _fail(exc: Exception) -> None:
     from emotion_core.errors import RunFailed
 
-    err.print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: messages hold brackets (``s3://<bucket>[/<prefix>]``, lists) that are not markup.
+    err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)
     raise typer.Exit(1 if isinstance(exc, RunFailed) else 2)
 
 
@@ -43,6 +46,25 @@ def _run(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except EmotionError as exc:
         _fail(exc)
+
+
+def _console_without_user_tracebacks() -> None:
+    """Prefect logs a failed task or flow run with its traceback. For a user error (``EmotionError``: the
+    message already names the file, row or field) the console shows the message only; handlers that
+    run before the console's (the run's logs sent to the Prefect API) still get the traceback."""
+    import logging
+
+    from emotion_core.errors import EmotionError
+
+    class UserErrorWithoutTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if record.exc_info and isinstance(record.exc_info[1], EmotionError):
+                record.exc_info, record.exc_text = None, None
+            return True
+
+    for handler in logging.getLogger().handlers:  # Prefect's console handler is the root logger's
+        if not any(isinstance(f, UserErrorWithoutTraceback) for f in handler.filters):
+            handler.addFilter(UserErrorWithoutTraceback())
 
 
 SET_HELP = "Override a config field, e.g. --set training.epochs=1 --set data.max_train_samples=2000 (repeatable)."
@@ -58,8 +80,13 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
     overrides = _run(parse_overrides, set_)
 
     def go():
+        from emotion_core.config import load_run_config
+        from emotion_core.models import preflight
+
+        preflight.check(load_run_config(config, overrides), str(config))  # in a second, before Prefect starts
         from flows.train_model import train_model
 
+        _console_without_user_tracebacks()
         return train_model(config=str(config), store=store, overrides=overrides)
 
     uri = _run(go)
@@ -70,7 +97,7 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
 def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g. deployments/sets/cpu-demo.yaml."),
               store: Optional[str] = typer.Option(None, help="Artefact store (path or file:// URI)."),
               set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
-    """Train every config of a set and write the comparison table (markdown + CSV)."""
+    """Train every config of a set, then evaluate, calibrate, explain and compare them (HTML report, markdown, CSV)."""
     from emotion_core.config import parse_overrides
 
     overrides = _run(parse_overrides, set_)
@@ -78,11 +105,13 @@ def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g.
     def go():
         from flows.train_all import train_all as flow
 
+        _console_without_user_tracebacks()
         return flow(config_set=str(config_set), store=store, overrides=overrides)
 
     summary = _run(go)
     out.print(summary["table"], highlight=False, soft_wrap=True)
-    out.print(f"comparison: {summary['markdown']}\n            {summary['csv']}", highlight=False, soft_wrap=True)
+    out.print(f"report: {summary['html']}\ncomparison: {summary['markdown']}\n            {summary['csv']}", highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
@@ -100,6 +129,29 @@ def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
 
 
 @app.command()
+def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI of the chosen run."),
+           out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
+           data: Optional[Path] = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split (SemEval E-c)."),
+           calibrated: bool = typer.Option(True, help="Temperature-scaled probabilities and re-tuned thresholds (as in the report)."),
+           batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
+    """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds."""
+    from emotion_core.submission import submit_run
+
+    def go():
+        try:
+            return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size)
+        except ValueError as exc:  # rows that cannot be written (duplicate ids, a label named like the id column)
+            from emotion_core.errors import DataError
+
+            raise DataError(str(exc)) from None
+
+    result = _run(go)
+    out.print(f"submission written: {result['path']} ({result['rows']} rows, "
+              f"{'calibrated' if result['calibrated'] else 'run'} thresholds, {result['rows_without_label']} rows with no label)",
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
 def publish(folder: Path = typer.Argument(..., help="A complete run folder (with manifest.json), e.g. one kept after a failed publish."),
             store: str = typer.Option(..., help="Store to publish into (path, file:// or s3://).")) -> None:
     """Publish a complete local run folder into a store (idempotent)."""
@@ -110,7 +162,10 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
 
     def go():
         run_folder = resolve_run_folder(folder)
-        run_id = json.loads((run_folder / "manifest.json").read_text(encoding="utf-8")).get("run_id")
+        try:
+            run_id = json.loads((run_folder / "manifest.json").read_text(encoding="utf-8")).get("run_id")
+        except (ValueError, AttributeError) as exc:  # not JSON, or JSON but not an object
+            raise StoreError(f"{run_folder / 'manifest.json'}: not a JSON object ({exc}); the run folder is damaged") from None
         if not run_id:
             raise StoreError(f"{run_folder / 'manifest.json'}: no run_id")
         return open_store(store).publish(run_folder, run_id)
@@ -128,7 +183,10 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
 
     for path in paths:
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+            try:  # only to tell a set from a run config: the loaders below report what is wrong, naming the line
+                raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+            except (yaml.YAMLError, OSError, UnicodeDecodeError):
+                raw = None
             if isinstance(raw, dict) and "configs" in raw:
                 spec, entries = load_config_set(path)
                 out.print(f"{path}: set '{spec.name}', {len(entries)} configs", highlight=False)
@@ -142,6 +200,12 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
                 exc = ConfigError(f"{path}: {exc}")
             _fail(exc)
         for cfg in configs:
+            try:
+                from emotion_core.models import preflight
+
+                preflight.check(cfg, str(path))
+            except EmotionError as exc:
+                _fail(exc)
             out.print(f"  ok  {cfg.name}: {cfg.model.family} {getattr(cfg.model, 'model', '')} on {cfg.data.dataset}", highlight=False)
 
 

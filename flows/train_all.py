@@ -1,10 +1,15 @@
-"""Flow ``train-all``: every config of a set -> one run each -> a comparison published everywhere.
+"""Flow ``train-all``: every config of a set -> one run each -> evaluated, explained, compared, published.
 
 Two ways to run the children, same outcome records:
 - ``dispatch="deployment"`` (the ``train-all/nightly`` deployment): one ``train-model/gpu`` flow run
   per config, created at once on the gpu pool and placed on a work queue by the config's GPU memory
   need (``flows.dispatch``); the workers' concurrency decides how many train at the same time;
 - ``dispatch="local"``: children run one after another in this process (a laptop, CI).
+Then, in this flow: ``evaluate-run`` per run (test metrics with bootstrap CIs, PR/ROC-AUC, ECE,
+temperature scaling, reliability diagram), ``explain-run`` per run (SHAP on a seeded test sample,
+cached) and ``compare-runs`` (ensemble of the best runs, paired bootstrap against the best, the HTML
+/ markdown / CSV report in the store, Prefect artifacts, W&B) with the champion/challenger decision
+per dataset (``emotion_core.registry``: promoted only if clearly better; every decision recorded).
 A child that fails is recorded as failed in the comparison and fails this flow at the end with a
 message naming its config; the others are still compared. Cancelling this flow cancels its children.
 """
@@ -20,10 +25,12 @@ from prefect.artifacts import create_table_artifact
 
 from emotion_core.config import deep_merge, load_config_set
 from emotion_core.errors import RunFailed
+from emotion_core.models import preflight
 from emotion_core.settings import default_store_uri
 from flows.dispatch import cancel_children_of, child_run_id, queue_capacities, queue_for, start_children, wait_for_children
 from flows.train_model import train_model
-from tasks.reporting import compare_runs
+from tasks.analysis import compare_runs, evaluate_run, explain_run
+from tasks.storage import open_task_store
 from tasks.training import slug
 
 
@@ -46,6 +53,8 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
     store = store or default_store_uri()
     overrides = deep_merge(overrides or {}, {"data": {"dataset": dataset}} if dataset else {})
     spec, entries = load_config_set(config_set, overrides)  # every config validated before any training
+    for entry in entries:  # architecture, bitsandbytes, GPU memory: before anything is dispatched
+        preflight.check(entry.config, str(entry.path))
     queues = queues or queue_capacities("gpu")
     started = datetime.now(timezone.utc)
     parent_id = str(runtime.flow_run.id or os.getpid())
@@ -80,7 +89,16 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
 
     create_table_artifact(key=f"children-{slug(spec.name)}", table=outcomes,
                           description=f"train-all {spec.name}: one child run per config")
-    summary = compare_runs(spec.name, outcomes, store)
+    report = spec.report
+    report_name = f"{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    report_dir = str(open_task_store(store).staging(report_name))
+    entries = [evaluate_run(o["config"], o["run_id"], store, report_dir, report.bootstrap_samples, report.seed)
+               for o in outcomes if o.get("status") != "failed"]
+    for entry in entries:
+        if entry["status"] == "completed":
+            entry["explanation"] = explain_run(entry, store, report_dir)
+    summary = compare_runs(spec.name, outcomes, entries, store, report_dir, report_name, report.bootstrap_samples,
+                           report.seed, report.ensemble_top_k, report.champion.model_dump())
     failed = summary["failed"]
     if failed:
         names = "; ".join(f"{o['config']} ({o['error']})" for o in failed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 from pathlib import Path
 
@@ -24,6 +25,12 @@ os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("EMOTION_DATA_DIR", str((REPO.parent / "shared" / "data").resolve()))
+# W&B: offline, and its files in a folder of this session (never the home folder or the checkout).
+os.environ["WANDB_MODE"] = "offline"
+os.environ.pop("WANDB_API_KEY", None)
+_WANDB_ROOT = tempfile.mkdtemp(prefix="emotion-tests-wandb-")
+for _name, _sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+    os.environ[_name] = os.path.join(_WANDB_ROOT, _sub)
 
 
 def shared_data_dir() -> Path | None:

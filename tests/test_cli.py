@@ -22,7 +22,7 @@ def emotion(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_check_config_ok_and_errors(tmp_path):
     ok = emotion("check-config", "deployments/sets/cpu-demo.yaml", "deployments/configs/minilm.yaml")
     assert ok.returncode == 0, ok.stderr
-    assert "set 'cpu-demo', 2 configs" in ok.stdout and "ok  minilm: encoder minilm on goemotions" in ok.stdout
+    assert "set 'cpu-demo', 4 configs" in ok.stdout and "ok  minilm: encoder minilm on goemotions" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "b", "model": {"family": "encoder"}, "training": {"lr": 1}}))
     result = emotion("check-config", str(bad))
@@ -78,7 +78,38 @@ def test_train_all_cli_runs_the_flow_on_an_ephemeral_server(data_dir, tmp_path):
     set_path.write_text(yaml.safe_dump(spec))
     result = emotion("train-all", str(set_path), "--store", str(tmp_path / "store"), PREFECT_HOME=str(tmp_path / "fresh-checkout" / ".emotion" / "prefect"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| ffnn-tfidf | completed |" in result.stdout
-    assert "comparison:" in result.stdout and "cli-tiny-" in result.stdout
+    assert "| ffnn-tfidf | full | ffnn |" in result.stdout and "completed" in result.stdout
+    assert "comparison:" in result.stdout and "cli-tiny-" in result.stdout and "/report.html" in result.stdout
     assert (tmp_path / "fresh-checkout" / ".emotion" / "prefect" / "prefect.db").is_file()  # the flow ran against a local SQLite Prefect
     assert len(list((tmp_path / "store" / "runs").iterdir())) == 1
+
+
+@pytest.mark.slow
+def test_submit_writes_a_semeval_submission_at_calibrated_thresholds(data_dir, tmp_path):
+    """A run on SemEval E-c -> the Kaggle-style file for the real unlabelled test tweets, ID + 11 labels."""
+    from emotion_core.config import load_run_config
+    from emotion_core.pipeline import train_config
+    from emotion_core.store import open_store
+
+    cfg = load_run_config(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml", {
+        "name": "semeval-ffnn", "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},
+        "data": {"dataset": "semeval2018-ec"}})
+    uri = train_config(cfg, open_store(tmp_path / "store"))
+    out = tmp_path / "submission.csv"
+    result = emotion("submit", uri, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "calibrated thresholds" in result.stdout
+    frame = pl.read_csv(out, infer_schema_length=0)
+    assert frame.columns == ["ID", "anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism",
+                             "sadness", "surprise", "trust"]
+    unlabelled = pl.read_csv(data_dir / "semeval2018-ec" / "test-unlabelled.txt", separator="\t", infer_schema_length=0)
+    assert frame["ID"].to_list() == unlabelled["ID"].to_list()
+    assert set(frame.drop("ID").unpivot()["value"].unique().to_list()) <= {"0", "1"}
+    raw = emotion("submit", uri, "--out", str(tmp_path / "plain.csv"), "--no-calibrated")
+    assert raw.returncode == 0 and "run thresholds" in raw.stdout
+    # a file without a text column: a clear error naming it, nothing written
+    no_text = tmp_path / "no-text.csv"
+    no_text.write_text("id,body\n1,so happy\n")
+    bad = emotion("submit", uri, "--out", str(tmp_path / "bad.csv"), "--data", str(no_text))
+    assert bad.returncode == 2 and "no-text.csv" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad.csv").exists()

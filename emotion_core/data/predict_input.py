@@ -29,7 +29,7 @@ from emotion_core.data import goemotions, semeval
 from emotion_core.data.delimited import first_line, parse_delimited, separator_for
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, RawFile
-from emotion_core.data.tabular import ROW_ID, read_table
+from emotion_core.data.tabular import ROW_ID, read_table, require_text
 from emotion_core.data.validate import check_rows
 from emotion_core.errors import DataError
 
@@ -82,6 +82,7 @@ def read_prediction_input(
             file=file,
             column=missing[0],
         )
+    require_text(frame, text_name, file)
     ids = pl.col(id_name).cast(pl.Utf8) if id_name else pl.col(ROW).cast(pl.Utf8)
     raw = RawFile(
         role="predict",

@@ -57,6 +57,13 @@ def read_table(path: Path, role: str, hasher: DataHasher) -> tuple[pl.DataFrame,
     return parsed.frame, parsed.columns, parsed.rows_read, parsed.problems
 
 
+def require_text(frame: pl.DataFrame, column: str, file: str) -> None:
+    """A text column must hold text: a Parquet column of numbers (or lists...) is an error, never cast."""
+    dtype = frame.schema[column]
+    if not (dtype == pl.Utf8 or dtype == pl.Null or isinstance(dtype, (pl.Categorical, pl.Enum))):
+        raise DataError(f"the text column holds {dtype} values, not text (strings)", file=file, column=column)
+
+
 def _require(columns: list[str], wanted: list[str], file: str, what: str) -> None:
     missing = [c for c in wanted if c not in columns]
     if missing:
@@ -106,6 +113,7 @@ def read_tabular_file(path: Path, role: str, cfg: DataConfig, labels: list[str] 
         ids = pl.col(cfg.id_column).cast(pl.Utf8)
     else:
         ids = pl.format(f"{row_prefix}{{}}", pl.col(ROW)) if row_prefix else pl.col(ROW).cast(pl.Utf8)
+    require_text(frame, cfg.text_column, file)
     label_matrix = None
     if not unlabelled:
         # When the labels were inferred, a stray non-label column is the likely cause of a bad value.

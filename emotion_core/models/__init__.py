@@ -7,6 +7,14 @@
 ``emotion_core.models.build_family`` and ``load_family`` dispatch on ``cfg.model.family``.
 """
 
-from emotion_core.models.family import Family, build_family, load_family
-
 __all__ = ["Family", "build_family", "load_family"]
+
+
+def __getattr__(name: str):
+    # Lazy: ``emotion_core.models.preflight`` must import without torch (the train-all parent
+    # checks configs but trains nothing).
+    if name in __all__:
+        from emotion_core.models import family
+
+        return getattr(family, name)
+    raise AttributeError(f"module 'emotion_core.models' has no attribute {name!r}")

@@ -9,15 +9,23 @@ Features
   rather than on each architecture's own classification head. The BERT pooler is frozen (unused).
 - Head bias initialised to the logit of each label's prior; the head learns at its own rate.
 - BCE-with-logits loss computed in ``forward`` when ``labels`` are given.
-- Saved as ``body/`` (``save_pretrained``, safetensors), ``head.safetensors`` and ``tokenizer/``.
+- Adapters (``model.adapter``): LoRA, IA3 or QLoRA (4-bit nf4 body) on the body through ``peft``
+  (``models.adapters``); the head sits outside the adapter and is always fully trained. The body's
+  adapter weights learn at ``training.learning_rate`` (LoRA usually wants more than a full
+  fine-tune's 5e-5: set it in the config), the head at ``training.head_learning_rate``.
+- Saved as ``body/`` (``save_pretrained``, safetensors: the whole body, or with an adapter only the
+  adapter: ``adapter_model.safetensors`` + ``adapter_config.json``), ``head.safetensors``,
+  ``tokenizer/``; with an adapter also ``base.json`` (the base model id, revision and architecture)
+  and, with ``merge_on_export`` (LoRA/IA3), ``body_merged/`` (the body with the adapter merged in).
+  Loading an adapter run loads the base from ``model.model`` again and the adapter onto it.
 
 Limits
 - Remote model code only with ``trust_remote_code: true`` in the config.
-- No adapters yet (LoRA/IA3/QLoRA come through ``peft`` in a later family option).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +37,7 @@ from emotion_core.config import EncoderConfig, RunConfig, TrainingConfig
 from emotion_core.labels import LabelSchema
 from emotion_core.models.family import Family, label_prior_logits, split_decay
 from emotion_core.models.resolve import resolve_model
+from emotion_core.models.tokenized import text_io
 
 
 class EncoderClassifier(nn.Module):
@@ -39,7 +48,8 @@ class EncoderClassifier(nn.Module):
         self.body = body
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(body.config.hidden_size, num_labels)
+        # On the body's device: a QLoRA body is placed on the GPU when it loads.
+        self.head = nn.Linear(body.config.hidden_size, num_labels, device=next(body.parameters()).device)
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, labels=None):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -58,37 +68,8 @@ class EncoderClassifier(nn.Module):
         return {"loss": loss, "logits": logits} if loss is not None else {"logits": logits}
 
 
-class TokenizedTexts(torch.utils.data.Dataset):
-    """Tokenized texts (unpadded) with optional float labels; items carry ``length`` for length grouping."""
-
-    def __init__(self, encodings: dict[str, list], labels: np.ndarray | None) -> None:
-        self.encodings = encodings
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.encodings["input_ids"])
-
-    def __getitem__(self, i: int) -> dict:
-        item = {key: values[i] for key, values in self.encodings.items()}
-        if self.labels is not None:
-            item["labels"] = self.labels[i]
-        return item
-
-
 def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
-    spec: EncoderConfig = cfg.model
-
-    def make_dataset(texts: list[str], labels: np.ndarray | None) -> TokenizedTexts:
-        enc = tokenizer(list(texts), truncation=True, max_length=spec.max_length)
-        encodings = {k: enc[k] for k in tokenizer.model_input_names if k in enc}
-        return TokenizedTexts(encodings, None if labels is None else labels.astype(np.float32))
-
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        features = [{k: v for k, v in item.items() if k != "labels"} for item in items]
-        batch = dict(tokenizer.pad(features, return_tensors="pt"))
-        if "labels" in items[0]:
-            batch["labels"] = torch.from_numpy(np.stack([item["labels"] for item in items]))
-        return batch
+    make_dataset, collate = text_io(tokenizer, cfg.model.max_length)
 
     def param_groups(training: TrainingConfig) -> list[dict]:
         body = split_decay(model.body.named_parameters(), training.learning_rate, training.weight_decay)
@@ -96,7 +77,20 @@ def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
         return body + head
 
     def save(folder: Path) -> None:
-        model.body.save_pretrained(folder / "body")
+        folder = Path(folder)
+        adapter = cfg.model.adapter
+        if adapter is not None:
+            from emotion_core.models import adapters
+
+            adapters.save_adapter(model.body, folder / "body")  # adapter weights only, never the base
+            if adapter.merge_on_export:
+                adapters.export_merged(model.body, adapter, folder / "body_merged")
+            model_type = model.body.config.model_type
+            base = {"model": cfg.model.model, "revision": cfg.model.revision, "model_type": model_type,
+                    "adapter": adapters.describe(adapter, model_type)}
+            (folder / "base.json").write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
+        else:
+            model.body.save_pretrained(folder / "body")
         save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(folder / "head.safetensors"))
         tokenizer.save_pretrained(folder / "tokenizer")
 
@@ -110,17 +104,45 @@ def _freeze_unused(body: nn.Module) -> None:
             param.requires_grad_(False)
 
 
+def _base_body(spec: EncoderConfig, source: str):
+    """The pretrained body: fp32, or 4-bit nf4 for QLoRA (its non-4-bit weights fp32)."""
+    from transformers import AutoModel
+
+    kwargs = {}
+    if spec.adapter is not None and spec.adapter.method == "qlora":
+        from emotion_core.models.adapters import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(spec.adapter)
+    return AutoModel.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+                                     use_safetensors=True, dtype=torch.float32, **kwargs)
+
+
+def _check_adapter(cfg: RunConfig, source: str) -> None:
+    """Refuse an adapter on an architecture without known targets, before any weight is loaded."""
+    from transformers import AutoConfig
+
+    from emotion_core.models.adapters import check_supported
+
+    spec: EncoderConfig = cfg.model
+    model_type = AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code).model_type
+    check_supported(model_type, spec.adapter.method, cfg.name)
+
+
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
-    """A pretrained body with a new head whose bias starts at the label priors (if configured)."""
-    from transformers import AutoModel, AutoTokenizer
+    """A pretrained body (with an adapter if configured) and a new head whose bias starts at the label priors."""
+    from transformers import AutoTokenizer
 
     spec: EncoderConfig = cfg.model
     source = resolve_model(spec.model, spec.revision, spec.trust_remote_code)
+    if spec.adapter is not None:
+        _check_adapter(cfg, source)
     tokenizer = AutoTokenizer.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-    body = AutoModel.from_pretrained(
-        source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=torch.float32
-    )
+    body = _base_body(spec, source)
     _freeze_unused(body)
+    if spec.adapter is not None:  # the head is not part of the body: head_modules stays empty
+        from emotion_core.models.adapters import apply_adapter
+
+        body = apply_adapter(body, spec.adapter, body.config.model_type, head_modules=[])
     model = EncoderClassifier(body, len(schema), spec.pooling, spec.dropout)
     if cfg.training.init_bias_from_prior:
         with torch.no_grad():
@@ -134,7 +156,14 @@ def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
 
     spec: EncoderConfig = cfg.model
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    body = AutoModel.from_pretrained(folder / "body", use_safetensors=True, dtype=torch.float32, trust_remote_code=spec.trust_remote_code)
+    if spec.adapter is not None:  # the base comes from its source again; the run holds the adapter
+        from emotion_core.models.adapters import load_adapter
+
+        source = resolve_model(spec.model, spec.revision, spec.trust_remote_code)
+        body = load_adapter(_base_body(spec, source), folder / "body", spec.adapter)
+    else:
+        body = AutoModel.from_pretrained(folder / "body", use_safetensors=True, dtype=torch.float32,
+                                         trust_remote_code=spec.trust_remote_code)
     model = EncoderClassifier(body, len(schema), spec.pooling, spec.dropout)
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.eval()

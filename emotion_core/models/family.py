@@ -71,6 +71,14 @@ def build_family(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], tr
         from emotion_core.models import encoder
 
         return encoder.build(cfg, schema, train_texts, train_labels)
+    if cfg.model.family == "decoder":
+        from emotion_core.models import decoder
+
+        return decoder.build(cfg, schema, train_texts, train_labels)
+    if cfg.model.family == "zero_shot":
+        from emotion_core.models import zero_shot
+
+        return zero_shot.build(cfg, schema, train_texts, train_labels)
     raise ValueError(f"unknown model family {cfg.model.family!r}")  # unreachable: the config validates it
 
 
@@ -84,4 +92,12 @@ def load_family(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
         from emotion_core.models import encoder
 
         return encoder.load(cfg, schema, folder)
+    if cfg.model.family == "decoder":
+        from emotion_core.models import decoder
+
+        return decoder.load(cfg, schema, folder)
+    if cfg.model.family == "zero_shot":
+        from emotion_core.models import zero_shot
+
+        return zero_shot.load(cfg, schema, folder)
     raise ValueError(f"unknown model family {cfg.model.family!r}")

@@ -9,17 +9,34 @@ Contract
 - Reports (``publish_report``) follow the same rule with their own ``index`` file written last.
 - ``run_folder(run_id)`` returns a local folder holding the complete run (for remote stores: a
   verified download in a local cache).
+- Documents (``read_document``/``write_document``/``list_documents``): small JSON objects under a
+  key such as ``registry/goemotions-1a2b3c4d5e6f.json`` (the champion registry). Keys are relative
+  POSIX paths; ``runs/`` and ``reports/`` are refused, so a document can never touch a run or a
+  report. A write is atomic (readers see the old or the new document, never half of one) and can
+  be conditional: ``if_match=<version>`` (compare-and-swap on the version ``read_document_versioned``
+  returned) or ``create_only=True`` (only if the key does not exist yet). A failed condition raises
+  ``DocumentConflict``, except when the stored document already equals the one written (a retried
+  write is not a conflict). Versions are opaque strings (S3: the ETag; local: the sha256 of the file).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from emotion_core.errors import StoreError
+
 MANIFEST = "manifest.json"
+# Top-level folders of runs and reports: never written through the document methods.
+_RESERVED = ("runs", "reports")
+
+
+class DocumentConflict(StoreError):
+    """A conditional ``write_document`` failed: the document changed (or appeared) since it was read."""
 
 
 class ArtifactStore(Protocol):
@@ -40,13 +57,56 @@ class ArtifactStore(Protocol):
 
     def publish_report(self, staging: Path, name: str) -> str: ...
 
+    def read_document(self, key: str) -> dict | None: ...
+
+    def read_document_versioned(self, key: str) -> tuple[dict | None, str | None]: ...
+
+    def write_document(self, key: str, payload: dict, *, if_match: str | None = None,
+                       create_only: bool = False) -> str: ...
+
+    def list_documents(self, folder: str) -> list[str]: ...
+
+
+def check_document_key(key: str) -> str:
+    """``key`` if it is a relative POSIX path outside ``runs/`` and ``reports/``; ``StoreError`` otherwise."""
+    path = PurePosixPath(key) if isinstance(key, str) else None
+    parts = path.parts if path is not None else ()
+    if (not parts or path.is_absolute() or "\\" in key or key != path.as_posix()
+            or any(part in ("..", ".") or part.startswith(".") for part in parts) or parts[0] in _RESERVED):
+        raise StoreError(f"document key {key!r}: expected a relative path like 'registry/<name>.json', "
+                         f"without '..', hidden parts or a leading {'/'.join(_RESERVED)} folder")
+    return key
+
+
+def dump_document(payload: dict) -> bytes:
+    """The stored bytes of a document: indented JSON, strict (NaN/inf refused), newline-terminated."""
+    if not isinstance(payload, dict):
+        raise TypeError(f"a document is a JSON object (dict), got {type(payload).__name__}")
+    return (json.dumps(payload, indent=2, allow_nan=False, default=float) + "\n").encode("utf-8")
+
+
+def parse_document(body: bytes, where: str) -> dict:
+    """The JSON object in ``body``; ``StoreError`` naming ``where`` (store and key) if it is not one."""
+    try:
+        payload = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"document {where} is corrupt: not valid JSON ({exc}); fix or remove it") from None
+    if not isinstance(payload, dict):
+        raise StoreError(f"document {where} is corrupt: expected a JSON object, got {type(payload).__name__}; "
+                         f"fix or remove it")
+    return payload
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file beside the target
+        raise
 
 
 def sha256_file(path: Path) -> str:

@@ -4,18 +4,33 @@ Keeps the contract of ``emotion_core.store.base``. Publishing is a rename of the
 ``runs/<run_id>`` on the same filesystem: atomic. A leftover folder without a manifest under the
 final name (a crashed writer of an older version) is replaced.
 
-Layout: ``<root>/runs/<run_id>/``, ``<root>/reports/<name>/``, ``<root>/.staging/`` (scratch).
+Documents (``write_document``) are files ``<root>/<key>`` written through a temporary file and a
+rename. A conditional write checks the current version and renames while holding an exclusive
+``flock`` on ``.<name>.lock`` beside the document, so compare-and-swap holds between processes on
+one machine (and on network filesystems whose ``flock`` is honoured; without ``fcntl`` -- Windows --
+the check and the rename are not locked).
+
+Layout: ``<root>/runs/<run_id>/``, ``<root>/reports/<name>/``, ``<root>/.staging/`` (scratch),
+``<root>/<key>`` for documents (e.g. ``<root>/registry/``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import MANIFEST, atomic_write_text  # noqa: F401  (re-exported)
+from emotion_core.store.base import (MANIFEST, DocumentConflict, atomic_write_text,  # noqa: F401  (re-exported)
+                                     check_document_key, dump_document, parse_document)
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 
 class LocalStore:
@@ -82,3 +97,59 @@ class LocalStore:
             shutil.rmtree(final)
         os.replace(staging, final)
         return final.as_uri()
+
+    # -- documents ------------------------------------------------------------------------------
+    def _document(self, key: str) -> Path:
+        return self.root / check_document_key(key)
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover
+            yield
+            return
+        with open(path.with_name(f".{path.name}.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def read_document_versioned(self, key: str) -> tuple[dict | None, str | None]:
+        """The document at ``key`` and its version (sha256 of the file); ``(None, None)`` if absent."""
+        path = self._document(key)
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            raise StoreError(f"store {self.uri}: reading document {key} failed ({exc.strerror})") from None
+        return parse_document(body, f"{key} in {self.uri}"), hashlib.sha256(body).hexdigest()
+
+    def read_document(self, key: str) -> dict | None:
+        return self.read_document_versioned(key)[0]
+
+    def write_document(self, key: str, payload: dict, *, if_match: str | None = None,
+                       create_only: bool = False) -> str:
+        """Write ``payload`` at ``key`` atomically (optionally conditionally); return its new version."""
+        path = self._document(key)
+        body = dump_document(payload)
+        version = hashlib.sha256(body).hexdigest()
+        with self._locked(path):
+            current = path.read_bytes() if path.is_file() else None
+            if current != body:
+                if create_only and current is not None:
+                    raise DocumentConflict(f"store {self.uri}: document {key} exists already (create_only)")
+                if if_match is not None and (current is None or hashlib.sha256(current).hexdigest() != if_match):
+                    raise DocumentConflict(f"store {self.uri}: document {key} changed since it was read "
+                                           f"(expected version {if_match})")
+                atomic_write_text(path, body.decode("utf-8"))
+        return version
+
+    def list_documents(self, folder: str) -> list[str]:
+        """Keys of the documents under ``folder`` (recursively), sorted."""
+        base = self._document(folder.rstrip("/"))
+        if not base.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
+                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts))

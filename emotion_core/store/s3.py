@@ -15,7 +15,17 @@ Features
   (exponential backoff with jitter, ``attempts`` tries in all), then fail with a ``StoreError``
   naming the store, the operation and the cause.
 
+- Documents (``write_document``): one ``put_object`` each (atomic on S3: readers get the old or the
+  new object). Conditional writes are S3's own conditional PUTs: ``if_match`` sends ``If-Match:
+  <ETag>`` and ``create_only`` sends ``If-None-Match: *``; the server refuses a stale write with 412
+  ``PreconditionFailed`` (409 ``ConditionalRequestConflict`` for a concurrent one), raised as
+  ``DocumentConflict``. AWS S3 (since 2024), MinIO and moto honour both headers.
+
 Limits
+- A server that ignores ``If-Match``/``If-None-Match`` (older S3-compatible stores) makes conditional
+  document writes unconditional: the last of two racing writers wins, with no error.
+- A conditional PUT that succeeded but whose answer was lost is retried by botocore and then fails
+  its own condition; that is recognised (the stored document equals the one written) and is not an error.
 - No server-side locking: two writers publishing the same run id at once would both upload the
   same content (run ids embed a content hash, so the result is the same).
 - Local cache: ``$EMOTION_CACHE_DIR`` (default ``~/.cache/emotion-pipeline``); it is not pruned.
@@ -31,7 +41,8 @@ import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import MANIFEST, files_manifest_last, sha256_file
+from emotion_core.store.base import (MANIFEST, DocumentConflict, check_document_key, dump_document, files_manifest_last,
+                                     parse_document, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -188,3 +199,62 @@ class S3Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return local
+
+    # -- documents ------------------------------------------------------------------------------
+    def _get_document(self, key: str) -> tuple[bytes | None, str | None]:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self._key(check_document_key(key)))
+            return answer["Body"].read(), answer.get("ETag")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None, None
+            raise self._fail(f"reading document {key}", exc) from None
+        except Exception as exc:
+            raise self._fail(f"reading document {key}", exc) from None
+
+    def read_document_versioned(self, key: str) -> tuple[dict | None, str | None]:
+        """The document at ``key`` and its ETag; ``(None, None)`` if absent."""
+        body, etag = self._get_document(key)
+        if body is None:
+            return None, None
+        return parse_document(body, f"{key} in {self.uri}"), etag
+
+    def read_document(self, key: str) -> dict | None:
+        return self.read_document_versioned(key)[0]
+
+    def write_document(self, key: str, payload: dict, *, if_match: str | None = None,
+                       create_only: bool = False) -> str:
+        """Put ``payload`` at ``key`` (conditional PUT with ``if_match``/``create_only``); return the new ETag."""
+        from botocore.exceptions import ClientError
+
+        body = dump_document(payload)
+        conditions = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_match} if if_match is not None else {}
+        try:
+            answer = self.client.put_object(Bucket=self.bucket, Key=self._key(check_document_key(key)), Body=body,
+                                            ContentType="application/json", **conditions)
+            return answer["ETag"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"):
+                raise self._fail(f"writing document {key}", exc) from None
+        except Exception as exc:
+            raise self._fail(f"writing document {key}", exc) from None
+        current, etag = self._get_document(key)
+        if current == body:  # our own earlier attempt, or an identical write: not a conflict
+            return etag
+        state = "exists already (create_only)" if create_only else f"changed since it was read (expected version {if_match})"
+        raise DocumentConflict(f"store {self.uri}: document {key} {state}")
+
+    def list_documents(self, folder: str) -> list[str]:
+        """Keys of the documents under ``folder`` (recursively, relative to the store), sorted."""
+        base = self._key(check_document_key(folder.rstrip("/"))) + "/"
+        strip = len(self._key()) + 1 if self.prefix else 0
+        found = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+                found.extend(item["Key"][strip:] for item in page.get("Contents", []))
+        except Exception as exc:
+            raise self._fail(f"listing documents under {folder}", exc) from None
+        return sorted(found)

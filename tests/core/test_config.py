@@ -36,12 +36,21 @@ def test_shipped_configs_and_sets_validate():
         load_run_config(path)
     spec, entries = load_config_set(REPO / "deployments" / "sets" / "cpu-demo.yaml")
     assert spec.name == "cpu-demo"
-    assert [e.config.name for e in entries] == ["ffnn-tfidf", "minilm-demo"]
+    assert [e.config.name for e in entries] == ["ffnn-tfidf", "minilm-demo", "minilm-lora-demo", "smollm2-zero-shot"]
     demo = entries[1].config
     assert demo.data.max_train_samples == 6000 and demo.training.epochs == 1
     assert isinstance(demo.model, EncoderConfig) and demo.model.model == "minilm"
     _, gpu = load_config_set(REPO / "deployments" / "sets" / "gpu.yaml")
     assert {"roberta-base", "distilbert-base-uncased", "distilroberta-base", "deberta-v3-base"} <= {e.config.name for e in gpu}
+    assert entries[2].config.model.adapter.method == "lora" and entries[3].config.model.family == "zero_shot"
+    assert entries[3].config.explain.n_texts == 0 and entries[0].config.explain.n_texts == 8
+    # The gpu set names the seeds' systems: full and LoRA encoders, LoRA/QLoRA/IA3 decoders, a zero-shot LLM.
+    methods = {e.config.name: (e.config.model.family, getattr(getattr(e.config.model, "adapter", None), "method", None))
+               for e in gpu}
+    assert methods["roberta-base-lora"] == ("encoder", "lora") and methods["deberta-v3-base-lora"] == ("encoder", "lora")
+    assert methods["llama-3.2-1b-qlora"] == ("decoder", "qlora") and methods["gemma-1.1-2b-it-ia3"] == ("decoder", "ia3")
+    assert methods["mistral-7b-qlora"] == ("decoder", "qlora") and methods["qwen2.5-0.5b-lora"] == ("decoder", "lora")
+    assert methods["llama-3.1-8b-instruct-zero-shot"] == ("zero_shot", None)
 
 
 def test_defaults_are_the_measured_recipe():
@@ -129,3 +138,20 @@ def test_parse_overrides():
             parse_overrides([bad])
     with pytest.raises(ConfigError, match="both as a value and as a section"):
         parse_overrides(["training=1", "training.epochs=2"])
+
+
+def test_model_zoo_fields_validate_with_named_errors(tmp_path):
+    ok = load_run_config(write(tmp_path, {"name": "q", "model": {"family": "decoder", "model": "smollm2",
+                                                                  "adapter": {"method": "qlora", "r": 4}},
+                                          "training": {"loss": {"kind": "combined", "weights": {"bce": 0.5, "asl": 0.5}},
+                                                       "oversample_rare": 0.5}}, "q.yaml"))
+    assert ok.model.adapter.method == "qlora" and ok.model.adapter.alpha == 16 and ok.training.loss.weights == {"bce": 0.5, "asl": 0.5}
+    assert load_run_config(write(tmp_path, {"name": "z", "model": {"family": "zero_shot"}}, "z.yaml")).model.model == "smollm2"
+    bad = {"model.adapter.method": {"family": "decoder", "adapter": {"method": "prefix"}},
+           "model.adapter.r": {"family": "encoder", "adapter": {"r": 0}},
+           "model.few_shot": {"family": "zero_shot", "few_shot": 99}}
+    for field, model in bad.items():
+        with pytest.raises(ConfigError, match=f"field '{field}'"):
+            load_run_config(write(tmp_path, {"name": "b", "model": model}, "b.yaml"))
+    with pytest.raises(ConfigError, match="loss.kind 'combined' needs loss.weights"):
+        load_run_config(write(tmp_path, {"name": "b", "model": {"family": "ffnn"}, "training": {"loss": {"kind": "combined"}}}, "c.yaml"))

@@ -113,7 +113,13 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
                                                                  "flow_run_id": {"any_": [parent["id"]]}}})
     assert len(summary) == 1 and "tiny-ffnn-b" in summary[0]["data"] and f"s3://{bucket}/nightly/reports/" in summary[0]["data"]
     table = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["comparison-table-tiny-pair"]}}})
-    assert {row["config"] for row in _table_rows(table[0])} == {"tiny-ffnn", "tiny-ffnn-b"}
+    assert {row["config"] for row in _table_rows(table[0])} == {"tiny-ffnn", "tiny-ffnn-b", "ensemble-top2"}
+    # The analysed report went to the bucket too: the HTML page, its plots and each model's calibration.
+    report = summary[0]["data"].split(f"s3://{bucket}/")[1].split("/report.html")[0]
+    listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket, Prefix=report)
+    keys = {o["Key"] for o in listing["Contents"]}
+    assert {f"{report}/report.html", f"{report}/summary.csv", f"{report}/models/tiny-ffnn/calibration.json",
+            f"{report}/models/tiny-ffnn-b/shap.html"} <= keys
     # Each child published progress to a progress artifact.
     progress = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["progress-tiny-ffnn", "progress-tiny-ffnn-b"]}}})
     assert {p["key"] for p in progress} == {"progress-tiny-ffnn", "progress-tiny-ffnn-b"}

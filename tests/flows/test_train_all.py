@@ -84,3 +84,109 @@ def test_train_model_flow_publishes_to_s3_with_a_credentials_block(prefect_serve
     assert run.manifest["config"]["data"]["max_train_samples"] == 1500
     assert run.manifest["timing"]["epochs_completed"] == 1.0
     assert open_store(f"s3://{s3_bucket}/nightly").list_runs() == [run.run_id]
+
+
+def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_server, data_dir, repo, tmp_path):
+    """Two real FFNN runs -> evaluation with CIs, calibration, SHAP, an ensemble, paired tests, report, artifacts, W&B."""
+    import json
+    import os
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.train_all import train_all
+
+    tiny = repo / "tests" / "data" / "sets" / "tiny-ffnn.yaml"
+    spec = {"name": "tiny-report", "report": {"bootstrap_samples": 200, "ensemble_top_k": 2},
+            "overrides": {"explain": {"n_texts": 3, "max_evals": 40, "top_labels": 2}},
+            "configs": [str(tiny), {"path": str(tiny), "overrides": {"name": "tiny-ffnn-wide", "model": {"hidden_size": 64},
+                                                                      "training": {"seed": 3}}}]}
+    set_path = tmp_path / "tiny-report.yaml"
+    set_path.write_text(yaml.safe_dump(spec))
+    wandb_before = set(Path(os.environ["WANDB_DIR"]).rglob("offline-run-*"))
+
+    summary = train_all(config_set=str(set_path), store=str(tmp_path / "store"))
+
+    report = Path(summary["report"].removeprefix("file://"))
+    table = pl.read_csv(report / "summary.csv")
+    assert set(table["model"]) == {"tiny-ffnn", "tiny-ffnn-wide", "ensemble-top2"}
+    assert (table["status"] == "completed").all()
+    assert ((table["test_macro_f1_low"] <= table["test_macro_f1"]) & (table["test_macro_f1"] <= table["test_macro_f1_high"])).all()
+    assert table["ece_flat_after"].is_not_null().sum() == 2  # the ensemble's members are calibrated, it is not re-scaled
+    best = table.sort("val_macro_f1", descending=True)["model"][0]
+    assert summary["best"] == best
+    others = table.filter(pl.col("model") != best)
+    assert others["p_vs_best"].is_not_null().all() and ((others["p_vs_best"] >= 0) & (others["p_vs_best"] <= 1)).all()
+    for name in ("tiny-ffnn", "tiny-ffnn-wide"):
+        models = report / "models" / name
+        calibration = json.loads((models / "calibration.json").read_text())
+        # temperature scaling minimises validation NLL, and T = 1 is among the candidates
+        assert calibration["nll"]["validation"]["after"] <= calibration["nll"]["validation"]["before"] + 1e-9
+        assert (models / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        shap = json.loads((models / "shap.json").read_text())
+        assert shap["n_texts"] == 3 and len(shap["texts"]) == 3 and shap["seconds_per_text"] > 0
+        assert (models / "shap.html").is_file()
+    same_texts = [[t["id"] for t in json.loads((report / "models" / n / "shap.json").read_text())["texts"]]
+                  for n in ("tiny-ffnn", "tiny-ffnn-wide")]
+    assert same_texts[0] == same_texts[1]  # every model explains the same sample
+    html = (report / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') >= 4 and 'href="models/tiny-ffnn/shap.html"' in html
+    assert "http://" not in html and "https://" not in html
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["comparison-tiny-report", "comparison-table-tiny-report"])))
+    by_key = {a.key: a for a in artifacts}
+    assert "ensemble-top2" in str(by_key["comparison-tiny-report"].data) and "report.html" in str(by_key["comparison-tiny-report"].data)
+    rows = by_key["comparison-table-tiny-report"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert {row["config"] for row in rows} == {"tiny-ffnn", "tiny-ffnn-wide", "ensemble-top2"}
+
+    # W&B, offline: one run per trained model and one for the summary table, each a local run folder.
+    new_runs = set(Path(os.environ["WANDB_DIR"]).rglob("offline-run-*")) - wandb_before
+    assert len(new_runs) == 3 and all(any(r.glob("*.wandb")) for r in new_runs)
+
+
+def test_nightly_champion_is_replaced_only_by_a_clearly_better_run(prefect_server, data_dir, repo, tmp_path):
+    """First run -> champion; a clearly better run -> promoted; a worse one -> kept out. Weights never touched."""
+    import hashlib
+    import json
+
+    from emotion_core.registry import Registry
+    from emotion_core.store import open_store
+    from flows.train_all import train_all
+
+    data = {"max_train_samples": 3000, "max_validation_samples": 400, "max_test_samples": 400}
+    weak = {"name": "weak", "model": {"max_features": 500, "hidden_size": 8}, "training": {"learning_rate": 1e-4}}
+    strong = {"name": "strong", "model": {"max_features": 20000, "hidden_size": 64}, "training": {"epochs": 3}}
+
+    def nightly(entry: dict) -> dict:
+        spec = {"name": "nightly", "report": {"bootstrap_samples": 300, "ensemble_top_k": 0},
+                "overrides": {"data": data, "explain": {"n_texts": 0}},
+                "configs": [{"path": str(repo / "tests" / "data" / "sets" / "tiny-ffnn.yaml"), "overrides": entry}]}
+        path = tmp_path / "nightly.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return train_all(config_set=str(path), store=str(tmp_path / "store"))
+
+    first = nightly(weak)["champion_decisions"]
+    assert len(first) == 1 and first[0]["promoted"] and "no champion yet" in first[0]["reason"]
+    key = first[0]["dataset_key"]
+    store = open_store(tmp_path / "store")
+    weak_run = store.run_folder(first[0]["challenger_run_id"])
+    weak_files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in weak_run.rglob("*") if p.is_file()}
+
+    second = nightly(strong)["champion_decisions"][0]
+    assert second["promoted"], second["reason"]
+    assert second["champion_run_id"] == first[0]["challenger_run_id"] and second["p_value"] < 0.05 and second["delta"] > 0
+
+    third = nightly(weak)["champion_decisions"][0]
+    assert not third["promoted"] and "not promoted" in third["reason"] and "margin" in third["reason"]
+
+    registry = Registry(store)
+    assert registry.champion(key)["run_id"] == second["challenger_run_id"]
+    assert [d["promoted"] for d in registry.decisions(key)] == [True, True, False]
+    # the old champion's run is unchanged, byte for byte
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in weak_run.rglob("*") if p.is_file()} == weak_files
+    report = sorted((tmp_path / "store" / "reports").glob("nightly-*"))[-1]
+    assert "not promoted" in json.loads((report / "summary.json").read_text())["extra"][f"champion of {key}"]

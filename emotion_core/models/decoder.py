@@ -1,0 +1,230 @@
+"""Decoder LLMs as multi-label classifiers (Llama, Gemma/Gemma2, Qwen2, Mistral, SmolLM2...).
+
+Features
+- ``AutoModelForSequenceClassification`` (``problem_type="multi_label_classification"``): the hidden
+  state of each text's last non-pad token feeds a linear ``score`` head, one logit per label;
+  ``forward(**batch)`` returns ``.logits`` (batch, labels) and, with float ``labels``, ``.loss``
+  (BCE-with-logits, computed by transformers).
+- Pad token: the tokenizer's, else its EOS token (``model.config.pad_token_id`` follows). Right
+  padding: transformers picks the last non-pad token per row and causal attention never sees the
+  pads after it, so padding does not change a text's logits (tested).
+- The ``score`` head is replaced by a fresh fp32 ``ScoreHead`` *with a bias* (Llama-style heads have
+  none); with ``training.init_bias_from_prior`` the bias starts at each label's prior logit (without
+  it the first steps push every logit down and the head predicts no label). The head casts its
+  input to fp32, so a bf16 body works outside autocast too (prediction).
+- Adapters (``model.adapter``, LoRA by default): LoRA, IA3 or QLoRA (4-bit nf4 base) via
+  ``models.adapters``; the head is trained and saved with the adapter (``modules_to_save``).
+  ``adapter: null`` fine-tunes every weight.
+- Weights: LoRA/IA3 body in bf16 on GPUs that support it (adapters stay fp32), fp32 otherwise;
+  QLoRA: 4-bit body, other weights fp32 (``prepare_model_for_kbit_training``), matmuls in the
+  adapter's ``compute_dtype``; full fine-tune: fp32 master weights (the Trainer autocasts on GPU).
+- ``gradient_checkpointing``: non-reentrant activation checkpointing. KV cache off (training only).
+- Saved: ``adapter/`` (adapter + head, safetensors) or ``model/`` (full fine-tune, safetensors,
+  including the head's bias), ``tokenizer/``, and ``base.json`` (base model id, revision, resolved
+  source, architecture, adapter). ``merge_on_export`` adds ``merged/``: the base with the adapter
+  merged in (LoRA/IA3), loadable with ``load_full_model``.
+
+Limits
+- One device per run (no sharding over GPUs).
+- Because of the added bias, a saved full/merged model must be loaded with ``load_full_model``:
+  plain ``AutoModelForSequenceClassification.from_pretrained`` drops ``score.bias``.
+- ``load`` rebuilds the base from ``model.model``/``model.revision`` of the run's config; pin a
+  revision for hub models so the base cannot change under a saved adapter.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from emotion_core.config import DecoderConfig, RunConfig, TrainingConfig
+from emotion_core.errors import ModelError
+from emotion_core.labels import LabelSchema
+from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.resolve import resolve_model
+from emotion_core.models.tokenized import text_io
+
+HEAD = "score"
+"""Name of the classification head in transformers' ``*ForSequenceClassification`` decoders."""
+
+
+class ScoreHead(nn.Linear):
+    """The classification head: a linear layer with a bias, fp32, that casts its input to its own dtype."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden.to(self.weight.dtype))
+
+
+def _tokenizer(source: str, revision: str | None, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"model '{source}': its tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _weights_dtype(spec: DecoderConfig) -> torch.dtype:
+    if spec.adapter is None:
+        return torch.float32  # full fine-tune: fp32 master weights, the Trainer autocasts on GPU
+    if spec.adapter.method == "qlora":
+        from emotion_core.models.adapters import compute_dtype
+
+        return compute_dtype(spec.adapter)  # non-4-bit weights; prepare_model_for_kbit_training makes them fp32
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16  # frozen body; peft keeps the adapter weights in fp32
+    return torch.float32
+
+
+def _attach_head(model, num_labels: int, pad_token_id: int) -> None:
+    """Replace ``score`` by a fresh fp32 ``ScoreHead`` with a bias; set the pad token; no KV cache."""
+    model.config.pad_token_id = pad_token_id
+    model.config.use_cache = False
+    old = getattr(model, HEAD)
+    head = ScoreHead(old.in_features, num_labels, bias=True, dtype=torch.float32, device=old.weight.device)
+    nn.init.normal_(head.weight, std=getattr(model.config, "initializer_range", 0.02))
+    nn.init.zeros_(head.bias)
+    setattr(model, HEAD, head)
+
+
+def _base_model(source: str, spec: DecoderConfig, num_labels: int, pad_token_id: int):
+    """The pretrained decoder as a classifier with a fresh head (4-bit for QLoRA), before any adapter."""
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs = {}
+    if spec.adapter is not None and spec.adapter.method == "qlora":
+        from emotion_core.models.adapters import quantization_config
+
+        kwargs["quantization_config"] = quantization_config(spec.adapter, skip_modules=[HEAD])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True,
+        num_labels=num_labels, problem_type="multi_label_classification", dtype=_weights_dtype(spec), **kwargs)
+    _attach_head(model, num_labels, pad_token_id)
+    return model
+
+
+def head_module(model) -> nn.Linear:
+    """The trained head: the ``modules_to_save`` copy under an adapter, else ``score`` itself."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, HEAD)
+    copies = getattr(head, "modules_to_save", None)
+    if copies is not None:
+        return copies[head.active_adapter if isinstance(head.active_adapter, str) else head.active_adapter[0]]
+    return head
+
+
+def _is_head(name: str) -> bool:
+    return HEAD in name.split(".")
+
+
+def _family(cfg: RunConfig, model, tokenizer, base_info: dict) -> Family:
+    spec: DecoderConfig = cfg.model
+    make_dataset, collate = text_io(tokenizer, spec.max_length)
+
+    def param_groups(training: TrainingConfig) -> list[dict]:
+        named = list(model.named_parameters())
+        body = split_decay([(n, p) for n, p in named if not _is_head(n)], training.learning_rate, training.weight_decay)
+        head = split_decay([(n, p) for n, p in named if _is_head(n)], training.head_learning_rate, training.weight_decay)
+        return body + head
+
+    def save(folder: Path) -> None:
+        from emotion_core.models import adapters
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if spec.adapter is not None:
+            adapters.save_adapter(model, folder / "adapter")
+            if spec.adapter.merge_on_export:
+                adapters.export_merged(model, spec.adapter, folder / "merged")
+        else:
+            model.save_pretrained(folder / "model", safe_serialization=True)
+        tokenizer.save_pretrained(folder / "tokenizer")
+        (folder / "base.json").write_text(json.dumps(base_info, indent=2) + "\n", encoding="utf-8")
+
+    return Family("decoder", model, make_dataset, collate, param_groups, save, has_lengths=True)
+
+
+def _base_info(spec: DecoderConfig, source: str, model) -> dict:
+    from emotion_core.models.adapters import describe
+
+    return {"model": spec.model, "revision": spec.revision, "source": source, "model_type": model.config.model_type,
+            "num_labels": model.config.num_labels, "pad_token_id": model.config.pad_token_id, "head": HEAD,
+            "head_bias": True, "adapter": describe(spec.adapter, model.config.model_type)}
+
+
+def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
+    """A pretrained decoder with a new prior-initialised head, wrapped in its adapter if configured."""
+    spec: DecoderConfig = cfg.model
+    source = resolve_model(spec.model, spec.revision, spec.trust_remote_code)
+    if spec.adapter is not None:  # refuse an unsupported architecture before loading any weight
+        from transformers import AutoConfig
+
+        from emotion_core.models.adapters import check_supported
+
+        model_type = AutoConfig.from_pretrained(source, revision=spec.revision,
+                                                trust_remote_code=spec.trust_remote_code).model_type
+        check_supported(model_type, spec.adapter.method, cfg.name)
+    tokenizer = _tokenizer(source, spec.revision, spec.trust_remote_code)
+    model = _base_model(source, spec, len(schema), tokenizer.pad_token_id)
+    if cfg.training.init_bias_from_prior:
+        with torch.no_grad():
+            model.score.bias.copy_(torch.from_numpy(label_prior_logits(train_labels)))
+    info = _base_info(spec, source, model)
+    if spec.adapter is not None:
+        from emotion_core.models.adapters import apply_adapter
+
+        model = apply_adapter(model, spec.adapter, model.config.model_type, head_modules=[HEAD], task_type="SEQ_CLS",
+                              gradient_checkpointing=spec.gradient_checkpointing)
+    elif spec.gradient_checkpointing:
+        from emotion_core.models.adapters import enable_checkpointing
+
+        enable_checkpointing(model)
+    return _family(cfg, model, tokenizer, info)
+
+
+def load_full_model(folder: Path, dtype: torch.dtype = torch.float32):
+    """A saved full (or merged) decoder classifier, head bias included."""
+    from safetensors import safe_open
+    from transformers import AutoModelForSequenceClassification
+
+    folder = Path(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, dtype=dtype)
+    head_state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            head_state.update({k[len(HEAD) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(HEAD + ".")})
+    if "bias" not in head_state:
+        raise ModelError(f"{folder}: no '{HEAD}.bias' in the saved weights; not a model saved by this family")
+    _attach_head(model, model.config.num_labels, model.config.pad_token_id)
+    model.score.load_state_dict(head_state)
+    return model
+
+
+def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
+    """Rebuild a trained decoder classifier: the base from its source plus the run's adapter, or the run's full model."""
+    spec: DecoderConfig = cfg.model
+    folder = Path(folder)
+    tokenizer = _tokenizer(str(folder / "tokenizer"), None, False)
+    if spec.adapter is not None:
+        from emotion_core.models.adapters import load_adapter
+
+        if not (folder / "adapter" / "adapter_config.json").is_file():
+            raise ModelError(f"{folder}: no adapter/adapter_config.json; was this run trained with model.adapter set?")
+        source = resolve_model(spec.model, spec.revision, spec.trust_remote_code)
+        base = _base_model(source, spec, len(schema), tokenizer.pad_token_id)
+        info = _base_info(spec, source, base)
+        model = load_adapter(base, folder / "adapter", spec.adapter)
+    else:
+        model = load_full_model(folder / "model")
+        info = _base_info(spec, str(folder / "model"), model)
+    if model.config.num_labels != len(schema):
+        raise ModelError(f"{folder}: the model has {model.config.num_labels} labels, the schema {len(schema)}")
+    model.eval()
+    return _family(cfg, model, tokenizer, info)

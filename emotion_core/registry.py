@@ -1,0 +1,339 @@
+"""Champion/challenger registry: which run is the champion of each dataset, and every decision made.
+
+Features
+- One champion per **dataset key** (``dataset_key``: the dataset name plus a hash of its ordered label
+  names), so GoEmotions and SemEval -- or two label schemas of one dataset -- never compete.
+- ``decide``: a pure function. A challenger is promoted only if its validation macro-F1 beats the
+  champion's by more than ``margin`` **and** the paired bootstrap of test macro-F1 (challenger as
+  ``a``, champion as ``b``, on the same test rows: ``paired_vs_champion``) gives ``p_value < alpha``.
+  With no champion yet, the first completed run is promoted. The ``Decision`` says why, with the numbers.
+- ``Registry(store)``: ``champion(key)`` reads the pointer, ``record(decision)`` logs every decision
+  (promoted or not) and moves the pointer only on promotion, ``decisions(key)`` reads the log in order.
+- ``ChampionConfig``: ``enabled``, ``margin``, ``alpha``.
+
+Layout in the artefact store (``ArtifactStore`` documents; runs are never written here)
+- ``registry/<dataset-key>.json``: the champion pointer, replaced on promotion only::
+
+      {"registry_version": 1, "dataset_key": "goemotions-1a2b3c4d5e6f", "run_id": "...", "name": "...",
+       "validation_macro_f1": 0.51, "promoted_at": "2025-01-01T02:00:00.000001+00:00",
+       "decision_key": "registry/goemotions-1a2b3c4d5e6f/decisions/20250101T020000000001Z-<run_id>.json",
+       "decision": {<the decision record below>}}
+
+- ``registry/<dataset-key>/decisions/<timestamp>-<run_id>.json``: one record per decision, written
+  once with ``create_only`` and never rewritten; keys sort in decision order::
+
+      {"registry_version": 1, "key": "registry/.../decisions/...json", "decided_at": "<ISO 8601 UTC>",
+       "dataset_key", "promoted", "reason", "challenger_run_id", "challenger_name",
+       "challenger_macro_f1", "champion_run_id", "champion_name", "champion_macro_f1",
+       "margin", "alpha", "p_value", "delta", "test_rows"}
+
+Guarantees
+- Promotion only moves a pointer: the champion's run folder (weights included) is immutable in the
+  store, and document keys under ``runs/`` are refused by the store itself.
+- Only a complete, published run (one ``store.list_runs`` lists) can become champion.
+- The pointer is replaced with a conditional write (compare-and-swap on its version): a decision
+  taken against a champion that has changed since -- another writer promoted meanwhile -- is
+  refused with ``DocumentConflict`` (decide again against the new champion); so is a promotion
+  whose pointer write loses a race.
+- A corrupt pointer or decision document raises ``StoreError`` naming the key.
+
+Limits
+- Order of the log: timestamps of one registry are made strictly increasing (a decision is stamped
+  after the latest one already logged), so the log order is the recording order even with skewed
+  clocks; two writers recording in the same instant may still interleave.
+- The pointer is written before the decision record (the pointer embeds the full decision): if the
+  record write then fails, ``record`` raises saying so, and the decision is still in the pointer.
+- Dataset ``tabular``: two different tabular files with the same label names share a dataset key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+from emotion_core.config import ChampionConfig
+from emotion_core.errors import StoreError
+from emotion_core.store.base import ArtifactStore, DocumentConflict
+
+if TYPE_CHECKING:
+    from emotion_core.analysis import RunData
+
+__all__ = ["ChampionConfig", "Decision", "Registry", "dataset_key", "dataset_key_of", "candidate_from_manifest",
+           "decide", "paired_vs_champion"]
+
+REGISTRY_VERSION = 1
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+
+
+# --------------------------------------------------------------------------- dataset keys
+
+
+def dataset_key(dataset: str, labels: Sequence[str]) -> str:
+    """``<dataset>-<first 12 hex of sha256 of the ordered label names>``, e.g. ``goemotions-1a2b3c4d5e6f``."""
+    names = list(labels)
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise ValueError(f"dataset {dataset!r}: a dataset key needs the non-empty label names, got {names!r}")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", str(dataset)).strip("-.") or "dataset"
+    digest = hashlib.sha256(json.dumps(names).encode("utf-8")).hexdigest()[:12]
+    return f"{name}-{digest}"
+
+
+def dataset_key_of(manifest: dict) -> str:
+    """The dataset key of a run, from its manifest (``data.dataset`` and ``data.labels``)."""
+    return dataset_key(manifest["data"]["dataset"], manifest["data"]["labels"])
+
+
+def candidate_from_manifest(manifest: dict) -> dict:
+    """A challenger dict for ``decide`` from a run manifest: name, run id, validation macro-F1, dataset key."""
+    policy = manifest["threshold_policy"]
+    return {"name": manifest.get("config_name"), "run_id": manifest["run_id"], "status": manifest.get("status", "completed"),
+            "validation_macro_f1": manifest["summary"]["validation"][policy]["macro_f1"],
+            "dataset_key": dataset_key_of(manifest)}
+
+
+# --------------------------------------------------------------------------- paired test
+
+
+def paired_vs_champion(challenger: RunData, champion: RunData, *, n: int = 1000, seed: int = 0) -> dict | None:
+    """``evaluation.paired_bootstrap`` of test macro-F1, challenger as ``a`` and champion as ``b``.
+
+    On the test rows both runs have (by id), each at its own thresholds. Returns the bootstrap dict
+    plus ``rows`` (rows used) and ``champion`` (its name); ``None`` when either run has no test logits
+    or they share no test row. ``ValueError`` if their label names differ (different dataset keys).
+    """
+    from emotion_core.analysis import common_ids, rows_of, test_predictions
+    from emotion_core.evaluation import paired_bootstrap
+
+    if challenger.names != champion.names:
+        raise ValueError(f"{challenger.name} and {champion.name} have different labels; they cannot be compared")
+    pair = [challenger, champion]
+    if any("test" not in run.ids for run in pair):
+        return None
+    ids = common_ids(pair, "test")
+    if not ids:
+        return None
+    truth = rows_of(challenger.truth["test"], challenger.ids["test"], ids)
+    result = paired_bootstrap(truth, test_predictions(challenger, ids), test_predictions(champion, ids), n=n, seed=seed)
+    return {**result, "rows": len(ids), "champion": champion.name}
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of ``decide``; ``to_dict`` is what the decision log stores (plus ``key`` and ``decided_at``)."""
+
+    dataset_key: str | None
+    promoted: bool
+    reason: str
+    challenger_run_id: str
+    challenger_name: str | None
+    challenger_macro_f1: float
+    champion_run_id: str | None
+    champion_name: str | None
+    champion_macro_f1: float | None
+    margin: float
+    alpha: float
+    p_value: float | None
+    """One-sided p-value of the paired bootstrap (None: no champion, or no paired test)."""
+    delta: float | None
+    """Test macro-F1 of the challenger minus the champion's, on the shared test rows."""
+    test_rows: int | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict) -> Decision:
+        return cls(**{name: payload.get(name) for name in cls.__dataclass_fields__})
+
+
+def _score(entry: dict, what: str) -> float:
+    value = entry.get("validation_macro_f1")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} {entry.get('run_id') or entry.get('name')!r}: validation_macro_f1 must be a finite "
+                         f"number, got {value!r}")
+    return float(value)
+
+
+def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: float, paired: dict | None,
+           dataset_key: str | None = None) -> Decision:
+    """Promote ``challenger`` over ``champion``? See the module docstring for the rule.
+
+    ``champion``: the registry's champion document (or any dict with ``run_id`` and
+    ``validation_macro_f1``), ``None`` when there is none yet. ``challenger``: a completed run's
+    report entry or ``candidate_from_manifest`` (``run_id``, ``validation_macro_f1``, optional ``name``,
+    ``status``, ``dataset_key``). ``paired``: ``paired_vs_champion(challenger, champion)`` (``a`` must be
+    the challenger); ``None`` or a dict with ``skipped`` means no paired test, so no promotion over a
+    champion. ``dataset_key`` defaults to the challenger's, then the champion's.
+    """
+    if not margin >= 0.0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if challenger.get("status", "completed") != "completed":
+        raise ValueError(f"challenger {challenger.get('name')!r} did not complete ({challenger.get('status')}); "
+                         "only completed runs are compared")
+    if not challenger.get("run_id"):
+        raise ValueError(f"challenger {challenger.get('name')!r} has no run_id")
+    ours = _score(challenger, "challenger")
+    key = dataset_key or challenger.get("dataset_key") or (champion or {}).get("dataset_key")
+    facts = {"dataset_key": key, "challenger_run_id": challenger["run_id"], "challenger_name": challenger.get("name"),
+             "challenger_macro_f1": ours, "margin": float(margin), "alpha": float(alpha)}
+    label = challenger.get("name") or challenger["run_id"]
+
+    if champion is None:
+        return Decision(promoted=True, champion_run_id=None, champion_name=None, champion_macro_f1=None,
+                        p_value=None, delta=None, test_rows=None, **facts,
+                        reason=f"no champion yet for {key or 'this dataset'}: {label} (validation macro-F1 {ours:.4f}) "
+                               f"is promoted as the first champion")
+
+    theirs = _score(champion, "champion")
+    champ = {"champion_run_id": champion.get("run_id"), "champion_name": champion.get("name"), "champion_macro_f1": theirs}
+    if challenger["run_id"] == champion.get("run_id"):
+        return Decision(promoted=False, p_value=None, delta=None, test_rows=None, **facts, **champ,
+                        reason=f"not promoted: {label} is already the champion")
+
+    gain = ours - theirs
+    score_text = f"validation macro-F1 {ours:.4f} vs champion {theirs:.4f} ({gain:+.4f})"
+    problems = [] if gain > margin else [f"{score_text} is not above the margin {margin:.4f}"]
+    usable = paired is not None and "skipped" not in paired and paired.get("p_value") is not None
+    p_value = float(paired["p_value"]) if usable else None
+    delta = float(paired["delta"]) if usable and paired.get("delta") is not None else None
+    rows = paired.get("rows") if usable else None
+    if not usable:
+        why = f" ({paired['skipped']})" if paired and "skipped" in paired else ""
+        problems.append(f"no paired bootstrap against the champion on shared test rows{why}")
+    else:
+        where = f" on {rows} test rows" if rows else ""
+        test_text = f"paired bootstrap{where}: test macro-F1 delta {delta:+.4f}, p = {p_value:.3f}" if delta is not None \
+            else f"paired bootstrap{where}: p = {p_value:.3f}"
+        if not p_value < alpha:
+            problems.append(f"{test_text} is not below alpha {alpha:g}")
+    promoted = not problems
+    if promoted:
+        reason = (f"promoted {label}: {score_text} is above the margin {margin:.4f}, and {test_text} < alpha {alpha:g}")
+    else:
+        reason = f"not promoted {label}: " + "; ".join(problems)
+    return Decision(promoted=promoted, p_value=p_value, delta=delta, test_rows=rows, **facts, **champ, reason=reason)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+class Registry:
+    """Champion pointers and decision logs under ``<folder>/`` of an artefact store."""
+
+    def __init__(self, store: ArtifactStore, folder: str = "registry") -> None:
+        self.store = store
+        self.folder = folder.strip("/")
+
+    def _check(self, dataset_key: str) -> str:
+        if not isinstance(dataset_key, str) or not _KEY.match(dataset_key):
+            raise ValueError(f"dataset key {dataset_key!r}: expected letters, digits, '.', '_' or '-' (see dataset_key())")
+        return dataset_key
+
+    def champion_key(self, dataset_key: str) -> str:
+        return f"{self.folder}/{self._check(dataset_key)}.json"
+
+    def decisions_folder(self, dataset_key: str) -> str:
+        return f"{self.folder}/{self._check(dataset_key)}/decisions"
+
+    def _corrupt(self, key: str, why: str) -> StoreError:
+        return StoreError(f"registry document {key} in {self.store.uri} is corrupt: {why}; fix or remove it")
+
+    def _champion_versioned(self, dataset_key: str) -> tuple[dict | None, str | None]:
+        key = self.champion_key(dataset_key)
+        doc, version = self.store.read_document_versioned(key)
+        if doc is None:
+            return None, None
+        run_id, score = doc.get("run_id"), doc.get("validation_macro_f1")
+        if not isinstance(run_id, str) or not run_id:
+            raise self._corrupt(key, f"'run_id' must be a non-empty string, got {run_id!r}")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise self._corrupt(key, f"'validation_macro_f1' must be a finite number, got {score!r}")
+        if doc.get("dataset_key") != dataset_key:
+            raise self._corrupt(key, f"'dataset_key' is {doc.get('dataset_key')!r}, expected {dataset_key!r}")
+        return doc, version
+
+    def champion(self, dataset_key: str) -> dict | None:
+        """The champion document of ``dataset_key`` (shape in the module docstring); None before the first promotion."""
+        return self._champion_versioned(dataset_key)[0]
+
+    def decisions(self, dataset_key: str) -> list[dict]:
+        """Every recorded decision of ``dataset_key``, oldest first."""
+        keys = [k for k in self.store.list_documents(self.decisions_folder(dataset_key)) if k.endswith(".json")]
+        out = []
+        for key in keys:
+            doc = self.store.read_document(key)
+            if doc is None:  # removed while listing
+                continue
+            if not isinstance(doc.get("promoted"), bool) or not doc.get("challenger_run_id"):
+                raise self._corrupt(key, "not a decision record (no 'promoted' or 'challenger_run_id')")
+            out.append(doc)
+        return out
+
+    def _stamp(self, dataset_key: str, now: datetime | None) -> datetime:
+        """``now`` (UTC), moved past the newest decision already logged so the log keys stay in order."""
+        stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        keys = self.store.list_documents(self.decisions_folder(dataset_key))
+        if keys:
+            newest = keys[-1].rsplit("/", 1)[-1].split("-", 1)[0]
+            try:
+                last = datetime.strptime(newest, _STAMP).replace(tzinfo=timezone.utc)
+            except ValueError:
+                last = None
+            if last is not None and stamp <= last:
+                stamp = last + timedelta(microseconds=1)
+        return stamp
+
+    def record(self, decision: Decision, *, now: datetime | None = None) -> dict:
+        """Log ``decision``; if promoted, point the champion of its dataset at the challenger. Returns the record.
+
+        ``DocumentConflict`` when the champion changed since the decision was made (a promotion
+        decided against an old champion) or another writer promoted concurrently: decide again.
+        ``StoreError`` when a promoted run is not a complete run of the store.
+        """
+        if not decision.dataset_key:
+            raise ValueError("the decision has no dataset_key: pass dataset_key= to decide() (see dataset_key_of)")
+        key = self._check(decision.dataset_key)
+        pointer_key = self.champion_key(key)
+        current, version = self._champion_versioned(key)
+        current_id = current["run_id"] if current else None
+        if decision.promoted:
+            if decision.champion_run_id != current_id:
+                raise DocumentConflict(f"registry {pointer_key} in {self.store.uri}: the decision to promote "
+                                       f"{decision.challenger_run_id} was made against champion {decision.champion_run_id}, "
+                                       f"but the champion is now {current_id}; decide again")
+            if decision.challenger_run_id not in self.store.list_runs():
+                raise StoreError(f"registry {pointer_key}: run {decision.challenger_run_id} is not a complete run of "
+                                 f"{self.store.uri}; only published runs can become champion")
+        stamp = self._stamp(key, now)
+        record_key = f"{self.decisions_folder(key)}/{stamp.strftime(_STAMP)}-{decision.challenger_run_id}.json"
+        record = {"registry_version": REGISTRY_VERSION, "key": record_key, "decided_at": stamp.isoformat(),
+                  **decision.to_dict()}
+        if decision.promoted:
+            pointer = {"registry_version": REGISTRY_VERSION, "dataset_key": key, "run_id": decision.challenger_run_id,
+                       "name": decision.challenger_name, "validation_macro_f1": decision.challenger_macro_f1,
+                       "promoted_at": stamp.isoformat(), "decision_key": record_key, "decision": record}
+            if version is None:
+                self.store.write_document(pointer_key, pointer, create_only=True)
+            else:
+                self.store.write_document(pointer_key, pointer, if_match=version)
+        try:
+            self.store.write_document(record_key, record, create_only=True)
+        except StoreError as exc:
+            if not decision.promoted:
+                raise
+            raise StoreError(f"registry {pointer_key}: {decision.challenger_run_id} was promoted, but its decision record "
+                             f"{record_key} could not be written ({exc}); the champion document holds the decision") from None
+        return record
+

@@ -1,0 +1,174 @@
+"""Kaggle-style SemEval-2018 E-c submission: ``ID`` then one 0/1 column per emotion, one row per tweet.
+
+Features
+- ``write_submission(run, texts, ids, out_path)``: predicts with the run's model (the same
+  ``load_family`` + ``predict_logits`` + ``apply_thresholds`` steps as ``predict.predict_file``), or
+  takes ``logits`` already computed, and writes ``ID,anger,anticipation,...,trust``: rows in the
+  order of ``ids``, comma-separated, written atomically (temporary file + rename).
+- Columns: the official SemEval E-c order (``data.semeval.LABELS``) when the run's labels are the
+  SemEval emotions (in any order), else the run's label order.
+- Thresholds: the run's chosen policy by default; or calibrated ones, with optional per-label
+  ``temperatures`` applied to the logits first (``sigmoid(logit / T)``), as
+  ``calibration.calibrate_run`` returns them: arrays in the run's label order, or ``{label: value}``.
+- ``submission_from_file``: the same for a prediction input file (e.g. SemEval's
+  ``test-unlabelled.txt``; ``data.read_prediction_input`` reads ids and tweets).
+
+Limits
+- Only the 0/1 columns: probabilities are in ``predict.predict_file``'s output.
+- The official task scorer reads the tab-separated ``ID Tweet labels...`` layout; pass ``sep="\\t"``
+  for tabs (the tweet column is not written).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emotion_core.data.semeval import LABELS as SEMEVAL_LABELS
+from emotion_core.store.base import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def column_order(names: Sequence[str]) -> list[str]:
+    """SemEval's official order when ``names`` are the SemEval emotions, else ``names`` as given."""
+    return list(SEMEVAL_LABELS) if sorted(names) == sorted(SEMEVAL_LABELS) else list(names)
+
+
+def per_label(values: Any, names: Sequence[str], what: str) -> np.ndarray:
+    """``values`` (sequence in ``names`` order, or ``{name: value}``) as a float64 array in ``names`` order."""
+    if isinstance(values, Mapping):
+        missing = [n for n in names if n not in values]
+        extra = sorted(set(values) - set(names))
+        if missing or extra:
+            raise ValueError(f"{what}: missing labels {missing}, unknown labels {extra}")
+        values = [values[n] for n in names]
+    array = np.asarray(values, dtype=np.float64)
+    if array.shape != (len(names),):
+        raise ValueError(f"{what} must have one value per label ({len(names)}: {', '.join(names)}), got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return array
+
+
+def _predict(run, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    from emotion_core.models import load_family
+    from emotion_core.training.predict import predict_logits
+
+    family = load_family(run.config, run.schema, run.folder / "model")
+    return predict_logits(family, list(texts), batch_size)
+
+
+def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_path: str | Path,
+                     thresholds: Any = None, id_column: str = "ID", *, temperatures: Any = None,
+                     logits: np.ndarray | None = None, batch_size: int = 128, sep: str = ",") -> dict:
+    """Write the submission of ``run`` (a ``Run``, run folder or URI) for ``texts`` identified by ``ids``.
+
+    ``logits``: (n, L) in the run's label order, instead of predicting ``texts`` (then ``texts`` may
+    be None). Returns ``{"path", "rows", "columns", "positives" ({label: rows predicted 1}),
+    "rows_without_label", "thresholds" ({label: t}), "temperatures" ({label: T} or None)}``.
+    """
+    from emotion_core.calibration import apply_temperatures
+    from emotion_core.metrics import sigmoid
+    from emotion_core.runs import Run, read_run
+    from emotion_core.thresholds import apply_thresholds
+
+    run = run if isinstance(run, Run) else read_run(run)
+    ids = [str(i) for i in ids]
+    names = list(run.schema.names)
+    _check_rows(ids, texts, logits, len(names))
+    columns = column_order(names)
+    if id_column in columns:
+        raise ValueError(f"id column {id_column!r} is also a label name")
+    cut = per_label(run.thresholds() if thresholds is None else thresholds, names, "thresholds")
+    temps = None if temperatures is None else per_label(temperatures, names, "temperatures")
+    z = np.asarray(logits, dtype=np.float64) if logits is not None else _predict(run, texts, batch_size)
+    probs = sigmoid(z) if temps is None else apply_temperatures(z, temps)
+    predicted = apply_thresholds(probs, cut)
+
+    import polars as pl
+
+    frame = pl.DataFrame({id_column: ids, **{name: predicted[:, names.index(name)].astype(np.int8) for name in columns}})
+    out = Path(out_path)
+    atomic_write_text(out, frame.write_csv(separator=sep))
+    positives = {name: int(predicted[:, names.index(name)].sum()) for name in columns}
+    log.info("wrote a %d-row submission of run %s to %s", len(ids), run.run_id, out)
+    return {
+        "path": str(out), "rows": len(ids), "columns": [id_column, *columns], "positives": positives,
+        "rows_without_label": int((predicted.sum(axis=1) == 0).sum()),
+        "thresholds": {n: float(t) for n, t in zip(names, cut)},
+        "temperatures": None if temps is None else {n: float(t) for n, t in zip(names, temps)},
+    }
+
+
+def _check_rows(ids: list[str], texts, logits, n_labels: int) -> None:
+    if not ids:
+        raise ValueError("no ids: a submission needs at least one row")
+    if texts is None and logits is None:
+        raise ValueError("pass the texts to predict, or their logits")
+    if texts is not None and len(texts) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(texts)} texts: one id per text, in the same order")
+    if logits is not None and np.shape(logits) != (len(ids), n_labels):
+        raise ValueError(f"logits must have shape ({len(ids)}, {n_labels}) (ids x labels), got {np.shape(logits)}")
+    duplicates = sorted(i for i, count in Counter(ids).items() if count > 1)
+    if duplicates:
+        raise ValueError(f"duplicate ids: {', '.join(duplicates[:5])}{' ...' if len(duplicates) > 5 else ''}")
+
+
+def submission_from_file(run, data_path: str | Path, out_path: str | Path, *, thresholds: Any = None,
+                         temperatures: Any = None, text_column: str | None = None, id_column: str | None = None,
+                         batch_size: int = 128, sep: str = ",") -> dict:
+    """``write_submission`` for every row of a prediction input file (its ids, in file order).
+
+    The output's id column keeps the input's name (``ID`` for SemEval files). Returns
+    ``write_submission``'s dict.
+    """
+    from emotion_core.data import read_prediction_input
+
+    id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
+    return write_submission(run, texts, ids, out_path, thresholds, id_name, temperatures=temperatures,
+                            batch_size=batch_size, sep=sep)
+
+
+def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = None, calibrated: bool = True,
+               batch_size: int = 128) -> dict:
+    """The submission of a chosen run, at its calibrated thresholds by default.
+
+    ``calibrated``: per-label temperatures fitted on the run's validation logits and thresholds re-tuned
+    on the calibrated validation probabilities (``calibration.calibrate_run``, the same numbers as the
+    comparison report); off: the run's own thresholds. Rows: ``data_path`` (any prediction input file),
+    else the unlabelled ``predict`` split of the run's dataset (SemEval E-c's test file). Returns
+    ``write_submission``'s dict plus ``calibrated``.
+    """
+    from emotion_core.predict import check_output_file
+
+    check_output_file(out_path)  # before reading, calibrating or predicting anything
+    from emotion_core.analysis import DataCache, run_data
+    from emotion_core.calibration import calibrate_run
+    from emotion_core.errors import DataError
+    from emotion_core.runs import read_run
+
+    run = read_run(run_ref)
+    data = DataCache().for_run(run) if calibrated or data_path is None else None
+    thresholds = temperatures = None
+    if calibrated:
+        arrays = run_data(run, data)
+        calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
+                                    policy=run.manifest["threshold_policy"])
+        thresholds, temperatures = calibration["thresholds"], calibration["temperatures"]
+    if data_path is not None:
+        result = submission_from_file(run, data_path, out_path, thresholds=thresholds, temperatures=temperatures,
+                                      batch_size=batch_size)
+    else:
+        rows = data.split("predict")
+        if rows.height == 0:
+            raise DataError(f"run {run.run_id}: its dataset '{run.config.data.dataset}' has no unlabelled test rows "
+                            "(split 'predict'); pass the file to predict with --data")
+        result = write_submission(run, rows["text"].to_list(), rows["id"].to_list(), out_path, thresholds,
+                                  data.id_column, temperatures=temperatures, batch_size=batch_size)
+    return {**result, "calibrated": calibrated}
