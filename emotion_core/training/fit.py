@@ -33,6 +33,10 @@ Features
 Limits
 - Single device (one GPU or the CPU); multi-GPU would go through ``accelerate launch``.
 - An odd per-device batch halves to ``ceil(b / 2)``: the effective batch grows by a row or so.
+- Local checkpoints (validation steps included) are full ones, optimizer state and all: more disk in
+  the work folder than weights alone (the Trainer keeps the latest and the best).
+- Only ``torch.OutOfMemoryError`` counts as out of memory: an allocation failure that a library
+  reports as another error (e.g. a cuBLAS ``RuntimeError``) fails the run as before.
 - Out-of-memory errors in validation passes are handled the same way (the training batch halves),
   although the validation batch (``eval_batch_size``) is what would need to shrink.
 """
