@@ -6,7 +6,8 @@ S3 server over HTTP. After the child's first training checkpoint lands in the st
 running it is killed with everything under it (a lost machine): nothing is left to report the
 crash, the flow run stays RUNNING. The parent must notice the missing heartbeats, mark the child
 crashed, re-dispatch it with the same run id to the other worker, and that run must resume from
-the checkpoint and complete; then the parent completes.
+the checkpoint and complete; then the parent completes. The second test kills only the flow-run
+process: its worker reports it CRASHED and the parent re-dispatches it at once.
 """
 
 from __future__ import annotations
@@ -95,43 +96,54 @@ def kill_worker_running(pid: int) -> tuple[str, list[int]]:
     return cmdline[cmdline.index("--name") + 1], [v.pid for v in victims]
 
 
-def test_a_killed_worker_child_is_detected_redispatched_and_resumes_from_its_checkpoint(crash_stack, s3_endpoint):
-    stack, bucket = crash_stack
+def start_and_kill_after_first_checkpoint(stack, s3, bucket: str, kill) -> dict:
+    """Trigger train-all on tiny-resume, wait for the child's first checkpoint in the store, ``kill(pid)`` its process."""
     from prefect.deployments import run_deployment
 
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     started = time.monotonic()
     parent = stack.run_with_api(run_deployment, "train-all/nightly", timeout=0, as_subflow=False, parameters={
         "config_set": str(SETS / "tiny-resume.yaml"), "heartbeat_timeout_s": TIMEOUT_S})
-
-    # The child trains; wait for its first checkpoint in the store, then kill its worker and everything under it.
     deadline = time.monotonic() + 300
     while True:
         children = children_of(stack, str(parent.id))
         child = children[0] if children else None
         if child and child["state_type"] == "RUNNING" and child.get("infrastructure_pid"):
             run_id = child["parameters"]["run_id"]
-            markers = [k for k in keys(s3, bucket, f"nightly/checkpoints/{run_id}/") if k.endswith("/checkpoint.json")]
-            if markers:
+            if any(k.endswith("/checkpoint.json") for k in keys(s3, bucket, f"nightly/checkpoints/{run_id}/")):
                 break
         assert time.monotonic() < deadline, children
         assert not child or child["state_type"] not in ("COMPLETED", "FAILED", "CRASHED"), child
         time.sleep(0.3)
-    killed_worker, pids = kill_worker_running(int(child["infrastructure_pid"]))
+    killed = kill(int(child["infrastructure_pid"]))
     killed_at = time.monotonic()
     assert not keys(s3, bucket, f"nightly/runs/{run_id}/"), "the run finished before the kill: make it train longer"
     markers = [k for k in keys(s3, bucket, f"nightly/checkpoints/{run_id}/") if k.endswith("/checkpoint.json")]
-    checkpoint_step = json.loads(s3.get_object(Bucket=bucket, Key=markers[-1])["Body"].read())["step"]
-    assert checkpoint_step > 0
+    step = json.loads(s3.get_object(Bucket=bucket, Key=markers[-1])["Body"].read())["step"]
+    assert step > 0
+    return {"parent": str(parent.id), "child": child, "run_id": run_id, "step": step, "killed": killed,
+            "started": started, "killed_at": killed_at}
+
+
+def wait_final(stack, flow_run_id: str, timeout_s: float = 600) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (run := flow_run(stack, flow_run_id))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, children_of(stack, flow_run_id)
+        time.sleep(2)
+    return run
+
+
+def test_a_killed_worker_child_is_detected_redispatched_and_resumes_from_its_checkpoint(crash_stack, s3_endpoint):
+    stack, bucket = crash_stack
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    # The child trains; after its first checkpoint in the store its worker and everything under it are killed.
+    kill = start_and_kill_after_first_checkpoint(stack, s3, bucket, kill_worker_running)
+    child, run_id, checkpoint_step = kill["child"], kill["run_id"], kill["step"]
+    killed_worker, pids = kill["killed"]
     time.sleep(5)
     assert flow_run(stack, child["id"])["state_type"] == "RUNNING"  # nobody is left to report the crash
 
-    deadline = time.monotonic() + 600
-    while flow_run(stack, str(parent.id))["state_type"] not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-        assert time.monotonic() < deadline, children_of(stack, str(parent.id))
-        time.sleep(2)
-    final = flow_run(stack, str(parent.id))
-    attempts = children_of(stack, str(parent.id))
+    final = wait_final(stack, kill["parent"])
+    attempts = children_of(stack, kill["parent"])
     assert final["state_type"] == "COMPLETED", (final["state"], [(c["name"], c["state_type"], c["state"]["message"]) for c in attempts])
 
     # Two flow runs of the one config, same run id: the killed one marked crashed by the parent, the second completed.
@@ -140,7 +152,7 @@ def test_a_killed_worker_child_is_detected_redispatched_and_resumes_from_its_che
     assert first["id"] == child["id"] and first["state_type"] == "CRASHED"
     assert "no heartbeat" in first["state"]["message"]
     assert second["state_type"] == "COMPLETED" and second["parameters"]["run_id"] == run_id
-    detected_after = (time.monotonic() - killed_at)
+    done_after = time.monotonic() - kill["killed_at"]
     # It resumed from the checkpoint of the killed run (not from step 0), on the surviving worker.
     from emotion_core.runs import read_run
     from emotion_core.store import open_store
@@ -148,16 +160,48 @@ def test_a_killed_worker_child_is_detected_redispatched_and_resumes_from_its_che
     store = open_store(f"s3://{bucket}/nightly", endpoint_url=s3_endpoint)
     manifest = read_run(store.run_folder(run_id)).manifest
     assert manifest["resumed_from_step"] == checkpoint_step
-    assert manifest["timing"]["steps"] == 500
+    assert manifest["timing"]["steps"] == 1000
     assert manifest["orchestration"]["flow_run_id"] == second["id"]
     assert manifest["orchestration"]["worker"] != killed_worker
     assert not keys(s3, bucket, f"nightly/checkpoints/{run_id}/")  # published: checkpoints deleted
 
     # The children table records the attempts.
     table = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["children-tiny-resume"]},
-                                                               "flow_run_id": {"any_": [str(parent.id)]}}})
+                                                               "flow_run_id": {"any_": [kill["parent"]]}}})
     rows = table[0]["data"]
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert rows[0]["attempts"] == 2 and rows[0]["state"] == "COMPLETED" and child["id"] in rows[0]["earlier_attempts"]
-    print(f"\nkilled {killed_worker} (pids {pids}) at step>={checkpoint_step}, "
-          f"{killed_at - started:.0f}s after the trigger; parent done {detected_after:.0f}s after the kill")
+    print(f"\nkilled {killed_worker} (pids {pids}) after the checkpoint at step {checkpoint_step}, "
+          f"{kill['killed_at'] - kill['started']:.0f}s after the trigger; parent done {done_after:.0f}s after the kill")
+
+
+def test_a_child_whose_process_is_killed_is_reported_crashed_and_redispatched_at_once(crash_stack, s3_endpoint):
+    """Only the flow-run process dies; its worker reports CRASHED and the parent re-dispatches without waiting for heartbeats."""
+    import psutil
+
+    stack, bucket = crash_stack
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+
+    def kill_process(pid: int) -> None:
+        process = psutil.Process(pid)
+        victims = [process, *process.children(recursive=True)]
+        for victim in victims:
+            victim.kill()
+        psutil.wait_procs(victims, timeout=15)
+
+    kill = start_and_kill_after_first_checkpoint(stack, s3, bucket, kill_process)
+    final = wait_final(stack, kill["parent"])
+    attempts = children_of(stack, kill["parent"])
+    assert final["state_type"] == "COMPLETED", (final["state"], [(c["name"], c["state_type"], c["state"]["message"]) for c in attempts])
+    first, second = attempts
+    assert first["state_type"] == "CRASHED" and "no heartbeat" not in (first["state"]["message"] or "")  # the worker said so
+    # Re-dispatched as soon as the worker reported it, well before a heartbeat timeout could have fired.
+    from datetime import datetime
+
+    crashed_at = datetime.fromisoformat(first["end_time"] or first["state"]["timestamp"])
+    assert (datetime.fromisoformat(second["created"]) - crashed_at).total_seconds() < TIMEOUT_S / 2
+    from emotion_core.runs import read_run
+    from emotion_core.store import open_store
+
+    store = open_store(f"s3://{bucket}/nightly", endpoint_url=s3_endpoint)
+    assert read_run(store.run_folder(kill["run_id"])).manifest["resumed_from_step"] == kill["step"]
