@@ -10,7 +10,7 @@ Features:
 - cancelling (or killing) the parent cancels the children still queued or running, both from the
   wait loop and from the flow's ``on_cancellation`` hook (Prefect does not do it for
   ``run_deployment`` children);
-- crashed children are re-dispatched (``max_attempts``, default 2: once): Prefect's task and flow
+- crashed children are re-dispatched (``max_attempts``; train-all passes ``child_attempts``, default 2: once): Prefect's task and flow
   retries do not cover a child whose process or worker was killed. A child that ends CRASHED (its
   flow-run process died and its worker said so), or that is dead without anyone saying so (see
   below), gets a new flow run of the same deployment with the same parameters, so the same
