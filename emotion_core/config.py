@@ -265,6 +265,10 @@ class TrainingConfig(_Strict):
     """``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     seed: int = 42
     """Seed of initialisation, dropout and batch order."""
+    checkpoint_every_steps: int = Field(200, ge=0)
+    """Every this many optimizer steps, save a full training checkpoint (weights or adapter, optimizer, scheduler, RNG, trainer state) and upload it to the artefact store under ``checkpoints/<run_id>/``; a run started again with the same run id resumes from it, losing at most this many steps. 0: no checkpoints in the store (no resume)."""
+    min_batch_size: int = Field(1, ge=1)
+    """Smallest per-device batch a GPU out-of-memory error may halve ``batch_size`` down to (gradient accumulation doubles each time, so the effective batch stays ``batch_size``); an OOM at this size stops the run with ``OutOfMemoryAtMinBatch``."""
 
 
 class ResourcesConfig(_Strict):

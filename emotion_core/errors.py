@@ -63,3 +63,11 @@ class TrainingDiverged(EmotionError):
 
     The message names the config, the steps and the values, and what to change.
     """
+
+
+class OutOfMemoryAtMinBatch(EmotionError):
+    """Training ran out of GPU memory even at ``training.min_batch_size`` rows per device.
+
+    The message names the config, the per-device batch sizes tried and what to change
+    (a smaller model or sequence length, gradient checkpointing, a bigger card).
+    """

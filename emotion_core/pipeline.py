@@ -6,6 +6,11 @@
 Everything is written into a private staging folder; on an error before publishing it is
 discarded, so the store never holds half a run. If only publishing fails (store unreachable after
 retries), the complete staged run is kept and the error says where. Prefect tasks call these functions; nothing here knows about Prefect.
+
+Resume: with ``training.checkpoint_every_steps`` > 0, training checkpoints go to the store's
+checkpoint area of the run id (``training.checkpoints``); a run started again with the same run id
+(an orchestrator re-dispatching a crashed child) downloads the latest complete one and continues
+from its step (``resumed_from_step`` in the manifest). Publishing deletes the run's checkpoints.
 """
 
 from __future__ import annotations
@@ -39,10 +44,15 @@ log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 
 
+def content_hash(cfg: RunConfig, data_hash: str) -> str:
+    """sha256 (hex) of the config and the data: what a checkpoint must match to be resumed from."""
+    content = json.dumps(cfg.model_dump(mode="json"), sort_keys=True) + data_hash
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def make_run_id(cfg: RunConfig, data_hash: str, now: datetime) -> str:
     """``<config>-<UTC time>-<8 hex of config + data>``: sortable, readable, unique per content."""
-    content = json.dumps(cfg.model_dump(mode="json"), sort_keys=True) + data_hash
-    return f"{cfg.name}-{now:%Y%m%dT%H%M%SZ}-{hashlib.sha256(content.encode()).hexdigest()[:8]}"
+    return f"{cfg.name}-{now:%Y%m%dT%H%M%SZ}-{content_hash(cfg, data_hash)[:8]}"
 
 
 def quality_flags(evaluation: dict, policy: str) -> list[dict]:
@@ -83,7 +93,8 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     """Train ``cfg`` into a complete staging folder of ``store``; return ``(folder, run_id)``.
 
     ``run_id``: chosen by the caller (an orchestrator that must find the run again), else derived
-    from config, data and time. ``progress``: called with progress events (step, epoch, eta, device
+    from config, data and time. If the store holds a complete training checkpoint of ``run_id``
+    (same config and data), training resumes from it. ``progress``: called with progress events (step, epoch, eta, device
     sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry (flow run,
     work pool, worker...).
     """
@@ -113,8 +124,15 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
                                  train_samples_per_second=0.0, best_validation_macro_f1=None,
                                  precision=resolve_precision(cfg.training.precision), log_history=[])
             else:
+                checkpoints = resume = None
+                if cfg.training.checkpoint_every_steps:
+                    from emotion_core.training.checkpoints import RunCheckpoints  # imports transformers
+
+                    checkpoints = RunCheckpoints(store, run_id, content_hash(cfg, data.data_hash))
+                    resume = checkpoints.restore(staging / "checkpoints")
                 stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints",
-                            progress=progress, monitor=monitor, train_labels=train_labels)
+                            progress=progress, monitor=monitor, train_labels=train_labels,
+                            checkpoints=checkpoints, resume=resume)
         device_usage = monitor.summary()
         shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the best weights are in memory now
 
@@ -166,6 +184,11 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
                 "steps": stats.steps,
             },
             "precision": stats.precision,
+            "batching": {"batch_size": cfg.training.batch_size,
+                         "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
+                         "gradient_accumulation_steps": stats.gradient_accumulation_steps},
+            "resumed_from_step": stats.resumed_from_step,
+            "oom_adjustments": stats.oom_adjustments,
             "memory": environment.peak_memory(),
             "device": environment.device_facts(),
             "device_usage": device_usage,
@@ -192,7 +215,10 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
 
 
 def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
-    """Publish a complete staged run (manifest last); on failure the staged copy is kept and named."""
+    """Publish a complete staged run (manifest last), then drop its training checkpoints from the store.
+
+    On failure the staged copy is kept and named (and the checkpoints stay).
+    """
     try:
         uri = store.publish(staging, run_id)
     except StoreError as exc:
@@ -200,4 +226,8 @@ def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
         raise StoreError(f"{exc}. The complete run is kept at {staging}; once the store is reachable: "
                          f"emotion publish {staging} --store {store.uri}") from None
     log.info("run %s published: %s", run_id, uri)
+    try:
+        store.delete_checkpoints(run_id)
+    except StoreError as exc:  # best effort: a leftover is only disk space
+        log.warning("run %s: its training checkpoints could not be deleted from %s (%s)", run_id, store.uri, exc)
     return uri

@@ -73,7 +73,8 @@ SET_HELP = "Override a config field, e.g. --set training.epochs=1 --set data.max
 @app.command()
 def train(config: Path = typer.Argument(..., help="Run config YAML."),
           store: Optional[str] = typer.Option(None, help="Artefact store (path or file:// URI); default $EMOTION_STORE or .emotion/store."),
-          set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+          set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+          run_id: Optional[str] = typer.Option(None, "--run-id", help="Publish under this run id; if the store holds a training checkpoint of it (an interrupted run), training resumes from there.")) -> None:
     """Train one config and publish its run."""
     from emotion_core.config import parse_overrides
 
@@ -87,7 +88,7 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
         from flows.train_model import train_model
 
         _console_without_user_tracebacks()
-        return train_model(config=str(config), store=store, overrides=overrides)
+        return train_model(config=str(config), store=store, overrides=overrides, run_id=run_id)
 
     uri = _run(go)
     out.print(f"run published: {uri}", highlight=False, soft_wrap=True)
@@ -168,7 +169,13 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
             raise StoreError(f"{run_folder / 'manifest.json'}: not a JSON object ({exc}); the run folder is damaged") from None
         if not run_id:
             raise StoreError(f"{run_folder / 'manifest.json'}: no run_id")
-        return open_store(store).publish(run_folder, run_id)
+        target = open_store(store)
+        uri = target.publish(run_folder, run_id)
+        try:
+            target.delete_checkpoints(run_id)  # published: its training checkpoints are not needed any more
+        except StoreError:
+            pass
+        return uri
 
     out.print(f"run published: {_run(go)}", highlight=False, soft_wrap=True)
 

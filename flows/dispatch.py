@@ -9,16 +9,41 @@ Features:
 - the parent never loses a child: each outcome carries its final state and message;
 - cancelling (or killing) the parent cancels the children still queued or running, both from the
   wait loop and from the flow's ``on_cancellation`` hook (Prefect does not do it for
-  ``run_deployment`` children).
+  ``run_deployment`` children);
+- crashed children are re-dispatched (``max_attempts``; train-all passes ``child_attempts``, default 2: once): Prefect's task and flow
+  retries do not cover a child whose process or worker was killed. A child that ends CRASHED (its
+  flow-run process died and its worker said so), or that is dead without anyone saying so (see
+  below), gets a new flow run of the same deployment with the same parameters, so the same
+  ``run_id``: it resumes from the run's last training checkpoint in the artefact store. Each
+  child's ``attempts`` and its earlier flow runs are in its outcome. FAILED children (an error in
+  the run: bad config, diverged) are not retried: they would fail the same way.
+
+Crash detection: a dead child's flow run stays RUNNING (or PENDING) in Prefect 3 when its worker
+died with it (machine lost, OOM-killer, SIGKILL): nothing is left to report the crash. Every
+flow-run process emits a ``prefect.flow-run.heartbeat`` event every
+``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (default 180, minimum 30) from a thread of its own,
+so a long CPU- or GPU-bound step does not silence it. Every ``heartbeat_timeout_s / 3`` the parent
+reads those events for its RUNNING/PENDING children; a child that has been in that state for longer
+than ``heartbeat_timeout_s`` without a heartbeat in the last ``heartbeat_timeout_s`` is marked
+CRASHED (with a message saying why) and handled like any crashed child. The default timeout is
+``2 x frequency + 30 s``; with heartbeats off (frequency unset) this detection is off. The
+children's workers must use the same (or a shorter) frequency as the parent's setting. Why
+heartbeats, not worker liveness: the worker that picked a run is not recorded on the run, a worker
+can be alive while its flow-run process is gone (and vice versa), and the heartbeat comes from the
+process that trains. Prefect's own alternative is a server-side automation that marks runs crashed
+after missed heartbeats; the parent's check needs no server configuration.
 Limits: children's return values are not read (no shared result storage needed); the parent finds
-each run in the artefact store by the ``run_id`` it assigned.
+each run in the artefact store by the ``run_id`` it assigned. A child wrongly presumed dead (its
+heartbeats lost for longer than the timeout while it still trains) is re-dispatched and trains
+twice under one run id; the timeout is generous for that reason. Detection runs in the parent:
+while the parent itself is down, dead children are not re-dispatched.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 from uuid import UUID
@@ -75,37 +100,105 @@ class Child:
     state: str = "SCHEDULED"
     message: str = ""
     timings: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, Any] = field(default_factory=dict)  # to re-dispatch it as it was
+    tags: list[str] = field(default_factory=list)
+    attempts: int = 1
+    earlier: list[dict] = field(default_factory=list)  # [{flow_run_id, state, message}] of crashed attempts
+    state_since: datetime | None = None  # when the current flow run entered its current state
 
     def outcome(self) -> dict:
         done = self.state == "COMPLETED"
         base = {"config": self.config, "run_id": self.run_id, "flow_run_id": str(self.flow_run_id),
-                "queue": self.queue, "state": self.state, **self.timings}
+                "queue": self.queue, "state": self.state, "attempts": self.attempts,
+                "earlier_attempts": "; ".join(f"{e['flow_run_id']} {e['state']}: {e['message']}" for e in self.earlier),
+                **self.timings}
         return base if done else {**base, "status": "failed", "error": f"child {self.state.lower()}: {self.message}"}
+
+
+def _dispatch(deployment: str, spec: dict, tags: list[str], idempotency_key: str):
+    from prefect.deployments import run_deployment
+
+    return run_deployment(deployment, parameters=spec["parameters"], timeout=0, as_subflow=True,
+                          work_queue_name=spec["queue"], flow_run_name=f"train-model-{spec['config']}",
+                          idempotency_key=idempotency_key, tags=tags)
 
 
 def start_children(deployment: str, specs: Iterable[dict], tags: list[str]) -> list[Child]:
     """Create one flow run of ``deployment`` per spec (``config``, ``run_id``, ``queue``, ``parameters``)."""
-    from prefect.deployments import run_deployment
-
     children = []
     for spec in specs:
         started = time.perf_counter()
-        run = run_deployment(deployment, parameters=spec["parameters"], timeout=0, as_subflow=True,
-                             work_queue_name=spec["queue"], flow_run_name=f"train-model-{spec['config']}",
-                             idempotency_key=spec["run_id"], tags=tags)
-        children.append(Child(spec["config"], spec["run_id"], spec["queue"], run.id, time.perf_counter() - started))
+        run = _dispatch(deployment, spec, tags, idempotency_key=spec["run_id"])
+        children.append(Child(spec["config"], spec["run_id"], spec["queue"], run.id, time.perf_counter() - started,
+                              parameters=spec["parameters"], tags=list(tags)))
     return children
 
 
-def wait_for_children(children: list[Child], poll_interval_s: float, logger) -> None:
-    """Poll until every child is final; on any interruption cancel the unfinished ones, then re-raise."""
+def redispatch(deployment: str, child: Child, logger) -> None:
+    """Start the next attempt of a crashed child: same parameters (same ``run_id``: it resumes), new flow run."""
+    child.earlier.append({"flow_run_id": str(child.flow_run_id), "state": child.state, "message": child.message})
+    child.attempts += 1
+    started = time.perf_counter()
+    run = _dispatch(deployment, {"config": child.config, "queue": child.queue, "parameters": child.parameters},
+                    child.tags, idempotency_key=f"{child.run_id}-attempt-{child.attempts}")
+    logger.warning("child %s crashed (%s); re-dispatched as flow run %s (attempt %d, same run id %s: it resumes "
+                   "from its last checkpoint)", child.config, child.message, run.id, child.attempts, child.run_id)
+    child.flow_run_id, child.created_s = run.id, time.perf_counter() - started
+    child.state, child.message, child.timings, child.state_since = "SCHEDULED", "", {}, None
+
+
+def default_heartbeat_timeout_s() -> float | None:
+    """``2 x PREFECT_FLOWS_HEARTBEAT_FREQUENCY + 30`` seconds; ``None`` when heartbeats are off."""
+    from prefect.settings import get_current_settings
+
+    frequency = get_current_settings().flows.heartbeat_frequency
+    return None if frequency is None else 2.0 * max(frequency, 30) + 30.0
+
+
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+
+
+def silent_children(client, children: list[Child], timeout_s: float, now: datetime | None = None) -> list[Child]:
+    """RUNNING/PENDING children in that state for over ``timeout_s`` with no heartbeat event in the last ``timeout_s``."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    now = now or datetime.now(timezone.utc)
+    suspects = [c for c in children if c.state in ("RUNNING", "PENDING") and c.state_since is not None
+                and (now - c.state_since).total_seconds() > timeout_s]
+    if not suspects:
+        return []
+    resources = {f"prefect.flow-run.{c.flow_run_id}": c for c in suspects}
+    page = client.read_events(filter=EventFilter(
+        occurred=EventOccurredFilter(since=now - timedelta(seconds=timeout_s), until=now + timedelta(seconds=60)),
+        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+        resource=EventResourceFilter(id=list(resources))), limit=50)  # the API's largest page
+    alive = set()
+    while page is not None:
+        alive.update(event.resource.id for event in page.events)
+        if alive >= set(resources) or not page.next_page:
+            break
+        page = client.read_events_page(str(page.next_page))
+    return [c for resource, c in resources.items() if resource not in alive]
+
+
+def wait_for_children(children: list[Child], poll_interval_s: float, logger, deployment: str | None = None,
+                      max_attempts: int = 1, heartbeat_timeout_s: float | None = None) -> None:
+    """Poll until every child is final, re-dispatching crashed ones (up to ``max_attempts`` flow runs each).
+
+    ``heartbeat_timeout_s``: a RUNNING/PENDING child without a heartbeat for that long is marked
+    CRASHED (``None``: no heartbeat check). On any interruption the unfinished children are
+    cancelled, then the interruption is re-raised.
+    """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.states import Crashed
 
-    by_id = {c.flow_run_id: c for c in children}
+    check_every = max(poll_interval_s, (heartbeat_timeout_s or 0) / 3)
+    last_check = time.monotonic()
     try:
         with get_client(sync_client=True) as client:
             while True:
+                by_id = {c.flow_run_id: c for c in children}
                 runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(by_id))),
                                              limit=len(by_id))
                 for run in runs:
@@ -115,10 +208,27 @@ def wait_for_children(children: list[Child], poll_interval_s: float, logger) -> 
                         logger.info("child %s (%s): %s -> %s%s", child.config, run.name, child.state, state,
                                     f" ({run.state.message})" if run.state and run.state.message and state != "RUNNING" else "")
                     child.state, child.message = state, (run.state.message or "") if run.state else ""
+                    child.state_since = run.state.timestamp if run.state else None
                     child.timings = {
                         "dispatch_s": _seconds(run.created, run.start_time),
                         "run_s": _seconds(run.start_time, run.end_time),
                     }
+                if heartbeat_timeout_s and time.monotonic() - last_check >= check_every:
+                    last_check = time.monotonic()
+                    try:
+                        silent = silent_children(client, children, heartbeat_timeout_s)
+                    except Exception as exc:  # noqa: BLE001 - a failed check must not fail the parent: try again later
+                        logger.warning("heartbeat check of the children failed (%r); retrying in %.0fs", exc, check_every)
+                        silent = []
+                    for child in silent:
+                        message = (f"no heartbeat for {heartbeat_timeout_s:.0f}s while {child.state}: its process "
+                                   f"or worker died (marked crashed by the parent train-all)")
+                        client.set_flow_run_state(child.flow_run_id, Crashed(message=message), force=True)
+                        logger.warning("child %s (flow run %s): %s", child.config, child.flow_run_id, message)
+                        child.state, child.message = "CRASHED", message
+                for child in children:
+                    if child.state == "CRASHED" and deployment is not None and child.attempts < max_attempts:
+                        redispatch(deployment, child, logger)
                 if all(c.state in FINAL for c in children):
                     return
                 time.sleep(poll_interval_s)

@@ -12,6 +12,17 @@ cached) and ``compare-runs`` (ensemble of the best runs, paired bootstrap agains
 per dataset (``emotion_core.registry``: promoted only if clearly better; every decision recorded).
 A child that fails is recorded as failed in the comparison and fails this flow at the end with a
 message naming its config; the others are still compared. Cancelling this flow cancels its children.
+
+Crashed children (deployment dispatch): a child whose flow-run process or worker was killed is
+re-dispatched with the same ``run_id`` (``child_attempts`` flow runs at most, default 2), and
+resumes from the last training checkpoint its run put in the artefact store
+(``training.checkpoint_every_steps``). A child counts as crashed when Prefect reports it CRASHED
+(its worker saw the process die) or, when the worker died too and the run stays RUNNING, when its
+flow-run heartbeats (``prefect.flow-run.heartbeat`` events, every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+seconds) stop for ``heartbeat_timeout_s`` (default ``2 x frequency + 30 s``): the parent then marks
+it CRASHED itself. Details and limits in ``flows.dispatch``. The ``children-<set>`` table records
+each child's ``attempts`` and its earlier flow runs. In-process ``dispatch="local"`` does not
+re-dispatch (a crash there takes the parent down with it).
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from emotion_core.config import deep_merge, load_config_set
 from emotion_core.errors import RunFailed
 from emotion_core.models import preflight
 from emotion_core.settings import default_store_uri
-from flows.dispatch import cancel_children_of, child_run_id, queue_capacities, queue_for, start_children, wait_for_children
+from flows.dispatch import (cancel_children_of, child_run_id, default_heartbeat_timeout_s, queue_capacities, queue_for,
+                            start_children, wait_for_children)
 from flows.train_model import train_model
 from tasks.analysis import compare_runs, evaluate_run, explain_run
 from tasks.storage import open_task_store
@@ -42,12 +54,16 @@ def _cancel_children(flow, flow_run, state) -> None:
 def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | None = None,
               dataset: str | None = None, overrides: dict[str, Any] | None = None,
               dispatch: Literal["local", "deployment"] = "local", child_deployment: str = "train-model/gpu",
-              queues: dict[str, float] | None = None, poll_interval_s: float = 2.0) -> dict:
+              queues: dict[str, float] | None = None, poll_interval_s: float = 2.0, child_attempts: int = 2,
+              heartbeat_timeout_s: float | None = None) -> dict:
     """Train every config of ``config_set`` and publish the comparison; returns where it was written.
 
     ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;
     ``queues``: the gpu pool's work queues and their cards' smallest GPU memory in GiB (default:
-    ``deployments/pools/pools.yaml``).
+    ``deployments/pools/pools.yaml``). Deployment dispatch only: ``child_attempts``: flow runs per
+    config at most (a crashed one is re-dispatched and resumes; 1: never); ``heartbeat_timeout_s``:
+    silence after which a RUNNING child counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``;
+    0: never).
     """
     logger = get_run_logger()
     store = store or default_store_uri()
@@ -69,7 +85,11 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
             for p in planned], tags=["train-all", spec.name])
         logger.info("dispatched %d runs of %s: %s", len(children), child_deployment,
                     ", ".join(f"{c.config}->{c.queue}" for c in children))
-        wait_for_children(children, poll_interval_s, logger)
+        timeout = default_heartbeat_timeout_s() if heartbeat_timeout_s is None else heartbeat_timeout_s or None
+        logger.info("crashed children are re-dispatched (up to %d flow runs each); heartbeat check: %s", child_attempts,
+                    f"a child without a heartbeat for {timeout:.0f}s counts as dead" if timeout else "off")
+        wait_for_children(children, poll_interval_s, logger, deployment=child_deployment,
+                          max_attempts=child_attempts, heartbeat_timeout_s=timeout)
         outcomes = [c.outcome() for c in children]
     else:
         outcomes = []

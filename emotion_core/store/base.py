@@ -17,6 +17,15 @@ Contract
   returned) or ``create_only=True`` (only if the key does not exist yet). A failed condition raises
   ``DocumentConflict``, except when the stored document already equals the one written (a retried
   write is not a conflict). Versions are opaque strings (S3: the ETag; local: the sha256 of the file).
+- Checkpoints (``put_checkpoint``/``latest_checkpoint``/``fetch_checkpoint``/``delete_checkpoints``):
+  training checkpoints of a run that is not published yet, under
+  ``checkpoints/<run_id>/checkpoint-<step>/``. ``put_checkpoint`` writes a folder's files, then the
+  marker ``checkpoint.json`` (run id, step, the caller's ``meta``, each file's size and sha256) last;
+  only after the marker is written are the run's other checkpoints deleted, so a reader always finds
+  the previous complete checkpoint or the new one, never half of one. ``latest_checkpoint`` returns
+  the marker of the newest complete checkpoint (one without a marker is invisible);
+  ``fetch_checkpoint`` copies exactly the files its marker lists, checks each sha256 and only then
+  exposes the target folder. Putting a step that is complete already changes nothing.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ from typing import Protocol
 from emotion_core.errors import StoreError
 
 MANIFEST = "manifest.json"
-# Top-level folders of runs and reports: never written through the document methods.
-_RESERVED = ("runs", "reports")
+CHECKPOINT_MARKER = "checkpoint.json"
+# Top-level folders of runs, reports and checkpoints: never written through the document methods.
+_RESERVED = ("runs", "reports", "checkpoints")
 
 
 class DocumentConflict(StoreError):
@@ -65,6 +75,14 @@ class ArtifactStore(Protocol):
                        create_only: bool = False) -> str: ...
 
     def list_documents(self, folder: str) -> list[str]: ...
+
+    def put_checkpoint(self, run_id: str, step: int, folder: Path, meta: dict) -> str: ...
+
+    def latest_checkpoint(self, run_id: str) -> dict | None: ...
+
+    def fetch_checkpoint(self, run_id: str, step: int, target: Path) -> Path: ...
+
+    def delete_checkpoints(self, run_id: str) -> None: ...
 
 
 def check_document_key(key: str) -> str:
@@ -124,3 +142,30 @@ def files_manifest_last(folder: Path, last: str = MANIFEST) -> list[Path]:
     if (folder / last).is_file():
         files.append(folder / last)
     return files
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it is one plain path segment (no ``/``, ``\\``, ``..`` or leading dot); ``StoreError`` otherwise."""
+    if (not isinstance(run_id, str) or not run_id or "/" in run_id or "\\" in run_id or run_id.startswith(".")
+            or run_id != run_id.strip()):
+        raise StoreError(f"run id {run_id!r}: expected one plain name (letters, digits, '-', '_', '.'; no '/')")
+    return run_id
+
+
+def checkpoint_folder_name(step: int) -> str:
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"checkpoint step must be a non-negative int, got {step!r}")
+    return f"checkpoint-{step}"
+
+
+def checkpoint_step(name: str) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder name; ``None`` for any other name."""
+    prefix, sep, number = name.partition("-")
+    return int(number) if prefix == "checkpoint" and sep and number.isdigit() else None
+
+
+def checkpoint_marker(folder: Path, run_id: str, step: int, meta: dict) -> dict:
+    """The marker of a checkpoint folder: what it is and every file in it (size, sha256)."""
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != CHECKPOINT_MARKER}
+    return {"run_id": run_id, "step": step, "meta": meta, "files": files}

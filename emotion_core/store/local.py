@@ -10,22 +10,28 @@ rename. A conditional write checks the current version and renames while holding
 one machine (and on network filesystems whose ``flock`` is honoured; without ``fcntl`` -- Windows --
 the check and the rename are not locked).
 
+Checkpoints (``put_checkpoint``) are copied into a hidden temporary folder beside their final
+name, the marker written in it last, then renamed into place (atomic); the run's other checkpoints
+are removed after that.
+
 Layout: ``<root>/runs/<run_id>/``, ``<root>/reports/<name>/``, ``<root>/.staging/`` (scratch),
-``<root>/<key>`` for documents (e.g. ``<root>/registry/``).
+``<root>/checkpoints/<run_id>/checkpoint-<step>/``, ``<root>/<key>`` for documents (e.g. ``<root>/registry/``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import (MANIFEST, DocumentConflict, atomic_write_text,  # noqa: F401  (re-exported)
-                                     check_document_key, dump_document, parse_document)
+from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict,  # noqa: F401  (re-exported)
+                                     atomic_write_text, check_document_key, check_run_id, checkpoint_folder_name,
+                                     checkpoint_marker, checkpoint_step, dump_document, parse_document, sha256_file)
 
 try:
     import fcntl
@@ -153,3 +159,66 @@ class LocalStore:
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoints(self, run_id: str) -> Path:
+        return self.root / "checkpoints" / check_run_id(run_id)
+
+    def put_checkpoint(self, run_id: str, step: int, folder: Path, meta: dict) -> str:
+        """Copy ``folder`` in as the run's checkpoint at ``step`` (marker last, then a rename); drop older ones."""
+        base = self._checkpoints(run_id)
+        final = base / checkpoint_folder_name(step)
+        if not (final / CHECKPOINT_MARKER).is_file():  # a complete checkpoint of this step is kept as it is
+            tmp = base / f".{final.name}-{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                base.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(folder, tmp)
+                marker = checkpoint_marker(tmp, run_id, step, meta)
+                atomic_write_text(tmp / CHECKPOINT_MARKER, json.dumps(marker, indent=2, default=float))
+                if final.exists():
+                    shutil.rmtree(final)  # a leftover without a marker is never a checkpoint
+                os.replace(tmp, final)
+            except OSError as exc:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise StoreError(f"store {self.uri}: writing checkpoint {final.name} of run {run_id} failed "
+                                 f"({exc.strerror or exc})") from None
+        for other in base.iterdir():
+            if other != final and (checkpoint_step(other.name) is not None or other.name.endswith(".tmp")):
+                shutil.rmtree(other, ignore_errors=True)
+        return final.as_uri()
+
+    def latest_checkpoint(self, run_id: str) -> dict | None:
+        """The marker of the run's newest complete checkpoint, or ``None``."""
+        base = self._checkpoints(run_id)
+        steps = sorted((checkpoint_step(p.name), p) for p in base.iterdir()
+                       if checkpoint_step(p.name) is not None and (p / CHECKPOINT_MARKER).is_file()) if base.is_dir() else []
+        if not steps:
+            return None
+        marker_path = steps[-1][1] / CHECKPOINT_MARKER
+        return parse_document(marker_path.read_bytes(), f"{marker_path}")
+
+    def fetch_checkpoint(self, run_id: str, step: int, target: Path) -> Path:
+        """Copy the complete checkpoint at ``step`` to ``target`` (a new folder), verified against its marker."""
+        source = self._checkpoints(run_id) / checkpoint_folder_name(step)
+        if not (source / CHECKPOINT_MARKER).is_file():
+            raise StoreError(f"run {run_id}: no complete checkpoint at step {step} in {self.uri}")
+        marker = parse_document((source / CHECKPOINT_MARKER).read_bytes(), f"{source / CHECKPOINT_MARKER}")
+        target = Path(target)
+        tmp = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            for rel, facts in marker["files"].items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source / rel, tmp / rel)
+                if sha256_file(tmp / rel) != facts["sha256"]:
+                    raise StoreError(f"run {run_id}: checkpoint file {rel} does not match its sha256 (corrupt)")
+            shutil.copy2(source / CHECKPOINT_MARKER, tmp / CHECKPOINT_MARKER)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StoreError(f"store {self.uri}: reading checkpoint {source.name} of run {run_id} failed "
+                             f"({exc.strerror or exc})") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def delete_checkpoints(self, run_id: str) -> None:
+        shutil.rmtree(self._checkpoints(run_id), ignore_errors=True)

@@ -21,6 +21,11 @@ Features
   ``PreconditionFailed`` (409 ``ConditionalRequestConflict`` for a concurrent one), raised as
   ``DocumentConflict``. AWS S3 (since 2024), MinIO and moto honour both headers.
 
+- Checkpoints (``put_checkpoint``): the folder's files under ``checkpoints/<run_id>/checkpoint-<step>/``,
+  then ``checkpoint.json`` (sizes and sha256 of every file) last; a failed upload removes what it
+  uploaded and never writes the marker; the run's other checkpoints are deleted only after the new
+  marker is in place. Fetching downloads the files the marker lists and checks each sha256.
+
 Limits
 - A server that ignores ``If-Match``/``If-None-Match`` (older S3-compatible stores) makes conditional
   document writes unconditional: the last of two racing writers wins, with no error.
@@ -41,8 +46,9 @@ import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import (MANIFEST, DocumentConflict, check_document_key, dump_document, files_manifest_last,
-                                     parse_document, sha256_file)
+from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict, check_document_key, check_run_id,
+                                     checkpoint_folder_name, checkpoint_marker, checkpoint_step, dump_document,
+                                     files_manifest_last, parse_document, sha256_file)
 
 log = logging.getLogger(__name__)
 
@@ -258,3 +264,77 @@ class S3Store:
         except Exception as exc:
             raise self._fail(f"listing documents under {folder}", exc) from None
         return sorted(found)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _list_keys(self, prefix: str, what: str) -> list[str]:
+        try:
+            return [item["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+                    for item in page.get("Contents", [])]
+        except Exception as exc:
+            raise self._fail(f"listing {what}", exc) from None
+
+    def put_checkpoint(self, run_id: str, step: int, folder: Path, meta: dict) -> str:
+        """Upload ``folder`` as the run's checkpoint at ``step`` (marker last); then delete its older ones."""
+        base = self._key("checkpoints", check_run_id(run_id))
+        prefix = f"{base}/{checkpoint_folder_name(step)}"
+        what = f"checkpoint {step} of run {run_id}"
+        if not self._exists(f"{prefix}/{CHECKPOINT_MARKER}"):
+            marker = checkpoint_marker(folder, run_id, step, meta)
+            self._upload_folder(folder, prefix, what)
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=f"{prefix}/{CHECKPOINT_MARKER}",
+                                       Body=json.dumps(marker, indent=2, default=float).encode("utf-8"),
+                                       ContentType="application/json")
+            except Exception as exc:
+                error = self._fail(f"uploading {what}", exc)
+                self._remove([f"{prefix}/{rel}" for rel in marker["files"]])
+                raise error from None
+        stale = [k for k in self._list_keys(f"{base}/", f"checkpoints of run {run_id}") if not k.startswith(f"{prefix}/")]
+        self._remove(stale)
+        return f"s3://{self.bucket}/{prefix}"
+
+    def latest_checkpoint(self, run_id: str) -> dict | None:
+        """The marker of the run's newest complete checkpoint, or ``None``."""
+        base = self._key("checkpoints", check_run_id(run_id))
+        steps = []
+        for key in self._list_keys(f"{base}/", f"checkpoints of run {run_id}"):
+            folder, _, name = key[len(base) + 1:].partition("/")
+            if name == CHECKPOINT_MARKER and checkpoint_step(folder) is not None:
+                steps.append(checkpoint_step(folder))
+        if not steps:
+            return None
+        key = f"{base}/{checkpoint_folder_name(max(steps))}/{CHECKPOINT_MARKER}"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise self._fail(f"reading {key}", exc) from None
+        return parse_document(body, f"{key} in {self.uri}")
+
+    def fetch_checkpoint(self, run_id: str, step: int, target: Path) -> Path:
+        """Download the complete checkpoint at ``step`` into ``target`` (a new folder), sha256-verified."""
+        prefix = f"{self._key('checkpoints', check_run_id(run_id))}/{checkpoint_folder_name(step)}"
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=f"{prefix}/{CHECKPOINT_MARKER}")["Body"].read()
+        except Exception as exc:
+            raise self._fail(f"reading checkpoint {step} of run {run_id}", exc) from None
+        marker = parse_document(body, f"{prefix}/{CHECKPOINT_MARKER} in {self.uri}")
+        target = Path(target)
+        tmp = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            for rel, facts in marker["files"].items():
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.client.download_file(self.bucket, f"{prefix}/{rel}", str(tmp / rel))
+                except Exception as exc:
+                    raise self._fail(f"downloading {rel} of checkpoint {step} of run {run_id}", exc) from None
+                if sha256_file(tmp / rel) != facts["sha256"]:
+                    raise StoreError(f"run {run_id}: checkpoint file {rel} does not match its sha256 (corrupt or overwritten)")
+            (tmp / CHECKPOINT_MARKER).write_bytes(body)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def delete_checkpoints(self, run_id: str) -> None:
+        base = self._key("checkpoints", check_run_id(run_id))
+        self._remove(self._list_keys(f"{base}/", f"checkpoints of run {run_id}"))

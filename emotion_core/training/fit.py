@@ -18,19 +18,38 @@ Features
 - bf16 autocast on GPUs that support it, else fp16 on GPU; fp32 on CPU (this CPU emulates bf16 at
   ~50x the cost).
 - Returns throughput that excludes evaluation time, so samples/s measures training alone.
+- Checkpoints and resume (``training.checkpoint_every_steps``, ``training.checkpoints``): every N
+  optimizer steps a full Trainer checkpoint (weights or adapter, optimizer, scheduler, RNG, trainer
+  state) is saved and handed to ``checkpoints.upload`` (the artefact store); ``resume`` (a
+  checkpoint restored from the store) continues a run from its step, with the batch shape it had.
+- GPU out-of-memory (``torch.OutOfMemoryError``, which ``torch.cuda.OutOfMemoryError`` is): the
+  memory is freed, the per-device batch halved and gradient accumulation doubled, so an optimizer
+  step still sees ``training.batch_size`` rows (the loss divides by ``num_items_in_batch``, so the
+  accumulated gradient is that of the same mean), and training goes on from the step it failed in
+  (a checkpoint of that step is saved first; before the first optimizer step it starts over).
+  Each change is in ``FitStats.oom_adjustments``; at ``training.min_batch_size`` it stops with
+  ``OutOfMemoryAtMinBatch``.
 
 Limits
 - Single device (one GPU or the CPU); multi-GPU would go through ``accelerate launch``.
-- Checkpoints are model-only and temporary (resume from checkpoints is not wired yet).
+- An odd per-device batch halves to ``ceil(b / 2)``: the effective batch grows by a row or so.
+- Local checkpoints (validation steps included) are full ones, optimizer state and all: more disk in
+  the work folder than weights alone (the Trainer keeps the latest and the best).
+- Only ``torch.OutOfMemoryError`` counts as out of memory: an allocation failure that a library
+  reports as another error (e.g. a cuBLAS ``RuntimeError``) fails the run as before.
+- Out-of-memory errors in validation passes are handled the same way (the training batch halves),
+  although the validation batch (``eval_batch_size``) is what would need to shrink.
 """
 
 from __future__ import annotations
 
+import gc
+import json
 import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,6 +57,7 @@ import numpy as np
 import torch
 
 from emotion_core.config import LossConfig, RunConfig, TrainingConfig
+from emotion_core.errors import OutOfMemoryAtMinBatch
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
@@ -57,6 +77,14 @@ class FitStats:
     best_validation_macro_f1: float | None
     precision: str
     log_history: list[dict]
+    resumed_from_step: int | None = None  # the store checkpoint this run continued from
+    oom_adjustments: list[dict] = field(default_factory=list)  # [{step, batch_size, gradient_accumulation_steps}]
+    per_device_batch_size: int | None = None  # at the end (smaller than training.batch_size after an OOM)
+    gradient_accumulation_steps: int = 1
+
+
+# torch.cuda.OutOfMemoryError is torch.OutOfMemoryError since torch 2.5; both named for older builds.
+OOM_ERRORS = tuple({getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError})
 
 
 def seed_everything(seed: int) -> None:
@@ -121,13 +149,17 @@ def trainer_loss(loss_cfg: LossConfig, train_labels: np.ndarray | None,
 
 
 def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,
-                  progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None):
+                  progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None,
+                  per_device_batch_size: int | None = None, gradient_accumulation_steps: int = 1,
+                  extra_callbacks: tuple = ()):
     """The configured ``transformers.Trainer`` for ``family`` and the precision it trains in.
 
     ``progress`` (optional) receives progress events (see ``training.progress``) with samples of
     ``monitor`` (a ``monitoring.DeviceMonitor``) attached. ``train_labels`` (the training split's
     label matrix, rows in ``train_dataset`` order) is needed by ``training.oversample_rare`` and by
     losses computed from label statistics (``bce_pos_weight``); without it those raise ``ValueError``.
+    ``per_device_batch_size`` x ``gradient_accumulation_steps``: the rows of one optimizer step
+    (default ``training.batch_size`` x 1); step counts (validation, logging) follow optimizer steps.
     """
     from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
 
@@ -156,7 +188,8 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     args = TrainingArguments(
         output_dir=str(work_dir),
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=t.batch_size,
+        per_device_train_batch_size=per_device_batch_size or t.batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
         per_device_eval_batch_size=t.eval_batch_size,
         lr_scheduler_type="linear",
         warmup_steps=t.warmup_ratio,  # a float < 1 is a share of the total steps
@@ -165,8 +198,8 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
         eval_steps=eval_steps,
         save_strategy="steps",
         save_steps=eval_steps,
-        save_total_limit=1,
-        save_only_model=True,
+        save_total_limit=1,  # the Trainer keeps the best checkpoint besides the latest
+        save_only_model=False,  # full checkpoints: a run resumes (store, OOM retry) with its optimizer and schedule
         load_best_model_at_end=True,
         metric_for_best_model="macro_f1",
         greater_is_better=True,
@@ -187,6 +220,7 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     optimizer = torch.optim.AdamW(family.param_groups(t), fused=True)
     callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     callbacks.append(guard)
+    callbacks.extend(extra_callbacks)
     if progress is not None:
         from emotion_core.training.progress import ProgressCallback  # imports transformers: keep it lazy
 
@@ -205,27 +239,124 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     return trainer, precision
 
 
+def _checkpoint_state(checkpoint: Path | None) -> dict:
+    """The ``trainer_state.json`` of a checkpoint folder (``{}`` without one)."""
+    if checkpoint is None:
+        return {}
+    try:
+        return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _eval_seconds(history: list[dict], since: int) -> float:
+    return sum(h.get("eval_runtime", 0.0) for h in history[since:])
+
+
+def _free_memory(trainer, keep_optimizer: bool = False) -> None:
+    """Drop what a failed attempt holds on the device (gradients; unless kept, the optimizer state), then the CUDA cache."""
+    try:
+        trainer.model.zero_grad(set_to_none=True)
+        if not keep_optimizer:
+            trainer.accelerator.free_memory()
+            trainer.optimizer = trainer.lr_scheduler = None
+    except Exception:  # noqa: BLE001 - freeing is best effort
+        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _local_checkpoint(work_dir: Path, step: int) -> Path | None:
+    """``work_dir/checkpoint-<step>`` if it is a full checkpoint (with optimizer state)."""
+    folder = work_dir / f"checkpoint-{step}"
+    return folder if (folder / "trainer_state.json").is_file() and (folder / "optimizer.pt").is_file() else None
+
+
 def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,
-        progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None) -> FitStats:
+        progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None,
+        checkpoints=None, resume=None) -> FitStats:
     """Train ``family.model`` in place (it ends holding the best validation checkpoint).
 
     ``train_labels``: the training split's label matrix (``data.labels("train")``), needed for
     oversampling and ``bce_pos_weight`` (see ``build_trainer``). Raises ``TrainingDiverged`` when
-    the loss or gradient norm stays non-finite for ``training.max_nonfinite_steps`` steps.
+    the loss or gradient norm stays non-finite for ``training.max_nonfinite_steps`` steps, and
+    ``OutOfMemoryAtMinBatch`` when the GPU runs out of memory at ``training.min_batch_size``.
+    ``checkpoints`` (a ``training.checkpoints.RunCheckpoints``): where every
+    ``training.checkpoint_every_steps``-th checkpoint is uploaded; ``resume`` (a ``ResumePoint``
+    restored into ``work_dir``): continue from that checkpoint, with its batch shape.
     """
-    trainer, precision = build_trainer(cfg, family, train_dataset, validation_dataset, work_dir, progress, monitor,
-                                       train_labels)
-    started = time.perf_counter()
-    output = trainer.train()
-    wall = time.perf_counter() - started
+    from emotion_core.training.checkpoints import CheckpointCallback  # imports transformers: keep it lazy
+
+    t = cfg.training
+    meta = (resume.meta if resume is not None else {}) or {}
+    batch = int(meta.get("per_device_batch_size") or t.batch_size)
+    accumulation = int(meta.get("gradient_accumulation_steps") or 1)
+    adjustments: list[dict] = list(meta.get("oom_adjustments") or [])
+    resume_from: Path | None = resume.checkpoint if resume is not None else None
+    tried = [batch]
+
+    def upload(step: int, trainer_dir: Path, best_dir: Path | None) -> None:
+        checkpoints.upload(step, trainer_dir, best_dir, {
+            "step": step, "best_step": trainer.state.best_global_step, "per_device_batch_size": batch,
+            "gradient_accumulation_steps": accumulation, "effective_batch_size": batch * accumulation,
+            "oom_adjustments": adjustments})
+
+    callbacks = (CheckpointCallback(t.checkpoint_every_steps, upload),) if checkpoints is not None and t.checkpoint_every_steps else ()
+    wall = eval_seconds = 0.0
+    start_epoch = None
+    while True:
+        trainer, precision = build_trainer(cfg, family, train_dataset, validation_dataset, work_dir, progress, monitor,
+                                           train_labels, per_device_batch_size=batch,
+                                           gradient_accumulation_steps=accumulation, extra_callbacks=callbacks)
+        resumed_state = _checkpoint_state(resume_from)
+        history_from = len(resumed_state.get("log_history", []))
+        if start_epoch is None:  # training done before this process (a store checkpoint) is not its throughput
+            start_epoch = float(resumed_state.get("epoch") or 0.0)
+        started = time.perf_counter()
+        try:
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+            failed = None
+        except OOM_ERRORS as exc:
+            failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        wall += time.perf_counter() - started
+        eval_seconds += _eval_seconds(trainer.state.log_history, history_from)
+        if failed is None:
+            break
+        step = int(trainer.state.global_step)
+        _free_memory(trainer, keep_optimizer=True)
+        smaller = math.ceil(batch / 2)
+        if smaller < t.min_batch_size or smaller == batch:
+            _free_memory(trainer)
+            raise OutOfMemoryAtMinBatch(
+                f"config '{cfg.name}': out of GPU memory at step {step} with a per-device batch of {batch} "
+                f"(training.min_batch_size={t.min_batch_size}); per-device batch sizes tried: "
+                f"{', '.join(map(str, tried))} (training.batch_size={t.batch_size}, gradient accumulation up to "
+                f"{accumulation}). Use a smaller model or max_length, a card with more memory "
+                f"(resources.gpu_memory_gb), or lower training.min_batch_size. Last error: {failed}")
+        # Go on from the step that failed: its checkpoint (saved now if the last one is older). Before the
+        # first optimizer step the weights are untouched and training simply starts over.
+        resume_from = _local_checkpoint(work_dir, step) if step > 0 else None
+        if step > 0 and resume_from is None:
+            trainer._save_checkpoint(trainer.model, trial=None)  # model/optimizer/scheduler are at `step`
+            resume_from = _local_checkpoint(work_dir, step)
+        _free_memory(trainer)
+        batch, accumulation = smaller, accumulation * 2
+        tried.append(batch)
+        adjustments.append({"step": step, "batch_size": batch, "gradient_accumulation_steps": accumulation})
+        log.warning("config %s: out of GPU memory at step %d (%s); per-device batch %d -> %d, gradient accumulation "
+                    "%d -> %d (effective batch %d), continuing from step %d", cfg.name, step, failed, tried[-2], batch,
+                    accumulation // 2, accumulation, batch * accumulation, step)
+        del trainer
+
     history = trainer.state.log_history
-    eval_seconds = sum(h.get("eval_runtime", 0.0) for h in history)
     train_seconds = max(wall - eval_seconds, 1e-9)
     epochs_completed = float(trainer.state.epoch or 0.0)
-    samples = len(trainer.train_dataset) * epochs_completed  # after oversampling
+    samples = len(trainer.train_dataset) * max(epochs_completed - start_epoch, 0.0)  # after oversampling
     best = trainer.state.best_metric
-    log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation macro-F1 %s",
-             output.global_step, train_seconds, eval_seconds, samples / train_seconds, best)
+    log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation macro-F1 %s%s",
+             output.global_step, train_seconds, eval_seconds, samples / train_seconds, best,
+             f" (resumed from step {resume.step})" if resume is not None else "")
     return FitStats(
         epochs_completed=epochs_completed,
         steps=int(output.global_step),
@@ -235,4 +366,8 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
         best_validation_macro_f1=None if best is None else float(best),
         precision=precision,
         log_history=history,
+        resumed_from_step=resume.step if resume is not None else None,
+        oom_adjustments=adjustments,
+        per_device_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
     )

@@ -13,7 +13,8 @@ Features
 - A step that the Trainer logs is reported from ``on_log``, after the log, so ``loss`` and
   ``learning_rate`` are that step's; other steps from ``on_step_end`` with the latest logged values.
 - ``fraction`` = step / max_steps (1.0 at ``end``, also when early stopping ended the run sooner);
-  ``eta_s`` is linear in steps over the elapsed time (``None`` until a step is done, 0 at the end).
+  ``eta_s`` is linear in the steps done since ``begin`` over the elapsed time (``None`` until a step
+  is done, 0 at the end); a resumed run starts counting at the step it resumed from.
 - ``device``: ``monitor.snapshot()`` (a ``monitoring.DeviceMonitor`` sample) or ``None``.
 - A ``report`` (or snapshot) that raises is logged once as a warning and then ignored: progress
   reporting never stops training.
@@ -58,6 +59,7 @@ class ProgressCallback(TrainerCallback):
         self.monitor = monitor
         self.min_interval_s = min_interval_s
         self.started = time.monotonic()
+        self.first_step = 0
         self.last_sent = float("-inf")
         self.last_step_sent = -1
         self.loss: float | None = None
@@ -68,7 +70,8 @@ class ProgressCallback(TrainerCallback):
         elapsed = time.monotonic() - self.started
         step, max_steps = int(state.global_step), int(state.max_steps or 0)
         fraction = 1.0 if kind == "end" else (min(step / max_steps, 1.0) if max_steps else 0.0)
-        eta = elapsed * (1.0 - fraction) / fraction if step > 0 and fraction > 0 else None
+        done = step - self.first_step
+        eta = (0.0 if kind == "end" else elapsed * max(max_steps - step, 0) / done) if done > 0 else None
         device = self.monitor.snapshot() if self.monitor is not None else None
         return {"event": kind, "step": step, "max_steps": max_steps,
                 "epoch": None if state.epoch is None else round(float(state.epoch), 4),
@@ -94,6 +97,7 @@ class ProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
+        self.first_step = int(state.global_step)  # > 0 when resuming from a checkpoint
         self._send("begin", state)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -382,3 +382,48 @@ def test_the_trainer_fits_an_adapter_model_and_predicts(arch, method, tiny, tmp_
     assert adapters.adapted_modules(peft_part(arch, family))  # the best checkpoint went back into the same model
     predicted = predict_logits(family, TEXTS)
     assert predicted.shape == (len(TEXTS), len(SCHEMA)) and np.isfinite(predicted).all()
+
+
+@pytest.mark.parametrize("arch,method", [("llama", "qlora"), ("bert", "lora")])
+def test_an_adapter_run_resumes_from_its_store_checkpoint_to_the_same_weights(arch, method, tiny, tmp_path):
+    """Checkpoint (adapter + head, optimizer, schedule, RNG) in the store, interrupted, resumed = never interrupted."""
+    from emotion_core.store import open_store
+    from emotion_core.training.checkpoints import RunCheckpoints
+    from emotion_core.training.fit import fit
+    from emotion_core.training.predict import predict_logits
+
+    cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={
+        "epochs": 2.0, "batch_size": 4, "evaluations_per_epoch": 2, "early_stopping_patience": None,
+        "checkpoint_every_steps": 3})})
+    texts, labels = TEXTS * 4, np.concatenate([LABELS] * 4)
+
+    events = []
+
+    def train(work, checkpoints=None):
+        torch.manual_seed(0)
+        family = family_module(arch).build(cfg, SCHEMA, texts, labels)
+        resume = checkpoints.restore(work) if checkpoints is not None else None
+        stats = fit(cfg, family, family.make_dataset(texts, labels), family.make_dataset(TEXTS, LABELS), work,
+                    progress=events.append, train_labels=labels, checkpoints=checkpoints, resume=resume)
+        return family, stats
+
+    straight, _ = train(tmp_path / "straight")
+    store = open_store(tmp_path / "store")
+
+    class Interrupted(Exception):
+        pass
+
+    class DiesAfterFirstUpload(RunCheckpoints):
+        def upload(self, step, *args, **kwargs):
+            super().upload(step, *args, **kwargs)
+            raise Interrupted(step)
+
+    with pytest.raises(Interrupted):
+        train(tmp_path / "first", DiesAfterFirstUpload(store, "adapter-run", "fp"))
+    events.clear()
+    resumed, stats = train(tmp_path / "second", RunCheckpoints(store, "adapter-run", "fp"))
+    assert stats.resumed_from_step == 3 and stats.steps == len(texts) // 4 * 2
+    assert events[0]["event"] == "begin" and events[0]["step"] == 3  # it went on from step 3, not from 0
+    torch.testing.assert_close(torch.from_numpy(predict_logits(resumed, TEXTS)),
+                               torch.from_numpy(predict_logits(straight, TEXTS)), rtol=1e-4, atol=1e-4)

@@ -69,6 +69,38 @@ def test_incomplete_and_corrupt_runs_are_never_read(s3_bucket, s3_endpoint):
     assert not (store.cache / "runs" / "r2").exists()
 
 
+def test_checkpoints_marker_last_latest_only_verified_and_deleted(s3_bucket, s3_endpoint, tmp_path):
+    store = open_store(f"s3://{s3_bucket}/team")
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    puts = count_puts(store)
+    assert store.latest_checkpoint("r1") is None
+    for step in (50, 100):
+        folder = tmp_path / f"c{step}"
+        (folder / "trainer").mkdir(parents=True)
+        (folder / "trainer" / "optimizer.pt").write_bytes(bytes([step % 256]) * 3000)
+        (folder / "best").mkdir()
+        (folder / "best" / "model.safetensors").write_bytes(b"w" * 100)
+        assert store.put_checkpoint("r1", step, folder, {"step": step}) == f"s3://{s3_bucket}/team/checkpoints/r1/checkpoint-{step}"
+    assert puts[-1] == "team/checkpoints/r1/checkpoint-100/checkpoint.json"  # the marker is written last
+    listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="team/checkpoints/")["Contents"])
+    assert listed == ["team/checkpoints/r1/checkpoint-100/best/model.safetensors",
+                      "team/checkpoints/r1/checkpoint-100/checkpoint.json",
+                      "team/checkpoints/r1/checkpoint-100/trainer/optimizer.pt"]  # the older one is gone
+    # A newer upload that died before its marker is invisible.
+    client.put_object(Bucket=s3_bucket, Key="team/checkpoints/r1/checkpoint-150/trainer/optimizer.pt", Body=b"half")
+    marker = store.latest_checkpoint("r1")
+    assert marker["step"] == 100 and marker["meta"] == {"step": 100}
+    target = store.fetch_checkpoint("r1", 100, tmp_path / "restored")
+    assert (target / "trainer" / "optimizer.pt").read_bytes() == bytes([100]) * 3000
+    client.put_object(Bucket=s3_bucket, Key="team/checkpoints/r1/checkpoint-100/best/model.safetensors", Body=b"x")
+    with pytest.raises(StoreError, match="model.safetensors does not match its sha256"):
+        store.fetch_checkpoint("r1", 100, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+    store.delete_checkpoints("r1")
+    assert store.latest_checkpoint("r1") is None
+    assert client.list_objects_v2(Bucket=s3_bucket, Prefix="team/checkpoints/").get("KeyCount", 0) == 0
+
+
 def test_unreachable_store_fails_clearly_and_publishes_nothing(tmp_path, s3_endpoint, monkeypatch):
     monkeypatch.setenv("EMOTION_CACHE_DIR", str(tmp_path / "cache"))
     closed = f"http://127.0.0.1:{_closed_port()}"
