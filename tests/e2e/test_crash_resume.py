@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import boto3
@@ -29,34 +28,10 @@ TIMEOUT_S = 70  # silence after which the parent declares a child dead
 
 
 @pytest.fixture(scope="module")
-def crash_stack(prefect_stack, s3_endpoint, data_dir, tmp_path_factory):
-    bucket = f"crash-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    stack = prefect_stack
-    saved_env, saved_workers = dict(stack.extra_env), stack.cpu_workers
-    stack.cpu_workers = 2
-    stack.extra_env.update({
-        "EMOTION_STORE": f"s3://{bucket}/nightly",
-        "EMOTION_S3_ENDPOINT_URL": s3_endpoint,
-        "EMOTION_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-        "EMOTION_DATA_DIR": str(data_dir),
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S),
-    })
-    stack.apply_pools()
-    stack.deploy()
-    stack.start_workers()
-    stack.wait_for_workers({"orchestration": 1, "gpu": 2})
-    yield stack, bucket
-    from flows.stack import _stop_group
-
-    for name in ("worker-orchestration", "workers-gpu"):  # the server stays for other tests
-        pid_file = stack.state_dir / f"{name}.pid"
-        if pid_file.exists():
-            _stop_group(int(pid_file.read_text()))
-            pid_file.unlink()
-    stack.extra_env.clear()
-    stack.extra_env.update(saved_env)
-    stack.cpu_workers = saved_workers
+def crash_stack(prefect_stack, s3_endpoint, data_dir, tmp_path_factory, workers_on_s3):
+    with workers_on_s3(prefect_stack, s3_endpoint, data_dir, tmp_path_factory.mktemp("cache"), "crash",
+                       {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}) as bucket:
+        yield prefect_stack, bucket
 
 
 def api(stack, path: str, body: dict | None = None):

@@ -7,11 +7,9 @@ gpu-pool workers (CPU here), and the artefact store in a bucket of moto's S3 ser
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,30 +23,10 @@ SETS = Path(__file__).resolve().parents[1] / "data" / "sets"
 
 
 @pytest.fixture(scope="module")
-def nightly(prefect_stack, s3_endpoint, data_dir, tmp_path_factory):
+def nightly(prefect_stack, s3_endpoint, data_dir, tmp_path_factory, workers_on_s3):
     """Pools, deployments and workers on the session server; yields (stack, bucket)."""
-    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    stack = prefect_stack
-    stack.cpu_workers = 2
-    stack.extra_env.update({
-        "EMOTION_STORE": f"s3://{bucket}/nightly",
-        "EMOTION_S3_ENDPOINT_URL": s3_endpoint,
-        "EMOTION_CACHE_DIR": str(tmp_path_factory.mktemp("cache")),
-        "EMOTION_DATA_DIR": str(data_dir),
-    })
-    stack.apply_pools()
-    stack.deploy()
-    stack.start_workers()
-    stack.wait_for_workers({"orchestration": 1, "gpu": 2})
-    yield stack, bucket
-    for name in ("worker-orchestration", "workers-gpu"):  # the server stays for other tests
-        pid_file = stack.state_dir / f"{name}.pid"
-        if pid_file.exists():
-            from flows.stack import _stop_group
-
-            _stop_group(int(pid_file.read_text()))
-            pid_file.unlink()
+    with workers_on_s3(prefect_stack, s3_endpoint, data_dir, tmp_path_factory.mktemp("cache"), "e2e") as bucket:
+        yield prefect_stack, bucket
 
 
 def api(stack, path: str, body: dict | None = None):
