@@ -9,7 +9,9 @@ deployment once to warm the workers' file caches, then once measured, and report
 - per child: dispatch latency (flow run created -> running), run wall time (running -> final),
   the pipeline's own wall and training seconds (from the run's manifest);
 - overhead = trigger-to-completion minus the longest child's pipeline wall time, and the same
-  against the sum of the children's times (what a sequential run would cost).
+  against the sum of the children's times (what a sequential run would cost);
+- split into the analysis after the last child (evaluate-run, explain-run, compare-runs: parent end
+  minus the last child's end) and the orchestration proper (the rest).
 Prints a table and writes JSON. Not a test: run it on demand (it takes a few minutes here).
 """
 
@@ -58,6 +60,11 @@ def measure(stack, config_set: Path) -> dict:
                      "pipeline_wall_s": manifest["timing"]["wall_seconds"],
                      "train_s": manifest["timing"]["train_seconds"]})
     longest = max(r["pipeline_wall_s"] for r in rows)
+    # After the last child: evaluate-run, explain-run (SHAP) and compare-runs (report, W&B) in the parent.
+    parent_run = httpx.get(f"{stack.api_url}/flow_runs/{parent.id}", timeout=30).json()
+    last_child_end = max(datetime.fromisoformat(c["end_time"]) for c in children)
+    analysis = (datetime.fromisoformat(parent_run["end_time"]) - last_child_end).total_seconds()
+    orchestration = trigger_to_completion - analysis - longest
     return {
         "parent_state": parent.state.type.value,
         "trigger_to_completion_s": round(trigger_to_completion, 2),
@@ -67,6 +74,9 @@ def measure(stack, config_set: Path) -> dict:
         "sum_children_pipeline_wall_s": round(sum(r["pipeline_wall_s"] for r in rows), 2),
         "overhead_over_longest_s": round(trigger_to_completion - longest, 2),
         "overhead_over_longest_percent": round(100 * (trigger_to_completion - longest) / longest, 1),
+        "analysis_after_children_s": round(analysis, 2),
+        "orchestration_overhead_s": round(orchestration, 2),
+        "orchestration_overhead_percent": round(100 * orchestration / longest, 1),
         "mean_dispatch_s": round(sum(r["dispatch_s"] for r in rows) / len(rows), 2),
     }
 
@@ -107,6 +117,8 @@ def main() -> int:
           f"{result['longest_child_pipeline_wall_s']} s; sum of children: {result['sum_children_pipeline_wall_s']} s")
     print(f"overhead over the longest child: {result['overhead_over_longest_s']} s "
           f"({result['overhead_over_longest_percent']} %); mean dispatch latency {result['mean_dispatch_s']} s")
+    print(f"of which: analysis after the last child (evaluate, SHAP, report, W&B) {result['analysis_after_children_s']} s; "
+          f"orchestration {result['orchestration_overhead_s']} s ({result['orchestration_overhead_percent']} %)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"written: {args.out}")
