@@ -63,18 +63,10 @@ def versions() -> dict:
     return out
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> dict:
     import torch
+
+    from emotion_core.monitoring import cpu_model
 
     facts = {"host": platform.node(), "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
              "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
