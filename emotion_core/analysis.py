@@ -39,6 +39,7 @@ import numpy as np
 from emotion_core.calibration import calibrate_run, reliability_diagram
 from emotion_core.data import EmotionData, load_data
 from emotion_core.ensemble import ensemble_split
+from emotion_core.ensemble import top_k as best_runs
 from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
 from emotion_core.metrics import multilabel_metrics, sigmoid
@@ -164,9 +165,10 @@ def rows_of(values: np.ndarray, ids: list[str], wanted: list[str]) -> np.ndarray
 def add_ensemble(entries: list[dict], arrays: dict[str, RunData], report_folder: Path, *, top_k: int = 3,
                  bootstrap_samples: int = 1000, seed: int = 0) -> dict | None:
     """Append (and return) the ensemble of the ``top_k`` best completed runs; None with fewer than two."""
-    ranked = sorted((e for e in entries if e["status"] == "completed" and e["name"] in arrays),
-                    key=lambda e: (-e["validation_macro_f1"], e["name"]))[:top_k]
-    if top_k < 2 or len(ranked) < 2:
+    if top_k < 2:
+        return None
+    ranked = best_runs([e for e in entries if e["status"] == "completed" and e["name"] in arrays], top_k)
+    if len(ranked) < 2:
         return None
     members = [arrays[e["name"]] for e in ranked]
     names = members[0].names
@@ -222,7 +224,7 @@ def add_paired_tests(entries: list[dict], arrays: dict[str, RunData], *, bootstr
     completed = [e for e in entries if e["status"] == "completed" and e["name"] in arrays and "test" in arrays[e["name"]].ids]
     if len(completed) < 2:
         return None
-    best = max(completed, key=lambda e: (e["validation_macro_f1"], e["name"]))
+    best = best_runs(completed, 1)[0]
     for entry in completed:
         if entry is best:
             continue
@@ -241,13 +243,11 @@ def add_paired_tests(entries: list[dict], arrays: dict[str, RunData], *, bootstr
 def challenge_champions(entries: list[dict], arrays: dict[str, RunData], store, data: DataCache, *, margin: float,
                         alpha: float, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
     """Record one champion/challenger decision per dataset key of the completed runs; returns the records."""
-    best: dict[str, dict] = {}
+    by_dataset: dict[str, list[dict]] = {}
     for entry in entries:
-        if entry["status"] != "completed" or entry["family"] == "ensemble" or entry["name"] not in arrays:
-            continue
-        key = entry["dataset_key"]
-        if key not in best or (entry["validation_macro_f1"], entry["name"]) > (best[key]["validation_macro_f1"], best[key]["name"]):
-            best[key] = entry
+        if entry["status"] == "completed" and entry["family"] != "ensemble" and entry["name"] in arrays:
+            by_dataset.setdefault(entry["dataset_key"], []).append(entry)
+    best = {key: best_runs(group, 1)[0] for key, group in by_dataset.items()}
     registry = Registry(store)
     records = []
     for key, challenger in sorted(best.items()):

@@ -37,14 +37,15 @@ def validation_macro_f1(entry: dict) -> float | None:
     """Validation macro-F1 of an entry at its run's threshold policy; ``None`` for a failed run.
 
     ``entry`` is either a report entry ``{"config", "manifest"}`` (``manifest`` is ``None`` for a
-    failed config) or a plain ``{"name", "val_macro_f1"}``.
+    failed config), an analysis entry ``{"name", "validation_macro_f1"}`` (``analysis``) or a plain
+    ``{"name", "val_macro_f1"}``.
     """
     if "manifest" in entry:
         manifest = entry["manifest"]
         if manifest is None:
             return None
         return manifest["summary"]["validation"][manifest["threshold_policy"]]["macro_f1"]
-    return entry.get("val_macro_f1")
+    return entry.get("val_macro_f1", entry.get("validation_macro_f1"))
 
 
 def entry_name(entry: dict) -> str:

@@ -31,6 +31,15 @@ def check_output_file(out_path: str | Path) -> Path:
     return out
 
 
+def run_logits(run, texts, batch_size: int = 128):
+    """Logits (n_texts, labels) of a run's saved model for ``texts``, in input order."""
+    from emotion_core.models import load_family
+    from emotion_core.training.predict import predict_logits
+
+    family = load_family(run.config, run.schema, run.folder / "model")
+    return predict_logits(family, list(texts), batch_size)
+
+
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
                  id_column: str | None = None, batch_size: int = 128) -> Path:
     """Write predictions of ``run_ref`` for ``data_path`` to ``out_path``; return the output path."""
@@ -39,12 +48,9 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
     # Heavy imports (torch, scikit-learn) only once the inputs are known to be good.
     from emotion_core.metrics import sigmoid
-    from emotion_core.models import load_family
     from emotion_core.thresholds import apply_thresholds
-    from emotion_core.training.predict import predict_logits
 
-    family = load_family(run.config, run.schema, run.folder / "model")
-    probs = sigmoid(predict_logits(family, texts, batch_size))
+    probs = sigmoid(run_logits(run, texts, batch_size))
     predicted = apply_thresholds(probs, run.thresholds())
     names = list(run.schema.names)
     if id_name in names or any(f"{n}_prob" == id_name for n in names):

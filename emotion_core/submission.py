@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from emotion_core.data.semeval import LABELS as SEMEVAL_LABELS
+from emotion_core.predict import check_output_file, run_logits
 from emotion_core.store.base import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,14 +57,6 @@ def per_label(values: Any, names: Sequence[str], what: str) -> np.ndarray:
     return array
 
 
-def _predict(run, texts: Sequence[str], batch_size: int) -> np.ndarray:
-    from emotion_core.models import load_family
-    from emotion_core.training.predict import predict_logits
-
-    family = load_family(run.config, run.schema, run.folder / "model")
-    return predict_logits(family, list(texts), batch_size)
-
-
 def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_path: str | Path,
                      thresholds: Any = None, id_column: str = "ID", *, temperatures: Any = None,
                      logits: np.ndarray | None = None, batch_size: int = 128, sep: str = ",") -> dict:
@@ -87,7 +80,7 @@ def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_p
         raise ValueError(f"id column {id_column!r} is also a label name")
     cut = per_label(run.thresholds() if thresholds is None else thresholds, names, "thresholds")
     temps = None if temperatures is None else per_label(temperatures, names, "temperatures")
-    z = np.asarray(logits, dtype=np.float64) if logits is not None else _predict(run, texts, batch_size)
+    z = np.asarray(logits, dtype=np.float64) if logits is not None else run_logits(run, texts, batch_size)
     probs = sigmoid(z) if temps is None else apply_temperatures(z, temps)
     predicted = apply_thresholds(probs, cut)
 
@@ -145,8 +138,6 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
     else the unlabelled ``predict`` split of the run's dataset (SemEval E-c's test file). Returns
     ``write_submission``'s dict plus ``calibrated``.
     """
-    from emotion_core.predict import check_output_file
-
     check_output_file(out_path)  # before reading, calibrating or predicting anything
     from emotion_core.analysis import DataCache, run_data
     from emotion_core.calibration import calibrate_run
