@@ -340,9 +340,7 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value):
-            raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
+        return _name_slug(value)
 
     @model_validator(mode="after")
     def _tabular_fields(self) -> "RunConfig":
@@ -352,6 +350,14 @@ class RunConfig(_Strict):
                 if getattr(self.data, name) not in (None, ()):
                     raise ValueError(f"data.{name} applies only to dataset 'tabular', not {self.data.dataset!r}")
         return self
+
+
+def _name_slug(value: str) -> str:
+    """A config or set name: it becomes part of run ids and report names (folders and keys in a store)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value) or ".." in value:
+        raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, without '..' "
+                         "(it names folders in the store)")
+    return value
 
 
 class ConfigSetEntry(_Strict):
@@ -367,7 +373,7 @@ class ConfigSet(_Strict):
     """A named list of run configs trained and compared together."""
 
     name: str
-    """Set name (``cpu-demo``, ``gpu``)."""
+    """Set name (``cpu-demo``, ``gpu``): letters, digits, '-', '_' or '.'; it names the report in the store."""
     description: str = ""
     """Free text shown in reports."""
     overrides: dict[str, Any] = {}
@@ -376,6 +382,11 @@ class ConfigSet(_Strict):
     """The configs, as paths or ``{path, overrides}`` entries."""
     report: ReportConfig = ReportConfig()
     """How the runs are compared: bootstrap resamples, ensemble size."""
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        return _name_slug(value)
 
     @field_validator("configs", mode="before")
     @classmethod

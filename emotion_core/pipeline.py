@@ -33,7 +33,7 @@ from emotion_core.models import build_family, preflight
 from emotion_core.monitoring import DeviceMonitor
 from emotion_core.runs import file_inventory, write_config, write_json, write_logits
 from emotion_core.errors import StoreError
-from emotion_core.store import ArtifactStore
+from emotion_core.store import ArtifactStore, RunId, RunIdConflict
 from emotion_core.thresholds import evaluate_policies
 from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 from emotion_core.training.predict import predict_logits
@@ -97,6 +97,8 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry (flow run,
     work pool, worker...).
     """
+    if run_id is not None:
+        run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
     preflight.check(cfg)  # before any download or training
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
@@ -216,10 +218,15 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
 def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
     """Publish a complete staged run (manifest last), then drop its training checkpoints from the store.
 
-    On failure the staged copy is kept and named (and the checkpoints stay).
+    On failure the staged copy is kept and named (and the checkpoints stay): a store outage, or a
+    different run already published under ``run_id`` (``RunIdConflict``, not worth retrying).
     """
     try:
         uri = store.publish(staging, run_id)
+    except RunIdConflict as exc:
+        # Never drop the new run silently: it stays staged (a folder with a manifest is never swept).
+        raise RunIdConflict(f"{exc}. The new run is kept at {staging}; train it again under another run id, "
+                            f"or remove the old run from the store and run: emotion publish {staging} --store {store.uri}") from None
     except StoreError as exc:
         # Training is the expensive part: keep the complete local copy rather than lose it.
         raise StoreError(f"{exc}. The complete run is kept at {staging}; once the store is reachable: "

@@ -84,6 +84,8 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
         from emotion_core.config import load_run_config
         from emotion_core.models import preflight
 
+        if run_id is not None:
+            _check_new_run_id(run_id, store)
         preflight.check(load_run_config(config, overrides), str(config))  # in a second, before Prefect starts
         from flows.train_model import train_model
 
@@ -92,6 +94,24 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
 
     uri = _run(go)
     out.print(f"run published: {uri}", highlight=False, soft_wrap=True)
+
+
+def _check_new_run_id(run_id: str, store: str | None) -> None:
+    """``--run-id`` must be a plain name not yet published in the store: checked before any work."""
+    from emotion_core.errors import StoreError
+    from emotion_core.settings import default_store_uri
+    from emotion_core.store import RunId, RunIdConflict
+    from tasks.storage import open_task_store
+
+    RunId.parse(run_id, "--run-id")
+    target = open_task_store(store or default_store_uri())
+    try:
+        published = target.has_run(run_id)
+    except StoreError:  # unreachable now: training goes ahead, publishing checks again (and keeps the run)
+        return
+    if published:
+        raise RunIdConflict(f"--run-id {run_id}: run id {run_id} exists in the store {target.uri} already; "
+                            f"choose another run id (a published run is never replaced)")
 
 
 @app.command("train-all")
@@ -155,20 +175,19 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
 @app.command()
 def publish(folder: Path = typer.Argument(..., help="A complete run folder (with manifest.json), e.g. one kept after a failed publish."),
             store: str = typer.Option(..., help="Store to publish into (path, file:// or s3://).")) -> None:
-    """Publish a complete local run folder into a store (idempotent)."""
+    """Publish a complete local run folder into a store (idempotent; the folder is left as it is)."""
     import json
 
     from emotion_core.errors import StoreError
-    from emotion_core.store import open_store, resolve_run_folder
+    from emotion_core.store import RunId, open_store, resolve_run_folder
 
     def go():
-        run_folder = resolve_run_folder(folder)
+        run_folder = resolve_run_folder(folder)  # the manifest, its run_id and every file verified
         try:
             run_id = json.loads((run_folder / "manifest.json").read_text(encoding="utf-8")).get("run_id")
         except (ValueError, AttributeError) as exc:  # not JSON, or JSON but not an object
             raise StoreError(f"{run_folder / 'manifest.json'}: not a JSON object ({exc}); the run folder is damaged") from None
-        if not run_id:
-            raise StoreError(f"{run_folder / 'manifest.json'}: no run_id")
+        run_id = RunId.parse(run_id, f"{run_folder / 'manifest.json'}: run_id")  # untrusted: it names a store folder
         target = open_store(store)
         uri = target.publish(run_folder, run_id)
         try:

@@ -102,7 +102,20 @@ def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> t
     return str(staging), run_id
 
 
-@task(name="publish-run", task_run_name="publish-{run_id}")
+def _retry_unless_conflict(task, task_run, state) -> bool:
+    """Retry a failed publish (a store outage), except a different run under the same id: it fails the same way."""
+    from emotion_core.store import RunIdConflict
+
+    error = state.data
+    if not isinstance(error, BaseException):
+        try:
+            error = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - unknown error: retry as before
+            return True
+    return not isinstance(error, RunIdConflict)
+
+
+@task(name="publish-run", task_run_name="publish-{run_id}", retry_condition_fn=_retry_unless_conflict)
 def publish_run(staging: str, run_id: str, store_uri: str) -> str:
     """Publish a staged run (files first, manifest last); returns its URI."""
     from emotion_core import pipeline

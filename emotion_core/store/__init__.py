@@ -1,7 +1,8 @@
 """Artefact stores: where runs and reports are published (contract in ``base.py``).
 
 ``open_store(uri)``: a local path or ``file://`` URI -> ``LocalStore``; ``s3://bucket/prefix`` ->
-``S3Store``. ``resolve_run_folder(ref)``: a local folder holding the complete run a path or URI names.
+``S3Store``. ``resolve_run_folder(ref)``: a local folder holding the complete run a path or URI names,
+every file verified against its manifest (``integrity.verify_run``).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import MANIFEST, ArtifactStore
+from emotion_core.store.base import MANIFEST, ArtifactStore, RunId, RunIdConflict, confined
+from emotion_core.store.integrity import verify_run
 from emotion_core.store.local import LocalStore
 
-__all__ = ["ArtifactStore", "LocalStore", "open_store", "resolve_run_folder"]
+__all__ = ["ArtifactStore", "LocalStore", "RunId", "RunIdConflict", "confined", "open_store", "resolve_run_folder",
+           "verify_run"]
 
 
 def open_store(uri: str | Path, *, session=None, endpoint_url: str | None = None) -> ArtifactStore:
@@ -39,7 +42,7 @@ def resolve_run_folder(ref: str | Path) -> Path:
             raise StoreError(f"run '{text}': expected s3://<bucket>/[<prefix>/]runs/<run_id>")
         from emotion_core.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, store_prefix).run_folder(run_id)
+        return S3Store(parsed.netloc, store_prefix).run_folder(RunId.parse(run_id, f"run '{text}': run id"))
     if parsed.scheme not in ("", "file"):
         raise StoreError(f"run '{text}': unsupported scheme '{parsed.scheme}' (use a folder, file:// or s3://)")
     folder = Path(parsed.path if parsed.scheme == "file" else text).expanduser()
@@ -47,4 +50,5 @@ def resolve_run_folder(ref: str | Path) -> Path:
         raise StoreError(f"run '{text}': no such folder")
     if not (folder / MANIFEST).is_file():
         raise StoreError(f"run '{text}': incomplete run (no {MANIFEST}); it was never published")
+    verify_run(folder, f"run '{text}'")
     return folder

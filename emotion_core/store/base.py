@@ -4,11 +4,15 @@ Contract
 - A run is written into a local staging folder (``staging(run_id)``), then ``publish``ed in one
   step. The manifest (``manifest.json``) is always the last object written: a run without a manifest
   is incomplete, is never listed by ``list_runs`` and is never opened by ``run_folder``.
-- Re-publishing a run id that is already complete changes nothing (idempotent).
+- Run ids and report names are ``RunId``s (one plain name); every relative path read from a store
+  (manifest ``files``, checkpoint markers, document keys) becomes a local path only through ``confined``.
+- Publishing never deletes or moves the caller's folder (only the store's own staging folders), and
+  verifies every file against the manifest first. Re-publishing the same run (an equal manifest) changes
+  nothing (idempotent); a different run under an existing id raises ``RunIdConflict``.
 - A failed publish leaves no manifest behind, so readers never see half a run.
 - Reports (``publish_report``) follow the same rule with their own ``index`` file written last.
-- ``run_folder(run_id)`` returns a local folder holding the complete run (for remote stores: a
-  verified download in a local cache).
+- ``run_folder(run_id)`` returns a local folder holding the complete run, every file verified against
+  the manifest's sha256 (``integrity.verify_run``; for remote stores: a verified download in a local cache).
 - Documents (``read_document``/``write_document``/``list_documents``): small JSON objects under a
   key such as ``registry/goemotions-1a2b3c4d5e6f.json`` (the champion registry). Keys are relative
   POSIX paths; ``runs/`` and ``reports/`` are refused, so a document can never touch a run or a
@@ -33,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -49,6 +54,10 @@ class DocumentConflict(StoreError):
     """A conditional ``write_document`` failed: the document changed (or appeared) since it was read."""
 
 
+class RunIdConflict(StoreError):
+    """A publish found a different run (another manifest) under the same run id; nothing was published."""
+
+
 class ArtifactStore(Protocol):
     """Implemented by ``LocalStore`` and ``S3Store``."""
 
@@ -62,6 +71,8 @@ class ArtifactStore(Protocol):
     def discard(self, staging: Path) -> None: ...
 
     def list_runs(self) -> list[str]: ...
+
+    def has_run(self, run_id: str) -> bool: ...
 
     def run_folder(self, run_id: str) -> Path: ...
 
@@ -144,12 +155,73 @@ def files_manifest_last(folder: Path, last: str = MANIFEST) -> list[Path]:
     return files
 
 
-def check_run_id(run_id: str) -> str:
-    """``run_id`` if it is one plain path segment (no ``/``, ``\\``, ``..`` or leading dot); ``StoreError`` otherwise."""
-    if (not isinstance(run_id, str) or not run_id or "/" in run_id or "\\" in run_id or run_id.startswith(".")
-            or run_id != run_id.strip()):
-        raise StoreError(f"run id {run_id!r}: expected one plain name (letters, digits, '-', '_', '.'; no '/')")
-    return run_id
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+RUN_ID_MAX = 128
+
+
+class RunId(str):
+    """A run id (or report name): one plain path segment, safe as a folder name and an S3 key part.
+
+    Letters, digits, ``-``, ``_`` and ``.``; no leading dot or dash, no ``..``, at most ``RUN_ID_MAX``
+    characters. Every store read and write goes through ``RunId.parse``: ids come from users, configs
+    and manifests a team shares, so they are untrusted.
+    """
+
+    @classmethod
+    def parse(cls, text: object, where: str = "run id") -> "RunId":
+        """``text`` as a ``RunId``; ``StoreError`` naming ``where`` (the flag, file or field) otherwise."""
+        if isinstance(text, RunId):
+            return text
+        if (not isinstance(text, str) or len(text) > RUN_ID_MAX or not _RUN_ID.fullmatch(text) or ".." in text):
+            shown = repr(text) if not isinstance(text, str) or len(text) <= 80 else repr(text[:80] + "...")
+            raise StoreError(f"{where} {shown}: expected one plain name of 1-{RUN_ID_MAX} letters, digits, '-', '_' or "
+                             f"'.' (starting with a letter, digit or '_'; no '/', '\\', '..', spaces or control characters)")
+        return cls(text)
+
+
+def is_run_id(text: object) -> bool:
+    """Whether ``text`` is a valid run id (for listings: names that are not are skipped, never opened)."""
+    try:
+        RunId.parse(text)
+    except StoreError:
+        return False
+    return True
+
+
+def check_manifest_run_id(manifest: dict, run_id: str, where: str) -> None:
+    """The manifest must name the run id it is published under (a manifest's id is untrusted input)."""
+    named = RunId.parse(manifest.get("run_id"), f"{where}: {MANIFEST} run_id")
+    if named != run_id:
+        raise StoreError(f"{where}: {MANIFEST} names run {named!r}, not {run_id!r}; refusing to publish it under another id")
+
+
+def checkpoint_files(marker: dict, where: str) -> dict[str, dict]:
+    """The ``files`` of a checkpoint marker (entry -> facts with a sha256); ``StoreError`` if malformed."""
+    files = marker.get("files") if isinstance(marker, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in files.values()):
+        raise StoreError(f"{where}: {CHECKPOINT_MARKER} is damaged ('files' must map each file to its sha256)")
+    return files
+
+
+def confined(root: Path, relative: object, where: str) -> Path:
+    """``root / relative`` if ``relative`` is a plain relative POSIX path that stays under ``root``.
+
+    Refuses absolute paths, ``..``, ``.``, empty parts, backslashes, control characters, and a path whose
+    resolved location (symlinks followed) leaves ``root``: a name read from a store (manifest ``files``,
+    checkpoint markers, document keys) must never become a path outside the folder it belongs to.
+    """
+    parts = relative.split("/") if isinstance(relative, str) else []
+    if (not parts or relative.startswith("/") or "\\" in relative
+            or any(part in ("", ".", "..") for part in parts)
+            or any(ord(c) < 32 or ord(c) == 127 for c in relative)):
+        raise StoreError(f"{where}: entry {relative!r} is not a plain relative path inside the folder "
+                         f"(absolute, '..', empty part or backslash); the store is damaged or tampered with")
+    path = root.joinpath(*parts)
+    base = root.resolve()
+    if not path.resolve().is_relative_to(base):
+        raise StoreError(f"{where}: entry {relative!r} leads outside {root} (through a symlink); "
+                         f"the store is damaged or tampered with")
+    return path
 
 
 def checkpoint_folder_name(step: int) -> str:

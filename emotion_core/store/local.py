@@ -1,8 +1,10 @@
 """Local-directory artefact store (the embedded default).
 
-Keeps the contract of ``emotion_core.store.base``. Publishing is a rename of the staging folder to
-``runs/<run_id>`` on the same filesystem: atomic. A leftover folder without a manifest under the
-final name (a crashed writer of an older version) is replaced.
+Keeps the contract of ``emotion_core.store.base``. Publishing is a rename of the store's own staging
+folder to ``runs/<run_id>`` on the same filesystem: atomic. A folder from elsewhere is copied into the
+staging area first and never touched. A leftover folder without a manifest under the final name (a
+crashed writer of an older version) is replaced. Opening a store sweeps stale ``.staging`` folders
+(``integrity.sweep_staging``).
 
 Documents (``write_document``) are files ``<root>/<key>`` written through a temporary file and a
 rename. A conditional write checks the current version and renames while holding an exclusive
@@ -30,8 +32,10 @@ from pathlib import Path
 
 from emotion_core.errors import StoreError
 from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict,  # noqa: F401  (re-exported)
-                                     atomic_write_text, check_document_key, check_run_id, checkpoint_folder_name,
-                                     checkpoint_marker, checkpoint_step, dump_document, parse_document, sha256_file)
+                                     RunId, RunIdConflict, atomic_write_text, check_document_key, check_manifest_run_id,
+                                     checkpoint_folder_name, checkpoint_marker, checkpoint_files, checkpoint_step, confined, dump_document,
+                                     is_run_id, parse_document, sha256_file)
+from emotion_core.store.integrity import moved, read_manifest, same_run, staging_name, sweep_staging, verify_run
 
 try:
     import fcntl
@@ -48,6 +52,7 @@ class LocalStore:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"store {self.root}: cannot create or open ({exc.strerror})") from None
+        sweep_staging(self.root / ".staging")  # leftovers of dead writers (never a kept complete run)
 
     @property
     def uri(self) -> str:
@@ -55,49 +60,97 @@ class LocalStore:
 
     def staging(self, name: str) -> Path:
         """A fresh, private folder to write a run or report into before publishing it."""
-        folder = self.root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}"
+        folder = self.root / ".staging" / staging_name(RunId.parse(name, "staging name"))
         folder.mkdir(parents=True)
         return folder
 
+    def _own_staging(self, folder: Path) -> bool:
+        return folder.resolve().parent == (self.root / ".staging").resolve()
+
     def publish(self, staging: Path, run_id: str) -> str:
-        """Move a complete staged run to ``runs/<run_id>``; return its URI."""
+        """Publish the complete run in ``staging`` as ``runs/<run_id>``; return its URI.
+
+        The store's own staging folder is renamed into place; any other folder (the user's) is copied
+        into the store's staging first and left untouched. The files are verified against the manifest
+        before the final rename. Publishing the same run again changes nothing; a different run under
+        an existing id raises ``RunIdConflict``. Publishing a store's own run into it is a no-op.
+        """
+        run_id = RunId.parse(run_id)
+        staging = Path(staging)
+        where = f"run {run_id} ({staging})"
         if not (staging / MANIFEST).is_file():
             raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run")
         final = self.root / "runs" / run_id
-        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists() and staging.resolve() == final.resolve():
+            verify_run(final, where)
+            return final.as_uri()  # the store's own run: nothing to do, nothing deleted
+        manifest = read_manifest(staging, where)
+        check_manifest_run_id(manifest, run_id, where)
         if (final / MANIFEST).is_file():
-            shutil.rmtree(staging)  # already published: idempotent
-            return final.as_uri()
-        if final.exists():
-            shutil.rmtree(final)  # an incomplete leftover (no manifest) is never a run
-        if staging.parent != self.root / ".staging":
-            # A folder from elsewhere (maybe another filesystem): copy into our staging area first,
-            # so the final step is still one rename on this filesystem.
-            local = self.staging(run_id)
-            shutil.copytree(staging, local, dirs_exist_ok=True)
-            staging = local
-        os.replace(staging, final)
+            return self._already_published(final, manifest, staging, run_id)
+        own = self._own_staging(staging)
+        if not own:
+            # The user's folder (maybe another filesystem): copy it into our staging area, so the
+            # final step is one rename on this filesystem and the source stays as it was.
+            copy = self.staging(run_id)
+            try:
+                shutil.copytree(staging, copy, dirs_exist_ok=True, symlinks=True)
+            except OSError as exc:
+                self.discard(copy)
+                raise StoreError(f"store {self.uri}: copying run {run_id} from {staging} failed ({exc.strerror or exc})") from None
+            staging = copy
+        try:
+            verify_run(staging, where)  # what is renamed into place is exactly what the manifest lists
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists() and not (final / MANIFEST).is_file():
+                shutil.rmtree(final)  # an incomplete leftover (no manifest) of the store itself is never a run
+            os.replace(staging, final)
+            moved(staging, final)
+        except OSError as exc:
+            if (final / MANIFEST).is_file():  # a concurrent publisher of the same id won the rename
+                return self._already_published(final, manifest, staging if own else None, run_id)
+            raise StoreError(f"store {self.uri}: publishing run {run_id} failed ({exc.strerror or exc})") from None
+        finally:
+            if not own and staging.exists():
+                self.discard(staging)  # our copy, never the user's folder
+        return final.as_uri()
+
+    def _already_published(self, final: Path, manifest: dict, staging: Path | None, run_id: str) -> str:
+        """Idempotent re-publish of the same run; ``RunIdConflict`` for a different run under the same id."""
+        existing = read_manifest(final, f"run {run_id} in {self.uri}")
+        if not same_run(existing, manifest):
+            raise RunIdConflict(f"run id {run_id} exists in the store {self.uri} with different content; "
+                                f"the run was not published (choose another run id)")
+        if staging is not None and self._own_staging(staging):
+            self.discard(staging)
         return final.as_uri()
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
     def list_runs(self) -> list[str]:
-        """Ids of complete runs (those with a manifest), sorted."""
+        """Ids of complete runs (those with a manifest and a valid id), sorted."""
         runs = self.root / "runs"
         if not runs.is_dir():
             return []
-        return sorted(p.name for p in runs.iterdir() if (p / MANIFEST).is_file())
+        return sorted(p.name for p in runs.iterdir() if is_run_id(p.name) and (p / MANIFEST).is_file())
+
+    def has_run(self, run_id: str) -> bool:
+        """Whether a complete run ``run_id`` is published (one ``stat``; nothing verified)."""
+        return (self.root / "runs" / RunId.parse(run_id) / MANIFEST).is_file()
 
     def run_folder(self, run_id: str) -> Path:
+        """The folder of a complete run, verified against its manifest (see ``integrity.verify_run``)."""
+        run_id = RunId.parse(run_id)
         folder = self.root / "runs" / run_id
         if not (folder / MANIFEST).is_file():
             raise StoreError(f"run {run_id}: not found in {self.uri} or incomplete (no {MANIFEST})")
+        verify_run(folder, f"run {run_id} in {self.uri}")
         return folder
 
     def publish_report(self, staging: Path, name: str) -> str:
         """Move a staged report folder to ``reports/<name>``; return its URI."""
-        final = self.root / "reports" / name
+        final = self.root / "reports" / RunId.parse(name, "report name")
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             shutil.rmtree(final)
@@ -106,7 +159,7 @@ class LocalStore:
 
     # -- documents ------------------------------------------------------------------------------
     def _document(self, key: str) -> Path:
-        return self.root / check_document_key(key)
+        return confined(self.root, check_document_key(key), f"store {self.uri}: document key")
 
     @contextlib.contextmanager
     def _locked(self, path: Path):
@@ -162,7 +215,7 @@ class LocalStore:
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoints(self, run_id: str) -> Path:
-        return self.root / "checkpoints" / check_run_id(run_id)
+        return self.root / "checkpoints" / RunId.parse(run_id)
 
     def put_checkpoint(self, run_id: str, step: int, folder: Path, meta: dict) -> str:
         """Copy ``folder`` in as the run's checkpoint at ``step`` (marker last, then a rename); drop older ones."""
@@ -206,10 +259,12 @@ class LocalStore:
         target = Path(target)
         tmp = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}.tmp")
         try:
-            for rel, facts in marker["files"].items():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source / rel, tmp / rel)
-                if sha256_file(tmp / rel) != facts["sha256"]:
+            for rel, facts in checkpoint_files(marker, f"run {run_id}: checkpoint {source.name}").items():
+                where = f"run {run_id}: checkpoint {source.name}"
+                copy = confined(tmp, rel, where)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(confined(source, rel, where), copy)
+                if sha256_file(copy) != facts["sha256"]:
                     raise StoreError(f"run {run_id}: checkpoint file {rel} does not match its sha256 (corrupt)")
             shutil.copy2(source / CHECKPOINT_MARKER, tmp / CHECKPOINT_MARKER)
             os.replace(tmp, target)

@@ -4,7 +4,9 @@ Features
 - Keeps the contract of ``emotion_core.store.base``: files are uploaded first and ``manifest.json``
   last, so a run prefix without a manifest is incomplete and invisible to ``list_runs``/``run_folder``.
   A failed upload removes what it uploaded (best effort) and never writes the manifest.
-- Idempotent: publishing a run whose manifest is already there uploads nothing.
+- Idempotent: publishing a run whose equal manifest is already there uploads nothing; a different
+  run under that id raises ``RunIdConflict``. The caller's folder is never deleted (only the store's
+  own staging folder, after a successful upload).
 - Reading a run downloads exactly the files its manifest lists into a local cache, checks each
   sha256 against the manifest, and only then exposes the folder (manifest written last there too).
 - Credentials: boto3's own chain (environment, profile, instance role) or a ``boto3.Session`` passed
@@ -33,7 +35,8 @@ Limits
   its own condition; that is recognised (the stored document equals the one written) and is not an error.
 - No server-side locking: two writers publishing the same run id at once would both upload the
   same content (run ids embed a content hash, so the result is the same).
-- Local cache: ``$EMOTION_CACHE_DIR`` (default ``~/.cache/emotion-pipeline``); it is not pruned.
+- Local cache: ``$EMOTION_CACHE_DIR`` (default ``~/.cache/emotion-pipeline``); cached runs are not
+  pruned; stale ``.staging``/``.downloads`` folders are swept when a store is opened.
 """
 
 from __future__ import annotations
@@ -46,9 +49,11 @@ import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict, check_document_key, check_run_id,
-                                     checkpoint_folder_name, checkpoint_marker, checkpoint_step, dump_document,
-                                     files_manifest_last, parse_document, sha256_file)
+from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict, RunId, RunIdConflict,
+                                     check_document_key, check_manifest_run_id, checkpoint_files, checkpoint_folder_name,
+                                     checkpoint_marker, checkpoint_step, confined, dump_document, files_manifest_last,
+                                     is_run_id, parse_document, sha256_file)
+from emotion_core.store.integrity import listed_files, moved, read_manifest, same_run, staging_name, sweep_staging, verify_run
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,8 @@ class S3Store:
                         connect_timeout=connect_timeout, read_timeout=60)
         self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         self.cache = cache_root() / "s3" / bucket / (self.prefix or "_")
+        for area in (".staging", ".downloads"):  # leftovers of dead writers/readers (never a kept complete run)
+            sweep_staging(self.cache / area)
 
     # -- naming ---------------------------------------------------------------------------------
     @property
@@ -88,7 +95,7 @@ class S3Store:
         return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
 
     def run_uri(self, run_id: str) -> str:
-        return f"s3://{self.bucket}/{self._key('runs', run_id)}"
+        return f"s3://{self.bucket}/{self._key('runs', RunId.parse(run_id))}"
 
     def _fail(self, operation: str, exc: Exception) -> StoreError:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
@@ -110,7 +117,7 @@ class S3Store:
 
     # -- writing --------------------------------------------------------------------------------
     def staging(self, name: str) -> Path:
-        folder = self.cache / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}"
+        folder = self.cache / ".staging" / staging_name(RunId.parse(name, "staging name"))
         folder.mkdir(parents=True)
         return folder
 
@@ -138,20 +145,46 @@ class S3Store:
                 log.warning("could not remove %d partially uploaded objects under %s", len(keys), self.uri)
                 return
 
+    def _own_staging(self, folder: Path) -> bool:
+        return folder.resolve().parent == (self.cache / ".staging").resolve()
+
     def publish(self, staging: Path, run_id: str) -> str:
+        """Upload the complete, verified run in ``staging`` (manifest last); return its URI.
+
+        The store's own staging folder is removed after a successful upload; any other folder (the
+        user's) is left untouched. The same run again uploads nothing; a different run under an
+        existing id raises ``RunIdConflict``.
+        """
+        run_id = RunId.parse(run_id)
+        staging = Path(staging)
+        where = f"run {run_id} ({staging})"
         if not (staging / MANIFEST).is_file():
             raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run")
+        manifest = read_manifest(staging, where)
+        check_manifest_run_id(manifest, run_id, where)
+        verify_run(staging, where)  # never upload a truncated or tampered copy
         base = self._key("runs", run_id)
         if self._exists(f"{base}/{MANIFEST}"):
+            existing = parse_document(self._get_object(f"{base}/{MANIFEST}", f"reading run {run_id}"),
+                                      f"{base}/{MANIFEST} in {self.uri}")
+            if not same_run(existing, manifest):
+                raise RunIdConflict(f"run id {run_id} exists in the store {self.uri} with different content; "
+                                    f"the run was not published (choose another run id)")
+        else:
+            self._upload_folder(staging, base, f"run {run_id}")
+            log.info("published %s", self.run_uri(run_id))
+        if self._own_staging(staging):
             self.discard(staging)
-            return self.run_uri(run_id)
-        self._upload_folder(staging, base, f"run {run_id}")
-        self.discard(staging)
-        log.info("published %s", self.run_uri(run_id))
         return self.run_uri(run_id)
 
+    def _get_object(self, key: str, operation: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            raise self._fail(operation, exc) from None
+
     def publish_report(self, staging: Path, name: str) -> str:
-        base = self._key("reports", name)
+        base = self._key("reports", RunId.parse(name, "report name"))
         self._upload_folder(staging, base, f"report {name}")
         self.discard(staging)
         return f"s3://{self.bucket}/{base}"
@@ -165,15 +198,25 @@ class S3Store:
                 for item in page.get("Contents", []):
                     rest = item["Key"][len(runs_prefix):]
                     run_id, _, name = rest.partition("/")
-                    if name == MANIFEST:
+                    if name == MANIFEST and is_run_id(run_id):  # a key no id could have is never opened
                         found.append(run_id)
         except Exception as exc:
             raise self._fail("listing runs", exc) from None
         return sorted(found)
 
+    def has_run(self, run_id: str) -> bool:
+        """Whether a complete run ``run_id`` is published (one HEAD request; nothing verified)."""
+        return self._exists(f"{self._key('runs', RunId.parse(run_id))}/{MANIFEST}")
+
     def run_folder(self, run_id: str) -> Path:
-        """A verified local copy of a complete run (downloaded once, then served from the cache)."""
+        """A verified local copy of a complete run (downloaded once, then served from the cache).
+
+        The cached copy is verified again on every read (``verify_run``: once per process while it is
+        unchanged); a copy that fails is downloaded again.
+        """
+        run_id = RunId.parse(run_id)
         base = self._key("runs", run_id)
+        where = f"run {run_id} in {self.uri}"
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=f"{base}/{MANIFEST}")["Body"].read()
         except Exception as exc:
@@ -184,24 +227,31 @@ class S3Store:
             raise self._fail(f"reading run {run_id}", exc) from None
         local = self.cache / "runs" / run_id
         if (local / MANIFEST).is_file() and (local / MANIFEST).read_bytes() == body:
-            return local
-        manifest = json.loads(body)
-        tmp = self.cache / ".downloads" / f"{run_id}-{uuid.uuid4().hex[:8]}"
+            try:
+                verify_run(local, f"cached copy of {where}")
+                return local
+            except StoreError as exc:
+                log.warning("%s; downloading it again", exc)
+        manifest = parse_document(body, f"{base}/{MANIFEST} in {self.uri}")
+        check_manifest_run_id(manifest, run_id, where)
+        tmp = self.cache / ".downloads" / staging_name(run_id)
         try:
-            for rel, facts in manifest.get("files", {}).items():
-                target = tmp / rel
+            files = manifest.get("files", {})
+            for rel, target in listed_files(manifest, tmp, where).items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     self.client.download_file(self.bucket, f"{base}/{rel}", str(target))
                 except Exception as exc:
                     raise self._fail(f"downloading {rel} of run {run_id}", exc) from None
-                if sha256_file(target) != facts["sha256"]:
+                if sha256_file(target) != files[rel]["sha256"]:
                     raise StoreError(f"run {run_id}: {rel} does not match the sha256 in its manifest (corrupt or overwritten)")
             (tmp / MANIFEST).write_bytes(body)
+            verify_run(tmp, where)
             if local.exists():
                 shutil.rmtree(local)
             local.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, local)
+            moved(tmp, local)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return local
@@ -275,7 +325,7 @@ class S3Store:
 
     def put_checkpoint(self, run_id: str, step: int, folder: Path, meta: dict) -> str:
         """Upload ``folder`` as the run's checkpoint at ``step`` (marker last); then delete its older ones."""
-        base = self._key("checkpoints", check_run_id(run_id))
+        base = self._key("checkpoints", RunId.parse(run_id))
         prefix = f"{base}/{checkpoint_folder_name(step)}"
         what = f"checkpoint {step} of run {run_id}"
         if not self._exists(f"{prefix}/{CHECKPOINT_MARKER}"):
@@ -295,7 +345,7 @@ class S3Store:
 
     def latest_checkpoint(self, run_id: str) -> dict | None:
         """The marker of the run's newest complete checkpoint, or ``None``."""
-        base = self._key("checkpoints", check_run_id(run_id))
+        base = self._key("checkpoints", RunId.parse(run_id))
         steps = []
         for key in self._list_keys(f"{base}/", f"checkpoints of run {run_id}"):
             folder, _, name = key[len(base) + 1:].partition("/")
@@ -312,7 +362,7 @@ class S3Store:
 
     def fetch_checkpoint(self, run_id: str, step: int, target: Path) -> Path:
         """Download the complete checkpoint at ``step`` into ``target`` (a new folder), sha256-verified."""
-        prefix = f"{self._key('checkpoints', check_run_id(run_id))}/{checkpoint_folder_name(step)}"
+        prefix = f"{self._key('checkpoints', RunId.parse(run_id))}/{checkpoint_folder_name(step)}"
         try:
             body = self.client.get_object(Bucket=self.bucket, Key=f"{prefix}/{CHECKPOINT_MARKER}")["Body"].read()
         except Exception as exc:
@@ -321,13 +371,15 @@ class S3Store:
         target = Path(target)
         tmp = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}.tmp")
         try:
-            for rel, facts in marker["files"].items():
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            where = f"run {run_id}: checkpoint {step} in {self.uri}"
+            for rel, facts in checkpoint_files(marker, where).items():
+                copy = confined(tmp, rel, where)
+                copy.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    self.client.download_file(self.bucket, f"{prefix}/{rel}", str(tmp / rel))
+                    self.client.download_file(self.bucket, f"{prefix}/{rel}", str(copy))
                 except Exception as exc:
                     raise self._fail(f"downloading {rel} of checkpoint {step} of run {run_id}", exc) from None
-                if sha256_file(tmp / rel) != facts["sha256"]:
+                if sha256_file(copy) != facts["sha256"]:
                     raise StoreError(f"run {run_id}: checkpoint file {rel} does not match its sha256 (corrupt or overwritten)")
             (tmp / CHECKPOINT_MARKER).write_bytes(body)
             os.replace(tmp, target)
@@ -336,5 +388,5 @@ class S3Store:
         return target
 
     def delete_checkpoints(self, run_id: str) -> None:
-        base = self._key("checkpoints", check_run_id(run_id))
+        base = self._key("checkpoints", RunId.parse(run_id))
         self._remove(self._list_keys(f"{base}/", f"checkpoints of run {run_id}"))

@@ -14,8 +14,10 @@ def stage(store, run_id: str, with_manifest: bool = True):
     folder = store.staging(run_id)
     (folder / "model").mkdir()
     (folder / "model" / "weights.safetensors").write_bytes(b"w" * 10)
-    if with_manifest:
-        (folder / "manifest.json").write_text(json.dumps({"run_id": run_id}))
+    if with_manifest:  # as the pipeline writes it: every file's size and sha256 (checked on every read)
+        from emotion_core.runs import file_inventory
+
+        (folder / "manifest.json").write_text(json.dumps({"run_id": run_id, "files": file_inventory(folder)}))
     return folder
 
 
