@@ -18,6 +18,7 @@ session's Prefect server (``prefect_stack``), not an ephemeral one per call.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -156,7 +157,7 @@ DATA_CASES = [
 
 S3_DOWN = {"EMOTION_S3_ENDPOINT_URL": "http://127.0.0.1:{port}", "EMOTION_S3_MAX_ATTEMPTS": "1",
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-COMPLETE = {"done-run/manifest.json": '{"run_id": "done-run"}\n'}  # enough for `publish` to try the store
+COMPLETE = {"done-run/manifest.json": '{"run_id": "done-run", "files": {}}\n'}  # enough for `publish` to try the store
 
 STORE_CASES = [
     Case("store-unknown-scheme", ("publish", "{tmp}/done-run", "--store", "ftp://x"),
@@ -220,7 +221,78 @@ CLI_CASES = [
          ("Invalid value", "--batch-size"), files=GOOD_TEXTS, needs_run=True),
 ]
 
-CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES
+# Issue 11 (store safety): run ids and manifest entries that would escape the store, and run folders whose
+# files do not match their manifest. Every run id is refused before any work, every run folder before use.
+def _sha(body: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(body).hexdigest()
+
+
+def safe_run_id(name: str, run_id: str, shown: str) -> Case:
+    return Case(f"store-safe-run-id-{name}", ("train", "{bad}/config/ok-ffnn.yaml", "--store", "{store}", "--run-id", run_id),
+                (f"--run-id {shown}: expected one plain name",))
+
+
+def safe_manifest(name: str, manifest: dict, *expect: str, files: dict | None = None, command: str = "publish") -> Case:
+    """A run folder ``{tmp}/run`` with ``manifest`` (and ``files``), published or predicted from."""
+    args = (("publish", "{tmp}/run", "--store", "{store}") if command == "publish"
+            else ("predict", "{tmp}/run", "{bad}/data/empty-text.csv", "--out", "{out}"))
+    return Case(f"store-safe-{name}", args, expect, files={"run/manifest.json": json.dumps(manifest),
+                                                           **{f"run/{k}": v for k, v in (files or {}).items()}})
+
+
+THRESHOLDS = b'{"joy": 0.5}'
+LISTED = {"thresholds.json": {"bytes": len(THRESHOLDS), "sha256": _sha(THRESHOLDS)}}
+
+STORE_SAFETY_CASES = [
+    safe_run_id("dotdot", "../../../x", "'../../../x'"),
+    safe_run_id("parent", "..", "'..'"),
+    safe_run_id("slash", "team/run", "'team/run'"),
+    safe_run_id("backslash", "a\\b", "'a\\\\b'"),
+    safe_run_id("leading-dot", ".hidden", "'.hidden'"),
+    safe_run_id("empty", "", "''"),
+    safe_run_id("too-long", "x" * 129, "'" + "x" * 80 + "...'"),
+    safe_run_id("newline", "a\nb", "'a\\nb'"),
+    safe_run_id("space", "my run", "'my run'"),
+    safe_run_id("double-dot-inside", "a..b", "'a..b'"),
+    safe_run_id("non-ascii", "r\u00e9sum\u00e9", "'r\u00e9sum\u00e9'"),
+    safe_manifest("manifest-run-id-dotdot", {"run_id": "../../x", "files": {}}, "manifest.json run_id '../../x': expected one plain"),
+    safe_manifest("manifest-run-id-nul", {"run_id": "a\u0000b", "files": {}}, "manifest.json run_id 'a\\x00b': expected one plain"),
+    safe_manifest("manifest-run-id-missing", {"files": {}}, "manifest.json run_id None: expected one plain"),
+    safe_manifest("manifest-run-id-number", {"run_id": 7, "files": {}}, "manifest.json run_id 7: expected one plain"),
+    safe_manifest("manifest-entry-dotdot", {"run_id": "r1", "files": {"../outside.txt": LISTED["thresholds.json"]}},
+                  "entry '../outside.txt' is not a plain relative path"),
+    safe_manifest("manifest-entry-absolute", {"run_id": "r1", "files": {"/etc/hostname": LISTED["thresholds.json"]}},
+                  "entry '/etc/hostname' is not a plain relative path"),
+    safe_manifest("manifest-entry-backslash", {"run_id": "r1", "files": {"..\\x": LISTED["thresholds.json"]}},
+                  "is not a plain relative path"),
+    safe_manifest("manifest-files-not-a-map", {"run_id": "r1", "files": ["thresholds.json"]},
+                  "manifest.json 'files' must map each file to its sha256"),
+    safe_manifest("tampered-file", {"run_id": "r1", "files": LISTED}, "thresholds.json does not match the sha256",
+                  files={"thresholds.json": b'{"joy": 0.0}'}),
+    safe_manifest("empty-file", {"run_id": "r1", "files": LISTED}, "thresholds.json does not match the sha256",
+                  files={"thresholds.json": b""}),
+    safe_manifest("missing-listed-file", {"run_id": "r1", "files": LISTED},
+                  "thresholds.json is listed in manifest.json but missing"),
+    safe_manifest("unlisted-file", {"run_id": "r1", "files": LISTED}, "files not listed in manifest.json: model/modeling_x.py",
+                  files={"thresholds.json": THRESHOLDS, "model/modeling_x.py": "import os\n"}),
+    safe_manifest("predict-tampered-file", {"run_id": "r1", "files": LISTED}, "thresholds.json does not match the sha256",
+                  files={"thresholds.json": b'{"joy": 0.0}'}, command="predict"),
+    safe_manifest("predict-unlisted-file", {"run_id": "r1", "files": {}}, "files not listed in manifest.json: config.yaml",
+                  files={"config.yaml": "name: x\n"}, command="predict"),
+    safe_manifest("predict-manifest-entry-dotdot", {"run_id": "r1", "files": {"../../x": LISTED["thresholds.json"]}},
+                  "entry '../../x' is not a plain relative path", command="predict"),
+    Case("store-safe-s3-run-id-dotdot", ("predict", "s3://bucket/runs/..", "{bad}/data/empty-text.csv", "--out", "{out}"),
+         ("run 's3://bucket/runs/..': run id '..': expected one plain name",)),
+    Case("store-safe-set-name-dotdot", ("check-config", "{tmp}/set.yaml"), ("set.yaml", "name", "without '..'"),
+         files={"set.yaml": "name: ../../outside\nconfigs: [ok.yaml]\n",
+                "ok.yaml": (BAD / "config" / "ok-ffnn.yaml").read_text(encoding="utf-8")}),
+    Case("store-safe-config-name-dotdot", ("check-config", "{tmp}/cfg.yaml"), ("cfg.yaml", "field 'name'", "without '..'"),
+         files={"cfg.yaml": (BAD / "config" / "ok-ffnn.yaml").read_text(encoding="utf-8").replace("name: ok-ffnn", "name: a..b")}),
+]
+
+CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES
 
 
 def closed_port() -> int:
