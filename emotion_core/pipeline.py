@@ -225,8 +225,9 @@ def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
         uri = store.publish(staging, run_id)
     except RunIdConflict as exc:
         # Never drop the new run silently: it stays staged (a folder with a manifest is never swept).
-        raise RunIdConflict(f"{exc}. The new run is kept at {staging}; train it again under another run id, "
-                            f"or remove the old run from the store and run: emotion publish {staging} --store {store.uri}") from None
+        raise RunIdConflict(f"{exc}. The new run is kept at {staging}; train it again under another run id, or "
+                            f"remove the old run from the store and run: emotion publish {staging} --store {store.uri}"
+                            ) from None
     except StoreError as exc:
         # Training is the expensive part: keep the complete local copy rather than lose it.
         raise StoreError(f"{exc}. The complete run is kept at {staging}; once the store is reachable: "

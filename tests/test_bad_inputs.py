@@ -230,7 +230,8 @@ def _sha(body: bytes) -> str:
 
 
 def safe_run_id(name: str, run_id: str, shown: str) -> Case:
-    return Case(f"store-safe-run-id-{name}", ("train", "{bad}/config/ok-ffnn.yaml", "--store", "{store}", "--run-id", run_id),
+    return Case(f"store-safe-run-id-{name}",
+                ("train", "{bad}/config/ok-ffnn.yaml", "--store", "{store}", "--run-id", run_id),
                 (f"--run-id {shown}: expected one plain name",))
 
 
@@ -257,8 +258,10 @@ STORE_SAFETY_CASES = [
     safe_run_id("space", "my run", "'my run'"),
     safe_run_id("double-dot-inside", "a..b", "'a..b'"),
     safe_run_id("non-ascii", "r\u00e9sum\u00e9", "'r\u00e9sum\u00e9'"),
-    safe_manifest("manifest-run-id-dotdot", {"run_id": "../../x", "files": {}}, "manifest.json run_id '../../x': expected one plain"),
-    safe_manifest("manifest-run-id-nul", {"run_id": "a\u0000b", "files": {}}, "manifest.json run_id 'a\\x00b': expected one plain"),
+    safe_manifest("manifest-run-id-dotdot", {"run_id": "../../x", "files": {}},
+                  "manifest.json run_id '../../x': expected one plain"),
+    safe_manifest("manifest-run-id-nul", {"run_id": "a\u0000b", "files": {}},
+                  "manifest.json run_id 'a\\x00b': expected one plain"),
     safe_manifest("manifest-run-id-missing", {"files": {}}, "manifest.json run_id None: expected one plain"),
     safe_manifest("manifest-run-id-number", {"run_id": 7, "files": {}}, "manifest.json run_id 7: expected one plain"),
     safe_manifest("manifest-entry-dotdot", {"run_id": "r1", "files": {"../outside.txt": LISTED["thresholds.json"]}},
@@ -275,21 +278,27 @@ STORE_SAFETY_CASES = [
                   files={"thresholds.json": b""}),
     safe_manifest("missing-listed-file", {"run_id": "r1", "files": LISTED},
                   "thresholds.json is listed in manifest.json but missing"),
-    safe_manifest("unlisted-file", {"run_id": "r1", "files": LISTED}, "files not listed in manifest.json: model/modeling_x.py",
+    safe_manifest("unlisted-file", {"run_id": "r1", "files": LISTED},
+                  "files not listed in manifest.json: model/modeling_x.py",
                   files={"thresholds.json": THRESHOLDS, "model/modeling_x.py": "import os\n"}),
-    safe_manifest("predict-tampered-file", {"run_id": "r1", "files": LISTED}, "thresholds.json does not match the sha256",
+    safe_manifest("predict-tampered-file", {"run_id": "r1", "files": LISTED},
+                  "thresholds.json does not match the sha256",
                   files={"thresholds.json": b'{"joy": 0.0}'}, command="predict"),
-    safe_manifest("predict-unlisted-file", {"run_id": "r1", "files": {}}, "files not listed in manifest.json: config.yaml",
+    safe_manifest("predict-unlisted-file", {"run_id": "r1", "files": {}},
+                  "files not listed in manifest.json: config.yaml",
                   files={"config.yaml": "name: x\n"}, command="predict"),
     safe_manifest("predict-manifest-entry-dotdot", {"run_id": "r1", "files": {"../../x": LISTED["thresholds.json"]}},
                   "entry '../../x' is not a plain relative path", command="predict"),
-    Case("store-safe-s3-run-id-dotdot", ("predict", "s3://bucket/runs/..", "{bad}/data/empty-text.csv", "--out", "{out}"),
+    Case("store-safe-s3-run-id-dotdot",
+         ("predict", "s3://bucket/runs/..", "{bad}/data/empty-text.csv", "--out", "{out}"),
          ("run 's3://bucket/runs/..': run id '..': expected one plain name",)),
     Case("store-safe-set-name-dotdot", ("check-config", "{tmp}/set.yaml"), ("set.yaml", "name", "without '..'"),
          files={"set.yaml": "name: ../../outside\nconfigs: [ok.yaml]\n",
                 "ok.yaml": (BAD / "config" / "ok-ffnn.yaml").read_text(encoding="utf-8")}),
-    Case("store-safe-config-name-dotdot", ("check-config", "{tmp}/cfg.yaml"), ("cfg.yaml", "field 'name'", "without '..'"),
-         files={"cfg.yaml": (BAD / "config" / "ok-ffnn.yaml").read_text(encoding="utf-8").replace("name: ok-ffnn", "name: a..b")}),
+    Case("store-safe-config-name-dotdot", ("check-config", "{tmp}/cfg.yaml"),
+         ("cfg.yaml", "field 'name'", "without '..'"),
+         files={"cfg.yaml": (BAD / "config" / "ok-ffnn.yaml").read_text(encoding="utf-8").replace("name: ok-ffnn",
+                                                                                                  "name: a..b")}),
 ]
 
 CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES

@@ -174,8 +174,9 @@ class RunId(str):
             return text
         if (not isinstance(text, str) or len(text) > RUN_ID_MAX or not _RUN_ID.fullmatch(text) or ".." in text):
             shown = repr(text) if not isinstance(text, str) or len(text) <= 80 else repr(text[:80] + "...")
-            raise StoreError(f"{where} {shown}: expected one plain name of 1-{RUN_ID_MAX} letters, digits, '-', '_' or "
-                             f"'.' (starting with a letter, digit or '_'; no '/', '\\', '..', spaces or control characters)")
+            raise StoreError(f"{where} {shown}: expected one plain name of 1-{RUN_ID_MAX} letters, digits, '-', '_' "
+                             f"or '.' (starting with a letter, digit or '_'; no '/', '\\', '..', spaces or control "
+                             f"characters)")
         return cls(text)
 
 
@@ -192,13 +193,15 @@ def check_manifest_run_id(manifest: dict, run_id: str, where: str) -> None:
     """The manifest must name the run id it is published under (a manifest's id is untrusted input)."""
     named = RunId.parse(manifest.get("run_id"), f"{where}: {MANIFEST} run_id")
     if named != run_id:
-        raise StoreError(f"{where}: {MANIFEST} names run {named!r}, not {run_id!r}; refusing to publish it under another id")
+        raise StoreError(f"{where}: {MANIFEST} names run {named!r}, not {run_id!r}; "
+                         f"refusing to publish it under another id")
 
 
 def checkpoint_files(marker: dict, where: str) -> dict[str, dict]:
     """The ``files`` of a checkpoint marker (entry -> facts with a sha256); ``StoreError`` if malformed."""
     files = marker.get("files") if isinstance(marker, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in files.values()):
+    if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str)
+                                              for f in files.values()):
         raise StoreError(f"{where}: {CHECKPOINT_MARKER} is damaged ('files' must map each file to its sha256)")
     return files
 

@@ -51,8 +51,8 @@ def read_manifest(folder: Path, where: str) -> dict:
         raise StoreError(f"{where}: cannot read {MANIFEST} ({path}: not a JSON object: {exc}); "
                          f"the run folder is incomplete or damaged") from None
     if not isinstance(manifest, dict):
-        raise StoreError(f"{where}: cannot read {MANIFEST} ({path}: not a JSON object but a {type(manifest).__name__}); "
-                         f"the run folder is incomplete or damaged")
+        raise StoreError(f"{where}: cannot read {MANIFEST} ({path}: not a JSON object but a "
+                         f"{type(manifest).__name__}); the run folder is incomplete or damaged")
     return manifest
 
 
@@ -77,7 +77,8 @@ def verify_run(folder: Path, where: str) -> dict:
     files = manifest.get("files", {})
     for rel, path in listed_files(manifest, folder, where).items():
         if not path.is_file():
-            raise StoreError(f"{where}: {rel} is listed in {MANIFEST} but missing; the run folder is incomplete or damaged")
+            raise StoreError(f"{where}: {rel} is listed in {MANIFEST} but missing; "
+                             f"the run folder is incomplete or damaged")
         size = files[rel].get("bytes")
         if (isinstance(size, int) and path.stat().st_size != size) or sha256_file(path) != files[rel]["sha256"]:
             raise StoreError(f"{where}: {rel} does not match the sha256 in its {MANIFEST} "
@@ -148,7 +149,8 @@ def sweep_staging(area: Path) -> list[Path]:
         return []
     for child in children:
         try:
-            if not child.is_dir() or child.is_symlink() or child.stat().st_mtime > cutoff or (child / MANIFEST).exists():
+            recent = child.stat().st_mtime > cutoff
+            if not child.is_dir() or child.is_symlink() or recent or (child / MANIFEST).exists():
                 continue
         except OSError:
             continue

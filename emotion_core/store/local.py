@@ -33,8 +33,8 @@ from pathlib import Path
 from emotion_core.errors import StoreError
 from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict,  # noqa: F401  (re-exported)
                                      RunId, RunIdConflict, atomic_write_text, check_document_key, check_manifest_run_id,
-                                     checkpoint_folder_name, checkpoint_marker, checkpoint_files, checkpoint_step, confined, dump_document,
-                                     is_run_id, parse_document, sha256_file)
+                                     checkpoint_files, checkpoint_folder_name, checkpoint_marker, checkpoint_step,
+                                     confined, dump_document, is_run_id, parse_document, sha256_file)
 from emotion_core.store.integrity import moved, read_manifest, same_run, staging_name, sweep_staging, verify_run
 
 try:
@@ -97,7 +97,8 @@ class LocalStore:
                 shutil.copytree(staging, copy, dirs_exist_ok=True, symlinks=True)
             except OSError as exc:
                 self.discard(copy)
-                raise StoreError(f"store {self.uri}: copying run {run_id} from {staging} failed ({exc.strerror or exc})") from None
+                raise StoreError(f"store {self.uri}: copying run {run_id} from {staging} failed "
+                                 f"({exc.strerror or exc})") from None
             staging = copy
         try:
             verify_run(staging, where)  # what is renamed into place is exactly what the manifest lists

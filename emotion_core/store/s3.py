@@ -50,10 +50,11 @@ from pathlib import Path
 
 from emotion_core.errors import StoreError
 from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict, RunId, RunIdConflict,
-                                     check_document_key, check_manifest_run_id, checkpoint_files, checkpoint_folder_name,
-                                     checkpoint_marker, checkpoint_step, confined, dump_document, files_manifest_last,
-                                     is_run_id, parse_document, sha256_file)
-from emotion_core.store.integrity import listed_files, moved, read_manifest, same_run, staging_name, sweep_staging, verify_run
+                                     check_document_key, check_manifest_run_id, checkpoint_files,
+                                     checkpoint_folder_name, checkpoint_marker, checkpoint_step, confined,
+                                     dump_document, files_manifest_last, is_run_id, parse_document, sha256_file)
+from emotion_core.store.integrity import (listed_files, moved, read_manifest, same_run, staging_name, sweep_staging,
+                                          verify_run)
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +160,8 @@ class S3Store:
         staging = Path(staging)
         where = f"run {run_id} ({staging})"
         if not (staging / MANIFEST).is_file():
-            raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run")
+            raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; "
+                             f"refusing to publish an incomplete run")
         manifest = read_manifest(staging, where)
         check_manifest_run_id(manifest, run_id, where)
         verify_run(staging, where)  # never upload a truncated or tampered copy
@@ -244,7 +246,8 @@ class S3Store:
                 except Exception as exc:
                     raise self._fail(f"downloading {rel} of run {run_id}", exc) from None
                 if sha256_file(target) != files[rel]["sha256"]:
-                    raise StoreError(f"run {run_id}: {rel} does not match the sha256 in its manifest (corrupt or overwritten)")
+                    raise StoreError(f"run {run_id}: {rel} does not match the sha256 in its manifest "
+                                     f"(corrupt or overwritten)")
             (tmp / MANIFEST).write_bytes(body)
             verify_run(tmp, where)
             if local.exists():

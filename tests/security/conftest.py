@@ -23,9 +23,9 @@ def run_emotion(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     """A tabular FFNN run config on 60 rows of its own CSV (no shared data sets)."""
-    rows = ["id,text,joy,anger"] + [
-        f"r{i},{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i},{i % 2},{int(i % 3 == 0)}"
-        for i in range(60)]
+    texts = [f"{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i}"
+             for i in range(60)]
+    rows = ["id,text,joy,anger"] + [f"r{i},{text},{i % 2},{int(i % 3 == 0)}" for i, text in enumerate(texts)]
     data = tmp_path / "tiny.csv"
     data.write_text("\n".join(rows) + "\n", encoding="utf-8")
     config = {"name": "tiny-sec", "data": {"dataset": "tabular", "path": str(data), "id_column": "id"},

@@ -64,7 +64,7 @@ def test_publish_from_a_folder_keeps_it_even_when_the_copy_is_renamed(tmp_path):
     assert snapshot(source) == before and snapshot(tmp_path / "store" / "runs" / "r2") == before
 
 
-# -- class 6: a different run under an existing id ----------------------------------------------------------------------
+# -- class 6: a different run under an existing id --------------------------------------------------------------------
 def test_a_different_run_under_an_existing_id_is_refused_and_kept(tmp_path):
     from emotion_core import pipeline
 

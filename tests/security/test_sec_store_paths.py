@@ -124,7 +124,7 @@ def test_s3_manifest_entry_with_dotdot_is_not_written_outside_the_cache(s3_bucke
     manifest = {"run_id": "evil", "files": {entry: {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}}}
     client.put_object(Bucket=s3_bucket, Key=f"runs/evil/{entry}", Body=body)
     client.put_object(Bucket=s3_bucket, Key="runs/evil/manifest.json", Body=json.dumps(manifest).encode())
-    with pytest.raises(StoreError, match=r"run evil in s3://.*: entry '\.\./\.\./\.\./\.\./\.\./\.\./x' is not a plain relative"):
+    with pytest.raises(StoreError, match=r"run evil in s3://.*: entry '(\.\./){6}x' is not a plain relative"):
         open_store(f"s3://{s3_bucket}").run_folder("evil")
     planted = [p for p in tmp_path.rglob("x") if p.is_file()]
     assert not planted, f"written outside the run's cache folder: {planted}"
