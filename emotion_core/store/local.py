@@ -56,11 +56,24 @@ class LocalStore:
     def staging(self, name: str) -> Path:
         """A fresh, private folder to write a run or report into before publishing it."""
         folder = self.root / ".staging" / f"{name}-{uuid.uuid4().hex[:8]}"
-        folder.mkdir(parents=True)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:  # a read-only store, a full disk, a store path that is not a folder
+            raise StoreError(f"store {self.uri}: cannot write a staging folder ({exc.strerror or exc})") from None
         return folder
 
     def publish(self, staging: Path, run_id: str) -> str:
-        """Move a complete staged run to ``runs/<run_id>``; return its URI."""
+        """Move a complete staged run to ``runs/<run_id>``; return its URI.
+
+        A write that fails (full disk, read-only store) is a ``StoreError``: nothing is published.
+        """
+        try:
+            return self._publish(staging, run_id)
+        except OSError as exc:
+            raise StoreError(f"store {self.uri}: publishing run {run_id} failed ({exc.strerror or exc}); "
+                             f"nothing was published") from None
+
+    def _publish(self, staging: Path, run_id: str) -> str:
         if not (staging / MANIFEST).is_file():
             raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run")
         final = self.root / "runs" / run_id
@@ -74,7 +87,11 @@ class LocalStore:
             # A folder from elsewhere (maybe another filesystem): copy into our staging area first,
             # so the final step is still one rename on this filesystem.
             local = self.staging(run_id)
-            shutil.copytree(staging, local, dirs_exist_ok=True)
+            try:
+                shutil.copytree(staging, local, dirs_exist_ok=True)
+            except OSError:
+                shutil.rmtree(local, ignore_errors=True)  # never leave half a copy in the store
+                raise
             staging = local
         os.replace(staging, final)
         return final.as_uri()
