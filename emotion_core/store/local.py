@@ -39,6 +39,16 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
+def _reason(exc: OSError) -> str:
+    """One line for a failed write; ``shutil.copytree`` collects a (source, target, reason) per file that failed."""
+    errors = exc.args[0] if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) else None
+    if errors:
+        source, _, why = errors[0]
+        more = f", and {len(errors) - 1} more file(s)" if len(errors) > 1 else ""
+        return f"{why} while copying {source}{more}"
+    return exc.strerror or str(exc)
+
+
 class LocalStore:
     """Runs and reports under one local folder."""
 
@@ -70,7 +80,7 @@ class LocalStore:
         try:
             return self._publish(staging, run_id)
         except OSError as exc:
-            raise StoreError(f"store {self.uri}: publishing run {run_id} failed ({exc.strerror or exc}); "
+            raise StoreError(f"store {self.uri}: publishing run {run_id} failed ({_reason(exc)}); "
                              f"nothing was published") from None
 
     def _publish(self, staging: Path, run_id: str) -> str:
