@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emotion_core.config import load_yaml, parse_run_config
+from emotion_core.config import parse_run_config
 from emotion_core.errors import DataError, StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.store import LocalStore
@@ -214,6 +214,8 @@ def test_a_full_disk_while_training_is_a_store_error_and_nothing_is_published(tm
 # -- the one YAML loader (class 11) -------------------------------------------------------------------
 
 def test_duplicate_keys_are_refused_anywhere_but_merges_still_work():
+    from emotion_core.config import load_yaml
+
     with pytest.raises(yaml.YAMLError, match=r"duplicate key 'a' \(first at line 1\)"):
         load_yaml("{a: 1, a: 2}")
     with pytest.raises(yaml.YAMLError, match=r"duplicate key 'epochs'"):
