@@ -29,10 +29,43 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from emotion_core.errors import ConfigError
+from emotion_core.files import not_regular
+
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+"""A random seed: numpy accepts 0 <= seed < 2**32 only."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # allow_inf_nan=False: NaN and inf in any float field are refused as "not a finite number"
+    # (a NaN passes no gt/lt check, so it would be reported as out of range, or not at all).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<' merges may repeat keys on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r} (first at line {first + 1})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys (every config and set is read through it)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class DataConfig(_Strict):
@@ -60,7 +93,7 @@ class DataConfig(_Strict):
     """Use a fixed seeded subset of at most this many validation rows."""
     max_test_samples: int | None = Field(None, gt=0)
     """Use a fixed seeded subset of at most this many test rows."""
-    seed: int = 13
+    seed: Seed = 13
     """Seed of every split and subset: the same data and seed give the same rows."""
     invalid_rows: Literal["error", "drop"] = "error"
     """``error``: a bad row (empty text, bad label, duplicate id) stops the load naming the row. ``drop``: it is removed and counted, with its reason, in the data report."""
@@ -79,7 +112,7 @@ class FFNNConfig(_Strict):
     """Character n-gram range (min, max), inside word boundaries."""
     min_df: int = Field(2, ge=1)
     """Ignore n-grams seen in fewer training texts than this."""
-    hidden_size: int = Field(256, gt=0)
+    hidden_size: int = Field(256, gt=0, le=65536)
     """Width of the hidden layer."""
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     """Dropout after the hidden layer."""
@@ -263,7 +296,7 @@ class TrainingConfig(_Strict):
     """Stop with an error after this many consecutive optimizer steps with a non-finite loss (or logged gradient norm); clipping cannot repair NaN/inf."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
-    seed: int = 42
+    seed: Seed = 42
     """Seed of initialisation, dropout and batch order."""
     checkpoint_every_steps: int = Field(200, ge=0)
     """Every this many optimizer steps, save a full training checkpoint (weights or adapter, optimizer, scheduler, RNG, trainer state) and upload it to the artefact store under ``checkpoints/<run_id>/``; a run started again with the same run id resumes from it, losing at most this many steps. 0: no checkpoints in the store (no resume)."""
@@ -287,7 +320,7 @@ class ExplainConfig(_Strict):
     """Model evaluations (masked copies of a text) per text: more is slower and finer."""
     top_labels: int = Field(3, gt=0)
     """Labels explained per text: those with the highest predicted probability."""
-    seed: int = 13
+    seed: Seed = 13
     """Seed of the text sample and of shap's tie-breaking."""
     batch_size: int = Field(32, gt=0)
     """Masked texts sent to the model per call."""
@@ -309,7 +342,7 @@ class ReportConfig(_Strict):
 
     bootstrap_samples: int = Field(1000, ge=100, le=100_000)
     """Bootstrap resamples of the test rows for F1 confidence intervals and the paired test against the best model."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the bootstrap resamples."""
     ensemble_top_k: int = Field(3, ge=0, le=20)
     """Average the calibrated probabilities of the k best runs by validation macro-F1 (0 or 1: no ensemble)."""
@@ -409,13 +442,18 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
+        kind = not_regular(path)  # before opening: a FIFO would block, a folder raises
+        if kind:
+            raise ConfigError(f"{path}: is {kind}, not a config file")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -492,7 +530,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
         if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
             raise ConfigError(f"override '{item}': expected KEY=VALUE with a dotted key, e.g. training.epochs=1")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = load_yaml(value) if value.strip() else None
         except yaml.YAMLError:
             raise ConfigError(f"override '{item}': value is not valid YAML") from None
         node = result

@@ -15,6 +15,7 @@ from its step (``resumed_from_step`` in the manifest). Publishing deletes the ru
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -41,6 +42,8 @@ from emotion_core.training.predict import predict_logits
 log = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
+_STORE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Write errors of the staging folder (in the store) that are the store's state, not a bug: a StoreError."""
 
 
 def content_hash(cfg: RunConfig, data_hash: str) -> str:
@@ -207,8 +210,11 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         }
         manifest["files"] = file_inventory(staging)
         write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
-    except BaseException:
+    except BaseException as exc:
         store.discard(staging)
+        if isinstance(exc, OSError) and exc.errno in _STORE_FULL:
+            raise StoreError(f"store {store.uri}: writing run {run_id} failed ({exc.strerror or exc}); "
+                             f"nothing was published") from None
         raise
     for flag in manifest["flags"]:
         log.warning("run %s: %s", run_id, flag["message"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from emotion_core.data import read_prediction_input
-from emotion_core.errors import DataError
+from emotion_core.errors import DataError, EmotionError, StoreError
 from emotion_core.runs import read_run
 from emotion_core.store.base import atomic_write_text
 
@@ -31,13 +31,34 @@ def check_output_file(out_path: str | Path) -> Path:
     return out
 
 
+def write_output(out: Path, text: str) -> None:
+    """Write ``text`` to ``--out`` atomically; a full disk or an unwritable place is a ``DataError`` naming the file."""
+    try:
+        atomic_write_text(out, text)
+    except OSError as exc:  # atomic_write_text has removed its temporary file: nothing is half-written
+        raise DataError(f"cannot write the file ({exc.strerror or exc}); nothing was written", file=str(out)) from None
+
+
 def run_logits(run, texts, batch_size: int = 128):
     """Logits (n_texts, labels) of a run's saved model for ``texts``, in input order."""
     from emotion_core.models import load_family
     from emotion_core.training.predict import predict_logits
 
-    family = load_family(run.config, run.schema, run.folder / "model")
-    return predict_logits(family, list(texts), batch_size)
+    try:
+        family = load_family(run.config, run.schema, run.folder / "model")
+    except EmotionError:
+        raise
+    except Exception as exc:  # a missing or damaged file under model/: torch, safetensors and json raise many types
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "size mismatch" in str(exc):
+            detail = f"its weights do not fit the {len(run.schema)} labels of labels.json"
+        raise StoreError(f"run '{run.folder}': cannot load the model in model/ ({detail}); "
+                         f"the run folder is incomplete or damaged") from None
+    logits = predict_logits(family, list(texts), batch_size)
+    if logits.ndim != 2 or logits.shape[1] != len(run.schema):
+        raise StoreError(f"run '{run.folder}': the model gives {logits.shape[-1]} scores per text but labels.json "
+                         f"lists {len(run.schema)} labels; the run folder is damaged")
+    return logits
 
 
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
@@ -60,6 +81,6 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
         **{name: predicted[:, i].astype("int8") for i, name in enumerate(names)},
         **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
     })
-    atomic_write_text(out, frame.write_csv())
+    write_output(out, frame.write_csv())
     log.info("wrote %d predictions of run %s to %s", len(ids), run.run_id, out)
     return out

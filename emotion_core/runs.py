@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from emotion_core.config import RunConfig, parse_run_config
+from emotion_core.config import RunConfig, load_yaml, parse_run_config
 from emotion_core.errors import StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.store import resolve_run_folder
@@ -69,12 +69,34 @@ class Run:
 
     def thresholds(self, policy: str | None = None) -> np.ndarray:
         """Thresholds of ``policy`` (default: the one the run's predictions use), in label order."""
-        payload = json.loads((self.folder / "thresholds.json").read_text(encoding="utf-8"))
-        chosen = policy or payload["policy"]
-        return np.asarray([payload["thresholds"][chosen][name] for name in self.schema.names], dtype=np.float64)
+        where = f"run '{self.folder}': thresholds.json"
+        try:
+            payload = json.loads((self.folder / "thresholds.json").read_text(encoding="utf-8"))
+            chosen = policy or payload["policy"]
+            table = payload["thresholds"][chosen]
+            values = np.asarray([table[name] for name in self.schema.names], dtype=np.float64)
+        except FileNotFoundError:
+            raise StoreError(f"{where} is missing; the run folder is incomplete or damaged") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, a label or policy missing
+            raise StoreError(f"{where}: cannot read the thresholds ({type(exc).__name__}: {exc}); "
+                             f"the run folder is damaged") from None
+        if list(table) != list(self.schema.names):
+            raise StoreError(f"{where}: its labels ({', '.join(table)}) differ from labels.json "
+                             f"({', '.join(self.schema.names)}); the run folder is damaged")
+        if not (np.isfinite(values) & (values >= 0) & (values <= 1)).all():
+            raise StoreError(f"{where}: thresholds must be numbers in [0, 1]; the run folder is damaged")
+        return values
 
     def logits(self, split: str) -> tuple[list[str], np.ndarray]:
-        frame = pl.read_parquet(self.folder / "logits" / f"{split}.parquet")
+        path = self.folder / "logits" / f"{split}.parquet"
+        try:
+            frame = pl.read_parquet(path)
+        except Exception as exc:  # missing or not Parquet: polars raises several types
+            raise StoreError(f"run '{self.folder}': cannot read logits/{split}.parquet ({type(exc).__name__}); "
+                             f"the run folder is incomplete or damaged") from None
+        if frame.columns[1:] != list(self.schema.names):
+            raise StoreError(f"run '{self.folder}': the columns of logits/{split}.parquet differ from labels.json "
+                             f"({', '.join(self.schema.names)}); the run folder is damaged")
         return frame["id"].to_list(), frame.select(list(self.schema.names)).to_numpy().astype(np.float32)
 
     def metrics(self) -> dict:
@@ -88,10 +110,14 @@ def read_run(ref: str | Path) -> Run:
     try:
         manifest = json.loads((folder / name).read_text(encoding="utf-8"))
         name = "config.yaml"
-        raw_config = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
+        raw_config = load_yaml((folder / name).read_text(encoding="utf-8"))
         name = "labels.json"
         schema = LabelSchema.read(folder / name)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # missing, undecodable or not JSON/YAML
         raise StoreError(f"run '{ref}': cannot read {name} ({exc}); the run folder is incomplete or damaged") from None
     config = parse_run_config(raw_config, str(folder / "config.yaml"))
+    recorded = manifest.get("data", {}).get("labels") if isinstance(manifest, dict) else None
+    if isinstance(recorded, list) and list(schema.names) != recorded:
+        raise StoreError(f"run '{ref}': labels.json ({', '.join(schema.names)}) differs from the labels the run "
+                         f"was trained on ({', '.join(map(str, recorded))}); the run folder is damaged")
     return Run(folder, manifest, config, schema)

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from emotion_core.data.semeval import LABELS as SEMEVAL_LABELS
-from emotion_core.predict import check_output_file, run_logits
-from emotion_core.store.base import atomic_write_text
+from emotion_core.predict import check_output_file, run_logits, write_output
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_p
 
     frame = pl.DataFrame({id_column: ids, **{name: predicted[:, names.index(name)].astype(np.int8) for name in columns}})
     out = Path(out_path)
-    atomic_write_text(out, frame.write_csv(separator=sep))
+    write_output(out, frame.write_csv(separator=sep))
     positives = {name: int(predicted[:, names.index(name)].sum()) for name in columns}
     log.info("wrote a %d-row submission of run %s to %s", len(ids), run.run_id, out)
     return {

@@ -202,7 +202,7 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
 @app.command("check-config")
 def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or config sets.")) -> None:
     """Validate configs without training; prints each resolved config name, family and model."""
-    from emotion_core.config import load_config_set, load_run_config
+    from emotion_core.config import load_config_set, load_run_config, load_yaml
     from emotion_core.errors import EmotionError
 
     import yaml
@@ -210,7 +210,7 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
     for path in paths:
         try:
             try:  # only to tell a set from a run config: the loaders below report what is wrong, naming the line
-                raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+                raw = load_yaml(path.read_text(encoding="utf-8")) if path.is_file() else None
             except (yaml.YAMLError, OSError, UnicodeDecodeError):
                 raw = None
             if isinstance(raw, dict) and "configs" in raw:

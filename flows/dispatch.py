@@ -50,6 +50,7 @@ from uuid import UUID
 
 import yaml
 
+from emotion_core.config import load_yaml
 from emotion_core.errors import ConfigError
 
 POOLS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "pools" / "pools.yaml"
@@ -58,7 +59,7 @@ POOLS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "pools" / 
 def load_pools(path: str | Path = POOLS_FILE) -> dict[str, dict]:
     """The work-pool spec (``deployments/pools/pools.yaml``): pool name -> type, limit, queues."""
     try:
-        pools = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        pools = load_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the work-pool spec: {exc}") from None
     if not isinstance(pools, dict) or not all(isinstance(v, dict) for v in pools.values()):

@@ -14,6 +14,8 @@ with PostgreSQL, and ``deployments/gpu_workers.py`` on each GPU machine).
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -28,6 +30,7 @@ from emotion_core.errors import EmotionError
 from emotion_core.settings import default_store_uri
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+logger = logging.getLogger(__name__)
 
 
 class StackError(EmotionError):
@@ -77,14 +80,40 @@ class Stack:
 
     def _start(self, name: str, argv: list[str]) -> int:
         pid_file = self.state_dir / f"{name}.pid"
-        if pid_file.exists() and _alive(int(pid_file.read_text())):
-            return int(pid_file.read_text())
+        pid = self._our_pid(name)
+        if pid is not None:
+            return pid
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / f"{name}.log", "ab")
         process = subprocess.Popen(argv, env=self.env(), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-        pid_file.write_text(str(process.pid))
+        # The start time identifies the process: a pid alone may name another process once ours has exited.
+        record = {"pid": process.pid, "started": _start_time(process.pid), "port": self.port, "argv": argv}
+        pid_file.write_text(json.dumps(record) + "\n")
         return process.pid
+
+    def _our_pid(self, name: str) -> int | None:
+        """The pid in ``<name>.pid`` if it is still the live process this stack (on this port) started, else None."""
+        pid_file = self.state_dir / f"{name}.pid"
+        try:
+            text = pid_file.read_text()
+        except OSError:
+            return None
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, int):  # an older stack wrote the bare pid: only its command line can tell
+            return record if _alive(record) and _legacy_match(record, name, self.port) else None
+        if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+            return None
+        pid = record["pid"]
+        if record.get("port") != self.port or not _alive(pid):
+            return None
+        started = _start_time(pid)
+        if started is None or not isinstance(record.get("started"), (int, float)) or abs(started - record["started"]) > 0.05:
+            return None
+        return pid
 
     def healthy(self) -> bool:
         try:
@@ -167,10 +196,13 @@ class Stack:
             pid_file = self.state_dir / f"{name}.pid"
             if not pid_file.exists():
                 continue
-            pid = int(pid_file.read_text())
-            if _alive(pid):
+            pid = self._our_pid(name)
+            if pid is not None:
                 _stop_group(pid)
                 stopped.append(f"{name} (pid {pid})")
+            else:  # gone, or the pid now names another process (or a stack on another port): never signal it
+                logger.warning("%s: %s does not name a process this stack started on port %d; left alone",
+                               name, pid_file, self.port)
             pid_file.unlink()
         return stopped
 
@@ -187,6 +219,32 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return True
+
+
+def _start_time(pid: int) -> float | None:
+    """The process's start time (seconds since the epoch), or None if it is gone."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+_LEGACY_MARKERS = {"server": ("server", "start"), "worker-orchestration": ("worker", "orchestration"),
+                   "workers-gpu": ("gpu_workers.py",)}
+
+
+def _legacy_match(pid: int, name: str, port: int) -> bool:
+    """A bare-pid file of an older stack: the process must still run the command ``up`` started (and port)."""
+    import psutil
+
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return False
+    markers = _LEGACY_MARKERS.get(name, (name,)) + (("--port", str(port)) if name == "server" else ())
+    return ("prefect" in cmdline or "gpu_workers.py" in cmdline) and all(m in cmdline for m in markers)
 
 
 def _stop_group(pid: int, grace_s: float = 20) -> None:

@@ -301,7 +301,82 @@ STORE_SAFETY_CASES = [
                                                                                                   "name: a..b")}),
 ]
 
-CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES
+# Issue 11, class 10 and 11: inputs that used to end in a traceback, a hang or a misleading message.
+def err_config(name: str, body: str, *expect: str) -> Case:
+    """``check-config`` on ``{tmp}/<name>.yaml`` holding ``body``."""
+    return Case(f"config-err-{name}", ("check-config", f"{{tmp}}/{name}.yaml"), (f"{name}.yaml", *expect),
+                files={f"{name}.yaml": body})
+
+
+FFNN = "name: x\nmodel: {family: ffnn}\n"
+FIFO = os.mkfifo  # a named pipe: opening it blocks until a writer comes
+LONG_TEXT = "x" * 1_000_001  # one character past emotion_core.data.delimited.MAX_FIELD_CHARS
+GOEMOTIONS_LABELS = {"ge/labels.txt": "joy\nanger\nfear\n"}
+
+ERROR_CASES = [
+    err_config("epochs-inf", FFNN + "training: {epochs: .inf}\n", "field 'training.epochs'", "finite number"),
+    err_config("learning-rate-nan", FFNN + "training: {learning_rate: .nan}\n", "field 'training.learning_rate'",
+               "finite number"),
+    err_config("validation-fraction-nan", FFNN + "data: {validation_fraction: .nan}\n",
+               "field 'data.validation_fraction'", "finite number"),
+    err_config("gpu-memory-inf", FFNN + "resources: {gpu_memory_gb: .inf}\n", "field 'resources.gpu_memory_gb'",
+               "finite number"),
+    err_config("loss-weight-nan", FFNN + "training: {loss: {kind: combined, weights: {bce: .nan}}}\n",
+               "field 'training.loss.weights.bce'", "finite number"),
+    err_config("seed-too-large", FFNN + "training: {seed: 4294967296}\n", "field 'training.seed'",
+               "less than 4294967296"),
+    err_config("seed-negative", FFNN + "data: {seed: -1}\n", "field 'data.seed'", "greater than or equal to 0"),
+    err_config("explain-seed-huge", FFNN + "explain: {seed: 100000000000000000000}\n", "field 'explain.seed'"),
+    err_config("hidden-size-absurd", "name: x\nmodel: {family: ffnn, hidden_size: 1000000000000}\n",
+               "field 'model.hidden_size'", "less than or equal to 65536"),
+    err_config("duplicate-key", FFNN + "training:\n  epochs: 1\ntraining:\n  batch_size: 4\n",
+               "line 5, column 1 invalid YAML: duplicate key 'training' (first at line 3)"),
+    err_config("duplicate-nested-key", FFNN + "training:\n  epochs: 1\n  epochs: 3\n",
+               "line 5, column 3 invalid YAML: duplicate key 'epochs' (first at line 4)"),
+    err_config("set-duplicate-key", "name: s\nconfigs: [a.yaml]\nreport: {seed: 1}\nreport: {bootstrap_samples: 200}\n",
+               "line 4, column 1 invalid YAML: duplicate key 'report' (first at line 3)"),
+    err_config("set-margin-nan", "name: s\nconfigs: [a.yaml]\nreport: {champion: {margin: .nan}}\n",
+               "field 'report.champion.margin'", "finite number"),
+    Case("config-err-is-a-folder", ("check-config", "{tmp}/configs"), ("configs: is a folder, not a config file",),
+         files={"configs/.keep": ""}),
+    Case("config-err-fifo", ("check-config", "{tmp}/pipe.yaml"), ("pipe.yaml: is a FIFO (named pipe), not a config file",),
+         files={"pipe.yaml": FIFO}),
+    Case("cli-err-train-config-is-a-folder", ("train", "{tmp}/configs"), ("configs: is a folder, not a config file",),
+         files={"configs/.keep": ""}),
+    Case("cli-err-train-config-fifo", ("train", "{tmp}/pipe.yaml"), ("pipe.yaml: is a FIFO (named pipe), not a config file",),
+         files={"pipe.yaml": FIFO}),
+    Case("cli-err-predict-out-unwritable", ("predict", "{run}", "{tmp}/good.csv", "--out", "/proc/emotion-corpus/p.csv"),
+         ("/proc/emotion-corpus/p.csv: cannot write the file", "nothing was written"), files=GOOD_TEXTS, needs_run=True),
+    Case("cli-err-submit-out-unwritable", ("submit", "{run}", "--out", "/proc/emotion-corpus/s.csv", "--no-calibrated",
+                                           "--data", "{tmp}/good.csv"),
+         ("/proc/emotion-corpus/s.csv: cannot write the file", "nothing was written"), files=GOOD_TEXTS, needs_run=True),
+    Case("store-err-publish-unwritable", ("publish", "{tmp}/done-run", "--store", "/proc"),
+         ("store file:///proc: publishing run done-run failed", "nothing was published"), files=COMPLETE),
+    predict("err-fifo.csv", "is a FIFO (named pipe), not a data file", data="{tmp}/err-fifo.csv",
+            files={"err-fifo.csv": FIFO}),
+    predict("err-folder", "is a folder, not a data file", data="{tmp}/err-folder", files={"err-folder/.keep": ""}),
+    predict("err-long-field.csv", "row 2: a field is longer than 1000000 characters", data="{tmp}/err-long-field.csv",
+            files={"err-long-field.csv": f"id,text\na,short\nb,{LONG_TEXT}\n"}),
+    predict("err-unclosed-quote.csv", "row 2: a field is longer than 1000000 characters",
+            "from line 3: an unclosed quote", data="{tmp}/err-unclosed-quote.csv",
+            files={"err-unclosed-quote.csv": 'id,text\na,fine\nb,"never closed\n' + "c,more text\n" * 100_000}),
+    train("err-goemotions-fullwidth-digit", {"dataset": "goemotions", "path": "{tmp}/ge"},
+          "train.tsv, row 2, column 'labels': label id '３' is not an integer",
+          files={**GOEMOTIONS_LABELS, "ge/train.tsv": "glad\t0\tc1\nhm\t３\tc2\nugh\t1\tc3\n"}),
+    train("err-goemotions-arabic-indic-digit", {"dataset": "goemotions", "path": "{tmp}/ge"},
+          "train.tsv, row 1, column 'labels': label id '٣' is not an integer",
+          files={**GOEMOTIONS_LABELS, "ge/train.tsv": "glad\t1,٣\tc1\nhm\t2\tc2\n"}),
+    train("err-parquet-list-labels", {"dataset": "tabular", "path": "{tmp}/list.parquet"},
+          "list.parquet, column 'joy': the label column holds List(Int64) values, not 0/1",
+          files={"list.parquet": parquet({"text": ["glad", "mad"], "joy": [[1], [0]], "anger": [0, 1]})}),
+    train("err-long-field", {"dataset": "tabular", "path": "{tmp}/long.csv"},
+          "long.csv, row 2: a field is longer than 1000000 characters",
+          files={"long.csv": f"text,joy\nshort,1\n{LONG_TEXT},0\n"}),
+    train("err-data-fifo", {"dataset": "tabular", "path": "{tmp}/pipe.csv"},
+          "pipe.csv: is a FIFO (named pipe), not a data file", files={"pipe.csv": FIFO}),
+]
+
+CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES + ERROR_CASES
 
 
 def closed_port() -> int:

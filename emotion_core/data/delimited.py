@@ -27,8 +27,11 @@ import polars as pl
 
 from emotion_core.data.source import ROW, Problem
 from emotion_core.errors import DataError
+from emotion_core.files import not_regular
 
 _ESCAPED = re.compile("[\udc80-\udcff]")
+MAX_FIELD_CHARS = 1_000_000
+"""Longest field (text) a delimited file may hold; csv's own default (131,072) is lower than some real texts."""
 
 
 @dataclass
@@ -43,6 +46,19 @@ class Delimited:
     rows_read: int
     """Data rows in the file, malformed ones included."""
     problems: list[Problem] = field(default_factory=list)
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of a data file; a ``DataError`` naming it if it is not a regular file or cannot be read."""
+    try:
+        kind = not_regular(path)  # checked before opening: open() on a FIFO blocks until a writer comes
+        if kind:
+            raise DataError(f"is {kind}, not a data file", file=str(path))
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DataError("file not found", file=str(path)) from None
+    except OSError as exc:
+        raise DataError(f"cannot read the file ({exc.strerror or exc})", file=str(path)) from None
 
 
 def separator_for(path: Path, first_line: str) -> str:
@@ -73,16 +89,31 @@ def _records(text: str, file: str, sep: str, quoted: bool, has_header: bool) -> 
         strict=False,
     )
     records: list[list[str]] = []
+    last_line = 0  # the source line the previous record ended on
+    limit = csv.field_size_limit(MAX_FIELD_CHARS)
     try:
         for record in reader:
             records.append(record)
+            last_line = reader.line_num
     except csv.Error as exc:
         row = len(records) + 1 - int(has_header)
-        hint = " (an unclosed quote?)" if "field larger" in str(exc) else ""
-        raise DataError(f"malformed line: {exc}{hint}", file=file, row=row if row > 0 else None) from None
+        raise DataError(_csv_problem(exc, reader.line_num - last_line, last_line + 1), file=file,
+                        row=row if row > 0 else None) from None
+    finally:
+        csv.field_size_limit(limit)
     while records and not records[-1]:
         records.pop()
     return records
+
+
+def _csv_problem(exc: csv.Error, lines: int, first_line: int) -> str:
+    """Word a csv error; a field past the size limit is either a long text or an unclosed quote joining lines."""
+    if "field larger" not in str(exc):
+        return f"malformed line: {exc}"
+    long = f"a field is longer than {MAX_FIELD_CHARS} characters (the most one field may hold)"
+    if lines > 1:
+        return f"{long}; it runs over {lines} lines from line {first_line}: an unclosed quote (\") there?"
+    return long
 
 
 def _undecodable(data: bytes, exc: UnicodeDecodeError, file: str, sep: str, quoted: bool,

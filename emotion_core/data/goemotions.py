@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from emotion_core.data.delimited import decode, parse_delimited
+from emotion_core.data.delimited import decode, parse_delimited, read_file
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, Problem, RawFile, SourceData
 from emotion_core.errors import DataError
@@ -40,7 +40,7 @@ LABEL_FILES = ("labels.txt", "emotions.txt")
 
 def read_label_names(path: Path, hasher: DataHasher) -> LabelSchema:
     """One label name a line (trailing blank lines ignored; a blank line inside is an error)."""
-    data = path.read_bytes()
+    data = read_file(path)
     hasher.add_bytes("labels", data)
     lines = decode(data, str(path)).replace("\r\n", "\n").split("\n")
     while lines and not lines[-1].strip():
@@ -65,7 +65,8 @@ def parse_label_ids(frame: pl.DataFrame, schema: LabelSchema, file: str, labels_
         .explode("part")
         .with_columns(pl.col("part").str.strip_chars())
         .with_columns(
-            pl.when(pl.col("part").str.contains(r"^\d{1,9}$")).then(pl.col("part").cast(pl.Int64)).alias("label")
+            # ASCII digits only: polars' \d also matches "３" or "٣", which the cast then refuses (a traceback).
+            pl.when(pl.col("part").str.contains(r"^[0-9]{1,9}$")).then(pl.col("part").cast(pl.Int64)).alias("label")
         )
     )
     ok = parts["label"].is_not_null() & (parts["label"] < size)
@@ -76,7 +77,7 @@ def parse_label_ids(frame: pl.DataFrame, schema: LabelSchema, file: str, labels_
     bad = parts.filter(~ok).unique(subset="i", keep="first", maintain_order=True)
     for i, part, label in bad.iter_rows():
         if label is None:
-            reason = f"label id {part!r} is not an integer (expected comma-separated ids 0-{size - 1})"
+            reason = f"label id {part!r} is not an integer (expected comma-separated ids 0-{size - 1}, ASCII digits)"
         else:
             reason = f"label id {label} is beyond the {size} labels of {labels_file} (ids 0-{size - 1})"
         problems.append(Problem(file, rows[i], "labels", reason))
@@ -84,7 +85,7 @@ def parse_label_ids(frame: pl.DataFrame, schema: LabelSchema, file: str, labels_
 
 
 def read_goemotions_file(path: Path, role: str, schema: LabelSchema, labels_file: str, hasher: DataHasher) -> RawFile:
-    data = path.read_bytes()
+    data = read_file(path)
     hasher.add_bytes(role, data)
     parsed = parse_delimited(data, file=str(path), sep="\t", quoted=True, names=COLUMNS)
     labels, problems = parse_label_ids(parsed.frame, schema, parsed.file, labels_file)

@@ -26,14 +26,14 @@ from pathlib import Path
 import polars as pl
 
 from emotion_core.data import goemotions, semeval
-from emotion_core.data.delimited import first_line, parse_delimited, separator_for
+from emotion_core.data.delimited import first_line, parse_delimited, read_file, separator_for
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, RawFile
 from emotion_core.data.tabular import ROW_ID, read_table, require_text
 from emotion_core.data.validate import check_rows
 from emotion_core.errors import DataError
 
-_LABEL_IDS = re.compile(r"\s*\d+(\s*,\s*\d+)*\s*")
+_LABEL_IDS = re.compile(r"\s*[0-9]+(\s*,\s*[0-9]+)*\s*")  # ASCII only: \d also matches "３"
 
 
 def detect_format(path: Path, data: bytes) -> str:
@@ -56,9 +56,9 @@ def read_prediction_input(
     """Read texts to predict; returns ``(id_column_name, ids, texts)``."""
     path = Path(path)
     file = str(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError("prediction input file not found", file=file)
-    data = path.read_bytes()
+    data = read_file(path)
     kind = detect_format(path, data)
     if kind == "goemotions":
         parsed = parse_delimited(data, file=file, sep="\t", quoted=True, names=goemotions.COLUMNS)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from emotion_core.data.delimited import first_line, parse_delimited, separator_for
+from emotion_core.data.delimited import first_line, parse_delimited, read_file, separator_for
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, RawFile, SourceData
 from emotion_core.data.validate import all_none, binary_label_matrix
@@ -58,7 +58,7 @@ def check_columns(columns: list[str], file: str, *, labels_optional: bool) -> bo
 
 
 def read_semeval_file(path: Path, role: str, hasher: DataHasher) -> RawFile:
-    data = path.read_bytes()
+    data = read_file(path)
     hasher.add_bytes(role, data)
     sep = separator_for(path, first_line(data))
     # The official TSVs are not CSV-quoted (a tweet may start with a quote); Kaggle CSVs are.

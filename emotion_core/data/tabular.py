@@ -25,7 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from emotion_core.config import DataConfig
-from emotion_core.data.delimited import first_line, parse_delimited, separator_for
+from emotion_core.data.delimited import first_line, parse_delimited, read_file, separator_for
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, RawFile, SourceData
 from emotion_core.data.validate import binary_label_matrix
@@ -41,7 +41,7 @@ RESERVED = ("id", "text", "split")
 
 def read_table(path: Path, role: str, hasher: DataHasher) -> tuple[pl.DataFrame, list[str], int, list]:
     """Any supported file -> (frame with ``ROW``, column names, rows read, row problems)."""
-    data = path.read_bytes()
+    data = read_file(path)
     hasher.add_bytes(role, data)
     if path.suffix.lower() == ".parquet":
         try:

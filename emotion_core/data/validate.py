@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from emotion_core.data.source import ROW, Problem, RawFile
+from emotion_core.errors import DataError
 
 
 def empty_value_problems(raw: RawFile) -> list[Problem]:
@@ -113,6 +114,7 @@ def binary_label_matrix(
     found: dict[int, Problem] = {}
     for j, column in enumerate(columns):
         values = frame[column]
+        _require_scalar_labels(values, file)
         if values.dtype == pl.Boolean:
             ok = values.is_not_null()
             positive = values.fill_null(False)
@@ -136,6 +138,14 @@ def binary_label_matrix(
                 reason = f"label value {value!r} is not 0 or 1{hint.format(column=column)}"
             found[int(rows[i])] = Problem(file, int(rows[i]), column, reason)
     return matrix, list(found.values())
+
+
+def _require_scalar_labels(values: pl.Series, file: str) -> None:
+    """A label column holds one 0/1 value a row: a Parquet list or struct column is a file-level error."""
+    dtype = values.dtype
+    if dtype.is_nested() or dtype == pl.Object or dtype.is_temporal() or dtype == pl.Binary:
+        raise DataError(f"the label column holds {dtype} values, not 0/1 (one 0/1 column per label)",
+                        file=file, column=values.name)
 
 
 def all_none(frame: pl.DataFrame, columns: list[str]) -> bool:

@@ -43,6 +43,16 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
 
+def _reason(exc: OSError) -> str:
+    """One line for a failed write; ``shutil.copytree`` collects a (source, target, reason) per file that failed."""
+    errors = exc.args[0] if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) else None
+    if errors:
+        source, _, why = errors[0]
+        more = f", and {len(errors) - 1} more file(s)" if len(errors) > 1 else ""
+        return f"{why} while copying {source}{more}"
+    return exc.strerror or str(exc)
+
+
 class LocalStore:
     """Runs and reports under one local folder."""
 
@@ -61,7 +71,10 @@ class LocalStore:
     def staging(self, name: str) -> Path:
         """A fresh, private folder to write a run or report into before publishing it."""
         folder = self.root / ".staging" / staging_name(RunId.parse(name, "staging name"))
-        folder.mkdir(parents=True)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:  # a read-only store, a full disk, a store path that is not a folder
+            raise StoreError(f"store {self.uri}: cannot write a staging folder ({exc.strerror or exc})") from None
         return folder
 
     def _own_staging(self, folder: Path) -> bool:
@@ -73,8 +86,16 @@ class LocalStore:
         The store's own staging folder is renamed into place; any other folder (the user's) is copied
         into the store's staging first and left untouched. The files are verified against the manifest
         before the final rename. Publishing the same run again changes nothing; a different run under
-        an existing id raises ``RunIdConflict``. Publishing a store's own run into it is a no-op.
+        an existing id raises ``RunIdConflict``. Publishing a store's own run into it is a no-op. A write
+        that fails (full disk, read-only store) is a ``StoreError``: nothing is published.
         """
+        try:
+            return self._publish(staging, run_id)
+        except OSError as exc:
+            raise StoreError(f"store {self.uri}: publishing run {run_id} failed ({_reason(exc)}); "
+                             f"nothing was published") from None
+
+    def _publish(self, staging: Path, run_id: str) -> str:
         run_id = RunId.parse(run_id)
         staging = Path(staging)
         where = f"run {run_id} ({staging})"
@@ -98,7 +119,7 @@ class LocalStore:
             except OSError as exc:
                 self.discard(copy)
                 raise StoreError(f"store {self.uri}: copying run {run_id} from {staging} failed "
-                                 f"({exc.strerror or exc})") from None
+                                 f"({_reason(exc)})") from None
             staging = copy
         try:
             verify_run(staging, where)  # what is renamed into place is exactly what the manifest lists

@@ -32,9 +32,10 @@ def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, ex
     finally:
         for name in ("worker-orchestration", "workers-gpu"):
             pid_file = stack.state_dir / f"{name}.pid"
-            if pid_file.exists():
-                _stop_group(int(pid_file.read_text()))
-                pid_file.unlink()
+            pid = stack._our_pid(name)  # the pid file holds the pid and its start time (flows.stack)
+            if pid is not None:
+                _stop_group(pid)
+            pid_file.unlink(missing_ok=True)
         stack.extra_env.clear()
         stack.extra_env.update(saved_env)
         stack.cpu_workers = saved_workers
