@@ -120,7 +120,7 @@ def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
             data: Path = typer.Argument(..., help="CSV/TSV/Parquet, GoEmotions TSV or SemEval E-c file."),
             out_path: Path = typer.Option(..., "--out", help="CSV to write."),
             text_column: Optional[str] = typer.Option(None, help="Text column (tabular files; default 'text')."),
-            id_column: Optional[str] = typer.Option(None, help="Id column to copy (default: the format's, else row numbers)."),
+            id_column: Optional[str] = typer.Option(None, help="Id column to copy (default: the format's, else a column named id, else row numbers)."),
             batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
     """Predict labels (at the run's tuned thresholds) and probabilities for a data file."""
     from emotion_core.predict import predict_file
@@ -134,13 +134,16 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
            out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
            data: Optional[Path] = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split (SemEval E-c)."),
            calibrated: bool = typer.Option(True, help="Temperature-scaled probabilities and re-tuned thresholds (as in the report)."),
+           text_column: Optional[str] = typer.Option(None, help="Text column of --data (tabular files; default 'text')."),
+           id_column: Optional[str] = typer.Option(None, help="Id column of --data (default: the format's, else a column named id, else row numbers)."),
            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
     """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds."""
     from emotion_core.submission import submit_run
 
     def go():
         try:
-            return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size)
+            return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size,
+                              text_column=text_column, id_column=id_column)
         except ValueError as exc:  # rows that cannot be written (duplicate ids, a label named like the id column)
             from emotion_core.errors import DataError
 
