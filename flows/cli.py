@@ -83,7 +83,10 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
     def go():
         from emotion_core.config import load_run_config
         from emotion_core.models import preflight
+        from emotion_core.settings import default_store_uri
+        from emotion_core.store.uris import check_uri
 
+        check_uri(store or default_store_uri(), "store")  # a URI with a secret never becomes a flow-run parameter
         preflight.check(load_run_config(config, overrides), str(config))  # in a second, before Prefect starts
         from flows.train_model import train_model
 
@@ -104,8 +107,11 @@ def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g.
     overrides = _run(parse_overrides, set_)
 
     def go():
+        from emotion_core.settings import default_store_uri
+        from emotion_core.store.uris import check_uri
         from flows.train_all import train_all as flow
 
+        check_uri(store or default_store_uri(), "store")  # a URI with a secret never becomes a flow-run parameter
         _console_without_user_tracebacks()
         return flow(config_set=str(config_set), store=store, overrides=overrides)
 
