@@ -1,7 +1,7 @@
 """The one writer of user-named output files (``--out``): never replaces what the user did not mean.
 
 Refused with a ``DataError`` naming the path: a target that exists and is not a regular file (a
-symlink, even to a regular file; a FIFO, device, socket or folder), a target that is one of the
+symlink, even to a regular file; a FIFO, device, socket or folder) or is read-only, a target that is one of the
 command's inputs (same file, also through a hard link), a target inside an input folder (a run is
 never written into), and a folder that cannot be written. The write is a temporary file in the
 target's folder, fsynced, then renamed over the target: readers see the old file or the new one.
@@ -48,7 +48,7 @@ def check_output_file(out_path: str | Path, inputs: Iterable[str | Path] = ()) -
     out = Path(out_path)
     try:
         mode = out.lstat().st_mode  # lstat: a symlink is judged itself, not by what it points to
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new file, or one under a file (reported below)
         mode = None
     except OSError as exc:
         raise DataError(f"cannot write here: {exc.strerror}", file=str(out)) from None
@@ -57,6 +57,8 @@ def check_output_file(out_path: str | Path, inputs: Iterable[str | Path] = ()) -
     if mode is not None and not stat.S_ISREG(mode):
         raise DataError(f"--out is {_kind(mode)}; it is not replaced: give the path of a regular file "
                         "(or a new one)", file=str(out))
+    if mode is not None and not os.access(out, os.W_OK):  # read-only: the user protected it (never true for root)
+        raise DataError("--out is read-only; it is not replaced: give another path or make it writable", file=str(out))
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise DataError(f"cannot write here: {parent} is a file, not a folder", file=str(out))
