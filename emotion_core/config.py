@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from emotion_core.errors import ConfigError
 from emotion_core.files import not_regular
@@ -66,6 +66,26 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def load_yaml(text: str):
     """Parse YAML text like ``yaml.safe_load``, refusing duplicate keys (every config and set is read through it)."""
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def _remote_code_allowed(cls, value: bool, info: ValidationInfo) -> bool:
+    """``trust_remote_code: true`` only for a hub id listed in ``$EMOTION_TRUSTED_REMOTE_CODE``.
+
+    Remote code is Python run at load time: never from a local folder or an artefact (a run folder
+    anyone in the team can write), only from a repository someone vetted and named in the settings.
+    """
+    if not value:
+        return value
+    from emotion_core.settings import TRUSTED_REMOTE_CODE_ENV, trusted_remote_code
+
+    model = str(info.data.get("model", ""))
+    hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).expanduser().exists()
+    if not hub_id:
+        raise ValueError(f"true is allowed only for a hub id (org/model), never for the local folder or alias '{model}'")
+    if model not in trusted_remote_code():
+        raise ValueError(f"true runs Python code from the hub repository '{model}'; allowed only for hub ids listed "
+                         f"in ${TRUSTED_REMOTE_CODE_ENV} (comma-separated), and '{model}' is not listed")
+    return value
 
 
 class DataConfig(_Strict):
@@ -169,7 +189,9 @@ class EncoderConfig(_Strict):
     max_length: int = Field(64, gt=0, le=8192)
     """Tokens kept per text (GoEmotions: mean 19, p95 34)."""
     trust_remote_code: bool = False
-    """Allow model code from the hub. Off by default: only enable for a repository you trust."""
+    """Allow the hub repository's own model code in training; only for hub ids in $EMOTION_TRUSTED_REMOTE_CODE."""
+
+    _remote_code = field_validator("trust_remote_code")(_remote_code_allowed)
     adapter: AdapterConfig | None = None
     """Train adapters (LoRA, IA3, QLoRA) instead of every weight; unset: full fine-tune."""
 
@@ -190,7 +212,9 @@ class DecoderConfig(_Strict):
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, ~30 % slower."""
     trust_remote_code: bool = False
-    """Allow model code from the hub. Off by default: only enable for a repository you trust."""
+    """Allow the hub repository's own model code in training; only for hub ids in $EMOTION_TRUSTED_REMOTE_CODE."""
+
+    _remote_code = field_validator("trust_remote_code")(_remote_code_allowed)
 
 
 class ZeroShotConfig(_Strict):
@@ -211,7 +235,9 @@ class ZeroShotConfig(_Strict):
     max_length: int = Field(512, gt=0, le=32768)
     """Tokens kept per prompt (truncated from the text, never from the question)."""
     trust_remote_code: bool = False
-    """Allow model code from the hub. Off by default: only enable for a repository you trust."""
+    """Allow the hub repository's own model code in training; only for hub ids in $EMOTION_TRUSTED_REMOTE_CODE."""
+
+    _remote_code = field_validator("trust_remote_code")(_remote_code_allowed)
 
     @field_validator("template")
     @classmethod

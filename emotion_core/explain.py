@@ -290,7 +290,7 @@ def _run_tokenizer(folder: Path):
         return None  # no tokenizer (FFNN): words
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(tokenizer_dir)
+    return AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)  # never a run's code
 
 
 def explain_run(run_folder_or_family, texts: Sequence[str], ids: Sequence[str], label_names: Sequence[str] | None,

@@ -1,7 +1,8 @@
 """Predict with a published run: a data file in, a CSV of 0/1 labels and probabilities out.
 
 Output columns: the input's id column, then one 0/1 column per label (at the run's tuned
-thresholds), then ``<label>_prob`` for each label. Written atomically (temporary file + rename).
+thresholds), then ``<label>_prob`` for each label. Written by ``outputs.write_output_atomically``
+(temporary file + fsync + rename; never over a symlink, device, FIFO or an input).
 """
 
 from __future__ import annotations
@@ -12,31 +13,13 @@ from pathlib import Path
 import polars as pl
 
 from emotion_core.data import read_prediction_input
-from emotion_core.errors import DataError, EmotionError, StoreError
+from emotion_core.errors import EmotionError, StoreError
+from emotion_core.outputs import check_output_file, write_output_atomically
 from emotion_core.runs import read_run
-from emotion_core.store.base import atomic_write_text
+
+__all__ = ["check_output_file", "predict_file", "run_logits"]
 
 log = logging.getLogger(__name__)
-
-
-def check_output_file(out_path: str | Path) -> Path:
-    """``out_path`` as a file that can be written (missing parent folders are created on write); a
-    ``DataError`` naming it otherwise. Called before any prediction work, so a typo fails in a second."""
-    out = Path(out_path)
-    if out.is_dir():
-        raise DataError("--out is a folder; give the path of the CSV file to write", file=str(out))
-    parent = next((p for p in out.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise DataError(f"cannot write here: {parent} is a file, not a folder", file=str(out))
-    return out
-
-
-def write_output(out: Path, text: str) -> None:
-    """Write ``text`` to ``--out`` atomically; a full disk or an unwritable place is a ``DataError`` naming the file."""
-    try:
-        atomic_write_text(out, text)
-    except OSError as exc:  # atomic_write_text has removed its temporary file: nothing is half-written
-        raise DataError(f"cannot write the file ({exc.strerror or exc}); nothing was written", file=str(out)) from None
 
 
 def run_logits(run, texts, batch_size: int = 128):
@@ -64,7 +47,7 @@ def run_logits(run, texts, batch_size: int = 128):
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
                  id_column: str | None = None, batch_size: int = 128) -> Path:
     """Write predictions of ``run_ref`` for ``data_path`` to ``out_path``; return the output path."""
-    out = check_output_file(out_path)
+    out = check_output_file(out_path, [data_path])
     run = read_run(run_ref)
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
     # Heavy imports (torch, scikit-learn) only once the inputs are known to be good.
@@ -81,6 +64,6 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
         **{name: predicted[:, i].astype("int8") for i, name in enumerate(names)},
         **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
     })
-    write_output(out, frame.write_csv())
+    write_output_atomically(out, frame.write_csv(), [data_path, run.folder])
     log.info("wrote %d predictions of run %s to %s", len(ids), run.run_id, out)
     return out

@@ -115,9 +115,20 @@ def read_run(ref: str | Path) -> Run:
         schema = LabelSchema.read(folder / name)
     except (OSError, ValueError, yaml.YAMLError) as exc:  # missing, undecodable or not JSON/YAML
         raise StoreError(f"run '{ref}': cannot read {name} ({exc}); the run folder is incomplete or damaged") from None
+    refuse_remote_code(raw_config, f"run '{ref}'")
     config = parse_run_config(raw_config, str(folder / "config.yaml"))
     recorded = manifest.get("data", {}).get("labels") if isinstance(manifest, dict) else None
     if isinstance(recorded, list) and list(schema.names) != recorded:
         raise StoreError(f"run '{ref}': labels.json ({', '.join(schema.names)}) differs from the labels the run "
                          f"was trained on ({', '.join(map(str, recorded))}); the run folder is damaged")
     return Run(folder, manifest, config, schema)
+
+
+def refuse_remote_code(raw_config, where: str) -> None:
+    """``StoreError`` if a run's config asks for ``model.trust_remote_code``: loading a run never executes
+    code from it (a store is shared by a team; its files are input, not code), whatever the settings say."""
+    model = raw_config.get("model") if isinstance(raw_config, dict) else None
+    value = model.get("trust_remote_code") if isinstance(model, dict) else None
+    if value not in (None, False):
+        raise StoreError(f"{where}: config.yaml field 'model.trust_remote_code' is {value!r}; a run is never loaded "
+                         "with remote code (it would run Python from the run's files); retrain without it")

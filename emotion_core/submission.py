@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from emotion_core.data.semeval import LABELS as SEMEVAL_LABELS
-from emotion_core.predict import check_output_file, run_logits, write_output
+from emotion_core.outputs import check_output_file, write_output_atomically
+from emotion_core.predict import run_logits
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ def per_label(values: Any, names: Sequence[str], what: str) -> np.ndarray:
 
 def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_path: str | Path,
                      thresholds: Any = None, id_column: str = "ID", *, temperatures: Any = None,
-                     logits: np.ndarray | None = None, batch_size: int = 128, sep: str = ",") -> dict:
+                     logits: np.ndarray | None = None, batch_size: int = 128, sep: str = ",",
+                     inputs: Sequence[str | Path] = ()) -> dict:
     """Write the submission of ``run`` (a ``Run``, run folder or URI) for ``texts`` identified by ``ids``.
+
+    ``inputs``: files the output must never replace (the run's folder is always one).
 
     ``logits``: (n, L) in the run's label order, instead of predicting ``texts`` (then ``texts`` may
     be None). Returns ``{"path", "rows", "columns", "positives" ({label: rows predicted 1}),
@@ -86,8 +90,7 @@ def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_p
     import polars as pl
 
     frame = pl.DataFrame({id_column: ids, **{name: predicted[:, names.index(name)].astype(np.int8) for name in columns}})
-    out = Path(out_path)
-    write_output(out, frame.write_csv(separator=sep))
+    out = write_output_atomically(out_path, frame.write_csv(separator=sep), [*inputs, run.folder])
     positives = {name: int(predicted[:, names.index(name)].sum()) for name in columns}
     log.info("wrote a %d-row submission of run %s to %s", len(ids), run.run_id, out)
     return {
@@ -124,20 +127,21 @@ def submission_from_file(run, data_path: str | Path, out_path: str | Path, *, th
 
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
     return write_submission(run, texts, ids, out_path, thresholds, id_name, temperatures=temperatures,
-                            batch_size=batch_size, sep=sep)
+                            batch_size=batch_size, sep=sep, inputs=[data_path])
 
 
 def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = None, calibrated: bool = True,
-               batch_size: int = 128) -> dict:
+               batch_size: int = 128, text_column: str | None = None, id_column: str | None = None) -> dict:
     """The submission of a chosen run, at its calibrated thresholds by default.
 
     ``calibrated``: per-label temperatures fitted on the run's validation logits and thresholds re-tuned
     on the calibrated validation probabilities (``calibration.calibrate_run``, the same numbers as the
     comparison report); off: the run's own thresholds. Rows: ``data_path`` (any prediction input file),
-    else the unlabelled ``predict`` split of the run's dataset (SemEval E-c's test file). Returns
+    else the unlabelled ``predict`` split of the run's dataset (SemEval E-c's test file); ``text_column`` and
+    ``id_column`` apply to ``data_path`` (as in ``read_prediction_input``). Returns
     ``write_submission``'s dict plus ``calibrated``.
     """
-    check_output_file(out_path)  # before reading, calibrating or predicting anything
+    check_output_file(out_path, [data_path] if data_path is not None else [])  # before any reading or predicting
     from emotion_core.analysis import DataCache, run_data
     from emotion_core.calibration import calibrate_run
     from emotion_core.errors import DataError
@@ -153,7 +157,7 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
         thresholds, temperatures = calibration["thresholds"], calibration["temperatures"]
     if data_path is not None:
         result = submission_from_file(run, data_path, out_path, thresholds=thresholds, temperatures=temperatures,
-                                      batch_size=batch_size)
+                                      text_column=text_column, id_column=id_column, batch_size=batch_size)
     else:
         rows = data.split("predict")
         if rows.height == 0:

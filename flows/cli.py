@@ -83,7 +83,10 @@ def train(config: Path = typer.Argument(..., help="Run config YAML."),
     def go():
         from emotion_core.config import load_run_config
         from emotion_core.models import preflight
+        from emotion_core.settings import default_store_uri
+        from emotion_core.store.uris import check_uri
 
+        check_uri(store or default_store_uri(), "store")  # a URI with a secret never becomes a flow-run parameter
         if run_id is not None:
             _check_new_run_id(run_id, store)
         preflight.check(load_run_config(config, overrides), str(config))  # in a second, before Prefect starts
@@ -124,8 +127,11 @@ def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g.
     overrides = _run(parse_overrides, set_)
 
     def go():
+        from emotion_core.settings import default_store_uri
+        from emotion_core.store.uris import check_uri
         from flows.train_all import train_all as flow
 
+        check_uri(store or default_store_uri(), "store")  # a URI with a secret never becomes a flow-run parameter
         _console_without_user_tracebacks()
         return flow(config_set=str(config_set), store=store, overrides=overrides)
 
@@ -140,7 +146,7 @@ def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
             data: Path = typer.Argument(..., help="CSV/TSV/Parquet, GoEmotions TSV or SemEval E-c file."),
             out_path: Path = typer.Option(..., "--out", help="CSV to write."),
             text_column: Optional[str] = typer.Option(None, help="Text column (tabular files; default 'text')."),
-            id_column: Optional[str] = typer.Option(None, help="Id column to copy (default: the format's, else row numbers)."),
+            id_column: Optional[str] = typer.Option(None, help="Id column to copy (default: the format's, else a column named id, else row numbers)."),
             batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
     """Predict labels (at the run's tuned thresholds) and probabilities for a data file."""
     from emotion_core.predict import predict_file
@@ -154,13 +160,16 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
            out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
            data: Optional[Path] = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split (SemEval E-c)."),
            calibrated: bool = typer.Option(True, help="Temperature-scaled probabilities and re-tuned thresholds (as in the report)."),
+           text_column: Optional[str] = typer.Option(None, help="Text column of --data (tabular files; default 'text')."),
+           id_column: Optional[str] = typer.Option(None, help="Id column of --data (default: the format's, else a column named id, else row numbers)."),
            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
     """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds."""
     from emotion_core.submission import submit_run
 
     def go():
         try:
-            return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size)
+            return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size,
+                              text_column=text_column, id_column=id_column)
         except ValueError as exc:  # rows that cannot be written (duplicate ids, a label named like the id column)
             from emotion_core.errors import DataError
 

@@ -38,6 +38,7 @@ from emotion_core.config import deep_merge, load_config_set
 from emotion_core.errors import RunFailed
 from emotion_core.models import preflight
 from emotion_core.settings import default_store_uri
+from emotion_core.store.uris import check_uri
 from flows.dispatch import (cancel_children_of, child_run_id, default_heartbeat_timeout_s, queue_capacities, queue_for,
                             start_children, wait_for_children)
 from flows.train_model import train_model
@@ -65,8 +66,8 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
     silence after which a RUNNING child counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``;
     0: never).
     """
+    store = check_uri(store or default_store_uri(), "store")  # the CLI refuses it before the flow run exists
     logger = get_run_logger()
-    store = store or default_store_uri()
     overrides = deep_merge(overrides or {}, {"data": {"dataset": dataset}} if dataset else {})
     spec, entries = load_config_set(config_set, overrides)  # every config validated before any training
     for entry in entries:  # architecture, bitsandbytes, GPU memory: before anything is dispatched

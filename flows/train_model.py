@@ -14,6 +14,7 @@ from prefect import flow, runtime
 from emotion_core.config import load_run_config
 from emotion_core.settings import default_store_uri
 from emotion_core.store import RunId
+from emotion_core.store.uris import check_uri
 from tasks.training import publish_run, train_config
 
 
@@ -35,10 +36,10 @@ def train_model(config: str, store: str | None = None, overrides: dict[str, Any]
     ``run_id``: set by ``train-all`` so it can find the run again; ``publish_retries``: attempts after
     the first to publish when the store is unreachable (delays 10 s, 20 s, 40 s, ...).
     """
+    store = check_uri(store or default_store_uri(), "store")  # the CLI refuses it before the flow run exists
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
     cfg = load_run_config(config, overrides)
-    store = store or default_store_uri()
     staging, run_id = train_config(cfg, store, run_id)
     publish = publish_run.with_options(retries=publish_retries,
                                        retry_delay_seconds=[10 * 2 ** i for i in range(max(publish_retries, 1))])

@@ -376,7 +376,107 @@ ERROR_CASES = [
           "pipe.csv: is a FIFO (named pipe), not a data file", files={"pipe.csv": FIFO}),
 ]
 
-CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES + ERROR_CASES
+
+# Issue 11, classes 2, 5, 7 (and 11's file://host): credentials in URIs, unsafe --out targets, code in runs.
+CRED = "s3://AKIAEXAMPLE:wJalrXUt/K7MDENG@minio.example:9000/bucket"  # a secret with a '/', as AWS keys have
+CRED_SHOWN = "s3://***@minio.example:9000/bucket"
+CRED_REFUSED = "credentials in a URI are refused"
+PRECIOUS = {**GOOD_TEXTS, "precious.txt": "the user's notes\n"}
+
+
+def link_to(name: str) -> Callable[[Path], None]:
+    return lambda path: path.symlink_to(path.parent / name)
+
+
+def char_device(major: int, minor: int) -> Callable[[Path], None]:
+    return lambda path: os.mknod(path, 0o20666, os.makedev(major, minor))  # S_IFCHR; we run as root
+
+
+def unix_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))  # the socket file stays after close
+
+
+def remote_code_run(trust) -> dict[str, str]:
+    """A fake encoder run whose config asks for remote code; evil.py would write beside itself if imported."""
+    config = {"name": "evil", "model": {"family": "encoder", "model": "minilm", "trust_remote_code": trust}}
+    return {"evil-run/manifest.json": '{"run_id": "evil-run"}\n', "evil-run/config.yaml": yaml.safe_dump(config),
+            "evil-run/labels.json": '{"labels": ["joy"]}\n',
+            "evil-run/model/body/config.json": '{"model_type": "bert", "auto_map": {"AutoModel": "evil.EvilModel"}}\n',
+            "evil-run/model/body/evil.py": "from pathlib import Path\nPath(__file__).with_name('PWNED').write_text('ran')\n",
+            **GOOD_TEXTS}
+
+
+def set_with_ok_ffnn(path: Path) -> None:
+    path.write_text(f"name: s\nconfigs:\n  - path: {BAD}/config/ok-ffnn.yaml\n", encoding="utf-8")
+
+
+LOAD_SAFETY_CASES = [
+    Case("store-cred-publish-s3", ("publish", "{tmp}/done-run", "--store", CRED), (f"store '{CRED_SHOWN}'", CRED_REFUSED),
+         files=COMPLETE),
+    Case("store-cred-publish-file", ("publish", "{tmp}/done-run", "--store", "file://admin:hunter2@localhost{tmp}/store"),
+         ("store 'file://***@localhost", CRED_REFUSED), files=COMPLETE),
+    Case("store-cred-publish-unknown-scheme", ("publish", "{tmp}/done-run", "--store", "ftp://user:hunter2@ftp.example/x"),
+         ("store 'ftp://***@ftp.example/x'", CRED_REFUSED), files=COMPLETE),
+    Case("store-cred-predict-s3", ("predict", f"{CRED}/runs/r1", "{tmp}/good.csv", "--out", "{out}"),
+         (f"run '{CRED_SHOWN}/runs/r1'", CRED_REFUSED), files=GOOD_TEXTS),
+    Case("store-cred-predict-file", ("predict", "file://admin:hunter2@localhost{tmp}/runs/r1", "{tmp}/good.csv", "--out",
+                                     "{out}"), ("run 'file://***@localhost", CRED_REFUSED), files=GOOD_TEXTS),
+    Case("store-cred-submit-https", ("submit", "https://token:hunter2@runs.example/runs/r1", "--out", "{out}"),
+         ("run 'https://***@runs.example/runs/r1'", CRED_REFUSED)),
+    Case("store-cred-train", ("train", "{bad}/config/ok-ffnn.yaml", "--store", CRED), (f"store '{CRED_SHOWN}'", CRED_REFUSED)),
+    Case("store-cred-train-all", ("train-all", "{tmp}/set.yaml", "--store", CRED), (f"store '{CRED_SHOWN}'", CRED_REFUSED),
+         files={"set.yaml": set_with_ok_ffnn}),
+    Case("store-cred-env-store", ("train", "{bad}/config/ok-ffnn.yaml"), (f"store '{CRED_SHOWN}'", CRED_REFUSED),
+         env={"EMOTION_STORE": CRED}),
+    Case("store-cred-file-host-publish", ("publish", "{tmp}/done-run", "--store", "file://tmp{tmp}/store"),
+         ("store 'file://tmp", "expected file:///absolute/path"), files=COMPLETE),
+    Case("store-cred-file-host-predict", ("predict", "file://tmp/x/runs/r1", "{tmp}/good.csv", "--out", "{out}"),
+         ("run 'file://tmp/x/runs/r1': expected file:///absolute/path",), files=GOOD_TEXTS),
+    Case("cli-safe-predict-out-symlink", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/link.csv"),
+         ("link.csv: --out is a symbolic link",), files={**PRECIOUS, "link.csv": link_to("precious.txt")}, needs_run=True),
+    Case("cli-safe-submit-out-symlink", ("submit", "{run}", "--out", "{tmp}/link.csv", "--no-calibrated", "--data",
+                                         "{tmp}/good.csv"),
+         ("link.csv: --out is a symbolic link",), files={**PRECIOUS, "link.csv": link_to("precious.txt")}, needs_run=True),
+    Case("cli-safe-predict-out-dangling-symlink", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/link.csv"),
+         ("link.csv: --out is a symbolic link",), files={**GOOD_TEXTS, "link.csv": link_to("not-there.txt")},
+         needs_run=True),
+    Case("cli-safe-predict-out-fifo", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/pipe.csv"),
+         ("pipe.csv: --out is a FIFO",), files={**GOOD_TEXTS, "pipe.csv": os.mkfifo}, needs_run=True),
+    Case("cli-safe-predict-out-device", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/null"),
+         ("null: --out is a character device",), files={**GOOD_TEXTS, "null": char_device(1, 3)}, needs_run=True),
+    Case("cli-safe-predict-out-socket", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/s.sock"),
+         ("s.sock: --out is a socket",), files={**GOOD_TEXTS, "s.sock": unix_socket}, needs_run=True),
+    Case("cli-safe-predict-out-is-input", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/good.csv"),
+         ("good.csv: --out would overwrite an input: it is the input file",), files=GOOD_TEXTS, needs_run=True),
+    Case("cli-safe-submit-out-is-input", ("submit", "{run}", "--out", "{tmp}/good.csv", "--no-calibrated", "--data",
+                                          "{tmp}/good.csv"),
+         ("good.csv: --out would overwrite an input: it is the input file",), files=GOOD_TEXTS, needs_run=True),
+    Case("cli-safe-predict-out-hard-link", ("predict", "{run}", "{tmp}/good.csv", "--out", "{tmp}/alias.csv"),
+         ("alias.csv: --out would overwrite an input",),
+         files={**GOOD_TEXTS, "alias.csv": lambda path: os.link(path.parent / "good.csv", path)}, needs_run=True),
+    Case("cli-safe-predict-out-in-run", ("predict", "{run}", "{tmp}/good.csv", "--out", "{run}/thresholds.json"),
+         ("thresholds.json: --out would overwrite an input: it is inside the input folder",), files=GOOD_TEXTS,
+         needs_run=True),
+    Case("cli-safe-predict-out-unwritable", ("predict", "{run}", "{tmp}/good.csv", "--out", "/proc/emotion-out.csv"),
+         ("/proc/emotion-out.csv: cannot write",), files=GOOD_TEXTS, needs_run=True),
+    Case("predict-safe-remote-code", ("predict", "{tmp}/evil-run", "{tmp}/good.csv", "--out", "{out}"),
+         ("evil-run': config.yaml field 'model.trust_remote_code' is True",), files=remote_code_run(True)),
+    Case("predict-safe-remote-code-yes", ("submit", "{tmp}/evil-run", "--out", "{out}", "--no-calibrated", "--data",
+                                          "{tmp}/good.csv"),
+         ("evil-run': config.yaml field 'model.trust_remote_code' is 'yes'",), files=remote_code_run("yes")),
+    Case("predict-safe-two-id-columns", ("predict", "{run}", "{tmp}/ids.csv", "--out", "{out}"),
+         ("ids.csv, column 'id': several id columns ('id', 'ID')", "--id-column"),
+         files={"ids.csv": "id,text,ID\n1,happy,a\n2,sad,b\n"}, needs_run=True),
+    Case("cli-safe-check-config-remote-code-local-model", ("check-config", "{tmp}/remote.yaml"),
+         ("remote.yaml", "field 'model.trust_remote_code'", "only for a hub id"),
+         files={"remote.yaml": "name: r\nmodel: {family: encoder, model: minilm, trust_remote_code: true}\n"}),
+    Case("cli-safe-check-config-remote-code-unlisted", ("check-config", "{tmp}/remote.yaml"),
+         ("remote.yaml", "field 'model.trust_remote_code'", "EMOTION_TRUSTED_REMOTE_CODE", "'org/model' is not listed"),
+         files={"remote.yaml": "name: r\nmodel: {family: decoder, model: org/model, trust_remote_code: true}\n"}),
+]
+
+CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES + ERROR_CASES + LOAD_SAFETY_CASES
 
 
 def closed_port() -> int:

@@ -7,8 +7,8 @@ Features
   3. No header, three tab-separated fields with comma-separated integers in the second -> GoEmotions.
   4. Otherwise a CSV/TSV with a header (separator from ``.tsv``/``.csv``, else tab if the header has
      one) and ``text_column`` (default ``text``).
-- Ids: ``id_column`` if given, else the format's (``ID``, ``id``), else 1-based row numbers named
-  ``row``. Returned as text, in file order.
+- Ids: ``id_column`` if given, else the format's (``ID``, ``id``), else a column named ``id`` in any
+  case (CSV/TSV/Parquet), else 1-based row numbers named ``row``. Returned as text, in file order.
 - Same strictness as training data: strict UTF-8, field counts, and empty texts, empty ids or
   duplicate ids are errors naming the file, row and column. Extra columns are allowed (kept aside).
 
@@ -50,6 +50,18 @@ def detect_format(path: Path, data: bytes) -> str:
     return "tabular"
 
 
+def default_id_column(columns: list[str], file: str) -> str | None:
+    """The column named ``id`` in any case (``id``, ``ID``, ``Id``), if there is one; None if there is none.
+
+    Several (``id`` and ``ID``) are ambiguous: a ``DataError`` asks for ``--id-column``.
+    """
+    found = [c for c in columns if c.strip().lower() == "id"]
+    if len(found) > 1:
+        raise DataError(f"several id columns ({', '.join(map(repr, found))}); choose one with --id-column",
+                        file=file, column=found[0])
+    return found[0] if found else None
+
+
 def read_prediction_input(
     path: str | Path, *, text_column: str | None = None, id_column: str | None = None
 ) -> tuple[str, list[str], list[str]]:
@@ -72,7 +84,7 @@ def read_prediction_input(
     else:
         # read_table hashes what it reads; the hash is not needed for predictions.
         frame, columns, rows_read, problems = read_table(path, "predict", DataHasher())
-        text_name, id_name = text_column or "text", id_column
+        text_name, id_name = text_column or "text", id_column or default_id_column(columns, file)
 
     wanted = [text_name] + ([id_name] if id_name else [])
     missing = [c for c in wanted if c not in columns]

@@ -231,6 +231,10 @@ def load_adapter(base, folder: Path, adapter: AdapterConfig | None = None, train
     """
     from peft import PeftModel, prepare_model_for_kbit_training
 
+    if not (Path(folder) / "adapter_model.safetensors").is_file():  # PEFT would fall back to a pickled .bin
+        from emotion_core.errors import ModelError
+
+        raise ModelError(f"{folder}: no adapter_model.safetensors; adapters are loaded from safetensors only")
     if adapter is not None and adapter.method == "qlora":
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
         keep_4bit_differentiable(base)

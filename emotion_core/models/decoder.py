@@ -195,7 +195,8 @@ def load_full_model(folder: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, dtype=dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, dtype=dtype,
+                                                               trust_remote_code=False)  # never a run's code
     head_state = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:

@@ -155,7 +155,7 @@ def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
     from transformers import AutoModel, AutoTokenizer
 
     spec: EncoderConfig = cfg.model
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer", trust_remote_code=False)  # never a run's code
     if spec.adapter is not None:  # the base comes from its source again; the run holds the adapter
         from emotion_core.models.adapters import load_adapter
 
@@ -163,7 +163,7 @@ def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
         body = load_adapter(_base_body(spec, source), folder / "body", spec.adapter)
     else:
         body = AutoModel.from_pretrained(folder / "body", use_safetensors=True, dtype=torch.float32,
-                                         trust_remote_code=spec.trust_remote_code)
+                                         trust_remote_code=False)
     model = EncoderClassifier(body, len(schema), spec.pooling, spec.dropout)
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.eval()

@@ -14,14 +14,15 @@ from emotion_core.errors import StoreError
 from emotion_core.store.base import MANIFEST, ArtifactStore, RunId, RunIdConflict, confined
 from emotion_core.store.integrity import verify_run
 from emotion_core.store.local import LocalStore
+from emotion_core.store.uris import check_uri, redact_uri
 
-__all__ = ["ArtifactStore", "LocalStore", "RunId", "RunIdConflict", "confined", "open_store", "resolve_run_folder",
-           "verify_run"]
+__all__ = ["ArtifactStore", "LocalStore", "RunId", "RunIdConflict", "check_uri", "confined", "open_store",
+           "redact_uri", "resolve_run_folder", "verify_run"]
 
 
 def open_store(uri: str | Path, *, session=None, endpoint_url: str | None = None) -> ArtifactStore:
     """Open the store at ``uri``; ``session`` (a ``boto3.Session``) and ``endpoint_url`` apply to S3 only."""
-    text = str(uri)
+    text = check_uri(str(uri), "store")  # credentials and file://<host> refused, before any use or message
     parsed = urlparse(text)
     if parsed.scheme in ("", "file"):
         return LocalStore(parsed.path if parsed.scheme == "file" else text)
@@ -29,22 +30,22 @@ def open_store(uri: str | Path, *, session=None, endpoint_url: str | None = None
         from emotion_core.store.s3 import S3Store
 
         return S3Store(parsed.netloc, parsed.path, session=session, endpoint_url=endpoint_url)
-    raise StoreError(f"store '{text}': unsupported scheme '{parsed.scheme}' (use a local path, file:// or s3://)")
+    raise StoreError(f"store '{redact_uri(text)}': unsupported scheme '{parsed.scheme}' (use a local path, file:// or s3://)")
 
 
 def resolve_run_folder(ref: str | Path) -> Path:
     """A local folder with the complete run ``ref`` names; ``StoreError`` if it is missing or incomplete."""
-    text = str(ref)
+    text = check_uri(str(ref), "run")
     parsed = urlparse(text)
     if parsed.scheme == "s3":
         store_prefix, sep, run_id = parsed.path.rstrip("/").rpartition("/runs/")
         if not sep or not run_id or "/" in run_id:
-            raise StoreError(f"run '{text}': expected s3://<bucket>/[<prefix>/]runs/<run_id>")
+            raise StoreError(f"run '{redact_uri(text)}': expected s3://<bucket>/[<prefix>/]runs/<run_id>")
         from emotion_core.store.s3 import S3Store
 
-        return S3Store(parsed.netloc, store_prefix).run_folder(RunId.parse(run_id, f"run '{text}': run id"))
+        return S3Store(parsed.netloc, store_prefix).run_folder(RunId.parse(run_id, f"run '{redact_uri(text)}': run id"))
     if parsed.scheme not in ("", "file"):
-        raise StoreError(f"run '{text}': unsupported scheme '{parsed.scheme}' (use a folder, file:// or s3://)")
+        raise StoreError(f"run '{redact_uri(text)}': unsupported scheme '{parsed.scheme}' (use a folder, file:// or s3://)")
     folder = Path(parsed.path if parsed.scheme == "file" else text).expanduser()
     if not folder.is_dir():
         raise StoreError(f"run '{text}': no such folder")

@@ -55,6 +55,7 @@ from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConfli
                                      dump_document, files_manifest_last, is_run_id, parse_document, sha256_file)
 from emotion_core.store.integrity import (listed_files, moved, read_manifest, same_run, staging_name, sweep_staging,
                                           verify_run)
+from emotion_core.store.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class S3Store:
 
         if not bucket:
             raise StoreError("S3 store: no bucket given (expected s3://<bucket>[/<prefix>])")
+        if "@" in bucket:  # userinfo parsed as part of the bucket: never a cache path, never shown
+            raise StoreError(f"S3 store '{redact_uri('s3://' + bucket)}': credentials in a URI are refused")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url or os.environ.get("EMOTION_S3_ENDPOINT_URL") or None
@@ -99,9 +102,12 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key('runs', RunId.parse(run_id))}"
 
     def _fail(self, operation: str, exc: Exception) -> StoreError:
-        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        where = f" at {redact_uri(self.endpoint_url)}" if self.endpoint_url else ""
+        cause = str(exc).splitlines()[0] if str(exc) else ""
+        if self.endpoint_url:  # botocore quotes the endpoint, credentials included
+            cause = cause.replace(self.endpoint_url, redact_uri(self.endpoint_url))
         return StoreError(f"store {self.uri}{where}: {operation} failed after up to {self.attempts} attempts "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+                          f"({type(exc).__name__}: {cause})")
 
     def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError

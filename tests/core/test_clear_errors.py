@@ -138,13 +138,13 @@ def no_space(*args, **kwargs):
 def test_a_full_disk_on_out_is_a_data_error_and_nothing_is_written(tiny_run, texts, tmp_path, monkeypatch):
     from emotion_core.predict import predict_file
 
-    real_write = Path.write_text
+    real_fsync = os.fsync
 
-    def half_then_full(self, data, *args, **kwargs):  # the temporary file gets half, then the disk is full
-        real_write(self, data[: len(data) // 2], *args, **kwargs)
+    def half_then_full(fd):  # the temporary file holds the text, then the disk reports it full
+        real_fsync(fd)
         no_space()
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+    monkeypatch.setattr(os, "fsync", half_then_full)
     out = tmp_path / "out" / "predictions.csv"
     with pytest.raises(DataError, match=r"predictions.csv: cannot write the file \(No space left on device\)"):
         predict_file(tiny_run, texts, out)

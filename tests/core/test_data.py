@@ -435,7 +435,7 @@ def test_prediction_input_formats(write, tmp_path):
     assert read_prediction_input(path) == ("ID", ["2018-1", "2018-2"], ["hi, there", "yo"])
 
     path = write("crlf.csv", lines(["id,text", "a,hello", "b,world"], "\r\n"))  # text last: "\r" would stick
-    assert read_prediction_input(path) == ("row", ["1", "2"], ["hello", "world"])
+    assert read_prediction_input(path) == ("id", ["a", "b"], ["hello", "world"])  # its id column, not row numbers
 
     pl.DataFrame({"uid": [7, 8], "text": ["p one", "p two"]}).write_parquet(tmp_path / "p.parquet")
     assert read_prediction_input(tmp_path / "p.parquet", id_column="uid") == ("uid", ["7", "8"], ["p one", "p two"])
