@@ -221,6 +221,18 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     return staging, run_id
 
 
+def published_run_uri(store: ArtifactStore, run_id: str, cfg: RunConfig) -> str | None:
+    """URI of ``run_id`` if ``store`` holds it, trained from ``cfg`` (an earlier attempt of the same child
+    published it before it crashed); ``None`` if absent; ``RunIdConflict`` if it holds a run of another config."""
+    if not store.has_run(run_id):
+        return None
+    manifest = json.loads((store.run_folder(run_id) / "manifest.json").read_text(encoding="utf-8"))
+    if manifest.get("config") != cfg.model_dump(mode="json"):
+        raise RunIdConflict(f"run id {run_id} exists in the store {store.uri} with a different config; "
+                            f"nothing was trained (choose another run id)")
+    return f"{store.uri}/runs/{run_id}"
+
+
 def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
     """Publish a complete staged run (manifest last), then drop its training checkpoints from the store.
 

@@ -40,6 +40,13 @@ def train_model(config: str, store: str | None = None, overrides: dict[str, Any]
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
     cfg = load_run_config(config, overrides)
+    if run_id is not None:
+        from emotion_core.pipeline import published_run_uri
+        from tasks.storage import open_task_store
+
+        existing = published_run_uri(open_task_store(store), run_id, cfg)
+        if existing is not None:  # a re-dispatched child whose earlier attempt published before it crashed
+            return existing
     staging, run_id = train_config(cfg, store, run_id)
     publish = publish_run.with_options(retries=publish_retries,
                                        retry_delay_seconds=[10 * 2 ** i for i in range(max(publish_retries, 1))])

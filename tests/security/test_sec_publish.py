@@ -130,3 +130,20 @@ def test_a_manifest_naming_another_run_id_is_not_published_under_this_one(tmp_pa
     with pytest.raises(StoreError, match="manifest.json names run 'other', not 'r1'"):
         store.publish(write_run(tmp_path / "a", "other"), "r1")
     assert store.list_runs() == []
+
+
+def test_a_redispatched_child_finds_its_published_run_and_another_config_conflicts(tmp_path, tiny_config):
+    """train-all re-dispatches a crashed child with its run id: if the first attempt had published, the
+    second returns that run instead of training again and failing on the id; a different config does not."""
+    from emotion_core.config import load_run_config
+    from emotion_core.pipeline import published_run_uri, train_config
+    from emotion_core.store import LocalStore, RunIdConflict
+
+    store = LocalStore(tmp_path / "store")
+    cfg = load_run_config(tiny_config)
+    assert published_run_uri(store, "child-1", cfg) is None
+    uri = train_config(cfg, store, run_id="child-1")
+    assert published_run_uri(store, "child-1", cfg) == uri
+    other = cfg.model_copy(update={"training": cfg.training.model_copy(update={"seed": cfg.training.seed + 1})})
+    with pytest.raises(RunIdConflict, match="child-1 exists in the store .* with a different config"):
+        published_run_uri(store, "child-1", other)
