@@ -44,7 +44,8 @@ TANH_SCALE = 2.0 ** -20
 """Scale before tanh (BERT pooler, RoBERTa head): tanh(x) = x to float32 precision for |x| < 6e-5."""
 ODD_SPLIT_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_python", "gelu_pytorch_tanh", "silu", "swish", "quick_gelu")
 """Activations ``x * s(x)`` with ``s(x) + s(-x) = 1``, so ``act(z) - act(-z) = z``."""
-HEAD_MODULES = {"bert": ["pooler", "classifier"], "roberta": ["classifier"], "distilbert": ["pre_classifier", "classifier"],
+HEAD_MODULES = {"bert": ["pooler", "classifier"], "roberta": ["classifier"],
+                "distilbert": ["pre_classifier", "classifier"],
                 "deberta-v2": ["pooler", "classifier"]}
 """Modules of each ``*ForSequenceClassification`` that carry the mapped head (the adapter's ``modules_to_save``)."""
 PORTABLE_BASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
@@ -72,13 +73,15 @@ def check_exportable(run, merge: bool) -> None:
                           "ships as its run folder (use `emotion predict` with it)")
     if cfg.model.pooling != "cls":
         raise ExportError(
-            f"run {run.run_id}: model.pooling is '{cfg.model.pooling}' (attention-masked mean over tokens); the standard "
+            f"run {run.run_id}: model.pooling is '{cfg.model.pooling}' (attention-masked mean over tokens); "
+            "the standard "
             "AutoModelForSequenceClassification heads read the first token only, so an export would compute other "
             "probabilities, and remote code is not allowed. Retrain with model.pooling: cls to export; this run "
             "ships as its run folder")
     adapter = cfg.model.adapter
     if adapter is not None and adapter.method == "qlora":
-        raise ExportError(f"run {run.run_id}: QLoRA runs cannot be exported (4-bit base; merging re-quantises the update)")
+        raise ExportError(f"run {run.run_id}: QLoRA runs cannot be exported "
+                          "(4-bit base; merging re-quantises the update)")
 
 
 def _model_type(body) -> str:
@@ -101,8 +104,9 @@ def label_config(config, schema, model_type: str):
     config.architectures = None
     if model_type == "deberta-v2":
         act = getattr(config, "pooler_hidden_act", "gelu")
-        if act not in ODD_SPLIT_ACTIVATIONS or getattr(config, "pooler_hidden_size", config.hidden_size) < 2 * len(names):
-            raise ExportError(f"deberta-v2 pooler ({act}, size {config.pooler_hidden_size}) cannot carry the head exactly")
+        size = getattr(config, "pooler_hidden_size", config.hidden_size)
+        if act not in ODD_SPLIT_ACTIVATIONS or size < 2 * len(names):
+            raise ExportError(f"deberta-v2 pooler ({act}, size {size}) cannot carry the head exactly")
     return config
 
 
@@ -189,7 +193,8 @@ def _adapter_model(run, body, schema, head):
     model = AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision, config=config,
                                                                use_safetensors=True, dtype=torch.float32)
     set_head(model, model_type, head.weight.detach(), head.bias.detach())
-    wrapped = get_peft_model(model, peft_config(spec.adapter, model_type, HEAD_MODULES[model_type], task_type="SEQ_CLS"))
+    lora = peft_config(spec.adapter, model_type, HEAD_MODULES[model_type], task_type="SEQ_CLS")
+    wrapped = get_peft_model(model, lora)
     prefix, inner = "base_model.model.", f"base_model.model.{model.base_model_prefix}."
     theirs = dict(wrapped.named_parameters())
     copied = 0
@@ -257,7 +262,8 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
     try:
         if kind.startswith("peft"):
             exported.save_pretrained(str(tmp), safe_serialization=True)
-            _fix_adapter_config(tmp / "adapter_config.json", _base_reference(run, base_model), run.config.model.revision)
+            _fix_adapter_config(tmp / "adapter_config.json", _base_reference(run, base_model),
+                                run.config.model.revision)
             load_kwargs = {"num_labels": len(run.schema), "id2label": extras.pop("id2label"),
                            "label2id": extras.pop("label2id"), "problem_type": "multi_label_classification"}
             _write_json(tmp / "emotion_export.json", {**extras, "load_kwargs": load_kwargs})
@@ -275,7 +281,8 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"run_id": run.run_id, "kind": kind, "model_type": model_type, "folder": str(dest), "max_abs_logit_diff": diff}
+    return {"run_id": run.run_id, "kind": kind, "model_type": model_type, "folder": str(dest),
+            "max_abs_logit_diff": diff}
 
 
 def emotion_keys(run, calibration: dict | None, model_type: str, diff: float, kind: str) -> dict:
@@ -333,6 +340,7 @@ def push_to_hub(folder: str | Path, repo: str, token: str | None = None) -> str:
         api.create_repo(repo_id=repo, exist_ok=True)
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="emotion export")
     except Exception as exc:  # offline, refused token, bad repo id: one clear line, no token in it
-        raise ExportError(f"push to the hub repo '{repo}' failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); the export stays in {folder}") from None
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        raise ExportError(f"push to the hub repo '{repo}' failed ({type(exc).__name__}: {detail}); "
+                          f"the export stays in {folder}") from None
     return str(getattr(commit, "commit_url", commit))

@@ -50,7 +50,8 @@ def _calibration_lines(calibration: dict | None) -> list[str]:
     if ece and nll:
         lines += ["| validation | before | after |", "|---|---|---|",
                   f"| ECE (flattened) | {ece['before']['flat']:.4f} | {ece['after']['flat']:.4f} |",
-                  f"| ECE (mean per label) | {ece['before']['per_label_mean']:.4f} | {ece['after']['per_label_mean']:.4f} |",
+                  f"| ECE (mean per label) | {ece['before']['per_label_mean']:.4f} | "
+                  f"{ece['after']['per_label_mean']:.4f} |",
                   f"| NLL | {nll['before']:.4f} | {nll['after']:.4f} |"]
     return lines
 

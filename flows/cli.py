@@ -184,10 +184,11 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
 @app.command()
 def export(run: str = typer.Argument(..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls)."),
            dest: Path = typer.Argument(..., help="New folder to write (must not exist, or be empty)."),
-           merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model instead of the adapter."),
-           calibration: bool = typer.Option(True, help="Fit temperatures + thresholds on validation and store them in the config."),
+           merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model."),
+           calibration: bool = typer.Option(True, help="Fit temperatures + thresholds on validation, store them."),
            base_model: Optional[str] = typer.Option(None, help="Adapter runs: base model id/path the adapter names."),
-           push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also upload to this hub repo (token: $HF_TOKEN).")) -> None:
+           push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub",
+                                                     help="Also upload to this hub repo (token: $HF_TOKEN).")) -> None:
     """Export a run as a Hugging Face folder (transformers / peft, no remote code) with a model card."""
     from emotion_core import export as ex
     from emotion_core.runs import read_run

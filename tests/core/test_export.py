@@ -169,7 +169,8 @@ def test_cli_ffnn_run_is_refused(tmp_path):
 
     rows = ["id,text,joy"] + [f"r{i},{'happy' if i % 2 else 'calm'} day {i},{i % 2}" for i in range(40)]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = parse_run_config({"name": "tiny-ffnn", "model": {"family": "ffnn", "max_features": 50, "hidden_size": 4, "min_df": 1},
+    model = {"family": "ffnn", "max_features": 50, "hidden_size": 4, "min_df": 1}
+    cfg = parse_run_config({"name": "tiny-ffnn", "model": model,
                             "data": {"dataset": "tabular", "path": str(tmp_path / "d.csv"), "id_column": "id"},
                             "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None}})
     run = train_config(cfg, open_store(tmp_path / "store")).removeprefix("file://")
