@@ -29,7 +29,7 @@ TEXTS = ["i am so happy today", "this makes me furious", "i miss her so much it 
 PROB_TOL = 1e-5
 """Max |probability difference| between the export (pipeline) and the run's own prediction path."""
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")]
 
 
 def emotion(*args: str, **env: str) -> subprocess.CompletedProcess:
