@@ -4,6 +4,7 @@
     emotion train-all SET [--store URI] [--set KEY=VALUE ...]     a config set, through the train-all flow
     emotion predict RUN DATA --out FILE                           0/1 labels + probabilities as CSV
     emotion publish FOLDER --store URI                            publish a kept local run (after a store outage)
+    emotion export RUN DIR [--merge] [--push-to-hub REPO]         a Hugging Face folder + model card (encoder runs)
     emotion check-config PATH...                                  validate run configs or config sets
     emotion stack up | down                                       the local Prefect server, pools, workers, deployments
     emotion demo [SET]                                            stack up + train-all/nightly on SET, wait, print the summary
@@ -206,6 +207,35 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
         return uri
 
     out.print(f"run published: {_run(go)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(run: str = typer.Argument(..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls)."),
+           dest: Path = typer.Argument(..., help="New folder to write (must not exist, or be empty)."),
+           merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model."),
+           calibration: bool = typer.Option(True, help="Fit temperatures + thresholds on validation, store them."),
+           base_model: Optional[str] = typer.Option(None, help="Adapter runs: base model id/path the adapter names."),
+           push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub",
+                                                     help="Also upload to this hub repo (token: $HF_TOKEN).")) -> None:
+    """Export a run as a Hugging Face folder (transformers / peft, no remote code) with a model card."""
+    from emotion_core import export as ex
+    from emotion_core.runs import read_run
+
+    def go():
+        ex.check_destination(dest)  # before any model is loaded
+        loaded = read_run(run)
+        ex.check_exportable(loaded, merge)  # before the data is read for calibration
+        fitted = ex.run_calibration(loaded) if calibration else None
+        result = ex.export_run(run, dest, merge=merge, base_model=base_model, calibration=fitted)
+        if push_to_hub:
+            result["pushed"] = ex.push_to_hub(dest, push_to_hub)
+        return result
+
+    result = _run(go)
+    out.print(f"exported {result['run_id']} ({result['kind']}, {result['model_type']}) to {result['folder']}; "
+              f"max |logit diff| to the run: {result['max_abs_logit_diff']:.2e}", highlight=False, soft_wrap=True)
+    if result.get("pushed"):
+        out.print(f"pushed: {result['pushed']}", highlight=False, soft_wrap=True)
 
 
 @app.command("check-config")
