@@ -194,7 +194,10 @@ def trainer_arguments(cfg) -> dict:
     """Extra ``TrainingArguments`` for this world: collective timeout, and FSDP when asked for."""
     if world().size == 1:
         return {}
-    extra = {"ddp_timeout": collective_timeout_s(), "ddp_backend": "nccl" if torch.cuda.is_available() else "gloo"}
+    cuda = torch.cuda.is_available()
+    # use_cpu on CPU: without it accelerate sees no distributed setup (DistributedType.NO), does not wrap the
+    # model in DDP and does not sum the label counts across ranks: each rank would train alone.
+    extra = {"ddp_timeout": collective_timeout_s(), "ddp_backend": "nccl" if cuda else "gloo", "use_cpu": not cuda}
     if cfg.resources.strategy == "fsdp":
         extra.update(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})
     return extra
@@ -402,7 +405,7 @@ def run_rank(argv: list[str] | None = None) -> int:
         else:
             cfg = load_run_config(args.config)
         check(cfg)
-        backend = init_process_group()
+        backend = init_process_group() if world().size > 1 else None
         context = json.loads((job / "context.json").read_text(encoding="utf-8")) if job else {}
         progress = _append_event(job / "events.jsonl") if job and is_main() else None
         store = open_store(args.store)
