@@ -17,10 +17,14 @@ import torch
 
 from emotion_core import pipeline
 from emotion_core.config import parse_run_config
-from emotion_core.errors import ConfigError, RankFailed
+from emotion_core.data import load_data
+from emotion_core.errors import ConfigError, OutOfMemoryAtMinBatch, RankFailed
+from emotion_core.models import build_family
+from emotion_core.models.ffnn import FFNNClassifier
 from emotion_core.runs import read_run
 from emotion_core.store import open_store
 from emotion_core.training import distributed
+from emotion_core.training import fit as fit_module
 
 WORDS = ["happy", "lovely", "calm", "furious", "mad", "fine", "day", "sad", "great", "angry", "ok", "bright"]
 TRAIN_ROWS = 64  # after the validation/test carve-outs of 100 rows: a multiple of the global batch
@@ -195,3 +199,27 @@ def test_a_killed_rank_ends_the_run_naming_it_and_the_redispatched_run_resumes(t
     single = pipeline.train_config(config("encoder", tiny["encoder"], csv, gpus=1), open_store(tmp_path / "single"))
     np.testing.assert_allclose(read_run(store.run_folder("crashed")).logits("validation")[1],
                                read_run(single.removeprefix("file://")).logits("validation")[1], atol=1e-4, rtol=0)
+
+
+def test_out_of_memory_on_a_rank_is_refused_saying_what_to_change(csv, tmp_path, monkeypatch):
+
+    def no_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+    monkeypatch.setattr(FFNNClassifier, "forward", no_memory)
+    # Rank 1 of 2, as torchrun would start it, minus the process group (the OOM comes before any collective).
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=1, local_rank=1, size=2))
+    monkeypatch.setattr(distributed, "trainer_arguments", lambda cfg: {})
+    cfg = parse_run_config({"name": "ddp-oom", "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8},
+                            "data": {"dataset": "tabular", "path": str(csv), "id_column": "id"},
+                            "training": {"epochs": 1, "batch_size": 16, "early_stopping_patience": None},
+                            "resources": {"gpus": 2}})
+    data = load_data(cfg.data)
+    family = build_family(cfg, data.schema, data.texts("train"), data.labels("train"))
+    with pytest.raises(OutOfMemoryAtMinBatch) as info:
+        fit_module.fit(cfg, family, family.make_dataset(data.texts("train"), data.labels("train")),
+                       family.make_dataset(data.texts("validation"), data.labels("validation")), tmp_path / "work",
+                       train_labels=data.labels("train"))
+    message = str(info.value)
+    assert "out of GPU memory on rank 1 at step 0 with 8 rows per rank" in message
+    assert "batch halving is not done in distributed training. Lower training.batch_size" in message
