@@ -220,7 +220,12 @@ CLI_CASES = [
          ("Invalid value", "--batch-size"), files=GOOD_TEXTS, needs_run=True),
 ]
 
-CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES
+DDP_CASES = [  # issue 13: distributed training settings
+    check("ddp-zero-gpus", "field 'resources.gpus'", "greater than or equal to 1"),
+    check("ddp-data-parallel", "field 'resources.strategy'", "'ddp' or 'fsdp'"),
+]
+
+CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + DDP_CASES
 
 
 def closed_port() -> int:
