@@ -179,7 +179,7 @@ class CheckpointCallback(TrainerCallback):
             return
         self.last_step = step
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # every rank has written its RNG state into the checkpoint before it is uploaded
+            torch.distributed.barrier()  # every rank's RNG state is in the checkpoint before it is uploaded
         trainer_dir = Path(args.output_dir) / f"checkpoint-{step}"
         best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
         self.on_checkpoint(step, trainer_dir, best)

@@ -42,11 +42,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -68,8 +68,8 @@ class World:
 
 def world() -> World:
     """This process's rank, local rank and the world size, from torchrun's environment (0, 0, 1 without it)."""
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-                 int(os.environ.get("WORLD_SIZE", 1)))
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+                 int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def is_main() -> bool:
@@ -151,7 +151,7 @@ def device_index() -> int | None:
 
 
 def check(cfg) -> None:
-    """Refuse what this process cannot train: several GPUs without torchrun, a batch that does not split, FSDP on CPU."""
+    """Refuse what this process cannot train: several GPUs without torchrun, an unsplittable batch, FSDP on CPU."""
     gpus, w, name = cfg.resources.gpus, world(), cfg.name
     if gpus > 1 and w.size == 1:
         raise ConfigError(
@@ -178,7 +178,8 @@ def check_strategy(cfg) -> None:
     if cfg.resources.strategy != "fsdp":
         return
     if not torch.cuda.is_available():
-        raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp needs CUDA GPUs; on CPU use resources.strategy: ddp")
+        raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp needs CUDA GPUs; "
+                          "on CPU use resources.strategy: ddp")
     adapter = getattr(cfg.model, "adapter", None)
     if adapter is not None and adapter.method == "qlora":
         raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp does not shard 4-bit (QLoRA) weights here; "
@@ -223,7 +224,7 @@ def manifest_entry(cfg, ranks: list[dict] | None) -> dict:
 class NoCheckpoints:
     """Store checkpoints on ranks other than 0: they save with rank 0 (same steps) but upload and restore nothing."""
 
-    uploaded: list[int] = []
+    uploaded: tuple[int, ...] = ()
 
     def restore(self, work_dir: Path):
         return None
@@ -320,7 +321,7 @@ class _EventTail:
         for line in complete.splitlines():
             try:
                 self.progress(json.loads(line))
-            except Exception as exc:  # progress never stops training
+            except Exception as exc:  # noqa: BLE001 - progress never stops training
                 log.warning("progress event not forwarded: %r", exc)
 
 
@@ -331,7 +332,8 @@ _PEER_LOST = ("gloo", "nccl", "connection closed", "connection reset", "broken p
 
 def failure(job: Path, size: int) -> str:
     """Which rank failed and why, from torchrun's failure summary and the ranks' own error files."""
-    text = (job / "torchrun.log").read_text(encoding="utf-8", errors="replace") if (job / "torchrun.log").is_file() else ""
+    logfile = job / "torchrun.log"
+    text = logfile.read_text(encoding="utf-8", errors="replace") if logfile.is_file() else ""
     exits = {int(m.group(1)): int(m.group(3)) for m in _FAILED_RANK.finditer(text)}
     errors = {}
     for path in job.glob("error-rank*.json"):
@@ -347,7 +349,8 @@ def failure(job: Path, size: int) -> str:
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return f"rank {rank} of {size} died without an error ({how}: killed, out of host memory or a crash)"
     if errors:
-        own = [e for e in errors.values() if not any(k.lower() in (e["type"] + e["message"]).lower() for k in _PEER_LOST)]
+        own = [e for e in errors.values()
+               if not any(k.lower() in (e["type"] + e["message"]).lower() for k in _PEER_LOST)]
         first = min(own or errors.values(), key=lambda e: e.get("time", 0.0))
         return f"rank {first['rank']} of {size} failed: {first['type']}: {first['message']}"
     if exits:
