@@ -335,6 +335,10 @@ class ResourcesConfig(_Strict):
 
     gpu_memory_gb: float = Field(16.0, gt=0, le=1024)
     """GPU memory (GiB) the run needs: it goes to the smallest work queue whose cards have at least this much."""
+    gpus: int = Field(1, ge=1, le=64)
+    """GPUs (ranks) the run trains on: above 1, ``train-model`` starts that many ranks with ``torchrun`` (one per card)."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How several ranks share the model: ``ddp`` (a full copy per rank) or ``fsdp`` (sharded; GPU only)."""
 
 
 class ExplainConfig(_Strict):

@@ -71,3 +71,7 @@ class OutOfMemoryAtMinBatch(EmotionError):
     The message names the config, the per-device batch sizes tried and what to change
     (a smaller model or sequence length, gradient checkpointing, a bigger card).
     """
+
+
+class RankFailed(EmotionError):
+    """A rank of a distributed run (``resources.gpus`` > 1) failed or died; the message names the rank and why."""

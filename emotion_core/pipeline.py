@@ -36,6 +36,7 @@ from emotion_core.runs import file_inventory, write_config, write_json, write_lo
 from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore, RunId, RunIdConflict
 from emotion_core.thresholds import evaluate_policies
+from emotion_core.training import distributed
 from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 from emotion_core.training.predict import predict_logits
 
@@ -91,7 +92,7 @@ def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None 
 
 
 def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None, run_id: str | None = None,
-              progress: Callable[[dict], None] | None = None, context: dict | None = None) -> tuple[Path, str]:
+              progress: Callable[[dict], None] | None = None, context: dict | None = None) -> tuple[Path | None, str]:
     """Train ``cfg`` into a complete staging folder of ``store``; return ``(folder, run_id)``.
 
     ``run_id``: chosen by the caller (an orchestrator that must find the run again), else derived
@@ -99,17 +100,24 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     (same config and data), training resumes from it. ``progress``: called with progress events (step, epoch, eta, device
     sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry (flow run,
     work pool, worker...).
+
+    Under torchrun (``resources.gpus`` > 1, see ``training.distributed``) every rank calls this: rank 0
+    stages, checkpoints and writes the run; the other ranks only train and return ``(None, run_id)``.
     """
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
+    distributed.check(cfg)  # several GPUs only through torchrun: never DataParallel
     preflight.check(cfg)  # before any download or training
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     environment.reset_peak_memory()
-    data = data if data is not None else load_data(cfg.data)
+    with distributed.main_first():  # one rank fills the data cache
+        data = data if data is not None else load_data(cfg.data)
     schema = data.schema
-    run_id = run_id or make_run_id(cfg, data.data_hash, started_at)
-    staging = store.staging(run_id)
+    run_id = distributed.broadcast(run_id or make_run_id(cfg, data.data_hash, started_at))  # rank 0's clock decides
+    main = distributed.is_main()
+    staging = store.staging(run_id) if main else None
+    work_dir = distributed.broadcast(staging / "checkpoints" if main else None)  # one folder shared by the ranks
     log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
              len(data.split("train")), len(data.split("validation")))
     try:
@@ -117,12 +125,13 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         # Seed before the model is built: a new head's initial weights must not depend on what
         # else consumed the random streams in this process (e.g. an earlier run of a config set).
         seed_everything(cfg.training.seed)
-        family = build_family(cfg, schema, train_texts, train_labels)
+        with distributed.main_first():  # one rank fills the model cache
+            family = build_family(cfg, schema, train_texts, train_labels)
         train_dataset = family.make_dataset(train_texts, train_labels)
         validation_labels = data.labels("validation")
         validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
 
-        with DeviceMonitor() as monitor:
+        with DeviceMonitor(device=distributed.device_index()) as monitor:
             if cfg.model.family == "zero_shot":  # prompted, not trained: nothing to fit
                 stats = FitStats(epochs_completed=0.0, steps=0, train_seconds=0.0, eval_seconds=0.0,
                                  train_samples_per_second=0.0, best_validation_macro_f1=None,
@@ -132,13 +141,18 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
                 if cfg.training.checkpoint_every_steps:
                     from emotion_core.training.checkpoints import RunCheckpoints  # imports transformers
 
-                    checkpoints = RunCheckpoints(store, run_id, content_hash(cfg, data.data_hash))
-                    resume = checkpoints.restore(staging / "checkpoints")
-                stats = fit(cfg, family, train_dataset, validation_dataset, staging / "checkpoints",
+                    checkpoints = (RunCheckpoints(store, run_id, content_hash(cfg, data.data_hash)) if main
+                                   else distributed.NoCheckpoints())  # the ranks save together, rank 0 uploads
+                    resume = distributed.broadcast(checkpoints.restore(work_dir))
+                stats = fit(cfg, family, train_dataset, validation_dataset, work_dir,
                             progress=progress, monitor=monitor, train_labels=train_labels,
                             checkpoints=checkpoints, resume=resume)
         device_usage = monitor.summary()
-        shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # the best weights are in memory now
+        ranks = distributed.gather(distributed.rank_usage(device_usage, environment.peak_memory()))
+        distributed.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
+        if not main:
+            return None, run_id
+        shutil.rmtree(work_dir, ignore_errors=True)  # the best weights are in memory now
 
         batch = cfg.training.eval_batch_size
         splits = ["validation"] + (["test"] if len(data.split("test")) else [])
@@ -196,6 +210,7 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
             "memory": environment.peak_memory(),
             "device": environment.device_facts(),
             "device_usage": device_usage,
+            "distributed": distributed.manifest_entry(cfg, ranks),
             "orchestration": context or {},
             "versions": environment.package_versions(),
             "git": environment.git_commit(),
@@ -211,7 +226,8 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         manifest["files"] = file_inventory(staging)
         write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
     except BaseException as exc:
-        store.discard(staging)
+        if staging is not None:
+            store.discard(staging)
         if isinstance(exc, OSError) and exc.errno in _STORE_FULL:
             raise StoreError(f"store {store.uri}: writing run {run_id} failed ({exc.strerror or exc}); "
                              f"nothing was published") from None

@@ -22,3 +22,24 @@ def open_task_store(uri: str) -> ArtifactStore:
 
     block = AwsCredentials.load(block_name)
     return open_store(uri, session=block.get_boto3_session(), endpoint_url=block.aws_client_parameters.endpoint_url)
+
+
+def rank_store_env(uri: str) -> dict[str, str]:
+    """Environment that lets torchrun ranks (no Prefect there) open the store as this task would.
+
+    With a credentials block: its keys and endpoint as the standard ``AWS_*`` variables, passed to the
+    child processes only (never logged or written); otherwise nothing (the ranks inherit boto3's chain).
+    """
+    block_name = os.environ.get(BLOCK_ENV)
+    if not uri.startswith("s3://") or not block_name:
+        return {}
+    from prefect_aws import AwsCredentials
+
+    block = AwsCredentials.load(block_name)
+    frozen = block.get_boto3_session().get_credentials().get_frozen_credentials()
+    env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
+    if frozen.token:
+        env["AWS_SESSION_TOKEN"] = frozen.token
+    if block.aws_client_parameters.endpoint_url:
+        env["EMOTION_S3_ENDPOINT_URL"] = block.aws_client_parameters.endpoint_url
+    return env

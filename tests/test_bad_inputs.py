@@ -476,7 +476,13 @@ LOAD_SAFETY_CASES = [
          files={"remote.yaml": "name: r\nmodel: {family: decoder, model: org/model, trust_remote_code: true}\n"}),
 ]
 
-CASES = CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES + ERROR_CASES + LOAD_SAFETY_CASES
+DDP_CASES = [  # issue 13: distributed training settings
+    check("ddp-zero-gpus", "field 'resources.gpus'", "greater than or equal to 1"),
+    check("ddp-data-parallel", "field 'resources.strategy'", "'ddp' or 'fsdp'"),
+]
+
+CASES = (CONFIG_CASES + DATA_CASES + STORE_CASES + CLI_CASES + STORE_SAFETY_CASES + ERROR_CASES + LOAD_SAFETY_CASES
+         + DDP_CASES)
 
 
 def closed_port() -> int:

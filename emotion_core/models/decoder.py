@@ -103,6 +103,10 @@ def _base_model(source: str, spec: DecoderConfig, num_labels: int, pad_token_id:
         from emotion_core.models.adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(spec.adapter, skip_modules=[HEAD])
+        from emotion_core.training.distributed import device_map
+
+        if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
+            kwargs["device_map"] = device_map()
     model = AutoModelForSequenceClassification.from_pretrained(
         source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True,
         num_labels=num_labels, problem_type="multi_label_classification", dtype=_weights_dtype(spec), **kwargs)

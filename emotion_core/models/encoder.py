@@ -113,6 +113,10 @@ def _base_body(spec: EncoderConfig, source: str):
         from emotion_core.models.adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(spec.adapter)
+        from emotion_core.training.distributed import device_map
+
+        if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
+            kwargs["device_map"] = device_map()
     return AutoModel.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
                                      use_safetensors=True, dtype=torch.float32, **kwargs)
 

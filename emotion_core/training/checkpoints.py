@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
 from transformers import TrainerCallback
 
 from emotion_core.errors import StoreError
@@ -177,6 +178,8 @@ class CheckpointCallback(TrainerCallback):
         if not self.every_steps or step % self.every_steps or step == self.last_step:
             return
         self.last_step = step
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank's RNG state is in the checkpoint before it is uploaded
         trainer_dir = Path(args.output_dir) / f"checkpoint-{step}"
         best = Path(state.best_model_checkpoint) if state.best_model_checkpoint else None
         self.on_checkpoint(step, trainer_dir, best)

@@ -1,0 +1,433 @@
+"""Training on several ranks (``resources.gpus`` > 1): ``torchrun`` starts them, the HF Trainer runs DDP or FSDP.
+
+    launch(cfg, store_uri, run_id, progress, context, env) -> (staging, run_id)   parent: torchrun, wait, result
+    torchrun --nproc_per_node N -m emotion_core.training.distributed --config C --store S [--publish]   one rank
+    world() / is_main() / barrier() / broadcast() / gather() / main_first()      rank helpers (pipeline, fit)
+    check(cfg)                                                                   what a process may train
+
+Features
+- One training path: every rank runs ``pipeline.train_run``. Rank 0 alone creates the staging folder,
+  fetches and uploads store checkpoints, reports progress, predicts and writes the run (manifest last);
+  the other ranks train, evaluate their share of validation and return. ``launch`` returns rank 0's
+  staging folder: the caller publishes it once (the ``train-model`` flow, with its retries).
+- The global batch is ``training.batch_size``: each rank takes ``batch_size / N`` rows a step (a batch
+  that does not divide is refused), so steps, validation steps and the LR schedule are those of one
+  process, and with the same seed the result matches it (up to float summation order).
+- Collective timeout: ``EMOTION_DDP_TIMEOUT_S`` (default 300 s) for the process group: a rank that
+  hangs ends the run instead of blocking it for the Trainer's default 30 minutes.
+- A failed rank ends the run (torchrun stops the others) with ``RankFailed`` naming the rank: a rank
+  that died without an error of its own (killed, crashed) is the cause before ranks that only lost
+  their peer. Every rank writes its Python error to the job folder; the torchrun log stays there.
+- ``DataParallel`` is never used: one process with several visible GPUs trains on one of them.
+- Test-only fault hook: ``EMOTION_FAULT_KILL_RANK_AT_STEP=<rank>:<step>`` makes that rank
+  ``os._exit(1)`` at the end of that optimizer step (what a dead card or a killed process looks like).
+
+Limits
+- One node: the ranks share the work folder (rank 0's staging) for checkpoints; no multi-node rendezvous.
+- FSDP needs CUDA (refused on CPU) and is not combined with QLoRA; it has been run on no GPU here.
+- Out-of-memory batch halving is single-process only: in distributed mode an OOM ends the run saying what
+  to change (the ranks would otherwise disagree on the batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from emotion_core.errors import ConfigError, RankFailed
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_ENV = "EMOTION_DDP_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 300
+FAULT_ENV = "EMOTION_FAULT_KILL_RANK_AT_STEP"  # test-only: "<rank>:<step>"
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    size: int
+
+
+def world() -> World:
+    """This process's rank, local rank and the world size, from torchrun's environment (0, 0, 1 without it)."""
+    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
+                 int(os.environ.get("WORLD_SIZE", "1")))
+
+
+def is_main() -> bool:
+    return world().rank == 0
+
+
+def collective_timeout_s() -> int:
+    """Seconds a collective may wait for a peer (``EMOTION_DDP_TIMEOUT_S``, default 300)."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = int(raw) if raw else DEFAULT_TIMEOUT_S
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a whole number of seconds") from None
+    if value < 1:
+        raise ConfigError(f"{TIMEOUT_ENV}={value} must be at least 1 second")
+    return value
+
+
+def _initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def init_process_group() -> str:
+    """Join the ranks (NCCL on GPUs, gloo on CPU) with the collective timeout; returns the backend."""
+    w = world()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(w.local_rank)
+    torch.distributed.init_process_group(backend, timeout=timedelta(seconds=collective_timeout_s()))
+    return backend
+
+
+def barrier() -> None:
+    if _initialized():
+        torch.distributed.barrier()
+
+
+def broadcast(value):
+    """Rank 0's ``value`` on every rank (``value`` itself without a process group)."""
+    if not _initialized():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(value) -> list | None:
+    """Every rank's ``value`` in rank order on rank 0, ``None`` on the others (``[value]`` without a group)."""
+    if not _initialized():
+        return [value]
+    out = [None] * torch.distributed.get_world_size() if is_main() else None
+    torch.distributed.gather_object(value, out, dst=0)
+    return out
+
+
+@contextmanager
+def main_first():
+    """Rank 0 runs the block first (downloads, caches), the others after it: no two ranks fill a cache at once."""
+    main = is_main()
+    if not main:
+        barrier()
+    yield
+    if main:
+        barrier()
+
+
+def device_map() -> dict[str, int] | None:
+    """Where a 4-bit (QLoRA) model is loaded: this rank's own GPU under torchrun, else ``None`` (the default)."""
+    w = world()
+    if w.size > 1 and torch.cuda.is_available():
+        return {"": w.local_rank}
+    return None
+
+
+def device_index() -> int | None:
+    """This rank's CUDA device under torchrun (its local rank), else ``None`` (the current device)."""
+    w = world()
+    return w.local_rank if w.size > 1 and torch.cuda.is_available() else None
+
+
+def check(cfg) -> None:
+    """Refuse what this process cannot train: several GPUs without torchrun, an unsplittable batch, FSDP on CPU."""
+    gpus, w, name = cfg.resources.gpus, world(), cfg.name
+    if gpus > 1 and w.size == 1:
+        raise ConfigError(
+            f"config '{name}': resources.gpus={gpus} needs {gpus} ranks started by torchrun (the train-model flow "
+            f"does it; by hand: torchrun --nproc_per_node {gpus} -m emotion_core.training.distributed --config ... "
+            "--store ...); this is one process, and DataParallel is not supported")
+    if w.size > 1 and w.size != gpus:
+        raise ConfigError(f"config '{name}': started with {w.size} ranks but resources.gpus={gpus}")
+    if gpus > 1:
+        check_batch(cfg)
+        check_strategy(cfg)
+
+
+def check_batch(cfg) -> None:
+    gpus, batch = cfg.resources.gpus, cfg.training.batch_size
+    if batch % gpus:
+        raise ConfigError(
+            f"config '{cfg.name}': training.batch_size={batch} is the global batch and must divide by "
+            f"resources.gpus={gpus} (each rank takes batch_size / gpus rows a step); use e.g. "
+            f"{max(gpus, batch - batch % gpus)}")
+
+
+def check_strategy(cfg) -> None:
+    if cfg.resources.strategy != "fsdp":
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp needs CUDA GPUs; "
+                          "on CPU use resources.strategy: ddp")
+    adapter = getattr(cfg.model, "adapter", None)
+    if adapter is not None and adapter.method == "qlora":
+        raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp does not shard 4-bit (QLoRA) weights here; "
+                          "use resources.strategy: ddp (each rank holds the 4-bit model on its own card)")
+
+
+def per_device_batch(cfg) -> int:
+    """Rows each rank takes a step: the global ``training.batch_size`` split over the ranks."""
+    return cfg.training.batch_size // max(world().size, 1)
+
+
+def trainer_arguments(cfg) -> dict:
+    """Extra ``TrainingArguments`` for this world: collective timeout, and FSDP when asked for."""
+    if world().size == 1:
+        return {}
+    cuda = torch.cuda.is_available()
+    # use_cpu on CPU: without it accelerate sees no distributed setup (DistributedType.NO), does not wrap the
+    # model in DDP and does not sum the label counts across ranks: each rank would train alone.
+    extra = {"ddp_timeout": collective_timeout_s(), "ddp_backend": "nccl" if cuda else "gloo", "use_cpu": not cuda}
+    if cfg.resources.strategy == "fsdp":
+        extra.update(fsdp="full_shard auto_wrap", fsdp_config={"use_orig_params": True})
+    return extra
+
+
+def rank_usage(device_usage: dict, peak_memory: dict) -> dict:
+    """What the manifest records per rank: rank, device, its monitor summary and peak memory."""
+    w = world()
+    device = f"cuda:{w.local_rank}" if torch.cuda.is_available() else "cpu"
+    return {"rank": w.rank, "local_rank": w.local_rank, "device": device, "device_usage": device_usage,
+            "memory": peak_memory}
+
+
+def manifest_entry(cfg, ranks: list[dict] | None) -> dict:
+    """The manifest's ``distributed`` entry: world size, strategy, backend, batch split and per-rank device usage."""
+    size = world().size
+    backend = torch.distributed.get_backend() if _initialized() else None
+    return {"world_size": size, "strategy": cfg.resources.strategy if size > 1 else None, "backend": backend,
+            "global_batch_size": cfg.training.batch_size, "per_rank_batch_size": per_device_batch(cfg),
+            "ranks": ranks or []}
+
+
+class NoCheckpoints:
+    """Store checkpoints on ranks other than 0: they save with rank 0 (same steps) but upload and restore nothing."""
+
+    uploaded: tuple[int, ...] = ()
+
+    def restore(self, work_dir: Path):
+        return None
+
+    def upload(self, *args, **kwargs) -> bool:
+        return False
+
+    def delete(self) -> None:
+        pass
+
+
+def fault_callbacks() -> list:
+    """The test-only fault hook (``EMOTION_FAULT_KILL_RANK_AT_STEP``) as a Trainer callback, if set for this rank."""
+    spec = os.environ.get(FAULT_ENV, "").strip()
+    if not spec:
+        return []
+    rank, _, step = spec.partition(":")
+    if int(rank) != world().rank:
+        return []
+    from transformers import TrainerCallback
+
+    class KillAtStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == int(step):
+                log.error("%s: rank %s exits at step %s (test-only fault injection)", FAULT_ENV, rank, step)
+                os._exit(1)
+
+    return [KillAtStep()]
+
+
+# -- the parent: start torchrun, forward progress, read rank 0's result ---------------------------------------------
+
+
+def _visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def launch(cfg, store_uri: str, run_id: str | None = None, progress: Callable[[dict], None] | None = None,
+           context: dict | None = None, env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Train ``cfg`` on ``resources.gpus`` ranks (torchrun); returns rank 0's complete staging folder and the run id.
+
+    ``progress`` gets rank 0's progress events; ``env`` is added to the ranks' environment (store credentials).
+    Raises ``RankFailed`` naming the rank when one fails; the job folder (torchrun log, errors) is kept then.
+    """
+    gpus = cfg.resources.gpus
+    check_batch(cfg)
+    check_strategy(cfg)
+    visible = _visible_gpus()
+    if visible and visible < gpus:
+        raise ConfigError(f"config '{cfg.name}': resources.gpus={gpus} but this worker sees {visible} GPU(s) "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})")
+    job = Path(tempfile.mkdtemp(prefix=f"emotion-ranks-{cfg.name[:40]}-"))
+    (job / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
+    (job / "context.json").write_text(json.dumps(context or {}), encoding="utf-8")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+               "--max_restarts=0", "-m", "emotion_core.training.distributed", "--config", str(job / "config.json"),
+               "--store", store_uri, "--job", str(job)] + (["--run-id", run_id] if run_id else [])
+    log.info("config %s: starting %d ranks (%s): %s", cfg.name, gpus, cfg.resources.strategy, " ".join(command))
+    started = time.perf_counter()
+    with open(job / "torchrun.log", "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            events = _EventTail(job / "events.jsonl", progress)
+            while proc.poll() is None:
+                events.forward()
+                time.sleep(0.5)
+            events.forward()
+        except BaseException:
+            proc.terminate()  # torchrun stops its ranks on SIGTERM
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        raise RankFailed(f"config '{cfg.name}': {failure(job, gpus)} (after {time.perf_counter() - started:.0f}s; "
+                         f"torchrun log and rank errors kept in {job})")
+    result = json.loads((job / "result.json").read_text(encoding="utf-8"))
+    shutil.rmtree(job, ignore_errors=True)
+    return Path(result["staging"]), result["run_id"]
+
+
+class _EventTail:
+    """Forwards the JSON lines rank 0 appends to ``events.jsonl`` to ``progress``."""
+
+    def __init__(self, path: Path, progress: Callable[[dict], None] | None) -> None:
+        self.path, self.progress, self.offset = path, progress, 0
+
+    def forward(self) -> None:
+        if self.progress is None or not self.path.is_file():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        self.offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                self.progress(json.loads(line))
+            except Exception as exc:  # noqa: BLE001 - progress never stops training
+                log.warning("progress event not forwarded: %r", exc)
+
+
+_FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
+_PEER_LOST = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out", "DistBackendError",
+              "DistNetworkError", "SIGTERM", "SystemExit")
+
+
+def failure(job: Path, size: int) -> str:
+    """Which rank failed and why, from torchrun's failure summary and the ranks' own error files."""
+    logfile = job / "torchrun.log"
+    text = logfile.read_text(encoding="utf-8", errors="replace") if logfile.is_file() else ""
+    exits = {int(m.group(1)): int(m.group(3)) for m in _FAILED_RANK.finditer(text)}
+    errors = {}
+    for path in job.glob("error-rank*.json"):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            errors[int(record["rank"])] = record
+        except (OSError, ValueError, KeyError):
+            continue
+    died = sorted(r for r, code in exits.items() if r not in errors)
+    if died:  # no Python error of its own: killed, crashed or exited hard; the others only lost their peer
+        rank = died[0]
+        code = exits[rank]
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        return f"rank {rank} of {size} died without an error ({how}: killed, out of host memory or a crash)"
+    if errors:
+        own = [e for e in errors.values()
+               if not any(k.lower() in (e["type"] + e["message"]).lower() for k in _PEER_LOST)]
+        first = min(own or errors.values(), key=lambda e: e.get("time", 0.0))
+        return f"rank {first['rank']} of {size} failed: {first['type']}: {first['message']}"
+    if exits:
+        rank = min(exits)
+        return f"rank {rank} of {size} failed with exit code {exits[rank]}"
+    return f"torchrun failed before any rank reported (last log lines: {' | '.join(text.splitlines()[-5:])})"
+
+
+# -- one rank (what torchrun runs) ----------------------------------------------------------------------------------
+
+
+def _sigterm(signum, frame):
+    # torchrun stops the surviving ranks with SIGTERM: unwind, so rank 0 discards its staging folder.
+    raise SystemExit(128 + signum)
+
+
+def _write_error(job: Path | None, exc: BaseException) -> None:
+    if job is None:
+        return
+    w = world()
+    record = {"rank": w.rank, "local_rank": w.local_rank, "type": type(exc).__name__,
+              "message": str(exc).splitlines()[0][:2000] if str(exc) else "", "time": time.time()}
+    tmp = job / f".error-rank{w.rank}.json.tmp"
+    tmp.write_text(json.dumps(record), encoding="utf-8")
+    os.replace(tmp, job / f"error-rank{w.rank}.json")
+
+
+def _append_event(path: Path):
+    def report(event: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event) + "\n")
+
+    return report
+
+
+def run_rank(argv: list[str] | None = None) -> int:
+    """One rank: join the group, ``pipeline.train_run`` (rank 0: result file, optionally publish); 0 on success."""
+    from emotion_core import pipeline
+    from emotion_core.config import load_run_config, parse_run_config
+    from emotion_core.store import open_store
+
+    parser = argparse.ArgumentParser(prog="python -m emotion_core.training.distributed")
+    parser.add_argument("--config", required=True, help="run config: YAML, or JSON as written by launch()")
+    parser.add_argument("--store", required=True, help="artefact store URI")
+    parser.add_argument("--run-id", default=None)
+    parser.add_argument("--job", default=None, help="folder for events, errors and the result (set by launch())")
+    parser.add_argument("--publish", action="store_true", help="rank 0 publishes the run (when started by hand)")
+    args = parser.parse_args(argv)
+    job = Path(args.job) if args.job else None
+    signal.signal(signal.SIGTERM, _sigterm)
+    logging.basicConfig(level=logging.INFO, format=f"[rank {world().rank}] %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.config.endswith(".json"):
+            cfg = parse_run_config(json.loads(Path(args.config).read_text(encoding="utf-8")))
+        else:
+            cfg = load_run_config(args.config)
+        check(cfg)
+        backend = init_process_group() if world().size > 1 else None
+        context = json.loads((job / "context.json").read_text(encoding="utf-8")) if job else {}
+        progress = _append_event(job / "events.jsonl") if job and is_main() else None
+        store = open_store(args.store)
+        log.info("joined %d ranks (%s)", world().size, backend)
+        staging, run_id = pipeline.train_run(cfg, store, run_id=args.run_id, progress=progress, context=context)
+        if is_main():
+            uri = pipeline.publish_run(store, staging, run_id) if args.publish else None
+            if job:
+                (job / ".result.tmp").write_text(json.dumps({"staging": str(staging), "run_id": run_id, "uri": uri}))
+                os.replace(job / ".result.tmp", job / "result.json")
+            log.info("run %s complete: %s", run_id, uri or staging)
+    except BaseException as exc:
+        _write_error(job, exc)
+        raise
+    finally:
+        if _initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_rank())
