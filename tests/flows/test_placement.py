@@ -169,3 +169,30 @@ def test_prefect_yaml_deploys_without_prompts():
     assert by_name["nightly"]["work_pool"]["name"] != by_name["gpu"]["work_pool"]["name"]  # same pool deadlocks
     assert by_name["nightly"]["parameters"]["dispatch"] == "deployment"
     assert by_name["nightly"]["parameters"]["child_deployment"] == "train-model/gpu"
+
+
+def test_each_child_requests_its_cards_as_the_gpu_count_job_variable(monkeypatch):
+    """start_children and a re-dispatch pass resources.gpus as ``gpu_count`` (the Kubernetes template's request)."""
+    import logging
+    from types import SimpleNamespace
+    from uuid import uuid4
+
+    import prefect.deployments
+
+    calls = []
+
+    def fake_run_deployment(name, **kwargs):  # the server side is covered by tests/e2e/test_placement_gpus.py
+        calls.append(kwargs)
+        return SimpleNamespace(id=uuid4())
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
+    from flows.dispatch import redispatch, start_children
+
+    specs = [{"config": "one", "run_id": "r1", "queue": "gpu-small", "parameters": {}},
+             {"config": "two", "run_id": "r2", "queue": "gpu-large-x2", "gpus": 2, "parameters": {}}]
+    children = start_children("train-model/gpu", specs, tags=[])
+    assert [c["job_variables"] for c in calls] == [{"gpu_count": 1}, {"gpu_count": 2}]
+    assert [c["work_queue_name"] for c in calls] == ["gpu-small", "gpu-large-x2"]
+    children[1].state = "CRASHED"
+    redispatch("train-model/gpu", children[1], logging.getLogger("test"))
+    assert calls[-1]["job_variables"] == {"gpu_count": 2} and calls[-1]["work_queue_name"] == "gpu-large-x2"
