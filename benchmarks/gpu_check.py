@@ -55,11 +55,11 @@ SIZES = {
     "cuda": {"encoder_shape": ROBERTA_BASE, "train_rows": 6000, "val_rows": 500, "max_length": 128, "batch_size": 32,
              "llama_shape": None, "llama_steps": 30, "llama_warmup": 5, "llama_batch": 16, "llama_max_length": 128,
              "oom_rows": 1024, "oom_batch": 512, "oom_max_length": 256, "vocab": 30000},
-    "cpu": {"encoder_shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-                              "vocab_size": 4000, "max_position_embeddings": 130},
+    "cpu": {"encoder_shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                              "intermediate_size": 128, "vocab_size": 4000, "max_position_embeddings": 130},
             "train_rows": 192, "val_rows": 48, "max_length": 32, "batch_size": 16,
-            "llama_shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                            "intermediate_size": 128, "vocab_size": 4000},
+            "llama_shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 4000},
             "llama_steps": 4, "llama_warmup": 1, "llama_batch": 8, "llama_max_length": 32,
             "oom_rows": 64, "oom_batch": 32, "oom_max_length": 32, "vocab": 2000},
 }
@@ -107,8 +107,8 @@ def load_rows(folder: Path | None, train_rows: int, val_rows: int) -> dict:
         return {"train": synthetic(train_rows, 1), "validation": synthetic(val_rows, 2),
                 "names": [f"label{i}" for i in range(28)], "source": "synthetic (no GoEmotions folder found)"}
     names = [n.strip() for n in (folder / "labels.txt").read_text(encoding="utf-8").splitlines() if n.strip()]
-    return {"train": read_goemotions(folder, "train", train_rows), "validation": read_goemotions(folder, "dev", val_rows),
-            "names": names, "source": str(folder)}
+    return {"train": read_goemotions(folder, "train", train_rows),
+            "validation": read_goemotions(folder, "dev", val_rows), "names": names, "source": str(folder)}
 
 
 def multi_hot(ids: list[list[int]], width: int):
@@ -283,7 +283,8 @@ def child_encoder_plain(spec: dict) -> dict:
         output = trainer.train()
         wall = time.perf_counter() - started
     return {"arm": "plain", **_timing(state, wall), "train_loss": output.training_loss,
-            "precision": "bf16" if bf16 else "fp32", **_optimizer_facts(trainer), "torch_threads": torch.get_num_threads()}
+            "precision": "bf16" if bf16 else "fp32", **_optimizer_facts(trainer),
+            "torch_threads": torch.get_num_threads()}
 
 
 def child_llama(spec: dict) -> dict:
@@ -291,7 +292,8 @@ def child_llama(spec: dict) -> dict:
     from benchmarks import qlora_vs_lora
 
     (texts, labels), _, schema = _rows(spec)
-    return qlora_vs_lora.child({**spec, "config": str(qlora_vs_lora.CONFIGS[spec["variant"]]), "model": spec["model_folder"],
+    config = str(qlora_vs_lora.CONFIGS[spec["variant"]])
+    return qlora_vs_lora.child({**spec, "config": config, "model": spec["model_folder"],
                                 "steps": spec["llama_steps"], "warmup_steps": spec["llama_warmup"],
                                 "batch_size": spec["llama_batch"], "max_length": spec["llama_max_length"],
                                 "rows": len(texts), "data_seed": 13, "gradient_checkpointing": False,
@@ -402,7 +404,8 @@ def check(args) -> dict:
     sizes = SIZES["cpu" if args.cpu_smoke else "cuda"]
     only = set(args.only.split(",")) if args.only else {"encoder", "llama", "oom"}
     started = time.perf_counter()
-    payload = {"check": "gpu_check", "mode": mode, "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    payload = {"check": "gpu_check", "mode": mode,
+               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device_facts(),
                "versions": versions()}
     folder = data_folder(args.data_dir)

@@ -58,5 +58,6 @@ for pair in annotated_types:annotated_types typing_inspection:typing_inspection 
             bitsandbytes:bitsandbytes; do
   unpack "${pair%%:*}" "${pair##*:}"
 done
-export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec "$PY" benchmarks/gpu_check.py "$@"

@@ -101,7 +101,7 @@ def config_gpus(config) -> int:
 
 def describe_queues(queues: dict[str, Any]) -> str:
     """``gpu-large (1 x >= 40 GiB), ...``: what a pool offers, for error messages."""
-    shapes = sorted((_queue_shape(n, v)[1], _queue_shape(n, v)[0], n) for n, v in queues.items())
+    shapes = sorted((*reversed(_queue_shape(name, value)), name) for name, value in queues.items())
     return ", ".join(f"{name} ({gpus} x >= {memory:g} GiB)" for gpus, memory, name in shapes) or "no queues"
 
 

@@ -38,8 +38,8 @@ from emotion_core.config import deep_merge, load_config_set
 from emotion_core.errors import RunFailed
 from emotion_core.models import preflight
 from emotion_core.settings import default_store_uri
-from flows.dispatch import (cancel_children_of, child_run_id, config_gpus, default_heartbeat_timeout_s, queue_capacities,
-                            queue_for, start_children, wait_for_children)
+from flows.dispatch import (cancel_children_of, child_run_id, config_gpus, default_heartbeat_timeout_s,
+                            queue_capacities, queue_for, start_children, wait_for_children)
 from flows.train_model import train_model
 from tasks.analysis import compare_runs, evaluate_run, explain_run
 from tasks.storage import open_task_store
@@ -60,10 +60,10 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
 
     ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;
     ``queues``: the gpu pool's work queues -> ``{min_gpu_memory_gb, gpus}`` (their cards' smallest GPU
-    memory in GiB, cards per worker; GiB alone: one card) (default: ``deployments/pools/pools.yaml``). Deployment dispatch only: ``child_attempts``: flow runs per
-    config at most (a crashed one is re-dispatched and resumes; 1: never); ``heartbeat_timeout_s``:
-    silence after which a RUNNING child counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``;
-    0: never).
+    memory in GiB, cards per worker; GiB alone: one card) (default: ``deployments/pools/pools.yaml``).
+    Deployment dispatch only: ``child_attempts``: flow runs per config at most (a crashed one is
+    re-dispatched and resumes; 1: never); ``heartbeat_timeout_s``: silence after which a RUNNING child
+    counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; 0: never).
     """
     logger = get_run_logger()
     store = store or default_store_uri()

@@ -59,8 +59,8 @@ def test_cpu_smoke_writes_every_section_with_sane_values(tmp_path):
         "atexit.register(_report)\n", encoding="utf-8")
     out = tmp_path / "check.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check = json.loads(out.read_text())
 
