@@ -70,14 +70,23 @@ def _peak_memory(device: str) -> dict:
     return {"peak_rss_mb": _common.peak_rss_mb()}
 
 
-def child(spec: dict) -> dict:
+def count_parameters(model) -> dict:
+    """``pipeline.count_parameters`` without importing the pipeline (polars): the GPU check runs without it."""
+    from emotion_core.models.adapters import trainable_parameters
+
+    counts = trainable_parameters(model)
+    stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    return {**counts, "trainable_percent": round(100.0 * counts["trainable"] / max(counts["total"], 1), 4),
+            "weights_mb": round(stored / 2**20, 1)}
+
+
+def child(spec: dict, loaded: tuple | None = None) -> dict:
+    """One variant's run. ``loaded``: ``(texts, labels, schema)`` of the training rows instead of ``load_data``."""
     import numpy as np
     import torch
 
     from emotion_core.config import DataConfig, load_run_config
-    from emotion_core.data import load_data
     from emotion_core.models import build_family
-    from emotion_core.pipeline import count_parameters
     from emotion_core.training.fit import resolve_precision, seed_everything, trainer_loss
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,13 +97,18 @@ def child(spec: dict) -> dict:
         model_over["model"] = spec["model"]
     cfg = load_run_config(spec["config"], overrides={"data": data_cfg.model_dump(mode="json"), "model": model_over,
                                                       "training": {"batch_size": spec["batch_size"]}})
-    data = load_data(cfg.data)
-    texts, labels = data.texts("train"), data.labels("train")
+    if loaded is None:
+        from emotion_core.data import load_data
+
+        data = load_data(cfg.data)
+        texts, labels, schema = data.texts("train"), data.labels("train"), data.schema
+    else:
+        texts, labels, schema = loaded
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seed_everything(cfg.training.seed)
     started = time.perf_counter()
-    family = build_family(cfg, data.schema, texts, labels)
+    family = build_family(cfg, schema, texts, labels)
     model = family.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if device == "cuda" and not getattr(base, "is_quantized", False):
@@ -190,14 +204,15 @@ def child(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------- parent
 
 
-def make_random_llama(folder: Path, shape: dict) -> dict:
-    """A randomly initialised Llama of ``shape`` saved (bf16) with the MiniLM tokenizer; its facts."""
+def make_random_llama(folder: Path, shape: dict, tokenizer=None) -> dict:
+    """A randomly initialised Llama of ``shape`` saved (bf16) with ``tokenizer`` (default: MiniLM's); its facts."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from emotion_core.models.resolve import resolve_model
+    if tokenizer is None:
+        from emotion_core.models.resolve import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
     if len(tokenizer) > shape["vocab_size"]:
         raise SystemExit(f"tokenizer has {len(tokenizer)} ids, more than the vocabulary {shape['vocab_size']}")
     config = LlamaConfig(**shape, max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5,
@@ -211,7 +226,7 @@ def make_random_llama(folder: Path, shape: dict) -> dict:
     tokenizer.save_pretrained(folder)
     del model
     return {"shape": shape, "parameters": n_params, "build_and_save_s": round(time.perf_counter() - started, 1),
-            "tokenizer": "all-MiniLM-L6-v2 WordPiece (bert-base-uncased vocabulary)", "saved_dtype": "bfloat16"}
+            "tokenizer": f"{type(tokenizer).__name__}, {len(tokenizer)} ids", "saved_dtype": "bfloat16"}
 
 
 COLUMNS = ["variant", "precision", "trainable", "weights_mb", "peak_mem_mb", "train_peak_mem_mb", "tokens_per_s",

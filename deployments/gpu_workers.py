@@ -1,17 +1,22 @@
-"""Start one Prefect process worker per GPU on this machine, each running one flow run at a time.
+"""Start one Prefect process worker per GPU (or per group of GPUs) on this machine, one flow run at a time each.
 
-    python deployments/gpu_workers.py [--pool gpu] [--cpu-workers N] [--name-prefix gpu]
+    python deployments/gpu_workers.py [--pool gpu] [--gpus-per-worker K] [--cpu-workers N] [--name-prefix gpu]
 
 Features:
-- GPUs come from ``nvidia-smi`` (index, name, memory); worker *i* gets ``CUDA_VISIBLE_DEVICES=i``,
-  ``--limit 1`` and a name ``<prefix>-<host>-<i>`` (also exported as ``EMOTION_WORKER_NAME``, so each
-  run's manifest and logs name the worker that trained it);
-- a card with M GiB serves every queue of the pool whose ``min_gpu_memory_gb`` <= M
-  (``deployments/pools/pools.yaml``): big cards drain small jobs too, small cards never get big ones;
-- no GPU: ``--cpu-workers N`` workers (default 1) serve every queue (laptops, CI, the embedded demo);
+- GPUs come from ``nvidia-smi`` (index, name, memory); with ``--gpus-per-worker K`` (default 1) the
+  cards are grouped K by K in index order (8 cards, K=2: 4 workers with ``CUDA_VISIBLE_DEVICES=0,1``,
+  ``2,3``, ...; cards left over are named and get no worker); each worker gets ``--limit 1``, a name
+  ``<prefix>-<host>-<first card>`` (also exported as ``EMOTION_WORKER_NAME``, so each run's manifest and
+  logs name the worker that trained it) and ``EMOTION_WORKER_GPUS=K``;
+- a worker owning K cards, the smallest with M GiB, serves every queue of the pool with ``gpus`` == K
+  (default 1) and ``min_gpu_memory_gb`` <= M (``deployments/pools/pools.yaml``): big cards drain small
+  jobs too, small cards never get big ones, and a run never leaves cards of its worker idle;
+- no GPU: ``--cpu-workers N`` workers (default 1) stand in for K-card workers: they serve every queue
+  with ``gpus`` == K whatever its memory (laptops, CI, the embedded demo);
 - runs in the foreground and supervises: SIGINT/SIGTERM stop every worker (twice, because a Prefect
   worker escalates to SIGKILL on the second signal), and the script exits when its workers have.
-Limits: one machine; multi-GPU runs per config are not supported (one GPU per run).
+Limits: one machine; one K per invocation over every card it detects (no mix of 1- and 2-card
+workers on one machine yet).
 Needs ``PREFECT_API_URL`` in the environment (or a Prefect profile) like any worker.
 """
 
@@ -45,29 +50,51 @@ def detect_gpus() -> list[dict]:
     return gpus
 
 
-def queues_for_card(queues: dict[str, dict], memory_gib: float | None) -> list[str]:
-    """Queues a card serves (``None``: a CPU worker, which serves all of them)."""
-    return [name for name, q in queues.items() if memory_gib is None or float(q.get("min_gpu_memory_gb", 0)) <= memory_gib]
+def queue_gpus(queue: dict) -> int:
+    """Cards per worker a queue is for (``gpus``, default 1)."""
+    return int(queue.get("gpus", 1))
 
 
-def worker_commands(pool: str, queues: dict[str, dict], gpus: list[dict], cpu_workers: int, prefix: str) -> list[tuple[list[str], dict]]:
+def queues_for_card(queues: dict[str, dict], memory_gib: float | None, cards: int = 1) -> list[str]:
+    """Queues a worker with ``cards`` cards of at least ``memory_gib`` serves (``None``: CPU, any memory)."""
+    return [name for name, q in queues.items() if queue_gpus(q) == cards
+            and (memory_gib is None or float(q.get("min_gpu_memory_gb", 0)) <= memory_gib)]
+
+
+def card_groups(gpus: list[dict], per_worker: int) -> tuple[list[list[dict]], list[dict]]:
+    """Consecutive groups of ``per_worker`` cards, and the cards left over."""
+    whole = len(gpus) - len(gpus) % per_worker
+    return [gpus[i:i + per_worker] for i in range(0, whole, per_worker)], gpus[whole:]
+
+
+def worker_commands(pool: str, queues: dict[str, dict], gpus: list[dict], cpu_workers: int, prefix: str,
+                    gpus_per_worker: int = 1) -> list[tuple[list[str], dict]]:
     """``(argv, extra env)`` per worker."""
     host = socket.gethostname().split(".")[0]
     prefect = str(Path(sys.executable).with_name("prefect"))
-    slots = [(g["index"], g["memory_gib"], g["name"]) for g in gpus] or [(i, None, "cpu") for i in range(cpu_workers)]
+    groups, left_over = card_groups(gpus, gpus_per_worker)
+    if left_over:
+        print(f"GPUs {[g['index'] for g in left_over]} do not make a group of {gpus_per_worker}: no worker for them",
+              file=sys.stderr)
+    slots = [([g["index"] for g in group], min(g["memory_gib"] for g in group), " + ".join(g["name"] for g in group))
+             for group in groups]
+    if not gpus:
+        slots = [([i], None, "cpu") for i in range(cpu_workers)]
     commands = []
-    for index, memory, card in slots:
-        served = queues_for_card(queues, memory)
+    for indices, memory, card in slots:
+        served = queues_for_card(queues, memory, gpus_per_worker)
         if not served:
-            print(f"GPU {index} ({card}, {memory:.0f} GiB) is smaller than every queue of pool '{pool}': no worker", file=sys.stderr)
+            size = "CPU" if memory is None else f"{memory:.0f} GiB"
+            print(f"GPUs {indices} ({card}, {size}) as a {gpus_per_worker}-card worker match no queue of pool "
+                  f"'{pool}': no worker", file=sys.stderr)
             continue
-        name = f"{prefix}-{host}-{index}"
+        name = f"{prefix}-{host}-{indices[0]}"
         argv = [prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", name, "--limit", "1"]
         for queue in served:
             argv += ["--work-queue", queue]
-        env = {"EMOTION_WORKER_NAME": name, "EMOTION_WORKER_DEVICE": card}
+        env = {"EMOTION_WORKER_NAME": name, "EMOTION_WORKER_DEVICE": card, "EMOTION_WORKER_GPUS": str(gpus_per_worker)}
         if memory is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(index)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in indices)
         commands.append((argv, env))
     return commands
 
@@ -76,16 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pool", default="gpu")
     parser.add_argument("--cpu-workers", type=int, default=1, help="workers to start when the machine has no GPU")
+    parser.add_argument("--gpus-per-worker", type=int, default=1,
+                        help="cards each worker owns (CUDA_VISIBLE_DEVICES); it serves the queues with that many gpus")
     parser.add_argument("--name-prefix", default="gpu")
     parser.add_argument("--pools-file", default=str(POOLS_FILE))
     args = parser.parse_args(argv)
+    if args.gpus_per_worker < 1:
+        parser.error("--gpus-per-worker must be >= 1")
 
     queues = (yaml.safe_load(Path(args.pools_file).read_text(encoding="utf-8")).get(args.pool) or {}).get("queues") or {}
     if not queues:
         print(f"{args.pools_file}: pool '{args.pool}' has no queues", file=sys.stderr)
         return 2
     gpus = detect_gpus()
-    commands = worker_commands(args.pool, queues, gpus, args.cpu_workers, args.name_prefix)
+    commands = worker_commands(args.pool, queues, gpus, args.cpu_workers, args.name_prefix, args.gpus_per_worker)
     workers = []
     for command, env in commands:
         print(f"starting {env['EMOTION_WORKER_NAME']} on {env['EMOTION_WORKER_DEVICE']} "

@@ -1,8 +1,11 @@
 """Deployment dispatch for ``train-all``: one ``train-model`` flow run per config on the gpu pool.
 
 Features:
-- placement: a config's ``resources.gpu_memory_gb`` picks the smallest work queue whose cards are
-  big enough (``queue_for``); a config no queue can hold fails before anything is dispatched;
+- placement: a config's ``resources.gpus`` picks the queues whose workers own exactly that many cards
+  (a queue's ``gpus`` in pools.yaml, default 1), then its ``resources.gpu_memory_gb`` the smallest of
+  those whose cards are big enough (``queue_for``); a config no queue can hold fails before anything
+  is dispatched, naming what the queues offer; the child's ``gpu_count`` job variable (the Kubernetes
+  template's ``nvidia.com/gpu``) is ``resources.gpus``;
 - every child is created at once with ``run_deployment(timeout=0)`` (linked as a subflow, with an
   idempotency key so a retried parent re-attaches to its children instead of training twice),
   then all are polled until each reaches a final state; state changes are logged;
@@ -67,22 +70,56 @@ def load_pools(path: str | Path = POOLS_FILE) -> dict[str, dict]:
     return pools
 
 
-def queue_capacities(pool: str = "gpu", path: str | Path = POOLS_FILE) -> dict[str, float]:
-    """Queue -> smallest GPU memory (GiB) of the cards whose workers serve it."""
+def _queue_shape(name: str, value: Any) -> tuple[float, int]:
+    """``(min_gpu_memory_gb, gpus)`` of a queue given as GiB (one card) or ``{min_gpu_memory_gb, gpus}``."""
+    spec = value if isinstance(value, dict) else {"min_gpu_memory_gb": value}
+    memory, gpus = spec.get("min_gpu_memory_gb"), spec.get("gpus", 1)
+    # bool is an int subclass: `gpus: true` is a typo, not one card.
+    if isinstance(memory, bool) or not isinstance(memory, (int, float)) or not memory > 0:
+        raise ConfigError(f"work queue '{name}': min_gpu_memory_gb must be a positive number of GiB, got {memory!r}")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ConfigError(f"work queue '{name}': gpus must be a whole number of cards >= 1, got {gpus!r}")
+    return float(memory), gpus
+
+
+def queue_capacities(pool: str = "gpu", path: str | Path = POOLS_FILE) -> dict[str, dict]:
+    """Queue -> ``{min_gpu_memory_gb, gpus}``: the smallest cards of its workers, and how many each worker owns."""
     queues = (load_pools(path).get(pool) or {}).get("queues") or {}
-    capacities = {name: float(q["min_gpu_memory_gb"]) for name, q in queues.items() if "min_gpu_memory_gb" in q}
+    capacities = {}
+    for name, q in queues.items():
+        if isinstance(q, dict) and "min_gpu_memory_gb" in q:
+            memory, gpus = _queue_shape(name, q)
+            capacities[name] = {"min_gpu_memory_gb": memory, "gpus": gpus}
     if not capacities:
         raise ConfigError(f"{path}: pool '{pool}' has no queues with min_gpu_memory_gb")
     return capacities
 
 
-def queue_for(config_name: str, gpu_memory_gb: float, queues: dict[str, float]) -> str:
-    """The queue with the smallest cards that still hold ``gpu_memory_gb``."""
-    fitting = sorted((capacity, name) for name, capacity in queues.items() if capacity >= gpu_memory_gb)
+def config_gpus(config) -> int:
+    """``resources.gpus`` of a config (1 where the config schema has no such field yet)."""
+    return getattr(config.resources, "gpus", 1)
+
+
+def describe_queues(queues: dict[str, Any]) -> str:
+    """``gpu-large (1 x >= 40 GiB), ...``: what a pool offers, for error messages."""
+    shapes = sorted((*reversed(_queue_shape(name, value)), name) for name, value in queues.items())
+    return ", ".join(f"{name} ({gpus} x >= {memory:g} GiB)" for gpus, memory, name in shapes) or "no queues"
+
+
+def queue_for(config_name: str, gpu_memory_gb: float, queues: dict[str, Any], gpus: int = 1) -> str:
+    """The queue of ``gpus``-card workers with the smallest cards that still hold ``gpu_memory_gb`` each.
+
+    ``queues``: name -> ``{min_gpu_memory_gb, gpus}`` (or GiB alone: one card). Exact card count: a
+    worker with more cards than the run uses would leave the rest idle for the whole run.
+    """
+    shapes = {name: _queue_shape(name, value) for name, value in queues.items()}
+    fitting = sorted((memory, name) for name, (memory, count) in shapes.items()
+                     if count == gpus and memory >= gpu_memory_gb)
     if not fitting:
-        largest = max(queues.values(), default=0)
-        raise ConfigError(f"config '{config_name}': resources.gpu_memory_gb={gpu_memory_gb:g} exceeds every work queue "
-                          f"(largest: {largest:g} GiB in {sorted(queues)})")
+        raise ConfigError(f"config '{config_name}': resources.gpus={gpus}, gpu_memory_gb={gpu_memory_gb:g} "
+                          f"fits no work queue of the gpu pool; the queues offer: {describe_queues(queues)}. "
+                          f"Lower resources.gpus or gpu_memory_gb, or add a queue (deployments/pools/pools.yaml) "
+                          f"and workers with that many cards (deployments/gpu_workers.py --gpus-per-worker)")
     return fitting[0][1]
 
 
@@ -98,6 +135,7 @@ class Child:
     queue: str
     flow_run_id: UUID
     created_s: float  # seconds the create call took (API round trip)
+    gpus: int = 1  # cards of the run (resources.gpus): its gpu_count job variable
     state: str = "SCHEDULED"
     message: str = ""
     timings: dict[str, Any] = field(default_factory=dict)
@@ -119,19 +157,21 @@ class Child:
 def _dispatch(deployment: str, spec: dict, tags: list[str], idempotency_key: str):
     from prefect.deployments import run_deployment
 
+    # gpu_count: the Kubernetes template's nvidia.com/gpu; process pools ignore it.
     return run_deployment(deployment, parameters=spec["parameters"], timeout=0, as_subflow=True,
                           work_queue_name=spec["queue"], flow_run_name=f"train-model-{spec['config']}",
-                          idempotency_key=idempotency_key, tags=tags)
+                          job_variables={"gpu_count": spec.get("gpus", 1)}, idempotency_key=idempotency_key,
+                          tags=tags)
 
 
 def start_children(deployment: str, specs: Iterable[dict], tags: list[str]) -> list[Child]:
-    """Create one flow run of ``deployment`` per spec (``config``, ``run_id``, ``queue``, ``parameters``)."""
+    """Create one flow run of ``deployment`` per spec (``config``, ``run_id``, ``queue``, ``gpus``, ``parameters``)."""
     children = []
     for spec in specs:
         started = time.perf_counter()
         run = _dispatch(deployment, spec, tags, idempotency_key=spec["run_id"])
         children.append(Child(spec["config"], spec["run_id"], spec["queue"], run.id, time.perf_counter() - started,
-                              parameters=spec["parameters"], tags=list(tags)))
+                              gpus=spec.get("gpus", 1), parameters=spec["parameters"], tags=list(tags)))
     return children
 
 
@@ -140,7 +180,8 @@ def redispatch(deployment: str, child: Child, logger) -> None:
     child.earlier.append({"flow_run_id": str(child.flow_run_id), "state": child.state, "message": child.message})
     child.attempts += 1
     started = time.perf_counter()
-    run = _dispatch(deployment, {"config": child.config, "queue": child.queue, "parameters": child.parameters},
+    run = _dispatch(deployment, {"config": child.config, "queue": child.queue, "gpus": child.gpus,
+                                 "parameters": child.parameters},
                     child.tags, idempotency_key=f"{child.run_id}-attempt-{child.attempts}")
     logger.warning("child %s crashed (%s); re-dispatched as flow run %s (attempt %d, same run id %s: it resumes "
                    "from its last checkpoint)", child.config, child.message, run.id, child.attempts, child.run_id)

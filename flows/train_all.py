@@ -2,7 +2,7 @@
 
 Two ways to run the children, same outcome records:
 - ``dispatch="deployment"`` (the ``train-all/nightly`` deployment): one ``train-model/gpu`` flow run
-  per config, created at once on the gpu pool and placed on a work queue by the config's GPU memory
+  per config, created at once on the gpu pool and placed on a work queue by the config's GPU count and memory
   need (``flows.dispatch``); the workers' concurrency decides how many train at the same time;
 - ``dispatch="local"``: children run one after another in this process (a laptop, CI).
 Then, in this flow: ``evaluate-run`` per run (test metrics with bootstrap CIs, PR/ROC-AUC, ECE,
@@ -39,8 +39,8 @@ from emotion_core.errors import RunFailed
 from emotion_core.models import preflight
 from emotion_core.settings import default_store_uri
 from emotion_core.store.uris import check_uri
-from flows.dispatch import (cancel_children_of, child_run_id, default_heartbeat_timeout_s, queue_capacities, queue_for,
-                            start_children, wait_for_children)
+from flows.dispatch import (cancel_children_of, child_run_id, config_gpus, default_heartbeat_timeout_s,
+                            queue_capacities, queue_for, start_children, wait_for_children)
 from flows.train_model import train_model
 from tasks.analysis import compare_runs, evaluate_run, explain_run
 from tasks.storage import open_task_store
@@ -55,16 +55,16 @@ def _cancel_children(flow, flow_run, state) -> None:
 def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | None = None,
               dataset: str | None = None, overrides: dict[str, Any] | None = None,
               dispatch: Literal["local", "deployment"] = "local", child_deployment: str = "train-model/gpu",
-              queues: dict[str, float] | None = None, poll_interval_s: float = 2.0, child_attempts: int = 2,
+              queues: dict[str, Any] | None = None, poll_interval_s: float = 2.0, child_attempts: int = 2,
               heartbeat_timeout_s: float | None = None) -> dict:
     """Train every config of ``config_set`` and publish the comparison; returns where it was written.
 
     ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;
-    ``queues``: the gpu pool's work queues and their cards' smallest GPU memory in GiB (default:
-    ``deployments/pools/pools.yaml``). Deployment dispatch only: ``child_attempts``: flow runs per
-    config at most (a crashed one is re-dispatched and resumes; 1: never); ``heartbeat_timeout_s``:
-    silence after which a RUNNING child counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``;
-    0: never).
+    ``queues``: the gpu pool's work queues -> ``{min_gpu_memory_gb, gpus}`` (their cards' smallest GPU
+    memory in GiB, cards per worker; GiB alone: one card) (default: ``deployments/pools/pools.yaml``).
+    Deployment dispatch only: ``child_attempts``: flow runs per config at most (a crashed one is
+    re-dispatched and resumes; 1: never); ``heartbeat_timeout_s``: silence after which a RUNNING child
+    counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; 0: never).
     """
     store = check_uri(store or default_store_uri(), "store")  # the CLI refuses it before the flow run exists
     logger = get_run_logger()
@@ -77,7 +77,9 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
     parent_id = str(runtime.flow_run.id or os.getpid())
     planned = [{"config": e.config.name, "path": os.path.normpath(e.path), "overrides": e.overrides,
                 "run_id": child_run_id(e.config.name, started, parent_id),
-                "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues)} for e in entries]
+                "gpus": config_gpus(e.config),
+                "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, config_gpus(e.config))}
+               for e in entries]  # a config no queue holds fails here, before any child starts
     logger.info("config set %s: %d configs -> %s (%s dispatch)", spec.name, len(planned), store, dispatch)
 
     if dispatch == "deployment":
