@@ -240,7 +240,10 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
 def published_run_uri(store: ArtifactStore, run_id: str, cfg: RunConfig) -> str | None:
     """URI of ``run_id`` if ``store`` holds it, trained from ``cfg`` (an earlier attempt of the same child
     published it before it crashed); ``None`` if absent; ``RunIdConflict`` if it holds a run of another config."""
-    if not store.has_run(run_id):
+    try:
+        if not store.has_run(run_id):
+            return None
+    except StoreError:  # unreachable now: training goes ahead and publishing checks again (and keeps the run)
         return None
     manifest = json.loads((store.run_folder(run_id) / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("config") != cfg.model_dump(mode="json"):

@@ -351,7 +351,7 @@ ERROR_CASES = [
                                            "--data", "{tmp}/good.csv"),
          ("/proc/emotion-corpus/s.csv: cannot write the file", "nothing was written"), files=GOOD_TEXTS, needs_run=True),
     Case("store-err-publish-unwritable", ("publish", "{tmp}/done-run", "--store", "/proc"),
-         ("store file:///proc: publishing run done-run failed", "nothing was published"), files=COMPLETE),
+         ("store file:///proc: cannot write a staging folder (No such file or directory)",), files=COMPLETE),
     predict("err-fifo.csv", "is a FIFO (named pipe), not a data file", data="{tmp}/err-fifo.csv",
             files={"err-fifo.csv": FIFO}),
     predict("err-folder", "is a folder, not a data file", data="{tmp}/err-folder", files={"err-folder/.keep": ""}),
@@ -400,11 +400,13 @@ def unix_socket(path: Path) -> None:
 def remote_code_run(trust) -> dict[str, str]:
     """A fake encoder run whose config asks for remote code; evil.py would write beside itself if imported."""
     config = {"name": "evil", "model": {"family": "encoder", "model": "minilm", "trust_remote_code": trust}}
-    return {"evil-run/manifest.json": '{"run_id": "evil-run"}\n', "evil-run/config.yaml": yaml.safe_dump(config),
-            "evil-run/labels.json": '{"labels": ["joy"]}\n',
-            "evil-run/model/body/config.json": '{"model_type": "bert", "auto_map": {"AutoModel": "evil.EvilModel"}}\n',
-            "evil-run/model/body/evil.py": "from pathlib import Path\nPath(__file__).with_name('PWNED').write_text('ran')\n",
-            **GOOD_TEXTS}
+    files = {"config.yaml": yaml.safe_dump(config), "labels.json": '{"labels": ["joy"]}\n',
+             "model/body/config.json": '{"model_type": "bert", "auto_map": {"AutoModel": "evil.EvilModel"}}\n',
+             "model/body/evil.py": "from pathlib import Path\nPath(__file__).with_name('PWNED').write_text('ran')\n"}
+    # A complete manifest (every file listed with its sha256), so the refusal tested is the remote-code one.
+    listed = {name: {"bytes": len(text.encode()), "sha256": _sha(text.encode())} for name, text in files.items()}
+    manifest = json.dumps({"run_id": "evil-run", "files": listed}) + "\n"
+    return {"evil-run/manifest.json": manifest, **{f"evil-run/{name}": text for name, text in files.items()}, **GOOD_TEXTS}
 
 
 def set_with_ok_ffnn(path: Path) -> None:

@@ -168,8 +168,10 @@ def test_a_full_disk_while_publishing_leaves_no_half_copy(tiny_run, tmp_path, mo
         return real_copytree(src, dst, symlinks, ignore, copy_then_full, *rest, **kwargs)
 
     monkeypatch.setattr(shutil, "copytree", copytree)
-    with pytest.raises(StoreError, match=r"publishing run r1 failed \(\[Errno 28\] No space left on device while copying .*\); nothing was"):
-        store.publish(tiny_run, "r1")
+    run_id = tiny_run.name  # a run is published under the id its manifest names
+    with pytest.raises(StoreError, match=rf"copying run {run_id} from .* failed \(\[Errno 28\] No space left on device "
+                                         rf"while copying .*\)"):
+        store.publish(tiny_run, run_id)
     assert store.list_runs() == []
     assert list((tmp_path / "store" / ".staging").iterdir()) == []  # the half copy is gone
     assert (tiny_run / "manifest.json").is_file()  # the source is intact
@@ -178,15 +180,16 @@ def test_a_full_disk_while_publishing_leaves_no_half_copy(tiny_run, tmp_path, mo
 
 def test_a_read_only_store_is_a_store_error(tiny_run, tmp_path, monkeypatch):
     store = LocalStore(tmp_path / "store")
-    staged = store.staging("r1")
+    run_id = tiny_run.name
+    staged = store.staging(run_id)
     shutil.copytree(tiny_run, staged, dirs_exist_ok=True)
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(os, "replace", read_only)
-    with pytest.raises(StoreError, match=r"publishing run r1 failed \(Read-only file system\)"):
-        store.publish(staged, "r1")
+    with pytest.raises(StoreError, match=rf"publishing run {run_id} failed \(Read-only file system\)"):
+        store.publish(staged, run_id)
     monkeypatch.setattr(Path, "mkdir", read_only)
     with pytest.raises(StoreError, match=r"cannot write a staging folder \(Read-only file system\)"):
         store.staging("r2")
