@@ -75,3 +75,8 @@ class OutOfMemoryAtMinBatch(EmotionError):
 
 class RankFailed(EmotionError):
     """A rank of a distributed run (``resources.gpus`` > 1) failed or died; the message names the rank and why."""
+
+
+RANK_DIED = "died without an error"
+"""In a ``RankFailed`` message: the rank's process died (killed, lost, out of host memory), which a new
+attempt may survive, unlike an error raised by the training code. train-all re-dispatches such children."""

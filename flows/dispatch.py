@@ -19,7 +19,8 @@ Features:
   below), gets a new flow run of the same deployment with the same parameters, so the same
   ``run_id``: it resumes from the run's last training checkpoint in the artefact store. Each
   child's ``attempts`` and its earlier flow runs are in its outcome. FAILED children (an error in
-  the run: bad config, diverged) are not retried: they would fail the same way.
+  the run: bad config, diverged) are not retried: they would fail the same way, except a distributed
+  run whose rank died without an error of its own (``errors.RANK_DIED``): that is a crash of one rank.
 
 Crash detection: a dead child's flow run stays RUNNING (or PENDING) in Prefect 3 when its worker
 died with it (machine lost, OOM-killer, SIGKILL): nothing is left to report the crash. Every
@@ -54,7 +55,7 @@ from uuid import UUID
 import yaml
 
 from emotion_core.config import load_yaml
-from emotion_core.errors import ConfigError
+from emotion_core.errors import RANK_DIED, ConfigError
 
 POOLS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "pools" / "pools.yaml"
 
@@ -269,7 +270,7 @@ def wait_for_children(children: list[Child], poll_interval_s: float, logger, dep
                         logger.warning("child %s (flow run %s): %s", child.config, child.flow_run_id, message)
                         child.state, child.message = "CRASHED", message
                 for child in children:
-                    if child.state == "CRASHED" and deployment is not None and child.attempts < max_attempts:
+                    if crashed(child) and deployment is not None and child.attempts < max_attempts:
                         redispatch(deployment, child, logger)
                 if all(c.state in FINAL for c in children):
                     return
@@ -281,6 +282,12 @@ def wait_for_children(children: list[Child], poll_interval_s: float, logger, dep
 
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def crashed(child: Child) -> bool:
+    """CRASHED, or FAILED because a rank of its distributed run died (not an error of the training code):
+    both may succeed on a new attempt, which resumes from the run's last checkpoint."""
+    return child.state == "CRASHED" or (child.state == "FAILED" and RANK_DIED in (child.message or ""))
 
 
 def _seconds(start, end) -> float | None:

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import torch
 
-from emotion_core.errors import ConfigError, RankFailed
+from emotion_core.errors import RANK_DIED, ConfigError, RankFailed
 
 log = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def failure(job: Path, size: int) -> str:
         rank = died[0]
         code = exits[rank]
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        return f"rank {rank} of {size} died without an error ({how}: killed, out of host memory or a crash)"
+        return f"rank {rank} of {size} {RANK_DIED} ({how}: killed, out of host memory or a crash)"
     if errors:
         own = [e for e in errors.values()
                if not any(k.lower() in (e["type"] + e["message"]).lower() for k in _PEER_LOST)]

@@ -97,7 +97,9 @@ class FakeRuns:
         for flow_run_id in flow_run_filter.id.any_:
             states = self.script[flow_run_id]
             kind = states.pop(0) if len(states) > 1 else states[0]
-            state = SimpleNamespace(type=SimpleNamespace(value=kind), message=f"{kind.lower()} here", timestamp=NOW)
+            kind, _, message = kind.partition(":")  # "FAILED:<message>" scripts a message
+            state = SimpleNamespace(type=SimpleNamespace(value=kind), message=message or f"{kind.lower()} here",
+                                    timestamp=NOW)
             runs.append(SimpleNamespace(id=flow_run_id, name="train-model-x", state=state, created=NOW, start_time=NOW,
                                         end_time=None))
         return runs
@@ -138,3 +140,21 @@ def test_a_silent_running_child_is_marked_crashed_then_redispatched(monkeypatch)
     assert fake.forced == [(uuid.UUID(first), "CRASHED", True)]
     assert "no heartbeat for 90s" in silent.earlier[0]["message"]
     assert silent.state == "COMPLETED" and silent.flow_run_id == replacement and silent.attempts == 2
+
+
+def test_a_distributed_child_whose_rank_died_is_redispatched_but_not_one_whose_code_failed(monkeypatch):
+    import prefect
+
+    from emotion_core.errors import RANK_DIED
+
+    died, raised = child("SCHEDULED", 0, "rank-died"), child("SCHEDULED", 0, "rank-raised")
+    second = uuid.uuid4()
+    fake = FakeRuns({died.flow_run_id: ["RUNNING", f"FAILED:RankFailed: config 'x': rank 1 of 2 {RANK_DIED} (exit code 1)"],
+                     raised.flow_run_id: ["RUNNING", "FAILED:RankFailed: config 'x': rank 1 of 2 raised ValueError"],
+                     second: ["COMPLETED"]})
+    new_ids = iter([second])
+    monkeypatch.setattr(prefect, "get_client", lambda sync_client: fake)
+    monkeypatch.setattr(dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=next(new_ids)))
+    dispatch.wait_for_children([died, raised], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2)
+    assert died.attempts == 2 and died.state == "COMPLETED" and died.flow_run_id == second  # resumed by a new attempt
+    assert raised.attempts == 1 and raised.state == "FAILED"
