@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 PORT ?= 4200
 
-.PHONY: install demo stop test test-fast clean
+.PHONY: install postgres demo stop test test-fast clean
 
 install: $(STAMP)
 
@@ -36,7 +36,14 @@ demo: $(STAMP)  ## the main job: local Prefect server + pools + workers, train-a
 stop:  ## stop the server and workers that `make demo` left running (for the UI)
 	$(VENV)/bin/emotion stack down --port $(PORT)
 
-test: $(STAMP)  ## the whole test suite (CI runs this)
+# The PostgreSQL-backed Prefect server tests start a throwaway cluster: Debian's server binaries, installed
+# once (as root, as CI runs); without them those tests skip and say why.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "postgresql not installed (needs root: apt-get install -y postgresql); its tests will skip"; }
+
+test: $(STAMP) postgres  ## the whole test suite (CI runs this)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)  ## everything except the tests marked slow

@@ -4,6 +4,11 @@
 - ``EMOTION_DATA_DIR``: folder with ``goemotions/`` and ``semeval2018-ec/`` (read by ``emotion_core.data``).
 - ``EMOTION_TRUSTED_REMOTE_CODE``: comma-separated hub ids (``org/model``) whose own Python code training
   may run (``model.trust_remote_code: true``); unset: none. Never applies to a local folder or a run.
+- ``EMOTION_SHARED_FILESYSTEM``: ``1`` declares that the parent and every worker see the same disk, so
+  deployment dispatch may use a local store (the embedded ``emotion stack``); unset: an object store is required.
+- ``EMOTION_S3_CREATE_BUCKET``: ``1`` creates a missing bucket of an ``s3://`` store; unset: a missing bucket is an error.
+- ``EMOTION_HF_TOKEN_SECRET`` / ``EMOTION_WANDB_API_KEY_SECRET``: names of Prefect ``Secret`` blocks that hold
+  ``HF_TOKEN`` / ``WANDB_API_KEY`` for training (resolved in ``tasks.secrets``; never logged or stored).
 """
 
 from __future__ import annotations
@@ -13,6 +18,10 @@ from pathlib import Path
 
 
 TRUSTED_REMOTE_CODE_ENV = "EMOTION_TRUSTED_REMOTE_CODE"
+SHARED_FILESYSTEM_ENV = "EMOTION_SHARED_FILESYSTEM"
+CREATE_BUCKET_ENV = "EMOTION_S3_CREATE_BUCKET"
+# Environment variable a secret is exported as -> the setting that names its Prefect Secret block.
+SECRET_BLOCK_ENVS = {"HF_TOKEN": "EMOTION_HF_TOKEN_SECRET", "WANDB_API_KEY": "EMOTION_WANDB_API_KEY_SECRET"}
 
 
 def default_store_uri() -> str:
@@ -22,3 +31,23 @@ def default_store_uri() -> str:
 def trusted_remote_code() -> frozenset[str]:
     """Hub ids allowed to run their own model code in training (``$EMOTION_TRUSTED_REMOTE_CODE``)."""
     return frozenset(part.strip() for part in os.environ.get(TRUSTED_REMOTE_CODE_ENV, "").split(",") if part.strip())
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def shared_filesystem() -> bool:
+    """``$EMOTION_SHARED_FILESYSTEM``: every worker reads and writes the parent's disk (one machine, NFS)."""
+    return _flag(SHARED_FILESYSTEM_ENV)
+
+
+def create_missing_bucket() -> bool:
+    """``$EMOTION_S3_CREATE_BUCKET``: create the bucket of an ``s3://`` store if it does not exist."""
+    return _flag(CREATE_BUCKET_ENV)
+
+
+def secret_block_names() -> dict[str, str]:
+    """Environment variable -> Prefect ``Secret`` block name, for the secrets whose setting is set."""
+    names = {var: os.environ.get(setting, "").strip() for var, setting in SECRET_BLOCK_ENVS.items()}
+    return {var: name for var, name in names.items() if name}

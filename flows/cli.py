@@ -277,15 +277,24 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
 stack_app = typer.Typer(no_args_is_help=True, help="The embedded default: local Prefect server, pools, workers, deployments.")
 app.add_typer(stack_app, name="stack")
 PORT_HELP = "Port of the local Prefect server and UI (127.0.0.1)."
+DATABASE_HELP = ("Database of the Prefect server, e.g. postgresql+asyncpg://prefect@127.0.0.1:5432/prefect "
+                 "(password: ~/.pgpass or this variable, never the command line); default SQLite.")
+
+
+def _database_option():
+    return typer.Option(None, "--database", envvar="PREFECT_SERVER_DATABASE_CONNECTION_URL", show_envvar=True,
+                        show_default=False, help=DATABASE_HELP)
 
 
 @stack_app.command("up")
 def stack_up(port: int = typer.Option(4200, help=PORT_HELP),
-             cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs.")) -> None:
+             cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
+             database: Optional[str] = _database_option()) -> None:
     """Start the local server, pools, workers and deployments (reuses what already runs)."""
     from flows.stack import Stack
 
-    for line in _run(Stack(port=port, cpu_workers=cpu_workers).up):
+    stack = _run(Stack, port=port, cpu_workers=cpu_workers, database=database)
+    for line in _run(stack.up):
         out.print(line, highlight=False, soft_wrap=True)
     out.print("stop it with: emotion stack down  (or: make stop)", highlight=False)
 
@@ -302,11 +311,12 @@ def stack_down(port: int = typer.Option(4200, help=PORT_HELP)) -> None:
 @app.command()
 def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"), help="Config set to run."),
          port: int = typer.Option(4200, help=PORT_HELP),
-         cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs.")) -> None:
+         cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
+         database: Optional[str] = _database_option()) -> None:
     """The main job: stack up, run train-all/nightly on a config set, wait, print the summary and UI URL."""
     from flows.stack import Stack, latest_artifact, trigger
 
-    stack = Stack(port=port, cpu_workers=cpu_workers)
+    stack = _run(Stack, port=port, cpu_workers=cpu_workers, database=database)
     for line in _run(stack.up):
         out.print(line, highlight=False, soft_wrap=True)
     _run(stack.wait_for_workers, {"orchestration": 1, "gpu": 1})

@@ -1,15 +1,20 @@
 """The embedded default: a local Prefect server, its pools, workers and deployments, on this machine.
 
     emotion stack up      server (SQLite, 127.0.0.1) + pools + orchestration worker + gpu worker(s) + deploy
+    emotion stack up --database postgresql+asyncpg://user@host:5432/prefect   the same on PostgreSQL
     emotion demo          up, then `train-all/nightly` on cpu-demo, wait, print the summary and UI URL
     emotion stack down    stop everything `up` started
 
 Features: processes run detached (they outlive the command, so the UI stays up after the demo),
 each in its own process group with a pid file and a log in ``<state>/``; ``up`` reuses a healthy
 server and running workers; paths in ``EMOTION_STORE`` / ``EMOTION_DATA_DIR`` are made absolute
-so workers resolve them the same way; telemetry is off.
-Limits: one machine, one server per state folder; not a production deployment (use a Prefect server
-with PostgreSQL, and ``deployments/gpu_workers.py`` on each GPU machine).
+so workers resolve them the same way; ``EMOTION_SHARED_FILESYSTEM=1`` (one disk: a local store is
+allowed for deployment dispatch); telemetry is off. ``database``: the server's
+``PREFECT_SERVER_DATABASE_CONNECTION_URL`` (given to the server process only, never printed unredacted);
+default Prefect's SQLite under ``PREFECT_HOME``.
+Limits: one machine, one server per state folder; a healthy server already on the port is reused
+whatever its database; the password of a database URL is visible to local users in the server's
+environment (``/proc``): prefer a password file (``~/.pgpass``) or peer authentication.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from pathlib import Path
 import httpx
 
 from emotion_core.errors import EmotionError
-from emotion_core.settings import default_store_uri
+from emotion_core.settings import SHARED_FILESYSTEM_ENV, default_store_uri
+from emotion_core.store.uris import redact_uri
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DATABASE_ENV = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +56,12 @@ class Stack:
     """gpu-pool workers to start when the machine has no GPU (one per GPU otherwise)."""
     extra_env: dict[str, str] = field(default_factory=dict)
     """Environment for the server, workers and deploy (e.g. S3 endpoint, credentials, store)."""
+    database: str | None = None
+    """SQLAlchemy URL of the server's database (``postgresql+asyncpg://...``); None: Prefect's SQLite."""
+
+    def __post_init__(self) -> None:
+        if self.database:
+            self.database = database_url(self.database)
 
     @property
     def ui_url(self) -> str:
@@ -60,6 +73,7 @@ class Stack:
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, **self.extra_env}
+        env.pop(DATABASE_ENV, None)  # the server's alone (start_server): it may hold a password
         env.update({
             "PREFECT_API_URL": self.api_url,
             "PREFECT_UI_API_URL": self.api_url,  # else the UI of a server on another port calls :4200
@@ -69,6 +83,7 @@ class Stack:
             "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
             "EMOTION_PROJECT_DIR": str(PROJECT_DIR),
             "PYTHONUNBUFFERED": "1",
+            SHARED_FILESYSTEM_ENV: "1",  # one machine: the workers write where the parent reads
         })
         store = self.extra_env.get("EMOTION_STORE") or default_store_uri()
         env["EMOTION_STORE"] = store if "://" in store else str(Path(store).resolve())
@@ -78,14 +93,14 @@ class Stack:
 
     # -- processes -------------------------------------------------------------------------------
 
-    def _start(self, name: str, argv: list[str]) -> int:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         pid_file = self.state_dir / f"{name}.pid"
         pid = self._our_pid(name)
         if pid is not None:
             return pid
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, env=self.env(), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(argv, env=env or self.env(), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
         # The start time identifies the process: a pid alone may name another process once ours has exited.
         record = {"pid": process.pid, "started": _start_time(process.pid), "port": self.port, "argv": argv}
@@ -125,7 +140,10 @@ class Stack:
         if self.healthy():
             return
         prefect = str(Path(sys.executable).with_name("prefect"))
-        pid = self._start("server", [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)])
+        env = self.env()
+        if self.database:  # the server's only: workers and flows never see the database (or its password)
+            env[DATABASE_ENV] = self.database
+        pid = self._start("server", [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)], env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.healthy():
@@ -183,7 +201,8 @@ class Stack:
     def up(self) -> list[str]:
         """Start (or reuse) the server, pools, workers and deployments; returns what it did."""
         self.start_server()
-        lines = self.apply_pools()
+        lines = [f"server database: {redact_uri(self.database) if self.database else 'SQLite (PREFECT_HOME)'}"]
+        lines += self.apply_pools()
         self.deploy()
         self.start_workers()
         return lines + [f"deployments: train-all/nightly, train-model/gpu (from {PROJECT_DIR / 'prefect.yaml'})",
@@ -205,6 +224,19 @@ class Stack:
                                name, pid_file, self.port)
             pid_file.unlink()
         return stopped
+
+
+_DATABASE_SCHEMES = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
+                     "postgresql+asyncpg": "postgresql+asyncpg", "sqlite+aiosqlite": "sqlite+aiosqlite"}
+
+
+def database_url(url: str) -> str:
+    """``url`` as the async SQLAlchemy URL Prefect needs (``postgresql://`` -> ``postgresql+asyncpg://``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in _DATABASE_SCHEMES:
+        raise StackError(f"--database '{redact_uri(url)}': expected postgresql+asyncpg://user@host:5432/database "
+                         "(or postgresql://..., sqlite+aiosqlite:///path)")
+    return f"{_DATABASE_SCHEMES[scheme.lower()]}://{rest}"
 
 
 def _alive(pid: int) -> bool:

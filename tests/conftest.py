@@ -191,3 +191,63 @@ def prefect_stack(tmp_path_factory):
             APILogHandler().flush()  # the last run logs reach the server before it stops
     finally:
         stack.down()
+
+
+
+def _pg_bin() -> Path | None:
+    """The folder of Debian's PostgreSQL server binaries (``initdb``, ``pg_ctl``), newest version first."""
+    import shutil
+
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name), reverse=True)
+    if found:
+        return found[0].parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory):
+    """A throwaway PostgreSQL cluster under a temporary folder, on 127.0.0.1 only; yields a ``postgresql+asyncpg`` URL.
+
+    ``initdb`` refuses to run as root, so as root the cluster belongs to the ``postgres`` user (``runuser``).
+    Trust authentication on 127.0.0.1 and a socket inside the folder: nothing outside the test session uses it.
+    """
+    import shutil
+    import subprocess
+    import time
+
+    bin_dir = _pg_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install -y postgresql; `make test` does it)")
+    root = tmp_path_factory.mktemp("postgres")
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+        root.chmod(0o700)  # the server's files: the postgres user's alone
+        for parent in root.parents:  # it must reach its folder (pytest's base temp is 0700 root)
+            if parent == Path(tempfile.gettempdir()) or parent == Path("/"):
+                break
+            parent.chmod(parent.stat().st_mode | 0o711)
+    port = free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust",
+                    "--encoding=UTF8", "--no-sync"], check=True, capture_output=True)
+    log = root / "server.log"
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                    f"-k {sockets} -h 127.0.0.1 -p {port} -c fsync=off", "start"], check=True, capture_output=True)
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if time.monotonic() > deadline:
+                pytest.fail(f"PostgreSQL did not accept connections on 127.0.0.1:{port}; see {log}")
+            time.sleep(0.2)
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
+                       check=True, capture_output=True)
+        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True)
