@@ -23,6 +23,10 @@ seconds) stop for ``heartbeat_timeout_s`` (default ``2 x frequency + 30 s``): th
 it CRASHED itself. Details and limits in ``flows.dispatch``. The ``children-<set>`` table records
 each child's ``attempts`` and its earlier flow runs. In-process ``dispatch="local"`` does not
 re-dispatch (a crash there takes the parent down with it).
+
+Store rules, checked before anything is dispatched: deployment dispatch needs a store every worker
+reaches (``s3://``); a local folder is refused unless ``shared_filesystem`` (or ``$EMOTION_SHARED_FILESYSTEM``)
+declares one disk for all. The bucket of an ``s3://`` store must exist (``$EMOTION_S3_CREATE_BUCKET=1``: created).
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from prefect.artifacts import create_table_artifact
 from emotion_core.config import deep_merge, load_config_set
 from emotion_core.errors import RunFailed
 from emotion_core.models import preflight
-from emotion_core.settings import default_store_uri
+from emotion_core.settings import create_missing_bucket, default_store_uri, shared_filesystem as shared_disk_declared
+from emotion_core.store import check_dispatch_store, is_local_store
 from emotion_core.store.uris import check_uri
 from flows.dispatch import (cancel_children_of, child_run_id, config_gpus, default_heartbeat_timeout_s,
                             queue_capacities, queue_for, start_children, wait_for_children)
@@ -45,6 +50,14 @@ from flows.train_model import train_model
 from tasks.analysis import compare_runs, evaluate_run, explain_run
 from tasks.storage import open_task_store
 from tasks.training import slug
+
+
+def check_store(store: str, dispatch: str, shared_filesystem: bool) -> None:
+    """The store rules of the module docstring; raises ``StoreError`` before any training or dispatch."""
+    if dispatch == "deployment":
+        check_dispatch_store(store, shared_filesystem)
+    if not is_local_store(store):
+        open_task_store(store).ensure_bucket(create=create_missing_bucket())
 
 
 def _cancel_children(flow, flow_run, state) -> None:
@@ -56,7 +69,7 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
               dataset: str | None = None, overrides: dict[str, Any] | None = None,
               dispatch: Literal["local", "deployment"] = "local", child_deployment: str = "train-model/gpu",
               queues: dict[str, Any] | None = None, poll_interval_s: float = 2.0, child_attempts: int = 2,
-              heartbeat_timeout_s: float | None = None) -> dict:
+              heartbeat_timeout_s: float | None = None, shared_filesystem: bool = False) -> dict:
     """Train every config of ``config_set`` and publish the comparison; returns where it was written.
 
     ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;
@@ -64,9 +77,11 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
     memory in GiB, cards per worker; GiB alone: one card) (default: ``deployments/pools/pools.yaml``).
     Deployment dispatch only: ``child_attempts``: flow runs per config at most (a crashed one is
     re-dispatched and resumes; 1: never); ``heartbeat_timeout_s``: silence after which a RUNNING child
-    counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; 0: never).
+    counts as dead (default from ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``; 0: never); ``shared_filesystem``:
+    the children may use a local store because every worker sees this disk (also ``$EMOTION_SHARED_FILESYSTEM=1``).
     """
     store = check_uri(store or default_store_uri(), "store")  # the CLI refuses it before the flow run exists
+    check_store(store, dispatch, shared_filesystem or shared_disk_declared())
     logger = get_run_logger()
     overrides = deep_merge(overrides or {}, {"data": {"dataset": dataset}} if dataset else {})
     spec, entries = load_config_set(config_set, overrides)  # every config validated before any training

@@ -122,6 +122,27 @@ class S3Store:
         except Exception as exc:
             raise self._fail(f"checking {key}", exc) from None
 
+    def ensure_bucket(self, create: bool = False) -> None:
+        """The bucket exists (``head_bucket``), or is created when ``create``; else ``StoreError`` naming it."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise self._fail(f"checking bucket {self.bucket}", exc) from None
+        except Exception as exc:
+            raise self._fail(f"checking bucket {self.bucket}", exc) from None
+        if not create:
+            raise StoreError(f"store {self.uri}: bucket '{self.bucket}' does not exist; create it first (or set "
+                             f"EMOTION_S3_CREATE_BUCKET=1 to have it created)")
+        try:
+            self.client.create_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._fail(f"creating bucket {self.bucket}", exc) from None
+        log.info("store %s: created bucket %s", self.uri, self.bucket)
+
     # -- writing --------------------------------------------------------------------------------
     def staging(self, name: str) -> Path:
         folder = self.cache / ".staging" / staging_name(RunId.parse(name, "staging name"))
