@@ -15,6 +15,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from emotion_core.config import RunConfig
+from tasks.secrets import secrets_in_env
 from tasks.storage import open_task_store, rank_store_env
 
 # emotion_core.pipeline (torch, transformers) is imported inside the tasks: the train-all parent
@@ -97,14 +98,16 @@ def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> t
     logger.info("training %s (%s: %s) on %s worker=%s pool=%s queue=%s; device: %s", cfg.name, cfg.model.family,
                 getattr(cfg.model, "model", "-"), context["host"], context.get("worker"), context.get("work_pool"),
                 context.get("work_queue"), environment.device_facts())
-    if cfg.resources.gpus > 1:  # torchrun ranks (emotion_core.training.distributed); rank 0 stages the run
-        from emotion_core.training import distributed
+    with secrets_in_env(logger) as secrets:  # HF_TOKEN / WANDB_API_KEY from Secret blocks, while training only
+        if cfg.resources.gpus > 1:  # torchrun ranks (emotion_core.training.distributed); rank 0 stages the run
+            from emotion_core.training import distributed
 
-        staging, run_id = distributed.launch(cfg, store_uri, run_id, progress=ProgressReporter(cfg.name),
-                                             context=context, env=rank_store_env(store_uri))
-        return str(staging), run_id
-    store = open_task_store(store_uri)
-    staging, run_id = pipeline.train_run(cfg, store, run_id=run_id, progress=ProgressReporter(cfg.name), context=context)
+            staging, run_id = distributed.launch(cfg, store_uri, run_id, progress=ProgressReporter(cfg.name),
+                                                 context=context, env={**rank_store_env(store_uri), **secrets})
+            return str(staging), run_id
+        store = open_task_store(store_uri)
+        staging, run_id = pipeline.train_run(cfg, store, run_id=run_id, progress=ProgressReporter(cfg.name),
+                                             context=context)
     return str(staging), run_id
 
 
