@@ -6,7 +6,8 @@
   may run (``model.trust_remote_code: true``); unset: none. Never applies to a local folder or a run.
 - ``EMOTION_SHARED_FILESYSTEM``: ``1`` declares that the parent and every worker see the same disk, so
   deployment dispatch may use a local store (the embedded ``emotion stack``); unset: an object store is required.
-- ``EMOTION_S3_CREATE_BUCKET``: ``1`` creates a missing bucket of an ``s3://`` store; unset: a missing bucket is an error.
+- ``EMOTION_S3_CREATE_BUCKET``: ``1`` creates a missing bucket of an ``s3://`` store; unset: a missing bucket
+  is an error.
 - ``EMOTION_HF_TOKEN_SECRET`` / ``EMOTION_WANDB_API_KEY_SECRET``: names of Prefect ``Secret`` blocks that hold
   ``HF_TOKEN`` / ``WANDB_API_KEY`` for training (resolved in ``tasks.secrets``; never logged or stored).
 """

@@ -17,7 +17,7 @@ from emotion_core.settings import SECRET_BLOCK_ENVS, secret_block_names
 
 
 def resolve_secrets() -> dict[str, str]:
-    """Environment variable -> value, from the ``Secret`` blocks named in settings; ``ConfigError`` if one is missing."""
+    """Variable -> value from the ``Secret`` blocks named in settings; ``ConfigError`` if one is missing."""
     from prefect.blocks.system import Secret
 
     values = {}

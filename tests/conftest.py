@@ -198,7 +198,8 @@ def _pg_bin() -> Path | None:
     """The folder of Debian's PostgreSQL server binaries (``initdb``, ``pg_ctl``), newest version first."""
     import shutil
 
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name), reverse=True)
+    versions = [p for p in Path("/usr/lib/postgresql").glob("*/bin/initdb") if p.parent.parent.name.isdigit()]
+    found = sorted(versions, key=lambda p: int(p.parent.parent.name), reverse=True)
     if found:
         return found[0].parent
     initdb = shutil.which("initdb")

@@ -33,7 +33,8 @@ def secret_blocks(prefect_stack, monkeypatch):
     """Two Secret blocks on the session's server, named in the settings; HF_TOKEN / WANDB_API_KEY unset here."""
     from prefect.blocks.system import Secret
 
-    names = {var: f"sec-{var.lower().replace('_', '-')}-{uuid.uuid4().hex[:6]}" for var in ("HF_TOKEN", "WANDB_API_KEY")}
+    names = {var: f"sec-{var.lower().replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+             for var in ("HF_TOKEN", "WANDB_API_KEY")}
     Secret(value=HF_SENTINEL).save(names["HF_TOKEN"])
     Secret(value=WANDB_SENTINEL).save(names["WANDB_API_KEY"])
     monkeypatch.setenv("EMOTION_HF_TOKEN_SECRET", names["HF_TOKEN"])
