@@ -207,39 +207,38 @@ def _pg_bin() -> Path | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A throwaway PostgreSQL cluster under a temporary folder, on 127.0.0.1 only; yields a ``postgresql+asyncpg`` URL.
 
     ``initdb`` refuses to run as root, so as root the cluster belongs to the ``postgres`` user (``runuser``).
-    Trust authentication on 127.0.0.1 and a socket inside the folder: nothing outside the test session uses it.
+    Its folder is a ``mkdtemp`` of its own, not pytest's: another pytest run makes ``/tmp/pytest-of-<user>``
+    private again (0700), and ``pg_ctl stop`` could no longer reach the cluster. Trust authentication on
+    127.0.0.1 and a socket inside the folder: nothing outside the test session uses it.
     """
     import shutil
+    import signal
     import subprocess
     import time
 
     bin_dir = _pg_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL server binaries not found (Debian: apt-get install -y postgresql; `make test` does it)")
-    root = tmp_path_factory.mktemp("postgres")
+    root = Path(tempfile.mkdtemp(prefix="emotion-tests-pg-"))
     data, sockets = root / "data", root / "sockets"
     sockets.mkdir()
     as_user: list[str] = []
     if os.geteuid() == 0:
         as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        shutil.chown(sockets, "postgres")
-        root.chmod(0o700)  # the server's files: the postgres user's alone
-        for parent in root.parents:  # it must reach its folder (pytest's base temp is 0700 root)
-            if parent == Path(tempfile.gettempdir()) or parent == Path("/"):
-                break
-            parent.chmod(parent.stat().st_mode | 0o711)
+        for folder in (root, sockets):
+            shutil.chown(folder, "postgres")
     port = free_port()
-    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust",
-                    "--encoding=UTF8", "--no-sync"], check=True, capture_output=True)
     log = root / "server.log"
-    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                    f"-k {sockets} -h 127.0.0.1 -p {port} -c fsync=off", "start"], check=True, capture_output=True)
     try:
+        subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust",
+                        "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, cwd=root)
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                        f"-k {sockets} -h 127.0.0.1 -p {port} -c fsync=off", "start"], check=True, capture_output=True,
+                       cwd=root)
         deadline = time.monotonic() + 60
         while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
                              capture_output=True).returncode != 0:
@@ -250,5 +249,12 @@ def postgres_url(tmp_path_factory):
                        check=True, capture_output=True)
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
     finally:
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True)
+        stopped = subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                                 capture_output=True, cwd=root).returncode == 0
+        if not stopped and (data / "postmaster.pid").is_file():  # our own cluster's postmaster: fast shutdown
+            try:
+                os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)
+                time.sleep(2)
+            except (ValueError, IndexError, OSError):
+                pass
+        shutil.rmtree(root, ignore_errors=True)
