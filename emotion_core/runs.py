@@ -152,7 +152,8 @@ class Run:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
-            raise StoreError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); the run folder is damaged") from None
+            raise StoreError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); "
+                             "the run folder is damaged") from None
         if not isinstance(payload, dict):
             raise StoreError(f"{where}: not a JSON object; the run folder is damaged")
         if payload.get("version") != CALIBRATION_VERSION or payload.get("method") != "temperature":

@@ -185,9 +185,9 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
     result = _run(go)
     kind = {"shipped": "calibrated thresholds (calibration.json)",
             "fitted": "calibrated thresholds (fitted now: the run has no calibration.json)"}
-    out.print(f"submission written: {result['path']} ({result['rows']} rows, "
-              f"{kind.get(result.get('calibration'), 'run thresholds')}, {result['rows_without_label']} rows with no label)",
-              highlight=False, soft_wrap=True)
+    thresholds = kind.get(result.get("calibration"), "run thresholds")
+    out.print(f"submission written: {result['path']} ({result['rows']} rows, {thresholds}, "
+              f"{result['rows_without_label']} rows with no label)", highlight=False, soft_wrap=True)
 
 
 @app.command()
