@@ -11,6 +11,8 @@ Features
   test) and the test metrics after scaling; JSON-serialisable.
 - ``reliability_diagram``: PNG of the reliability bins before/after with the diagonal, written
   atomically (temporary file + rename).
+- ``shipped_calibration``: the ``calibration.json`` a run ships (``CALIBRATION_VERSION``): temperatures
+  and re-tuned thresholds fitted on validation at training time, with validation ECE/NLL before/after.
 
 Why per-label temperatures
 --------------------------
@@ -55,15 +57,22 @@ from emotion_core.metrics import _as_binary_matrix, _check_label_names, multilab
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 
 __all__ = [
+    "CALIBRATION_FILE",
+    "CALIBRATION_VERSION",
     "T_BOUNDS",
     "apply_temperatures",
     "bce_from_logits",
     "calibrate_run",
     "fit_temperatures",
     "reliability_diagram",
+    "shipped_calibration",
 ]
 
 T_BOUNDS = (0.05, 20.0)
+CALIBRATION_FILE = "calibration.json"
+"""The file of a run folder that holds its shipped calibration."""
+CALIBRATION_VERSION = 1
+"""Layout version of ``calibration.json``; a reader refuses versions it does not know."""
 
 
 def _as_logits(name: str, values: Any) -> np.ndarray:
@@ -180,6 +189,31 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
         "nll": nll_out,
         "reliability": bins_out,
         "test_metrics": test_metrics,
+    }
+
+
+def shipped_calibration(val_logits: np.ndarray, val_true: np.ndarray, names: Sequence[str], policy: str) -> dict:
+    """The ``calibration.json`` payload of a run: ``calibrate_run`` on validation only, without the test split.
+
+    Keys: ``version``, ``method`` (``"temperature"``), ``fitted_on`` (``"validation"``), ``rows``,
+    ``policy``, ``temperatures`` and ``thresholds`` ({label: value}, label order), ``labels_kept_at_1``,
+    ``ece_before`` / ``ece_after`` ({``flat``, ``per_label_mean``}) and ``nll_before`` / ``nll_after``.
+    """
+    fitted = calibrate_run(val_logits, val_true, None, None, names, policy=policy)
+    ece_val, nll_val = fitted["ece"]["validation"], fitted["nll"]["validation"]
+    return {
+        "version": CALIBRATION_VERSION,
+        "method": "temperature",
+        "fitted_on": "validation",
+        "rows": int(np.shape(val_logits)[0]),
+        "policy": policy,
+        "temperatures": fitted["temperatures"],
+        "thresholds": fitted["thresholds"],
+        "labels_kept_at_1": fitted["labels_kept_at_1"],
+        "ece_before": ece_val["before"],
+        "ece_after": ece_val["after"],
+        "nll_before": nll_val["before"],
+        "nll_after": nll_val["after"],
     }
 
 

@@ -3,7 +3,8 @@
 Features
 - Full fine-tuned encoder runs -> ``AutoModelForSequenceClassification`` folder (safetensors, tokenizer,
   ``problem_type="multi_label_classification"``, ``id2label``/``label2id``; thresholds, and temperatures
-  when calibrated, under ``emotion_*`` keys of ``config.json``) plus a model card.
+  when calibrated (the run's ``calibration.json``; fitted at export for older runs), under ``emotion_*``
+  keys of ``config.json``) plus a model card.
 - Encoder adapter runs (LoRA/IA3) -> a ``peft`` adapter folder (``task_type="SEQ_CLS"``, the head in
   ``modules_to_save``); ``merge=True`` -> the merged plain folder instead.
 - The project's head (a linear layer on the pooled vector) is mapped into each architecture's own
@@ -316,10 +317,14 @@ def _write_json(path: Path, payload) -> None:
 
 
 def run_calibration(run) -> dict:
-    """Temperatures and thresholds fitted on the run's validation split (as ``emotion submit`` does)."""
+    """The run's shipped calibration (``calibration.json``); for a run trained before it shipped, temperatures
+    and thresholds fitted now on its validation split (as ``emotion submit`` does for such runs)."""
     from emotion_core.analysis import DataCache, run_data
     from emotion_core.calibration import calibrate_run
 
+    shipped = run.calibration()
+    if shipped is not None:
+        return shipped.as_report()
     arrays = run_data(run, DataCache().for_run(run))
     return calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
                          policy=run.manifest["threshold_policy"])

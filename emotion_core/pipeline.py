@@ -1,7 +1,12 @@
 """The training recipe, top to bottom: one config in, one published run out.
 
     load + validate data -> build the model family -> fit (HF Trainer) -> predict validation/test
-    -> tune thresholds on validation -> metrics -> write artefacts -> manifest last -> publish
+    -> tune thresholds on validation -> calibrate on validation -> metrics -> write artefacts
+    -> manifest last -> publish
+
+Calibration ships with the run (``calibration.json``): per-label temperatures and thresholds re-tuned
+on the calibrated validation probabilities, fitted on validation only, for every family (zero-shot
+included: it has validation logits and labels like any run, and its prompted scores need it most).
 
 Everything is written into a private staging folder; on an error before publishing it is
 discarded, so the store never holds half a run. If only publishing fails (store unreachable after
@@ -27,6 +32,7 @@ from typing import Callable
 
 
 from emotion_core import environment
+from emotion_core.calibration import CALIBRATION_FILE, shipped_calibration
 from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
 from emotion_core.metrics import sigmoid
@@ -175,6 +181,8 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
             "tuned_on": "validation",
             "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
         })
+        calibration = shipped_calibration(logits["validation"], validation_labels, schema.names, cfg.threshold_policy)
+        write_json(staging / CALIBRATION_FILE, calibration)  # before the inventory: every run file is listed
         write_json(staging / "metrics.json", {k: v for k, v in evaluation.items() if k != "thresholds"})
         write_json(staging / "data_report.json", data.report.to_dict())
         write_json(staging / "train_log.json", stats.log_history)
@@ -222,6 +230,9 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
             },
             "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
             "flags": quality_flags(evaluation, policy),
+            "calibration": {"file": CALIBRATION_FILE, "version": calibration["version"],
+                            "validation_ece_flat": {"before": calibration["ece_before"]["flat"],
+                                                    "after": calibration["ece_after"]["flat"]}},
         }
         manifest["files"] = file_inventory(staging)
         write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
@@ -232,6 +243,8 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
             raise StoreError(f"store {store.uri}: writing run {run_id} failed ({exc.strerror or exc}); "
                              f"nothing was published") from None
         raise
+    log.info("run %s: calibrated on validation, flattened ECE %.4f -> %.4f", run_id,
+             calibration["ece_before"]["flat"], calibration["ece_after"]["flat"])
     for flag in manifest["flags"]:
         log.warning("run %s: %s", run_id, flag["message"])
     return staging, run_id

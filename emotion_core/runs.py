@@ -8,6 +8,8 @@ Layout of a run folder (``runs/<run_id>/``), manifest written last:
     model/              weights (safetensors) and what rebuilds the inputs (tokenizer / featurizer)
     logits/{validation,test}.parquet   id + one float32 logit column per label
     thresholds.json     tuned thresholds of every policy, and the policy predictions use
+    calibration.json    per-label temperatures + thresholds re-tuned after scaling, fitted on validation
+                        (runs trained before it shipped have none: ``Run.calibration()`` is then None)
     metrics.json        every metric, per split and threshold policy (each says which thresholds)
     data_report.json    what was read, carved, subset and dropped
     train_log.json      the trainer's log history (loss, learning rate, validation scores)
@@ -54,6 +56,57 @@ def write_config(path: Path, cfg: RunConfig) -> None:
     atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """A run's shipped calibration, checked against its labels: arrays in the run's label order."""
+
+    names: tuple[str, ...]
+    temperatures: np.ndarray
+    thresholds: np.ndarray
+    payload: dict
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities ``sigmoid(logits / T)``."""
+        from emotion_core.calibration import apply_temperatures
+
+        return apply_temperatures(logits, self.temperatures)
+
+    def as_report(self) -> dict:
+        """The shape of ``calibration.calibrate_run``'s dict (validation only) that export and the model card read."""
+        p = self.payload
+        ece = {"before": p.get("ece_before"), "after": p.get("ece_after")}
+        nll = {"before": p.get("nll_before"), "after": p.get("nll_after")}
+        # The figures are informative only (the model card prints them): dropped, not trusted, if malformed.
+        ece_ok = all(isinstance(e, dict) and all(_is_number(e.get(k)) for k in ("flat", "per_label_mean"))
+                     for e in ece.values())
+        nll_ok = all(_is_number(v) for v in nll.values())
+        return {"method": "temperature_scaling_per_label", "policy": p.get("policy"),
+                "temperatures": {n: float(t) for n, t in zip(self.names, self.temperatures)},
+                "thresholds": {n: float(t) for n, t in zip(self.names, self.thresholds)},
+                "ece": {"validation": ece if ece_ok else None, "test": None},
+                "nll": {"validation": nll if nll_ok else None, "test": None},
+                "source": "calibration.json"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _per_label_numbers(payload: dict, key: str, names: list[str], where: str) -> np.ndarray:
+    """``payload[key]`` ({label: number}) in ``names`` order; StoreError naming the field otherwise."""
+    table = payload.get(key)
+    if not isinstance(table, dict):
+        raise StoreError(f"{where}: field '{key}' must be an object {{label: number}}; the run folder is damaged")
+    if set(table) != set(names) or len(table) != len(names):
+        raise StoreError(f"{where}: the labels of '{key}' ({', '.join(map(str, table))}) differ from labels.json "
+                         f"({', '.join(names)}); the run folder is damaged")
+    values = [table[name] for name in names]
+    bad = [n for n, v in zip(names, values) if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise StoreError(f"{where}: field '{key}' has a non-number for {', '.join(bad)}; the run folder is damaged")
+    return np.asarray(values, dtype=np.float64)
+
+
 @dataclass
 class Run:
     """A complete run read back from its folder."""
@@ -86,6 +139,34 @@ class Run:
         if not (np.isfinite(values) & (values >= 0) & (values <= 1)).all():
             raise StoreError(f"{where}: thresholds must be numbers in [0, 1]; the run folder is damaged")
         return values
+
+    def calibration(self) -> Calibration | None:
+        """The run's ``calibration.json`` (temperatures finite > 0, thresholds in [0, 1], labels as labels.json),
+        or None for a run trained before calibration shipped with runs. Damaged: ``StoreError``."""
+        from emotion_core.calibration import CALIBRATION_FILE, CALIBRATION_VERSION
+
+        path = self.folder / CALIBRATION_FILE
+        where = f"run '{self.folder}': {CALIBRATION_FILE}"
+        if not path.exists():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
+            raise StoreError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); "
+                             "the run folder is damaged") from None
+        if not isinstance(payload, dict):
+            raise StoreError(f"{where}: not a JSON object; the run folder is damaged")
+        if payload.get("version") != CALIBRATION_VERSION or payload.get("method") != "temperature":
+            raise StoreError(f"{where}: version {payload.get('version')!r}, method {payload.get('method')!r}; this "
+                             f"code reads version {CALIBRATION_VERSION}, method 'temperature' (a newer or damaged run)")
+        names = list(self.schema.names)
+        temps = _per_label_numbers(payload, "temperatures", names, where)
+        cuts = _per_label_numbers(payload, "thresholds", names, where)
+        if not (np.isfinite(temps) & (temps > 0)).all():
+            raise StoreError(f"{where}: field 'temperatures' must be finite numbers > 0; the run folder is damaged")
+        if not (np.isfinite(cuts) & (cuts >= 0) & (cuts <= 1)).all():
+            raise StoreError(f"{where}: field 'thresholds' must be numbers in [0, 1]; the run folder is damaged")
+        return Calibration(tuple(names), temps, cuts, payload)
 
     def logits(self, split: str) -> tuple[list[str], np.ndarray]:
         path = self.folder / "logits" / f"{split}.parquet"

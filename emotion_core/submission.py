@@ -134,27 +134,31 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
                batch_size: int = 128, text_column: str | None = None, id_column: str | None = None) -> dict:
     """The submission of a chosen run, at its calibrated thresholds by default.
 
-    ``calibrated``: per-label temperatures fitted on the run's validation logits and thresholds re-tuned
-    on the calibrated validation probabilities (``calibration.calibrate_run``, the same numbers as the
-    comparison report); off: the run's own thresholds. Rows: ``data_path`` (any prediction input file),
-    else the unlabelled ``predict`` split of the run's dataset (SemEval E-c's test file); ``text_column`` and
-    ``id_column`` apply to ``data_path`` (as in ``read_prediction_input``). Returns
-    ``write_submission``'s dict plus ``calibrated``.
+    ``calibrated``: the temperatures and re-tuned thresholds the run ships (``calibration.json``, fitted
+    on validation at training time); a run trained before calibration shipped gets them fitted now on
+    its validation logits (``calibration.calibrate_run``, the same numbers as the comparison report);
+    off: the run's own thresholds. Rows: ``data_path`` (any prediction input file), else the unlabelled
+    ``predict`` split of the run's dataset (SemEval E-c's test file); ``text_column`` and ``id_column``
+    apply to ``data_path`` (as in ``read_prediction_input``). Returns ``write_submission``'s dict plus
+    ``calibrated`` and ``calibration`` (``"shipped"``, ``"fitted"`` or None).
     """
     check_output_file(out_path, [data_path] if data_path is not None else [])  # before any reading or predicting
-    from emotion_core.analysis import DataCache, run_data
-    from emotion_core.calibration import calibrate_run
+    from emotion_core.analysis import DataCache
     from emotion_core.errors import DataError
     from emotion_core.runs import read_run
 
     run = read_run(run_ref)
-    data = DataCache().for_run(run) if calibrated or data_path is None else None
+    shipped = run.calibration() if calibrated else None
+    # The dataset is read only when needed: the unlabelled split, or fitting an old run's calibration.
+    needs_data = data_path is None or (calibrated and shipped is None)
+    data = DataCache().for_run(run) if needs_data else None
     thresholds = temperatures = None
-    if calibrated:
-        arrays = run_data(run, data)
-        calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                                    policy=run.manifest["threshold_policy"])
-        thresholds, temperatures = calibration["thresholds"], calibration["temperatures"]
+    source = None
+    if shipped is not None:
+        thresholds, temperatures, source = shipped.thresholds, shipped.temperatures, "shipped"
+    elif calibrated:
+        thresholds, temperatures = _fit_calibration(run, data)
+        source = "fitted"
     if data_path is not None:
         result = submission_from_file(run, data_path, out_path, thresholds=thresholds, temperatures=temperatures,
                                       text_column=text_column, id_column=id_column, batch_size=batch_size)
@@ -165,4 +169,17 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
                             "(split 'predict'); pass the file to predict with --data")
         result = write_submission(run, rows["text"].to_list(), rows["id"].to_list(), out_path, thresholds,
                                   data.id_column, temperatures=temperatures, batch_size=batch_size)
-    return {**result, "calibrated": calibrated}
+    return {**result, "calibrated": calibrated, "calibration": source}
+
+
+def _fit_calibration(run, data) -> tuple[dict, dict]:
+    """Thresholds and temperatures fitted now on the validation logits of a run without ``calibration.json``."""
+    from emotion_core.analysis import run_data
+    from emotion_core.calibration import calibrate_run
+
+    log.warning("run %s has no calibration.json (trained before calibration shipped with runs): fitting "
+                "temperatures and thresholds on its validation logits now", run.run_id)
+    arrays = run_data(run, data)
+    calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
+                                policy=run.manifest["threshold_policy"])
+    return calibration["thresholds"], calibration["temperatures"]

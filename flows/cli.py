@@ -2,7 +2,7 @@
 
     emotion train CONFIG [--store URI] [--set KEY=VALUE ...]      one config, through the train-model flow
     emotion train-all SET [--store URI] [--set KEY=VALUE ...]     a config set, through the train-all flow
-    emotion predict RUN DATA --out FILE                           0/1 labels + probabilities as CSV
+    emotion predict RUN DATA --out FILE [--no-calibration]        0/1 labels + (calibrated) probabilities as CSV
     emotion publish FOLDER --store URI                            publish a kept local run (after a store outage)
     emotion export RUN DIR [--merge] [--push-to-hub REPO]         a Hugging Face folder + model card (encoder runs)
     emotion check-config PATH...                                  validate run configs or config sets
@@ -148,11 +148,15 @@ def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
             out_path: Path = typer.Option(..., "--out", help="CSV to write."),
             text_column: Optional[str] = typer.Option(None, help="Text column (tabular files; default 'text')."),
             id_column: Optional[str] = typer.Option(None, help="Id column to copy (default: the format's, else a column named id, else row numbers)."),
-            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
-    """Predict labels (at the run's tuned thresholds) and probabilities for a data file."""
+            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass."),
+            calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                             help="Use the run's calibration.json (sigmoid(logit/T), calibrated "
+                                                  "thresholds); off: raw sigmoid at thresholds.json's.")) -> None:
+    """Predict labels and probabilities for a data file (calibrated by the run's calibration.json by default)."""
     from emotion_core.predict import predict_file
 
-    path = _run(predict_file, run, data, out_path, text_column=text_column, id_column=id_column, batch_size=batch_size)
+    path = _run(predict_file, run, data, out_path, text_column=text_column, id_column=id_column, batch_size=batch_size,
+                calibration=calibration)
     out.print(f"predictions written: {path}", highlight=False, soft_wrap=True)
 
 
@@ -160,7 +164,9 @@ def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
 def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI of the chosen run."),
            out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
            data: Optional[Path] = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split (SemEval E-c)."),
-           calibrated: bool = typer.Option(True, help="Temperature-scaled probabilities and re-tuned thresholds (as in the report)."),
+           calibrated: bool = typer.Option(True, "--calibration/--no-calibration", "--calibrated/--no-calibrated",
+                                           help="The run's calibration.json (temperatures + re-tuned thresholds; "
+                                                "fitted on validation now for older runs); off: thresholds.json."),
            text_column: Optional[str] = typer.Option(None, help="Text column of --data (tabular files; default 'text')."),
            id_column: Optional[str] = typer.Option(None, help="Id column of --data (default: the format's, else a column named id, else row numbers)."),
            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
@@ -177,9 +183,11 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
             raise DataError(str(exc)) from None
 
     result = _run(go)
-    out.print(f"submission written: {result['path']} ({result['rows']} rows, "
-              f"{'calibrated' if result['calibrated'] else 'run'} thresholds, {result['rows_without_label']} rows with no label)",
-              highlight=False, soft_wrap=True)
+    kind = {"shipped": "calibrated thresholds (calibration.json)",
+            "fitted": "calibrated thresholds (fitted now: the run has no calibration.json)"}
+    thresholds = kind.get(result.get("calibration"), "run thresholds")
+    out.print(f"submission written: {result['path']} ({result['rows']} rows, {thresholds}, "
+              f"{result['rows_without_label']} rows with no label)", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -213,7 +221,8 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
 def export(run: str = typer.Argument(..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls)."),
            dest: Path = typer.Argument(..., help="New folder to write (must not exist, or be empty)."),
            merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model."),
-           calibration: bool = typer.Option(True, help="Fit temperatures + thresholds on validation, store them."),
+           calibration: bool = typer.Option(True, help="Store the run's calibration.json temperatures + thresholds "
+                                                       "(fitted on validation now for older runs)."),
            base_model: Optional[str] = typer.Option(None, help="Adapter runs: base model id/path the adapter names."),
            push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub",
                                                      help="Also upload to this hub repo (token: $HF_TOKEN).")) -> None:

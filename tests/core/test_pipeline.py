@@ -37,7 +37,8 @@ def test_run_folder_is_complete(ffnn_run):
     run = read_run(uri)
     folder = run.folder
     for name in ["manifest.json", "config.yaml", "labels.json", "thresholds.json", "metrics.json", "data_report.json",
-                 "train_log.json", "model/model.safetensors", "model/featurizer.json", "logits/validation.parquet", "logits/test.parquet"]:
+                 "train_log.json", "calibration.json", "model/model.safetensors", "model/featurizer.json",
+                 "logits/validation.parquet", "logits/test.parquet"]:
         assert (folder / name).is_file(), name
     assert not (folder / "checkpoints").exists()
     assert store.list_runs() == [run.run_id]
@@ -94,16 +95,21 @@ def test_predict_on_a_trained_run_matches_stored_logits(ffnn_run, data_dir, tmp_
     run = read_run(uri)
     ids, logits = run.logits("validation")
     # GoEmotions dev is the validation split: predicting the official file gives the same numbers.
-    out = predict_file(uri, data_dir / "goemotions" / "dev.tsv", tmp_path / "preds.csv")
-    frame = pl.read_csv(out, schema_overrides={"id": pl.Utf8})
+    shipped = run.calibration()
     names = list(run.schema.names)
-    assert frame.columns == ["id", *names, *[f"{n}_prob" for n in names]]
-    assert frame.height == 5426
-    by_id = dict(zip(frame["id"].to_list(), range(frame.height)))
-    rows = [by_id[i] for i in ids]
-    probs = frame.select([f"{n}_prob" for n in names]).to_numpy()[rows]
-    np.testing.assert_allclose(probs, sigmoid(logits), atol=2e-6)
-    np.testing.assert_array_equal(frame.select(names).to_numpy()[rows], apply_thresholds(sigmoid(logits), run.thresholds()))
+    # Default: the run's shipped calibration; --no-calibration: raw sigmoid at thresholds.json's.
+    for calibration, expected, cut in ((True, shipped.probabilities(logits), shipped.thresholds),
+                                       (False, sigmoid(logits), run.thresholds())):
+        out = predict_file(uri, data_dir / "goemotions" / "dev.tsv", tmp_path / f"preds-{calibration}.csv",
+                           calibration=calibration)
+        frame = pl.read_csv(out, schema_overrides={"id": pl.Utf8})
+        assert frame.columns == ["id", *names, *[f"{n}_prob" for n in names]]
+        assert frame.height == 5426
+        by_id = dict(zip(frame["id"].to_list(), range(frame.height)))
+        rows = [by_id[i] for i in ids]
+        probs = frame.select([f"{n}_prob" for n in names]).to_numpy()[rows]
+        np.testing.assert_allclose(probs, expected, atol=2e-6)
+        np.testing.assert_array_equal(frame.select(names).to_numpy()[rows], apply_thresholds(expected, cut))
 
 
 def test_failed_run_leaves_nothing_in_the_store(data_dir, repo, tmp_path):
