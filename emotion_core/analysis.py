@@ -96,6 +96,14 @@ def run_data(run: Run, data: EmotionData) -> RunData:
     return RunData(run.config.name, ids, logits, truth, run.thresholds(), list(run.schema.names))
 
 
+def fit_validation_calibration(run: Run, data: EmotionData) -> dict:
+    """``calibrate_run`` on a run's validation split alone, at its threshold policy: what ``submit`` and
+    ``export`` use for a run trained before ``calibration.json`` shipped with runs."""
+    arrays = run_data(run, data)
+    return calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
+                         policy=run.manifest["threshold_policy"])
+
+
 def method_of(config: dict) -> str:
     """``full``, ``lora``, ``qlora``, ``ia3`` or ``prompted`` from a run config (as a dict)."""
     model = config["model"]

@@ -319,15 +319,10 @@ def _write_json(path: Path, payload) -> None:
 def run_calibration(run) -> dict:
     """The run's shipped calibration (``calibration.json``); for a run trained before it shipped, temperatures
     and thresholds fitted now on its validation split (as ``emotion submit`` does for such runs)."""
-    from emotion_core.analysis import DataCache, run_data
-    from emotion_core.calibration import calibrate_run
+    from emotion_core.analysis import DataCache, fit_validation_calibration
 
     shipped = run.calibration()
-    if shipped is not None:
-        return shipped.as_report()
-    arrays = run_data(run, DataCache().for_run(run))
-    return calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                         policy=run.manifest["threshold_policy"])
+    return shipped.as_report() if shipped is not None else fit_validation_calibration(run, DataCache().for_run(run))
 
 
 def push_to_hub(folder: str | Path, repo: str, token: str | None = None) -> str:

@@ -6,21 +6,20 @@ import os
 import stat
 from pathlib import Path
 
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def kind_of(mode: int) -> str | None:
+    """What a file of ``mode`` is when it is not a regular file (``"a folder"``...); None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
 
 def not_regular(path: str | Path) -> str | None:
-    """What ``path`` is when it is not a regular file (``"a folder"``, ``"a FIFO (named pipe)"``...); None if it is one.
+    """What ``path`` is when it is not a regular file; None if it is one.
 
     Uses ``os.stat`` (follows symlinks) so nothing is opened; a missing path raises ``FileNotFoundError``.
     """
-    mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return "a folder"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
+    return kind_of(os.stat(path).st_mode)

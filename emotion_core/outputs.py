@@ -16,15 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from emotion_core.errors import DataError
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
+from emotion_core.files import kind_of
 
 
 def _same_or_inside(out: Path, inputs: Iterable[str | Path]) -> str | None:
@@ -55,7 +47,7 @@ def check_output_file(out_path: str | Path, inputs: Iterable[str | Path] = ()) -
     if mode is not None and stat.S_ISDIR(mode):
         raise DataError("--out is a folder; give the path of the CSV file to write", file=str(out))
     if mode is not None and not stat.S_ISREG(mode):
-        raise DataError(f"--out is {_kind(mode)}; it is not replaced: give the path of a regular file "
+        raise DataError(f"--out is {kind_of(mode)}; it is not replaced: give the path of a regular file "
                         "(or a new one)", file=str(out))
     if mode is not None and not os.access(out, os.W_OK):  # read-only: the user protected it (never true for root)
         raise DataError("--out is read-only; it is not replaced: give another path or make it writable", file=str(out))

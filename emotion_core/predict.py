@@ -21,7 +21,7 @@ from emotion_core.errors import EmotionError, StoreError
 from emotion_core.outputs import check_output_file, write_output_atomically
 from emotion_core.runs import read_run
 
-__all__ = ["check_output_file", "predict_file", "probabilities_and_thresholds", "run_logits"]
+__all__ = ["check_output_file", "predict_file", "run_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +48,6 @@ def run_logits(run, texts, batch_size: int = 128):
     return logits
 
 
-def probabilities_and_thresholds(run, logits, calibration: bool = True):
-    """``(probabilities, thresholds, calibrated)`` of ``logits``: the run's shipped calibration if asked and
-    present, else ``sigmoid(logits)`` at the run's thresholds (a run without ``calibration.json`` is logged)."""
-    from emotion_core.metrics import sigmoid
-
-    shipped = run.calibration() if calibration else None  # read (and checked) even when it ends up unused
-    if shipped is not None:
-        return shipped.probabilities(logits), shipped.thresholds, True
-    if calibration:
-        log.warning("run %s has no calibration.json (trained before calibration shipped with runs): "
-                    "probabilities are uncalibrated sigmoid(logits), labels at the run's thresholds", run.run_id)
-    return sigmoid(logits), run.thresholds(), False
-
-
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
                  id_column: str | None = None, batch_size: int = 128, calibration: bool = True) -> Path:
     """Write predictions of ``run_ref`` for ``data_path`` to ``out_path``; return the output path.
@@ -70,14 +56,21 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
     """
     out = check_output_file(out_path, [data_path])
     run = read_run(run_ref)
-    if calibration:
-        run.calibration()  # a damaged file is refused before any text is read or predicted
-    run.thresholds()
+    # Both checked before any text is read: a damaged file is refused in a second.
+    shipped = run.calibration() if calibration else None
+    thresholds = run.thresholds()  # checked even when the calibration's thresholds replace them
+    if calibration and shipped is None:
+        log.warning("run %s has no calibration.json (trained before calibration shipped with runs): "
+                    "probabilities are uncalibrated sigmoid(logits), labels at the run's thresholds", run.run_id)
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
     # Heavy imports (torch, scikit-learn) only once the inputs are known to be good.
+    from emotion_core.metrics import sigmoid
     from emotion_core.thresholds import apply_thresholds
 
-    probs, thresholds, calibrated = probabilities_and_thresholds(run, run_logits(run, texts, batch_size), calibration)
+    logits = run_logits(run, texts, batch_size)
+    probs = shipped.probabilities(logits) if shipped is not None else sigmoid(logits)
+    if shipped is not None:
+        thresholds = shipped.thresholds
     predicted = apply_thresholds(probs, thresholds)
     names = list(run.schema.names)
     if id_name in names or any(f"{n}_prob" == id_name for n in names):
@@ -89,5 +82,5 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
     })
     write_output_atomically(out, frame.write_csv(), [data_path, run.folder])
     log.info("wrote %d predictions of run %s to %s (%s)", len(ids), run.run_id, out,
-             "calibrated: calibration.json" if calibrated else "uncalibrated: sigmoid(logits), thresholds.json")
+             "calibrated: calibration.json" if shipped is not None else "uncalibrated: sigmoid(logits), thresholds.json")
     return out

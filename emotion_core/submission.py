@@ -174,12 +174,9 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
 
 def _fit_calibration(run, data) -> tuple[dict, dict]:
     """Thresholds and temperatures fitted now on the validation logits of a run without ``calibration.json``."""
-    from emotion_core.analysis import run_data
-    from emotion_core.calibration import calibrate_run
+    from emotion_core.analysis import fit_validation_calibration
 
     log.warning("run %s has no calibration.json (trained before calibration shipped with runs): fitting "
                 "temperatures and thresholds on its validation logits now", run.run_id)
-    arrays = run_data(run, data)
-    calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                                policy=run.manifest["threshold_policy"])
+    calibration = fit_validation_calibration(run, data)
     return calibration["thresholds"], calibration["temperatures"]

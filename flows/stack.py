@@ -32,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from emotion_core.errors import EmotionError
+from emotion_core.processes import pid_alive
 from emotion_core.settings import SHARED_FILESYSTEM_ENV, default_store_uri
 from emotion_core.store.uris import redact_uri
 
@@ -119,11 +120,11 @@ class Stack:
         except ValueError:
             record = None
         if isinstance(record, int):  # an older stack wrote the bare pid: only its command line can tell
-            return record if _alive(record) and _legacy_match(record, name, self.port) else None
+            return record if pid_alive(record) and _legacy_match(record, name, self.port) else None
         if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
             return None
         pid = record["pid"]
-        if record.get("port") != self.port or not _alive(pid):
+        if record.get("port") != self.port or not pid_alive(pid):
             return None
         started = _start_time(pid)
         if started is None or not isinstance(record.get("started"), (int, float)) or abs(started - record["started"]) > 0.05:
@@ -148,7 +149,7 @@ class Stack:
         while time.monotonic() < deadline:
             if self.healthy():
                 return
-            if not _alive(pid):
+            if not pid_alive(pid):
                 raise StackError(f"the Prefect server exited at start (port {self.port} taken?); see {self.state_dir / 'server.log'}")
             time.sleep(1)
         raise StackError(f"the Prefect server did not answer {self.api_url}/health within {timeout_s:.0f}s; "
@@ -239,20 +240,6 @@ def database_url(url: str) -> str:
     return f"{_DATABASE_SCHEMES[scheme.lower()]}://{rest}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of this process counts as gone.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
 def _start_time(pid: int) -> float | None:
     """The process's start time (seconds since the epoch), or None if it is gone."""
     import psutil
@@ -288,7 +275,7 @@ def _stop_group(pid: int, grace_s: float = 20) -> None:
             return
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
             time.sleep(0.2)
 

@@ -14,13 +14,20 @@ from emotion_core.store import ArtifactStore, open_store
 BLOCK_ENV = "EMOTION_AWS_CREDENTIALS_BLOCK"
 
 
-def open_task_store(uri: str) -> ArtifactStore:
+def _credentials_block(uri: str):
+    """The ``AwsCredentials`` block named by ``$EMOTION_AWS_CREDENTIALS_BLOCK`` for an ``s3://`` store, else None."""
     block_name = os.environ.get(BLOCK_ENV)
     if not uri.startswith("s3://") or not block_name:
-        return open_store(uri)
+        return None
     from prefect_aws import AwsCredentials
 
-    block = AwsCredentials.load(block_name)
+    return AwsCredentials.load(block_name)
+
+
+def open_task_store(uri: str) -> ArtifactStore:
+    block = _credentials_block(uri)
+    if block is None:
+        return open_store(uri)
     return open_store(uri, session=block.get_boto3_session(), endpoint_url=block.aws_client_parameters.endpoint_url)
 
 
@@ -30,12 +37,9 @@ def rank_store_env(uri: str) -> dict[str, str]:
     With a credentials block: its keys and endpoint as the standard ``AWS_*`` variables, passed to the
     child processes only (never logged or written); otherwise nothing (the ranks inherit boto3's chain).
     """
-    block_name = os.environ.get(BLOCK_ENV)
-    if not uri.startswith("s3://") or not block_name:
+    block = _credentials_block(uri)
+    if block is None:
         return {}
-    from prefect_aws import AwsCredentials
-
-    block = AwsCredentials.load(block_name)
     frozen = block.get_boto3_session().get_credentials().get_frozen_credentials()
     env = {"AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
     if frozen.token:

@@ -30,6 +30,7 @@ from typing import Callable
 import polars as pl
 import pytest
 import yaml
+from helpers import write_tiny_tabular
 
 pytestmark = pytest.mark.slow  # ~70 CLI calls, ~15 of them through a Prefect flow
 
@@ -501,10 +502,7 @@ def tiny_run(tmp_path_factory) -> str:
     from emotion_core.store import open_store
 
     folder = tmp_path_factory.mktemp("tiny-run")
-    rows = ["id,text,joy,anger"] + [
-        f"r{i},{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i},{i % 2},{int(i % 3 == 0)}"
-        for i in range(60)]
-    (folder / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_tiny_tabular(folder / "train.csv")
     cfg = parse_run_config({"name": "tiny-bad-inputs", **TINY, "data": {"dataset": "tabular", "path": str(folder / "train.csv"),
                                                                         "id_column": "id"}})
     uri = train_config(cfg, open_store(folder / "store"))

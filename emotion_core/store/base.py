@@ -197,13 +197,19 @@ def check_manifest_run_id(manifest: dict, run_id: str, where: str) -> None:
                          f"refusing to publish it under another id")
 
 
-def checkpoint_files(marker: dict, where: str) -> dict[str, dict]:
-    """The ``files`` of a checkpoint marker (entry -> facts with a sha256); ``StoreError`` if malformed."""
-    files = marker.get("files") if isinstance(marker, dict) else None
+def sha256_entries(document: dict, name: str, where: str, default=None) -> dict[str, dict]:
+    """The ``files`` of a manifest or checkpoint marker ``name`` (entry -> facts with a sha256); ``StoreError`` if
+    malformed. ``default``: what a document without ``files`` lists (None: such a document is malformed)."""
+    files = document.get("files", default) if isinstance(document, dict) else None
     if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str)
                                               for f in files.values()):
-        raise StoreError(f"{where}: {CHECKPOINT_MARKER} is damaged ('files' must map each file to its sha256)")
+        raise StoreError(f"{where}: {name} 'files' must map each file to its sha256; it is damaged")
     return files
+
+
+def checkpoint_files(marker: dict, where: str) -> dict[str, dict]:
+    """The ``files`` of a checkpoint marker (entry -> facts with a sha256); ``StoreError`` if malformed."""
+    return sha256_entries(marker, CHECKPOINT_MARKER, where)
 
 
 def confined(root: Path, relative: object, where: str) -> Path:

@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from emotion_core.errors import StoreError
-from emotion_core.store.base import MANIFEST, RunId, confined, sha256_file
+from emotion_core.processes import pid_alive
+from emotion_core.store.base import MANIFEST, RunId, confined, sha256_entries, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,7 @@ def read_manifest(folder: Path, where: str) -> dict:
 
 def listed_files(manifest: dict, folder: Path, where: str) -> dict[str, Path]:
     """``{entry: local path}`` of the manifest's ``files``, each confined to ``folder``."""
-    files = manifest.get("files", {})
-    if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str)
-                                              for f in files.values()):
-        raise StoreError(f"{where}: {MANIFEST} 'files' must map each file to its sha256; the run folder is damaged")
-    return {rel: confined(folder, rel, where) for rel in files}
+    return {rel: confined(folder, rel, where) for rel in sha256_entries(manifest, MANIFEST, where, default={})}
 
 
 def verify_run(folder: Path, where: str) -> dict:
@@ -112,16 +109,6 @@ def staging_name(name: str) -> str:
     return f"{name}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
 def staging_max_age_s() -> float:
     """``$EMOTION_STAGING_MAX_AGE_HOURS`` (default 24) in seconds; an invalid value keeps the default."""
     try:
@@ -155,7 +142,7 @@ def sweep_staging(area: Path) -> list[Path]:
         except OSError:
             continue
         owner = _OWNER.search(child.name)
-        if owner and _alive(int(owner.group(1))):
+        if owner and pid_alive(int(owner.group(1))):
             continue
         shutil.rmtree(child, ignore_errors=True)
         swept.append(child)

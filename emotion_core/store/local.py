@@ -281,8 +281,8 @@ class LocalStore:
         target = Path(target)
         tmp = target.with_name(f".{target.name}-{uuid.uuid4().hex[:8]}.tmp")
         try:
-            for rel, facts in checkpoint_files(marker, f"run {run_id}: checkpoint {source.name}").items():
-                where = f"run {run_id}: checkpoint {source.name}"
+            where = f"run {run_id}: checkpoint {source.name}"
+            for rel, facts in checkpoint_files(marker, where).items():
                 copy = confined(tmp, rel, where)
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(confined(source, rel, where), copy)

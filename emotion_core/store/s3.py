@@ -53,7 +53,7 @@ from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConfli
                                      check_document_key, check_manifest_run_id, checkpoint_files,
                                      checkpoint_folder_name, checkpoint_marker, checkpoint_step, confined,
                                      dump_document, files_manifest_last, is_run_id, parse_document, sha256_file)
-from emotion_core.store.integrity import (listed_files, moved, read_manifest, same_run, staging_name, sweep_staging,
+from emotion_core.store.integrity import (listed_files, moved, same_run, staging_name, sweep_staging,
                                           verify_run)
 from emotion_core.store.uris import redact_uri
 
@@ -189,9 +189,8 @@ class S3Store:
         if not (staging / MANIFEST).is_file():
             raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; "
                              f"refusing to publish an incomplete run")
-        manifest = read_manifest(staging, where)
+        manifest = verify_run(staging, where)  # never upload a truncated or tampered copy
         check_manifest_run_id(manifest, run_id, where)
-        verify_run(staging, where)  # never upload a truncated or tampered copy
         base = self._key("runs", run_id)
         if self._exists(f"{base}/{MANIFEST}"):
             existing = parse_document(self._get_object(f"{base}/{MANIFEST}", f"reading run {run_id}"),
@@ -265,18 +264,14 @@ class S3Store:
         check_manifest_run_id(manifest, run_id, where)
         tmp = self.cache / ".downloads" / staging_name(run_id)
         try:
-            files = manifest.get("files", {})
             for rel, target in listed_files(manifest, tmp, where).items():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     self.client.download_file(self.bucket, f"{base}/{rel}", str(target))
                 except Exception as exc:
                     raise self._fail(f"downloading {rel} of run {run_id}", exc) from None
-                if sha256_file(target) != files[rel]["sha256"]:
-                    raise StoreError(f"run {run_id}: {rel} does not match the sha256 in its manifest "
-                                     f"(corrupt or overwritten)")
             (tmp / MANIFEST).write_bytes(body)
-            verify_run(tmp, where)
+            verify_run(tmp, where)  # every file's sha256, once, before the copy is exposed
             if local.exists():
                 shutil.rmtree(local)
             local.parent.mkdir(parents=True, exist_ok=True)

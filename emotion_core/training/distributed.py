@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from emotion_core.errors import RANK_DIED, ConfigError, RankFailed
+from emotion_core.store.base import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -373,9 +374,7 @@ def _write_error(job: Path | None, exc: BaseException) -> None:
     w = world()
     record = {"rank": w.rank, "local_rank": w.local_rank, "type": type(exc).__name__,
               "message": str(exc).splitlines()[0][:2000] if str(exc) else "", "time": time.time()}
-    tmp = job / f".error-rank{w.rank}.json.tmp"
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, job / f"error-rank{w.rank}.json")
+    atomic_write_text(job / f"error-rank{w.rank}.json", json.dumps(record))
 
 
 def _append_event(path: Path):
@@ -417,8 +416,7 @@ def run_rank(argv: list[str] | None = None) -> int:
         if is_main():
             uri = pipeline.publish_run(store, staging, run_id) if args.publish else None
             if job:
-                (job / ".result.tmp").write_text(json.dumps({"staging": str(staging), "run_id": run_id, "uri": uri}))
-                os.replace(job / ".result.tmp", job / "result.json")
+                atomic_write_text(job / "result.json", json.dumps({"staging": str(staging), "run_id": run_id, "uri": uri}))
             log.info("run %s complete: %s", run_id, uri or staging)
     except BaseException as exc:
         _write_error(job, exc)

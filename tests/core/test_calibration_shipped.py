@@ -23,6 +23,7 @@ from emotion_core.metrics import sigmoid
 from emotion_core.runs import read_run
 from emotion_core.store import LocalStore
 from emotion_core.thresholds import apply_thresholds
+from helpers import write_tiny_tabular
 
 pytestmark = pytest.mark.slow  # one tiny training run for the module, a few CLI calls
 
@@ -40,9 +41,7 @@ def tiny_run(tmp_path_factory) -> Path:
     from emotion_core.pipeline import train_config
 
     folder = tmp_path_factory.mktemp("tiny-calibration")
-    rows = ["id,text,joy,anger"] + [f"r{i},{'happy' if i % 2 else 'calm'} {'mad' if i % 3 == 0 else 'fine'} day {i},"
-                                    f"{i % 2},{int(i % 3 == 0)}" for i in range(120)]
-    (folder / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_tiny_tabular(folder / "train.csv", rows=120)
     cfg = parse_run_config({"name": "tiny-calibration", **TINY,
                             "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")}})
     return Path(train_config(cfg, LocalStore(folder / "store")).removeprefix("file://"))

@@ -22,6 +22,7 @@ from emotion_core.config import parse_run_config
 from emotion_core.errors import DataError, StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.store import LocalStore
+from helpers import assert_refused, write_tiny_tabular
 
 pytestmark = pytest.mark.slow  # one tiny training run for the module, a few CLI calls
 
@@ -32,9 +33,7 @@ TINY = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_
 
 
 def tiny_config(folder: Path):
-    rows = ["id,text,joy,anger"] + [f"r{i},{'happy' if i % 2 else 'calm'} {'mad' if i % 3 == 0 else 'fine'} day {i},"
-                                    f"{i % 2},{int(i % 3 == 0)}" for i in range(60)]
-    (folder / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_tiny_tabular(folder / "train.csv")
     return parse_run_config({"name": "tiny-errors", **TINY, "data": {"dataset": "tabular", "id_column": "id",
                                                                       "path": str(folder / "train.csv")}})
 
@@ -76,14 +75,6 @@ def emotion(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
 
 
-def refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    where = f"--- stderr:\n{result.stderr[-3000:]}\n--- stdout:\n{result.stdout[-1000:]}"
-    assert result.returncode == 2, where
-    assert "Traceback" not in result.stderr + result.stdout, where
-    for fragment in fragments:
-        assert fragment in result.stderr, f"missing {fragment!r} in:\n{where}"
-
-
 # -- damaged run folders (class 10) -----------------------------------------------------------------
 
 DAMAGES = {
@@ -105,7 +96,7 @@ def test_a_damaged_run_is_refused_naming_the_folder_and_file(damaged, texts, tmp
         result = emotion("predict", damaged, texts, "--out", out)
     else:
         result = emotion("submit", damaged, "--out", out, "--no-calibrated", "--data", texts)
-    refused(result, str(damaged), file)
+    assert_refused(result, str(damaged), file)
     assert not out.exists()
 
 
@@ -226,12 +217,12 @@ def test_duplicate_keys_are_refused_anywhere_but_merges_still_work():
     assert load_yaml("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  x: 3\n")["other"] == {"x": 3, "y": 2}
 
 
-def test_a_run_config_with_a_duplicate_key_is_refused(damaged, texts, tmp_path):
+def test_a_run_config_with_a_duplicate_key_is_assert_refused(damaged, texts, tmp_path):
     config = damaged / "config.yaml"
     config.write_text(config.read_text() + "name: other\n", encoding="utf-8")
     reseal(damaged)
     result = emotion("predict", damaged, texts, "--out", tmp_path / "out.csv")
-    refused(result, "config.yaml", "duplicate key 'name'")
+    assert_refused(result, "config.yaml", "duplicate key 'name'")
 
 
 def test_every_float_field_refuses_nan_as_not_finite():

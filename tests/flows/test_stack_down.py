@@ -14,7 +14,8 @@ import time
 import psutil
 import pytest
 
-from flows.stack import Stack, _alive
+from emotion_core.processes import pid_alive
+from flows.stack import Stack
 
 
 @pytest.fixture
@@ -58,6 +59,6 @@ def test_down_still_stops_what_the_stack_started(tmp_path):
 
     assert stopped == [f"server (pid {pid})"]
     deadline = time.monotonic() + 10
-    while _alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _alive(pid)
+    assert not pid_alive(pid)

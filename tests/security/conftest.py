@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import write_tiny_tabular
 
 REPO = Path(__file__).resolve().parents[2]
 EMOTION = str(Path(sys.executable).with_name("emotion"))
@@ -23,11 +24,7 @@ def run_emotion(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     """A tabular FFNN run config on 60 rows of its own CSV (no shared data sets)."""
-    texts = [f"{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i}"
-             for i in range(60)]
-    rows = ["id,text,joy,anger"] + [f"r{i},{text},{i % 2},{int(i % 3 == 0)}" for i, text in enumerate(texts)]
-    data = tmp_path / "tiny.csv"
-    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    data = write_tiny_tabular(tmp_path / "tiny.csv")
     config = {"name": "tiny-sec", "data": {"dataset": "tabular", "path": str(data), "id_column": "id"},
               "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
               "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from helpers import assert_refused, write_tiny_tabular
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,7 @@ def ffnn_run(tmp_path_factory) -> str:
     from emotion_core.store import open_store
 
     folder = tmp_path_factory.mktemp("ffnn-run")
-    rows = ["id,text,joy,anger"] + [f"r{i},{'happy lovely' if i % 2 else 'calm'} {'furious' if i % 3 == 0 else 'fine'} "
-                                    f"day {i},{i % 2},{int(i % 3 == 0)}" for i in range(60)]
-    (folder / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    write_tiny_tabular(folder / "train.csv")
     cfg = parse_run_config({"name": "tiny-out", "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
                             "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
                             "resources": {"gpu_memory_gb": 2},
@@ -46,14 +45,6 @@ def emotion(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "EMOTION_CACHE_DIR": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect"),
            "COLUMNS": "200", "NO_COLOR": "1"}
     return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
-
-
-def refused(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    where = f"--- stderr:\n{result.stderr[-3000:]}\n--- stdout:\n{result.stdout[-500:]}"
-    assert result.returncode == 2, where
-    assert "Traceback" not in result.stderr + result.stdout, where
-    for fragment in fragments:
-        assert fragment in result.stderr, f"missing {fragment!r}:\n{where}"
 
 
 def predict(run: str, data: Path, out: Path, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -71,7 +62,7 @@ def test_out_symlink_is_refused_and_its_target_kept(ffnn_run, tmp_path, command)
     victim.write_text("the user's notes\n", encoding="utf-8")
     link = tmp_path / "out.csv"
     link.symlink_to(victim)
-    refused(command(ffnn_run, tmp_path / "in.csv", link, tmp_path), "out.csv", "symbolic link")
+    assert_refused(command(ffnn_run, tmp_path / "in.csv", link, tmp_path), "out.csv", "symbolic link")
     assert link.is_symlink() and victim.read_text(encoding="utf-8") == "the user's notes\n"
 
 
@@ -79,7 +70,7 @@ def test_out_fifo_is_refused_without_hanging(ffnn_run, tmp_path):
     (tmp_path / "in.csv").write_text(TEXTS, encoding="utf-8")
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
-    refused(predict(ffnn_run, tmp_path / "in.csv", fifo, tmp_path), "pipe.csv", "FIFO")
+    assert_refused(predict(ffnn_run, tmp_path / "in.csv", fifo, tmp_path), "pipe.csv", "FIFO")
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
@@ -90,37 +81,37 @@ def test_out_device_stays_a_device(ffnn_run, tmp_path):
         os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 7))  # the numbers of /dev/full
     except PermissionError:
         pytest.skip("mknod is not permitted here")
-    refused(predict(ffnn_run, tmp_path / "in.csv", device, tmp_path), "full", "character device")
+    assert_refused(predict(ffnn_run, tmp_path / "in.csv", device, tmp_path), "full", "character device")
     assert stat.S_ISCHR(os.lstat(device).st_mode)
 
 
 @pytest.mark.parametrize("command", [predict, submit], ids=["predict", "submit"])
-def test_out_equal_to_the_input_is_refused(ffnn_run, tmp_path, command):
+def test_out_equal_to_the_input_is_assert_refused(ffnn_run, tmp_path, command):
     data = tmp_path / "in.csv"
     data.write_text(TEXTS, encoding="utf-8")
-    refused(command(ffnn_run, data, data, tmp_path), "in.csv", "would overwrite an input")
+    assert_refused(command(ffnn_run, data, data, tmp_path), "in.csv", "would overwrite an input")
     assert data.read_text(encoding="utf-8") == TEXTS
 
 
-def test_out_hard_link_to_the_input_is_refused(ffnn_run, tmp_path):
+def test_out_hard_link_to_the_input_is_assert_refused(ffnn_run, tmp_path):
     data = tmp_path / "in.csv"
     data.write_text(TEXTS, encoding="utf-8")
     os.link(data, tmp_path / "alias.csv")
-    refused(predict(ffnn_run, data, tmp_path / "alias.csv", tmp_path), "alias.csv", "would overwrite an input")
+    assert_refused(predict(ffnn_run, data, tmp_path / "alias.csv", tmp_path), "alias.csv", "would overwrite an input")
     assert data.read_text(encoding="utf-8") == TEXTS
 
 
-def test_out_inside_the_run_folder_is_refused(ffnn_run, tmp_path):
+def test_out_inside_the_run_folder_is_assert_refused(ffnn_run, tmp_path):
     (tmp_path / "in.csv").write_text(TEXTS, encoding="utf-8")
     target = Path(ffnn_run) / "thresholds.json"
     before = target.read_bytes()
-    refused(predict(ffnn_run, tmp_path / "in.csv", target, tmp_path), "thresholds.json", "inside the input folder")
+    assert_refused(predict(ffnn_run, tmp_path / "in.csv", target, tmp_path), "thresholds.json", "inside the input folder")
     assert target.read_bytes() == before
 
 
 def test_out_where_nothing_can_be_created_is_a_clear_error(ffnn_run, tmp_path):
     (tmp_path / "in.csv").write_text(TEXTS, encoding="utf-8")
-    refused(predict(ffnn_run, tmp_path / "in.csv", Path("/proc/emotion-predictions.csv"), tmp_path),
+    assert_refused(predict(ffnn_run, tmp_path / "in.csv", Path("/proc/emotion-predictions.csv"), tmp_path),
             "/proc/emotion-predictions.csv", "cannot write")
     assert not list(Path("/proc").glob(".emotion-predictions.csv.*"))
 
@@ -151,4 +142,4 @@ def test_an_explicit_id_column_wins_and_two_id_columns_are_ambiguous(ffnn_run, t
     assert pl.read_csv(tmp_path / "sub.csv", infer_schema=False)["key"].to_list() == ["k1", "k2"]
 
     data.write_text("id,text,ID\n1,happy,a\n2,furious,b\n", encoding="utf-8")
-    refused(predict(ffnn_run, data, tmp_path / "pred.csv", tmp_path), "in.csv", "several id columns", "--id-column")
+    assert_refused(predict(ffnn_run, data, tmp_path / "pred.csv", tmp_path), "in.csv", "several id columns", "--id-column")

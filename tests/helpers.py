@@ -1,0 +1,23 @@
+"""Helpers shared by test modules (imported as ``helpers``: pytest puts ``tests/`` on the path for its conftest)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_tiny_tabular(path: Path, rows: int = 60) -> Path:
+    """A tiny CSV (``id,text,joy,anger``) a tabular FFNN learns in a second: joy on odd rows, anger every third."""
+    lines = ["id,text,joy,anger"] + [
+        f"r{i},{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i},{i % 2},{int(i % 3 == 0)}"
+        for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def assert_refused(result, *fragments: str) -> None:
+    """A CLI call refused clearly: exit 2, no traceback, every fragment on stderr."""
+    where = f"--- stderr:\n{result.stderr[-3000:]}\n--- stdout:\n{result.stdout[-1000:]}"
+    assert result.returncode == 2, where
+    assert "Traceback" not in result.stderr + result.stdout, where
+    for fragment in fragments:
+        assert fragment in result.stderr, f"missing {fragment!r} in:\n{where}"
