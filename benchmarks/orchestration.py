@@ -40,7 +40,7 @@ def measure(stack, config_set: Path) -> dict:
     import httpx
     from emotion_core.runs import read_run
     from emotion_core.store import open_store
-    from flows.stack import trigger
+    from emotion_cli.stack import trigger
 
     started = time.perf_counter()
     parent = trigger(stack, "train-all/nightly", {"config_set": str(config_set)})
@@ -91,7 +91,7 @@ def main() -> int:
     import os
 
     import flows  # noqa: F401
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
 
     shared = ROOT.parent / "shared" / "data"
     if not os.environ.get("EMOTION_DATA_DIR") and shared.is_dir():

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_core.calibration import calibrate_run, reliability_diagram
+from emotion_core.calibration import calibrate_run
+from emotion_core.report.plots import reliability_diagram
 from emotion_core.data import EmotionData, load_data
 from emotion_core.ensemble import ensemble_split
 from emotion_core.ensemble import top_k as best_runs
@@ -44,7 +45,8 @@ from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.registry import Registry, dataset_key_of, decide, paired_vs_champion
-from emotion_core.runs import Run, read_run, write_json
+from emotion_core.files import write_json
+from emotion_core.runs import Run, read_run
 from emotion_core.thresholds import apply_thresholds
 
 log = logging.getLogger(__name__)

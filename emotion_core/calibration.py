@@ -1,4 +1,4 @@
-"""Per-label temperature scaling of saved logits, fitted on validation, and reliability diagrams.
+"""Per-label temperature scaling of saved logits, fitted on validation.
 
 Features
 --------
@@ -9,8 +9,6 @@ Features
 - ``calibrate_run``: fit on validation, re-tune thresholds on the calibrated validation
   probabilities, and report temperatures, thresholds, ECE and NLL before/after (validation and
   test) and the test metrics after scaling; JSON-serialisable.
-- ``reliability_diagram``: PNG of the reliability bins before/after with the diagonal, written
-  atomically (temporary file + rename).
 - ``shipped_calibration``: the ``calibration.json`` a run ships (``CALIBRATION_VERSION``): temperatures
   and re-tuned thresholds fitted on validation at training time, with validation ECE/NLL before/after.
 
@@ -38,22 +36,18 @@ Limits
 ------
 - Temperature scaling fixes over/under-confidence, not a wrong shape of the reliability curve
   (no bias term, no isotonic/Platt fitting) and not label dependencies.
-- matplotlib is imported inside ``reliability_diagram`` only (it costs ~0.5 s to import).
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 
 from emotion_core.evaluation import ece
-from emotion_core.metrics import _as_binary_matrix, _check_label_names, multilabel_metrics, sigmoid
+from emotion_core.metrics import as_binary_matrix, check_label_names, multilabel_metrics, sigmoid
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 
 __all__ = [
@@ -64,7 +58,6 @@ __all__ = [
     "bce_from_logits",
     "calibrate_run",
     "fit_temperatures",
-    "reliability_diagram",
     "shipped_calibration",
 ]
 
@@ -86,7 +79,7 @@ def _as_logits(name: str, values: Any) -> np.ndarray:
 
 def _logits_and_truth(logits_name: str, logits: Any, true_name: str, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
     z = _as_logits(logits_name, logits)
-    y = _as_binary_matrix(true_name, y_true).astype(np.float64)
+    y = as_binary_matrix(true_name, y_true).astype(np.float64)
     if z.shape != y.shape:
         raise ValueError(f"{logits_name} and {true_name} must have the same shape, got {z.shape} and {y.shape}")
     return z, y
@@ -150,7 +143,7 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
     if (test_logits is None) != (test_true is None):
         raise ValueError("pass both test_logits and test_true, or neither")
     zv, yv = _logits_and_truth("val_logits", val_logits, "val_true", val_true)
-    label_names = _check_label_names(names, zv.shape[1])
+    label_names = check_label_names(names, zv.shape[1])
     temps = fit_temperatures(zv, yv)
     positives = yv.sum(axis=0)
     kept = [nm for nm, pos in zip(label_names, positives) if pos == 0 or pos == yv.shape[0]]
@@ -215,45 +208,3 @@ def shipped_calibration(val_logits: np.ndarray, val_true: np.ndarray, names: Seq
         "nll_before": nll_val["before"],
         "nll_after": nll_val["after"],
     }
-
-
-def _points(bins: list[dict]) -> tuple[list[float], list[float]]:
-    filled = [b for b in bins if b["count"] > 0]
-    return [b["confidence"] for b in filled], [b["accuracy"] for b in filled]
-
-
-def reliability_diagram(bins_before: list[dict], bins_after: list[dict], path: str | Path, title: str) -> Path:
-    """Write a reliability diagram PNG (before vs after, with the diagonal) to ``path``; return it.
-
-    ``bins_*`` are ``evaluation.ece(...)["bins"]`` lists; empty bins are not drawn. A matplotlib
-    ``Figure`` with an Agg canvas is used directly (no pyplot), so no global backend or figure state
-    is touched. The PNG is written to a temporary file in the same folder and renamed.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig = Figure(figsize=(5, 5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
-    for bins, label, marker in ((bins_before, "before", "o"), (bins_after, "after", "s")):
-        x, y = _points(bins)
-        ax.plot(x, y, marker=marker, linewidth=1.5, label=label)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("mean predicted probability (confidence)")
-    ax.set_ylabel("observed share of positives (accuracy)")
-    ax.set_title(title)
-    ax.legend(loc="upper left")
-    ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target

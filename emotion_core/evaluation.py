@@ -58,8 +58,8 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from emotion_core.metrics import _as_binary_matrix, _check_label_names, multilabel_metrics
-from emotion_core.thresholds import _as_prob_matrix, apply_thresholds
+from emotion_core.metrics import as_binary_matrix, check_label_names, multilabel_metrics
+from emotion_core.thresholds import as_prob_matrix, apply_thresholds
 
 __all__ = [
     "ECE_BINS",
@@ -79,8 +79,8 @@ _CHUNK = 250
 
 
 def _truth_and_probs(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
-    yt = _as_binary_matrix("y_true", y_true)
-    p = _as_prob_matrix("probs", probs)
+    yt = as_binary_matrix("y_true", y_true)
+    p = as_prob_matrix("probs", probs)
     if yt.shape != p.shape:
         raise ValueError(f"y_true and probs must have the same shape, got {yt.shape} and {p.shape}")
     return yt, p
@@ -103,7 +103,7 @@ def ranking_metrics(y_true: np.ndarray, probs: np.ndarray, names: Sequence[str])
     classes (ROC-AUC) is ``None`` and left out of the macro mean; see the module docstring.
     """
     yt, p = _truth_and_probs(y_true, probs)
-    label_names = _check_label_names(names, p.shape[1])
+    label_names = check_label_names(names, p.shape[1])
     positives = yt.sum(axis=0)
     negatives = yt.shape[0] - positives
 
@@ -253,7 +253,7 @@ def _resampled_f1(confusions: list[np.ndarray], indices: np.ndarray,
 
 
 def _pair(name_a: str, a: Any, name_b: str, b: Any) -> tuple[np.ndarray, np.ndarray]:
-    ya, yb = _as_binary_matrix(name_a, a), _as_binary_matrix(name_b, b)
+    ya, yb = as_binary_matrix(name_a, a), as_binary_matrix(name_b, b)
     if ya.shape != yb.shape:
         raise ValueError(f"{name_a} and {name_b} must have the same shape, got {ya.shape} and {yb.shape}")
     return ya, yb
@@ -331,7 +331,7 @@ def evaluate_split(y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray
     ``ece`` (``{"flat", "per_label_mean", "per_label": {name: float}, "n_bins", "bins"}``).
     """
     yt, p = _truth_and_probs(y_true, probs)
-    label_names = _check_label_names(names, p.shape[1])
+    label_names = check_label_names(names, p.shape[1])
     t = np.asarray(thresholds, dtype=np.float64)
     preds = apply_thresholds(p, t)
     ci = bootstrap_f1(yt, preds, n=bootstrap_n, seed=seed)

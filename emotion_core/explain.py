@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from emotion_core.config import ExplainConfig
-from emotion_core.store.base import atomic_write_text
+from emotion_core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def sample_texts(ids: Sequence[str], texts: Sequence[str], n: int, seed: int) ->
 def family_predict_proba(family, batch_size: int = 64) -> PredictProba:
     """``texts -> (n, L)`` float64 probabilities (sigmoid of the family's logits)."""
     from emotion_core.metrics import sigmoid
-    from emotion_core.training.predict import predict_logits
+    from emotion_core.training.batch_logits import predict_logits
 
     def predict_proba(texts) -> np.ndarray:
         # shap passes numpy arrays of numpy strings; the tokenizers want a list of str.

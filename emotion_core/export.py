@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from emotion_core.errors import EmotionError
+from emotion_core.files import write_json
 
 PROBE_TEXTS = ("I am so happy for you, congratulations!", "This is outrageous, I am furious.",
                "I miss her every day.", "Wow, I did not see that coming.", "ok")
@@ -267,7 +268,7 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
                                 run.config.model.revision)
             load_kwargs = {"num_labels": len(run.schema), "id2label": extras.pop("id2label"),
                            "label2id": extras.pop("label2id"), "problem_type": "multi_label_classification"}
-            _write_json(tmp / "emotion_export.json", {**extras, "load_kwargs": load_kwargs})
+            write_json(tmp / "emotion_export.json", {**extras, "load_kwargs": load_kwargs})
         else:
             for key, value in extras.items():
                 if key not in ("id2label", "label2id"):
@@ -309,11 +310,8 @@ def _fix_adapter_config(path: Path, base: str, revision: str | None) -> None:
     config = json.loads(path.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base
     config["revision"] = revision
-    _write_json(path, config)
+    write_json(path, config)
 
-
-def _write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(payload, indent=2, default=float) + "\n", encoding="utf-8")
 
 
 def run_calibration(run) -> dict:

@@ -69,7 +69,7 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return expit(np.asarray(logits, dtype=np.float64))
 
 
-def _as_binary_matrix(name: str, values: Any) -> np.ndarray:
+def as_binary_matrix(name: str, values: Any) -> np.ndarray:
     """Validate a 2-D 0/1 matrix and return it as uint8. ``name`` is used in error messages."""
     arr = np.asarray(values)
     if arr.ndim != 2:
@@ -92,7 +92,7 @@ def _as_binary_matrix(name: str, values: Any) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
-def _check_label_names(label_names: Sequence[str], n_labels: int) -> list[str]:
+def check_label_names(label_names: Sequence[str], n_labels: int) -> list[str]:
     if isinstance(label_names, str):
         # A bare string is a Sequence[str] of characters: almost certainly a caller mistake.
         raise ValueError("label_names must be a sequence of names, not a single string")
@@ -124,12 +124,12 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequ
     Raises ``ValueError`` for shape mismatches, non-0/1 values, or label names that do not match
     the columns.
     """
-    yt = _as_binary_matrix("y_true", y_true)
-    yp = _as_binary_matrix("y_pred", y_pred)
+    yt = as_binary_matrix("y_true", y_true)
+    yp = as_binary_matrix("y_pred", y_pred)
     if yt.shape != yp.shape:
         raise ValueError(f"y_true and y_pred must have the same shape, got {yt.shape} and {yp.shape}")
     n, n_labels = yt.shape
-    names = _check_label_names(label_names, n_labels)
+    names = check_label_names(label_names, n_labels)
 
     # scikit-learn reads an (n, 1) matrix as a binary column, not as multi-label; score that one
     # label as the positive class so P/R/F1 mean the same thing for every L.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from emotion_core.store.base import atomic_write_text
+from emotion_core.files import atomic_write_text
 
 HEADLINE = ("macro_f1", "micro_f1", "weighted_f1", "jaccard_samples", "subset_accuracy")
 """Test metrics listed in the card and its ``model-index``."""

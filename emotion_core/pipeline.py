@@ -31,20 +31,21 @@ from pathlib import Path
 from typing import Callable
 
 
-from emotion_core import environment
+from emotion_core import provenance
 from emotion_core.calibration import CALIBRATION_FILE, shipped_calibration
 from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
 from emotion_core.metrics import sigmoid
 from emotion_core.models import build_family, preflight
 from emotion_core.monitoring import DeviceMonitor
-from emotion_core.runs import file_inventory, write_config, write_json, write_logits
+from emotion_core.files import write_json
+from emotion_core.runs import file_inventory, write_config, write_logits
 from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore, RunId, RunIdConflict
 from emotion_core.thresholds import evaluate_policies
 from emotion_core.training import distributed
 from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
-from emotion_core.training.predict import predict_logits
+from emotion_core.training.batch_logits import predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     preflight.check(cfg)  # before any download or training
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
-    environment.reset_peak_memory()
+    provenance.reset_peak_memory()
     with distributed.main_first():  # one rank fills the data cache
         data = data if data is not None else load_data(cfg.data)
     schema = data.schema
@@ -154,7 +155,7 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
                             progress=progress, monitor=monitor, train_labels=train_labels,
                             checkpoints=checkpoints, resume=resume)
         device_usage = monitor.summary()
-        ranks = distributed.gather(distributed.rank_usage(device_usage, environment.peak_memory()))
+        ranks = distributed.gather(distributed.rank_usage(device_usage, provenance.peak_memory()))
         distributed.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
         if not main:
             return None, run_id
@@ -215,13 +216,13 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
                          "gradient_accumulation_steps": stats.gradient_accumulation_steps},
             "resumed_from_step": stats.resumed_from_step,
             "oom_adjustments": stats.oom_adjustments,
-            "memory": environment.peak_memory(),
-            "device": environment.device_facts(),
+            "memory": provenance.peak_memory(),
+            "device": provenance.device_facts(),
             "device_usage": device_usage,
             "distributed": distributed.manifest_entry(cfg, ranks),
             "orchestration": context or {},
-            "versions": environment.package_versions(),
-            "git": environment.git_commit(),
+            "versions": provenance.package_versions(),
+            "git": provenance.git_commit(),
             "threshold_policy": policy,
             "summary": {
                 split: {p: {"macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "jaccard_samples": m["jaccard_samples"],

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def run_logits(run, texts, batch_size: int = 128):
     """Logits (n_texts, labels) of a run's saved model for ``texts``, in input order."""
     from emotion_core.models import load_family
-    from emotion_core.training.predict import predict_logits
+    from emotion_core.training.batch_logits import predict_logits
 
     try:
         family = load_family(run.config, run.schema, run.folder / "model")

@@ -29,11 +29,10 @@ from emotion_core.config import RunConfig, load_yaml, parse_run_config
 from emotion_core.errors import StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.store import resolve_run_folder
-from emotion_core.store.base import MANIFEST, atomic_write_text, sha256_file
+from emotion_core.files import atomic_write_text, sha256_file, write_json  # noqa: F401  (write_json re-exported)
+from emotion_core.store.base import MANIFEST
 
 
-def write_json(path: Path, payload) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False, default=float) + "\n")
 
 
 def write_logits(path: Path, ids: list[str], logits: np.ndarray, schema: LabelSchema) -> None:

@@ -52,3 +52,8 @@ def secret_block_names() -> dict[str, str]:
     """Environment variable -> Prefect ``Secret`` block name, for the secrets whose setting is set."""
     names = {var: os.environ.get(setting, "").strip() for var, setting in SECRET_BLOCK_ENVS.items()}
     return {var: name for var, name in names.items() if name}
+
+
+def cache_root() -> Path:
+    """``$EMOTION_CACHE_DIR``, else ``~/.cache/emotion-pipeline``: S3 run copies, tokens, de-quantized GGUF, SHAP."""
+    return Path(os.environ.get("EMOTION_CACHE_DIR") or Path.home() / ".cache" / "emotion-pipeline")

@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from emotion_core.metrics import _as_binary_matrix, _check_label_names, multilabel_metrics
+from emotion_core.metrics import as_binary_matrix, check_label_names, multilabel_metrics
 
 __all__ = [
     "POLICIES",
@@ -75,7 +75,7 @@ DEFAULT_GRID = np.arange(1, 100) / 100
 _TIE_TOL = 1e-12
 
 
-def _as_prob_matrix(name: str, values: Any) -> np.ndarray:
+def as_prob_matrix(name: str, values: Any) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D (n_samples, n_labels) array, got shape {arr.shape}")
@@ -155,8 +155,8 @@ def tune_thresholds(
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown threshold policy {policy!r}; expected one of {', '.join(POLICIES)}")
-    yt = _as_binary_matrix("y_true", y_true)
-    p = _as_prob_matrix("probs", probs)
+    yt = as_binary_matrix("y_true", y_true)
+    p = as_prob_matrix("probs", probs)
     if yt.shape != p.shape:
         raise ValueError(f"y_true and probs must have the same shape, got {yt.shape} and {p.shape}")
     g = _as_grid(grid)
@@ -178,7 +178,7 @@ def tune_thresholds(
 
 def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """0/1 predictions, (n, L) uint8: 1 where ``probs[:, j] >= thresholds[j]``."""
-    p = _as_prob_matrix("probs", probs)
+    p = as_prob_matrix("probs", probs)
     t = np.asarray(thresholds, dtype=np.float64)
     if t.ndim != 1 or t.shape[0] != p.shape[1]:
         raise ValueError(f"thresholds must have shape ({p.shape[1]},) to match probs {p.shape}, got {t.shape}")
@@ -212,10 +212,10 @@ def evaluate_policies(
     """
     if (test_true is None) != (test_probs is None):
         raise ValueError("pass both test_true and test_probs, or neither")
-    val_probs = _as_prob_matrix("val_probs", val_probs)
-    names = _check_label_names(label_names, val_probs.shape[1])
+    val_probs = as_prob_matrix("val_probs", val_probs)
+    names = check_label_names(label_names, val_probs.shape[1])
     if test_probs is not None:
-        test_probs = _as_prob_matrix("test_probs", test_probs)
+        test_probs = as_prob_matrix("test_probs", test_probs)
         if test_probs.shape[1] != val_probs.shape[1]:
             raise ValueError(
                 f"test_probs has {test_probs.shape[1]} label columns but val_probs has {val_probs.shape[1]}"

@@ -173,7 +173,7 @@ def log_run(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None = 
     return result
 
 
-def _cell(value: Any) -> Any:
+def format_cell(value: Any) -> Any:
     # wandb.Table columns hold scalars; lists and dicts (flags, per-label numbers) go in as JSON text.
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
@@ -202,7 +202,7 @@ def log_summary(table_rows: Sequence[Mapping[str, Any]], set_name: str, *, proje
               "config": {"set": set_name, "models": len(rows)}}
 
     def body(wandb, run) -> None:
-        table = wandb.Table(columns=names, data=[[_cell(row.get(c)) for c in names] for row in rows])
+        table = wandb.Table(columns=names, data=[[format_cell(row.get(c)) for c in names] for row in rows])
         run.log({"comparison": table})
         run.summary.update({"models": len(rows)})
 

@@ -1,4 +1,6 @@
-"""Prefect flows composing the tasks: ``train-model`` (one config) and ``train-all`` (a config set)."""
+"""Prefect flows composing the tasks: ``train-model`` (one config) and ``train-all`` (a config set).
+
+Importing this package first sets Prefect's environment defaults (the CLI and the tests rely on it)."""
 
 import os
 from pathlib import Path

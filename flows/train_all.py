@@ -49,7 +49,7 @@ from flows.dispatch import (cancel_children_of, child_run_id, config_gpus, defau
 from flows.train_model import train_model
 from tasks.analysis import compare_runs, evaluate_run, explain_run
 from tasks.storage import open_task_store
-from tasks.training import slug
+from tasks.artifacts import artifact_key
 
 
 def check_store(store: str, dispatch: str, shared_filesystem: bool) -> None:
@@ -125,7 +125,7 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
         if o.get("status") == "failed":
             logger.error("config %s failed: %s", o["config"], o["error"])
 
-    create_table_artifact(key=f"children-{slug(spec.name)}", table=outcomes,
+    create_table_artifact(key=f"children-{artifact_key(spec.name)}", table=outcomes,
                           description=f"train-all {spec.name}: one child run per config")
     report = spec.report
     report_name = f"{spec.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from emotion_core.errors import EmotionError
 from tasks.storage import open_task_store
-from tasks.training import slug
+from tasks.artifacts import artifact_key
 
 _data_lock = threading.Lock()
 _data_cache = None
@@ -66,7 +66,7 @@ def explain_run(entry: dict, store_uri: str, report_dir: str) -> dict | None:
     """SHAP explanations of a completed run's seeded test sample (``explain`` of its config); None if skipped."""
     from emotion_core import explain
     from emotion_core.runs import read_run
-    from emotion_core.store.s3 import cache_root
+    from emotion_core.settings import cache_root
 
     logger = get_run_logger()
     name = entry["name"]
@@ -83,7 +83,7 @@ def explain_run(entry: dict, store_uri: str, report_dir: str) -> dict | None:
     except Exception as exc:  # an explanation is a report section, never a reason to lose the comparison
         logger.error("config %s: SHAP explanation failed: %s: %s", name, type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
-    from emotion_core.runs import write_json
+    from emotion_core.files import write_json
 
     write_json(folder / "shap.json", {k: v for k, v in result.items() if k not in ("cache_path", "html_path")})
     logger.info("config %s: SHAP on %d %s texts, %.2f s/text%s", name, result["n_texts"], split,
@@ -169,7 +169,7 @@ def compare_runs(set_name: str, outcomes: list[dict], entries: list[dict], store
     write_report(rows, folder, f"Comparison: {set_name}", set_name=set_name, extra=extra)
     report_uri = store.publish_report(folder, report_name)
     markdown = summary_markdown(frame)
-    key = slug(set_name)
+    key = artifact_key(set_name)
     create_markdown_artifact(key=f"comparison-{key}", description=f"train-all {set_name}",
                              markdown=f"# {set_name}\n\n{markdown}\n\nBest: **{best or 'n/a'}**. "
                                       + "".join(f"\n\nChampion of {d['dataset_key']}: {d['reason']}" for d in decisions)

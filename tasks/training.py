@@ -15,16 +15,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from emotion_core.config import RunConfig
+from tasks.artifacts import artifact_key
 from tasks.secrets import secrets_in_env
 from tasks.storage import open_task_store, rank_store_env
 
 # emotion_core.pipeline (torch, transformers) is imported inside the tasks: the train-all parent
 # imports this module too and only dispatches, so it starts in seconds, not ten.
-
-
-def slug(text: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
 def run_context() -> dict:
@@ -62,7 +58,7 @@ class ProgressReporter:
         line = describe_progress(self.config_name, event)
         self.logger.info(line)
         if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(percent, key=f"progress-{slug(self.config_name)}", description=line)
+            self.artifact_id = create_progress_artifact(percent, key=f"progress-{artifact_key(self.config_name)}", description=line)
         else:
             update_progress_artifact(self.artifact_id, percent, description=line)
 
@@ -91,13 +87,13 @@ def describe_progress(name: str, event: dict) -> str:
 @task(name="train-config", task_run_name="train-{cfg.name}")
 def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> tuple[str, str]:
     """Train ``cfg`` into a staged run of the store; returns ``(staging folder, run_id)``."""
-    from emotion_core import environment, pipeline
+    from emotion_core import pipeline, provenance
 
     logger = get_run_logger()
     context = run_context()
     logger.info("training %s (%s: %s) on %s worker=%s pool=%s queue=%s; device: %s", cfg.name, cfg.model.family,
                 getattr(cfg.model, "model", "-"), context["host"], context.get("worker"), context.get("work_pool"),
-                context.get("work_queue"), environment.device_facts())
+                context.get("work_queue"), provenance.device_facts())
     with secrets_in_env(logger) as secrets:  # HF_TOKEN / WANDB_API_KEY from Secret blocks, while training only
         if cfg.resources.gpus > 1:  # torchrun ranks (emotion_core.training.distributed); rank 0 stages the run
             from emotion_core.training import distributed

@@ -170,7 +170,7 @@ def prefect_stack(tmp_path_factory):
     end-to-end fixtures that need them.
     """
     import flows  # noqa: F401  (Prefect environment defaults before Prefect is imported)
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     state = tmp_path_factory.mktemp("prefect-stack")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from emotion_core.data.report import DataReport
+from emotion_core.data.load_report import DataReport
 from emotion_core.data.source import ROLES
 from emotion_core.errors import DataError
 from emotion_core.labels import LabelSchema

@@ -27,7 +27,7 @@ from emotion_core.data.dataset import EmotionData
 from emotion_core.data.goemotions import read_goemotions
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.locate import locate
-from emotion_core.data.report import DataReport
+from emotion_core.data.load_report import DataReport
 from emotion_core.data.semeval import read_semeval
 from emotion_core.data.source import ROLES, SourceData
 from emotion_core.data.splits import carve, carved_size, subset

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from emotion_core.errors import ModelError
-from emotion_core.store.s3 import cache_root
+from emotion_core.settings import cache_root
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emotion_core.store.s3 import cache_root
+from emotion_core.settings import cache_root
 
 log = logging.getLogger(__name__)
 

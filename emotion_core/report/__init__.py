@@ -10,7 +10,7 @@ from emotion_core.report.plots import (
 )
 from emotion_core.report.summary import format_ci, ranked_entries, summary_table
 from emotion_core.report.summary import to_markdown as summary_markdown
-from emotion_core.report.table import comparison_table, to_markdown, write_comparison
+from emotion_core.report.config_table import comparison_table, to_markdown, write_comparison
 
 __all__ = [
     "comparison_table",

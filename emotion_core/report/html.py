@@ -41,8 +41,8 @@ import numpy as np
 from emotion_core.evaluation import ECE_BINS
 from emotion_core.report.plots import PLOT_FILES, write_plots
 from emotion_core.report.summary import display_rows, format_ci, ranked_entries, summary_table, to_markdown
-from emotion_core.report.table import _cell
-from emotion_core.store.base import atomic_write_text
+from emotion_core.report.config_table import format_cell
+from emotion_core.files import atomic_write_text
 
 __all__ = ["REPORT_HTML", "json_safe", "write_report"]
 
@@ -120,7 +120,7 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
-    return _e(value if isinstance(value, str) else _cell(value))
+    return _e(value if isinstance(value, str) else format_cell(value))
 
 
 def _table(headers: list[str], rows: list[list[str]], *, text_columns: int = 1, row_classes: list[str] | None = None,
@@ -270,7 +270,7 @@ def _model_section(entry: dict, rank: int, folder: Path) -> str:
     test = entry.get("test") or {}
     facts = [("family", entry.get("family")), ("method", entry.get("method")), ("model", entry.get("model")),
              ("run id", entry.get("run_id")),
-             ("validation macro-F1", _cell(entry.get("validation_macro_f1"))),
+             ("validation macro-F1", format_cell(entry.get("validation_macro_f1"))),
              ("test macro-F1 [95% CI]", _ci_text(test.get("macro_f1_ci"))),
              ("test micro-F1 [95% CI]", _ci_text(test.get("micro_f1_ci")))]
     never = (test.get("metrics") or {}).get("labels_never_predicted") or []

@@ -43,6 +43,7 @@ __all__ = [
     "plot_full_vs_peft_pr_auc",
     "plot_per_label_f1",
     "plot_reliability",
+    "reliability_diagram",
     "write_plots",
 ]
 
@@ -258,6 +259,27 @@ def plot_full_vs_peft_pr_auc(entries: list[dict], path: str | Path) -> Path | No
 def _bins_xy(bins: list[dict] | None) -> tuple[list[float], list[float]]:
     filled = [b for b in bins or [] if b.get("count") and b.get("confidence") is not None]
     return [b["confidence"] for b in filled], [b["accuracy"] for b in filled]
+
+
+def reliability_diagram(bins_before: list[dict], bins_after: list[dict], path: str | Path, title: str) -> Path:
+    """One run's reliability diagram PNG (before vs after temperature scaling, with the diagonal); returns ``path``.
+
+    ``bins_*`` are ``evaluation.ece(...)["bins"]`` lists; empty bins are not drawn.
+    """
+    fig = _figure(5, 5)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    for bins, label, marker in ((bins_before, "before", "o"), (bins_after, "after", "s")):
+        x, y = _bins_xy(bins)
+        ax.plot(x, y, marker=marker, linewidth=1.5, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability (confidence)")
+    ax.set_ylabel("observed share of positives (accuracy)")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    ax.grid(True, alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_reliability(entries: list[dict], path: str | Path) -> Path | None:

@@ -13,7 +13,7 @@ Features
   PR-/ROC-AUC, Brier, ECE (flat and per-label mean) before/after temperature scaling, and the
   paired macro-F1 delta vs the best model with its CI and one-sided p-value.
 - ``to_markdown``: the table for people (Prefect artifacts, ``summary.md``), cells formatted by
-  ``table._cell`` like the run comparison, an F1 with its CI as ``0.512 [0.498, 0.526]``.
+  ``config_table.format_cell`` like the run comparison, an F1 with its CI as ``0.512 [0.498, 0.526]``.
 - ``display_columns``: the (header, formatter) lists shared by the Markdown and the HTML report,
   so both always show the same numbers.
 
@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import polars as pl
 
-from emotion_core.report.table import _cell
+from emotion_core.report.config_table import format_cell
 
 __all__ = [
     "SUMMARY_COLUMNS",
@@ -162,9 +162,9 @@ def format_ci(estimate: float | None, low: float | None, high: float | None, dig
 
 
 def _plain(column: str) -> Callable[[dict], str]:
-    # Numbers through table._cell (same look as the run comparison); text stays raw here and is
+    # Numbers through config_table.format_cell (same look as the run comparison); text stays raw here and is
     # escaped once by the renderer (Markdown pipes, or html.escape), never twice.
-    return lambda row: row[column] if isinstance(row[column], str) else _cell(row[column])
+    return lambda row: row[column] if isinstance(row[column], str) else format_cell(row[column])
 
 
 def _before_after(before: str, after: str) -> Callable[[dict], str]:
@@ -200,7 +200,7 @@ QUALITY = [
     ("PR-AUC", _plain("pr_auc_macro")),
     ("ROC-AUC", _plain("roc_auc_macro")),
     ("Δ macro-F1 vs best [95% CI]", _delta),
-    # Not _cell: it prints 1.0 as "1", and a p-value reads best at one fixed precision.
+    # Not format_cell: it prints 1.0 as "1", and a p-value reads best at one fixed precision.
     ("p (vs best)", lambda r: "" if r["p_vs_best"] is None else f"{r['p_vs_best']:.4f}"),
     ("status", _plain("status")),
 ]
@@ -247,7 +247,7 @@ def display_rows(frame: pl.DataFrame, part: str = "all") -> tuple[list[str], lis
 def to_markdown(frame: pl.DataFrame) -> str:
     """Markdown table of a ``summary_table``: every displayed column, F1s with their 95 % CI."""
     headers, rows = display_rows(frame, "all")
-    escape = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731 - same rule as table._cell
+    escape = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731 - same rule as config_table.format_cell
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(escape(c) for c in cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"

@@ -34,15 +34,13 @@ Contract
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import uuid
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from emotion_core.errors import StoreError
+from emotion_core.files import sha256_file
 
 MANIFEST = "manifest.json"
 CHECKPOINT_MARKER = "checkpoint.json"
@@ -126,25 +124,8 @@ def parse_document(body: bytes, where: str) -> dict:
     return payload
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a half-written temporary file beside the target
-        raise
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks (weights can be gigabytes)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def files_manifest_last(folder: Path, last: str = MANIFEST) -> list[Path]:

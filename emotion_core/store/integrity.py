@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 from emotion_core.errors import StoreError
+from emotion_core.files import sha256_file
 from emotion_core.processes import pid_alive
-from emotion_core.store.base import MANIFEST, RunId, confined, sha256_entries, sha256_file
+from emotion_core.store.base import MANIFEST, RunId, confined, sha256_entries
 
 log = logging.getLogger(__name__)
 

@@ -31,10 +31,11 @@ import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
+from emotion_core.files import atomic_write_text, sha256_file
 from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict,  # noqa: F401  (re-exported)
-                                     RunId, RunIdConflict, atomic_write_text, check_document_key, check_manifest_run_id,
+                                     RunId, RunIdConflict, check_document_key, check_manifest_run_id,
                                      checkpoint_files, checkpoint_folder_name, checkpoint_marker, checkpoint_step,
-                                     confined, dump_document, is_run_id, parse_document, sha256_file)
+                                     confined, dump_document, is_run_id, parse_document)
 from emotion_core.store.integrity import moved, read_manifest, same_run, staging_name, sweep_staging, verify_run
 
 try:

@@ -49,10 +49,12 @@ import uuid
 from pathlib import Path
 
 from emotion_core.errors import StoreError
+from emotion_core.files import sha256_file
+from emotion_core.settings import cache_root
 from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict, RunId, RunIdConflict,
                                      check_document_key, check_manifest_run_id, checkpoint_files,
                                      checkpoint_folder_name, checkpoint_marker, checkpoint_step, confined,
-                                     dump_document, files_manifest_last, is_run_id, parse_document, sha256_file)
+                                     dump_document, files_manifest_last, is_run_id, parse_document)
 from emotion_core.store.integrity import (listed_files, moved, same_run, staging_name, sweep_staging,
                                           verify_run)
 from emotion_core.store.uris import redact_uri
@@ -60,8 +62,6 @@ from emotion_core.store.uris import redact_uri
 log = logging.getLogger(__name__)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("EMOTION_CACHE_DIR") or Path.home() / ".cache" / "emotion-pipeline")
 
 
 class S3Store:

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from emotion_core.errors import RANK_DIED, ConfigError, RankFailed
-from emotion_core.store.base import atomic_write_text
+from emotion_core.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

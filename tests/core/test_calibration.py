@@ -12,9 +12,9 @@ from emotion_core.calibration import (
     bce_from_logits,
     calibrate_run,
     fit_temperatures,
-    reliability_diagram,
 )
 from emotion_core.evaluation import ece
+from emotion_core.report.plots import reliability_diagram
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 

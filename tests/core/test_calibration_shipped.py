@@ -100,7 +100,7 @@ def run_logits_of(run_folder: Path) -> np.ndarray:
 def test_a_run_ships_its_calibration_fitted_on_validation_and_listed_in_the_manifest(tiny_run):
     from emotion_core.analysis import DataCache, run_data
     from emotion_core.calibration import calibrate_run
-    from emotion_core.store.base import sha256_file
+    from emotion_core.files import sha256_file
 
     run = read_run(tiny_run)
     payload = json.loads((tiny_run / "calibration.json").read_text())

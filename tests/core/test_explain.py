@@ -150,7 +150,7 @@ def test_cache_hits_and_invalidation(tmp_path, monkeypatch):
 
 
 def test_family_predict_proba_is_sigmoid_of_logits():
-    from emotion_core.training.predict import predict_logits
+    from emotion_core.training.batch_logits import predict_logits
 
     _, family = tiny_ffnn(LabelSchema(tuple(NAMES)))
     texts = np.array(["so happy", "mad"])  # what shap passes: a numpy array of strings

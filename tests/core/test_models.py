@@ -10,7 +10,7 @@ from emotion_core.config import parse_run_config
 from emotion_core.labels import LabelSchema
 from emotion_core.models import build_family, load_family
 from emotion_core.models.family import label_prior_logits
-from emotion_core.training.predict import predict_logits
+from emotion_core.training.batch_logits import predict_logits
 
 SCHEMA = LabelSchema(("joy", "anger", "sadness"))
 TEXTS = ["I am so happy today!", "This makes me furious.", "I miss her so much, it hurts.",

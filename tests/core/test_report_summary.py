@@ -15,7 +15,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from emotion_core.calibration import calibrate_run, reliability_diagram
+from emotion_core.calibration import calibrate_run
+from emotion_core.report.plots import reliability_diagram
 from emotion_core.evaluation import evaluate_split, paired_bootstrap
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.report import (

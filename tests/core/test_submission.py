@@ -91,7 +91,7 @@ def test_thresholds_and_temperatures_change_the_cells_as_expected(tmp_path):
 def test_predicting_texts_matches_thresholded_model_probabilities(tmp_path):
     from emotion_core.metrics import sigmoid
     from emotion_core.models import load_family
-    from emotion_core.training.predict import predict_logits
+    from emotion_core.training.batch_logits import predict_logits
 
     run = make_run(tmp_path / "run")
     ids = [f"id{i}" for i in range(len(TEXTS))]

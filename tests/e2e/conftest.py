@@ -15,7 +15,7 @@ def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, ex
 
     The server stays up for other tests; the workers are stopped and the stack's settings restored.
     """
-    from flows.stack import _stop_group
+    from emotion_cli.stack import _stop_group
 
     bucket = f"{prefix}-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
@@ -32,7 +32,7 @@ def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, ex
     finally:
         for name in ("worker-orchestration", "workers-gpu"):
             pid_file = stack.state_dir / f"{name}.pid"
-            pid = stack._our_pid(name)  # the pid file holds the pid and its start time (flows.stack)
+            pid = stack._our_pid(name)  # the pid file holds the pid and its start time (emotion_cli.stack)
             if pid is not None:
                 _stop_group(pid)
             pid_file.unlink(missing_ok=True)

@@ -40,7 +40,7 @@ def children_of(stack, parent_id: str) -> list[dict]:
 
 
 def run_nightly(stack, config_set: Path, timeout_s: float = 600):
-    from flows.stack import trigger
+    from emotion_cli.stack import trigger
 
     return trigger(stack, "train-all/nightly", {"config_set": str(config_set)}, timeout_s=timeout_s)
 

@@ -27,7 +27,7 @@ def _free_port() -> int:
 def pg_nightly(postgres_url, s3_endpoint, data_dir, tmp_path_factory, workers_on_s3):
     """Server on PostgreSQL + pools, deployments and workers; yields (stack, bucket)."""
     import flows  # noqa: F401
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
 
     state = tmp_path_factory.mktemp("pg-nightly")
     stack = Stack(port=_free_port(), state_dir=state, database=postgres_url, extra_env={
@@ -43,7 +43,7 @@ def pg_nightly(postgres_url, s3_endpoint, data_dir, tmp_path_factory, workers_on
 def test_nightly_on_a_postgresql_backed_server(pg_nightly, postgres_url):
     import httpx
 
-    from flows.stack import trigger
+    from emotion_cli.stack import trigger
 
     stack, bucket = pg_nightly
     started = time.monotonic()

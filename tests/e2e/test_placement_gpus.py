@@ -27,7 +27,7 @@ SETS = REPO / "tests" / "data" / "sets"
 @pytest.fixture(scope="module")
 def two_card_stack(prefect_stack, s3_endpoint, data_dir, tmp_path_factory, workers_on_s3):
     """The e2e workers plus one CPU worker standing in for a 2-card worker; yields (stack, bucket)."""
-    from flows.stack import _stop_group
+    from emotion_cli.stack import _stop_group
 
     with workers_on_s3(prefect_stack, s3_endpoint, data_dir, tmp_path_factory.mktemp("cache"), "x2") as bucket:
         log = open(tmp_path_factory.mktemp("x2-worker") / "worker.log", "ab")
@@ -53,7 +53,7 @@ def children_of(stack, parent_id: str) -> list[dict]:
 def test_a_two_gpu_config_reaches_a_two_card_worker(two_card_stack, s3_endpoint):
     from emotion_core.runs import read_run
     from emotion_core.store import open_store
-    from flows.stack import trigger
+    from emotion_cli.stack import trigger
 
     stack, bucket = two_card_stack
     run = trigger(stack, "train-all/nightly", {"config_set": str(SETS / "tiny-two-gpus.yaml")}, timeout_s=600)
@@ -70,7 +70,7 @@ def test_a_two_gpu_config_reaches_a_two_card_worker(two_card_stack, s3_endpoint)
 
 
 def test_a_config_asking_for_more_cards_than_any_queue_fails_before_dispatch(two_card_stack):
-    from flows.stack import trigger
+    from emotion_cli.stack import trigger
 
     stack, _ = two_card_stack
     run = trigger(stack, "train-all/nightly", {"config_set": str(SETS / "too-many-gpus.yaml")}, timeout_s=300)

@@ -10,7 +10,6 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
-import pytest
 
 from flows import dispatch
 from flows.dispatch import Child, silent_children

@@ -41,7 +41,7 @@ def _free_port() -> int:
 def pg_stack(postgres_url, tmp_path_factory):
     """A Prefect server on the PostgreSQL cluster (its own port and state folder); yields (stack, cold start s)."""
     import flows  # noqa: F401
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
 
     state = tmp_path_factory.mktemp("pg-stack")
     stack = Stack(port=_free_port(), state_dir=state, database=postgres_url,
@@ -81,7 +81,7 @@ def test_server_on_postgresql_answers_and_stores_flow_runs_there(pg_stack, postg
 
 def test_stack_up_prints_the_database_redacted_and_refuses_other_schemes():
     from emotion_core.errors import EmotionError
-    from flows.stack import Stack, database_url
+    from emotion_cli.stack import Stack, database_url
 
     assert database_url("postgresql://prefect:pw@db:5432/prefect") == "postgresql+asyncpg://prefect:pw@db:5432/prefect"
     with pytest.raises(EmotionError, match=r"--database 'mysql://\*\*\*@db/prefect': expected postgresql"):

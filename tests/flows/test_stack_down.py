@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from emotion_core.processes import pid_alive
-from flows.stack import Stack
+from emotion_cli.stack import Stack
 
 
 @pytest.fixture

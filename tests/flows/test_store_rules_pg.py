@@ -123,6 +123,6 @@ def test_missing_bucket_is_created_when_asked(s3_bucket, s3_endpoint, monkeypatc
 
 
 def test_the_embedded_stack_declares_one_shared_disk(tmp_path):
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
 
     assert Stack(state_dir=tmp_path).env()["EMOTION_SHARED_FILESYSTEM"] == "1"

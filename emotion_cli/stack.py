@@ -163,7 +163,7 @@ class Stack:
             return fn(*args, **kwargs)
 
     def apply_pools(self) -> list[str]:
-        from flows.pools import apply_pools
+        from emotion_cli.pools import apply_pools
 
         return self.run_with_api(apply_pools)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from emotion_core.store.base import atomic_write_text
+from emotion_core.files import atomic_write_text
 
 COLUMNS = [
     "config", "status", "family", "model", "thresholds", "val_macro_f1", "val_micro_f1", "test_macro_f1",
@@ -70,7 +70,7 @@ def comparison_table(entries: list[dict]) -> pl.DataFrame:
     return frame.sort(["status", "val_macro_f1"], descending=[False, True], nulls_last=True)
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
@@ -86,7 +86,7 @@ def to_markdown(frame: pl.DataFrame, columns: list[str] | None = None) -> str:
     columns = columns or [c for c in frame.columns if c not in ("run_id",)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in frame.select(columns).iter_rows():
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        lines.append("| " + " | ".join(format_cell(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -300,7 +300,7 @@ def stack_up(port: int = typer.Option(4200, help=PORT_HELP),
              cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
              database: Optional[str] = _database_option()) -> None:
     """Start the local server, pools, workers and deployments (reuses what already runs)."""
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
 
     stack = _run(Stack, port=port, cpu_workers=cpu_workers, database=database)
     for line in _run(stack.up):
@@ -311,7 +311,7 @@ def stack_up(port: int = typer.Option(4200, help=PORT_HELP),
 @stack_app.command("down")
 def stack_down(port: int = typer.Option(4200, help=PORT_HELP)) -> None:
     """Stop the workers and the server that `stack up` started."""
-    from flows.stack import Stack
+    from emotion_cli.stack import Stack
 
     stopped = _run(Stack(port=port).down)
     out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"), highlight=False)
@@ -323,7 +323,7 @@ def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"
          cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
          database: Optional[str] = _database_option()) -> None:
     """The main job: stack up, run train-all/nightly on a config set, wait, print the summary and UI URL."""
-    from flows.stack import Stack, latest_artifact, trigger
+    from emotion_cli.stack import Stack, latest_artifact, trigger
 
     stack = _run(Stack, port=port, cpu_workers=cpu_workers, database=database)
     for line in _run(stack.up):
@@ -334,9 +334,9 @@ def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"
     spec, _ = _run(load_config_set, config_set)
     out.print(f"running train-all/nightly on {config_set} ...", highlight=False)
     run = _run(trigger, stack, "train-all/nightly", {"config_set": str(config_set.resolve())})
-    from tasks.training import slug
+    from tasks.artifacts import artifact_key
 
-    artifact = _run(latest_artifact, stack, f"comparison-{slug(spec.name)}", run.id)
+    artifact = _run(latest_artifact, stack, f"comparison-{artifact_key(spec.name)}", run.id)
     if artifact is not None:
         out.print(artifact.data, highlight=False, soft_wrap=True)
     out.print(f"train-all/nightly: {run.state.name} ({run.state.message or ''})".rstrip(" ()"), highlight=False, soft_wrap=True)
@@ -349,7 +349,7 @@ def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"
 @app.command()
 def pools() -> None:
     """Create or update the work pools and queues of deployments/pools/pools.yaml on $PREFECT_API_URL."""
-    from flows.pools import apply_pools
+    from emotion_cli.pools import apply_pools
 
     for line in _run(apply_pools):
         out.print(line, highlight=False, soft_wrap=True)
