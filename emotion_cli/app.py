@@ -191,6 +191,38 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
 
 
 @app.command()
+def runs(store: Optional[str] = typer.Option(None, help="Artefact store (path, file:// or s3://); default $EMOTION_STORE."),
+         dataset: Optional[str] = typer.Option(None, help="Only runs of this dataset key (e.g. goemotions-...).")) -> None:
+    """List the store's runs, newest first, and the champion of each dataset (marked *)."""
+    from rich.table import Table
+
+    from emotion_core import catalog
+    from emotion_core.settings import default_store_uri
+    from emotion_core.store import open_store
+
+    def go():
+        opened = open_store(store or default_store_uri())
+        return opened.uri, catalog.list_runs(opened), catalog.champions(opened)
+
+    uri, rows, champions = _run(go)
+    rows = [row for row in rows if dataset is None or row.dataset == dataset]
+    table = Table(title=f"runs in {uri}", title_justify="left")
+    for column in ("", "run id", "config", "family", "dataset", "val macro-F1", "test macro-F1", "finished", "problem"):
+        table.add_column(column)
+    score = lambda value: "" if value is None else f"{value:.4f}"
+    for row in rows:
+        table.add_row("*" if row.champion else "", row.run_id, row.config, row.family, row.dataset,
+                      score(row.validation_macro_f1), score(row.test_macro_f1), row.finished_at[:19], row.problem)
+    out.print(table)
+    for key, doc in sorted(champions.items()):
+        if dataset is None or key == dataset:
+            out.print(f"champion of {key}: {doc['run_id']} (validation macro-F1 {doc['validation_macro_f1']:.4f})",
+                      highlight=False, soft_wrap=True)
+    if not rows:
+        out.print("no runs", highlight=False)
+
+
+@app.command()
 def publish(folder: Path = typer.Argument(..., help="A complete run folder (with manifest.json), e.g. one kept after a failed publish."),
             store: str = typer.Option(..., help="Store to publish into (path, file:// or s3://).")) -> None:
     """Publish a complete local run folder into a store (idempotent; the folder is left as it is)."""
@@ -333,7 +365,8 @@ def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"
 
     spec, _ = _run(load_config_set, config_set)
     out.print(f"running train-all/nightly on {config_set} ...", highlight=False)
-    run = _run(trigger, stack, "train-all/nightly", {"config_set": str(config_set.resolve())})
+    run = _run(trigger, stack, "train-all/nightly", {"config_set": str(config_set.resolve())}, timeout_s=0)
+    run = _run(stack.run_with_api, _watch_progress, run.id)
     from tasks.artifacts import artifact_key
 
     artifact = _run(latest_artifact, stack, f"comparison-{artifact_key(spec.name)}", run.id)
@@ -344,6 +377,16 @@ def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"
     out.print(f"Prefect UI: {stack.ui_url}   stop everything: emotion stack down  (or: make stop)", highlight=False)
     if not run.state.is_completed():
         raise typer.Exit(1)
+
+
+def _watch_progress(flow_run_id):
+    """One line per config (state, step/total, validation macro-F1, ETA) until the flow run is final."""
+    from prefect import get_client
+
+    from emotion_cli.progress import watch
+
+    with get_client(sync_client=True) as client:
+        return watch(client, flow_run_id, out)
 
 
 @app.command()

@@ -158,6 +158,16 @@ class LocalStore:
             return []
         return sorted(p.name for p in runs.iterdir() if is_run_id(p.name) and (p / MANIFEST).is_file())
 
+    def read_manifest(self, run_id: str) -> dict:
+        """The manifest of a published run, parsed but not verified (for listings; load runs with ``run_folder``)."""
+        run_id = RunId.parse(run_id)
+        path = self.root / "runs" / run_id / MANIFEST
+        try:
+            body = path.read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"run {run_id}: not found in {self.uri} or incomplete (no {MANIFEST})") from None
+        return parse_document(body, f"runs/{run_id}/{MANIFEST} in {self.uri}")
+
     def has_run(self, run_id: str) -> bool:
         """Whether a complete run ``run_id`` is published (one ``stat``; nothing verified)."""
         return (self.root / "runs" / RunId.parse(run_id) / MANIFEST).is_file()

@@ -232,6 +232,11 @@ class S3Store:
             raise self._fail("listing runs", exc) from None
         return sorted(found)
 
+    def read_manifest(self, run_id: str) -> dict:
+        """The manifest of a published run, parsed but not verified (for listings; load runs with ``run_folder``)."""
+        key = f"{self._key('runs', RunId.parse(run_id))}/{MANIFEST}"
+        return parse_document(self._get_object(key, f"reading run {run_id}"), f"{key} in {self.uri}")
+
     def has_run(self, run_id: str) -> bool:
         """Whether a complete run ``run_id`` is published (one HEAD request; nothing verified)."""
         return self._exists(f"{self._key('runs', RunId.parse(run_id))}/{MANIFEST}")
