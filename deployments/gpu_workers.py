@@ -1,23 +1,15 @@
-"""Start one Prefect process worker per GPU (or per group of GPUs) on this machine, one flow run at a time each.
+"""Start one Prefect process worker per GPU (or per group of K GPUs) on this machine, one flow run at a time each.
 
     python deployments/gpu_workers.py [--pool gpu] [--gpus-per-worker K] [--cpu-workers N] [--name-prefix gpu]
 
-Features:
-- GPUs come from ``nvidia-smi`` (index, name, memory); with ``--gpus-per-worker K`` (default 1) the
-  cards are grouped K by K in index order (8 cards, K=2: 4 workers with ``CUDA_VISIBLE_DEVICES=0,1``,
-  ``2,3``, ...; cards left over are named and get no worker); each worker gets ``--limit 1``, a name
-  ``<prefix>-<host>-<first card>`` (also exported as ``EMOTION_WORKER_NAME``, so each run's manifest and
-  logs name the worker that trained it) and ``EMOTION_WORKER_GPUS=K``;
-- a worker owning K cards, the smallest with M GiB, serves every queue of the pool with ``gpus`` == K
-  (default 1) and ``min_gpu_memory_gb`` <= M (``deployments/pools/pools.yaml``): big cards drain small
-  jobs too, small cards never get big ones, and a run never leaves cards of its worker idle;
-- no GPU: ``--cpu-workers N`` workers (default 1) stand in for K-card workers: they serve every queue
-  with ``gpus`` == K whatever its memory (laptops, CI, the embedded demo);
-- runs in the foreground and supervises: SIGINT/SIGTERM stop every worker (twice, because a Prefect
-  worker escalates to SIGKILL on the second signal), and the script exits when its workers have.
-Limits: one machine; one K per invocation over every card it detects (no mix of 1- and 2-card
-workers on one machine yet).
-Needs ``PREFECT_API_URL`` in the environment (or a Prefect profile) like any worker.
+- Cards from ``nvidia-smi``, grouped K by K in index order (leftovers named, no worker); each worker gets
+  ``CUDA_VISIBLE_DEVICES``, ``--limit 1``, the name ``<prefix>-<host>-<first card>`` (``EMOTION_WORKER_NAME``)
+  and ``EMOTION_WORKER_GPUS=K``.
+- A worker serves every queue of the pool with ``gpus`` == K whose ``min_gpu_memory_gb`` its smallest card holds
+  (``deployments/pools/pools.yaml``); without GPUs, ``--cpu-workers N`` stand in for K-card workers.
+- Runs in the foreground; SIGINT/SIGTERM stop every worker (signalled twice: Prefect then escalates to SIGKILL).
+
+Limits: one machine, one K per invocation; needs ``PREFECT_API_URL`` (or a Prefect profile) like any worker.
 """
 
 from __future__ import annotations

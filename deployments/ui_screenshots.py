@@ -3,22 +3,15 @@
     python deployments/ui_screenshots.py --ui-url http://127.0.0.1:4200 --pool gpu \\
         --artifact-key comparison-cpu-demo --out-dir shots/
 
-Writes ``<out-dir>/work-pool-<pool>-workers.png`` (route ``/work-pools/work-pool/<pool>?tab=Workers``)
-and ``<out-dir>/artifact-<key>.png`` (``/artifacts/artifact/<id>``, the latest version of the key) and
-prints their paths. The pool, its workers and the artifact are looked up first through the API at
-``<ui-url>/api``; each page is shot once it shows them (a worker's name, the artifact's key), has no
-spinner and no page transition running. Exits with status 2 and one line when Chromium is missing,
-the API does not answer, the UI talks to another API, the pool or artifact does not exist, or a
-page does not render in ``--timeout`` seconds (its PNG is still written, to see why).
+- Writes ``<out-dir>/work-pool-<pool>-workers.png`` and ``<out-dir>/artifact-<key>.png`` (the key's latest
+  version) and prints their paths; pool, workers and artifact are looked up through ``<ui-url>/api`` first.
+- A page is shot once it shows them, with no spinner and no page transition running (Chromium driven over the
+  DevTools protocol, ``--remote-debugging-pipe``; why: docs/design.md, "Tools").
+- Exits 2 with one line when Chromium is missing, the API does not answer or is another one, the pool or
+  artifact does not exist, or a page does not render in ``--timeout`` seconds (its PNG is still written).
 
-Chromium is driven through the DevTools protocol on ``--remote-debugging-pipe``, not
-``--screenshot --virtual-time-budget``: under virtual time the UI's route fade (0.25 s, CSS) is
-caught part-way, so work-pool shots came out dimmed at random whatever the budget.
-
-Limits: a self-hosted Prefect 3 server without auth (no Prefect Cloud, no login page); the classic
-UI (the same routes under ``/v2`` are the new UI, not shot); Chromium runs without sandbox
-(containers, root) and resolves only localhost and the UI's own host; one viewport
-(``--window-size``) per shot, not the whole page.
+Limits: a self-hosted Prefect 3 server without auth, the classic UI routes; Chromium without sandbox, resolving
+only localhost and the UI's host; one viewport (``--window-size``) per shot.
 """
 
 from __future__ import annotations

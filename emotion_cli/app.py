@@ -1,18 +1,18 @@
-"""``emotion``: the command line.
+"""``emotion``: the command line (``emotion --help``, ``emotion COMMAND --help``).
 
-    emotion train CONFIG [--store URI] [--set KEY=VALUE ...]      one config, through the train-model flow
-    emotion train-all SET [--store URI] [--set KEY=VALUE ...]     a config set, through the train-all flow
-    emotion predict RUN DATA --out FILE [--no-calibration]        0/1 labels + (calibrated) probabilities as CSV
-    emotion publish FOLDER --store URI                            publish a kept local run (after a store outage)
-    emotion export RUN DIR [--merge] [--push-to-hub REPO]         a Hugging Face folder + model card (encoder runs)
-    emotion check-config PATH...                                  validate run configs or config sets
-    emotion stack up | down                                       the local Prefect server, pools, workers, deployments
-    emotion demo [SET]                                            stack up + train-all/nightly on SET, wait, print the summary
-    emotion pools                                                 create/update the work pools on $PREFECT_API_URL
+    emotion train CONFIG [--store URI] [--set KEY=VALUE ...]     one config, through the train-model flow
+    emotion train-all SET [--store URI] [--set KEY=VALUE ...]    a config set, through the train-all flow
+    emotion predict RUN DATA --out FILE [--no-calibration]       0/1 labels + (calibrated) probabilities as CSV
+    emotion submit RUN --out FILE [--data FILE]                  a Kaggle-style SemEval E-c submission
+    emotion publish FOLDER --store URI                           publish a kept local run (after a store outage)
+    emotion export RUN DIR [--merge] [--push-to-hub REPO]        a Hugging Face folder + model card (encoder runs)
+    emotion check-config PATH...                                 validate run configs or config sets
+    emotion stack up | down                                      the local Prefect server, pools, workers, deployments
+    emotion demo [SET]                                           stack up + train-all/nightly on SET, print the summary
+    emotion pools                                                create/update the work pools on $PREFECT_API_URL
 
-Errors the user can fix (bad data, config, model id, store) print one clear message, no traceback,
-and exit with status 2; a config set with failed runs exits with 1. Heavy libraries are imported
-inside the commands so ``emotion --help`` answers at once.
+- A user error (``EmotionError``) prints one message, no traceback, and exits 2; a set with failed runs exits 1.
+- Heavy libraries are imported inside the commands, so ``emotion --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ SET_HELP = "Override a config field, e.g. --set training.epochs=1 --set data.max
 
 @app.command()
 def train(config: Path = typer.Argument(..., help="Run config YAML."),
-          store: Optional[str] = typer.Option(None, help="Artefact store (path or file:// URI); default $EMOTION_STORE or .emotion/store."),
+          store: Optional[str] = typer.Option(None, help="Artefact store: a path, file:// URI or s3://bucket/prefix; default $EMOTION_STORE or .emotion/store."),
           set_: list[str] = typer.Option([], "--set", help=SET_HELP),
           run_id: Optional[str] = typer.Option(None, "--run-id", help="Publish under this run id; if the store holds a training checkpoint of it (an interrupted run), training resumes from there.")) -> None:
     """Train one config and publish its run."""
@@ -120,7 +120,7 @@ def _check_new_run_id(run_id: str, store: str | None) -> None:
 
 @app.command("train-all")
 def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g. deployments/sets/cpu-demo.yaml."),
-              store: Optional[str] = typer.Option(None, help="Artefact store (path or file:// URI)."),
+              store: Optional[str] = typer.Option(None, help="Artefact store: a path, file:// URI or s3://bucket/prefix; default $EMOTION_STORE or .emotion/store."),
               set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
     """Train every config of a set, then evaluate, calibrate, explain and compare them (HTML report, markdown, CSV)."""
     from emotion_core.config import parse_overrides
@@ -143,7 +143,7 @@ def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g.
 
 
 @app.command()
-def predict(run: str = typer.Argument(..., help="Run folder or file:// URI."),
+def predict(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI."),
             data: Path = typer.Argument(..., help="CSV/TSV/Parquet, GoEmotions TSV or SemEval E-c file."),
             out_path: Path = typer.Option(..., "--out", help="CSV to write."),
             text_column: Optional[str] = typer.Option(None, help="Text column (tabular files; default 'text')."),

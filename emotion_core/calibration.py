@@ -1,41 +1,14 @@
 """Per-label temperature scaling of saved logits, fitted on validation.
 
-Features
---------
-- ``fit_temperatures``: one temperature ``T_l > 0`` per label minimising the validation binary
-  cross-entropy of ``sigmoid(logit / T_l)`` (bounded 1-D search with
-  ``scipy.optimize.minimize_scalar`` on ``log T``, ``T`` in [0.05, 20]).
-- ``apply_temperatures``: calibrated probabilities ``sigmoid(logits / T)``.
-- ``calibrate_run``: fit on validation, re-tune thresholds on the calibrated validation
-  probabilities, and report temperatures, thresholds, ECE and NLL before/after (validation and
-  test) and the test metrics after scaling; JSON-serialisable.
-- ``shipped_calibration``: the ``calibration.json`` a run ships (``CALIBRATION_VERSION``): temperatures
-  and re-tuned thresholds fitted on validation at training time, with validation ECE/NLL before/after.
+- ``fit_temperatures``: one ``T_l`` per label minimising the validation BCE of ``sigmoid(logit / T_l)``
+  (bounded search on ``log T``, ``T`` in ``T_BOUNDS``); a label without a positive or a negative keeps ``T = 1``.
+- ``apply_temperatures``: ``sigmoid(logits / T)``.
+- ``calibrate_run``: fit on validation, re-tune thresholds on the calibrated validation probabilities, report
+  temperatures, thresholds, ECE and NLL before/after (validation and test) and test metrics after scaling.
+- ``shipped_calibration``: the ``calibration.json`` every run ships (``CALIBRATION_VERSION``).
 
-Why per-label temperatures
---------------------------
-Fine-tuned classifiers trained with BCE are typically over-confident, and by a different amount for
-frequent and rare emotions. One scalar per label cannot change the ranking of rows within a label
-(ROC/PR-AUC are unchanged), only how far probabilities sit from 0.5; it has one parameter per label,
-so it cannot overfit a validation split of a few thousand rows.
-
-Conventions
------------
-- A label with no positive or no negative in validation keeps ``T = 1``: its NLL is then monotone
-  in ``T`` (all logits pushed towards the one observed class, or away from it), so the "optimum"
-  would be a search bound that says nothing about calibration.
-- Search on ``log T``: the NLL is far better conditioned in ``log T`` than in ``T`` (``T`` and
-  ``1/T`` are equally large corrections), and the bounds stay symmetric around 1.
-- NLL is the mean binary cross-entropy over all (row, label) cells, computed stably from logits
-  (``logaddexp``), never from clipped probabilities.
-- Thresholds after scaling are re-tuned with ``thresholds.tune_thresholds`` on the calibrated
-  *validation* probabilities: scaling moves probabilities, so the old thresholds no longer mean the
-  same operating point. Test data never influences a temperature or a threshold.
-
-Limits
-------
-- Temperature scaling fixes over/under-confidence, not a wrong shape of the reliability curve
-  (no bias term, no isotonic/Platt fitting) and not label dependencies.
+Limits: fixes over/under-confidence only (no bias, isotonic or Platt; no label dependencies). Test data never
+influences a temperature or a threshold. Why per-label temperatures: docs/design.md, "Calibration".
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""User-facing errors.
+"""User-facing errors: every error a user can cause is an ``EmotionError``.
 
-Every error a user can cause (bad data, bad config, unknown model, unreachable store) is an
-``EmotionError``: the CLI prints its message without a traceback and exits with status 2.
-Errors name where the problem is (file, row, column or config field) so it can be fixed
-without reading code.
+The CLI prints its message without a traceback and exits with status 2; the message names the file, row,
+column or config field, so it can be fixed without reading code.
 """
 
 from __future__ import annotations

@@ -1,32 +1,15 @@
 """SHAP token attributions: which words pushed a model towards the emotions it predicted.
 
-Features
-- ``sample_texts``: a fixed, seeded sample of a split's texts. It depends only on the ids, texts, size
-  and seed (rows are ordered by id first), so every model of a comparison explains the same texts;
-  a smaller sample is a subset of a larger one with the same seed.
-- ``explain_texts``: shap's Partition explainer over a text masker (``shap.maskers.Text``), one text at
-  a time. Tokens are the model's own tokenizer's (a Hugging Face tokenizer, fast ones give exact
-  character offsets; its special tokens appear as empty strings) when there is one, else words
-  (regex ``\\W+`` split; a word keeps the separator that follows it). For each text the
-  ``top_labels`` labels of highest predicted probability are explained, on the probability scale:
-  a label's token values plus its base value (the fully masked text's probability) sum to its
-  predicted probability. Seconds per text are measured and returned.
-- ``render_html``: shap's text plot of every explained (text, label) in one self-contained HTML file
-  (inline SVG/CSS/JS, no external resources), written atomically.
-- ``explain_run``: sample + explain + cache. The cache key covers the model (run id, or a sha256 of an
-  in-memory family's weights), the sampled ids and texts, the label names, the budget, the masker and
-  the shap version; a rerun with the same key reads the cached JSON (``cached: True``).
-- ``family_predict_proba``: ``list[str] -> (n, L)`` sigmoid probabilities of a ``Family``.
+- ``sample_texts``: a seeded sample of a split that depends only on ids, texts, size and seed, so every model
+  of a comparison explains the same texts.
+- ``explain_texts``: shap's Partition explainer over a text masker (the model's tokenizer, else words), the
+  ``top_labels`` most probable labels per text, on the probability scale; seconds per text measured.
+- ``render_html``: one self-contained HTML file of shap's text plots, written atomically.
+- ``explain_run``: sample + explain, cached by model, texts, labels, budget, masker and shap version.
+- ``family_predict_proba``: ``list[str] -> (n, L)`` probabilities of a ``Family``.
 
-Limits
-- Cost is about ``max_evals`` model calls on masked copies of each text (batched ``batch_size`` at a
-  time): seconds per text on a CPU encoder, far more for a decoder LLM; keep ``n_texts`` small.
-- Tokens past the model's ``max_length`` are masked like the others but truncated by the model, so
-  they get no attribution of their own.
-- shap breaks priority ties at random: the global numpy RNG is seeded (``seed``) around each text and
-  restored afterwards, so equal inputs give equal values.
-- The first explanation in a process compiles shap's numba code (~5 s); it is done once on a dummy
-  model and reported as ``warmup_seconds``, not counted in ``seconds_per_text``.
+Limits: about ``max_evals`` model calls per text (keep ``n_texts`` small for LLMs); tokens past ``max_length``
+get no attribution; the first call compiles shap's numba code (~5 s, reported as ``warmup_seconds``).
 """
 
 from __future__ import annotations

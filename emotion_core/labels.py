@@ -1,7 +1,7 @@
-"""LabelSchema: the ordered label names of a dataset.
+"""LabelSchema: the ordered label names of a dataset, stored once per run (``labels.json``).
 
-Label order is a fact of the data, stored once per run (``labels.json``) and used everywhere a
-label matrix's columns need names: metrics, thresholds, prediction files, reports.
+Label order is a fact of the data: it names the columns of every label matrix (metrics, thresholds,
+prediction files, reports).
 """
 
 from __future__ import annotations

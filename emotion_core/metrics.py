@@ -1,45 +1,14 @@
-"""Multi-label classification metrics.
+"""Multi-label classification metrics of hard 0/1 predictions.
 
-Features
---------
-- ``sigmoid``: numerically stable logistic function (no overflow for large ``|logit|``), float64 out.
-- ``multilabel_metrics``: one JSON-serialisable dict (plain ``float``/``int``/``bool``/``str``/``list``)
-  with every number the project reports for a set of 0/1 predictions:
+- ``sigmoid``: numerically stable, float64 out.
+- ``multilabel_metrics``: one JSON-serialisable dict: micro/macro/weighted F1, micro/macro precision and
+  recall, ``subset_accuracy``, ``jaccard_samples`` (SemEval E-c's score), ``hamming_loss``, ``n_samples``,
+  ``n_labels``, ``labels_never_predicted``, ``no_positive_predictions`` and ``per_label`` P/R/F1/support.
+- Conventions: ``zero_division=0`` for P/R/F1; a row with no true and no predicted label scores 1.0 in
+  ``jaccard_samples`` (why: docs/design.md, "Metrics, thresholds and calibration").
 
-  * micro / macro / weighted F1, micro and macro precision and recall;
-  * ``subset_accuracy`` (exact-match ratio: every label of a row right);
-  * ``jaccard_samples``, the official SemEval-2018 Task 1 E-c score: the mean over rows of
-    ``|T ∩ P| / |T ∪ P|``;
-  * ``hamming_loss`` (fraction of wrong cells);
-  * ``n_samples``, ``n_labels``;
-  * diagnostics that flag degenerate models: ``labels_never_predicted`` (names) and
-    ``no_positive_predictions`` (``True`` when every row has no predicted label);
-  * ``per_label``: ``{name: {precision, recall, f1, support, predicted_positives}}``.
-
-Conventions (choices, not facts -- keep them when comparing numbers across runs)
------------------------------------------------------------------------------------
-- ``zero_division=0`` for precision, recall and F1: a label never predicted has precision 0, a label
-  with no true positives in the data has recall 0, and a label absent from both truth and prediction
-  has F1 0. This is the conservative choice: a degenerate model ("never predict anything") cannot
-  score well by dividing by zero, and macro averages are over *all* labels, so they are comparable
-  between runs. The price: a label with no support in a split pulls its macro averages down even
-  when the model is right to never predict it; look at ``per_label[...]["support"]``.
-- ``jaccard_samples``: a row with no true label and no predicted label scores **1.0** (prediction
-  and truth agree exactly). This is how the SemEval E-c scorer treats "neutral" rows, and it is
-  scikit-learn's ``jaccard_score(average="samples", zero_division=1.0)``. With scikit-learn's default
-  such rows are undefined (warned, scored 0), which would punish a model for correctly predicting
-  "no emotion". It is computed by hand (three vectorised lines) so that the rule lives here, visible,
-  and works for a single label, where scikit-learn refuses sample-wise metrics.
-
-Limits
-------
-- Inputs must be dense ``(n, L)`` arrays of 0/1 (bool, integer or float holding exactly 0.0/1.0),
-  with ``n >= 1`` and ``L == len(label_names)``; anything else raises ``ValueError`` naming the problem.
-  Sparse matrices and label-index lists are not accepted.
-- With ``L == 1`` scikit-learn sees a binary column, not a multi-label matrix; the label is then
-  scored as the positive class (``labels=[1]``) so the numbers mean the same as for ``L >= 2``.
-- Metrics are for hard 0/1 predictions; turning probabilities into predictions is
-  ``emotion_core.thresholds``' job.
+Limits: dense ``(n, L)`` 0/1 arrays only (else ``ValueError``); turning probabilities into predictions is
+``thresholds``' job.
 """
 
 from __future__ import annotations
@@ -53,7 +22,7 @@ from sklearn.metrics import accuracy_score, hamming_loss, precision_recall_fscor
 
 __all__ = ["sigmoid", "multilabel_metrics"]
 
-# P/R/F1 value when a denominator is zero; see the module docstring for why 0.
+# P/R/F1 value when a denominator is zero; docs/design.md says why 0.
 ZERO_DIVISION = 0.0
 
 

@@ -1,28 +1,12 @@
 """Device sampling during training: what the run used, not just what the machine has.
 
-``DeviceMonitor`` samples the training device in a daemon thread every ``interval_s`` seconds
-(``with DeviceMonitor() as mon:`` or ``start()``/``stop()``); ``snapshot()`` is the latest sample,
-``summary()`` the whole window. Memory is in GiB rounded to 3 decimals (keys end in ``_gib``).
+- ``DeviceMonitor`` (a context manager, or ``start``/``stop``) samples in a daemon thread every ``interval_s``;
+  ``snapshot()`` is the latest sample, ``summary()`` the whole window (running aggregates: flat memory).
+- Every sample: host, pid, device name, this process's RSS and CPU %; CUDA: memory total/used/free,
+  allocated and peak allocated, utilisation (NVML); CPU: model, cores, torch threads, RAM. Memory in GiB.
 
-Features
-- Every sample: ``time``, ``kind`` (``cuda``/``cpu``), ``host``, ``pid``, ``cuda_visible_devices``,
-  ``name``, this process's ``rss_gib`` / ``peak_rss_gib`` and ``process_cpu_percent``.
-- CUDA: ``index``, ``memory_total_gib`` (device properties), ``memory_used_gib`` /
-  ``memory_free_gib`` (``mem_get_info``: every process on the card), ``allocated_gib`` /
-  ``peak_allocated_gib`` (this process's tensors), ``utilization_percent``
-  (``torch.cuda.utilization()``, through NVML).
-- CPU: ``name`` (the CPU model), ``logical_cores``, ``torch_threads``, ``memory_total_gib`` (RAM).
-- ``process_cpu_percent`` is psutil's when installed, else computed from ``os.times()`` deltas; both
-  count all of the process's threads, so it can exceed 100 (200 = two cores busy).
-- Running aggregates only (count, sums, peaks), so memory use stays flat on runs of any length.
-
-Limits
-- One device: the CUDA device current when the monitor is built (pass ``device=`` for another).
-- ``utilization_percent`` is NVML's whole-GPU figure (another process on the card counts too) and
-  is ``None`` without NVML (the ``nvidia-ml-py`` package): the reason goes into ``note``, once.
-- ``peak_rss_gib`` is the process's high-water mark (``ru_maxrss``): in a process that trains several
-  runs it is the peak so far; ``peak_allocated_gib`` is since the last ``reset_peak_memory_stats``.
-- Sampling never raises: a failed sample is logged once at debug level and skipped.
+Limits: one device; ``utilization_percent`` is NVML's whole-GPU figure, ``None`` without ``nvidia-ml-py``;
+``peak_rss_gib`` is the process's high-water mark; a failed sample is logged once and skipped, never raised.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """The one writer of user-named output files (``--out``): never replaces what the user did not mean.
 
-Refused with a ``DataError`` naming the path: a target that exists and is not a regular file (a
-symlink, even to a regular file; a FIFO, device, socket or folder) or is read-only, a target that is one of the
-command's inputs (same file, also through a hard link), a target inside an input folder (a run is
-never written into), and a folder that cannot be written. The write is a temporary file in the
-target's folder, fsynced, then renamed over the target: readers see the old file or the new one.
+- Refused with a ``DataError`` naming the path: a target that is not a regular file (symlink, FIFO, device,
+  socket, folder) or is read-only, one of the command's inputs (hard links too), a path inside an input
+  folder, an unwritable folder.
+- The write: a temporary file beside the target, fsynced, renamed over it (old file or new, never half).
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """Predict with a published run: a data file in, a CSV of 0/1 labels and probabilities out.
 
-Output columns: the input's id column, then one 0/1 column per label, then ``<label>_prob`` for each
-label. Written by ``outputs.write_output_atomically`` (temporary file + fsync + rename; never over a
-symlink, device, FIFO or an input).
-
-Calibrated by default: with the run's ``calibration.json`` the probabilities are ``sigmoid(logit / T)``
-and the labels use its calibrated thresholds; ``calibration=False`` (or a run trained before
-calibration shipped, which is logged) gives ``sigmoid(logit)`` at the thresholds of ``thresholds.json``.
+- Columns: the input's id column, one 0/1 column per label, then ``<label>_prob`` per label; written by
+  ``outputs.write_output_atomically``.
+- Calibrated by default (the run's ``calibration.json``: ``sigmoid(logit / T)`` and its thresholds);
+  ``calibration=False``, or a run without one (logged), gives ``sigmoid(logit)`` at ``thresholds.json``.
 """
 
 from __future__ import annotations

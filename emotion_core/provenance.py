@@ -1,8 +1,7 @@
-"""Facts about where a run happened, for its manifest: package versions, git commit, device, memory.
+"""Facts about where a run happened, for its manifest: package versions, git commit, device, peak memory.
 
-Limits: CPU peak memory is the process's resident-set high-water mark (``ru_maxrss``), so in a
-process that trains several runs one after another it is the peak so far, not the run's alone;
-GPU peak memory is reset per run.
+Limits: CPU peak memory is the process's high-water mark (``ru_maxrss``): in a process that trains several
+runs it is the peak so far; GPU peak memory is reset per run.
 """
 
 from __future__ import annotations

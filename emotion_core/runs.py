@@ -1,18 +1,15 @@
-"""The run: the one artefact everything downstream reads.
+"""The run: the one artefact everything downstream reads (``read_run`` -> ``Run``), and the writers of its files.
 
-Layout of a run folder (``runs/<run_id>/``), manifest written last:
+Layout of ``runs/<run_id>/`` (``manifest.json`` written last):
     manifest.json       config, data hash, versions, git commit, device, timings, memory, parameters,
                         headline metrics, flags, and the size + sha256 of every other file
-    config.yaml         the validated config the run used
-    labels.json         the label schema (column order of every matrix below)
+    config.yaml         the validated config          labels.json   the label schema (column order)
     model/              weights (safetensors) and what rebuilds the inputs (tokenizer / featurizer)
     logits/{validation,test}.parquet   id + one float32 logit column per label
     thresholds.json     tuned thresholds of every policy, and the policy predictions use
-    calibration.json    per-label temperatures + thresholds re-tuned after scaling, fitted on validation
-                        (runs trained before it shipped have none: ``Run.calibration()`` is then None)
-    metrics.json        every metric, per split and threshold policy (each says which thresholds)
-    data_report.json    what was read, carved, subset and dropped
-    train_log.json      the trainer's log history (loss, learning rate, validation scores)
+    calibration.json    per-label temperatures + re-tuned thresholds (older runs: none, ``Run.calibration()`` is None)
+    metrics.json        every metric, per split and policy     data_report.json   what was read, carved, dropped
+    train_log.json      the trainer's log history
 """
 
 from __future__ import annotations

@@ -1,15 +1,13 @@
-"""Defaults that come from the environment (one place, so every entry point agrees).
+"""Defaults that come from the environment, in one place so every entry point agrees.
 
-- ``EMOTION_STORE``: artefact store URI or path; default ``.emotion/store`` under the working directory.
+- ``EMOTION_STORE``: the artefact store; default ``.emotion/store`` under the working directory.
 - ``EMOTION_DATA_DIR``: folder with ``goemotions/`` and ``semeval2018-ec/`` (read by ``emotion_core.data``).
-- ``EMOTION_TRUSTED_REMOTE_CODE``: comma-separated hub ids (``org/model``) whose own Python code training
-  may run (``model.trust_remote_code: true``); unset: none. Never applies to a local folder or a run.
-- ``EMOTION_SHARED_FILESYSTEM``: ``1`` declares that the parent and every worker see the same disk, so
-  deployment dispatch may use a local store (the embedded ``emotion stack``); unset: an object store is required.
-- ``EMOTION_S3_CREATE_BUCKET``: ``1`` creates a missing bucket of an ``s3://`` store; unset: a missing bucket
-  is an error.
-- ``EMOTION_HF_TOKEN_SECRET`` / ``EMOTION_WANDB_API_KEY_SECRET``: names of Prefect ``Secret`` blocks that hold
-  ``HF_TOKEN`` / ``WANDB_API_KEY`` for training (resolved in ``tasks.secrets``; never logged or stored).
+- ``EMOTION_CACHE_DIR``: caches (S3 run copies, tokens, GGUF, SHAP); default ``~/.cache/emotion-pipeline``.
+- ``EMOTION_TRUSTED_REMOTE_CODE``: hub ids (``org/model``, comma-separated) whose own code training may run.
+- ``EMOTION_SHARED_FILESYSTEM=1``: every worker sees the parent's disk, so deployment dispatch may use a local store.
+- ``EMOTION_S3_CREATE_BUCKET=1``: create a missing bucket of an ``s3://`` store.
+- ``EMOTION_HF_TOKEN_SECRET``/``EMOTION_WANDB_API_KEY_SECRET``: names of the Prefect ``Secret`` blocks holding
+  ``HF_TOKEN``/``WANDB_API_KEY`` (resolved in ``tasks.secrets``; never logged).
 """
 
 from __future__ import annotations

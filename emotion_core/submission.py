@@ -1,22 +1,12 @@
 """Kaggle-style SemEval-2018 E-c submission: ``ID`` then one 0/1 column per emotion, one row per tweet.
 
-Features
-- ``write_submission(run, texts, ids, out_path)``: predicts with the run's model (the same
-  ``load_family`` + ``predict_logits`` + ``apply_thresholds`` steps as ``predict.predict_file``), or
-  takes ``logits`` already computed, and writes ``ID,anger,anticipation,...,trust``: rows in the
-  order of ``ids``, comma-separated, written atomically (temporary file + rename).
-- Columns: the official SemEval E-c order (``data.semeval.LABELS``) when the run's labels are the
-  SemEval emotions (in any order), else the run's label order.
-- Thresholds: the run's chosen policy by default; or calibrated ones, with optional per-label
-  ``temperatures`` applied to the logits first (``sigmoid(logit / T)``), as
-  ``calibration.calibrate_run`` returns them: arrays in the run's label order, or ``{label: value}``.
-- ``submission_from_file``: the same for a prediction input file (e.g. SemEval's
-  ``test-unlabelled.txt``; ``data.read_prediction_input`` reads ids and tweets).
+- ``submit_run``: the ``emotion submit`` command: the run's unlabelled ``predict`` split (or a file), at the
+  run's calibrated thresholds by default (fitted now on validation for runs without ``calibration.json``).
+- ``write_submission``: predicts (or takes logits), thresholds, and writes ``ID,anger,...,trust`` atomically in
+  the order of ``ids``; columns in the official order when the labels are SemEval's, else the run's order.
+- ``submission_from_file``: the same for a prediction input file (e.g. ``test-unlabelled.txt``).
 
-Limits
-- Only the 0/1 columns: probabilities are in ``predict.predict_file``'s output.
-- The official task scorer reads the tab-separated ``ID Tweet labels...`` layout; pass ``sep="\\t"``
-  for tabs (the tweet column is not written).
+Limits: 0/1 columns only (probabilities: ``predict``); the official scorer wants tabs: ``sep="\\t"``.
 """
 
 from __future__ import annotations

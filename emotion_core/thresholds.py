@@ -1,52 +1,14 @@
 """Decision thresholds: turn per-label probabilities into 0/1 predictions.
 
-Features
---------
-- Three policies (``POLICIES``):
+- ``POLICIES``: ``fixed`` (0.5), ``global`` (one value maximising macro-F1), ``per_label`` (each label its own F1).
+- ``tune_thresholds``: vectorised over a grid (default 0.01..0.99) with one ``bincount``, no (n, L, G) cube;
+  ties go to the value closest to 0.5; a label without positives gets 0.5.
+- ``apply_thresholds``: ``prob >= threshold``, the same comparison the tuning counts use.
+- ``evaluate_policies``: tunes every policy on validation only and applies it to test.
 
-  * ``"fixed"``: 0.5 for every label; nothing is tuned.
-  * ``"global"``: one threshold shared by all labels, the grid value that maximises **macro-F1**
-    over all labels jointly (macro, not micro, so rare emotions count as much as frequent ones).
-  * ``"per_label"``: each label gets the grid value that maximises its own F1.
-
-- ``tune_thresholds`` is vectorised: every probability is bucketed once against the sorted grid
-  (``np.searchsorted``) and TP / predicted-positive counts for every (label, grid value) come from
-  one ``bincount`` plus a reversed cumulative sum, so the cost is O(n*L*log G + L*G) time and
-  O(L*G) extra memory -- no (n, L, G) boolean cube. 5,426 x 28 with 99 grid points takes a few ms.
-- ``apply_thresholds`` uses ``prob >= threshold``; the tuning counts use the very same comparison,
-  so the F1 found while tuning is exactly the F1 obtained by applying the thresholds.
-- ``evaluate_policies`` tunes every policy on the **validation** split only and applies the same
-  thresholds to the test split, labelling every metrics dict with the policy and the split its
-  thresholds were tuned on. Test data never influences a threshold.
-
-Conventions
------------
-- Default grid: 0.01, 0.02, ..., 0.99 (99 values, ``np.arange(1, 100) / 100``). 0 and 1 are left
-  out: "predict every row" and "predict (almost) no row" are never useful operating points, and a
-  step of 0.01 is finer than the noise of F1 on a few thousand validation rows. It contains 0.5,
-  so a tuned policy can never do worse than ``fixed`` on the split it was tuned on.
-- Ties (several grid values give the same best F1, common on small splits where F1 is flat over
-  a range) go to the value **closest to 0.5**; an exact tie in distance goes to the lower value.
-  Why: the flat range only tells us that validation cannot separate those values; 0.5 is the
-  calibrated default, so the closest one moves least from it and is the most stable choice on new
-  data (an extreme value chosen by accident of grid order would often be a fluke).
-  F1 values within 1e-12 are treated as equal, so floating-point summation order cannot break a tie.
-- ``per_label``: a label with no positive in ``y_true`` gets 0.5. Its F1 is 0 at every threshold
-  (no true positive is possible), so there is nothing to tune; 0.5 keeps the untuned default
-  rather than an arbitrary grid end (0.5 even when a custom grid does not contain it).
-- ``global``: the single value is used for every label, including labels without positives
-  (their F1 is 0 at every threshold, so they do not influence which value is chosen).
-- F1 uses ``zero_division=0``, as ``emotion_core.metrics`` does, so the macro-F1 maximised here
-  is exactly the ``macro_f1`` reported for the same predictions.
-
-Limits
-------
-- Probabilities must be finite and in [0, 1] (apply ``metrics.sigmoid`` to logits first); grid
-  values must be finite, in [0, 1]; otherwise ``ValueError``.
-- Thresholds are tuned for F1 only; other objectives (precision at fixed recall, cost-weighted)
-  are not implemented.
-- Tuning on a small validation split overfits it: validation numbers of tuned policies are
-  optimistic by construction; only the test numbers are unbiased.
+Limits: probabilities and grid values must be finite, in [0, 1]; F1 is the only objective; validation numbers
+of tuned policies are optimistic by construction. Why these choices: docs/design.md, "Metrics, thresholds and
+calibration".
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""EmotionData: one dataset, all its splits in one table, with its label schema, report and hash.
+"""EmotionData: one dataset, all its splits in one table, with its label schema, load report and hash.
 
-Features
-- ``table``: ``id``, ``text``, ``split`` (train | validation | test | predict), then one UInt8 column per
-  label in schema order (null in unlabelled ``predict`` rows). Rows are grouped by split in that order
-  and keep their source order inside a split.
-- Accessors per split: ``split`` (frame), ``texts``, ``ids``, ``labels`` (float32 matrix, schema order).
+- ``table``: ``id``, ``text``, ``split`` (train | validation | test | predict), one UInt8 column per label in
+  schema order (null in the unlabelled ``predict`` rows); rows grouped by split, source order kept.
+- Per split: ``split`` (frame), ``texts``, ``ids``, ``labels`` (float32 matrix, schema order).
 
-Limits
-- Immutable by convention only (a dataclass holding a polars frame): build a new one instead of editing.
+Limits: immutable by convention only (a dataclass holding a polars frame).
 """
 
 from __future__ import annotations

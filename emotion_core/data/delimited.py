@@ -1,18 +1,11 @@
-"""Reading delimited text files (TSV/CSV) strictly: UTF-8, field counts, row numbers.
+"""Strict reading of delimited text files (TSV/CSV): UTF-8, field counts, row numbers.
 
-Features
-- Decodes the bytes as strict UTF-8 itself (a UTF-8 BOM is skipped), so an undecodable file stops with
-  the row and column of its first bad byte instead of a codec traceback or silently replaced text.
-- CRLF and LF line endings both work: ``\\r`` never ends up in a field.
-- Quote-aware (CSV rules: ``"..."`` with doubled ``""`` inside) or raw (every character literal), per
-  format: GoEmotions and CSVs are quoted; the official SemEval TSVs are raw.
-- Rows with the wrong number of fields (a stray tab, a blank line) become row-level problems with their
-  row number; trailing blank lines at the end of the file are not rows.
+- Strict UTF-8 (BOM skipped): an undecodable file stops naming the row and column of its first bad byte.
+- CRLF or LF; quote-aware (CSV rules) or raw (every character literal), per format.
+- A row with the wrong number of fields is a row problem with its row number; trailing blank lines are not rows.
 - Returns a polars frame of ``Utf8`` columns plus each row's 1-based data-row number.
 
-Limits
-- Row numbers count records, not lines: a quoted field spanning lines is one row.
-- The whole file is held in memory (fine for the datasets here: tens of MB at most).
+Limits: row numbers count records, not lines; the whole file is held in memory.
 """
 
 from __future__ import annotations

@@ -1,18 +1,11 @@
 """GoEmotions reader (Demszky et al., 2020, "simplified" TSVs): 28 labels, multi-label.
 
-Features
-- Files: ``text<TAB>comma-separated label ids<TAB>comment id``, no header. Texts use CSV-style quoting
-  (``"..."`` with doubled ``""``) in ~1,100 train rows: read quote-aware, so texts come back without
-  the quoting characters.
-- ``path`` may be the folder (``train.tsv`` required; ``dev.tsv`` -> validation and ``test.tsv`` -> test
-  when present) or one TSV (read as train). Label names come from ``labels.txt`` (or the original
-  repository's ``emotions.txt``) next to the TSVs: one name a line, id = line index.
-- Label ids are parsed vectorised (polars); an id that is not an integer or is beyond the label list is
-  a row problem in column ``labels``. An empty label field is a row with no label (allowed, counted).
+- Files: ``text<TAB>comma-separated label ids<TAB>comment id``, no header, read quote-aware.
+- ``path``: a folder (``train.tsv``; ``dev.tsv`` -> validation, ``test.tsv`` -> test when present) or one
+  TSV (train). Label names: ``labels.txt`` (or ``emotions.txt``) beside the TSVs, id = line index.
+- A label id that is not an integer or beyond the list is a row problem; an empty label field is allowed.
 
-Limits
-- Texts that begin with ``"`` but are not CSV-quoted would be mis-read; the released files always
-  quote such texts.
+Limits: a text starting with ``"`` that is not CSV-quoted would be mis-read (the released files quote them).
 """
 
 from __future__ import annotations

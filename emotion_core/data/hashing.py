@@ -1,14 +1,10 @@
 """Data hash: one ``sha256:<hex>`` that changes when the rows a run sees could change.
 
-Features
-- Covers the exact bytes of every file read, in role order (role name and byte length framed in, so
-  moving bytes from one file to the next changes the hash), plus the loader options that change rows:
-  dataset kind, columns, fractions, seed, subset sizes, invalid-row policy.
-- The data path is deliberately left out: the same files read from another folder give the same hash.
+- Covers the bytes of every file read, in role order (role and length framed in), and the loader options
+  that change rows (dataset, columns, fractions, seed, subset sizes, invalid-row policy).
+- Not the data path: the same files in another folder give the same hash.
 
-Limits
-- Hub data has no local files: its rows are hashed as the NDJSON text polars writes for them, which is
-  stable for a given polars version, not across versions.
+Limits: hub rows are hashed as polars' NDJSON text, stable within a polars version only.
 """
 
 from __future__ import annotations

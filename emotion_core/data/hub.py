@@ -1,16 +1,10 @@
 """Hub fallback: GoEmotions and SemEval E-c from the Hugging Face hub via ``datasets``.
 
-Features
-- ``datasets`` is imported only here, only when no local data is found (it is slow to import and not
-  needed by runs that read files).
-- Hub splits ``train``/``validation``/``test`` map to the same roles; rows go through the same checks
-  as local files (labels, empty texts, duplicate ids). GoEmotions label names come from the dataset's
-  features; SemEval E-c uses the official 11-label order.
-- Any failure (offline, unknown dataset, missing package) becomes a ``DataError`` that says the three
-  ways out: set ``data.path``, set ``$EMOTION_DATA_DIR``, or go online.
+- ``datasets`` is imported only here, only when no local data is found.
+- Hub splits map to the same roles and go through the same row checks as local files.
+- Any failure is a ``DataError`` naming the three ways out: ``data.path``, ``$EMOTION_DATA_DIR``, or going online.
 
-Limits
-- The data hash covers the rows as loaded (their NDJSON text), not the hub's files.
+Limits: the data hash covers the rows as loaded, not the hub's files.
 """
 
 from __future__ import annotations

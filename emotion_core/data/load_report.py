@@ -1,15 +1,10 @@
-"""DataReport: what a load read, dropped, carved and sampled (kept in every run as ``data_report.json``).
+"""DataReport: what a load read, dropped, carved and sampled (every run keeps it as ``data_report.json``).
 
-Features
-- One record per load: files read per role, rows read per file, rows used per split, every dropped row
-  with its file, row, column and reason, how missing splits were carved, how subsets were sampled,
-  positives per label and rows without any label per split.
-- ``to_dict()`` / ``to_json()`` give plain JSON types only (no numpy scalars), so the report can be
-  written next to a run's metrics as-is.
+- Files and rows read per role, rows used per split, every dropped row (file, row, column, reason),
+  how splits were carved and subsets sampled, positives per label, rows without a label.
+- ``to_dict()``/``to_json()`` give plain JSON types only.
 
-Limits
-- Built by ``load_data``; nothing here re-reads data. ``label_counts`` and ``rows_without_labels`` cover
-  labelled splits only (the unlabelled ``predict`` split has no labels to count).
+Limits: built by ``load_data``; label counts cover labelled splits only.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
-"""Where a dataset's data comes from: an explicit path, ``$EMOTION_DATA_DIR``, or the Hugging Face hub.
+"""Where a dataset's data comes from: ``data.path``, then ``$EMOTION_DATA_DIR/<folder>``, then the Hugging Face hub.
 
-Features
-- Order: ``data.path`` (file or folder) -> ``$EMOTION_DATA_DIR/<folder>`` (``goemotions``,
-  ``semeval2018-ec``) -> the hub dataset (``HUB``). The first that applies is used; a ``data.path``
-  that does not exist is an error (never silently replaced by another source).
-- ``tried`` records why the local options did not apply, so a failed hub load can say what to fix.
+- Folders: ``goemotions``, ``semeval2018-ec``; hub ids in ``HUB``. A ``data.path`` that does not exist is an
+  error, never replaced by another source.
+- ``tried`` records why each local option did not apply, so a failed hub load says what to fix.
 
-Limits
-- ``tabular`` has no default location: it needs ``data.path``.
+Limits: ``tabular`` has no default location: it needs ``data.path``.
 """
 
 from __future__ import annotations

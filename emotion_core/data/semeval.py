@@ -1,18 +1,13 @@
 """SemEval-2018 Task 1 E-c (English) reader: 11 emotions, multi-label, tweets.
 
-Features
-- Official files: tab-separated, header ``ID Tweet anger anticipation disgust fear joy love optimism
-  pessimism sadness surprise trust``, CRLF line endings (stripped), 0/1 labels, read raw (no quoting, as
-  released). Kaggle-style comma-separated CSVs with the same columns are read quote-aware.
-- ``path`` may be one file (train) or a folder: ``train.txt`` (required), ``dev.txt`` -> validation,
-  ``test.txt`` -> test, ``test-unlabelled.txt`` -> predict (also ``.tsv``/``.csv`` and the official
-  ``2018-E-c-En-{train,dev,test-gold,test}.txt`` names). A test file whose every label is ``NONE`` is
-  the unlabelled ``predict`` split (its label columns may also be absent).
-- Label columns are matched by name, so their order in the header does not matter; the schema order is
-  the official one above.
+- Official files: tab-separated, header ``ID Tweet anger ... trust``, 0/1 labels, read raw (no quoting);
+  Kaggle-style CSVs with the same columns are read quote-aware.
+- ``path``: one file (train) or a folder: ``train.txt``, ``dev.txt`` -> validation, ``test.txt`` -> test,
+  ``test-unlabelled.txt`` -> predict (also ``.tsv``/``.csv`` and the official ``2018-E-c-En-*.txt`` names).
+  A test file whose labels are all ``NONE`` (or absent) is the unlabelled ``predict`` split.
+- Label columns are matched by name; the schema order is the official one (``LABELS``).
 
-Limits
-- Tab-separated files are not unquoted: a tweet keeps any ``"`` characters it has.
+Limits: tab-separated files are not unquoted (a tweet keeps its ``"`` characters).
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """What every reader hands to the loader: parsed files with their row problems, and the label schema.
 
-Features
 - ``Problem``: one bad row (file, 1-based data row, column, reason).
-- ``RawFile``: one file (or hub split): ids, texts, a 0/1 label matrix (``None`` for an unlabelled
-  ``predict`` file), source row numbers, and the row problems its reader found.
-- ``SourceData``: a dataset's files in role order, its ``LabelSchema``, and its id column name.
-
-Limits
-- Plain containers; the checks live in ``validate.py``, the readers in one module per format.
+- ``RawFile``: one file or hub split: ids, texts, 0/1 labels (``None`` when unlabelled), row numbers, problems.
+- ``SourceData``: a dataset's files in role order, its ``LabelSchema`` and id column name.
 """
 
 from __future__ import annotations

@@ -1,18 +1,12 @@
 """Seeded splits: multi-label stratified carving of missing splits, and seeded subsets.
 
-Features
-- ``carve``: takes a share of the rows out of a split with ``iterative-stratification``'s
-  ``MultilabelStratifiedShuffleSplit`` (Sechidis et al., 2011), so every label's positive rate is kept
-  roughly equal on both sides. Rows with no label at all are one more stratum (a "no label" indicator
-  column is added), so they are spread too instead of all landing on one side.
-- ``subset``: a seeded random sample without replacement, kept in file order.
-- The carved size is exact (``carved_size``: ``ceil(fraction * rows)``; the stratifier's result is adjusted by a few
-  seeded-random rows when it lands near the target instead of on it).
-- Same rows + same seed -> same indices, on any machine (numpy ``RandomState``/``default_rng``).
+- ``carve``: ``MultilabelStratifiedShuffleSplit`` (iterative-stratification); rows without a label are one
+  more stratum; the carved size is exact (``carved_size``: ``ceil(fraction * rows)``).
+- ``subset``: a seeded sample without replacement, kept in file order.
+- Same rows + same seed -> same indices on any machine.
 
-Limits
-- The stratifier is iterative (Python loop over rows): about a second for the 43k GoEmotions rows.
-- Carving needs at least 2 rows; tiny inputs still split, but stratification then means little.
+Limits: the stratifier loops over rows in Python (about a second for 43k rows); tiny inputs still split,
+but stratification then means little.
 """
 
 from __future__ import annotations

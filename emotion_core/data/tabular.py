@@ -1,20 +1,12 @@
 """Tabular reader: any CSV, TSV or Parquet file with a text column and 0/1 label columns.
 
-Features
-- ``path`` is one file (every row labelled; validation and test are carved from it) or a folder with
-  ``train.*`` and optional ``validation.*`` (or ``dev.*``) and ``test.*`` (``.csv``, ``.tsv``,
-  ``.parquet``). A test file holding none of the label columns is read as the unlabelled ``predict``
-  split (and test is carved from train).
-- Columns: ``text_column``; ``id_column`` (unset: the 1-based row number, named ``row``, prefixed with
-  the role, e.g. ``validation:12``, when several files are read so ids stay unique); ``label_columns``
-  (unset: every column of the train file except text, id and ``ignore_columns``); ``ignore_columns``
-  (may be absent from a file). Any other column is an error, so a typo cannot become a label.
-- CSV/TSV are quote-aware; the separator comes from the extension (``.tsv`` tab, ``.csv`` comma; any
-  other extension: tab if the header has one). Parquet keeps its types: labels may be integer, float,
-  boolean or text 0/1.
+- ``path``: one file (validation and test carved from it) or a folder with ``train.*`` and optional
+  ``validation.*``/``dev.*`` and ``test.*``; a test file without label columns is the ``predict`` split.
+- Columns: ``text_column``, ``id_column`` (unset: row numbers, prefixed with the role when several files are
+  read), ``label_columns`` (unset: every other column), ``ignore_columns``; any other column is an error.
+- Separator from the extension (``.tsv`` tab, ``.csv`` comma); Parquet labels may be int, float, bool or text.
 
-Limits
-- Label columns must be 0/1 (multi-label). A single multi-class column has to be one-hot encoded first.
+Limits: labels must be 0/1 columns (one-hot encode a multi-class column first).
 """
 
 from __future__ import annotations

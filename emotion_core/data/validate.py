@@ -1,17 +1,11 @@
 """Row checks, and the ``invalid_rows`` policy that turns bad rows into an error or dropped rows.
 
-Features
-- Readers and checks collect ``Problem``s instead of raising at once, so ``invalid_rows: drop`` can
-  remove every bad row and record each one, and ``invalid_rows: error`` raises the *first* bad row of
-  the first file (file order, then row).
-- ``binary_label_matrix``: 0/1 label columns (text, numeric or boolean) -> uint8 matrix + problems.
-- ``check_rows``: the checks every format shares (empty text, empty id, duplicate ids across all files
-  read), then the policy.
+- Readers and checks collect ``Problem``s: ``invalid_rows: drop`` removes and records every bad row,
+  ``error`` raises the first one (file order, then row).
+- ``binary_label_matrix``: 0/1 label columns -> uint8 matrix + problems.
+- ``check_rows``: empty texts and ids, duplicate ids across files, then the policy.
 
-Limits
-- One problem is kept per row (the first found): a dropped row is recorded once, with that reason.
-- File-level problems (missing or unexpected columns, undecodable bytes, no data rows) are raised by
-  the readers directly and never reach the policy: they cannot be fixed by dropping rows.
+Limits: one problem kept per row; file-level problems (columns, encoding, no rows) are raised by the readers.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Artefact stores: where runs and reports are published (contract in ``base.py``).
+"""Artefact stores: where runs and reports are published (the contract: ``base.ArtifactStore``).
 
-``open_store(uri)``: a local path or ``file://`` URI -> ``LocalStore``; ``s3://bucket/prefix`` ->
-``S3Store``. ``resolve_run_folder(ref)``: a local folder holding the complete run a path or URI names,
-every file verified against its manifest (``integrity.verify_run``).
+- ``open_store(uri)``: a local path or ``file://`` URI -> ``LocalStore``; ``s3://bucket/prefix`` -> ``S3Store``.
+- ``resolve_run_folder(ref)``: a local folder holding the complete, verified run a path or URI names.
 """
 
 from __future__ import annotations

@@ -1,35 +1,17 @@
-"""What every artefact store promises, and the helpers they share.
+"""What every artefact store promises (``ArtifactStore``), and the helpers the stores share.
 
-Contract
-- A run is written into a local staging folder (``staging(run_id)``), then ``publish``ed in one
-  step. The manifest (``manifest.json``) is always the last object written: a run without a manifest
-  is incomplete, is never listed by ``list_runs`` and is never opened by ``run_folder``.
-- Run ids and report names are ``RunId``s (one plain name); every relative path read from a store
-  (manifest ``files``, checkpoint markers, document keys) becomes a local path only through ``confined``.
-- Publishing never deletes or moves the caller's folder (only the store's own staging folders), and
-  verifies every file against the manifest first. Re-publishing the same run (an equal manifest) changes
-  nothing (idempotent); a different run under an existing id raises ``RunIdConflict``.
-- A failed publish leaves no manifest behind, so readers never see half a run.
-- Reports (``publish_report``) follow the same rule with their own ``index`` file written last.
-- ``run_folder(run_id)`` returns a local folder holding the complete run, every file verified against
-  the manifest's sha256 (``integrity.verify_run``; for remote stores: a verified download in a local cache).
-- Documents (``read_document``/``write_document``/``list_documents``): small JSON objects under a
-  key such as ``registry/goemotions-1a2b3c4d5e6f.json`` (the champion registry). Keys are relative
-  POSIX paths; ``runs/`` and ``reports/`` are refused, so a document can never touch a run or a
-  report. A write is atomic (readers see the old or the new document, never half of one) and can
-  be conditional: ``if_match=<version>`` (compare-and-swap on the version ``read_document_versioned``
-  returned) or ``create_only=True`` (only if the key does not exist yet). A failed condition raises
-  ``DocumentConflict``, except when the stored document already equals the one written (a retried
-  write is not a conflict). Versions are opaque strings (S3: the ETag; local: the sha256 of the file).
-- Checkpoints (``put_checkpoint``/``latest_checkpoint``/``fetch_checkpoint``/``delete_checkpoints``):
-  training checkpoints of a run that is not published yet, under
-  ``checkpoints/<run_id>/checkpoint-<step>/``. ``put_checkpoint`` writes a folder's files, then the
-  marker ``checkpoint.json`` (run id, step, the caller's ``meta``, each file's size and sha256) last;
-  only after the marker is written are the run's other checkpoints deleted, so a reader always finds
-  the previous complete checkpoint or the new one, never half of one. ``latest_checkpoint`` returns
-  the marker of the newest complete checkpoint (one without a marker is invisible);
-  ``fetch_checkpoint`` copies exactly the files its marker lists, checks each sha256 and only then
-  exposes the target folder. Putting a step that is complete already changes nothing.
+- Runs: staged (``staging``), then ``publish``ed with ``manifest.json`` last; a run without a manifest is
+  never listed or opened. Publish verifies every file, never deletes the caller's folder, is idempotent
+  for an equal manifest and raises ``RunIdConflict`` for another run under the same id.
+- Reads: ``run_folder`` gives a local folder checked against the manifest's sha256 (``integrity.verify_run``).
+- Names: run ids and report names are ``RunId``s; every relative path read from a store goes through ``confined``.
+- Reports (``publish_report``): the same rule, their ``index`` written last.
+- Documents (small JSON, e.g. ``registry/<dataset-key>.json``): atomic writes, optionally conditional
+  (``if_match``/``create_only``, else ``DocumentConflict``); keys under ``runs/`` or ``reports/`` are refused.
+- Checkpoints: ``checkpoints/<run_id>/checkpoint-<step>/``, the ``checkpoint.json`` marker (sizes, sha256)
+  last; readers see the previous complete checkpoint or the new one.
+
+The full contract and why: docs/design.md, "Artefact store".
 """
 
 from __future__ import annotations

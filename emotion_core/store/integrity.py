@@ -1,15 +1,13 @@
-"""Integrity of run folders (sha256 of every listed file) and sweeping of stale staging folders.
+"""Integrity of run folders (``verify_run``: sha256 of every listed file) and sweeping of stale staging folders.
 
-``verify_run(folder, where)`` is called on every read of a run (``LocalStore.run_folder``,
-``resolve_run_folder``, S3 cached copies) and before every publish. It checks the manifest is a JSON
-object with a valid ``run_id``, that every entry of its ``files`` is a plain relative path inside the
-folder whose size and sha256 match, and that the folder holds no file the manifest does not list:
-such a file was never verified (it could be code or weights slipped in), so the run is refused, not
-read around it. A manifest without ``files`` lists nothing: the folder may then hold the manifest only.
+- ``verify_run`` runs on every read of a run and before every publish: a valid manifest, every listed file a
+  confined relative path whose size and sha256 match, and no file the manifest does not list.
+- A verified folder is remembered for the process (keyed on size, mtime and inode of every file), so a
+  second read costs one ``stat`` per file; any change re-verifies.
+- ``sweep_staging``: removes staging folders without a manifest, older than ``$EMOTION_STAGING_MAX_AGE_HOURS``,
+  whose owner process is gone.
 
-Cost: hashing reads every byte (weights can be gigabytes: about 1-2 s per GB). A folder that passed is
-remembered for the life of the process, keyed on the size, mtime and inode of every file in it, so a
-second read costs one ``stat`` per file; any change to any file (or the manifest) re-verifies.
+Limits: hashing reads every byte (about 1-2 s per GB of weights).
 """
 
 from __future__ import annotations

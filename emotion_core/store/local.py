@@ -1,23 +1,13 @@
-"""Local-directory artefact store (the embedded default).
+"""Local-directory artefact store (the embedded default), keeping ``base.ArtifactStore``'s contract.
 
-Keeps the contract of ``emotion_core.store.base``. Publishing is a rename of the store's own staging
-folder to ``runs/<run_id>`` on the same filesystem: atomic. A folder from elsewhere is copied into the
-staging area first and never touched. A leftover folder without a manifest under the final name (a
-crashed writer of an older version) is replaced. Opening a store sweeps stale ``.staging`` folders
-(``integrity.sweep_staging``).
+- Layout: ``<root>/runs/<run_id>/``, ``reports/<name>/``, ``checkpoints/<run_id>/checkpoint-<step>/``,
+  ``.staging/`` (scratch), ``<root>/<key>`` for documents (e.g. ``registry/``).
+- Publish: a rename of the store's own staging folder (atomic); a folder from elsewhere is copied in first.
+- Documents: temporary file + rename; a conditional write holds an ``flock`` on ``.<name>.lock``.
+- Checkpoints: copied into a hidden folder, marker last, renamed into place.
 
-Documents (``write_document``) are files ``<root>/<key>`` written through a temporary file and a
-rename. A conditional write checks the current version and renames while holding an exclusive
-``flock`` on ``.<name>.lock`` beside the document, so compare-and-swap holds between processes on
-one machine (and on network filesystems whose ``flock`` is honoured; without ``fcntl`` -- Windows --
-the check and the rename are not locked).
-
-Checkpoints (``put_checkpoint``) are copied into a hidden temporary folder beside their final
-name, the marker written in it last, then renamed into place (atomic); the run's other checkpoints
-are removed after that.
-
-Layout: ``<root>/runs/<run_id>/``, ``<root>/reports/<name>/``, ``<root>/.staging/`` (scratch),
-``<root>/checkpoints/<run_id>/checkpoint-<step>/``, ``<root>/<key>`` for documents (e.g. ``<root>/registry/``).
+Limits: compare-and-swap of documents holds across processes of one machine (and network filesystems that
+honour ``flock``); without ``fcntl`` (Windows) it is not locked.
 """
 
 from __future__ import annotations

@@ -1,42 +1,15 @@
-"""S3 artefact store on boto3: AWS, MinIO, Ceph, moto... any S3 endpoint.
+"""S3 artefact store on boto3 (AWS, MinIO, Ceph, moto: any S3 endpoint), keeping ``base.ArtifactStore``'s contract.
 
-Features
-- Keeps the contract of ``emotion_core.store.base``: files are uploaded first and ``manifest.json``
-  last, so a run prefix without a manifest is incomplete and invisible to ``list_runs``/``run_folder``.
-  A failed upload removes what it uploaded (best effort) and never writes the manifest.
-- Idempotent: publishing a run whose equal manifest is already there uploads nothing; a different
-  run under that id raises ``RunIdConflict``. The caller's folder is never deleted (only the store's
-  own staging folder, after a successful upload).
-- Reading a run downloads exactly the files its manifest lists into a local cache, checks each
-  sha256 against the manifest, and only then exposes the folder (manifest written last there too).
-- Credentials: boto3's own chain (environment, profile, instance role) or a ``boto3.Session`` passed
-  in (e.g. from a Prefect ``AwsCredentials`` block, resolved in the Prefect layer). They are never
-  logged. Endpoint: ``endpoint_url``, else ``$EMOTION_S3_ENDPOINT_URL``, else boto3's own
-  (``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``), else AWS.
-- Unreachable endpoints and throttling are retried by botocore's ``standard`` retry mode
-  (exponential backoff with jitter, ``attempts`` tries in all), then fail with a ``StoreError``
-  naming the store, the operation and the cause.
+- Publish: files first, ``manifest.json`` last; a failed upload removes what it uploaded. Reads download
+  the files the manifest lists into ``settings.cache_root()`` and check each sha256 before use.
+- Documents: one ``put_object`` each; ``if_match``/``create_only`` are S3 conditional PUTs
+  (``If-Match``/``If-None-Match: *``), a refused one is ``DocumentConflict``.
+- Credentials: boto3's chain or a ``boto3.Session`` passed in; never logged. Endpoint: ``endpoint_url``,
+  ``$EMOTION_S3_ENDPOINT_URL``, boto3's ``$AWS_ENDPOINT_URL_S3``/``$AWS_ENDPOINT_URL``, else AWS.
+- Retries: botocore's ``standard`` mode (``attempts`` tries), then a ``StoreError`` naming store, operation, cause.
 
-- Documents (``write_document``): one ``put_object`` each (atomic on S3: readers get the old or the
-  new object). Conditional writes are S3's own conditional PUTs: ``if_match`` sends ``If-Match:
-  <ETag>`` and ``create_only`` sends ``If-None-Match: *``; the server refuses a stale write with 412
-  ``PreconditionFailed`` (409 ``ConditionalRequestConflict`` for a concurrent one), raised as
-  ``DocumentConflict``. AWS S3 (since 2024), MinIO and moto honour both headers.
-
-- Checkpoints (``put_checkpoint``): the folder's files under ``checkpoints/<run_id>/checkpoint-<step>/``,
-  then ``checkpoint.json`` (sizes and sha256 of every file) last; a failed upload removes what it
-  uploaded and never writes the marker; the run's other checkpoints are deleted only after the new
-  marker is in place. Fetching downloads the files the marker lists and checks each sha256.
-
-Limits
-- A server that ignores ``If-Match``/``If-None-Match`` (older S3-compatible stores) makes conditional
-  document writes unconditional: the last of two racing writers wins, with no error.
-- A conditional PUT that succeeded but whose answer was lost is retried by botocore and then fails
-  its own condition; that is recognised (the stored document equals the one written) and is not an error.
-- No server-side locking: two writers publishing the same run id at once would both upload the
-  same content (run ids embed a content hash, so the result is the same).
-- Local cache: ``$EMOTION_CACHE_DIR`` (default ``~/.cache/emotion-pipeline``); cached runs are not
-  pruned; stale ``.staging``/``.downloads`` folders are swept when a store is opened.
+Limits: a server that ignores conditional headers makes document writes last-writer-wins; no server-side
+locking (two writers of one run id upload the same content); cached runs are never pruned.
 """
 
 from __future__ import annotations

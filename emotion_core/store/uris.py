@@ -1,8 +1,7 @@
-"""Store and run URIs as user input: credentials refused (and never shown), ``file://`` hosts refused.
+"""Store and run URIs as user input: ``check_uri`` refuses credentials and ``file://`` hosts.
 
-A URI can carry a secret (``s3://KEY:SECRET@host/bucket``); once accepted it would be printed in
-errors, recorded as a Prefect flow-run parameter and used as a cache path. ``check_uri`` refuses it
-before anything else sees it, and ``redact_uri`` is the only form any message may show.
+A URI with a secret (``s3://KEY:SECRET@host/bucket``) is refused before it can reach a message, a Prefect
+parameter or a cache path; ``redact_uri`` is the only form any message may show.
 """
 
 from __future__ import annotations
