@@ -65,7 +65,7 @@ def test_a_crashed_child_is_redispatched_with_the_same_run_id_and_its_attempts_r
     assert key == "minilm-run-attempt-2" and tags == ["train-all"]
     assert crashed.attempts == 2 and crashed.state == "SCHEDULED" and crashed.flow_run_id != first
     crashed.state = "COMPLETED"
-    outcome = crashed.outcome()
+    outcome = crashed.outcome().to_dict()  # the children table's row
     assert outcome["attempts"] == 2 and str(first) in outcome["earlier_attempts"] and "no heartbeat" in outcome["earlier_attempts"]
     assert "status" not in outcome  # the last attempt completed: the config did not fail
 
