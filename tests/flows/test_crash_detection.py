@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-
 
 from flows import dispatch
 from flows.dispatch import Child, silent_children
 
-NOW = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
 
 
 def child(state: str, since_s: float, name: str = "c") -> Child:
