@@ -107,6 +107,8 @@ def child_run_id(config_name: str, started: datetime, parent_id: str) -> str:
 
 @dataclass
 class Child:
+    """One config's ``train-model`` flow run as the parent tracks it (the latest attempt's state)."""
+
     config: str
     run_id: str
     queue: str
