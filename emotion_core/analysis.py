@@ -1,51 +1,41 @@
-"""After training: evaluate, calibrate, ensemble and compare the runs of a config set, from stored logits.
+"""After training: score, calibrate, ensemble and compare the runs of a config set, from their stored logits.
 
 Features
-- ``RunData``: one run's validation and test logits with the truth aligned to them by id. The
-  truth comes from reloading the run's own data config (``load_data``); its data hash must equal
-  the manifest's, so a run is never scored against other data (``DataError`` otherwise).
-- ``evaluate_run``: the report's model entry for one run (``report.summary`` documents the keys):
-  ``evaluation.evaluate_split`` on test at the run's thresholds (PR/ROC-AUC, Brier, ECE, bootstrap
-  CIs) and ``calibration.calibrate_run`` (per-label temperatures fitted on validation, thresholds
-  re-tuned, ECE before/after); writes ``evaluation.json``, ``calibration.json`` and
-  ``reliability.png`` under ``models/<name>/`` of the report folder.
-- ``add_ensemble``: the mean of the calibrated probabilities of the top-k runs by validation
-  macro-F1 (``ensemble``), evaluated like any model.
-- ``add_paired_tests``: a paired bootstrap of macro-F1 on test between every model and the best
-  one (highest validation macro-F1), on the test rows they share.
-- ``challenge_champions``: per dataset, the set's best run (by validation macro-F1; ensembles are
-  not runs and never compete) challenges the champion in the store's registry (``registry``): it is
-  promoted only if it beats the champion by the configured margin and the paired bootstrap on the
-  shared test rows agrees; every decision is recorded, and the champion's run is never touched.
-- ``failed_entry``: a failed config stays a row of the report, with its error.
+- ``RunData``/``run_data``: a run's validation and test logits with the truth aligned by id; the truth
+  comes from reloading the run's data config, whose hash must equal the manifest's (``DataError``).
+- ``evaluate_run``: a run's ``ReportEntry``: test metrics with bootstrap CIs, temperature scaling,
+  reliability diagram (files under ``models/<name>/`` of the report folder).
+- ``ensemble_of``: the mean calibrated probabilities of the top-k runs by validation macro-F1.
+- ``with_paired_tests`` / ``paired_vs_champion``: paired bootstrap of test macro-F1 on shared test rows.
+- ``challenge_champions``: per dataset, the set's best run challenges the registry's champion.
 
 Limits
-- Models of one set can be trained on different subsets (``max_*_samples``): the ensemble and the
-  paired tests use the rows the models share, and say how many (``rows``); with none shared, no
-  test is made and the entry says why.
-- Everything reads the runs' saved logits: nothing is predicted again, so an evaluation change needs
-  no GPU. SHAP explanations need the model and live in ``explain``.
+- Runs of one set may use different data subsets: ensembles and paired tests use the shared rows.
+- Reads saved logits only (no GPU, nothing predicted again); SHAP lives in ``explain``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from emotion_core.calibration import calibrate_run
-from emotion_core.report.plots import reliability_diagram
-from emotion_core.data import EmotionData, load_data
+from emotion_core.data.dataset import EmotionData
+from emotion_core.data.load import load_data
 from emotion_core.ensemble import ensemble_split
 from emotion_core.ensemble import top_k as best_runs
 from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
-from emotion_core.metrics import multilabel_metrics, sigmoid
-from emotion_core.registry import Registry, dataset_key_of, decide, paired_vs_champion
 from emotion_core.files import write_json
+from emotion_core.metrics import multilabel_metrics, sigmoid
+from emotion_core.records import ReportEntry
+from emotion_core.registry import Registry, dataset_key_of, decide
+from emotion_core.report.plots import reliability_diagram
 from emotion_core.runs import Run, read_run
 from emotion_core.thresholds import apply_thresholds
 
@@ -67,16 +57,18 @@ class RunData:
 
 
 class DataCache:
-    """``load_data`` once per data config: runs of a set mostly share theirs."""
+    """``load_data`` once per data config (runs of a set mostly share theirs); safe to share between threads."""
 
     def __init__(self) -> None:
         self._loaded: dict[str, EmotionData] = {}
+        self._lock = threading.Lock()
 
     def for_run(self, run: Run) -> EmotionData:
         key = json.dumps(run.config.data.model_dump(mode="json"), sort_keys=True)
-        if key not in self._loaded:
-            self._loaded[key] = load_data(run.config.data)
-        data = self._loaded[key]
+        with self._lock:  # tasks may run in threads: read each dataset once
+            if key not in self._loaded:
+                self._loaded[key] = load_data(run.config.data)
+            data = self._loaded[key]
         expected = run.manifest["data"]["hash"]
         if data.data_hash != expected:
             raise DataError(f"run {run.run_id}: its data config now reads data with hash {data.data_hash}, the run was "
@@ -114,49 +106,46 @@ def method_of(config: dict) -> str:
     return (model.get("adapter") or {}).get("method") or "full"
 
 
-def failed_entry(name: str, error: str, run_id: str | None = None) -> dict:
-    return {"name": name, "status": "failed", "error": error, "run_id": run_id}
-
-
-def _manifest_facts(manifest: dict) -> dict:
+def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
+    """A completed run's entry with the facts of its manifest (cost, validation score); no test metrics yet."""
     memory = manifest["memory"]
     policy = manifest["threshold_policy"]
-    return {
-        "family": manifest["family"], "method": method_of(manifest["config"]), "model": manifest["model"],
-        "run_id": manifest["run_id"],
-        "trainable_params": manifest["parameters"]["trainable"], "total_params": manifest["parameters"]["total"],
-        "train_seconds": manifest["timing"]["train_seconds"],
-        "train_samples_per_s": manifest["timing"]["train_samples_per_second"],
-        "peak_memory_mb": memory.get("peak_gpu_allocated_mb") or memory.get("peak_rss_mb"),
-        "validation_macro_f1": manifest["summary"]["validation"][policy]["macro_f1"],
-        "threshold_policy": policy, "dataset_key": dataset_key_of(manifest),
-    }
+    return ReportEntry(
+        name=name, status="completed",
+        family=manifest["family"], method=method_of(manifest["config"]), model=manifest["model"],
+        run_id=manifest["run_id"],
+        trainable_params=manifest["parameters"]["trainable"], total_params=manifest["parameters"]["total"],
+        train_seconds=manifest["timing"]["train_seconds"],
+        train_samples_per_s=manifest["timing"]["train_samples_per_second"],
+        peak_memory_mb=memory.get("peak_gpu_allocated_mb") or memory.get("peak_rss_mb"),
+        validation_macro_f1=manifest["summary"]["validation"][policy]["macro_f1"],
+        threshold_policy=policy, dataset_key=dataset_key_of(manifest))
 
 
 def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_samples: int = 1000,
-                 seed: int = 0) -> dict:
-    """The model entry of one completed run; its files go under ``report_folder/models/<name>/``."""
+                 seed: int = 0) -> ReportEntry:
+    """The entry of one completed run; its files go under ``report_folder/models/<name>/``."""
     arrays = run_data(run, data)
-    folder = Path(report_folder) / "models" / run.config.name
+    name = run.config.name
+    folder = Path(report_folder) / "models" / name
     folder.mkdir(parents=True, exist_ok=True)
-    entry = {"name": run.config.name, "status": "completed", "error": None, **_manifest_facts(run.manifest),
-             "test": None, "calibration": None, "paired_vs_best": None, "explanation": None, "files": {}}
+    files, test = {}, None
     if "test" in arrays.logits:
-        entry["test"] = evaluate_split(arrays.truth["test"], sigmoid(arrays.logits["test"]), arrays.thresholds,
-                                       arrays.names, bootstrap_n=bootstrap_samples, seed=seed)
-        write_json(folder / "evaluation.json", entry["test"])
-        entry["files"]["evaluation"] = f"models/{run.config.name}/evaluation.json"
+        test = evaluate_split(arrays.truth["test"], sigmoid(arrays.logits["test"]), arrays.thresholds,
+                              arrays.names, bootstrap_n=bootstrap_samples, seed=seed)
+        write_json(folder / "evaluation.json", test)
+        files["evaluation"] = f"models/{name}/evaluation.json"
+    entry = entry_of_manifest(name, run.manifest)
     calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], arrays.logits.get("test"),
-                                arrays.truth.get("test"), arrays.names, policy=entry["threshold_policy"])
-    entry["calibration"] = calibration
+                                arrays.truth.get("test"), arrays.names, policy=entry.threshold_policy)
     write_json(folder / "calibration.json", calibration)
-    entry["files"]["calibration"] = f"models/{run.config.name}/calibration.json"
+    files["calibration"] = f"models/{name}/calibration.json"
     bins = calibration["reliability"]["test"] or calibration["reliability"]["validation"]
     split = "test" if calibration["reliability"]["test"] else "validation"
     reliability_diagram(bins["before"], bins["after"], folder / "reliability.png",
-                        f"{run.config.name}: reliability on {split} (before / after temperature scaling)")
-    entry["files"]["reliability"] = f"models/{run.config.name}/reliability.png"
-    return entry
+                        f"{name}: reliability on {split} (before / after temperature scaling)")
+    files["reliability"] = f"models/{name}/reliability.png"
+    return replace(entry, test=test, calibration=calibration, files=files)
 
 
 def common_ids(arrays: list[RunData], split: str) -> list[str]:
@@ -172,15 +161,23 @@ def rows_of(values: np.ndarray, ids: list[str], wanted: list[str]) -> np.ndarray
     return values[[position[i] for i in wanted]]
 
 
-def add_ensemble(entries: list[dict], arrays: dict[str, RunData], report_folder: Path, *, top_k: int = 3,
-                 bootstrap_samples: int = 1000, seed: int = 0) -> dict | None:
-    """Append (and return) the ensemble of the ``top_k`` best completed runs; None with fewer than two."""
+def best_entries(entries: list[ReportEntry], k: int) -> list[ReportEntry]:
+    """The ``k`` best entries by validation macro-F1, in ``ensemble.top_k``'s order (ties: name, run id)."""
+    by_name = {e.name: e for e in entries}
+    ranked = best_runs([{"name": e.name, "run_id": e.run_id, "validation_macro_f1": e.validation_macro_f1}
+                        for e in entries], k)
+    return [by_name[r["name"]] for r in ranked]
+
+
+def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_folder: Path, *, top_k: int = 3,
+                bootstrap_samples: int = 1000, seed: int = 0) -> tuple[ReportEntry, RunData] | None:
+    """The ensemble of the ``top_k`` best completed runs and its data; None with fewer than two."""
     if top_k < 2:
         return None
-    ranked = best_runs([e for e in entries if e["status"] == "completed" and e["name"] in arrays], top_k)
+    ranked = best_entries([e for e in entries if e.completed and e.name in arrays], top_k)
     if len(ranked) < 2:
         return None
-    members = [arrays[e["name"]] for e in ranked]
+    members = [arrays[e.name] for e in ranked]
     names = members[0].names
     if any(m.names != names for m in members):
         log.warning("no ensemble: the best runs have different label sets")
@@ -193,34 +190,31 @@ def add_ensemble(entries: list[dict], arrays: dict[str, RunData], report_folder:
     combined = ensemble_split(
         [(val_ids, rows_of(m.logits["validation"], m.ids["validation"], val_ids)) for m in members], val_true,
         [(test_ids, rows_of(m.logits["test"], m.ids["test"], test_ids)) for m in members] if test_ids else None,
-        policy=ranked[0]["threshold_policy"])
+        policy=ranked[0].threshold_policy)
     validation_probs = combined["validation"][1]
     name = f"ensemble-top{len(members)}"
-    entry = {"name": name, "status": "completed", "error": None, "family": "ensemble", "method": "ensemble",
-             "model": " + ".join(e["name"] for e in ranked), "run_id": None,
-             "trainable_params": sum(e["trainable_params"] or 0 for e in ranked),
-             "total_params": sum(e["total_params"] or 0 for e in ranked),
-             "train_seconds": sum(e["train_seconds"] or 0 for e in ranked), "train_samples_per_s": None,
-             "peak_memory_mb": None, "threshold_policy": ranked[0]["threshold_policy"],
-             "validation_macro_f1": multilabel_metrics(val_true, apply_thresholds(validation_probs, combined["thresholds"]),
-                                                       names)["macro_f1"],
-             "members": [e["name"] for e in ranked], "rows": {"validation": len(val_ids), "test": len(test_ids)},
-             "test": None, "calibration": None, "paired_vs_best": None, "explanation": None, "files": {}}
+    validation_f1 = multilabel_metrics(val_true, apply_thresholds(validation_probs, combined["thresholds"]),
+                                       names)["macro_f1"]
+    entry = ReportEntry(name=name, status="completed", family="ensemble", method="ensemble",
+                        model=" + ".join(e.name for e in ranked),
+                        trainable_params=sum(e.trainable_params or 0 for e in ranked),
+                        total_params=sum(e.total_params or 0 for e in ranked),
+                        train_seconds=sum(e.train_seconds or 0 for e in ranked),
+                        threshold_policy=ranked[0].threshold_policy, validation_macro_f1=validation_f1,
+                        members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)})
+    data = RunData(name, {"validation": val_ids}, {"validation": validation_probs}, {"validation": val_true},
+                   combined["thresholds"], names, probabilities=True)
     if test_ids:
         test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
-        entry["test"] = evaluate_split(test_true, combined["test"][1], combined["thresholds"], names,
-                                       bootstrap_n=bootstrap_samples, seed=seed)
+        test = evaluate_split(test_true, combined["test"][1], combined["thresholds"], names,
+                              bootstrap_n=bootstrap_samples, seed=seed)
         folder = Path(report_folder) / "models" / name
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "evaluation.json", entry["test"])
-        entry["files"]["evaluation"] = f"models/{name}/evaluation.json"
-    # The ensemble's own data for the paired tests: its ids, probabilities (already calibrated) and thresholds.
-    arrays[name] = RunData(name, {"validation": val_ids, **({"test": test_ids} if test_ids else {})},
-                           {"validation": validation_probs, **({"test": combined["test"][1]} if test_ids else {})},
-                           {"validation": val_true, **({"test": test_true} if test_ids else {})},
-                           combined["thresholds"], names, probabilities=True)
-    entries.append(entry)
-    return entry
+        write_json(folder / "evaluation.json", test)
+        entry = replace(entry, test=test, files={"evaluation": f"models/{name}/evaluation.json"})
+        # The ensemble's own data for the paired tests: its ids, probabilities (already calibrated) and thresholds.
+        data.ids["test"], data.logits["test"], data.truth["test"] = test_ids, combined["test"][1], test_true
+    return entry, data
 
 
 def test_predictions(arrays: RunData, ids: list[str]) -> np.ndarray:
@@ -228,51 +222,70 @@ def test_predictions(arrays: RunData, ids: list[str]) -> np.ndarray:
     return apply_thresholds(values if arrays.probabilities else sigmoid(values), arrays.thresholds)
 
 
-def add_paired_tests(entries: list[dict], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
-                     seed: int = 0) -> str | None:
-    """Set ``paired_vs_best`` on every completed entry (model a) against the best by validation macro-F1 (b)."""
-    completed = [e for e in entries if e["status"] == "completed" and e["name"] in arrays and "test" in arrays[e["name"]].ids]
-    if len(completed) < 2:
+def paired_test(a: RunData, b: RunData, *, n: int = 1000, seed: int = 0) -> tuple[dict, int] | None:
+    """``evaluation.paired_bootstrap`` of test macro-F1 (``a`` minus ``b``) on the test rows both have, each
+    at its own thresholds, and how many rows that is; None when they share no test row."""
+    ids = common_ids([a, b], "test")
+    if not ids:
         return None
-    best = best_runs(completed, 1)[0]
+    truth = rows_of(a.truth["test"], a.ids["test"], ids)
+    return paired_bootstrap(truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed), len(ids)
+
+
+def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
+                      seed: int = 0) -> tuple[list[ReportEntry], str | None]:
+    """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best by
+    validation macro-F1 (b), and the best one's name (None with fewer than two models with test logits)."""
+    completed = [e for e in entries if e.completed and e.name in arrays and "test" in arrays[e.name].ids]
+    if len(completed) < 2:
+        return entries, None
+    best = best_entries(completed, 1)[0]
+    paired = {}
     for entry in completed:
         if entry is best:
             continue
-        pair = [arrays[entry["name"]], arrays[best["name"]]]
-        ids = common_ids(pair, "test")
-        if not ids:
-            entry["paired_vs_best"] = {"best": best["name"], "rows": 0, "skipped": "no test rows shared with the best model"}
-            continue
-        truth = rows_of(pair[0].truth["test"], pair[0].ids["test"], ids)
-        result = paired_bootstrap(truth, test_predictions(pair[0], ids), test_predictions(pair[1], ids),
-                                  n=bootstrap_samples, seed=seed)
-        entry["paired_vs_best"] = {**result, "best": best["name"], "rows": len(ids)}
-    return best["name"]
+        tested = paired_test(arrays[entry.name], arrays[best.name], n=bootstrap_samples, seed=seed)
+        if tested is None:
+            paired[entry.name] = {"best": best.name, "rows": 0, "skipped": "no test rows shared with the best model"}
+        else:
+            paired[entry.name] = {**tested[0], "best": best.name, "rows": tested[1]}
+    return [replace(e, paired_vs_best=paired[e.name]) if e.name in paired else e for e in entries], best.name
 
 
-def challenge_champions(entries: list[dict], arrays: dict[str, RunData], store, data: DataCache, *, margin: float,
-                        alpha: float, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
+def paired_vs_champion(challenger: RunData, champion: RunData, *, n: int = 1000, seed: int = 0) -> dict | None:
+    """``paired_test`` with the challenger as ``a`` and the champion as ``b``, plus ``champion`` (its name);
+    ``None`` when either has no test logits or they share no test row. ``ValueError`` if their labels differ."""
+    if challenger.names != champion.names:
+        raise ValueError(f"{challenger.name} and {champion.name} have different labels; they cannot be compared")
+    if any("test" not in run.ids for run in (challenger, champion)):
+        return None
+    tested = paired_test(challenger, champion, n=n, seed=seed)
+    return None if tested is None else {**tested[0], "rows": tested[1], "champion": champion.name}
+
+
+def challenge_champions(entries: list[ReportEntry], arrays: dict[str, RunData], store, data: DataCache, *,
+                        margin: float, alpha: float, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
     """Record one champion/challenger decision per dataset key of the completed runs; returns the records."""
-    by_dataset: dict[str, list[dict]] = {}
+    by_dataset: dict[str, list[ReportEntry]] = {}
     for entry in entries:
-        if entry["status"] == "completed" and entry["family"] != "ensemble" and entry["name"] in arrays:
-            by_dataset.setdefault(entry["dataset_key"], []).append(entry)
-    best = {key: best_runs(group, 1)[0] for key, group in by_dataset.items()}
+        if entry.completed and entry.family != "ensemble" and entry.name in arrays:
+            by_dataset.setdefault(entry.dataset_key, []).append(entry)
+    best = {key: best_entries(group, 1)[0] for key, group in by_dataset.items()}
     registry = Registry(store)
     records = []
     for key, challenger in sorted(best.items()):
         champion = registry.champion(key)
         paired = None
-        if champion is not None and champion["run_id"] != challenger["run_id"]:
+        if champion is not None and champion["run_id"] != challenger.run_id:
             try:
                 champion_run = read_run(store.run_folder(champion["run_id"]))
-                paired = paired_vs_champion(arrays[challenger["name"]], run_data(champion_run, data.for_run(champion_run)),
+                paired = paired_vs_champion(arrays[challenger.name], run_data(champion_run, data.for_run(champion_run)),
                                             n=bootstrap_samples, seed=seed)
             except (EmotionError, ValueError) as exc:  # e.g. the data changed since the champion was trained
                 paired = {"skipped": f"champion {champion['run_id']} cannot be scored: {exc}"}
             if paired is None:
                 paired = {"skipped": "no test rows shared with the champion"}
-        decision = decide(champion, challenger, margin=margin, alpha=alpha, paired=paired, dataset_key=key)
+        decision = decide(champion, challenger.to_dict(), margin=margin, alpha=alpha, paired=paired, dataset_key=key)
         records.append(registry.record(decision))
         log.info("champion of %s: %s", key, decision.reason)
     return records

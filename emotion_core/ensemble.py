@@ -1,22 +1,12 @@
 """A probability-averaging ensemble of the best runs, built from their saved logits.
 
 Features
---------
-- ``top_k``: the ``k`` completed runs with the best validation macro-F1; ties go to the smaller
-  name (then run id), so the choice is deterministic. Test numbers never choose a member.
-- ``mean_probabilities``: the element-wise mean of several models' probabilities for the same
-  rows, refusing mismatched ids or shapes.
-- ``ensemble_split``: temperature-scale each member on validation (``calibration``), average the
-  calibrated probabilities, tune thresholds on the ensemble's validation probabilities.
-
-Why calibrate first: an over-confident member would otherwise dominate the mean, and members'
-confidence differs by family (a fine-tuned decoder is sharper than an encoder head).
+- ``top_k``: the ``k`` completed runs with the best validation macro-F1 (ties: name, then run id).
+- ``mean_probabilities``: element-wise mean of several models' probabilities, refusing mismatched ids.
+- ``ensemble_split``: temperature-scale each member on validation, average, tune thresholds on the mean.
 
 Limits
-------
-- Unweighted mean only (no stacking, no learned weights); members must have predicted exactly the
-  same rows in the same order (same data config), which runs of one config set do.
-- ``ensemble_split`` returns arrays (inputs to ``evaluation.evaluate_split``), not a JSON document.
+- Unweighted mean only; members must have predicted the same rows in the same order.
 """
 
 from __future__ import annotations

@@ -1,53 +1,17 @@
 """Evaluation of saved predictions: ranking, calibration and uncertainty, without retraining.
 
-Everything here works on what a run already holds: per-label probabilities (``metrics.sigmoid`` of
-the saved logits) and the 0/1 truth of the same rows.
-
 Features
---------
-- ``ranking_metrics``: PR-AUC (scikit-learn ``average_precision_score``) and ROC-AUC
-  (``roc_auc_score``) per label, macro and micro. Threshold-free, so they compare models
-  independently of the threshold policy.
-- ``brier_score``: mean squared error of the probabilities, over all cells and per label.
-- ``ece``: expected calibration error with equal-width bins, flattened over every (row, label)
-  probability and per label (plus the mean of the per-label values), and the reliability bins
-  (count, mean confidence, accuracy) a reliability diagram is drawn from.
-- ``bootstrap_f1``: percentile confidence intervals of macro- and micro-F1, resampling rows.
-- ``paired_bootstrap``: the macro-F1 difference of two models on the same resampled rows, with a
-  confidence interval and a one-sided p-value (the champion/challenger test).
-- ``evaluate_split``: all of the above for one split in one JSON-serialisable dict.
-- ``align_labels``: put a data split's label matrix into the row order of saved logits.
-
-Conventions (choices -- keep them when comparing numbers across runs)
----------------------------------------------------------------------
-- Undefined AUCs: PR-AUC needs at least one positive, ROC-AUC at least one positive *and* one
-  negative. A label without them gets ``None`` and is **left out of the macro mean** (which is then
-  over the defined labels only; ``labels_left_out`` counts and names the others). Scoring such a
-  label 0 (scikit-learn's behaviour for AP, with a warning) would punish a model for the data.
-  Macro is ``None`` when no label is defined. Micro pools all cells, so it is defined as soon as
-  the pooled cells have a positive (and a negative, for ROC).
-- ECE bins: ``bins`` equal-width bins on [0, 1]; bin ``b`` holds ``b/bins <= p < (b+1)/bins``, the
-  last bin also holds ``p == 1``. "Confidence" is the mean predicted probability of the label in a
-  bin and "accuracy" the observed share of positives there, so a calibrated model has
-  accuracy == confidence in every bin. ECE = sum over bins of ``count/total * |accuracy - confidence|``.
-  The flattened ECE pools every cell; with 28 mostly-absent emotions it is dominated by easy,
-  near-zero negatives and looks small, so the per-label mean is reported too.
-- Bootstrap: rows (texts) are resampled with replacement, ``n`` resamples of the full size, drawn
-  from ``numpy.random.default_rng(seed)`` (``bootstrap_indices``), so a seed fixes the result.
-  Intervals are percentile intervals (``alpha/2`` and ``1 - alpha/2`` quantiles, numpy's default
-  linear interpolation); the point estimate is the metric on the original rows. F1 on a resample
-  uses ``zero_division=0`` exactly like ``metrics.multilabel_metrics``.
-- Paired p-value: ``p_value`` = (number of resamples with ``macro_f1(a) - macro_f1(b) <= 0``) / n.
-  It is the bootstrap estimate of how often model a would *not* beat b on a test set like this
-  one; identical models give delta 0 on every resample, hence p = 1. Its resolution is ``1/n``:
-  0.0 means "fewer than 1 in n", not "impossible".
+- ``ranking_metrics`` (PR-/ROC-AUC per label, macro, micro), ``brier_score``, ``ece`` (equal-width bins,
+  flat and per label, with the reliability bins), ``bootstrap_f1`` (percentile CIs of macro/micro-F1),
+  ``paired_bootstrap`` (macro-F1 difference of two models with a one-sided p-value), ``evaluate_split``
+  (all of them, JSON-serialisable), ``align_labels`` (a split's labels in the order of saved logits).
+- Undefined AUCs (no positive, or no negative for ROC) are ``None`` and left out of the macro mean
+  (``labels_left_out`` names them). Bootstrap resamples rows from ``default_rng(seed)``: a seed fixes it.
+  ``p_value`` = share of resamples where a does not beat b (resolution ``1/n``).
 
 Limits
-------
-- Rows are treated as independent; the bootstrap cannot see duplicated or near-duplicated texts.
-- The bootstrap reflects test-set sampling noise only, not training randomness (seeds, data order).
-- Probabilities must be finite and in [0, 1]; truth and predictions 0/1 matrices (``ValueError``
-  otherwise). Everything is in memory: ``n`` x rows int32 indices (1000 x 5,000 = 20 MB).
+- Rows are treated as independent; the bootstrap reflects test-set noise only, not training randomness.
+- Probabilities must be finite and in [0, 1], truths 0/1 (``ValueError``); ``n`` x rows indices in memory.
 """
 
 from __future__ import annotations

@@ -1,49 +1,19 @@
-"""Champion/challenger registry: which run is the champion of each dataset, and every decision made.
+"""Champion/challenger registry: the champion run of each dataset, and every decision made.
 
 Features
-- One champion per **dataset key** (``dataset_key``: the dataset name plus a hash of its ordered label
-  names), so GoEmotions and SemEval -- or two label schemas of one dataset -- never compete.
-- ``decide``: a pure function. A challenger is promoted only if its validation macro-F1 beats the
-  champion's by more than ``margin`` **and** the paired bootstrap of test macro-F1 (challenger as
-  ``a``, champion as ``b``, on the same test rows: ``paired_vs_champion``) gives ``p_value < alpha``.
-  With no champion yet, the first completed run is promoted. The ``Decision`` says why, with the numbers.
-- ``Registry(store)``: ``champion(key)`` reads the pointer, ``record(decision)`` logs every decision
-  (promoted or not) and moves the pointer only on promotion, ``decisions(key)`` reads the log in order.
-- ``ChampionConfig``: ``enabled``, ``margin``, ``alpha``.
-
-Layout in the artefact store (``ArtifactStore`` documents; runs are never written here)
-- ``registry/<dataset-key>.json``: the champion pointer, replaced on promotion only::
-
-      {"registry_version": 1, "dataset_key": "goemotions-1a2b3c4d5e6f", "run_id": "...", "name": "...",
-       "validation_macro_f1": 0.51, "promoted_at": "2025-01-01T02:00:00.000001+00:00",
-       "decision_key": "registry/goemotions-1a2b3c4d5e6f/decisions/20250101T020000000001Z-<run_id>.json",
-       "decision": {<the decision record below>}}
-
-- ``registry/<dataset-key>/decisions/<timestamp>-<run_id>.json``: one record per decision, written
-  once with ``create_only`` and never rewritten; keys sort in decision order::
-
-      {"registry_version": 1, "key": "registry/.../decisions/...json", "decided_at": "<ISO 8601 UTC>",
-       "dataset_key", "promoted", "reason", "challenger_run_id", "challenger_name",
-       "challenger_macro_f1", "champion_run_id", "champion_name", "champion_macro_f1",
-       "margin", "alpha", "p_value", "delta", "test_rows"}
-
-Guarantees
-- Promotion only moves a pointer: the champion's run folder (weights included) is immutable in the
-  store, and document keys under ``runs/`` are refused by the store itself.
-- Only a complete, published run (one ``store.list_runs`` lists) can become champion.
-- The pointer is replaced with a conditional write (compare-and-swap on its version): a decision
-  taken against a champion that has changed since -- another writer promoted meanwhile -- is
-  refused with ``DocumentConflict`` (decide again against the new champion); so is a promotion
-  whose pointer write loses a race.
-- A corrupt pointer or decision document raises ``StoreError`` naming the key.
+- One champion per dataset key (``dataset_key``: dataset name + hash of its ordered label names).
+- ``decide`` (pure): promoted only if the challenger's validation macro-F1 beats the champion's by more
+  than ``margin`` and the paired bootstrap of test macro-F1 gives ``p_value < alpha``
+  (``analysis.paired_vs_champion``); the first run of a dataset is promoted. ``Decision.reason`` says why.
+- ``Registry(store)``: ``champion(key)``, ``record(decision)`` (logs every decision, moves the pointer only
+  on promotion, compare-and-swap: ``DocumentConflict`` if the champion changed), ``decisions(key)``.
+- Store layout: ``registry/<key>.json`` (the pointer, embedding its decision) and
+  ``registry/<key>/decisions/<timestamp>-<run_id>.json`` (one create-only record per decision, in order).
 
 Limits
-- Order of the log: timestamps of one registry are made strictly increasing (a decision is stamped
-  after the latest one already logged), so the log order is the recording order even with skewed
-  clocks; two writers recording in the same instant may still interleave.
-- The pointer is written before the decision record (the pointer embeds the full decision): if the
-  record write then fails, ``record`` raises saying so, and the decision is still in the pointer.
-- Dataset ``tabular``: two different tabular files with the same label names share a dataset key.
+- Promotion moves a pointer only; only published runs qualify. Corrupt documents raise ``StoreError``.
+- The pointer is written before the decision record; two writers in the same instant may interleave.
+- Two tabular files with the same label names share a dataset key.
 """
 
 from __future__ import annotations
@@ -54,18 +24,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
 
 from emotion_core.config import ChampionConfig
 from emotion_core.errors import StoreError
 from emotion_core.store.base import ArtifactStore, DocumentConflict
 
-if TYPE_CHECKING:
-    from emotion_core.analysis import RunData
-
 __all__ = ["ChampionConfig", "Decision", "Registry", "dataset_key", "dataset_key_of", "candidate_from_manifest",
-           "decide", "paired_vs_champion"]
+           "decide"]
 
 REGISTRY_VERSION = 1
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -93,35 +59,10 @@ def dataset_key_of(manifest: dict) -> str:
 def candidate_from_manifest(manifest: dict) -> dict:
     """A challenger dict for ``decide`` from a run manifest: name, run id, validation macro-F1, dataset key."""
     policy = manifest["threshold_policy"]
-    return {"name": manifest.get("config_name"), "run_id": manifest["run_id"], "status": manifest.get("status", "completed"),
+    return {"name": manifest.get("config_name"), "run_id": manifest["run_id"],
+            "status": manifest.get("status", "completed"),
             "validation_macro_f1": manifest["summary"]["validation"][policy]["macro_f1"],
             "dataset_key": dataset_key_of(manifest)}
-
-
-# --------------------------------------------------------------------------- paired test
-
-
-def paired_vs_champion(challenger: RunData, champion: RunData, *, n: int = 1000, seed: int = 0) -> dict | None:
-    """``evaluation.paired_bootstrap`` of test macro-F1, challenger as ``a`` and champion as ``b``.
-
-    On the test rows both runs have (by id), each at its own thresholds. Returns the bootstrap dict
-    plus ``rows`` (rows used) and ``champion`` (its name); ``None`` when either run has no test logits
-    or they share no test row. ``ValueError`` if their label names differ (different dataset keys).
-    """
-    from emotion_core.analysis import common_ids, rows_of, test_predictions
-    from emotion_core.evaluation import paired_bootstrap
-
-    if challenger.names != champion.names:
-        raise ValueError(f"{challenger.name} and {champion.name} have different labels; they cannot be compared")
-    pair = [challenger, champion]
-    if any("test" not in run.ids for run in pair):
-        return None
-    ids = common_ids(pair, "test")
-    if not ids:
-        return None
-    truth = rows_of(challenger.truth["test"], challenger.ids["test"], ids)
-    result = paired_bootstrap(truth, test_predictions(challenger, ids), test_predictions(champion, ids), n=n, seed=seed)
-    return {**result, "rows": len(ids), "champion": champion.name}
 
 
 # --------------------------------------------------------------------------- decisions
@@ -164,17 +105,7 @@ def _score(entry: dict, what: str) -> float:
     return float(value)
 
 
-def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: float, paired: dict | None,
-           dataset_key: str | None = None) -> Decision:
-    """Promote ``challenger`` over ``champion``? See the module docstring for the rule.
-
-    ``champion``: the registry's champion document (or any dict with ``run_id`` and
-    ``validation_macro_f1``), ``None`` when there is none yet. ``challenger``: a completed run's
-    report entry or ``candidate_from_manifest`` (``run_id``, ``validation_macro_f1``, optional ``name``,
-    ``status``, ``dataset_key``). ``paired``: ``paired_vs_champion(challenger, champion)`` (``a`` must be
-    the challenger); ``None`` or a dict with ``skipped`` means no paired test, so no promotion over a
-    champion. ``dataset_key`` defaults to the challenger's, then the champion's.
-    """
+def _check_inputs(challenger: dict, margin: float, alpha: float) -> None:
     if not margin >= 0.0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     if not 0.0 < alpha < 1.0:
@@ -184,6 +115,20 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
                          "only completed runs are compared")
     if not challenger.get("run_id"):
         raise ValueError(f"challenger {challenger.get('name')!r} has no run_id")
+
+
+def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: float, paired: dict | None,
+           dataset_key: str | None = None) -> Decision:
+    """Promote ``challenger`` over ``champion``? See the module docstring for the rule.
+
+    ``champion``: the registry's champion document (or any dict with ``run_id`` and
+    ``validation_macro_f1``), ``None`` when there is none yet. ``challenger``: a completed run's
+    report entry or ``candidate_from_manifest`` (``run_id``, ``validation_macro_f1``, optional ``name``,
+    ``status``, ``dataset_key``). ``paired``: ``analysis.paired_vs_champion(challenger, champion)`` (``a`` must be
+    the challenger); ``None`` or a dict with ``skipped`` means no paired test, so no promotion over a
+    champion. ``dataset_key`` defaults to the challenger's, then the champion's.
+    """
+    _check_inputs(challenger, margin, alpha)
     ours = _score(challenger, "challenger")
     key = dataset_key or challenger.get("dataset_key") or (champion or {}).get("dataset_key")
     facts = {"dataset_key": key, "challenger_run_id": challenger["run_id"], "challenger_name": challenger.get("name"),
@@ -197,7 +142,8 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
                                f"is promoted as the first champion")
 
     theirs = _score(champion, "champion")
-    champ = {"champion_run_id": champion.get("run_id"), "champion_name": champion.get("name"), "champion_macro_f1": theirs}
+    champ = {"champion_run_id": champion.get("run_id"), "champion_name": champion.get("name"),
+             "champion_macro_f1": theirs}
     if challenger["run_id"] == champion.get("run_id"):
         return Decision(promoted=False, p_value=None, delta=None, test_rows=None, **facts, **champ,
                         reason=f"not promoted: {label} is already the champion")
@@ -214,8 +160,8 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
         problems.append(f"no paired bootstrap against the champion on shared test rows{why}")
     else:
         where = f" on {rows} test rows" if rows else ""
-        test_text = f"paired bootstrap{where}: test macro-F1 delta {delta:+.4f}, p = {p_value:.3f}" if delta is not None \
-            else f"paired bootstrap{where}: p = {p_value:.3f}"
+        change = f"test macro-F1 delta {delta:+.4f}, " if delta is not None else ""
+        test_text = f"paired bootstrap{where}: {change}p = {p_value:.3f}"
         if not p_value < alpha:
             problems.append(f"{test_text} is not below alpha {alpha:g}")
     promoted = not problems
@@ -238,7 +184,8 @@ class Registry:
 
     def _check(self, dataset_key: str) -> str:
         if not isinstance(dataset_key, str) or not _KEY.match(dataset_key):
-            raise ValueError(f"dataset key {dataset_key!r}: expected letters, digits, '.', '_' or '-' (see dataset_key())")
+            raise ValueError(f"dataset key {dataset_key!r}: expected letters, digits, '.', '_' or '-' "
+                             "(see dataset_key())")
         return dataset_key
 
     def champion_key(self, dataset_key: str) -> str:
@@ -283,12 +230,12 @@ class Registry:
 
     def _stamp(self, dataset_key: str, now: datetime | None) -> datetime:
         """``now`` (UTC), moved past the newest decision already logged so the log keys stay in order."""
-        stamp = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+        stamp = (now or datetime.now(UTC)).astimezone(UTC)
         keys = self.store.list_documents(self.decisions_folder(dataset_key))
         if keys:
             newest = keys[-1].rsplit("/", 1)[-1].split("-", 1)[0]
             try:
-                last = datetime.strptime(newest, _STAMP).replace(tzinfo=timezone.utc)
+                last = datetime.strptime(newest, _STAMP).replace(tzinfo=UTC)
             except ValueError:
                 last = None
             if last is not None and stamp <= last:
@@ -311,7 +258,8 @@ class Registry:
         if decision.promoted:
             if decision.champion_run_id != current_id:
                 raise DocumentConflict(f"registry {pointer_key} in {self.store.uri}: the decision to promote "
-                                       f"{decision.challenger_run_id} was made against champion {decision.champion_run_id}, "
+                                       f"{decision.challenger_run_id} was made against champion "
+                                       f"{decision.champion_run_id}, "
                                        f"but the champion is now {current_id}; decide again")
             if decision.challenger_run_id not in self.store.list_runs():
                 raise StoreError(f"registry {pointer_key}: run {decision.challenger_run_id} is not a complete run of "
@@ -333,7 +281,8 @@ class Registry:
         except StoreError as exc:
             if not decision.promoted:
                 raise
-            raise StoreError(f"registry {pointer_key}: {decision.challenger_run_id} was promoted, but its decision record "
-                             f"{record_key} could not be written ({exc}); the champion document holds the decision") from None
+            raise StoreError(f"registry {pointer_key}: {decision.challenger_run_id} was promoted, but its decision "
+                             f"record {record_key} could not be written ({exc}); the champion document holds the "
+                             "decision") from None
         return record
 

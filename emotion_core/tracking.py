@@ -1,29 +1,16 @@
 """Weights & Biases tracking: one W&B run per trained model and one per compared set; offline by default.
 
 Features
-- ``log_run(manifest, evaluation, config)``: a W&B run named after the run id, with the run config as
-  W&B config and, as summary, every number of the manifest's timing/parameters/memory/summary and of
-  ``evaluation`` (nested keys joined with ``/``, e.g. ``test/per_label/per_label/joy/f1``).
-- ``log_summary(table_rows, set_name)``: a W&B run holding the comparison as a ``wandb.Table``.
-- Mode (``wandb_mode``): ``$WANDB_MODE`` if set, else ``online`` only when ``$WANDB_API_KEY`` is set,
-  else ``offline`` (records written locally; ``wandb sync <run_dir>`` uploads them later).
-  ``disabled`` skips W&B entirely.
-- Nothing lands in the home folder: ``WANDB_DIR``/``WANDB_CACHE_DIR``/``WANDB_DATA_DIR``/
-  ``WANDB_CONFIG_DIR`` default (when unset) to folders under ``directory`` (default
-  ``.emotion/wandb`` in the working directory). ``WANDB_SILENT`` is set; console capture, git, code
-  saving, system metrics and machine metadata are off (nothing is sampled: tracking happens after
-  training, from the finished run).
-- Never fatal: any exception (wandb missing, init refused, network down) is caught, logged as one
-  warning and returned as ``{"status": "failed", "mode", "error"}``. The API key is redacted from
-  every message; exception tracebacks are not logged (they can hold request headers).
-- Returns the local run folder (``run_dir``) so reports can point at it; ``url`` when online.
+- ``log_run(manifest, evaluation, config)``: the run's numbers (manifest and evaluation, nested keys joined
+  with ``/``) as W&B summary; ``log_summary(table_rows, set_name)``: the comparison as a ``wandb.Table``.
+- Mode (``wandb_mode``): ``$WANDB_MODE``, else ``online`` when ``$WANDB_API_KEY`` is set, else ``offline``.
+- W&B's folders default under ``.emotion/wandb``, never the home folder; nothing is sampled.
+- Never fatal: failures are one warning and ``{"status": "failed", "mode", "error"}``; the API key is
+  redacted and tracebacks are not logged.
 
 Limits
-- ``wandb.finish()`` returns before wandb-core has written the offline ``.wandb`` file (measured: a
-  process exiting right after lost every record), so each call ends with ``wandb.teardown()``, which
-  also ends any other W&B run of the process.
-- Online, ``wandb.init`` waits up to ``init_timeout`` (60 s) for the server before failing.
-- ``wandb`` is imported inside the functions (it costs ~1 s to import).
+- Each call ends with ``wandb.teardown()`` (``finish`` alone lost offline records), ending any other W&B
+  run of the process. Online, ``wandb.init`` waits up to 60 s. ``wandb`` is imported lazily (~1 s).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prefect flows composing the tasks: ``train-model`` (one config) and ``train-all`` (a config set).
+"""Prefect flows: ``train-model`` (one config) and ``train-all`` (a config set).
 
 Importing this package first sets Prefect's environment defaults (the CLI and the tests rely on it)."""
 

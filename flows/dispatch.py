@@ -1,61 +1,37 @@
 """Deployment dispatch for ``train-all``: one ``train-model`` flow run per config on the gpu pool.
 
-Features:
-- placement: a config's ``resources.gpus`` picks the queues whose workers own exactly that many cards
-  (a queue's ``gpus`` in pools.yaml, default 1), then its ``resources.gpu_memory_gb`` the smallest of
-  those whose cards are big enough (``queue_for``); a config no queue can hold fails before anything
-  is dispatched, naming what the queues offer; the child's ``gpu_count`` job variable (the Kubernetes
-  template's ``nvidia.com/gpu``) is ``resources.gpus``;
-- every child is created at once with ``run_deployment(timeout=0)`` (linked as a subflow, with an
-  idempotency key so a retried parent re-attaches to its children instead of training twice),
-  then all are polled until each reaches a final state; state changes are logged;
-- the parent never loses a child: each outcome carries its final state and message;
-- cancelling (or killing) the parent cancels the children still queued or running, both from the
-  wait loop and from the flow's ``on_cancellation`` hook (Prefect does not do it for
-  ``run_deployment`` children);
-- crashed children are re-dispatched (``max_attempts``; train-all passes ``child_attempts``, default 2: once): Prefect's task and flow
-  retries do not cover a child whose process or worker was killed. A child that ends CRASHED (its
-  flow-run process died and its worker said so), or that is dead without anyone saying so (see
-  below), gets a new flow run of the same deployment with the same parameters, so the same
-  ``run_id``: it resumes from the run's last training checkpoint in the artefact store. Each
-  child's ``attempts`` and its earlier flow runs are in its outcome. FAILED children (an error in
-  the run: bad config, diverged) are not retried: they would fail the same way, except a distributed
-  run whose rank died without an error of its own (``errors.RANK_DIED``): that is a crash of one rank.
+Features
+- Placement (``queue_for``): the queue whose workers own exactly ``resources.gpus`` cards, the smallest
+  that holds ``resources.gpu_memory_gb``; a config no queue holds fails before anything is dispatched.
+- ``start_children``: every child created at once (``run_deployment(timeout=0)``, a subflow, with an
+  idempotency key: a retried parent re-attaches instead of training twice); ``wait_for_children`` polls
+  them to a final state, logging state changes.
+- Crashed children (CRASHED, a rank died, or RUNNING/PENDING without a ``prefect.flow-run.heartbeat`` for
+  ``heartbeat_timeout_s``, default ``2 x PREFECT_FLOWS_HEARTBEAT_FREQUENCY + 30 s``) are re-dispatched with
+  the same ``run_id`` and resume from their last checkpoint, up to ``max_attempts`` flow runs.
+- Cancelling or killing the parent cancels its unfinished children.
 
-Crash detection: a dead child's flow run stays RUNNING (or PENDING) in Prefect 3 when its worker
-died with it (machine lost, OOM-killer, SIGKILL): nothing is left to report the crash. Every
-flow-run process emits a ``prefect.flow-run.heartbeat`` event every
-``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` seconds (default 180, minimum 30) from a thread of its own,
-so a long CPU- or GPU-bound step does not silence it. Every ``heartbeat_timeout_s / 3`` the parent
-reads those events for its RUNNING/PENDING children; a child that has been in that state for longer
-than ``heartbeat_timeout_s`` without a heartbeat in the last ``heartbeat_timeout_s`` is marked
-CRASHED (with a message saying why) and handled like any crashed child. The default timeout is
-``2 x frequency + 30 s``; with heartbeats off (frequency unset) this detection is off. The
-children's workers must use the same (or a shorter) frequency as the parent's setting. Why
-heartbeats, not worker liveness: the worker that picked a run is not recorded on the run, a worker
-can be alive while its flow-run process is gone (and vice versa), and the heartbeat comes from the
-process that trains. Prefect's own alternative is a server-side automation that marks runs crashed
-after missed heartbeats; the parent's check needs no server configuration.
-Limits: children's return values are not read (no shared result storage needed); the parent finds
-each run in the artefact store by the ``run_id`` it assigned. A child wrongly presumed dead (its
-heartbeats lost for longer than the timeout while it still trains) is re-dispatched and trains
-twice under one run id; the timeout is generous for that reason. Detection runs in the parent:
-while the parent itself is down, dead children are not re-dispatched.
+Limits
+- FAILED children are not retried. Children's return values are not read: the parent finds each run
+  in the store by its ``run_id``. A child wrongly presumed dead trains twice under one run id.
+- Detection runs in the parent: while the parent is down, dead children are not re-dispatched.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from uuid import UUID
 
 import yaml
 
 from emotion_core.config import load_yaml
 from emotion_core.errors import RANK_DIED, ConfigError
+from emotion_core.records import ChildOutcome
 
 POOLS_FILE = Path(__file__).resolve().parent.parent / "deployments" / "pools" / "pools.yaml"
 
@@ -131,6 +107,8 @@ def child_run_id(config_name: str, started: datetime, parent_id: str) -> str:
 
 @dataclass
 class Child:
+    """One config's ``train-model`` flow run as the parent tracks it (the latest attempt's state)."""
+
     config: str
     run_id: str
     queue: str
@@ -146,13 +124,14 @@ class Child:
     earlier: list[dict] = field(default_factory=list)  # [{flow_run_id, state, message}] of crashed attempts
     state_since: datetime | None = None  # when the current flow run entered its current state
 
-    def outcome(self) -> dict:
-        done = self.state == "COMPLETED"
-        base = {"config": self.config, "run_id": self.run_id, "flow_run_id": str(self.flow_run_id),
-                "queue": self.queue, "state": self.state, "attempts": self.attempts,
-                "earlier_attempts": "; ".join(f"{e['flow_run_id']} {e['state']}: {e['message']}" for e in self.earlier),
-                **self.timings}
-        return base if done else {**base, "status": "failed", "error": f"child {self.state.lower()}: {self.message}"}
+    def outcome(self) -> ChildOutcome:
+        """How this child ended; an unfinished or unsuccessful one is a failed outcome naming its state."""
+        return ChildOutcome(
+            config=self.config, run_id=self.run_id, state=self.state, flow_run_id=str(self.flow_run_id),
+            queue=self.queue, attempts=self.attempts,
+            earlier_attempts="; ".join(f"{e['flow_run_id']} {e['state']}: {e['message']}" for e in self.earlier),
+            dispatch_s=self.timings.get("dispatch_s"), run_s=self.timings.get("run_s"),
+            error=None if self.state == "COMPLETED" else f"child {self.state.lower()}: {self.message}")
 
 
 def _dispatch(deployment: str, spec: dict, tags: list[str], idempotency_key: str):
@@ -202,10 +181,10 @@ HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
 
 
 def silent_children(client, children: list[Child], timeout_s: float, now: datetime | None = None) -> list[Child]:
-    """RUNNING/PENDING children in that state for over ``timeout_s`` with no heartbeat event in the last ``timeout_s``."""
+    """RUNNING/PENDING children in that state for over ``timeout_s`` and without a heartbeat event in that time."""
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     suspects = [c for c in children if c.state in ("RUNNING", "PENDING") and c.state_since is not None
                 and (now - c.state_since).total_seconds() > timeout_s]
     if not suspects:
@@ -233,42 +212,16 @@ def wait_for_children(children: list[Child], poll_interval_s: float, logger, dep
     cancelled, then the interruption is re-raised.
     """
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.states import Crashed
 
     check_every = max(poll_interval_s, (heartbeat_timeout_s or 0) / 3)
     last_check = time.monotonic()
     try:
         with get_client(sync_client=True) as client:
             while True:
-                by_id = {c.flow_run_id: c for c in children}
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(by_id))),
-                                             limit=len(by_id))
-                for run in runs:
-                    child = by_id[run.id]
-                    state = run.state.type.value if run.state else "SCHEDULED"
-                    if state != child.state:
-                        logger.info("child %s (%s): %s -> %s%s", child.config, run.name, child.state, state,
-                                    f" ({run.state.message})" if run.state and run.state.message and state != "RUNNING" else "")
-                    child.state, child.message = state, (run.state.message or "") if run.state else ""
-                    child.state_since = run.state.timestamp if run.state else None
-                    child.timings = {
-                        "dispatch_s": _seconds(run.created, run.start_time),
-                        "run_s": _seconds(run.start_time, run.end_time),
-                    }
+                update_states(client, children, logger)
                 if heartbeat_timeout_s and time.monotonic() - last_check >= check_every:
                     last_check = time.monotonic()
-                    try:
-                        silent = silent_children(client, children, heartbeat_timeout_s)
-                    except Exception as exc:  # noqa: BLE001 - a failed check must not fail the parent: try again later
-                        logger.warning("heartbeat check of the children failed (%r); retrying in %.0fs", exc, check_every)
-                        silent = []
-                    for child in silent:
-                        message = (f"no heartbeat for {heartbeat_timeout_s:.0f}s while {child.state}: its process "
-                                   f"or worker died (marked crashed by the parent train-all)")
-                        client.set_flow_run_state(child.flow_run_id, Crashed(message=message), force=True)
-                        logger.warning("child %s (flow run %s): %s", child.config, child.flow_run_id, message)
-                        child.state, child.message = "CRASHED", message
+                    mark_silent_crashed(client, children, heartbeat_timeout_s, logger, retry_in_s=check_every)
                 for child in children:
                     if crashed(child) and deployment is not None and child.attempts < max_attempts:
                         redispatch(deployment, child, logger)
@@ -279,6 +232,44 @@ def wait_for_children(children: list[Child], poll_interval_s: float, logger, dep
         logger.warning("train-all interrupted: cancelling its unfinished children")
         cancel_flow_runs([c.flow_run_id for c in children if c.state not in FINAL])
         raise
+
+
+def update_states(client, children: list[Child], logger) -> None:
+    """Read the children's flow runs: state, message, timings; log each state change."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    by_id = {c.flow_run_id: c for c in children}
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(by_id))),
+                                 limit=len(by_id))
+    for run in runs:
+        child = by_id[run.id]
+        state = run.state.type.value if run.state else "SCHEDULED"
+        if state != child.state:
+            why = f" ({run.state.message})" if run.state and run.state.message and state != "RUNNING" else ""
+            logger.info("child %s (%s): %s -> %s%s", child.config, run.name, child.state, state, why)
+        child.state, child.message = state, (run.state.message or "") if run.state else ""
+        child.state_since = run.state.timestamp if run.state else None
+        child.timings = {
+            "dispatch_s": _seconds(run.created, run.start_time),
+            "run_s": _seconds(run.start_time, run.end_time),
+        }
+
+
+def mark_silent_crashed(client, children: list[Child], timeout_s: float, logger, retry_in_s: float) -> None:
+    """Mark CRASHED (in Prefect too) every child ``silent_children`` finds; a failed check is retried later."""
+    from prefect.states import Crashed
+
+    try:
+        silent = silent_children(client, children, timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a failed check must not fail the parent: try again later
+        logger.warning("heartbeat check of the children failed (%r); retrying in %.0fs", exc, retry_in_s)
+        return
+    for child in silent:
+        message = (f"no heartbeat for {timeout_s:.0f}s while {child.state}: its process "
+                   f"or worker died (marked crashed by the parent train-all)")
+        client.set_flow_run_state(child.flow_run_id, Crashed(message=message), force=True)
+        logger.warning("child %s (flow run %s): %s", child.config, child.flow_run_id, message)
+        child.state, child.message = "CRASHED", message
 
 
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}

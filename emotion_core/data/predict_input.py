@@ -25,9 +25,11 @@ from pathlib import Path
 
 import polars as pl
 
-from emotion_core.data import goemotions, semeval
 from emotion_core.data.delimited import first_line, parse_delimited, read_file, separator_for
+from emotion_core.data.goemotions import COLUMNS as GOEMOTIONS_COLUMNS
 from emotion_core.data.hashing import DataHasher
+from emotion_core.data.semeval import ID as SEMEVAL_ID
+from emotion_core.data.semeval import TEXT as SEMEVAL_TEXT
 from emotion_core.data.source import ROW, RawFile
 from emotion_core.data.tabular import ROW_ID, read_table, require_text
 from emotion_core.data.validate import check_rows
@@ -42,7 +44,7 @@ def detect_format(path: Path, data: bytes) -> str:
         return "tabular"
     line = first_line(data)
     fields = next(csv.reader([line], delimiter=separator_for(path, line)), [])
-    if {semeval.ID, semeval.TEXT} <= {f.strip() for f in fields}:
+    if {SEMEVAL_ID, SEMEVAL_TEXT} <= {f.strip() for f in fields}:
         return "semeval"
     tab_fields = next(csv.reader([line], delimiter="\t"), [])
     if len(tab_fields) == 3 and _LABEL_IDS.fullmatch(tab_fields[1]):
@@ -73,14 +75,14 @@ def read_prediction_input(
     data = read_file(path)
     kind = detect_format(path, data)
     if kind == "goemotions":
-        parsed = parse_delimited(data, file=file, sep="\t", quoted=True, names=goemotions.COLUMNS)
+        parsed = parse_delimited(data, file=file, sep="\t", quoted=True, names=GOEMOTIONS_COLUMNS)
         frame, columns, rows_read, problems = parsed.frame, parsed.columns, parsed.rows_read, parsed.problems
         text_name, id_name = "text", "id"
     elif kind == "semeval":
         sep = separator_for(path, first_line(data))
         parsed = parse_delimited(data, file=file, sep=sep, quoted=sep == ",")
         frame, columns, rows_read, problems = parsed.frame, parsed.columns, parsed.rows_read, parsed.problems
-        text_name, id_name = text_column or semeval.TEXT, id_column or semeval.ID
+        text_name, id_name = text_column or SEMEVAL_TEXT, id_column or SEMEVAL_ID
     else:
         # read_table hashes what it reads; the hash is not needed for predictions.
         frame, columns, rows_read, problems = read_table(path, "predict", DataHasher())

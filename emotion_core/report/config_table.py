@@ -1,10 +1,8 @@
-"""Comparison table of a config set: one row per config, completed or failed.
+"""Comparison table of a config set from its run manifests: one row per config, completed or failed.
 
 Features
-- Reads only run manifests (the run is the single source of truth); a failed config appears as a
-  row with status ``failed`` and its error, never silently missing.
-- Headline metrics at the run's threshold policy (named in a column), validation and test.
-- Markdown (for people, Prefect artifacts) and CSV (for tools), written atomically.
+- Headline metrics at each run's threshold policy (named in a column), validation and test; a failed
+  config is a row with its error. Markdown (people, artifacts) and CSV (tools), written atomically.
 """
 
 from __future__ import annotations

@@ -1,29 +1,16 @@
 """The comparison report of a config set: one self-contained HTML page plus its tables and plots.
 
 Features
-- ``write_report``: into a folder the caller stages (``store.staging``), writes ``summary.md``,
-  ``summary.csv``, ``summary.json`` (title, set, creation time, the entries made JSON-safe, extra),
-  ``plots/*.png`` and, last, ``report.html``.
-- ``report.html`` needs nothing else to be read: CSS inline, every plot and each model's
-  reliability PNG embedded as base64 ``<img>``, no script, no external URL. Its only links are the
-  relative ones to each model's SHAP HTML (``models/<name>/shap.html``), which travel with the folder.
-- Sections: title, set and creation time; the summary (quality with 95 % CIs, then cost); the plots;
-  one section per model (per-label test metrics with temperatures and thresholds, calibration
-  summary, SHAP link, reliability diagram); failed models with their errors; ``extra`` notes
-  (e.g. champion decisions) as a small table.
-
-Conventions
-- Every piece of text from an entry (names, errors, labels, notes) goes through ``html.escape``: a
-  config name or an exception message is data, never markup.
-- Every file is written atomically (temporary file + rename) and ``report.html`` is written last,
-  after removing an old one first: a folder with a ``report.html`` is complete, and a failure
-  half-way never leaves an old page beside new files.
-- A link or embedded file is taken only from a relative path inside the folder; anything else
-  (absolute path, ``..``, URL) is shown as text, so the page never points outside its folder.
+- ``write_report``: writes ``summary.md``, ``summary.csv``, ``summary.json`` (the entries made JSON-safe,
+  ``extra``), ``plots/*.png`` and, last, ``report.html`` (CSS and images inline, no script, no external
+  URL; its only links are the relative ones to each model's SHAP page).
+- Sections: the summary (quality with 95 % CIs, then cost), the plots, one section per model, the
+  failed models with their errors, ``extra`` notes (e.g. champion decisions).
+- All text from entries is ``html.escape``d; links and embedded files must be relative paths inside the
+  folder (anything else is shown as text). Files are written atomically, ``report.html`` last.
 
 Limits
-- Plots are embedded, so the page grows with them (~50-150 kB per plot).
-- Numbers are formatted as in ``summary.to_markdown``; the CSV and JSON hold the full precision.
+- Embedded plots make the page grow (~50-150 kB each); the CSV and JSON hold the full precision.
 """
 
 from __future__ import annotations

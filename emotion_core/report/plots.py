@@ -1,30 +1,14 @@
-"""Comparison plots of a config set's model entries (see ``report.summary`` for what an entry is).
+"""Comparison plots of a config set's model entries (``records.ReportEntry`` as dicts).
 
 Features
-- ``plot_f1_vs_params``: test macro-F1 against trainable parameters (log x), each point labelled,
-  its 95 % bootstrap CI as an error bar. Models without a positive trainable count (zero-shot
-  prompting, an ensemble without a count) cannot sit on a log axis: they are drawn as labelled
-  horizontal reference lines instead of being left out.
-- ``plot_per_label_f1``: heatmap of per-label test F1, models (best first) x labels.
-- ``plot_full_vs_peft_pr_auc``: per-label test PR-AUC of a full fine-tune next to the PEFT runs
-  (LoRA, QLoRA, IA3) of the same base model, one panel per base model with such a pair. Without
-  any pair it plots every model's per-label PR-AUC and says so in the title.
-- ``plot_reliability``: one reliability diagram of every model after temperature scaling (test
-  split, flattened bins) plus the best model before scaling.
-- ``write_plots``: all four into one folder, ``{name: path}`` of those drawn.
-
-Conventions
-- matplotlib ``Figure`` with an Agg canvas, never pyplot: no global backend or figure state, so it
-  is safe in worker threads and beside other code that uses pyplot.
-- Each PNG is written to a temporary file in its folder and renamed: readers never see half a PNG.
-- "Best" is the first of ``summary.ranked_entries`` (validation macro-F1); models are drawn in
-  that order everywhere. Only completed entries with the needed block are drawn.
+- ``plot_f1_vs_params`` (test macro-F1 with its CI against trainable parameters, log x; models without a
+  positive count as reference lines), ``plot_per_label_f1`` (heatmap), ``plot_full_vs_peft_pr_auc``
+  (full fine-tune vs PEFT runs of one base model), ``plot_reliability``; ``write_plots`` draws them all.
+- ``reliability_diagram``: one model, before/after temperature scaling.
+- matplotlib ``Figure`` with an Agg canvas, never pyplot (thread-safe); PNGs written atomically.
 
 Limits
-- Nothing to draw (all failed, no test block, no calibration block) returns ``None`` and writes
-  nothing; the caller leaves the plot out.
-- Point labels of F1 vs parameters can overlap when models sit close together.
-- matplotlib is imported inside the functions (~0.5 s), not at module import.
+- Nothing to draw returns ``None`` and writes nothing. Point labels can overlap.
 """
 
 from __future__ import annotations

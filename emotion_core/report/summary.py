@@ -1,27 +1,14 @@
-"""Summary table of a config set's model entries: quality with uncertainty, calibration, cost.
-
-A *model entry* is one plain dict per model of a set (a config, or the ``ensemble-top3``) holding
-what has already been measured: ``evaluation.evaluate_split`` of the test split at the run's
-thresholds (``test``), ``calibration.calibrate_run`` (``calibration``), the paired bootstrap against
-the best model (``paired_vs_best``), parameter counts, timing and memory. Failed entries carry only
-``name``, ``status`` and ``error`` (plus whatever is known).
+"""Summary table of a config set's model entries (``records.ReportEntry`` as dicts).
 
 Features
-- ``summary_table``: one row per entry, best validation macro-F1 first (validation ranks models;
-  test is only reported), failed entries last -- never dropped, with their error.
-- Test macro-/micro-F1 with their 95 % bootstrap CI, Jaccard (samples), subset accuracy, macro
-  PR-/ROC-AUC, Brier, ECE (flat and per-label mean) before/after temperature scaling, and the
-  paired macro-F1 delta vs the best model with its CI and one-sided p-value.
-- ``to_markdown``: the table for people (Prefect artifacts, ``summary.md``), cells formatted by
-  ``config_table.format_cell`` like the run comparison, an F1 with its CI as ``0.512 [0.498, 0.526]``.
-- ``display_columns``: the (header, formatter) lists shared by the Markdown and the HTML report,
-  so both always show the same numbers.
+- ``summary_table``: one row per entry (``SUMMARY_COLUMNS``), best validation macro-F1 first (test is only
+  reported), failed entries last with their error: test F1s with 95 % CIs, Jaccard, subset accuracy,
+  PR/ROC-AUC, Brier, ECE before/after temperature scaling, the paired delta vs the best model.
+- ``to_markdown`` and ``display_columns``: the same formatted cells for the Markdown and the HTML report.
 
 Limits
-- Reads the entries only; nothing is recomputed. A missing block (``test`` or ``calibration`` is
-  ``None``) gives empty cells, not an error.
-- "ECE before" is the calibration's test ECE before scaling; without a calibration block (e.g. an
-  ensemble of probabilities) it falls back to ``test.ece`` (the same number) and "after" stays empty.
+- Reads the entries only; a missing block (``test``, ``calibration``) gives empty cells. Without a
+  calibration block "ECE before" falls back to ``test.ece`` (the same number).
 """
 
 from __future__ import annotations

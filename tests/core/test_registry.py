@@ -7,16 +7,15 @@ tests/conftest.py). The paired tests are real ``paired_bootstrap`` runs on synth
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 import numpy as np
 import pytest
 
-from emotion_core.analysis import RunData
+from emotion_core.analysis import RunData, paired_vs_champion
 from emotion_core.errors import StoreError
-from emotion_core.registry import (ChampionConfig, Decision, Registry, candidate_from_manifest, dataset_key, decide,
-                                   paired_vs_champion)
+from emotion_core.registry import ChampionConfig, Decision, Registry, candidate_from_manifest, dataset_key, decide
 from emotion_core.store import open_store
 from emotion_core.store.base import DocumentConflict
 
@@ -216,7 +215,7 @@ def test_decisions_are_recorded_in_order_and_the_pointer_follows_promotions(back
         publish(store, run_id)
     assert registry.champion(KEY) is None and registry.decisions(KEY) == []
     # Same instant for every decision: the log still keeps the recording order.
-    now = datetime(2025, 1, 1, 2, 0, tzinfo=timezone.utc)
+    now = datetime(2025, 1, 1, 2, 0, tzinfo=UTC)
 
     def step(run_id: str, f1: float, result: dict | None) -> Decision:
         decision = decide(registry.champion(KEY), entry(run_id, f1), margin=CFG.margin, alpha=CFG.alpha, paired=result)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-
 
 from flows import dispatch
 from flows.dispatch import Child, silent_children
 
-NOW = datetime(2026, 12, 1, 2, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
 
 
 def child(state: str, since_s: float, name: str = "c") -> Child:
@@ -65,7 +64,7 @@ def test_a_crashed_child_is_redispatched_with_the_same_run_id_and_its_attempts_r
     assert key == "minilm-run-attempt-2" and tags == ["train-all"]
     assert crashed.attempts == 2 and crashed.state == "SCHEDULED" and crashed.flow_run_id != first
     crashed.state = "COMPLETED"
-    outcome = crashed.outcome()
+    outcome = crashed.outcome().to_dict()  # the children table's row
     assert outcome["attempts"] == 2 and str(first) in outcome["earlier_attempts"] and "no heartbeat" in outcome["earlier_attempts"]
     assert "status" not in outcome  # the last attempt completed: the config did not fail
 
