@@ -189,3 +189,29 @@ def test_a_silent_parent_is_marked_crashed_and_its_child_cancelled(prefect_serve
         assert client.read_flow_run(unrelated.id).state.type == StateType.RUNNING
         for run in (beating, unrelated):
             client.set_flow_run_state(run.id, Completed(), force=True)
+
+
+@pytest.mark.slow
+def test_emotion_pools_writes_the_automations_once_and_refuses_a_missing_block(prefect_server, automations):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    block = f"test-pools-alerts-{uuid.uuid4().hex[:8]}"
+    CustomWebhookNotificationBlock(name="nightly", url="http://127.0.0.1:9/hook").save(block)
+    emotion = str(Path(sys.executable).with_name("emotion"))
+    env = {**prefect_server.env(), "EMOTION_NOTIFY_WEBHOOK_BLOCK": f"custom-webhook/{block}"}
+    for _ in range(2):
+        result = subprocess.run([emotion, "pools"], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert f"automation '{NOTIFY_NAME}' updated (block custom-webhook/{block})" in result.stdout
+    assert f"automation '{HEARTBEAT_NAME}' updated (timeout " in result.stdout
+    assert count(NOTIFY_NAME) == 1 and count(HEARTBEAT_NAME) == 1
+
+    env["EMOTION_NOTIFY_WEBHOOK_BLOCK"] = "custom-webhook/no-such-block"
+    result = subprocess.run([emotion, "pools"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "EMOTION_NOTIFY_WEBHOOK_BLOCK='custom-webhook/no-such-block': no such block" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
