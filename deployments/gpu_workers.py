@@ -1,6 +1,10 @@
 """Start one Prefect process worker per GPU (or per group of K GPUs) on this machine, one flow run at a time each.
 
-    python deployments/gpu_workers.py [--pool gpu] [--gpus-per-worker K] [--cpu-workers N] [--name-prefix gpu]
+    python deployments/gpu_workers.py [--api-url URL] [--pool gpu] [--gpus-per-worker K] [--cpu-workers N]
+                                      [--name-prefix gpu]
+
+On a fresh GPU machine ``deployments/setup_gpu_machine.sh`` installs the environment and runs this
+script from ``<venv>/share/emotion-pipeline/`` (no checkout needed); docs/fleet.md.
 
 - Cards from ``nvidia-smi``, grouped K by K in index order (leftovers named, no worker); each worker gets
   ``CUDA_VISIBLE_DEVICES``, ``--limit 1``, the name ``<prefix>-<host>-<first card>`` (``EMOTION_WORKER_NAME``)
@@ -9,7 +13,8 @@
   (``deployments/pools/pools.yaml``); without GPUs, ``--cpu-workers N`` stand in for K-card workers.
 - Runs in the foreground; SIGINT/SIGTERM stop every worker (signalled twice: Prefect then escalates to SIGKILL).
 
-Limits: one machine, one K per invocation; needs ``PREFECT_API_URL`` (or a Prefect profile) like any worker.
+Limits: one machine, one K per invocation. Needs the API: ``--api-url`` (checked at ``/health`` before any worker
+starts: exit 2 otherwise) or ``PREFECT_API_URL`` (or a Prefect profile).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import yaml
 
 POOLS_FILE = Path(__file__).resolve().parent / "pools" / "pools.yaml"
@@ -91,8 +97,18 @@ def worker_commands(pool: str, queues: dict[str, dict], gpus: list[dict], cpu_wo
     return commands
 
 
+def check_api(api_url: str, timeout_s: float = 10) -> str | None:
+    """None if the Prefect API at ``api_url`` answers ``/health``, else why not."""
+    try:
+        response = httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout_s)
+    except httpx.HTTPError as error:
+        return f"{type(error).__name__}: {error}"
+    return None if response.status_code == 200 else f"HTTP {response.status_code}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--api-url", help="Prefect API of the fleet (http://host:4200/api); default $PREFECT_API_URL")
     parser.add_argument("--pool", default="gpu")
     parser.add_argument("--cpu-workers", type=int, default=1, help="workers to start when the machine has no GPU")
     parser.add_argument("--gpus-per-worker", type=int, default=1,
@@ -103,7 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus_per_worker < 1:
         parser.error("--gpus-per-worker must be >= 1")
 
-    queues = (yaml.safe_load(Path(args.pools_file).read_text(encoding="utf-8")).get(args.pool) or {}).get("queues") or {}
+    if args.api_url:
+        problem = check_api(args.api_url)
+        if problem:
+            print(f"--api-url {args.api_url}: the Prefect API does not answer ({problem})", file=sys.stderr)
+            return 2
+        os.environ["PREFECT_API_URL"] = args.api_url  # the workers' API
+    pools = yaml.safe_load(Path(args.pools_file).read_text(encoding="utf-8")) or {}
+    queues = (pools.get(args.pool) or {}).get("queues") or {}
     if not queues:
         print(f"{args.pools_file}: pool '{args.pool}' has no queues", file=sys.stderr)
         return 2
@@ -111,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = worker_commands(args.pool, queues, gpus, args.cpu_workers, args.name_prefix, args.gpus_per_worker)
     workers = []
     for command, env in commands:
+        served = command[command.index("--work-queue") + 1::2]
         print(f"starting {env['EMOTION_WORKER_NAME']} on {env['EMOTION_WORKER_DEVICE']} "
-              f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '-')}) queues {command[command.index('--work-queue') + 1::2]}",
-              flush=True)
+              f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '-')}) queues {served}", flush=True)
         workers.append(subprocess.Popen(command, env={**os.environ, **env}))
 
     stop_requested: list[float] = []

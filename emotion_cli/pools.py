@@ -2,7 +2,8 @@
 
 Process pools get Prefect's default process job template; other types take ``base_job_template``
 from a JSON file named in the spec (e.g. ``deployments/pools/kubernetes-gpu.json``). Existing pools
-keep their template and get the spec's description, concurrency limit and queues.
+keep their template and get the spec's description, concurrency limit and queues. Then the automations
+of the nightly run (``emotion_cli.automations``: failure notification, dead-parent detection).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ def base_job_template(pool_type: str, template_file: str | None) -> dict:
     return {}
 
 
-def apply_pools(path: str | Path = POOLS_FILE) -> list[str]:
-    """Make the server's pools and queues match the spec; returns one line per pool."""
+def apply_pools(path: str | Path = POOLS_FILE, automations: bool = True) -> list[str]:
+    """Make the server's pools and queues match the spec, then write the automations; returns one line per item."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
@@ -50,4 +51,8 @@ def apply_pools(path: str | Path = POOLS_FILE) -> list[str]:
                     client.create_work_queue(name=queue, work_pool_name=name, **fields)
             lines.append(f"pool {name} ({spec.get('type', 'process')}, limit {spec.get('concurrency_limit')}): "
                          f"queues {', '.join(spec.get('queues') or {}) or 'default'}")
+    if automations:
+        from emotion_cli.automations import apply_automations
+
+        lines += apply_automations()
     return lines

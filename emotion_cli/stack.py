@@ -1,6 +1,6 @@
 """The embedded default: a local Prefect server, its pools, workers and deployments, on this machine.
 
-    emotion stack up      server (SQLite, 127.0.0.1) + pools + orchestration worker + gpu worker(s) + deploy
+    emotion stack up      server (SQLite, 127.0.0.1) + pools + automations + orchestration and gpu worker(s) + deploy
     emotion stack up --database postgresql+asyncpg://user@host:5432/prefect   the same on PostgreSQL
     emotion demo          up, then `train-all/nightly` on cpu-demo, wait, print the summary and UI URL
     emotion stack down    stop everything `up` started
@@ -11,7 +11,8 @@ server and running workers; paths in ``EMOTION_STORE`` / ``EMOTION_DATA_DIR`` ar
 so workers resolve them the same way; ``EMOTION_SHARED_FILESYSTEM=1`` (one disk: a local store is
 allowed for deployment dispatch); telemetry is off. ``database``: the server's
 ``PREFECT_SERVER_DATABASE_CONNECTION_URL`` (given to the server process only, never printed unredacted);
-default Prefect's SQLite under ``PREFECT_HOME``.
+default Prefect's SQLite under ``PREFECT_HOME``. ``up`` also writes the nightly run's automations
+(``emotion_cli.automations``: failure notification through ``$EMOTION_NOTIFY_WEBHOOK_BLOCK``, dead parents).
 Limits: one machine, one server per state folder; a healthy server already on the port is reused
 whatever its database; the password of a database URL is visible to local users in the server's
 environment (``/proc``): prefer a password file (``~/.pgpass``) or peer authentication.
@@ -127,7 +128,8 @@ class Stack:
         if record.get("port") != self.port or not pid_alive(pid):
             return None
         started = _start_time(pid)
-        if started is None or not isinstance(record.get("started"), (int, float)) or abs(started - record["started"]) > 0.05:
+        recorded = record.get("started")
+        if started is None or not isinstance(recorded, (int, float)) or abs(started - recorded) > 0.05:
             return None
         return pid
 
@@ -150,7 +152,8 @@ class Stack:
             if self.healthy():
                 return
             if not pid_alive(pid):
-                raise StackError(f"the Prefect server exited at start (port {self.port} taken?); see {self.state_dir / 'server.log'}")
+                raise StackError(f"the Prefect server exited at start (port {self.port} taken?); "
+                                 f"see {self.state_dir / 'server.log'}")
             time.sleep(1)
         raise StackError(f"the Prefect server did not answer {self.api_url}/health within {timeout_s:.0f}s; "
                          f"see {self.state_dir / 'server.log'}")
@@ -189,7 +192,8 @@ class Stack:
             if all(counts[p] >= n for p, n in pools.items()):
                 return
             if time.monotonic() > deadline:
-                raise StackError(f"workers did not come online within {timeout_s:.0f}s: {counts}; see {self.state_dir}/*.log")
+                raise StackError(f"workers did not come online within {timeout_s:.0f}s: {counts}; "
+                                 f"see {self.state_dir}/*.log")
             time.sleep(1)
 
     def online_workers(self, pool: str) -> list[str]:
@@ -296,10 +300,9 @@ def latest_artifact(stack: Stack, key: str, flow_run_id=None):
 
     def read():
         with get_client(sync_client=True) as client:
-            found = client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]),
-                                               flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None),
-                sort=ArtifactSort.CREATED_DESC, limit=1)
+            of_run = ArtifactFilterFlowRunId(any_=[flow_run_id]) if flow_run_id else None
+            wanted = ArtifactFilter(key=ArtifactFilterKey(any_=[key]), flow_run_id=of_run)
+            found = client.read_artifacts(artifact_filter=wanted, sort=ArtifactSort.CREATED_DESC, limit=1)
         return found[0] if found else None
 
     return stack.run_with_api(read)

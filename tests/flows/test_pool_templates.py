@@ -13,7 +13,7 @@ import copy
 import json
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -63,7 +63,8 @@ def test_manifest_requests_gpus_as_the_kubernetes_worker_expects(template):
     assert container["resources"]["requests"]["cpu"] == "{{ cpu_request }}"
     assert container["resources"]["requests"]["memory"] == "{{ memory_request }}"
     assert pod["nodeSelector"] == "{{ node_selector }}" and pod["tolerations"] == "{{ tolerations }}"
-    assert manifest["spec"]["backoffLimit"] == 0 and manifest["spec"]["ttlSecondsAfterFinished"] == "{{ finished_job_ttl }}"
+    assert manifest["spec"]["backoffLimit"] == 0
+    assert manifest["spec"]["ttlSecondsAfterFinished"] == "{{ finished_job_ttl }}"
     # What prefect-kubernetes' worker requires of a job manifest (_get_base_job_manifest).
     assert (manifest["apiVersion"], manifest["kind"]) == ("batch/v1", "Job")
     assert (pod["restartPolicy"], pod["parallelism"], pod["completions"]) == ("Never", 1, 1)
@@ -82,8 +83,8 @@ def test_prefect_renders_the_gpu_request(prefect_server, template):
 
         namespace: str = "default"
         job_manifest: dict[str, Any]
-        cluster_config: Optional[dict] = None
-        job_watch_timeout_seconds: Optional[int] = None
+        cluster_config: dict | None = None
+        job_watch_timeout_seconds: int | None = None
         pod_watch_timeout_seconds: int = 60
         stream_output: bool = True
 
@@ -168,3 +169,36 @@ def test_server_rejects_a_broken_template(prefect_server, template, break_it, me
         assert message in info.value.response.text
         with pytest.raises(ObjectNotFound):
             client.read_work_pool(name)
+
+
+def test_the_pod_needs_nodes_whose_gpus_have_the_configs_memory(template):
+    pod = pod_spec(template["job_configuration"]["job_manifest"])
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    # GPU feature discovery's label, in MiB per card; Kubernetes compares label values as integers for Gt.
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.memory", "operator": "Gt",
+                                         "values": ["{{ gpu_memory_mib_gt }}"]}]
+    variable = template["variables"]["properties"]["gpu_memory_mib_gt"]
+    assert (variable["type"], variable["default"]) == ("string", "0")  # Kubernetes wants strings in values
+
+
+@pytest.mark.slow
+def test_prefect_renders_the_gpu_memory_affinity(prefect_server, template):
+    from prefect.client.orchestration import get_client
+    from prefect.workers.base import BaseJobConfiguration
+
+    class KubernetesFields(BaseJobConfiguration):
+        namespace: str = "default"
+        job_manifest: dict[str, Any]
+
+    async def render(values):
+        async with get_client() as client:
+            return await KubernetesFields.from_template_and_values(template, values, client=client)
+
+    def expression(values):
+        pod = pod_spec(asyncio.run(render(values)).job_manifest)
+        return pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+            "nodeSelectorTerms"][0]["matchExpressions"][0]
+
+    # A config with resources.gpu_memory_gb = 40 on 2 cards: nodes with more than 40959 MiB per card.
+    assert expression({"gpu_count": 2, "gpu_memory_mib_gt": "40959"})["values"] == ["40959"]
+    assert expression({})["values"] == ["0"]
