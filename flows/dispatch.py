@@ -19,6 +19,7 @@ Limits
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -72,11 +73,6 @@ def queue_capacities(pool: str = "gpu", path: str | Path = POOLS_FILE) -> dict[s
     return capacities
 
 
-def config_gpus(config) -> int:
-    """``resources.gpus`` of a config (1 where the config schema has no such field yet)."""
-    return getattr(config.resources, "gpus", 1)
-
-
 def describe_queues(queues: dict[str, Any]) -> str:
     """``gpu-large (1 x >= 40 GiB), ...``: what a pool offers, for error messages."""
     shapes = sorted((*reversed(_queue_shape(name, value)), name) for name, value in queues.items())
@@ -114,7 +110,7 @@ class Child:
     queue: str
     flow_run_id: UUID
     created_s: float  # seconds the create call took (API round trip)
-    gpus: int = 1  # cards of the run (resources.gpus): its gpu_count job variable
+    job_variables: dict[str, Any] = field(default_factory=dict)  # the pool template's placement (job_variables_for)
     state: str = "SCHEDULED"
     message: str = ""
     timings: dict[str, Any] = field(default_factory=dict)
@@ -134,24 +130,33 @@ class Child:
             error=None if self.state == "COMPLETED" else f"child {self.state.lower()}: {self.message}")
 
 
+def job_variables_for(spec: dict) -> dict[str, Any]:
+    """The Kubernetes template's placement of a child: ``gpu_count`` (nvidia.com/gpu) and, when the spec names the
+    run's GPU memory, ``gpu_memory_mib_gt`` (nodes whose GPU-memory label exceeds it). Process pools ignore both."""
+    variables: dict[str, Any] = {"gpu_count": spec.get("gpus", 1)}
+    if spec.get("gpu_memory_gb") is not None:
+        variables["gpu_memory_mib_gt"] = str(max(math.ceil(spec["gpu_memory_gb"] * 1024) - 1, 0))
+    return variables
+
+
 def _dispatch(deployment: str, spec: dict, tags: list[str], idempotency_key: str):
     from prefect.deployments import run_deployment
 
-    # gpu_count: the Kubernetes template's nvidia.com/gpu; process pools ignore it.
     return run_deployment(deployment, parameters=spec["parameters"], timeout=0, as_subflow=True,
                           work_queue_name=spec["queue"], flow_run_name=f"train-model-{spec['config']}",
-                          job_variables={"gpu_count": spec.get("gpus", 1)}, idempotency_key=idempotency_key,
-                          tags=tags)
+                          job_variables=spec["job_variables"], idempotency_key=idempotency_key, tags=tags)
 
 
 def start_children(deployment: str, specs: Iterable[dict], tags: list[str]) -> list[Child]:
-    """Create one flow run of ``deployment`` per spec (``config``, ``run_id``, ``queue``, ``gpus``, ``parameters``)."""
+    """One flow run of ``deployment`` per spec (``config``, ``run_id``, ``queue``, ``parameters``; ``gpus`` and
+    ``gpu_memory_gb`` for placement)."""
     children = []
     for spec in specs:
         started = time.perf_counter()
+        spec = {**spec, "job_variables": job_variables_for(spec)}
         run = _dispatch(deployment, spec, tags, idempotency_key=spec["run_id"])
         children.append(Child(spec["config"], spec["run_id"], spec["queue"], run.id, time.perf_counter() - started,
-                              gpus=spec.get("gpus", 1), parameters=spec["parameters"], tags=list(tags)))
+                              job_variables=spec["job_variables"], parameters=spec["parameters"], tags=list(tags)))
     return children
 
 
@@ -160,7 +165,7 @@ def redispatch(deployment: str, child: Child, logger) -> None:
     child.earlier.append({"flow_run_id": str(child.flow_run_id), "state": child.state, "message": child.message})
     child.attempts += 1
     started = time.perf_counter()
-    run = _dispatch(deployment, {"config": child.config, "queue": child.queue, "gpus": child.gpus,
+    run = _dispatch(deployment, {"config": child.config, "queue": child.queue, "job_variables": child.job_variables,
                                  "parameters": child.parameters},
                     child.tags, idempotency_key=f"{child.run_id}-attempt-{child.attempts}")
     logger.warning("child %s crashed (%s); re-dispatched as flow run %s (attempt %d, same run id %s: it resumes "

@@ -37,7 +37,6 @@ from emotion_core.store.uris import check_uri
 from flows.dispatch import (
     cancel_children_of,
     child_run_id,
-    config_gpus,
     default_heartbeat_timeout_s,
     queue_capacities,
     queue_for,
@@ -109,8 +108,9 @@ def plan_children(configs, queues: dict[str, Any]) -> list[dict]:
     started = datetime.now(UTC)
     parent_id = str(runtime.flow_run.id or os.getpid())
     return [{"config": e.config.name, "path": os.path.normpath(e.path), "overrides": e.overrides,
-             "run_id": child_run_id(e.config.name, started, parent_id), "gpus": config_gpus(e.config),
-             "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, config_gpus(e.config))}
+             "run_id": child_run_id(e.config.name, started, parent_id), "gpus": e.config.resources.gpus,
+             "gpu_memory_gb": e.config.resources.gpu_memory_gb,
+             "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, e.config.resources.gpus)}
             for e in configs]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from emotion_core.errors import ConfigError
-from flows.dispatch import child_run_id, config_gpus, queue_capacities, queue_for
+from flows.dispatch import child_run_id, queue_capacities, queue_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,19 +65,12 @@ def test_a_malformed_queue_is_refused_naming_it(tmp_path, queue, error):
         queue_for("c", 1, {"q": queue})
 
 
-def test_gpus_is_read_defensively_from_the_config():
-    from types import SimpleNamespace
-
-    assert config_gpus(SimpleNamespace(resources=SimpleNamespace(gpu_memory_gb=16))) == 1  # schema without the field
-    assert config_gpus(SimpleNamespace(resources=SimpleNamespace(gpu_memory_gb=16, gpus=2))) == 2
-
-
 def test_shipped_configs_all_have_a_queue():
     from emotion_core.config import load_config_set
 
     _, entries = load_config_set(REPO / "deployments" / "sets" / "gpu.yaml")
     queues = queue_capacities("gpu")
-    assert {queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, config_gpus(e.config))
+    assert {queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, e.config.resources.gpus)
             for e in entries} <= set(queues)
 
 
@@ -189,10 +182,11 @@ def test_each_child_requests_its_cards_as_the_gpu_count_job_variable(monkeypatch
     from flows.dispatch import redispatch, start_children
 
     specs = [{"config": "one", "run_id": "r1", "queue": "gpu-small", "parameters": {}},
-             {"config": "two", "run_id": "r2", "queue": "gpu-large-x2", "gpus": 2, "parameters": {}}]
+             {"config": "two", "run_id": "r2", "queue": "gpu-large-x2", "gpus": 2, "gpu_memory_gb": 40, "parameters": {}}]
     children = start_children("train-model/gpu", specs, tags=[])
-    assert [c["job_variables"] for c in calls] == [{"gpu_count": 1}, {"gpu_count": 2}]
+    two = {"gpu_count": 2, "gpu_memory_mib_gt": "40959"}  # nodes with more than 40 GiB - 1 MiB of GPU memory
+    assert [c["job_variables"] for c in calls] == [{"gpu_count": 1}, two]
     assert [c["work_queue_name"] for c in calls] == ["gpu-small", "gpu-large-x2"]
     children[1].state = "CRASHED"
     redispatch("train-model/gpu", children[1], logging.getLogger("test"))
-    assert calls[-1]["job_variables"] == {"gpu_count": 2} and calls[-1]["work_queue_name"] == "gpu-large-x2"
+    assert calls[-1]["job_variables"] == two and calls[-1]["work_queue_name"] == "gpu-large-x2"
