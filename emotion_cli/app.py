@@ -4,12 +4,14 @@
     emotion train-all SET [--store URI] [--set KEY=VALUE ...]    a config set, through the train-all flow
     emotion predict RUN DATA --out FILE [--no-calibration]       0/1 labels + (calibrated) probabilities as CSV
     emotion submit RUN --out FILE [--data FILE]                  a Kaggle-style SemEval E-c submission
+    emotion runs [--store URI] [--dataset KEY]                   the store's runs and each dataset's champion
     emotion publish FOLDER --store URI                           publish a kept local run (after a store outage)
     emotion export RUN DIR [--merge] [--push-to-hub REPO]        a Hugging Face folder + model card (encoder runs)
+    emotion serve RUN|champion:DATASET [--host H] [--port P]     HTTP JSON API + page (docs/serving.md)
     emotion check-config PATH...                                 validate run configs or config sets
     emotion stack up | down                                      the local Prefect server, pools, workers, deployments
-    emotion demo [SET]                                           stack up + train-all/nightly on SET, print the summary
-    emotion pools                                                create/update the work pools on $PREFECT_API_URL
+    emotion demo [SET]                                           stack up + train-all/nightly on SET, live progress
+    emotion pools                                                create/update the work pools and automations
 
 - A user error (``EmotionError``) prints one message, no traceback, and exits 2; a set with failed runs exits 1.
 - Heavy libraries are imported inside the commands, so ``emotion --help`` answers at once.
@@ -277,6 +279,52 @@ def export(run: str = typer.Argument(..., help="Run folder or file:// / s3:// UR
               f"max |logit diff| to the run: {result['max_abs_logit_diff']:.2e}", highlight=False, soft_wrap=True)
     if result.get("pushed"):
         out.print(f"pushed: {result['pushed']}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(source: str = typer.Argument(..., help="Run folder, file:// or s3:// URI, or champion:<dataset> (the "
+                                                  "registry's champion, reloaded when it changes)."),
+          store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
+          host: str = typer.Option("127.0.0.1", help="Address to listen on; not loopback: anyone who reaches it "
+                                                     "can use the API (no authentication)."),
+          port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free one)."),
+          max_texts: int = typer.Option(256, min=1, help="Texts per /predict request."),
+          max_chars: int = typer.Option(10_000, min=1, help="Characters per text."),
+          reload_every: float = typer.Option(30.0, min=0.1, help="champion:<dataset>: seconds between registry reads."),
+          calibration: bool = typer.Option(True, "--calibration/--no-calibration",
+                                           help="The run's calibration.json (as emotion predict); "
+                                                "off: raw sigmoid.")) -> None:
+    """Serve a run or a dataset's champion: POST /predict, POST /explain, GET /health, /model and a page at /."""
+    import ipaddress
+
+    from emotion_core.serving.models import CHAMPION_PREFIX, ChampionSource, load_model
+    from emotion_core.serving.settings import ServeSettings
+
+    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, reload_every_s=reload_every,
+                             calibration=calibration)
+
+    def load():
+        if not source.startswith(CHAMPION_PREFIX):
+            return load_model(source, calibration=calibration, batch_size=settings.batch_size), None
+        from emotion_core.settings import default_store_uri
+
+        champion = ChampionSource(store or default_store_uri(), source.removeprefix(CHAMPION_PREFIX))
+        return champion.load(champion.current(), calibration=calibration, batch_size=settings.batch_size), champion
+
+    model, champion = _run(load)  # a bad run or registry: one clear line, before anything listens
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        err.print(f"warning: listening on {host}, not loopback: the API has no authentication", highlight=False)
+    import uvicorn
+
+    from emotion_core.serving.app import create_app
+
+    out.print(f"serving run {model.run_id} ({'calibrated' if model.predictor.calibrated else 'uncalibrated'}) "
+              f"on http://{host}:{port}/", highlight=False, soft_wrap=True)
+    uvicorn.run(create_app(model, settings, champion), host=host, port=port, log_level="info")
 
 
 @app.command("check-config")

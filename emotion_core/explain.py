@@ -267,7 +267,8 @@ def cache_key(model_key: str, ids: Sequence[str], texts: Sequence[str], label_na
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def _run_tokenizer(folder: Path):
+def run_tokenizer(folder: Path):
+    """The Hugging Face tokenizer a run saved under ``model/tokenizer`` (never its code); None (FFNN): words."""
     tokenizer_dir = folder / "model" / "tokenizer"
     if not tokenizer_dir.is_dir():
         return None  # no tokenizer (FFNN): words
@@ -299,7 +300,7 @@ def explain_run(run_folder_or_family, texts: Sequence[str], ids: Sequence[str], 
     if run is not None:
         model_key = f"run:{run.run_id}"
         label_names = label_names if label_names is not None else run.schema.names
-        tokenizer = tokenizer if tokenizer is not None else _run_tokenizer(run.folder)
+        tokenizer = tokenizer if tokenizer is not None else run_tokenizer(run.folder)
     else:
         if label_names is None:
             raise ValueError("label_names are required to explain an in-memory family")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from emotion_core.data import read_prediction_input
@@ -18,18 +19,17 @@ from emotion_core.errors import EmotionError, StoreError
 from emotion_core.outputs import check_output_file, write_output_atomically
 from emotion_core.runs import read_run
 
-__all__ = ["check_output_file", "predict_file", "run_logits"]
+__all__ = ["RunPredictor", "check_output_file", "load_run_family", "predict_file", "run_logits"]
 
 log = logging.getLogger(__name__)
 
 
-def run_logits(run, texts, batch_size: int = 128):
-    """Logits (n_texts, labels) of a run's saved model for ``texts``, in input order."""
+def load_run_family(run):
+    """The run's saved model (``models.load_family``); a missing or damaged ``model/`` is a ``StoreError``."""
     from emotion_core.models import load_family
-    from emotion_core.training.batch_logits import predict_logits
 
     try:
-        family = load_family(run.config, run.schema, run.folder / "model")
+        return load_family(run.config, run.schema, run.folder / "model")
     except EmotionError:
         raise
     except Exception as exc:  # a missing or damaged file under model/: torch, safetensors and json raise many types
@@ -38,11 +38,56 @@ def run_logits(run, texts, batch_size: int = 128):
             detail = f"its weights do not fit the {len(run.schema)} labels of labels.json"
         raise StoreError(f"run '{run.folder}': cannot load the model in model/ ({detail}); "
                          f"the run folder is incomplete or damaged") from None
+
+
+def run_logits(run, texts, batch_size: int = 128, family=None):
+    """Logits (n_texts, labels) of ``family`` (default: the run's saved model) for ``texts``, in input order."""
+    from emotion_core.training.batch_logits import predict_logits
+
+    family = family if family is not None else load_run_family(run)
     logits = predict_logits(family, list(texts), batch_size)
     if logits.ndim != 2 or logits.shape[1] != len(run.schema):
         raise StoreError(f"run '{run.folder}': the model gives {logits.shape[-1]} scores per text but labels.json "
                          f"lists {len(run.schema)} labels; the run folder is damaged")
     return logits
+
+
+class RunPredictor:
+    """Texts -> (probabilities, 0/1 labels) of a run: what ``predict_file`` writes and ``emotion serve`` answers.
+
+    The decision rule (``calibration.json`` or ``thresholds.json``) is read and checked at once; the model
+    is loaded by ``load()`` or the first ``predict``, then kept. ``calibrated`` says which rule is used.
+    """
+
+    def __init__(self, run, *, calibration: bool = True, batch_size: int = 128) -> None:
+        self.run, self.batch_size = run, batch_size
+        # Both checked before any text is read: a damaged file is refused in a second.
+        self.shipped = run.calibration() if calibration else None
+        self.thresholds = run.thresholds()  # checked even when the calibration's thresholds replace them
+        if self.shipped is not None:
+            self.thresholds = self.shipped.thresholds
+        elif calibration:
+            log.warning("run %s has no calibration.json (trained before calibration shipped with runs): "
+                        "probabilities are uncalibrated sigmoid(logits), labels at the run's thresholds", run.run_id)
+        self.family = None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.shipped is not None
+
+    def load(self) -> RunPredictor:
+        if self.family is None:
+            self.family = load_run_family(self.run)
+        return self
+
+    def predict(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs, predicted)``: (n, labels) float probabilities and 0/1 int labels, in input order."""
+        from emotion_core.metrics import sigmoid
+        from emotion_core.thresholds import apply_thresholds
+
+        logits = run_logits(self.run, texts, self.batch_size, family=self.load().family)
+        probs = self.shipped.probabilities(logits) if self.shipped is not None else sigmoid(logits)
+        return probs, apply_thresholds(probs, self.thresholds)
 
 
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
@@ -53,22 +98,9 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
     """
     out = check_output_file(out_path, [data_path])
     run = read_run(run_ref)
-    # Both checked before any text is read: a damaged file is refused in a second.
-    shipped = run.calibration() if calibration else None
-    thresholds = run.thresholds()  # checked even when the calibration's thresholds replace them
-    if calibration and shipped is None:
-        log.warning("run %s has no calibration.json (trained before calibration shipped with runs): "
-                    "probabilities are uncalibrated sigmoid(logits), labels at the run's thresholds", run.run_id)
+    predictor = RunPredictor(run, calibration=calibration, batch_size=batch_size)
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
-    # Heavy imports (torch, scikit-learn) only once the inputs are known to be good.
-    from emotion_core.metrics import sigmoid
-    from emotion_core.thresholds import apply_thresholds
-
-    logits = run_logits(run, texts, batch_size)
-    probs = shipped.probabilities(logits) if shipped is not None else sigmoid(logits)
-    if shipped is not None:
-        thresholds = shipped.thresholds
-    predicted = apply_thresholds(probs, thresholds)
+    probs, predicted = predictor.predict(texts)  # heavy imports (torch) only once the inputs are known to be good
     names = list(run.schema.names)
     if id_name in names or any(f"{n}_prob" == id_name for n in names):
         id_name = f"{id_name}_input"  # never let an id column shadow a label column
@@ -78,6 +110,6 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
         **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
     })
     write_output_atomically(out, frame.write_csv(), [data_path, run.folder])
-    log.info("wrote %d predictions of run %s to %s (%s)", len(ids), run.run_id, out,
-             "calibrated: calibration.json" if shipped is not None else "uncalibrated: sigmoid(logits), thresholds.json")
+    rule = "calibrated: calibration.json" if predictor.calibrated else "uncalibrated: sigmoid(logits), thresholds.json"
+    log.info("wrote %d predictions of run %s to %s (%s)", len(ids), run.run_id, out, rule)
     return out
