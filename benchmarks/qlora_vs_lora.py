@@ -88,6 +88,7 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
     from emotion_core.config import DataConfig, load_run_config
     from emotion_core.models import build_family
     from emotion_core.training.fit import resolve_precision, seed_everything, trainer_loss
+    from emotion_core.training.optimizer import adamw
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data_cfg = DataConfig(dataset="goemotions", max_train_samples=spec["rows"], max_validation_samples=64,
@@ -139,7 +140,7 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
     precision = resolve_precision(cfg.training.precision)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if device == "cuda" else None
     compute_loss = trainer_loss(cfg.training.loss, labels)
-    optimizer = torch.optim.AdamW(family.param_groups(cfg.training), fused=True)  # as build_trainer
+    optimizer = adamw(family, cfg.training)  # as build_trainer
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     if device == "cuda":

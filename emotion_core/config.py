@@ -88,6 +88,13 @@ def _remote_code_allowed(cls, value: bool, info: ValidationInfo) -> bool:
     return value
 
 
+def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+    """An n-gram range ``(min, max)`` with ``1 <= min <= max``."""
+    if value[0] < 1 or value[0] > value[1]:
+        raise ValueError(f"n-gram range must satisfy 1 <= min <= max, got {list(value)}")
+    return value
+
+
 class DataConfig(_Strict):
     """Which data a run reads and how it is split."""
 
@@ -137,12 +144,7 @@ class FFNNConfig(_Strict):
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     """Dropout after the hidden layer."""
 
-    @field_validator("word_ngrams", "char_ngrams")
-    @classmethod
-    def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] < 1 or value[0] > value[1]:
-            raise ValueError(f"n-gram range must satisfy 1 <= min <= max, got {list(value)}")
-        return value
+    _ranges = field_validator("word_ngrams", "char_ngrams")(_ordered_range)
 
 
 class AdapterConfig(_Strict):
@@ -253,9 +255,23 @@ class ZeroShotConfig(_Strict):
         return value
 
 
-ModelConfig = Annotated[Union[FFNNConfig, EncoderConfig, DecoderConfig, ZeroShotConfig], Field(discriminator="family")]
-FAMILIES = ("ffnn", "encoder", "decoder", "zero_shot")
+FAMILY_REGISTRY: dict[str, tuple[type[_Strict], str]] = {
+    "ffnn": (FFNNConfig, "emotion_core.models.ffnn"),
+    "encoder": (EncoderConfig, "emotion_core.models.encoder"),
+    "decoder": (DecoderConfig, "emotion_core.models.decoder"),
+    "zero_shot": (ZeroShotConfig, "emotion_core.models.zero_shot"),
+}
+"""The model families: ``model.family`` -> (config class, module with ``build`` and ``load``).
+
+A new family is one line here, its config class above and its module (CONTRIBUTING.md). The module is
+imported by name when a model is built (``emotion_core.models.build_family``): configs load without torch.
+"""
+for _name, (_config, _) in FAMILY_REGISTRY.items():
+    assert _config.model_fields["family"].default == _name, f"{_config.__name__}.family must default to {_name!r}"
+
+FAMILIES = tuple(FAMILY_REGISTRY)
 """The ``model.family`` values (the discriminator of ``ModelConfig``)."""
+ModelConfig = Annotated[Union[tuple(config for config, _ in FAMILY_REGISTRY.values())], Field(discriminator="family")]
 
 
 class LossConfig(_Strict):

@@ -43,7 +43,7 @@ from emotion_core.runs import file_inventory, write_config, write_logits
 from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore, RunId, RunIdConflict
 from emotion_core.thresholds import evaluate_policies
-from emotion_core.training import distributed
+from emotion_core.training import ranks
 from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 from emotion_core.training.batch_logits import predict_logits
 
@@ -113,18 +113,18 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     """
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
-    distributed.check(cfg)  # several GPUs only through torchrun: never DataParallel
+    ranks.check(cfg)  # several GPUs only through torchrun: never DataParallel
     preflight.check(cfg)  # before any download or training
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     provenance.reset_peak_memory()
-    with distributed.main_first():  # one rank fills the data cache
+    with ranks.main_first():  # one rank fills the data cache
         data = data if data is not None else load_data(cfg.data)
     schema = data.schema
-    run_id = distributed.broadcast(run_id or make_run_id(cfg, data.data_hash, started_at))  # rank 0's clock decides
-    main = distributed.is_main()
+    run_id = ranks.broadcast(run_id or make_run_id(cfg, data.data_hash, started_at))  # rank 0's clock decides
+    main = ranks.is_main()
     staging = store.staging(run_id) if main else None
-    work_dir = distributed.broadcast(staging / "checkpoints" if main else None)  # one folder shared by the ranks
+    work_dir = ranks.broadcast(staging / "checkpoints" if main else None)  # one folder shared by the ranks
     log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
              len(data.split("train")), len(data.split("validation")))
     try:
@@ -132,14 +132,14 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         # Seed before the model is built: a new head's initial weights must not depend on what
         # else consumed the random streams in this process (e.g. an earlier run of a config set).
         seed_everything(cfg.training.seed)
-        with distributed.main_first():  # one rank fills the model cache
+        with ranks.main_first():  # one rank fills the model cache
             family = build_family(cfg, schema, train_texts, train_labels)
         train_dataset = family.make_dataset(train_texts, train_labels)
         validation_labels = data.labels("validation")
         validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
 
-        with DeviceMonitor(device=distributed.device_index()) as monitor:
-            if cfg.model.family == "zero_shot":  # prompted, not trained: nothing to fit
+        with DeviceMonitor(device=ranks.device_index()) as monitor:
+            if not family.trained:  # prompted: nothing to fit
                 stats = FitStats(epochs_completed=0.0, steps=0, train_seconds=0.0, eval_seconds=0.0,
                                  train_samples_per_second=0.0, best_validation_macro_f1=None,
                                  precision=resolve_precision(cfg.training.precision), log_history=[])
@@ -149,14 +149,14 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
                     from emotion_core.training.checkpoints import RunCheckpoints  # imports transformers
 
                     checkpoints = (RunCheckpoints(store, run_id, content_hash(cfg, data.data_hash)) if main
-                                   else distributed.NoCheckpoints())  # the ranks save together, rank 0 uploads
-                    resume = distributed.broadcast(checkpoints.restore(work_dir))
+                                   else ranks.NoCheckpoints())  # the ranks save together, rank 0 uploads
+                    resume = ranks.broadcast(checkpoints.restore(work_dir))
                 stats = fit(cfg, family, train_dataset, validation_dataset, work_dir,
                             progress=progress, monitor=monitor, train_labels=train_labels,
                             checkpoints=checkpoints, resume=resume)
         device_usage = monitor.summary()
-        ranks = distributed.gather(distributed.rank_usage(device_usage, provenance.peak_memory()))
-        distributed.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
+        rank_usages = ranks.gather(ranks.rank_usage(device_usage, provenance.peak_memory()))
+        ranks.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
         if not main:
             return None, run_id
         shutil.rmtree(work_dir, ignore_errors=True)  # the best weights are in memory now
@@ -219,7 +219,7 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
             "memory": provenance.peak_memory(),
             "device": provenance.device_facts(),
             "device_usage": device_usage,
-            "distributed": distributed.manifest_entry(cfg, ranks),
+            "distributed": ranks.manifest_entry(cfg, rank_usages),
             "orchestration": context or {},
             "versions": provenance.package_versions(),
             "git": provenance.git_commit(),

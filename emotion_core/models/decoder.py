@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion_core.config import DecoderConfig, RunConfig, TrainingConfig
+from emotion_core.config import DecoderConfig, RunConfig
 from emotion_core.errors import ModelError
 from emotion_core.labels import LabelSchema
-from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.resolve import resolve_model
 from emotion_core.models.tokenized import text_io
 
@@ -103,7 +103,7 @@ def _base_model(source: str, spec: DecoderConfig, num_labels: int, pad_token_id:
         from emotion_core.models.adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(spec.adapter, skip_modules=[HEAD])
-        from emotion_core.training.distributed import device_map
+        from emotion_core.training.ranks import device_map
 
         if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
             kwargs["device_map"] = device_map()
@@ -132,12 +132,6 @@ def _family(cfg: RunConfig, model, tokenizer, base_info: dict) -> Family:
     spec: DecoderConfig = cfg.model
     make_dataset, collate = text_io(tokenizer, spec.max_length)
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        named = list(model.named_parameters())
-        body = split_decay([(n, p) for n, p in named if not _is_head(n)], training.learning_rate, training.weight_decay)
-        head = split_decay([(n, p) for n, p in named if _is_head(n)], training.head_learning_rate, training.weight_decay)
-        return body + head
-
     def save(folder: Path) -> None:
         from emotion_core.models import adapters
 
@@ -152,7 +146,7 @@ def _family(cfg: RunConfig, model, tokenizer, base_info: dict) -> Family:
         tokenizer.save_pretrained(folder / "tokenizer")
         (folder / "base.json").write_text(json.dumps(base_info, indent=2) + "\n", encoding="utf-8")
 
-    return Family("decoder", model, make_dataset, collate, param_groups, save, has_lengths=True)
+    return Family("decoder", model, make_dataset, collate, save, has_lengths=True, is_head=_is_head)
 
 
 def _base_info(spec: DecoderConfig, source: str, model) -> dict:

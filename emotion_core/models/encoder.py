@@ -33,9 +33,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from emotion_core.config import EncoderConfig, RunConfig, TrainingConfig
+from emotion_core.config import EncoderConfig, RunConfig
 from emotion_core.labels import LabelSchema
-from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.resolve import resolve_model
 from emotion_core.models.tokenized import text_io
 
@@ -71,11 +71,6 @@ class EncoderClassifier(nn.Module):
 def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
     make_dataset, collate = text_io(tokenizer, cfg.model.max_length)
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        body = split_decay(model.body.named_parameters(), training.learning_rate, training.weight_decay)
-        head = split_decay(model.head.named_parameters(), training.head_learning_rate, training.weight_decay)
-        return body + head
-
     def save(folder: Path) -> None:
         folder = Path(folder)
         adapter = cfg.model.adapter
@@ -94,7 +89,11 @@ def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(folder / "head.safetensors"))
         tokenizer.save_pretrained(folder / "tokenizer")
 
-    return Family("encoder", model, make_dataset, collate, param_groups, save, has_lengths=True)
+    return Family("encoder", model, make_dataset, collate, save, has_lengths=True, is_head=_is_head)
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith("head.")
 
 
 def _freeze_unused(body: nn.Module) -> None:
@@ -113,7 +112,7 @@ def _base_body(spec: EncoderConfig, source: str):
         from emotion_core.models.adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(spec.adapter)
-        from emotion_core.training.distributed import device_map
+        from emotion_core.training.ranks import device_map
 
         if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
             kwargs["device_map"] = device_map()

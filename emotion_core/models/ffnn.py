@@ -28,9 +28,9 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 from torch import nn
 
-from emotion_core.config import FFNNConfig, RunConfig, TrainingConfig
+from emotion_core.config import FFNNConfig, RunConfig
 from emotion_core.labels import LabelSchema
-from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.family import Family, label_prior_logits
 
 
 class TfidfFeaturizer:
@@ -135,15 +135,12 @@ def _family(model: FFNNClassifier, featurizer: TfidfFeaturizer) -> Family:
     def make_dataset(texts: list[str], labels: np.ndarray | None) -> SparseRows:
         return SparseRows(featurizer.transform(list(texts)), None if labels is None else labels.astype(np.float32))
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        # Trained from scratch: every layer is new, so every layer learns at ``learning_rate``.
-        return split_decay(model.named_parameters(), training.learning_rate, training.weight_decay)
-
     def save(folder: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
         featurizer.save(folder / "featurizer.json")
 
-    return Family("ffnn", model, make_dataset, collate, param_groups, save, has_lengths=False)
+    # Trained from scratch: every layer is new, so no separate head; every layer learns at ``learning_rate``.
+    return Family("ffnn", model, make_dataset, collate, save, has_lengths=False)
 
 
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from emotion_core.config import RunConfig, TrainingConfig, ZeroShotConfig
+from emotion_core.config import RunConfig, ZeroShotConfig
 from emotion_core.errors import ConfigError, ModelError
 from emotion_core.labels import LabelSchema
 from emotion_core.models import prompts
@@ -248,14 +248,11 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
             batch["labels"] = torch.from_numpy(np.stack([item["labels"] for item in items]).astype(np.float32))
         return batch
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        return []  # prompted, not trained
-
     def save(folder: Path) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / SAVED).write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
 
-    return Family("zero_shot", model, make_dataset, collate, param_groups, save, has_lengths=True)
+    return Family("zero_shot", model, make_dataset, collate, save, has_lengths=True, trained=False)
 
 
 def describe(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray | None,

@@ -64,7 +64,8 @@ from emotion_core.errors import OutOfMemoryAtMinBatch
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
-from emotion_core.training import distributed
+from emotion_core.training import ranks
+from emotion_core.training.optimizer import adamw
 from emotion_core.training.losses import build_loss
 from emotion_core.training.sampling import oversample_indices
 
@@ -192,7 +193,7 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     args = TrainingArguments(
         output_dir=str(work_dir),
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=per_device_batch_size or distributed.per_device_batch(cfg),
+        per_device_train_batch_size=per_device_batch_size or ranks.per_device_batch(cfg),
         gradient_accumulation_steps=gradient_accumulation_steps,
         per_device_eval_batch_size=t.eval_batch_size,
         lr_scheduler_type="linear",
@@ -219,21 +220,20 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
         disable_tqdm=False,
-        **distributed.trainer_arguments(cfg),  # collective timeout, FSDP
+        **ranks.trainer_arguments(cfg),  # collective timeout, FSDP
     )
     if args.n_gpu > 1:  # one process seeing several GPUs: train on one, never DataParallel (see training.distributed)
         args._n_gpu = 1
-    # Fused AdamW (CPU and CUDA): the optimizer step drops from ~150 ms to ~30 ms for MiniLM on 2 cores.
-    optimizer = None if args.fsdp else torch.optim.AdamW(family.param_groups(t), fused=True)  # FSDP: after wrapping
+    optimizer = None if args.fsdp else adamw(family, t)  # FSDP: built by the Trainer after wrapping
     callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
     callbacks.append(guard)
     callbacks.extend(extra_callbacks)
-    callbacks.extend(distributed.fault_callbacks())  # test-only fault injection, off unless its env var is set
+    callbacks.extend(ranks.fault_callbacks())  # test-only fault injection, off unless its env var is set
     if progress is not None:
         from emotion_core.training.progress import ProgressCallback  # imports transformers: keep it lazy
 
         callbacks.append(ProgressCallback(progress, monitor=monitor))
-    trainer_cls = Trainer if optimizer is not None else _family_optimizer_trainer(lambda: family.param_groups(t))
+    trainer_cls = Trainer if optimizer is not None else _family_optimizer_trainer(family, t)
     trainer = trainer_cls(
         model=family.model,
         args=args,
@@ -248,14 +248,14 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     return trainer, precision
 
 
-def _family_optimizer_trainer(param_groups: Callable[[], list]):
+def _family_optimizer_trainer(family: Family, training: TrainingConfig):
     """A Trainer that builds our AdamW (per-group rates) itself: FSDP forbids handing it one before wrapping."""
     from transformers import Trainer
 
     class FamilyOptimizerTrainer(Trainer):
         def create_optimizer(self, model=None):
             if self.optimizer is None:
-                self.optimizer = torch.optim.AdamW(param_groups(), fused=True)
+                self.optimizer = adamw(family, training)
             return self.optimizer
 
     return FamilyOptimizerTrainer
@@ -312,7 +312,7 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
 
     t = cfg.training
     meta = (resume.meta if resume is not None else {}) or {}
-    batch = int(meta.get("per_device_batch_size") or distributed.per_device_batch(cfg))
+    batch = int(meta.get("per_device_batch_size") or ranks.per_device_batch(cfg))
     accumulation = int(meta.get("gradient_accumulation_steps") or 1)
     adjustments: list[dict] = list(meta.get("oom_adjustments") or [])
     resume_from: Path | None = resume.checkpoint if resume is not None else None
@@ -346,10 +346,10 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
         if failed is None:
             break
         step = int(trainer.state.global_step)
-        if distributed.world().size > 1:  # halving on one rank only would leave the ranks disagreeing on the batch
+        if ranks.world().size > 1:  # halving on one rank only would leave the ranks disagreeing on the batch
             _free_memory(trainer)
             raise OutOfMemoryAtMinBatch(
-                f"config '{cfg.name}': out of GPU memory on rank {distributed.world().rank} at step {step} with "
+                f"config '{cfg.name}': out of GPU memory on rank {ranks.world().rank} at step {step} with "
                 f"{batch} rows per rank (training.batch_size={t.batch_size} over resources.gpus={cfg.resources.gpus}); "
                 "batch halving is not done in distributed training. Lower training.batch_size, or set "
                 f"model.gradient_checkpointing, a shorter max_length, or more GPUs. Last error: {failed}")
