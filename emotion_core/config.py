@@ -147,6 +147,23 @@ class FFNNConfig(_Strict):
     _ranges = field_validator("word_ngrams", "char_ngrams")(_ordered_range)
 
 
+class LinearConfig(_Strict):
+    """TF-IDF + logistic regression baseline: the FFNN's TF-IDF word and char n-grams -> one linear layer -> labels."""
+
+    family: Literal["linear"] = "linear"
+    """Model family selector."""
+    max_features: int = Field(100_000, gt=0)
+    """Vocabulary size cap, split evenly between word and char n-grams."""
+    word_ngrams: tuple[int, int] = (1, 2)
+    """Word n-gram range (min, max)."""
+    char_ngrams: tuple[int, int] = (2, 5)
+    """Character n-gram range (min, max), inside word boundaries."""
+    min_df: int = Field(2, ge=1)
+    """Ignore n-grams seen in fewer training texts than this."""
+
+    _ranges = field_validator("word_ngrams", "char_ngrams")(_ordered_range)
+
+
 class AdapterConfig(_Strict):
     """Parameter-efficient fine-tuning through ``peft``: only the adapter weights and the new head train.
 
@@ -257,6 +274,7 @@ class ZeroShotConfig(_Strict):
 
 FAMILY_REGISTRY: dict[str, tuple[type[_Strict], str]] = {
     "ffnn": (FFNNConfig, "emotion_core.models.ffnn"),
+    "linear": (LinearConfig, "emotion_core.models.linear"),
     "encoder": (EncoderConfig, "emotion_core.models.encoder"),
     "decoder": (DecoderConfig, "emotion_core.models.decoder"),
     "zero_shot": (ZeroShotConfig, "emotion_core.models.zero_shot"),
