@@ -44,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,7 +315,7 @@ def main() -> int:
                        qlora_over_lora_train_peak_mem=round(q["train_peak_mem_mb"] / lo["train_peak_mem_mb"], 3) if lo["train_peak_mem_mb"] else None,
                        qlora_over_lora_weights=round(q["weights_mb"] / lo["weights_mb"], 3))
     payload = {
-        "benchmark": "qlora_vs_lora", "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "qlora_vs_lora", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"steps": steps, "warmup_steps": warmup, "batch_size": args.batch_size, "max_length": max_length,
                      "rows": args.rows, "data_seed": args.data_seed, "rounds": args.rounds, "batching": args.batching,

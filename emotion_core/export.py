@@ -1,28 +1,14 @@
 """Export a run as a Hugging Face folder that ``transformers`` / ``peft`` load without remote code.
 
 Features
-- Full fine-tuned encoder runs -> ``AutoModelForSequenceClassification`` folder (safetensors, tokenizer,
-  ``problem_type="multi_label_classification"``, ``id2label``/``label2id``; thresholds, and temperatures
-  when calibrated (the run's ``calibration.json``; fitted at export for older runs), under ``emotion_*``
-  keys of ``config.json``) plus a model card.
-- Encoder adapter runs (LoRA/IA3) -> a ``peft`` adapter folder (``task_type="SEQ_CLS"``, the head in
-  ``modules_to_save``); ``merge=True`` -> the merged plain folder instead.
-- The project's head (a linear layer on the pooled vector) is mapped into each architecture's own
-  classification head: DistilBERT/DeBERTa-v2 (dense + ReLU/GELU): ``act(z) - act(-z) = z`` exactly;
-  BERT/RoBERTa (dense + tanh): the dense layer is scaled by 2^-20 and the classifier by 2^20, so
-  ``tanh`` runs where ``tanh(x) = x`` to below float32 resolution (cubic term < 1e-9 relative for
-  |logit| < 60; powers of two scale without rounding).
-- Every export is checked before it is written: the exported model's logits on ``PROBE_TEXTS`` must
-  match the run's own within ``LOGIT_TOLERANCE``; the measured difference is stored in the config.
-- Written atomically: built in a hidden sibling folder, renamed into place.
+- Full fine-tuned encoder runs -> an ``AutoModelForSequenceClassification`` folder (thresholds and
+  temperatures under ``emotion_*`` config keys) with a model card; LoRA/IA3 runs -> a ``peft`` folder,
+  or merged (``merge=True``).
+- The project's head is mapped exactly into each architecture's own classification head.
+- Checked before it is written (logits on ``PROBE_TEXTS`` within ``LOGIT_TOLERANCE``); written atomically.
 
 Limits
-- Mean-pooled runs (``model.pooling: mean``, the encoder default) are refused: no standard
-  ``*ForSequenceClassification`` class of these architectures averages the tokens (their heads read
-  the first token; the last layer is layer-normed, so no exact rewrite exists), and remote code is
-  not allowed. Train with ``model.pooling: cls`` to export; the run folder stays the artefact otherwise.
-- FFNN, zero-shot and decoder runs are refused (the decoder head has a bias Llama-style classes lack).
-- QLoRA runs are refused (4-bit base; merging would re-quantise the update).
+- Only encoder runs with ``model.pooling: cls``; FFNN, linear, zero-shot, decoder and QLoRA runs are refused.
 """
 
 from __future__ import annotations

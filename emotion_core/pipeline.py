@@ -1,21 +1,13 @@
 """The training recipe, top to bottom: one config in, one published run out.
 
-    load + validate data -> build the model family -> fit (HF Trainer) -> predict validation/test
-    -> tune thresholds on validation -> calibrate on validation -> metrics -> write artefacts
-    -> manifest last -> publish
+    load data -> build the family -> fit -> predict validation/test -> thresholds, calibration, metrics
+    -> write the run into a staging folder, manifest last -> publish
 
-Calibration ships with the run (``calibration.json``): per-label temperatures and thresholds re-tuned
-on the calibrated validation probabilities, fitted on validation only, for every family (zero-shot
-included: it has validation logits and labels like any run, and its prompted scores need it most).
-
-Everything is written into a private staging folder; on an error before publishing it is
-discarded, so the store never holds half a run. If only publishing fails (store unreachable after
-retries), the complete staged run is kept and the error says where. Prefect tasks call these functions; nothing here knows about Prefect.
-
-Resume: with ``training.checkpoint_every_steps`` > 0, training checkpoints go to the store's
-checkpoint area of the run id (``training.checkpoints``); a run started again with the same run id
-(an orchestrator re-dispatching a crashed child) downloads the latest complete one and continues
-from its step (``resumed_from_step`` in the manifest). Publishing deletes the run's checkpoints.
+Features
+- The store never holds half a run: the staging folder is discarded on an error; if only publishing fails,
+  the complete staged run is kept and the error says where.
+- Resume: a run started again with the same run id continues from its latest store checkpoint.
+- Under torchrun every rank calls ``train_run``; rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -26,28 +18,27 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
-
 
 from emotion_core import provenance
 from emotion_core.calibration import CALIBRATION_FILE, shipped_calibration
 from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
+from emotion_core.errors import StoreError
+from emotion_core.files import write_json
 from emotion_core.metrics import sigmoid
 from emotion_core.models import build_family, preflight
 from emotion_core.models.family import Family
 from emotion_core.monitoring import DeviceMonitor
-from emotion_core.files import write_json
 from emotion_core.runs import file_inventory, write_config, write_logits
-from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore, RunId, RunIdConflict
 from emotion_core.thresholds import evaluate_policies
 from emotion_core.training import ranks
-from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 from emotion_core.training.batch_logits import predict_logits
+from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +63,15 @@ def quality_flags(evaluation: dict, policy: str) -> list[dict]:
     flags = []
     if evaluation["validation"]["fixed"]["no_positive_predictions"]:
         flags.append({"code": "no_predictions_at_0.5",
-                      "message": "validation predictions are empty for every label at threshold 0.5 (collapsed towards 'no label')"})
+                      "message": "validation predictions are empty for every label at threshold 0.5 "
+                                 "(collapsed towards 'no label')"})
     if evaluation["validation"][policy]["no_positive_predictions"]:
         flags.append({"code": "no_predictions",
                       "message": f"validation predictions are empty for every label at the run's {policy} thresholds"})
     never = evaluation["validation"][policy]["labels_never_predicted"]
     if never:
-        flags.append({"code": "labels_never_predicted", "message": f"never predicted on validation: {', '.join(never)}"})
+        flags.append({"code": "labels_never_predicted",
+                      "message": f"never predicted on validation: {', '.join(never)}"})
     return flags
 
 
@@ -117,7 +110,7 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
     ranks.check(cfg)  # several GPUs only through torchrun: never DataParallel
     preflight.check(cfg)  # before any download or training
-    clock = _Clock(datetime.now(timezone.utc), time.perf_counter())
+    clock = _Clock(datetime.now(UTC), time.perf_counter())
     provenance.reset_peak_memory()
     with ranks.main_first():  # one rank fills the data cache
         data = data if data is not None else load_data(cfg.data)
@@ -250,7 +243,7 @@ def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained,
         "family": cfg.model.family,
         "model": getattr(cfg.model, "model", cfg.model.family),
         "started_at": clock.started_at.isoformat(),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
         "config": cfg.model_dump(mode="json"),
         "data": {"dataset": cfg.data.dataset, "hash": data.data_hash, "labels": list(data.schema.names),
                  "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")}},

@@ -1,35 +1,16 @@
 """Decoder LLMs as multi-label classifiers (Llama, Gemma/Gemma2, Qwen2, Mistral, SmolLM2...).
 
 Features
-- ``AutoModelForSequenceClassification`` (``problem_type="multi_label_classification"``): the hidden
-  state of each text's last non-pad token feeds a linear ``score`` head, one logit per label;
-  ``forward(**batch)`` returns ``.logits`` (batch, labels) and, with float ``labels``, ``.loss``
-  (BCE-with-logits, computed by transformers).
-- Pad token: the tokenizer's, else its EOS token (``model.config.pad_token_id`` follows). Right
-  padding: transformers picks the last non-pad token per row and causal attention never sees the
-  pads after it, so padding does not change a text's logits (tested).
-- The ``score`` head is replaced by a fresh fp32 ``ScoreHead`` *with a bias* (Llama-style heads have
-  none); with ``training.init_bias_from_prior`` the bias starts at each label's prior logit (without
-  it the first steps push every logit down and the head predicts no label). The head casts its
-  input to fp32, so a bf16 body works outside autocast too (prediction).
-- Adapters (``model.adapter``, LoRA by default): LoRA, IA3 or QLoRA (4-bit nf4 base) via
-  ``models.adapters``; the head is trained and saved with the adapter (``modules_to_save``).
-  ``adapter: null`` fine-tunes every weight.
-- Weights: LoRA/IA3 body in bf16 on GPUs that support it (adapters stay fp32), fp32 otherwise;
-  QLoRA: 4-bit body, other weights fp32 (``prepare_model_for_kbit_training``), matmuls in the
-  adapter's ``compute_dtype``; full fine-tune: fp32 master weights (the Trainer autocasts on GPU).
-- ``gradient_checkpointing``: non-reentrant activation checkpointing. KV cache off (training only).
-- Saved: ``adapter/`` (adapter + head, safetensors) or ``model/`` (full fine-tune, safetensors,
-  including the head's bias), ``tokenizer/``, and ``base.json`` (base model id, revision, resolved
-  source, architecture, adapter). ``merge_on_export`` adds ``merged/``: the base with the adapter
-  merged in (LoRA/IA3), loadable with ``load_full_model``.
+- ``AutoModelForSequenceClassification``: the last non-pad token's state -> a fresh fp32 ``ScoreHead``
+  with a bias (started at the label priors); right padding does not change a text's logits.
+- Adapters (LoRA by default, IA3, QLoRA) through ``models.adapters``, the head trained and saved with them;
+  ``adapter: null`` fine-tunes every weight. ``gradient_checkpointing`` optional.
+- Saved: ``adapter/`` or ``model/`` (safetensors), ``tokenizer/``, ``base.json``; ``merge_on_export``
+  adds ``merged/`` (load it with ``load_full_model``).
 
 Limits
-- One device per run (no sharding over GPUs).
-- Because of the added bias, a saved full/merged model must be loaded with ``load_full_model``:
-  plain ``AutoModelForSequenceClassification.from_pretrained`` drops ``score.bias``.
-- ``load`` rebuilds the base from ``model.model``/``model.revision`` of the run's config; pin a
-  revision for hub models so the base cannot change under a saved adapter.
+- One device per run. A saved full/merged model needs ``load_full_model`` (plain transformers drops the
+  head's bias). ``load`` rebuilds the base from the config: pin ``model.revision`` for hub models.
 """
 
 from __future__ import annotations
@@ -207,7 +188,7 @@ def load_full_model(folder: Path, dtype: torch.dtype = torch.float32):
 
 
 def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
-    """Rebuild a trained decoder classifier: the base from its source plus the run's adapter, or the run's full model."""
+    """Rebuild a trained decoder classifier: the base from its source plus the run's adapter, or its full model."""
     spec: DecoderConfig = cfg.model
     folder = Path(folder)
     tokenizer = _tokenizer(str(folder / "tokenizer"), None, False)

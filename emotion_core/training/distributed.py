@@ -1,32 +1,16 @@
-"""Training on several ranks (``resources.gpus`` > 1): ``torchrun`` starts them, the HF Trainer runs DDP or FSDP.
+"""Training on several ranks (``resources.gpus`` > 1): the torchrun parent and the entry point of each rank.
 
     launch(cfg, store_uri, run_id, progress, context, env) -> (staging, run_id)   parent: torchrun, wait, result
     torchrun --nproc_per_node N -m emotion_core.training.distributed --config C --store S [--publish]   one rank
-    world() / is_main() / barrier() / broadcast() / gather() / main_first()      rank helpers (pipeline, fit)
-    check(cfg)                                                                   what a process may train
 
 Features
-- One training path: every rank runs ``pipeline.train_run``. Rank 0 alone creates the staging folder,
-  fetches and uploads store checkpoints, reports progress, predicts and writes the run (manifest last);
-  the other ranks train, evaluate their share of validation and return. ``launch`` returns rank 0's
-  staging folder: the caller publishes it once (the ``train-model`` flow, with its retries).
-- The global batch is ``training.batch_size``: each rank takes ``batch_size / N`` rows a step (a batch
-  that does not divide is refused), so steps, validation steps and the LR schedule are those of one
-  process, and with the same seed the result matches it (up to float summation order).
-- Collective timeout: ``EMOTION_DDP_TIMEOUT_S`` (default 300 s) for the process group: a rank that
-  hangs ends the run instead of blocking it for the Trainer's default 30 minutes.
-- A failed rank ends the run (torchrun stops the others) with ``RankFailed`` naming the rank: a rank
-  that died without an error of its own (killed, crashed) is the cause before ranks that only lost
-  their peer. Every rank writes its Python error to the job folder; the torchrun log stays there.
-- ``DataParallel`` is never used: one process with several visible GPUs trains on one of them.
-- Test-only fault hook: ``EMOTION_FAULT_KILL_RANK_AT_STEP=<rank>:<step>`` makes that rank
-  ``os._exit(1)`` at the end of that optimizer step (what a dead card or a killed process looks like).
+- Every rank runs ``pipeline.train_run`` (rank helpers: ``training.ranks``); rank 0 alone stages, uploads
+  checkpoints, reports progress and writes the run. ``launch`` returns rank 0's staging folder.
+- A failed rank ends the run with ``RankFailed`` naming it (a rank that died on its own before ranks
+  that only lost their peer); the job folder keeps the torchrun log and the ranks' errors.
 
 Limits
-- One node: the ranks share the work folder (rank 0's staging) for checkpoints; no multi-node rendezvous.
-- FSDP needs CUDA (refused on CPU) and is not combined with QLoRA; it has been run on no GPU here.
-- Out-of-memory batch halving is single-process only: in distributed mode an OOM ends the run saying what
-  to change (the ranks would otherwise disagree on the batch).
+- One node. FSDP needs CUDA and is not combined with QLoRA. An OOM ends a distributed run (no halving).
 """
 
 from __future__ import annotations

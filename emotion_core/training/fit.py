@@ -1,4 +1,4 @@
-"""Fit a model family with the Hugging Face ``Trainer``: ``fit`` (train, keep the best checkpoint) and ``build_trainer``.
+"""Fit a model family with the Hugging Face ``Trainer``: ``fit`` (train, keep the best checkpoint), ``build_trainer``.
 
 Features
 - One loss path for every family: ``training.loss`` (``training.losses``) on the model's ``logits``.
@@ -22,10 +22,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,9 +34,9 @@ from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 from emotion_core.training import ranks
+from emotion_core.training.losses import build_loss
 from emotion_core.training.oom import OOM_ERRORS, BatchShape, checkpoint_of_failed_step, free_memory
 from emotion_core.training.optimizer import adamw
-from emotion_core.training.losses import build_loss
 from emotion_core.training.sampling import oversample_indices
 
 log = logging.getLogger(__name__)
@@ -217,7 +216,8 @@ def _callbacks(t: TrainingConfig, callbacks: list, progress: Callable[[dict], No
     """Early stopping (if set), ``callbacks``, the test-only fault hook and progress reporting (if asked for)."""
     from transformers import EarlyStoppingCallback
 
-    early = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
+    patience = t.early_stopping_patience
+    early = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
     out = [*early, *callbacks, *ranks.fault_callbacks()]  # fault injection: off unless its env var is set
     if progress is not None:
         from emotion_core.training.progress import ProgressCallback  # imports transformers: keep it lazy
@@ -236,7 +236,8 @@ def _validation_metrics(policy: str) -> Callable:
         labels = np.asarray(prediction.label_ids).round().astype(np.int64)
         probs = sigmoid(logits)
         thresholds = tune_thresholds(labels, probs, policy)
-        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds), [str(i) for i in range(labels.shape[1])])
+        names = [str(i) for i in range(labels.shape[1])]
+        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds), names)
         return {"macro_f1": scores["macro_f1"], "micro_f1": scores["micro_f1"]}
 
     return compute_metrics

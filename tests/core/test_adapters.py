@@ -369,8 +369,8 @@ def test_merge_on_export_writes_a_merged_model_with_the_same_logits(arch, method
 @pytest.mark.parametrize("arch,method", [("llama", "qlora"), ("bert", "lora")])
 def test_the_trainer_fits_an_adapter_model_and_predicts(arch, method, tiny, tmp_path):
     """Through ``training.fit`` (the HF Trainer: evaluations, best checkpoint restored) and ``predict_logits``."""
-    from emotion_core.training.fit import fit
     from emotion_core.training.batch_logits import predict_logits
+    from emotion_core.training.fit import fit
 
     cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 1.0, "batch_size": 8,
@@ -389,9 +389,9 @@ def test_the_trainer_fits_an_adapter_model_and_predicts(arch, method, tiny, tmp_
 def test_an_adapter_run_resumes_from_its_store_checkpoint_to_the_same_weights(arch, method, tiny, tmp_path):
     """Checkpoint (adapter + head, optimizer, schedule, RNG) in the store, interrupted, resumed = never interrupted."""
     from emotion_core.store import open_store
+    from emotion_core.training.batch_logits import predict_logits
     from emotion_core.training.checkpoints import RunCheckpoints
     from emotion_core.training.fit import fit
-    from emotion_core.training.batch_logits import predict_logits
 
     cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={

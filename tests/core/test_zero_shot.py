@@ -75,7 +75,8 @@ def by_hand(family, text: str, label: int) -> float:
 
 def test_logits_are_the_yes_no_log_odds_at_the_answer_position(tiny_lm):
     family = zero_shot.build(cfg_for(tiny_lm), SCHEMA, TEXTS, LABELS)
-    assert sum(p.requires_grad for p in family.model.parameters()) == 0 and not family.trained and param_groups(family, TrainingConfig()) == []
+    assert sum(p.requires_grad for p in family.model.parameters()) == 0
+    assert not family.trained and param_groups(family, TrainingConfig()) == []
     with torch.no_grad():
         out = family.model(**batch_of(family))
     assert out.logits.shape == (len(TEXTS), len(SCHEMA))
