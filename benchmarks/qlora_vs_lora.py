@@ -87,7 +87,8 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
 
     from emotion_core.config import DataConfig, load_run_config
     from emotion_core.models import build_family
-    from emotion_core.training.fit import resolve_precision, seed_everything, trainer_loss
+    from emotion_core.training.fit import resolve_precision, seed_everything
+    from emotion_core.training.losses import trainer_loss
     from emotion_core.training.optimizer import adamw
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -22,22 +22,22 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from emotion_core.config import LossConfig, RunConfig, TrainingConfig
+from emotion_core.config import RunConfig, TrainingConfig
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 from emotion_core.training import ranks
-from emotion_core.training.losses import build_loss
+from emotion_core.training.losses import trainer_loss
 from emotion_core.training.oom import OOM_ERRORS, BatchShape, checkpoint_of_failed_step, free_memory
 from emotion_core.training.optimizer import adamw
-from emotion_core.training.sampling import oversample_indices
+from emotion_core.training.sampling import oversampled
 
 log = logging.getLogger(__name__)
 
@@ -81,48 +81,6 @@ def resolve_precision(requested: str) -> str:
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "fp32"
-
-
-def oversampled(train_dataset, train_labels: np.ndarray | None, training: TrainingConfig):
-    """``train_dataset``, or with ``training.oversample_rare`` > 0 a ``Subset`` repeating rows with rare labels."""
-    if training.oversample_rare == 0:
-        return train_dataset
-    if train_labels is None:
-        raise ValueError("training.oversample_rare is set: pass train_labels (the training split's label matrix)")
-    if len(train_labels) != len(train_dataset):
-        raise ValueError(f"train_labels has {len(train_labels)} rows, the training dataset {len(train_dataset)}")
-    indices = oversample_indices(train_labels, training.oversample_rare, training.seed)
-    log.info("oversampling rare labels (strength %g): %d training rows -> %d per epoch",
-             training.oversample_rare, len(train_dataset), len(indices))
-    # Items are read through the Subset, so the Trainer's length grouping (which reads each item's
-    # ``input_ids``) sees the repeated rows' lengths as well.
-    return torch.utils.data.Subset(train_dataset, indices.tolist())
-
-
-def trainer_loss(loss_cfg: LossConfig, train_labels: np.ndarray | None,
-                 observe: Callable[[torch.Tensor], None] | None = None):
-    """The Trainer's ``compute_loss_func``: ``(outputs, labels, num_items_in_batch) -> loss``.
-
-    ``training.losses.build_loss`` on the model's ``logits``: a mean over the batch's label entries.
-    With gradient accumulation the Trainer passes ``num_items_in_batch``, the label entries of all
-    accumulated batches (it counts ``labels != -100``: every 0/1 entry), and does not divide the loss
-    itself; ``mean * entries / num_items_in_batch`` makes the accumulated gradient that of the mean
-    over all of them (without accumulation the factor is exactly 1). ``observe`` sees every loss.
-    """
-    loss = build_loss(loss_cfg, train_labels)
-
-    def compute_loss(outputs, labels, num_items_in_batch=None):
-        if labels is None:
-            raise ValueError("the batch carries no 'labels': training and validation datasets need labels")
-        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        value = loss(logits, labels)
-        if num_items_in_batch is not None:
-            value = value * (labels.numel() / num_items_in_batch)
-        if observe is not None:
-            observe(value)
-        return value
-
-    return compute_loss
 
 
 def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,

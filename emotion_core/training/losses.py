@@ -16,7 +16,7 @@ Limits
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -121,3 +121,29 @@ def build_loss(cfg: LossConfig, train_labels: np.ndarray | None = None) -> LossF
         return sum(weight * fn(logits, labels) for weight, fn in parts)
 
     return loss
+
+
+def trainer_loss(loss_cfg: LossConfig, train_labels: np.ndarray | None,
+                 observe: Callable[[torch.Tensor], None] | None = None):
+    """The Trainer's ``compute_loss_func``: ``(outputs, labels, num_items_in_batch) -> loss``.
+
+    ``training.losses.build_loss`` on the model's ``logits``: a mean over the batch's label entries.
+    With gradient accumulation the Trainer passes ``num_items_in_batch``, the label entries of all
+    accumulated batches (it counts ``labels != -100``: every 0/1 entry), and does not divide the loss
+    itself; ``mean * entries / num_items_in_batch`` makes the accumulated gradient that of the mean
+    over all of them (without accumulation the factor is exactly 1). ``observe`` sees every loss.
+    """
+    loss = build_loss(loss_cfg, train_labels)
+
+    def compute_loss(outputs, labels, num_items_in_batch=None):
+        if labels is None:
+            raise ValueError("the batch carries no 'labels': training and validation datasets need labels")
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        value = loss(logits, labels)
+        if num_items_in_batch is not None:
+            value = value * (labels.numel() / num_items_in_batch)
+        if observe is not None:
+            observe(value)
+        return value
+
+    return compute_loss

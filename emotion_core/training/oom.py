@@ -67,7 +67,7 @@ class BatchShape:
 
 
 def free_memory(trainer, keep_optimizer: bool = False) -> None:
-    """Free what a failed attempt holds on the device (gradients, unless kept the optimizer state), then CUDA's cache."""
+    """Free what a failed attempt holds on the device (gradients; the optimizer state unless kept), then the cache."""
     try:
         trainer.model.zero_grad(set_to_none=True)
         if not keep_optimizer:

@@ -1,8 +1,8 @@
 """Rare-label oversampling (``training.oversample_rare``): repeat whole training rows that carry rare labels.
 
-``oversample_indices(labels, strength, seed)``: every row at least once; a label below the median
-positive count ``M`` gets a factor ``(M / c_l) ** strength``, each row the largest factor of its labels,
-rounded stochastically (seeded).
+``oversample_indices(labels, strength, seed)``: every row at least once; a label below the median positive
+count ``M`` gets a factor ``(M / c_l) ** strength``, each row the largest factor of its labels, rounded
+stochastically (seeded). ``oversampled`` reads a training dataset through those indices.
 
 Limits
 - Rows repeat whole: labels that co-occur with rare ones rise too. A label without positives cannot rise.
@@ -11,7 +11,14 @@ Limits
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import torch
+
+from emotion_core.config import TrainingConfig
+
+log = logging.getLogger(__name__)
 
 
 def label_factors(labels: np.ndarray, strength: float) -> np.ndarray:
@@ -46,3 +53,19 @@ def oversample_indices(labels: np.ndarray, strength: float, seed: int) -> np.nda
     whole = np.floor(row_factor)
     repeats = whole.astype(np.int64) + (rng.random(n) < row_factor - whole)
     return np.repeat(np.arange(n), repeats)
+
+
+def oversampled(train_dataset, train_labels: np.ndarray | None, training: TrainingConfig):
+    """``train_dataset``, or with ``training.oversample_rare`` > 0 a ``Subset`` repeating rows with rare labels."""
+    if training.oversample_rare == 0:
+        return train_dataset
+    if train_labels is None:
+        raise ValueError("training.oversample_rare is set: pass train_labels (the training split's label matrix)")
+    if len(train_labels) != len(train_dataset):
+        raise ValueError(f"train_labels has {len(train_labels)} rows, the training dataset {len(train_dataset)}")
+    indices = oversample_indices(train_labels, training.oversample_rare, training.seed)
+    log.info("oversampling rare labels (strength %g): %d training rows -> %d per epoch",
+             training.oversample_rare, len(train_dataset), len(indices))
+    # Items are read through the Subset, so the Trainer's length grouping (which reads each item's
+    # ``input_ids``) sees the repeated rows' lengths as well.
+    return torch.utils.data.Subset(train_dataset, indices.tolist())
