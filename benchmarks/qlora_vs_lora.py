@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,9 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
 
     from emotion_core.config import DataConfig, load_run_config
     from emotion_core.models import build_family
-    from emotion_core.training.fit import resolve_precision, seed_everything, trainer_loss
+    from emotion_core.training.fit import resolve_precision, seed_everything
+    from emotion_core.training.losses import trainer_loss
+    from emotion_core.training.optimizer import adamw
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data_cfg = DataConfig(dataset="goemotions", max_train_samples=spec["rows"], max_validation_samples=64,
@@ -121,7 +123,7 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
     precision = resolve_precision(cfg.training.precision)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if device == "cuda" else None
     compute_loss = trainer_loss(cfg.training.loss, labels)
-    optimizer = torch.optim.AdamW(family.param_groups(cfg.training), fused=True)  # as build_trainer
+    optimizer = adamw(family, cfg.training)  # as build_trainer
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     if device == "cuda":
@@ -296,7 +298,7 @@ def main() -> int:
                        qlora_over_lora_train_peak_mem=round(q["train_peak_mem_mb"] / lo["train_peak_mem_mb"], 3) if lo["train_peak_mem_mb"] else None,
                        qlora_over_lora_weights=round(q["weights_mb"] / lo["weights_mb"], 3))
     payload = {
-        "benchmark": "qlora_vs_lora", "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "qlora_vs_lora", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": {"steps": steps, "warmup_steps": warmup, "batch_size": args.batch_size, "max_length": max_length,
                      "rows": args.rows, "data_seed": args.data_seed, "rounds": args.rounds, "batching": args.batching,

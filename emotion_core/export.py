@@ -1,28 +1,14 @@
 """Export a run as a Hugging Face folder that ``transformers`` / ``peft`` load without remote code.
 
 Features
-- Full fine-tuned encoder runs -> ``AutoModelForSequenceClassification`` folder (safetensors, tokenizer,
-  ``problem_type="multi_label_classification"``, ``id2label``/``label2id``; thresholds, and temperatures
-  when calibrated (the run's ``calibration.json``; fitted at export for older runs), under ``emotion_*``
-  keys of ``config.json``) plus a model card.
-- Encoder adapter runs (LoRA/IA3) -> a ``peft`` adapter folder (``task_type="SEQ_CLS"``, the head in
-  ``modules_to_save``); ``merge=True`` -> the merged plain folder instead.
-- The project's head (a linear layer on the pooled vector) is mapped into each architecture's own
-  classification head: DistilBERT/DeBERTa-v2 (dense + ReLU/GELU): ``act(z) - act(-z) = z`` exactly;
-  BERT/RoBERTa (dense + tanh): the dense layer is scaled by 2^-20 and the classifier by 2^20, so
-  ``tanh`` runs where ``tanh(x) = x`` to below float32 resolution (cubic term < 1e-9 relative for
-  |logit| < 60; powers of two scale without rounding).
-- Every export is checked before it is written: the exported model's logits on ``PROBE_TEXTS`` must
-  match the run's own within ``LOGIT_TOLERANCE``; the measured difference is stored in the config.
-- Written atomically: built in a hidden sibling folder, renamed into place.
+- Full fine-tuned encoder runs -> an ``AutoModelForSequenceClassification`` folder (thresholds and
+  temperatures under ``emotion_*`` config keys) with a model card; LoRA/IA3 runs -> a ``peft`` folder,
+  or merged (``merge=True``).
+- The project's head is mapped exactly into each architecture's own classification head.
+- Checked before it is written (logits on ``PROBE_TEXTS`` within ``LOGIT_TOLERANCE``); written atomically.
 
 Limits
-- Mean-pooled runs (``model.pooling: mean``, the encoder default) are refused: no standard
-  ``*ForSequenceClassification`` class of these architectures averages the tokens (their heads read
-  the first token; the last layer is layer-normed, so no exact rewrite exists), and remote code is
-  not allowed. Train with ``model.pooling: cls`` to export; the run folder stays the artefact otherwise.
-- FFNN, zero-shot and decoder runs are refused (the decoder head has a bias Llama-style classes lack).
-- QLoRA runs are refused (4-bit base; merging would re-quantise the update).
+- Only encoder runs with ``model.pooling: cls``; FFNN, linear, zero-shot, decoder and QLoRA runs are refused.
 """
 
 from __future__ import annotations
@@ -233,7 +219,6 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
     import torch
     from transformers import AutoTokenizer
 
-    from emotion_core.model_card import write_card
     from emotion_core.models import load_family
     from emotion_core.runs import read_run
 
@@ -243,18 +228,7 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
     family = load_family(run.config, run.schema, run.folder / "model")
     tokenizer = AutoTokenizer.from_pretrained(run.folder / "model" / "tokenizer")
     tokenizer.model_max_length = run.config.model.max_length  # the run truncates here; so must the export
-    body, head = family.model.body, family.model.head
-    adapter = run.config.model.adapter
-    if adapter is not None and merge:
-        import copy
-
-        body = copy.deepcopy(body).merge_and_unload()
-    if adapter is not None and not merge:
-        exported, model_type = _adapter_model(run, body, run.schema, head)
-        kind = f"peft-{adapter.method}"
-    else:
-        exported, model_type = _full_model(body, run.schema, head)
-        kind = "merged" if adapter is not None else "full"
+    exported, model_type, kind = _transformers_model(run, family, merge)
     with torch.no_grad():
         diff = _check_same(run, family, exported, tokenizer)
     extras = emotion_keys(run, calibration, model_type, diff, kind)
@@ -262,21 +236,8 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        if kind.startswith("peft"):
-            exported.save_pretrained(str(tmp), safe_serialization=True)
-            _fix_adapter_config(tmp / "adapter_config.json", _base_reference(run, base_model),
-                                run.config.model.revision)
-            load_kwargs = {"num_labels": len(run.schema), "id2label": extras.pop("id2label"),
-                           "label2id": extras.pop("label2id"), "problem_type": "multi_label_classification"}
-            write_json(tmp / "emotion_export.json", {**extras, "load_kwargs": load_kwargs})
-        else:
-            for key, value in extras.items():
-                if key not in ("id2label", "label2id"):
-                    setattr(exported.config, key, value)
-            exported.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-        write_card(tmp / "README.md", run, kind=kind, model_type=model_type, check=diff, calibration=calibration,
-                   base=_base_reference(run, base_model) if kind.startswith("peft") else None)
+        _save_export(tmp, run, exported, tokenizer, extras, kind, base_model)
+        _write_card(tmp, run, kind, model_type, diff, calibration, base_model)
         if dest.exists():
             dest.rmdir()  # empty (checked above)
         tmp.rename(dest)
@@ -285,6 +246,46 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
         raise
     return {"run_id": run.run_id, "kind": kind, "model_type": model_type, "folder": str(dest),
             "max_abs_logit_diff": diff}
+
+
+def _transformers_model(run, family, merge: bool):
+    """``(model, model_type, kind)``: the run's body and head as a transformers (or peft) sequence classifier."""
+    body, head = family.model.body, family.model.head
+    adapter = run.config.model.adapter
+    if adapter is not None and merge:
+        import copy
+
+        body = copy.deepcopy(body).merge_and_unload()
+    if adapter is not None and not merge:
+        exported, model_type = _adapter_model(run, body, run.schema, head)
+        return exported, model_type, f"peft-{adapter.method}"
+    exported, model_type = _full_model(body, run.schema, head)
+    return exported, model_type, "merged" if adapter is not None else "full"
+
+
+def _save_export(folder: Path, run, exported, tokenizer, extras: dict, kind: str, base_model: str | None) -> None:
+    """Weights (safetensors), config with the ``emotion_*`` keys (peft: ``emotion_export.json``), tokenizer."""
+    if kind.startswith("peft"):
+        exported.save_pretrained(str(folder), safe_serialization=True)
+        _fix_adapter_config(folder / "adapter_config.json", _base_reference(run, base_model), run.config.model.revision)
+        load_kwargs = {"num_labels": len(run.schema), "id2label": extras.pop("id2label"),
+                       "label2id": extras.pop("label2id"), "problem_type": "multi_label_classification"}
+        write_json(folder / "emotion_export.json", {**extras, "load_kwargs": load_kwargs})
+    else:
+        for key, value in extras.items():
+            if key not in ("id2label", "label2id"):
+                setattr(exported.config, key, value)
+        exported.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+
+
+def _write_card(folder: Path, run, kind: str, model_type: str, diff: float, calibration: dict | None,
+                   base_model: str | None) -> None:
+    """The export's model card (``README.md``)."""
+    from emotion_core.model_card import write_card
+
+    write_card(folder / "README.md", run, kind=kind, model_type=model_type, check=diff, calibration=calibration,
+               base=_base_reference(run, base_model) if kind.startswith("peft") else None)
 
 
 def emotion_keys(run, calibration: dict | None, model_type: str, diff: float, kind: str) -> dict:

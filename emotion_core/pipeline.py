@@ -1,21 +1,13 @@
 """The training recipe, top to bottom: one config in, one published run out.
 
-    load + validate data -> build the model family -> fit (HF Trainer) -> predict validation/test
-    -> tune thresholds on validation -> calibrate on validation -> metrics -> write artefacts
-    -> manifest last -> publish
+    load data -> build the family -> fit -> predict validation/test -> thresholds, calibration, metrics
+    -> write the run into a staging folder, manifest last -> publish
 
-Calibration ships with the run (``calibration.json``): per-label temperatures and thresholds re-tuned
-on the calibrated validation probabilities, fitted on validation only, for every family (zero-shot
-included: it has validation logits and labels like any run, and its prompted scores need it most).
-
-Everything is written into a private staging folder; on an error before publishing it is
-discarded, so the store never holds half a run. If only publishing fails (store unreachable after
-retries), the complete staged run is kept and the error says where. Prefect tasks call these functions; nothing here knows about Prefect.
-
-Resume: with ``training.checkpoint_every_steps`` > 0, training checkpoints go to the store's
-checkpoint area of the run id (``training.checkpoints``); a run started again with the same run id
-(an orchestrator re-dispatching a crashed child) downloads the latest complete one and continues
-from its step (``resumed_from_step`` in the manifest). Publishing deletes the run's checkpoints.
+Features
+- The store never holds half a run: the staging folder is discarded on an error; if only publishing fails,
+  the complete staged run is kept and the error says where.
+- Resume: a run started again with the same run id continues from its latest store checkpoint.
+- Under torchrun every rank calls ``train_run``; rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -26,26 +18,27 @@ import json
 import logging
 import shutil
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
-
 
 from emotion_core import provenance
 from emotion_core.calibration import CALIBRATION_FILE, shipped_calibration
 from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
+from emotion_core.errors import StoreError
+from emotion_core.files import write_json
 from emotion_core.metrics import sigmoid
 from emotion_core.models import build_family, preflight
+from emotion_core.models.family import Family
 from emotion_core.monitoring import DeviceMonitor
-from emotion_core.files import write_json
 from emotion_core.runs import file_inventory, write_config, write_logits
-from emotion_core.errors import StoreError
 from emotion_core.store import ArtifactStore, RunId, RunIdConflict
 from emotion_core.thresholds import evaluate_policies
-from emotion_core.training import distributed
-from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
+from emotion_core.training import ranks
 from emotion_core.training.batch_logits import predict_logits
+from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +63,15 @@ def quality_flags(evaluation: dict, policy: str) -> list[dict]:
     flags = []
     if evaluation["validation"]["fixed"]["no_positive_predictions"]:
         flags.append({"code": "no_predictions_at_0.5",
-                      "message": "validation predictions are empty for every label at threshold 0.5 (collapsed towards 'no label')"})
+                      "message": "validation predictions are empty for every label at threshold 0.5 "
+                                 "(collapsed towards 'no label')"})
     if evaluation["validation"][policy]["no_positive_predictions"]:
         flags.append({"code": "no_predictions",
                       "message": f"validation predictions are empty for every label at the run's {policy} thresholds"})
     never = evaluation["validation"][policy]["labels_never_predicted"]
     if never:
-        flags.append({"code": "labels_never_predicted", "message": f"never predicted on validation: {', '.join(never)}"})
+        flags.append({"code": "labels_never_predicted",
+                      "message": f"never predicted on validation: {', '.join(never)}"})
     return flags
 
 
@@ -104,139 +99,33 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
 
     ``run_id``: chosen by the caller (an orchestrator that must find the run again), else derived
     from config, data and time. If the store holds a complete training checkpoint of ``run_id``
-    (same config and data), training resumes from it. ``progress``: called with progress events (step, epoch, eta, device
-    sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry (flow run,
-    work pool, worker...).
+    (same config and data), training resumes from it. ``progress``: called with progress events (step, epoch,
+    eta, device sample) during training. ``context``: recorded as the manifest's ``orchestration`` entry
+    (flow run, work pool, worker...).
 
     Under torchrun (``resources.gpus`` > 1, see ``training.distributed``) every rank calls this: rank 0
     stages, checkpoints and writes the run; the other ranks only train and return ``(None, run_id)``.
     """
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
-    distributed.check(cfg)  # several GPUs only through torchrun: never DataParallel
+    ranks.check(cfg)  # several GPUs only through torchrun: never DataParallel
     preflight.check(cfg)  # before any download or training
-    started_at = datetime.now(timezone.utc)
-    started = time.perf_counter()
+    clock = _Clock(datetime.now(UTC), time.perf_counter())
     provenance.reset_peak_memory()
-    with distributed.main_first():  # one rank fills the data cache
+    with ranks.main_first():  # one rank fills the data cache
         data = data if data is not None else load_data(cfg.data)
-    schema = data.schema
-    run_id = distributed.broadcast(run_id or make_run_id(cfg, data.data_hash, started_at))  # rank 0's clock decides
-    main = distributed.is_main()
+    run_id = ranks.broadcast(run_id or make_run_id(cfg, data.data_hash, clock.started_at))  # rank 0's clock decides
+    main = ranks.is_main()
     staging = store.staging(run_id) if main else None
-    work_dir = distributed.broadcast(staging / "checkpoints" if main else None)  # one folder shared by the ranks
+    work_dir = ranks.broadcast(staging / "checkpoints" if main else None)  # one folder shared by the ranks
     log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
              len(data.split("train")), len(data.split("validation")))
     try:
-        train_texts, train_labels = data.texts("train"), data.labels("train")
-        # Seed before the model is built: a new head's initial weights must not depend on what
-        # else consumed the random streams in this process (e.g. an earlier run of a config set).
-        seed_everything(cfg.training.seed)
-        with distributed.main_first():  # one rank fills the model cache
-            family = build_family(cfg, schema, train_texts, train_labels)
-        train_dataset = family.make_dataset(train_texts, train_labels)
-        validation_labels = data.labels("validation")
-        validation_dataset = family.make_dataset(data.texts("validation"), validation_labels)
-
-        with DeviceMonitor(device=distributed.device_index()) as monitor:
-            if cfg.model.family == "zero_shot":  # prompted, not trained: nothing to fit
-                stats = FitStats(epochs_completed=0.0, steps=0, train_seconds=0.0, eval_seconds=0.0,
-                                 train_samples_per_second=0.0, best_validation_macro_f1=None,
-                                 precision=resolve_precision(cfg.training.precision), log_history=[])
-            else:
-                checkpoints = resume = None
-                if cfg.training.checkpoint_every_steps:
-                    from emotion_core.training.checkpoints import RunCheckpoints  # imports transformers
-
-                    checkpoints = (RunCheckpoints(store, run_id, content_hash(cfg, data.data_hash)) if main
-                                   else distributed.NoCheckpoints())  # the ranks save together, rank 0 uploads
-                    resume = distributed.broadcast(checkpoints.restore(work_dir))
-                stats = fit(cfg, family, train_dataset, validation_dataset, work_dir,
-                            progress=progress, monitor=monitor, train_labels=train_labels,
-                            checkpoints=checkpoints, resume=resume)
-        device_usage = monitor.summary()
-        ranks = distributed.gather(distributed.rank_usage(device_usage, provenance.peak_memory()))
-        distributed.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
+        trained = _train(cfg, store, data, run_id, work_dir, progress)
         if not main:
             return None, run_id
         shutil.rmtree(work_dir, ignore_errors=True)  # the best weights are in memory now
-
-        batch = cfg.training.eval_batch_size
-        splits = ["validation"] + (["test"] if len(data.split("test")) else [])
-        logits = {split: predict_logits(family, data.texts(split), batch) for split in splits}
-        evaluation = evaluate_policies(
-            schema.names,
-            validation_labels, sigmoid(logits["validation"]),
-            data.labels("test") if "test" in logits else None,
-            sigmoid(logits["test"]) if "test" in logits else None,
-        )
-
-        (staging / "model").mkdir()
-        family.save(staging / "model")
-        for split in splits:
-            write_logits(staging / "logits" / f"{split}.parquet", data.ids(split), logits[split], schema)
-        write_config(staging / "config.yaml", cfg)
-        (staging / "labels.json").write_text(schema.to_json(), encoding="utf-8")
-        write_json(staging / "thresholds.json", {
-            "policy": cfg.threshold_policy,
-            "tuned_on": "validation",
-            "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
-        })
-        calibration = shipped_calibration(logits["validation"], validation_labels, schema.names, cfg.threshold_policy)
-        write_json(staging / CALIBRATION_FILE, calibration)  # before the inventory: every run file is listed
-        write_json(staging / "metrics.json", {k: v for k, v in evaluation.items() if k != "thresholds"})
-        write_json(staging / "data_report.json", data.report.to_dict())
-        write_json(staging / "train_log.json", stats.log_history)
-
-        policy = cfg.threshold_policy
-        manifest = {
-            "manifest_version": MANIFEST_VERSION,
-            "run_id": run_id,
-            "status": "completed",
-            "config_name": cfg.name,
-            "family": cfg.model.family,
-            "model": getattr(cfg.model, "model", cfg.model.family),
-            "started_at": started_at.isoformat(),
-            "finished_at": datetime.now(timezone.utc).isoformat(),
-            "config": cfg.model_dump(mode="json"),
-            "data": {"dataset": cfg.data.dataset, "hash": data.data_hash, "labels": list(schema.names),
-                     "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")}},
-            "parameters": count_parameters(family.model),
-            "timing": {
-                "wall_seconds": round(time.perf_counter() - started, 2),
-                "train_seconds": round(stats.train_seconds, 2),
-                "validation_seconds_during_training": round(stats.eval_seconds, 2),
-                "train_samples_per_second": round(stats.train_samples_per_second, 2),
-                "epochs_completed": stats.epochs_completed,
-                "steps": stats.steps,
-            },
-            "precision": stats.precision,
-            "batching": {"batch_size": cfg.training.batch_size,
-                         "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
-                         "gradient_accumulation_steps": stats.gradient_accumulation_steps},
-            "resumed_from_step": stats.resumed_from_step,
-            "oom_adjustments": stats.oom_adjustments,
-            "memory": provenance.peak_memory(),
-            "device": provenance.device_facts(),
-            "device_usage": device_usage,
-            "distributed": distributed.manifest_entry(cfg, ranks),
-            "orchestration": context or {},
-            "versions": provenance.package_versions(),
-            "git": provenance.git_commit(),
-            "threshold_policy": policy,
-            "summary": {
-                split: {p: {"macro_f1": m["macro_f1"], "micro_f1": m["micro_f1"], "jaccard_samples": m["jaccard_samples"],
-                            "subset_accuracy": m["subset_accuracy"]} for p, m in evaluation[split].items()}
-                for split in splits
-            },
-            "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
-            "flags": quality_flags(evaluation, policy),
-            "calibration": {"file": CALIBRATION_FILE, "version": calibration["version"],
-                            "validation_ece_flat": {"before": calibration["ece_before"]["flat"],
-                                                    "after": calibration["ece_after"]["flat"]}},
-        }
-        manifest["files"] = file_inventory(staging)
-        write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
+        manifest = _write_run(staging, cfg, run_id, data, trained, clock, context)
     except BaseException as exc:
         if staging is not None:
             store.discard(staging)
@@ -244,11 +133,161 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
             raise StoreError(f"store {store.uri}: writing run {run_id} failed ({exc.strerror or exc}); "
                              f"nothing was published") from None
         raise
-    log.info("run %s: calibrated on validation, flattened ECE %.4f -> %.4f", run_id,
-             calibration["ece_before"]["flat"], calibration["ece_after"]["flat"])
+    ece = manifest["calibration"]["validation_ece_flat"]
+    log.info("run %s: calibrated on validation, flattened ECE %.4f -> %.4f", run_id, ece["before"], ece["after"])
     for flag in manifest["flags"]:
         log.warning("run %s: %s", run_id, flag["message"])
     return staging, run_id
+
+
+@dataclass(frozen=True)
+class _Clock:
+    started_at: datetime  # UTC, for the run id and the manifest
+    started: float  # perf_counter, for the wall time
+
+
+@dataclass
+class _Trained:
+    family: Family
+    stats: FitStats
+    device_usage: dict  # this rank's device monitor summary
+    rank_usages: list[dict] | None  # every rank's usage on rank 0
+
+
+def _train(cfg: RunConfig, store: ArtifactStore, data: EmotionData, run_id: str, work_dir: Path,
+           progress: Callable[[dict], None] | None) -> _Trained:
+    """Build the family and fit it (a prompted family is not fitted); every rank, in step."""
+    train_texts, train_labels = data.texts("train"), data.labels("train")
+    # Seed before the model is built: a new head's initial weights must not depend on what
+    # else consumed the random streams in this process (e.g. an earlier run of a config set).
+    seed_everything(cfg.training.seed)
+    with ranks.main_first():  # one rank fills the model cache
+        family = build_family(cfg, data.schema, train_texts, train_labels)
+    train_dataset = family.make_dataset(train_texts, train_labels)
+    validation_dataset = family.make_dataset(data.texts("validation"), data.labels("validation"))
+    with DeviceMonitor(device=ranks.device_index()) as monitor:
+        if not family.trained:  # prompted: nothing to fit
+            stats = FitStats.untrained(resolve_precision(cfg.training.precision))
+        else:
+            checkpoints, resume = _store_checkpoints(cfg, store, run_id, data.data_hash, work_dir)
+            stats = fit(cfg, family, train_dataset, validation_dataset, work_dir, progress=progress, monitor=monitor,
+                        train_labels=train_labels, checkpoints=checkpoints, resume=resume)
+    device_usage = monitor.summary()
+    rank_usages = ranks.gather(ranks.rank_usage(device_usage, provenance.peak_memory()))
+    ranks.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
+    return _Trained(family, stats, device_usage, rank_usages)
+
+
+def _store_checkpoints(cfg: RunConfig, store: ArtifactStore, run_id: str, data_hash: str, work_dir: Path):
+    """``(checkpoints, resume)``: where checkpoints are uploaded and the one restored to resume from, if any."""
+    if not cfg.training.checkpoint_every_steps:
+        return None, None
+    from emotion_core.training.checkpoints import RunCheckpoints  # imports transformers
+
+    checkpoints = (RunCheckpoints(store, run_id, content_hash(cfg, data_hash)) if ranks.is_main()
+                   else ranks.NoCheckpoints())  # the ranks save together, rank 0 uploads
+    return checkpoints, ranks.broadcast(checkpoints.restore(work_dir))
+
+
+def _write_run(staging: Path, cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained, clock: _Clock,
+               context: dict | None) -> dict:
+    """Predict, evaluate, calibrate and write every run file into ``staging``, the manifest last; returns it."""
+    splits = ["validation"] + (["test"] if len(data.split("test")) else [])
+    batch = cfg.training.eval_batch_size
+    logits = {split: predict_logits(trained.family, data.texts(split), batch) for split in splits}
+    evaluation = evaluate_policies(
+        data.schema.names,
+        data.labels("validation"), sigmoid(logits["validation"]),
+        data.labels("test") if "test" in logits else None,
+        sigmoid(logits["test"]) if "test" in logits else None,
+    )
+    calibration = shipped_calibration(logits["validation"], data.labels("validation"), data.schema.names,
+                                      cfg.threshold_policy)
+    _write_artefacts(staging, cfg, data, trained, logits, evaluation, calibration)
+    manifest = _manifest(cfg, run_id, data, trained, evaluation, calibration, clock, context)
+    manifest["files"] = file_inventory(staging)
+    write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
+    return manifest
+
+
+def _write_artefacts(staging: Path, cfg: RunConfig, data: EmotionData, trained: _Trained, logits: dict,
+                     evaluation: dict, calibration: dict) -> None:
+    """Model, logits, config, labels, thresholds, calibration, metrics, data report and training log."""
+    schema = data.schema
+    (staging / "model").mkdir()
+    trained.family.save(staging / "model")
+    for split, split_logits in logits.items():
+        write_logits(staging / "logits" / f"{split}.parquet", data.ids(split), split_logits, schema)
+    write_config(staging / "config.yaml", cfg)
+    (staging / "labels.json").write_text(schema.to_json(), encoding="utf-8")
+    write_json(staging / "thresholds.json", {
+        "policy": cfg.threshold_policy,
+        "tuned_on": "validation",
+        "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
+    })
+    write_json(staging / CALIBRATION_FILE, calibration)  # before the inventory: every run file is listed
+    write_json(staging / "metrics.json", {k: v for k, v in evaluation.items() if k != "thresholds"})
+    write_json(staging / "data_report.json", data.report.to_dict())
+    write_json(staging / "train_log.json", trained.stats.log_history)
+
+
+def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained, evaluation: dict,
+              calibration: dict, clock: _Clock, context: dict | None) -> dict:
+    """The run's manifest, without its file inventory."""
+    stats, policy = trained.stats, cfg.threshold_policy
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "run_id": run_id,
+        "status": "completed",
+        "config_name": cfg.name,
+        "family": cfg.model.family,
+        "model": getattr(cfg.model, "model", cfg.model.family),
+        "started_at": clock.started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "config": cfg.model_dump(mode="json"),
+        "data": {"dataset": cfg.data.dataset, "hash": data.data_hash, "labels": list(data.schema.names),
+                 "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")}},
+        "parameters": count_parameters(trained.family.model),
+        "timing": _timing(stats, time.perf_counter() - clock.started),
+        "precision": stats.precision,
+        "batching": {"batch_size": cfg.training.batch_size,
+                     "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
+                     "gradient_accumulation_steps": stats.gradient_accumulation_steps},
+        "resumed_from_step": stats.resumed_from_step,
+        "oom_adjustments": stats.oom_adjustments,
+        "memory": provenance.peak_memory(),
+        "device": provenance.device_facts(),
+        "device_usage": trained.device_usage,
+        "distributed": ranks.manifest_entry(cfg, trained.rank_usages),
+        "orchestration": context or {},
+        "versions": provenance.package_versions(),
+        "git": provenance.git_commit(),
+        "threshold_policy": policy,
+        "summary": _summary(evaluation),
+        "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
+        "flags": quality_flags(evaluation, policy),
+        "calibration": {"file": CALIBRATION_FILE, "version": calibration["version"],
+                        "validation_ece_flat": {"before": calibration["ece_before"]["flat"],
+                                                "after": calibration["ece_after"]["flat"]}},
+    }
+
+
+def _timing(stats: FitStats, wall_seconds: float) -> dict:
+    return {
+        "wall_seconds": round(wall_seconds, 2),
+        "train_seconds": round(stats.train_seconds, 2),
+        "validation_seconds_during_training": round(stats.eval_seconds, 2),
+        "train_samples_per_second": round(stats.train_samples_per_second, 2),
+        "epochs_completed": stats.epochs_completed,
+        "steps": stats.steps,
+    }
+
+
+def _summary(evaluation: dict) -> dict:
+    """Headline scores per split and threshold policy."""
+    keys = ("macro_f1", "micro_f1", "jaccard_samples", "subset_accuracy")
+    splits = [s for s in ("validation", "test") if s in evaluation]
+    return {split: {p: {k: m[k] for k in keys} for p, m in evaluation[split].items()} for split in splits}
 
 
 def published_run_uri(store: ArtifactStore, run_id: str, cfg: RunConfig) -> str | None:

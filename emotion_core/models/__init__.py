@@ -1,20 +1,44 @@
-"""Model families. Each family module exposes the same plain functions (no base class):
+"""Model families, built and loaded by name through ``config.FAMILY_REGISTRY``.
 
-- ``build(cfg, schema, train_texts, train_labels) -> Family``: a ready-to-train model with its
-  featurizer/tokenizer, datasets builder, collator and optimizer parameter groups;
-- ``load(folder) -> Family``: the same, restored from a run's ``model/`` folder.
-
-``emotion_core.models.build_family`` and ``load_family`` dispatch on ``cfg.model.family``.
+Each family module has two plain functions (no base class), both returning a ``models.family.Family``:
+``build(cfg, schema, train_texts, train_labels)`` (ready to train) and ``load(cfg, schema, folder)``
+(restored from a run's ``model/`` folder). This package imports no torch: the module of a family is
+imported when a model of it is built.
 """
 
-__all__ = ["Family", "build_family", "load_family"]
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from emotion_core.config import FAMILY_REGISTRY, RunConfig
+from emotion_core.errors import ModelError
+from emotion_core.labels import LabelSchema
+
+if TYPE_CHECKING:
+    from emotion_core.models.family import Family
+
+__all__ = ["build_family", "load_family"]
 
 
-def __getattr__(name: str):
-    # Lazy: ``emotion_core.models.preflight`` must import without torch (the train-all parent
-    # checks configs but trains nothing).
-    if name in __all__:
-        from emotion_core.models import family
+def family_module(cfg: RunConfig) -> ModuleType:
+    """The module of ``cfg.model.family`` (the config validated the name)."""
+    _, module = FAMILY_REGISTRY[cfg.model.family]
+    return importlib.import_module(module)
 
-        return getattr(family, name)
-    raise AttributeError(f"module 'emotion_core.models' has no attribute {name!r}")
+
+def build_family(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
+    """Build the family named by ``cfg.model.family``, initialised for ``schema``."""
+    return family_module(cfg).build(cfg, schema, train_texts, train_labels)
+
+
+def load_family(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
+    """Rebuild a trained family from a run's ``model/`` folder: safetensors only, never code from the folder."""
+    if getattr(cfg.model, "trust_remote_code", False):
+        raise ModelError(f"{folder}: field 'model.trust_remote_code' is true; a saved model is never loaded with "
+                         "remote code (it would run Python from the run's files)")
+    return family_module(cfg).load(cfg, schema, folder)

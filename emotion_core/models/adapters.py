@@ -1,33 +1,16 @@
 """Adapters through ``peft``: LoRA, IA3 and QLoRA for the encoder and decoder families.
 
 Features
-- ``TARGETS``: default target modules per architecture (``config.model_type``): LoRA on every
-  attention projection (query, key, value, output) and both MLP projections; IA3 on keys, values and
-  the feed-forward output layer (scaled on its input, as in the IA3 paper). Names are module-name
-  suffixes as peft matches them; counts on 2-layer models are checked in tests/core/test_adapters.py.
-  ``model.adapter.target_modules`` / ``feedforward_modules`` override them.
-- ``check_supported`` works from a ``model_type`` string alone (no torch, no download): the
-  pre-flight check. This module imports torch, transformers and peft only inside its functions.
-- QLoRA: ``quantization_config`` loads the base in 4-bit nf4 (bitsandbytes, optional double
-  quantisation, compute in bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU);
-  ``apply_adapter`` prepares it for k-bit training (``prepare_model_for_kbit_training``: base frozen,
-  non-4-bit weights in fp32; gradient checkpointing only when asked) and adds LoRA.
-- The new classification head (``head_modules``) stays fully trainable and is saved with the
-  adapter (``modules_to_save``); every other base weight is frozen.
-- ``trainable_parameters`` counts a 4-bit weight as the parameters it stands for (bitsandbytes packs
-  two 4-bit values per byte, so ``numel()`` of a ``Params4bit`` is half the real count).
-- ``save_adapter`` / ``load_adapter``: only adapter and head weights (``adapter_model.safetensors``
-  + ``adapter_config.json``), reloaded onto a freshly loaded base to the same logits.
-  ``export_merged``: a merged full model (``merge_and_unload``) for LoRA/IA3 (``merge_on_export``).
+- ``TARGETS``: default target modules per architecture (``model.adapter.target_modules`` overrides);
+  ``check_supported`` needs only a ``model_type`` (the pre-flight check: no torch, no download).
+- QLoRA: the base in 4-bit nf4 (bitsandbytes), prepared for k-bit training, LoRA on top.
+- The new head stays fully trainable and is saved with the adapter; every other base weight is frozen.
+- ``trainable_parameters`` counts a 4-bit weight as the parameters it stands for.
+- ``save_adapter`` / ``load_adapter`` (adapter and head only); ``export_merged`` for LoRA/IA3.
 
 Limits
-- Architectures outside ``TARGETS`` are refused by ``check_supported`` (the families and the
-  pre-flight check call it), even with ``target_modules`` set: only these were tested.
-- No merged export for QLoRA: merging into a 4-bit body would re-quantise the LoRA update.
-- QLoRA on CPU: bitsandbytes' AVX512-bf16 inference repacking is turned off (``keep_4bit_differentiable``),
-  because it silently breaks gradients of any training that follows an evaluation.
-- LoRA's B matrices start at zero, so in the very first backward pass only B (not A) gets a
-  gradient; from the second step on both do.
+- Architectures outside ``TARGETS`` are refused. No merged export for QLoRA.
+- QLoRA on CPU turns off bitsandbytes' AVX512-bf16 repacking (it breaks gradients after an evaluation).
 """
 
 from __future__ import annotations
@@ -103,7 +86,7 @@ def check_supported(model_type: str, method: str, config_name: str) -> None:
                           f"'{model_type}'; supported architectures: {', '.join(TARGETS)}")
 
 
-def compute_dtype(adapter: AdapterConfig) -> "torch.dtype":
+def compute_dtype(adapter: AdapterConfig) -> torch.dtype:
     """QLoRA's matmul dtype: ``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
     import torch
 

@@ -1,35 +1,16 @@
 """Decoder LLMs as multi-label classifiers (Llama, Gemma/Gemma2, Qwen2, Mistral, SmolLM2...).
 
 Features
-- ``AutoModelForSequenceClassification`` (``problem_type="multi_label_classification"``): the hidden
-  state of each text's last non-pad token feeds a linear ``score`` head, one logit per label;
-  ``forward(**batch)`` returns ``.logits`` (batch, labels) and, with float ``labels``, ``.loss``
-  (BCE-with-logits, computed by transformers).
-- Pad token: the tokenizer's, else its EOS token (``model.config.pad_token_id`` follows). Right
-  padding: transformers picks the last non-pad token per row and causal attention never sees the
-  pads after it, so padding does not change a text's logits (tested).
-- The ``score`` head is replaced by a fresh fp32 ``ScoreHead`` *with a bias* (Llama-style heads have
-  none); with ``training.init_bias_from_prior`` the bias starts at each label's prior logit (without
-  it the first steps push every logit down and the head predicts no label). The head casts its
-  input to fp32, so a bf16 body works outside autocast too (prediction).
-- Adapters (``model.adapter``, LoRA by default): LoRA, IA3 or QLoRA (4-bit nf4 base) via
-  ``models.adapters``; the head is trained and saved with the adapter (``modules_to_save``).
-  ``adapter: null`` fine-tunes every weight.
-- Weights: LoRA/IA3 body in bf16 on GPUs that support it (adapters stay fp32), fp32 otherwise;
-  QLoRA: 4-bit body, other weights fp32 (``prepare_model_for_kbit_training``), matmuls in the
-  adapter's ``compute_dtype``; full fine-tune: fp32 master weights (the Trainer autocasts on GPU).
-- ``gradient_checkpointing``: non-reentrant activation checkpointing. KV cache off (training only).
-- Saved: ``adapter/`` (adapter + head, safetensors) or ``model/`` (full fine-tune, safetensors,
-  including the head's bias), ``tokenizer/``, and ``base.json`` (base model id, revision, resolved
-  source, architecture, adapter). ``merge_on_export`` adds ``merged/``: the base with the adapter
-  merged in (LoRA/IA3), loadable with ``load_full_model``.
+- ``AutoModelForSequenceClassification``: the last non-pad token's state -> a fresh fp32 ``ScoreHead``
+  with a bias (started at the label priors); right padding does not change a text's logits.
+- Adapters (LoRA by default, IA3, QLoRA) through ``models.adapters``, the head trained and saved with them;
+  ``adapter: null`` fine-tunes every weight. ``gradient_checkpointing`` optional.
+- Saved: ``adapter/`` or ``model/`` (safetensors), ``tokenizer/``, ``base.json``; ``merge_on_export``
+  adds ``merged/`` (load it with ``load_full_model``).
 
 Limits
-- One device per run (no sharding over GPUs).
-- Because of the added bias, a saved full/merged model must be loaded with ``load_full_model``:
-  plain ``AutoModelForSequenceClassification.from_pretrained`` drops ``score.bias``.
-- ``load`` rebuilds the base from ``model.model``/``model.revision`` of the run's config; pin a
-  revision for hub models so the base cannot change under a saved adapter.
+- One device per run. A saved full/merged model needs ``load_full_model`` (plain transformers drops the
+  head's bias). ``load`` rebuilds the base from the config: pin ``model.revision`` for hub models.
 """
 
 from __future__ import annotations
@@ -41,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion_core.config import DecoderConfig, RunConfig, TrainingConfig
+from emotion_core.config import DecoderConfig, RunConfig
 from emotion_core.errors import ModelError
 from emotion_core.labels import LabelSchema
-from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.resolve import resolve_model
 from emotion_core.models.tokenized import text_io
 
@@ -103,7 +84,7 @@ def _base_model(source: str, spec: DecoderConfig, num_labels: int, pad_token_id:
         from emotion_core.models.adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(spec.adapter, skip_modules=[HEAD])
-        from emotion_core.training.distributed import device_map
+        from emotion_core.training.ranks import device_map
 
         if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
             kwargs["device_map"] = device_map()
@@ -132,12 +113,6 @@ def _family(cfg: RunConfig, model, tokenizer, base_info: dict) -> Family:
     spec: DecoderConfig = cfg.model
     make_dataset, collate = text_io(tokenizer, spec.max_length)
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        named = list(model.named_parameters())
-        body = split_decay([(n, p) for n, p in named if not _is_head(n)], training.learning_rate, training.weight_decay)
-        head = split_decay([(n, p) for n, p in named if _is_head(n)], training.head_learning_rate, training.weight_decay)
-        return body + head
-
     def save(folder: Path) -> None:
         from emotion_core.models import adapters
 
@@ -152,7 +127,7 @@ def _family(cfg: RunConfig, model, tokenizer, base_info: dict) -> Family:
         tokenizer.save_pretrained(folder / "tokenizer")
         (folder / "base.json").write_text(json.dumps(base_info, indent=2) + "\n", encoding="utf-8")
 
-    return Family("decoder", model, make_dataset, collate, param_groups, save, has_lengths=True)
+    return Family("decoder", model, make_dataset, collate, save, has_lengths=True, is_head=_is_head)
 
 
 def _base_info(spec: DecoderConfig, source: str, model) -> dict:
@@ -213,7 +188,7 @@ def load_full_model(folder: Path, dtype: torch.dtype = torch.float32):
 
 
 def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
-    """Rebuild a trained decoder classifier: the base from its source plus the run's adapter, or the run's full model."""
+    """Rebuild a trained decoder classifier: the base from its source plus the run's adapter, or its full model."""
     spec: DecoderConfig = cfg.model
     folder = Path(folder)
     tokenizer = _tokenizer(str(folder / "tokenizer"), None, False)

@@ -1,26 +1,14 @@
 """Transformer encoder + new multi-label head: the fine-tuning family (BERT, RoBERTa, DistilBERT, DeBERTa-v2...).
 
 Features
-- Any ``AutoModel`` body (hub id, local folder, or the bundled offline MiniLM) with a fresh linear head.
-- Pooling: attention-masked mean over tokens (default) or the first token. Mean pooling is how
-  sentence encoders such as all-MiniLM-L6-v2 were pretrained; BERT's pooler (what
-  ``AutoModelForSequenceClassification`` reads for BERT) is effectively untrained in that model
-  (weight std 0.009) and a head on it collapsed to "no label" here, so the head sits on our pooling
-  rather than on each architecture's own classification head. The BERT pooler is frozen (unused).
-- Head bias initialised to the logit of each label's prior; the head learns at its own rate.
-- BCE-with-logits loss computed in ``forward`` when ``labels`` are given.
-- Adapters (``model.adapter``): LoRA, IA3 or QLoRA (4-bit nf4 body) on the body through ``peft``
-  (``models.adapters``); the head sits outside the adapter and is always fully trained. The body's
-  adapter weights learn at ``training.learning_rate`` (LoRA usually wants more than a full
-  fine-tune's 5e-5: set it in the config), the head at ``training.head_learning_rate``.
-- Saved as ``body/`` (``save_pretrained``, safetensors: the whole body, or with an adapter only the
-  adapter: ``adapter_model.safetensors`` + ``adapter_config.json``), ``head.safetensors``,
-  ``tokenizer/``; with an adapter also ``base.json`` (the base model id, revision and architecture)
-  and, with ``merge_on_export`` (LoRA/IA3), ``body_merged/`` (the body with the adapter merged in).
-  Loading an adapter run loads the base from ``model.model`` again and the adapter onto it.
+- Any ``AutoModel`` body (hub id, local folder, or the bundled offline MiniLM) with a fresh linear head on
+  mean (default) or first-token pooling; the head's bias starts at the label priors.
+- Adapters (LoRA, IA3, QLoRA) on the body through ``models.adapters``; the head is always fully trained.
+- Saved as ``body/`` (the body or only its adapter), ``head.safetensors``, ``tokenizer/`` (+ ``base.json``,
+  and ``body_merged/`` with ``merge_on_export``).
 
 Limits
-- Remote model code only with ``trust_remote_code: true`` in the config.
+- Remote model code only with ``trust_remote_code: true`` (for hub ids in ``$EMOTION_TRUSTED_REMOTE_CODE``).
 """
 
 from __future__ import annotations
@@ -33,9 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from emotion_core.config import EncoderConfig, RunConfig, TrainingConfig
+from emotion_core.config import EncoderConfig, RunConfig
 from emotion_core.labels import LabelSchema
-from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.resolve import resolve_model
 from emotion_core.models.tokenized import text_io
 
@@ -71,11 +59,6 @@ class EncoderClassifier(nn.Module):
 def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
     make_dataset, collate = text_io(tokenizer, cfg.model.max_length)
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        body = split_decay(model.body.named_parameters(), training.learning_rate, training.weight_decay)
-        head = split_decay(model.head.named_parameters(), training.head_learning_rate, training.weight_decay)
-        return body + head
-
     def save(folder: Path) -> None:
         folder = Path(folder)
         adapter = cfg.model.adapter
@@ -91,10 +74,15 @@ def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
             (folder / "base.json").write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
         else:
             model.body.save_pretrained(folder / "body")
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}, str(folder / "head.safetensors"))
+        head = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+        save_file(head, str(folder / "head.safetensors"))
         tokenizer.save_pretrained(folder / "tokenizer")
 
-    return Family("encoder", model, make_dataset, collate, param_groups, save, has_lengths=True)
+    return Family("encoder", model, make_dataset, collate, save, has_lengths=True, is_head=_is_head)
+
+
+def _is_head(name: str) -> bool:
+    return name.startswith("head.")
 
 
 def _freeze_unused(body: nn.Module) -> None:
@@ -113,7 +101,7 @@ def _base_body(spec: EncoderConfig, source: str):
         from emotion_core.models.adapters import quantization_config
 
         kwargs["quantization_config"] = quantization_config(spec.adapter)
-        from emotion_core.training.distributed import device_map
+        from emotion_core.training.ranks import device_map
 
         if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
             kwargs["device_map"] = device_map()
@@ -128,7 +116,8 @@ def _check_adapter(cfg: RunConfig, source: str) -> None:
     from emotion_core.models.adapters import check_supported
 
     spec: EncoderConfig = cfg.model
-    model_type = AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code).model_type
+    config = AutoConfig.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    model_type = config.model_type
     check_supported(model_type, spec.adapter.method, cfg.name)
 
 

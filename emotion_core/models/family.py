@@ -1,38 +1,38 @@
-"""The one shape every model family is trained and served through.
+"""The one shape every model family is trained and served through (``Family``), and its shared helpers.
 
-A ``Family`` bundles what the training loop and ``predict`` need, and nothing else:
-- ``model``: an ``nn.Module`` whose ``forward(**batch)`` returns ``loss`` (when ``labels`` are in the
-  batch) and ``logits`` of shape (batch, labels);
-- ``make_dataset(texts, labels)``: a torch/datasets dataset of model inputs;
-- ``collate``: turns a list of dataset items into a batch (dynamic padding);
-- ``param_groups(training)``: optimizer groups (the pretrained body and the new head learn at
-  different rates; biases and norms get no weight decay);
-- ``save(folder)``: weights as safetensors plus what is needed to rebuild the inputs;
-- ``has_lengths``: whether items carry ``input_ids`` whose lengths drive length-grouped batching.
+A ``Family`` holds what the training loop and ``predict`` need, and nothing else; optimizer groups and
+learning rates are the training loop's business (``training.optimizer``): a family only says which of
+its parameters form the newly initialised head.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-
-from emotion_core.config import RunConfig, TrainingConfig
-from emotion_core.labels import LabelSchema
 
 
 @dataclass
 class Family:
     name: str
     model: torch.nn.Module
+    """``forward(**batch)`` returns ``logits`` (batch, labels), and ``loss`` when ``labels`` are in the batch."""
     make_dataset: Callable[[list[str], np.ndarray | None], Any]
+    """``(texts, labels or None)`` -> a dataset of model inputs."""
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
-    param_groups: Callable[[TrainingConfig], list[dict]]
+    """A list of dataset items -> a batch (dynamic padding)."""
     save: Callable[[Path], None]
+    """Writes the weights (safetensors) and what rebuilds the inputs into a folder."""
     has_lengths: bool
+    """Items carry ``input_ids``, whose lengths drive length-grouped batching."""
+    is_head: Callable[[str], bool] | None = None
+    """Parameter name -> part of the new head (trained at ``head_learning_rate``); None: no separate head."""
+    trained: bool = True
+    """False for a prompted family: nothing to fit."""
 
 
 def label_prior_logits(train_labels: np.ndarray, eps: float = 1e-4) -> np.ndarray:
@@ -44,65 +44,3 @@ def label_prior_logits(train_labels: np.ndarray, eps: float = 1e-4) -> np.ndarra
     """
     prior = np.clip(train_labels.mean(axis=0), eps, 1 - eps)
     return np.log(prior / (1 - prior)).astype(np.float32)
-
-
-def split_decay(named_params, lr: float, weight_decay: float) -> list[dict]:
-    """Two optimizer groups at ``lr``: weights with decay; biases and norm weights without."""
-    decay, no_decay = [], []
-    for name, param in named_params:
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0})
-    return groups
-
-
-def build_family(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
-    """Build the family named by ``cfg.model.family``, initialised for ``schema``."""
-    if cfg.model.family == "ffnn":
-        from emotion_core.models import ffnn
-
-        return ffnn.build(cfg, schema, train_texts, train_labels)
-    if cfg.model.family == "encoder":
-        from emotion_core.models import encoder
-
-        return encoder.build(cfg, schema, train_texts, train_labels)
-    if cfg.model.family == "decoder":
-        from emotion_core.models import decoder
-
-        return decoder.build(cfg, schema, train_texts, train_labels)
-    if cfg.model.family == "zero_shot":
-        from emotion_core.models import zero_shot
-
-        return zero_shot.build(cfg, schema, train_texts, train_labels)
-    raise ValueError(f"unknown model family {cfg.model.family!r}")  # unreachable: the config validates it
-
-
-def load_family(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
-    """Rebuild a trained family from a run's ``model/`` folder: safetensors only, never code from the folder."""
-    if getattr(cfg.model, "trust_remote_code", False):
-        from emotion_core.errors import ModelError
-
-        raise ModelError(f"{folder}: field 'model.trust_remote_code' is true; a saved model is never loaded with "
-                         "remote code (it would run Python from the run's files)")
-    if cfg.model.family == "ffnn":
-        from emotion_core.models import ffnn
-
-        return ffnn.load(cfg, schema, folder)
-    if cfg.model.family == "encoder":
-        from emotion_core.models import encoder
-
-        return encoder.load(cfg, schema, folder)
-    if cfg.model.family == "decoder":
-        from emotion_core.models import decoder
-
-        return decoder.load(cfg, schema, folder)
-    if cfg.model.family == "zero_shot":
-        from emotion_core.models import zero_shot
-
-        return zero_shot.load(cfg, schema, folder)
-    raise ValueError(f"unknown model family {cfg.model.family!r}")

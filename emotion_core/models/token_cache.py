@@ -1,37 +1,16 @@
 """On-disk cache of tokenised texts, shared by every process on a machine (``tokenized.text_io`` uses it).
 
-Ten configs sharing a tokenizer and a ``max_length`` tokenise their train/validation texts once:
-each train-model child is its own process, so the cache lives on disk, under
-``$EMOTION_CACHE_DIR/tokenized`` (default ``~/.cache/emotion-pipeline/tokenized``).
-
 Features
-- Key: sha256 over a format version, the tokenizer's fingerprint (``tokenizer_fingerprint``), the
-  caller's encoding parameters (``max_length``, truncation, which input names are kept...) and the
-  texts themselves (JSON, in order). Labels are not part of it: they are attached after.
-- Fingerprint (fast tokenizers only): sha256 over the class name, the backend tokenizer's JSON
-  (``backend_tokenizer.to_str()``: vocabulary, merges, added tokens, normalizer, pre-tokenizer,
-  post-processor, decoder) without its mutable ``truncation``/``padding`` state (which every call
-  with ``truncation=True`` rewrites), ``model_input_names``, the special tokens, the truncation side
-  and the tokenizers/transformers versions. A slow (pure Python) tokenizer is not cached (logged once
-  per class).
-- One file per key, ``<key>.npz`` (``np.savez``, no pickles): ``offsets`` (int64, rows + 1) and one
-  flat array per input name (the smallest of uint8/uint16/int32/int64 that holds it), plus a JSON ``meta``
-  entry (format version, key, rows, names). Written to a temporary file beside it and moved in with
-  ``os.replace``: readers never see half a file, and two processes racing write the same content.
-- A file that cannot be read or does not match its key (rows, names, lengths) is logged, rebuilt
-  and overwritten. A file that cannot be written is logged; the tokens are still returned.
-- ``stats`` (hits, misses, rebuilt, uncached) per process, and one log line per hit/miss with the
-  key prefix and the seconds it took.
-- Small inputs (fewer than ``$EMOTION_TOKEN_CACHE_MIN_TEXTS``, default 1000 texts: a prediction
-  request, SHAP's masked variants) are tokenised directly, never written; ``EMOTION_TOKEN_CACHE=0``
-  turns the cache off.
+- Configs sharing a tokenizer and ``max_length`` tokenise their texts once: one ``<key>.npz`` (no pickles)
+  under ``$EMOTION_CACHE_DIR/tokenized``, keyed by sha256 of the tokenizer's fingerprint, the encoding
+  parameters and the texts; written atomically (``os.replace``).
+- A file that does not match its key is rebuilt; a file that cannot be written is logged.
+- Small inputs (< ``$EMOTION_TOKEN_CACHE_MIN_TEXTS``, default 1000) are not cached; ``EMOTION_TOKEN_CACHE=0``
+  turns it off. ``stats`` counts hits, misses, rebuilds.
 
 Limits
-- No eviction: the folder grows by one file per (texts, tokenizer, parameters) seen; it can be
-  deleted at any time (GoEmotions train with MiniLM: 3.3 MB).
-- The key trusts the caller to list every parameter that changes the encodings, and the
-  fingerprint trusts the backend JSON to describe the tokenizer (a subclass overriding ``__call__``
-  in Python is only told apart by its class name).
+- Fast tokenizers only; no eviction (delete the folder at any time).
+- The key trusts the caller to list every parameter that changes the encodings.
 """
 
 from __future__ import annotations
@@ -142,7 +121,8 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
         "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
         "backend": _backend_json_digest(backend),
         "model_input_names": list(getattr(tokenizer, "model_input_names", [])),
-        "special_tokens": {k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in sorted(special.items())},
+        "special_tokens": {k: str(v) if not isinstance(v, list) else [str(x) for x in v]
+                           for k, v in sorted(special.items())},
         "truncation_side": getattr(tokenizer, "truncation_side", None),
         "versions": [tokenizers.__version__, transformers.__version__],
     }

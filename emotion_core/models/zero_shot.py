@@ -1,31 +1,15 @@
 """Zero-shot classification with an instruct LLM: one yes/no question per (text, label), no training.
 
 Features
-- Prompts from ``models.prompts``: the dataset's default question (or ``model.template``) in the
-  tokenizer's chat template, so the answer's first token comes right after the prompt.
-- ``logits[:, j] = log p(yes) - log p(no)`` for label ``j``, with p(yes) and p(no) the summed
-  next-token probabilities of the yes and no variants (``yes``/``Yes``/`` yes``/`` Yes`` and the
-  same for no, in SmolLM2): ``sigmoid(logit) = p(yes | yes or no)``. Read from the next-token
-  distribution of one forward pass per (text, label), never parsed from generated text. The
-  logits have the shape of a trained model's, so per-label thresholds (tuned on validation),
-  evaluation and the comparison treat this family like the others.
-- Dataset items are the texts' token ids (truncated so every label's prompt fits
-  ``model.max_length``: the text is cut, never the question); ``forward`` splices each text
-  between every label's prompt parts, left-pads ``model.batch_size`` prompts per pass (the answer
-  position is the last column; position ids skip the padding) and keeps only the last position's
-  logits. ``torch.inference_mode`` comes from ``predict_logits``; fp32 on CPU, bf16 on GPUs that
-  support it.
-- Few-shot (``model.few_shot: k``): per label, k seeded training examples (``training.seed``) as
-  "text -> yes/no", each example text cut to a share of ``max_length``; saved with the run, so
-  ``load`` rebuilds the same prompts without the training data.
-- ``save`` writes ``zero_shot.json`` (base model reference, prompt template, label phrases, the
-  examples, the rendered prompt parts, yes/no token ids); no weights: the base model is
-  resolved again on load.
+- ``logits[:, j] = log p(yes) - log p(no)`` from the next-token distribution after label ``j``'s prompt
+  (``models.prompts``): the shape of a trained model's logits, so thresholds, calibration and comparison
+  treat this family like the others.
+- The text is cut to fit ``model.max_length``, never the question; ``model.batch_size`` prompts a pass.
+- Few-shot (``model.few_shot``): seeded training examples, saved with the run (``zero_shot.json``, no
+  weights: the base model is resolved again on load).
 
 Limits
-- One forward pass per (text, label): 28 per GoEmotions text; the prefix common to a text's
-  prompts (system, text) is recomputed for each label (no KV-cache sharing).
-- The model's own calibration: per-label thresholds tuned on validation correct its bias.
+- One forward pass per (text, label) (28 per GoEmotions text); no KV-cache sharing between labels.
 """
 
 from __future__ import annotations
@@ -39,7 +23,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from emotion_core.config import RunConfig, TrainingConfig, ZeroShotConfig
+from emotion_core.config import RunConfig, ZeroShotConfig
 from emotion_core.errors import ConfigError, ModelError
 from emotion_core.labels import LabelSchema
 from emotion_core.models import prompts
@@ -138,7 +122,7 @@ class YesNoClassifier(nn.Module):
         return torch.cat(scores), torch.cat(masses)
 
     def shared_answer_logits(self, texts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like ``answer_logits`` over every (text, label) prompt, text-major, computing ``head + text`` once per text."""
+        """Like ``answer_logits`` over every (text, label) prompt, text-major; ``head + text`` computed once a text."""
         from transformers import DynamicCache
 
         n_labels, head = self.num_labels, self.heads[0]
@@ -154,7 +138,8 @@ class YesNoClassifier(nn.Module):
             for first in range(0, len(pairs), self.batch_size):
                 chunk = pairs[first:first + self.batch_size]
                 rows = torch.tensor([i for i, _ in chunk], device=self.device)
-                tail_ids, tail_mask = (t.to(self.device) for t in _left_pad([self.tails[j] for _, j in chunk], self.pad_id))
+                tails = _left_pad([self.tails[j] for _, j in chunk], self.pad_id)
+                tail_ids, tail_mask = (t.to(self.device) for t in tails)
                 cache = DynamicCache([(k[rows], v[rows]) for k, v in kv])
                 positions = lengths[rows, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
                 last = self.lm(input_ids=tail_ids, attention_mask=torch.cat([prefix_mask[rows], tail_mask], -1),
@@ -216,8 +201,8 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
     longest = max(len(h) + len(t) for h, t in zip(heads, tails))
     budget = spec.max_length - longest
     if budget < MIN_TEXT_TOKENS:
-        raise ConfigError(f"config '{cfg.name}': model.max_length {spec.max_length} leaves {budget} tokens for the text "
-                          f"(the longest prompt without it is {longest} tokens); raise model.max_length"
+        raise ConfigError(f"config '{cfg.name}': model.max_length {spec.max_length} leaves {budget} tokens for the "
+                          f"text (the longest prompt without it is {longest} tokens); raise model.max_length"
                           + (" or lower model.few_shot" if spec.few_shot else ""))
     yes_ids, no_ids, pairs = prompts.answer_token_ids(tokenizer)
     if "yes_token_ids" in saved and (saved["yes_token_ids"], saved["no_token_ids"]) != (yes_ids, no_ids):
@@ -248,14 +233,11 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
             batch["labels"] = torch.from_numpy(np.stack([item["labels"] for item in items]).astype(np.float32))
         return batch
 
-    def param_groups(training: TrainingConfig) -> list[dict]:
-        return []  # prompted, not trained
-
     def save(folder: Path) -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / SAVED).write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
 
-    return Family("zero_shot", model, make_dataset, collate, param_groups, save, has_lengths=True)
+    return Family("zero_shot", model, make_dataset, collate, save, has_lengths=True, trained=False)
 
 
 def describe(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray | None,
@@ -273,7 +255,8 @@ def describe(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_
         per_example = max(8, spec.max_length // (2 * (spec.few_shot + 1)))  # examples take at most ~half the prompt
         for column, name in enumerate(schema.names):
             picked = prompts.pick_examples(train_texts, train_labels, column, spec.few_shot, cfg.training.seed)
-            examples[name] = [[_shorten(tokenizer, t, per_example) if tokenizer is not None else t, a] for t, a in picked]
+            examples[name] = [[_shorten(tokenizer, t, per_example) if tokenizer is not None else t, a]
+                              for t, a in picked]
     return {
         "format": 1,
         "family": "zero_shot",
@@ -294,14 +277,15 @@ def describe(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
     """The prompted classifier over ``cfg.model.model``; few-shot examples are drawn (seeded) from the training rows."""
     spec: ZeroShotConfig = cfg.model
-    prompts.check_template(prompts.prompt_spec(cfg.data.dataset, spec.template).template, spec.few_shot)  # before loading
+    template = prompts.prompt_spec(cfg.data.dataset, spec.template).template
+    prompts.check_template(template, spec.few_shot)  # before loading
     tokenizer, lm = _load_lm(spec)
     saved = describe(cfg, schema, train_texts, train_labels, tokenizer)
     return _family(cfg, schema, saved, tokenizer, lm)
 
 
 def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
-    """The same classifier again from a run's ``model/`` folder: same prompts and examples, base model resolved again."""
+    """The same classifier again from a run's ``model/`` folder: same prompts and examples, base resolved again."""
     path = Path(folder) / SAVED
     if not path.is_file():
         raise ModelError(f"{folder}: no {SAVED}; not a zero_shot run's model folder")

@@ -1,30 +1,17 @@
 """Training checkpoints in the artefact store: one every ``training.checkpoint_every_steps``, resumed from.
 
-    RunCheckpoints(store, run_id, fingerprint)      the store's checkpoint area of one run
-      .restore(work_dir) -> ResumePoint | None      download the latest complete checkpoint, if any
-      .upload(step, trainer_dir, best_dir, meta)    put one (the store keeps only the latest)
-      .delete()                                     after the run is published
-    CheckpointCallback(every_steps, on_save)        the Trainer callback that saves and uploads
+    RunCheckpoints(store, run_id, fingerprint)   .restore(work_dir) / .upload(step, ...) / .delete()
+    CheckpointCallback(every_steps, on_save)     the Trainer callback that saves and uploads
 
 Features
-- A checkpoint is the Trainer's own (``checkpoint-<step>``: weights or adapter, optimizer,
-  scheduler, scaler, RNG states, ``trainer_state.json`` with early-stopping state and the log
-  history) plus, when the best validation checkpoint is another step, that step's weights: the
-  run still ends on its best checkpoint after a resume. In the store it is
-  ``checkpoints/<run_id>/checkpoint-<step>/{trainer,best}/`` with the marker ``checkpoint.json``
-  written last (see ``emotion_core.store.base``): a half-uploaded checkpoint is never used.
-- The marker's ``meta`` records the run's ``fingerprint`` (config + data; a checkpoint of another
-  config or data under the same run id is ignored with a warning), the step, the best step and
-  the batch shape at that step (per-device batch, gradient accumulation, OOM adjustments), so a
-  resumed run continues with the batch that fitted instead of running out of memory again.
-- A failed upload is logged and training goes on: a checkpoint is insurance, and a store blip
-  must not stop a long run (the next interval tries again).
+- A checkpoint is the Trainer's own (weights, optimizer, scheduler, RNG, state) plus the best step's
+  weights, under ``checkpoints/<run_id>/checkpoint-<step>/`` with its marker written last.
+- The marker records the config+data fingerprint (another config's checkpoint is ignored) and the batch
+  shape at that step, so a resumed run keeps the batch that fitted.
+- A failed upload is logged and training goes on.
 
 Limits
-- Uploads run synchronously in the training loop (the run waits for them; for big models pick a
-  larger interval).
-- Two processes training the same run id at once (a worker wrongly presumed dead) upload over each
-  other's checkpoints; the orchestrator marks a presumed-dead run crashed before re-dispatching it.
+- Uploads are synchronous. Two processes training one run id upload over each other.
 """
 
 from __future__ import annotations
@@ -33,9 +20,9 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from transformers import TrainerCallback

@@ -1,72 +1,43 @@
-"""Fit a model family with the Hugging Face ``Trainer``.
+"""Fit a model family with the Hugging Face ``Trainer``: ``fit`` (train, keep the best checkpoint), ``build_trainer``.
 
 Features
-- One loss path for every family: the Trainer's ``compute_loss_func`` applies ``training.loss``
-  (``training.losses``: BCE by default, BCE with positive weights, focal, asymmetric, or a weighted
-  sum) to the model's ``logits``; the labels are taken out of the batch before the forward pass, so
-  the model's own BCE is not computed. Evaluation still scores the labels of each batch.
-- Rare-label oversampling (``training.oversample_rare``, ``training.sampling``): the training set is
-  read through a ``Subset`` that repeats rows with rare labels; an epoch is the resampled set.
-- ``NonFiniteGuard`` (``training.guards``): a run whose loss or gradient norm stays NaN/inf for
-  ``training.max_nonfinite_steps`` steps stops with ``TrainingDiverged``.
-- Dynamic padding (the family's collator), seeded initialisation and batch order.
-- Fused AdamW with per-group learning rates (pretrained body vs new head; no decay on biases and
-  norms), linear warm-up then linear decay.
-- Length-grouped batches when the family's items carry token lengths (~1.8x faster on CPU here).
-- Validation macro-F1 (at thresholds tuned on validation) ``evaluations_per_epoch`` times an epoch;
-  the best checkpoint is restored at the end; early stopping on it.
-- bf16 autocast on GPUs that support it, else fp16 on GPU; fp32 on CPU (this CPU emulates bf16 at
-  ~50x the cost).
-- Returns throughput that excludes evaluation time, so samples/s measures training alone.
-- Checkpoints and resume (``training.checkpoint_every_steps``, ``training.checkpoints``): every N
-  optimizer steps a full Trainer checkpoint (weights or adapter, optimizer, scheduler, RNG, trainer
-  state) is saved and handed to ``checkpoints.upload`` (the artefact store); ``resume`` (a
-  checkpoint restored from the store) continues a run from its step, with the batch shape it had.
-- GPU out-of-memory (``torch.OutOfMemoryError``, which ``torch.cuda.OutOfMemoryError`` is): the
-  memory is freed, the per-device batch halved and gradient accumulation doubled, so an optimizer
-  step still sees ``training.batch_size`` rows (the loss divides by ``num_items_in_batch``, so the
-  accumulated gradient is that of the same mean), and training goes on from the step it failed in
-  (a checkpoint of that step is saved first; before the first optimizer step it starts over).
-  Each change is in ``FitStats.oom_adjustments``; at ``training.min_batch_size`` it stops with
-  ``OutOfMemoryAtMinBatch``.
-
-- Several GPUs (``resources.gpus`` > 1): each torchrun rank runs this with ``batch_size / gpus`` rows a
-  step and the Trainer runs DDP or FSDP (``training.distributed``); one process never uses DataParallel.
+- One loss path for every family: ``training.loss`` (``training.losses``) on the model's ``logits``.
+- Fused AdamW with per-group learning rates (``training.optimizer``), linear warm-up then linear decay.
+- Rare-label oversampling (``training.oversample_rare``); length-grouped batches when items carry lengths.
+- Validation macro-F1 ``evaluations_per_epoch`` times an epoch; the best checkpoint is restored at the end;
+  early stopping on it. A loss stuck at NaN/inf stops the run (``TrainingDiverged``, ``training.guards``).
+- bf16 autocast on GPUs that support it, else fp16 on GPU; fp32 on CPU.
+- Store checkpoints every ``training.checkpoint_every_steps`` and resume (``training.checkpoints``).
+- GPU out-of-memory: the batch halves and training goes on (``training.oom``).
+- Several GPUs: each torchrun rank runs this with its share of the batch (``training.ranks``).
 
 Limits
-- Out-of-memory batch halving is single-process only: under torchrun an OOM ends the run (``distributed``).
-- An odd per-device batch halves to ``ceil(b / 2)``: the effective batch grows by a row or so.
-- Local checkpoints (validation steps included) are full ones, optimizer state and all: more disk in
-  the work folder than weights alone (the Trainer keeps the latest and the best).
-- Only ``torch.OutOfMemoryError`` counts as out of memory: an allocation failure that a library
-  reports as another error (e.g. a cuBLAS ``RuntimeError``) fails the run as before.
-- Out-of-memory errors in validation passes are handled the same way (the training batch halves),
-  although the validation batch (``eval_batch_size``) is what would need to shrink.
+- Local checkpoints are full ones (optimizer state too): more disk in the work folder than weights alone.
+- The reported throughput excludes validation time.
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from emotion_core.config import LossConfig, RunConfig, TrainingConfig
-from emotion_core.errors import OutOfMemoryAtMinBatch
+from emotion_core.config import RunConfig, TrainingConfig
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
-from emotion_core.training import distributed
-from emotion_core.training.losses import build_loss
-from emotion_core.training.sampling import oversample_indices
+from emotion_core.training import ranks
+from emotion_core.training.losses import trainer_loss
+from emotion_core.training.oom import OOM_ERRORS, BatchShape, checkpoint_of_failed_step, free_memory
+from emotion_core.training.optimizer import adamw
+from emotion_core.training.sampling import oversampled
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +57,11 @@ class FitStats:
     per_device_batch_size: int | None = None  # at the end (smaller than training.batch_size after an OOM)
     gradient_accumulation_steps: int = 1
 
-
-# torch.cuda.OutOfMemoryError is torch.OutOfMemoryError since torch 2.5; both named for older builds.
-OOM_ERRORS = tuple({getattr(torch, "OutOfMemoryError", MemoryError), torch.cuda.OutOfMemoryError})
+    @classmethod
+    def untrained(cls, precision: str) -> FitStats:
+        """The stats of a family that is not fitted (prompted)."""
+        return cls(epochs_completed=0.0, steps=0, train_seconds=0.0, eval_seconds=0.0, train_samples_per_second=0.0,
+                   best_validation_macro_f1=None, precision=precision, log_history=[])
 
 
 def seed_everything(seed: int) -> None:
@@ -110,48 +83,6 @@ def resolve_precision(requested: str) -> str:
     return "fp32"
 
 
-def oversampled(train_dataset, train_labels: np.ndarray | None, training: TrainingConfig):
-    """``train_dataset``, or with ``training.oversample_rare`` > 0 a ``Subset`` repeating rows with rare labels."""
-    if training.oversample_rare == 0:
-        return train_dataset
-    if train_labels is None:
-        raise ValueError("training.oversample_rare is set: pass train_labels (the training split's label matrix)")
-    if len(train_labels) != len(train_dataset):
-        raise ValueError(f"train_labels has {len(train_labels)} rows, the training dataset {len(train_dataset)}")
-    indices = oversample_indices(train_labels, training.oversample_rare, training.seed)
-    log.info("oversampling rare labels (strength %g): %d training rows -> %d per epoch",
-             training.oversample_rare, len(train_dataset), len(indices))
-    # Items are read through the Subset, so the Trainer's length grouping (which reads each item's
-    # ``input_ids``) sees the repeated rows' lengths as well.
-    return torch.utils.data.Subset(train_dataset, indices.tolist())
-
-
-def trainer_loss(loss_cfg: LossConfig, train_labels: np.ndarray | None,
-                 observe: Callable[[torch.Tensor], None] | None = None):
-    """The Trainer's ``compute_loss_func``: ``(outputs, labels, num_items_in_batch) -> loss``.
-
-    ``training.losses.build_loss`` on the model's ``logits``: a mean over the batch's label entries.
-    With gradient accumulation the Trainer passes ``num_items_in_batch``, the label entries of all
-    accumulated batches (it counts ``labels != -100``: every 0/1 entry), and does not divide the loss
-    itself; ``mean * entries / num_items_in_batch`` makes the accumulated gradient that of the mean
-    over all of them (without accumulation the factor is exactly 1). ``observe`` sees every loss.
-    """
-    loss = build_loss(loss_cfg, train_labels)
-
-    def compute_loss(outputs, labels, num_items_in_batch=None):
-        if labels is None:
-            raise ValueError("the batch carries no 'labels': training and validation datasets need labels")
-        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
-        value = loss(logits, labels)
-        if num_items_in_batch is not None:
-            value = value * (labels.numel() / num_items_in_batch)
-        if observe is not None:
-            observe(value)
-        return value
-
-    return compute_loss
-
-
 def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,
                   progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None,
                   per_device_batch_size: int | None = None, gradient_accumulation_steps: int = 1,
@@ -165,7 +96,7 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     ``per_device_batch_size`` x ``gradient_accumulation_steps``: the rows of one optimizer step
     (default ``training.batch_size`` x 1); step counts (validation, logging) follow optimizer steps.
     """
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, set_seed
 
     from emotion_core.training.guards import NonFiniteGuard  # imports transformers: keep it lazy
 
@@ -176,23 +107,36 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
                            max_grad_norm=t.max_grad_norm)
     compute_loss = trainer_loss(t.loss, train_labels, observe=guard.observe_loss)  # fails early without needed labels
     train_dataset = oversampled(train_dataset, train_labels, t)  # before counting steps: an epoch is the resampled set
-    steps_per_epoch = math.ceil(len(train_dataset) / t.batch_size)
-    eval_steps = max(1, steps_per_epoch // t.evaluations_per_epoch)
+    args = training_arguments(cfg, family, work_dir, precision, len(train_dataset),
+                              per_device_batch_size or ranks.per_device_batch(cfg), gradient_accumulation_steps)
+    callbacks = _callbacks(t, [guard, *extra_callbacks], progress, monitor)
+    optimizer = None if args.fsdp else adamw(family, t)  # FSDP: built by the Trainer after wrapping
+    trainer_cls = Trainer if optimizer is not None else _family_optimizer_trainer(family, t)
+    trainer = trainer_cls(
+        model=family.model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=validation_dataset,
+        data_collator=family.collate,
+        compute_metrics=_validation_metrics(cfg.threshold_policy),
+        callbacks=callbacks,
+        compute_loss_func=compute_loss,  # pops "labels" before the forward pass; evaluation keeps them as label_ids
+        optimizers=(optimizer, None),  # the Trainer builds the linear warm-up/decay schedule on it
+    )
+    return trainer, precision
 
-    def compute_metrics(prediction) -> dict:
-        # Score against the labels that travelled with each batch: with length grouping the Trainer
-        # also reorders the validation set, so the dataset's own label order would not match.
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        labels = np.asarray(prediction.label_ids).round().astype(np.int64)
-        probs = sigmoid(logits)
-        thresholds = tune_thresholds(labels, probs, cfg.threshold_policy)
-        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds), [str(i) for i in range(labels.shape[1])])
-        return {"macro_f1": scores["macro_f1"], "micro_f1": scores["micro_f1"]}
 
+def training_arguments(cfg: RunConfig, family: Family, work_dir: Path, precision: str, train_rows: int,
+                       per_device_batch_size: int, gradient_accumulation_steps: int):
+    """``TrainingArguments`` of ``cfg.training``: validation (and checkpoint) steps, precision, seeds, this world."""
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    eval_steps = max(1, math.ceil(train_rows / t.batch_size) // t.evaluations_per_epoch)
     args = TrainingArguments(
         output_dir=str(work_dir),
         num_train_epochs=t.epochs,
-        per_device_train_batch_size=per_device_batch_size or distributed.per_device_batch(cfg),
+        per_device_train_batch_size=per_device_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         per_device_eval_batch_size=t.eval_batch_size,
         lr_scheduler_type="linear",
@@ -219,80 +163,68 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
         dataloader_pin_memory=torch.cuda.is_available(),
         report_to="none",
         disable_tqdm=False,
-        **distributed.trainer_arguments(cfg),  # collective timeout, FSDP
+        **ranks.trainer_arguments(cfg),  # collective timeout, FSDP
     )
-    if args.n_gpu > 1:  # one process seeing several GPUs: train on one, never DataParallel (see training.distributed)
+    if args.n_gpu > 1:  # one process seeing several GPUs: train on one, never DataParallel (see training.ranks)
         args._n_gpu = 1
-    # Fused AdamW (CPU and CUDA): the optimizer step drops from ~150 ms to ~30 ms for MiniLM on 2 cores.
-    optimizer = None if args.fsdp else torch.optim.AdamW(family.param_groups(t), fused=True)  # FSDP: after wrapping
-    callbacks = [EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience)] if t.early_stopping_patience else []
-    callbacks.append(guard)
-    callbacks.extend(extra_callbacks)
-    callbacks.extend(distributed.fault_callbacks())  # test-only fault injection, off unless its env var is set
+    return args
+
+
+def _callbacks(t: TrainingConfig, callbacks: list, progress: Callable[[dict], None] | None, monitor) -> list:
+    """Early stopping (if set), ``callbacks``, the test-only fault hook and progress reporting (if asked for)."""
+    from transformers import EarlyStoppingCallback
+
+    patience = t.early_stopping_patience
+    early = [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
+    out = [*early, *callbacks, *ranks.fault_callbacks()]  # fault injection: off unless its env var is set
     if progress is not None:
         from emotion_core.training.progress import ProgressCallback  # imports transformers: keep it lazy
 
-        callbacks.append(ProgressCallback(progress, monitor=monitor))
-    trainer_cls = Trainer if optimizer is not None else _family_optimizer_trainer(lambda: family.param_groups(t))
-    trainer = trainer_cls(
-        model=family.model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=validation_dataset,
-        data_collator=family.collate,
-        compute_metrics=compute_metrics,
-        callbacks=callbacks,
-        compute_loss_func=compute_loss,  # pops "labels" before the forward pass; evaluation keeps them as label_ids
-        optimizers=(optimizer, None),  # the Trainer builds the linear warm-up/decay schedule on it
-    )
-    return trainer, precision
+        out.append(ProgressCallback(progress, monitor=monitor))
+    return out
 
 
-def _family_optimizer_trainer(param_groups: Callable[[], list]):
+def _validation_metrics(policy: str) -> Callable:
+    """The Trainer's ``compute_metrics``: macro- and micro-F1 at thresholds tuned on validation by ``policy``."""
+
+    def compute_metrics(prediction) -> dict:
+        # Score against the labels that travelled with each batch: with length grouping the Trainer
+        # also reorders the validation set, so the dataset's own label order would not match.
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        labels = np.asarray(prediction.label_ids).round().astype(np.int64)
+        probs = sigmoid(logits)
+        thresholds = tune_thresholds(labels, probs, policy)
+        names = [str(i) for i in range(labels.shape[1])]
+        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds), names)
+        return {"macro_f1": scores["macro_f1"], "micro_f1": scores["micro_f1"]}
+
+    return compute_metrics
+
+
+def _family_optimizer_trainer(family: Family, training: TrainingConfig):
     """A Trainer that builds our AdamW (per-group rates) itself: FSDP forbids handing it one before wrapping."""
     from transformers import Trainer
 
     class FamilyOptimizerTrainer(Trainer):
         def create_optimizer(self, model=None):
             if self.optimizer is None:
-                self.optimizer = torch.optim.AdamW(param_groups(), fused=True)
+                self.optimizer = adamw(family, training)
             return self.optimizer
 
     return FamilyOptimizerTrainer
 
 
-def _checkpoint_state(checkpoint: Path | None) -> dict:
-    """The ``trainer_state.json`` of a checkpoint folder (``{}`` without one)."""
-    if checkpoint is None:
-        return {}
-    try:
-        return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+@dataclass
+class _Attempts:
+    """What carries over from one ``trainer.train()`` attempt of a fit to the next (after a GPU out-of-memory)."""
 
-
-def _eval_seconds(history: list[dict], since: int) -> float:
-    return sum(h.get("eval_runtime", 0.0) for h in history[since:])
-
-
-def _free_memory(trainer, keep_optimizer: bool = False) -> None:
-    """Drop what a failed attempt holds on the device (gradients; unless kept, the optimizer state), then the CUDA cache."""
-    try:
-        trainer.model.zero_grad(set_to_none=True)
-        if not keep_optimizer:
-            trainer.accelerator.free_memory()
-            trainer.optimizer = trainer.lr_scheduler = None
-    except Exception:  # noqa: BLE001 - freeing is best effort
-        pass
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _local_checkpoint(work_dir: Path, step: int) -> Path | None:
-    """``work_dir/checkpoint-<step>`` if it is a full checkpoint (with optimizer state)."""
-    folder = work_dir / f"checkpoint-{step}"
-    return folder if (folder / "trainer_state.json").is_file() and (folder / "optimizer.pt").is_file() else None
+    shape: BatchShape
+    resume_from: Path | None  # the checkpoint the next attempt starts from
+    trainer: object = None
+    precision: str = "fp32"
+    wall: float = 0.0  # seconds inside trainer.train(), validation included
+    eval_seconds: float = 0.0
+    start_epoch: float | None = None  # training done before this process (a store checkpoint) is not its throughput
 
 
 def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,
@@ -308,95 +240,111 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
     ``training.checkpoint_every_steps``-th checkpoint is uploaded; ``resume`` (a ``ResumePoint``
     restored into ``work_dir``): continue from that checkpoint, with its batch shape.
     """
-    from emotion_core.training.checkpoints import CheckpointCallback  # imports transformers: keep it lazy
-
-    t = cfg.training
     meta = (resume.meta if resume is not None else {}) or {}
-    batch = int(meta.get("per_device_batch_size") or distributed.per_device_batch(cfg))
-    accumulation = int(meta.get("gradient_accumulation_steps") or 1)
-    adjustments: list[dict] = list(meta.get("oom_adjustments") or [])
-    resume_from: Path | None = resume.checkpoint if resume is not None else None
-    tried = [batch]
+    run = _Attempts(BatchShape.start(cfg, meta), resume.checkpoint if resume is not None else None)
+    callbacks = _store_checkpoint_callbacks(cfg, checkpoints, run)
 
-    def upload(step: int, trainer_dir: Path, best_dir: Path | None) -> None:
-        checkpoints.upload(step, trainer_dir, best_dir, {
-            "step": step, "best_step": trainer.state.best_global_step, "per_device_batch_size": batch,
-            "gradient_accumulation_steps": accumulation, "effective_batch_size": batch * accumulation,
-            "oom_adjustments": adjustments})
+    def new_trainer():
+        return build_trainer(cfg, family, train_dataset, validation_dataset, work_dir, progress, monitor, train_labels,
+                             per_device_batch_size=run.shape.batch,
+                             gradient_accumulation_steps=run.shape.accumulation, extra_callbacks=callbacks)
 
-    callbacks = (CheckpointCallback(t.checkpoint_every_steps, upload),) if checkpoints is not None and t.checkpoint_every_steps else ()
-    wall = eval_seconds = 0.0
-    start_epoch = None
     while True:
-        trainer, precision = build_trainer(cfg, family, train_dataset, validation_dataset, work_dir, progress, monitor,
-                                           train_labels, per_device_batch_size=batch,
-                                           gradient_accumulation_steps=accumulation, extra_callbacks=callbacks)
-        resumed_state = _checkpoint_state(resume_from)
-        history_from = len(resumed_state.get("log_history", []))
-        if start_epoch is None:  # training done before this process (a store checkpoint) is not its throughput
-            start_epoch = float(resumed_state.get("epoch") or 0.0)
-        started = time.perf_counter()
-        try:
-            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-            failed = None
-        except OOM_ERRORS as exc:
-            failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        wall += time.perf_counter() - started
-        eval_seconds += _eval_seconds(trainer.state.log_history, history_from)
+        output, failed = _train_once(run, new_trainer)
         if failed is None:
             break
-        step = int(trainer.state.global_step)
-        if distributed.world().size > 1:  # halving on one rank only would leave the ranks disagreeing on the batch
-            _free_memory(trainer)
-            raise OutOfMemoryAtMinBatch(
-                f"config '{cfg.name}': out of GPU memory on rank {distributed.world().rank} at step {step} with "
-                f"{batch} rows per rank (training.batch_size={t.batch_size} over resources.gpus={cfg.resources.gpus}); "
-                "batch halving is not done in distributed training. Lower training.batch_size, or set "
-                f"model.gradient_checkpointing, a shorter max_length, or more GPUs. Last error: {failed}")
-        _free_memory(trainer, keep_optimizer=True)
-        smaller = math.ceil(batch / 2)
-        if smaller < t.min_batch_size or smaller == batch:
-            _free_memory(trainer)
-            raise OutOfMemoryAtMinBatch(
-                f"config '{cfg.name}': out of GPU memory at step {step} with a per-device batch of {batch} "
-                f"(training.min_batch_size={t.min_batch_size}); per-device batch sizes tried: "
-                f"{', '.join(map(str, tried))} (training.batch_size={t.batch_size}, gradient accumulation up to "
-                f"{accumulation}). Use a smaller model or max_length, a card with more memory "
-                f"(resources.gpu_memory_gb), or lower training.min_batch_size. Last error: {failed}")
-        # Go on from the step that failed: its checkpoint (saved now if the last one is older). Before the
-        # first optimizer step the weights are untouched and training simply starts over.
-        resume_from = _local_checkpoint(work_dir, step) if step > 0 else None
-        if step > 0 and resume_from is None:
-            trainer._save_checkpoint(trainer.model, trial=None)  # model/optimizer/scheduler are at `step`
-            resume_from = _local_checkpoint(work_dir, step)
-        _free_memory(trainer)
-        batch, accumulation = smaller, accumulation * 2
-        tried.append(batch)
-        adjustments.append({"step": step, "batch_size": batch, "gradient_accumulation_steps": accumulation})
-        log.warning("config %s: out of GPU memory at step %d (%s); per-device batch %d -> %d, gradient accumulation "
-                    "%d -> %d (effective batch %d), continuing from step %d", cfg.name, step, failed, tried[-2], batch,
-                    accumulation // 2, accumulation, batch * accumulation, step)
-        del trainer
+        _after_out_of_memory(run, cfg, work_dir, failed)
+    return _fit_stats(run, output, resume)
 
-    history = trainer.state.log_history
-    train_seconds = max(wall - eval_seconds, 1e-9)
-    epochs_completed = float(trainer.state.epoch or 0.0)
-    samples = len(trainer.train_dataset) * max(epochs_completed - start_epoch, 0.0)  # after oversampling
-    best = trainer.state.best_metric
+
+def _store_checkpoint_callbacks(cfg: RunConfig, checkpoints, run: _Attempts) -> tuple:
+    """The callback that uploads every ``checkpoint_every_steps``-th checkpoint with the batch shape it had."""
+    from emotion_core.training.checkpoints import CheckpointCallback  # imports transformers: keep it lazy
+
+    every = cfg.training.checkpoint_every_steps
+    if checkpoints is None or not every:
+        return ()
+
+    def upload(step: int, trainer_dir: Path, best_dir: Path | None) -> None:
+        shape = run.shape
+        checkpoints.upload(step, trainer_dir, best_dir, {
+            "step": step, "best_step": run.trainer.state.best_global_step, "per_device_batch_size": shape.batch,
+            "gradient_accumulation_steps": shape.accumulation, "effective_batch_size": shape.batch * shape.accumulation,
+            "oom_adjustments": shape.adjustments})
+
+    return (CheckpointCallback(every, upload),)
+
+
+def _train_once(run: _Attempts, new_trainer: Callable) -> tuple[object | None, str | None]:
+    """One ``trainer.train()`` from ``run.resume_from``: ``(output, None)``, or ``(None, error)`` on a GPU OOM."""
+    run.trainer, run.precision = new_trainer()
+    resumed_state = _checkpoint_state(run.resume_from)
+    history_from = len(resumed_state.get("log_history", []))
+    if run.start_epoch is None:
+        run.start_epoch = float(resumed_state.get("epoch") or 0.0)
+    started = time.perf_counter()
+    output = failed = None
+    try:
+        output = run.trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from is not None else None)
+    except OOM_ERRORS as exc:
+        failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    run.wall += time.perf_counter() - started
+    run.eval_seconds += _eval_seconds(run.trainer.state.log_history, history_from)
+    return output, failed
+
+
+def _after_out_of_memory(run: _Attempts, cfg: RunConfig, work_dir: Path, failed: str) -> None:
+    """Halve the batch (or raise ``OutOfMemoryAtMinBatch``) and go on from the step that failed."""
+    trainer, step = run.trainer, int(run.trainer.state.global_step)
+    free_memory(trainer, keep_optimizer=True)  # the optimizer state is saved with the failed step's checkpoint
+    try:
+        run.shape.halve(cfg, step, failed)
+    except BaseException:
+        free_memory(trainer)
+        raise
+    run.resume_from = checkpoint_of_failed_step(trainer, work_dir, step)
+    free_memory(trainer)
+    run.trainer = None
+    shape = run.shape
+    log.warning("config %s: out of GPU memory at step %d (%s); per-device batch %d -> %d, gradient accumulation "
+                "%d -> %d (effective batch %d), continuing from step %d", cfg.name, step, failed, shape.tried[-2],
+                shape.batch, shape.accumulation // 2, shape.accumulation, shape.batch * shape.accumulation, step)
+
+
+def _fit_stats(run: _Attempts, output, resume) -> FitStats:
+    state = run.trainer.state
+    train_seconds = max(run.wall - run.eval_seconds, 1e-9)
+    epochs_completed = float(state.epoch or 0.0)
+    samples = len(run.trainer.train_dataset) * max(epochs_completed - run.start_epoch, 0.0)  # after oversampling
+    best = state.best_metric
     log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation macro-F1 %s%s",
-             output.global_step, train_seconds, eval_seconds, samples / train_seconds, best,
+             output.global_step, train_seconds, run.eval_seconds, samples / train_seconds, best,
              f" (resumed from step {resume.step})" if resume is not None else "")
     return FitStats(
         epochs_completed=epochs_completed,
         steps=int(output.global_step),
         train_seconds=train_seconds,
-        eval_seconds=eval_seconds,
+        eval_seconds=run.eval_seconds,
         train_samples_per_second=samples / train_seconds,
         best_validation_macro_f1=None if best is None else float(best),
-        precision=precision,
-        log_history=history,
+        precision=run.precision,
+        log_history=state.log_history,
         resumed_from_step=resume.step if resume is not None else None,
-        oom_adjustments=adjustments,
-        per_device_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
+        oom_adjustments=run.shape.adjustments,
+        per_device_batch_size=run.shape.batch,
+        gradient_accumulation_steps=run.shape.accumulation,
     )
+
+
+def _checkpoint_state(checkpoint: Path | None) -> dict:
+    """The ``trainer_state.json`` of a checkpoint folder (``{}`` without one)."""
+    if checkpoint is None:
+        return {}
+    try:
+        return json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _eval_seconds(history: list[dict], since: int) -> float:
+    return sum(h.get("eval_runtime", 0.0) for h in history[since:])

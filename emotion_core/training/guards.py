@@ -1,25 +1,12 @@
 """Stop a diverged run with a clear error instead of training on NaN weights.
 
-``NonFiniteGuard`` (a ``transformers.TrainerCallback``; ``training.fit`` always adds it) judges every
-optimizer step from two sources:
-- the loss of every training batch, handed to ``observe_loss`` by the loss function
-  (``compute_loss_func`` in ``training.fit``): the Trainer's logged ``loss`` hides NaN/inf steps
-  (``logging_nan_inf_filter`` replaces them by the running mean), and is only logged every
-  ``logging_steps`` anyway;
-- what the Trainer logs: ``loss`` and ``grad_norm`` (the norm before clipping to ``max_grad_norm``).
-  Clipping tames large finite gradients, but a NaN/inf norm cannot be clipped: the optimizer step
-  would write NaN into every weight.
-
-After ``max_nonfinite_steps`` consecutive bad steps it raises ``TrainingDiverged`` (an
-``EmotionError``: the run fails with the message, the CLI prints it without a traceback) naming the
-config, the steps, the values and the remedies. A finite step resets the count, so a transient
-problem that training recovers from does not stop the run; NaN weights make every later step bad.
+``NonFiniteGuard`` (a Trainer callback, always added by ``training.fit``) judges every optimizer step by
+the loss of each batch (from the loss function) and the logged loss and gradient norm; after
+``max_nonfinite_steps`` consecutive bad steps it raises ``TrainingDiverged`` naming the config, the steps,
+the values and the remedies. A finite step resets the count.
 
 Limits
-- ``grad_norm`` is only seen on logged steps (the Trainer reports no per-step norm to callbacks).
-- fp16: ``grad_norm`` is not judged. The loss scaler produces inf gradients on purpose while it
-  calibrates and skips those optimizer steps; a real divergence still shows up in the loss.
-- The check costs one device sync per optimizer step (the Trainer already syncs on every loss).
+- ``grad_norm`` is seen on logged steps only, and not judged under fp16 (its loss scaler makes inf on purpose).
 """
 
 from __future__ import annotations
@@ -39,7 +26,7 @@ def _finite(value) -> bool:
 
 
 class NonFiniteGuard(TrainerCallback):
-    """Raise ``TrainingDiverged`` after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or grad norm."""
+    """``TrainingDiverged`` after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or grad norm."""
 
     def __init__(self, max_nonfinite_steps: int, config_name: str = "", *, learning_rate: float | None = None,
                  precision: str = "fp32", max_grad_norm: float | None = None) -> None:

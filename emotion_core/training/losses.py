@@ -1,43 +1,22 @@
-"""Multi-label training losses over label logits, chosen by ``training.loss``: one loss path for every family.
+"""Multi-label training losses over label logits (``training.loss``): one loss path for every family.
 
-``build_loss(cfg, train_labels)`` returns ``loss(logits, labels) -> scalar``. The Trainer calls it
-(through ``compute_loss_func``, see ``training.fit``) on the model's ``logits`` for every family, so
-the BCE that the models compute in ``forward`` is only used outside the Trainer.
+``build_loss(cfg, train_labels)`` -> ``loss(logits, labels)``, the mean over every (row, label) entry; the
+Trainer applies it to the model's ``logits`` (``training.fit``).
 
-Formulas, per entry (one row, one label), with ``x`` the logit, ``y`` in {0, 1}, ``p = sigmoid(x)``
-and ``ls = logsigmoid`` (``log p = ls(x)``, ``log(1 - p) = ls(-x)``, ``(1 - p)^g = exp(g ls(-x))``):
-
-- ``bce``: ``-[y ls(x) + (1 - y) ls(-x)]`` (``F.binary_cross_entropy_with_logits``).
-- ``bce_pos_weight``: ``-[w_l y ls(x) + (1 - y) ls(-x)]`` with, per label ``l`` of the training
-  labels, ``w_l = clip(neg_l / pos_l, 1, pos_weight_max)``; a label with no positive gets
-  ``pos_weight_max``. The floor of 1 means a label positive in over half the rows is not down-weighted.
-- ``focal`` (Lin et al. 2017, sigmoid form): ``-[a y (1 - p)^g ls(x) + (1 - a)(1 - y) p^g ls(-x)]``
-  with ``g = focal_gamma``, ``a = focal_alpha``; without ``focal_alpha`` both class weights are 1
-  (not 1/2), so ``g = 0`` is exactly BCE.
-- ``asl`` (Ridnik et al. 2021, "Asymmetric Loss for Multi-Label Classification"): positives
-  ``-(1 - p)^g+ ls(x)``; negatives use the shifted probability ``p_m = max(p - m, 0)`` (``m = asl_clip``):
-  ``-p_m^g- log(1 - p_m)``, where ``1 - p_m = min(sigmoid(-x) + m, 1)``. A negative with ``p <= m``
-  (an easy negative) contributes exactly 0 and no gradient. ``m = 0``: ``log(1 - p_m) = ls(-x)``;
-  ``g+ = g- = m = 0`` is exactly BCE.
-- ``combined``: ``sum_k weight_k * loss_k`` over the kinds in ``loss.weights`` (a weighted sum, not
-  renormalised: weights 0.5/0.5 average two losses).
-
-Each loss is the mean over all (row, label) entries of the batch. Stability: everything is written
-with ``logsigmoid`` (never ``log(sigmoid(x))``), focusing weights as ``exp(g * logsigmoid(.))``
-(no ``pow`` at 0, which has an infinite derivative for ``g < 1``), and ``log(sigmoid(-x) + m) >= log m``
-for ASL's negatives, so values and gradients stay finite for logits of any size (tested at +/-1e4).
-Logits are cast to float32 first (bf16/fp16 training computes the loss in fp32).
+Features
+- ``bce``; ``bce_pos_weight`` (positives weighted by ``clip(neg/pos, 1, pos_weight_max)`` per label);
+  ``focal`` (Lin et al. 2017); ``asl`` (Ridnik et al. 2021: easy negatives below ``asl_clip`` add 0);
+  ``combined``: a weighted sum (not renormalised). ``focal`` with gamma 0 and ``asl`` with 0/0/0 are BCE.
+- Written with ``logsigmoid`` in float32: finite values and gradients for logits of any size.
 
 Limits
-- ``pos_weight`` comes from the training split (after any ``max_train_samples`` subset, before
-  oversampling: the weights describe the data, oversampling changes how often rows are seen).
-- ASL's focusing weights carry gradient (the reference implementation's default); the ASL paper's
-  optional "no gradient through the weights" variant is not offered.
+- ``pos_weight`` comes from the training split before oversampling.
+- ASL's focusing weights carry gradient (the reference implementation's default).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -142,3 +121,29 @@ def build_loss(cfg: LossConfig, train_labels: np.ndarray | None = None) -> LossF
         return sum(weight * fn(logits, labels) for weight, fn in parts)
 
     return loss
+
+
+def trainer_loss(loss_cfg: LossConfig, train_labels: np.ndarray | None,
+                 observe: Callable[[torch.Tensor], None] | None = None):
+    """The Trainer's ``compute_loss_func``: ``(outputs, labels, num_items_in_batch) -> loss``.
+
+    ``training.losses.build_loss`` on the model's ``logits``: a mean over the batch's label entries.
+    With gradient accumulation the Trainer passes ``num_items_in_batch``, the label entries of all
+    accumulated batches (it counts ``labels != -100``: every 0/1 entry), and does not divide the loss
+    itself; ``mean * entries / num_items_in_batch`` makes the accumulated gradient that of the mean
+    over all of them (without accumulation the factor is exactly 1). ``observe`` sees every loss.
+    """
+    loss = build_loss(loss_cfg, train_labels)
+
+    def compute_loss(outputs, labels, num_items_in_batch=None):
+        if labels is None:
+            raise ValueError("the batch carries no 'labels': training and validation datasets need labels")
+        logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs[0]
+        value = loss(logits, labels)
+        if num_items_in_batch is not None:
+            value = value * (labels.numel() / num_items_in_batch)
+        if observe is not None:
+            observe(value)
+        return value
+
+    return compute_loss

@@ -1,36 +1,22 @@
-"""Training progress as events: begin, throttled steps, each validation, end.
-
-``ProgressCallback(report, monitor=None, min_interval_s=10.0)`` is a ``transformers.TrainerCallback``
-that calls ``report(event)`` with a JSON-able dict:
+"""Training progress as events: ``ProgressCallback(report, monitor, min_interval_s)`` calls ``report(event)``.
 
     {"event": "begin" | "step" | "evaluate" | "end", "step", "max_steps", "epoch", "fraction",
      "elapsed_s", "eta_s", "loss", "learning_rate", "metrics", "device"}
 
 Features
-- ``begin`` and ``end`` always; ``step`` at most every ``min_interval_s`` seconds (0: every optimizer
-  step), never twice for one step; ``evaluate`` after every evaluation with the Trainer's metrics
-  dict in ``metrics`` (e.g. ``eval_macro_f1``; ``{}`` in the other events).
-- A step that the Trainer logs is reported from ``on_log``, after the log, so ``loss`` and
-  ``learning_rate`` are that step's; other steps from ``on_step_end`` with the latest logged values.
-- ``fraction`` = step / max_steps (1.0 at ``end``, also when early stopping ended the run sooner);
-  ``eta_s`` is linear in the steps done since ``begin`` over the elapsed time (``None`` until a step
-  is done, 0 at the end); a resumed run starts counting at the step it resumed from.
-- ``device``: ``monitor.snapshot()`` (a ``monitoring.DeviceMonitor`` sample) or ``None``.
-- A ``report`` (or snapshot) that raises is logged once as a warning and then ignored: progress
-  reporting never stops training.
+- ``begin``/``end`` always; ``step`` at most every ``min_interval_s``; ``evaluate`` after each validation.
+- ``device``: a ``monitoring.DeviceMonitor`` sample. A ``report`` that raises is logged once, then ignored.
 
 Limits
-- ``report`` runs synchronously in the training loop: keep it quick (a log line, an API call every
-  ``min_interval_s``), or it slows training.
-- The ETA counts evaluation time as training time and assumes steps of even cost.
-- ``loss`` is the Trainer's logged average since its previous log (``logging_steps``), not per step.
+- ``report`` runs in the training loop: keep it quick. The ETA assumes steps of even cost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
@@ -53,7 +39,7 @@ def _plain(value):
 class ProgressCallback(TrainerCallback):
     """Reports begin / throttled step / evaluate / end events to ``report``; see the module docstring."""
 
-    def __init__(self, report: Callable[[dict], None], monitor: "DeviceMonitor | None" = None,
+    def __init__(self, report: Callable[[dict], None], monitor: DeviceMonitor | None = None,
                  min_interval_s: float = 10.0) -> None:
         self.report = report
         self.monitor = monitor

@@ -1,31 +1,24 @@
 """Rare-label oversampling (``training.oversample_rare``): repeat whole training rows that carry rare labels.
 
-``oversample_indices(labels, strength, seed)`` returns row indices into the training split: every
-row at least once, rows with rare labels several times. The Trainer then reads the training set
-through a ``torch.utils.data.Subset`` of these indices (``training.fit``).
-
-How many repeats, with ``c_l`` the positive count of label ``l`` and ``M`` the median of the
-``c_l`` over the labels that have positives:
-- each label gets a factor ``f_l = max(M / c_l, 1) ** strength``: ``strength`` 1 aims its count at
-  about ``M``; in between the target ``c_l * f_l`` moves geometrically (in log space) from ``c_l``
-  to ``M`` (0.5: the geometric mean of the two); labels at or above the median keep ``f_l = 1``;
-- each row is repeated ``r = max f_l`` over its labels (1 for a row without labels), rounded
-  stochastically (``floor(r)``, plus one with probability ``r - floor(r)``; seeded), so a label's
-  expected count is at least ``c_l * f_l``.
+``oversample_indices(labels, strength, seed)``: every row at least once; a label below the median positive
+count ``M`` gets a factor ``(M / c_l) ** strength``, each row the largest factor of its labels, rounded
+stochastically (seeded). ``oversampled`` reads a training dataset through those indices.
 
 Limits
-- Rows repeat whole: the labels that co-occur with a rare label rise too (in GoEmotions
-  ``neutral``, ``approval``... appear beside rare ones), so frequent labels grow a little and a rare
-  label that mostly co-occurs with another rare one can end above the median.
-- A label without any positive training row cannot be raised.
-- Only the training rows are resampled; validation and test are never touched. The Trainer's epoch
-  becomes ``len(indices)`` rows, so an epoch takes longer.
-- Deterministic for a seed (NumPy's PCG64 ``default_rng``).
+- Rows repeat whole: labels that co-occur with rare ones rise too. A label without positives cannot rise.
+- Only training rows are resampled; an epoch becomes ``len(indices)`` rows.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import torch
+
+from emotion_core.config import TrainingConfig
+
+log = logging.getLogger(__name__)
 
 
 def label_factors(labels: np.ndarray, strength: float) -> np.ndarray:
@@ -60,3 +53,19 @@ def oversample_indices(labels: np.ndarray, strength: float, seed: int) -> np.nda
     whole = np.floor(row_factor)
     repeats = whole.astype(np.int64) + (rng.random(n) < row_factor - whole)
     return np.repeat(np.arange(n), repeats)
+
+
+def oversampled(train_dataset, train_labels: np.ndarray | None, training: TrainingConfig):
+    """``train_dataset``, or with ``training.oversample_rare`` > 0 a ``Subset`` repeating rows with rare labels."""
+    if training.oversample_rare == 0:
+        return train_dataset
+    if train_labels is None:
+        raise ValueError("training.oversample_rare is set: pass train_labels (the training split's label matrix)")
+    if len(train_labels) != len(train_dataset):
+        raise ValueError(f"train_labels has {len(train_labels)} rows, the training dataset {len(train_dataset)}")
+    indices = oversample_indices(train_labels, training.oversample_rare, training.seed)
+    log.info("oversampling rare labels (strength %g): %d training rows -> %d per epoch",
+             training.oversample_rare, len(train_dataset), len(indices))
+    # Items are read through the Subset, so the Trainer's length grouping (which reads each item's
+    # ``input_ids``) sees the repeated rows' lengths as well.
+    return torch.utils.data.Subset(train_dataset, indices.tolist())

@@ -20,6 +20,7 @@ from emotion_core.errors import ConfigError
 from emotion_core.labels import LabelSchema
 from emotion_core.models import adapters, decoder, encoder
 from emotion_core.models.family import label_prior_logits
+from emotion_core.training.optimizer import param_groups
 
 # peft 0.21 asks transformers 5.23 a deprecated question on every get_peft_model; nothing to act on.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -145,7 +146,7 @@ def is_head(arch: str, name: str) -> bool:
 
 
 def train_step(cfg, family, batch):
-    optimizer = torch.optim.AdamW(family.param_groups(cfg.training))
+    optimizer = torch.optim.AdamW(param_groups(family, cfg.training))
     family.model.train()
     out = family.model(**batch)
     assert torch.isfinite(out["loss"])
@@ -218,7 +219,7 @@ def test_adapter_trains_only_itself_and_the_head_and_reloads_to_identical_logits
     assert 0 < counts["trainable"] < counts["total"] / 2
 
     # Every trainable parameter sits in exactly one optimizer group: adapter at lr, head at head_lr.
-    groups = family.param_groups(cfg.training)
+    groups = param_groups(family, cfg.training)
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in model.parameters() if p.requires_grad)
 
@@ -313,7 +314,7 @@ def test_decoder_head_has_a_bias_at_the_label_priors_and_learns_at_the_head_rate
     assert isinstance(head, decoder.ScoreHead) and head.weight.requires_grad and head.bias.requires_grad
     np.testing.assert_allclose(head.bias.detach().numpy(), label_prior_logits(LABELS), rtol=1e-6)
     cfg2 = cfg.model_copy(update={"training": cfg.training.model_copy(update={"head_learning_rate": 0.5})})
-    groups = family.param_groups(cfg2.training)
+    groups = param_groups(family, cfg2.training)
     head_ids = {id(head.weight), id(head.bias)}
     assert all(g["lr"] == 0.5 for g in groups if any(id(p) in head_ids for p in g["params"]))
     assert all(g["lr"] == 1e-2 for g in groups if not any(id(p) in head_ids for p in g["params"]))
@@ -368,8 +369,8 @@ def test_merge_on_export_writes_a_merged_model_with_the_same_logits(arch, method
 @pytest.mark.parametrize("arch,method", [("llama", "qlora"), ("bert", "lora")])
 def test_the_trainer_fits_an_adapter_model_and_predicts(arch, method, tiny, tmp_path):
     """Through ``training.fit`` (the HF Trainer: evaluations, best checkpoint restored) and ``predict_logits``."""
-    from emotion_core.training.fit import fit
     from emotion_core.training.batch_logits import predict_logits
+    from emotion_core.training.fit import fit
 
     cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 1.0, "batch_size": 8,
@@ -388,9 +389,9 @@ def test_the_trainer_fits_an_adapter_model_and_predicts(arch, method, tiny, tmp_
 def test_an_adapter_run_resumes_from_its_store_checkpoint_to_the_same_weights(arch, method, tiny, tmp_path):
     """Checkpoint (adapter + head, optimizer, schedule, RNG) in the store, interrupted, resumed = never interrupted."""
     from emotion_core.store import open_store
+    from emotion_core.training.batch_logits import predict_logits
     from emotion_core.training.checkpoints import RunCheckpoints
     from emotion_core.training.fit import fit
-    from emotion_core.training.batch_logits import predict_logits
 
     cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
     cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={

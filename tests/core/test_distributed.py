@@ -23,7 +23,7 @@ from emotion_core.models import build_family
 from emotion_core.models.ffnn import FFNNClassifier
 from emotion_core.runs import read_run
 from emotion_core.store import open_store
-from emotion_core.training import distributed
+from emotion_core.training import distributed, ranks
 from emotion_core.training import fit as fit_module
 
 WORDS = ["happy", "lovely", "calm", "furious", "mad", "fine", "day", "sad", "great", "angry", "ok", "bright"]
@@ -107,7 +107,7 @@ def manifest_of(folder) -> dict:
 
 @pytest.fixture
 def fast_timeout(monkeypatch):
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, "30")  # a lost peer ends a collective in 30 s, not 300
+    monkeypatch.setenv(ranks.TIMEOUT_ENV, "30")  # a lost peer ends a collective in 30 s, not 300
 
 
 # -- refusals (no torchrun needed) -------------------------------------------------------------------------
@@ -130,11 +130,11 @@ def test_a_global_batch_that_does_not_split_and_fsdp_on_cpu_are_refused(tiny, cs
 
 def test_qlora_rank_loads_onto_its_own_card(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert distributed.device_map() is None  # one process: the loader's default placement
+    assert ranks.device_map() is None  # one process: the loader's default placement
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.device_map() == {"": 1}
+    assert ranks.device_map() == {"": 1}
 
 
 def test_a_dead_rank_is_named_ahead_of_the_ranks_that_lost_it(tmp_path):
@@ -184,7 +184,7 @@ def test_a_killed_rank_ends_the_run_naming_it_and_the_redispatched_run_resumes(t
                                                                                  monkeypatch):
     store = open_store(tmp_path / "store")
     cfg = config("encoder", tiny["encoder"], csv, gpus=2, training={"checkpoint_every_steps": 3})
-    monkeypatch.setenv(distributed.FAULT_ENV, "1:5")  # rank 1 exits hard after step 5; checkpoint at 3 is stored
+    monkeypatch.setenv(ranks.FAULT_ENV, "1:5")  # rank 1 exits hard after step 5; checkpoint at 3 is stored
     started = time.monotonic()
     with pytest.raises(RankFailed, match=r"rank 1 of 2 died without an error \(exit code 1"):
         distributed.launch(cfg, str(tmp_path / "store"), run_id="crashed")
@@ -192,7 +192,7 @@ def test_a_killed_rank_ends_the_run_naming_it_and_the_redispatched_run_resumes(t
     assert store.list_runs() == [] and not list((store.root / ".staging").iterdir())  # nothing half-published
     assert store.latest_checkpoint("crashed")["step"] == 3
 
-    monkeypatch.delenv(distributed.FAULT_ENV)
+    monkeypatch.delenv(ranks.FAULT_ENV)
     staging, run_id = distributed.launch(cfg, str(tmp_path / "store"), run_id="crashed")  # the re-dispatch
     manifest = manifest_of(staging)
     assert run_id == "crashed" and manifest["resumed_from_step"] == 3 and manifest["timing"]["steps"] == 8
@@ -211,8 +211,8 @@ def test_out_of_memory_on_a_rank_is_refused_saying_what_to_change(csv, tmp_path,
 
     monkeypatch.setattr(FFNNClassifier, "forward", no_memory)
     # Rank 1 of 2, as torchrun would start it, minus the process group (the OOM comes before any collective).
-    monkeypatch.setattr(distributed, "world", lambda: distributed.World(rank=1, local_rank=1, size=2))
-    monkeypatch.setattr(distributed, "trainer_arguments", lambda cfg: {})
+    monkeypatch.setattr(ranks, "world", lambda: ranks.World(rank=1, local_rank=1, size=2))
+    monkeypatch.setattr(ranks, "trainer_arguments", lambda cfg: {})
     cfg = parse_run_config({"name": "ddp-oom", "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8},
                             "data": {"dataset": "tabular", "path": str(csv), "id_column": "id"},
                             "training": {"epochs": 1, "batch_size": 16, "early_stopping_patience": None},

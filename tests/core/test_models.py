@@ -11,6 +11,7 @@ from emotion_core.labels import LabelSchema
 from emotion_core.models import build_family, load_family
 from emotion_core.models.family import label_prior_logits
 from emotion_core.training.batch_logits import predict_logits
+from emotion_core.training.optimizer import adamw
 
 SCHEMA = LabelSchema(("joy", "anger", "sadness"))
 TEXTS = ["I am so happy today!", "This makes me furious.", "I miss her so much, it hurts.",
@@ -57,7 +58,7 @@ def test_minilm_real_training_step_lowers_loss_on_the_batch(minilm):
     torch.manual_seed(1)
     batch = family.collate([family.make_dataset(TEXTS, LABELS)[i] for i in range(len(TEXTS))])
     assert batch["labels"].dtype == torch.float32 and batch["input_ids"].shape[0] == 6
-    optimizer = torch.optim.AdamW(family.param_groups(cfg.training), fused=True)
+    optimizer = adamw(family, cfg.training)
     lrs = sorted({g["lr"] for g in optimizer.param_groups})
     assert lrs == [5e-5, 1e-3]  # body and new head learn at their own rates
     body_before = model.body.encoder.layer[0].attention.self.query.weight.detach().clone()

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from emotion_core.config import parse_run_config
+from emotion_core.config import TrainingConfig, parse_run_config
 from emotion_core.errors import ConfigError, ModelError
 from emotion_core.labels import LabelSchema
 from emotion_core.models import prompts, zero_shot
+from emotion_core.training.optimizer import param_groups
 
 SCHEMA = LabelSchema(("joy", "anger", "neutral"))
 TEXTS = ["i am so happy today", "this makes me furious", "meh", "what a lovely surprise thank you so much"]
@@ -74,7 +75,8 @@ def by_hand(family, text: str, label: int) -> float:
 
 def test_logits_are_the_yes_no_log_odds_at_the_answer_position(tiny_lm):
     family = zero_shot.build(cfg_for(tiny_lm), SCHEMA, TEXTS, LABELS)
-    assert sum(p.requires_grad for p in family.model.parameters()) == 0 and family.param_groups(None) == []
+    assert sum(p.requires_grad for p in family.model.parameters()) == 0
+    assert not family.trained and param_groups(family, TrainingConfig()) == []
     with torch.no_grad():
         out = family.model(**batch_of(family))
     assert out.logits.shape == (len(TEXTS), len(SCHEMA))
