@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 PORT ?= 4200
 
-.PHONY: install postgres demo stop test test-fast clean
+.PHONY: install system-packages lint demo stop test test-fast clean
 
 install: $(STAMP)
 
@@ -36,14 +36,21 @@ demo: $(STAMP)  ## the main job: local Prefect server + pools + workers, train-a
 stop:  ## stop the server and workers that `make demo` left running (for the UI)
 	$(VENV)/bin/emotion stack down --port $(PORT)
 
-# The PostgreSQL-backed Prefect server tests start a throwaway cluster: Debian's server binaries, installed
-# once (as root, as CI runs); without them those tests skip and say why.
-postgres:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } || \
-		echo "postgresql not installed (needs root: apt-get install -y postgresql); its tests will skip"; }
+# Debian packages some tests need, installed once (as root, as CI runs): PostgreSQL's server binaries (the
+# PostgreSQL-backed Prefect server tests start a throwaway cluster) and Chromium (the `emotion serve` page test,
+# headless). Without them those tests skip and say why.
+system-packages:
+	@missing=""; ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } || \
+		echo "not installed (needs root: apt-get install -y$$missing); their tests will skip"; }
 
-test: $(STAMP) postgres  ## the whole test suite (CI runs this)
+lint: $(STAMP)  ## ruff: lint and format check (CI runs this first)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) system-packages lint  ## ruff, then the whole test suite (CI runs this)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)  ## everything except the tests marked slow
