@@ -38,8 +38,7 @@ from emotion_core.files import sha256_file
 from emotion_core.predict import RunPredictor, prediction_frame
 from emotion_core.runs import Run, read_run
 from emotion_core.settings import cache_root
-from emotion_core.store import ArtifactStore, RunId
-from emotion_core.store import objects
+from emotion_core.store import ArtifactStore, objects
 from emotion_core.store.base import is_run_id
 
 __all__ = ["BatchResult", "default_output_key", "predict_batch", "resolve_run"]

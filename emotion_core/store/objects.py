@@ -124,7 +124,8 @@ def put_file(store: ArtifactStore, key: str, path: Path) -> str:
             os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, target)
     except OSError as exc:
-        raise StoreError(f"store {store.uri}: writing {key} failed ({exc.strerror or exc}); nothing was written") from None
+        raise StoreError(f"store {store.uri}: writing {key} failed ({exc.strerror or exc}); "
+                         f"nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
     return target.as_uri()
