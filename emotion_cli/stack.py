@@ -210,7 +210,8 @@ class Stack:
         lines += self.apply_pools()
         self.deploy()
         self.start_workers()
-        return lines + [f"deployments: train-all/nightly, train-model/gpu (from {PROJECT_DIR / 'prefect.yaml'})",
+        return lines + [f"deployments: train-all/nightly, train-model/gpu, predict/batch "
+                        f"(from {PROJECT_DIR / 'prefect.yaml'})",
                         f"UI: {self.ui_url}"]
 
     def down(self) -> list[str]:

@@ -19,7 +19,7 @@ from emotion_core.errors import EmotionError, StoreError
 from emotion_core.outputs import check_output_file, write_output_atomically
 from emotion_core.runs import read_run
 
-__all__ = ["RunPredictor", "check_output_file", "load_run_family", "predict_file", "run_logits"]
+__all__ = ["RunPredictor", "check_output_file", "load_run_family", "predict_file", "prediction_frame", "run_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,18 @@ class RunPredictor:
         return probs, apply_thresholds(probs, self.thresholds)
 
 
+def prediction_frame(names: list[str], id_name: str, ids: list[str], probs: np.ndarray,
+                     predicted: np.ndarray) -> pl.DataFrame:
+    """The output table: the id column, one 0/1 (int8) column per label, ``<label>_prob`` (6 decimals) per label."""
+    if id_name in names or any(f"{n}_prob" == id_name for n in names):
+        id_name = f"{id_name}_input"  # never let an id column shadow a label column
+    return pl.DataFrame({
+        id_name: pl.Series(ids, dtype=pl.Utf8),
+        **{name: predicted[:, i].astype("int8") for i, name in enumerate(names)},
+        **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
+    })
+
+
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
                  id_column: str | None = None, batch_size: int = 128, calibration: bool = True) -> Path:
     """Write predictions of ``run_ref`` for ``data_path`` to ``out_path``; return the output path.
@@ -101,14 +113,7 @@ def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Pat
     predictor = RunPredictor(run, calibration=calibration, batch_size=batch_size)
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
     probs, predicted = predictor.predict(texts)  # heavy imports (torch) only once the inputs are known to be good
-    names = list(run.schema.names)
-    if id_name in names or any(f"{n}_prob" == id_name for n in names):
-        id_name = f"{id_name}_input"  # never let an id column shadow a label column
-    frame = pl.DataFrame({
-        id_name: ids,
-        **{name: predicted[:, i].astype("int8") for i, name in enumerate(names)},
-        **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
-    })
+    frame = prediction_frame(list(run.schema.names), id_name, ids, probs, predicted)
     write_output_atomically(out, frame.write_csv(), [data_path, run.folder])
     rule = "calibrated: calibration.json" if predictor.calibrated else "uncalibrated: sigmoid(logits), thresholds.json"
     log.info("wrote %d predictions of run %s to %s (%s)", len(ids), run.run_id, out, rule)

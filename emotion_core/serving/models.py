@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from emotion_core.errors import StoreError
 from emotion_core.predict import RunPredictor
@@ -53,14 +54,15 @@ def load_model(ref, *, calibration: bool = True, batch_size: int = 64, source: s
 class ChampionSource:
     """``champion:<dataset>`` of a store: which run is the champion now (``current()``) and where it is."""
 
-    def __init__(self, store_uri: str, dataset: str) -> None:
+    def __init__(self, store_uri, dataset: str) -> None:
+        """``store_uri``: a store URI or path, or an opened store (a task's, with its credentials)."""
         from emotion_core.registry import Registry
         from emotion_core.store import open_store
 
         if not _DATASET.match(dataset):
             raise StoreError(f"champion:{dataset}: expected a dataset name or key (letters, digits, '.', '_', '-')")
         self.dataset = dataset
-        self.store = open_store(store_uri)
+        self.store = open_store(store_uri) if isinstance(store_uri, (str, Path)) else store_uri
         self.registry = Registry(self.store)
         self.key = self._dataset_key(dataset)
 

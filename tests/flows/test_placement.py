@@ -158,7 +158,7 @@ def test_prefect_yaml_deploys_without_prompts():
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $EMOTION_PROJECT_DIR }}"
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == {"nightly", "gpu"} and all("schedules" in d for d in by_name.values())
+    assert set(by_name) == {"nightly", "gpu", "batch"} and all("schedules" in d for d in by_name.values())
     assert by_name["nightly"]["work_pool"]["name"] != by_name["gpu"]["work_pool"]["name"]  # same pool deadlocks
     assert by_name["nightly"]["parameters"]["dispatch"] == "deployment"
     assert by_name["nightly"]["parameters"]["child_deployment"] == "train-model/gpu"
