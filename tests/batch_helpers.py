@@ -5,22 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from helpers import write_tiny_tabular
-
-TINY = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-        "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
-        "resources": {"gpu_memory_gb": 2}}
-
+import helpers
 
 def train_tiny_run(folder: Path, store) -> str:
     """Train and publish one tiny FFNN run (labels joy, anger; seconds) into ``store``; returns its run id."""
-    from emotion_core.config import parse_run_config
-    from emotion_core.pipeline import train_config
-
-    write_tiny_tabular(folder / "train.csv", rows=120)
-    raw = {"name": "tiny-batch", **TINY, "data": {"dataset": "tabular", "id_column": "id",
-                                                  "path": str(folder / "train.csv")}}
-    return train_config(parse_run_config(raw), store).rstrip("/").rsplit("/", 1)[-1]
+    return helpers.train_tiny_run(folder, store, "tiny-batch").rstrip("/").rsplit("/", 1)[-1]
 
 
 def texts_frame(rows: int) -> pl.DataFrame:

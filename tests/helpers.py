@@ -21,3 +21,19 @@ def assert_refused(result, *fragments: str) -> None:
     assert "Traceback" not in result.stderr + result.stdout, where
     for fragment in fragments:
         assert fragment in result.stderr, f"missing {fragment!r} in:\n{where}"
+
+
+TINY_FFNN = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+             "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
+             "resources": {"gpu_memory_gb": 2}}
+
+
+def train_tiny_run(folder: Path, store, name: str = "tiny", hidden_size: int = 8) -> str:
+    """Train and publish one tiny FFNN run on ``write_tiny_tabular``'s data (labels joy, anger; seconds); its URI."""
+    from emotion_core.config import parse_run_config
+    from emotion_core.pipeline import train_config
+
+    write_tiny_tabular(folder / "train.csv", rows=120)
+    raw = {"name": name, **TINY_FFNN, "model": {**TINY_FFNN["model"], "hidden_size": hidden_size},
+           "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")}}
+    return train_config(parse_run_config(raw), store)

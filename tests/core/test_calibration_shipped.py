@@ -23,15 +23,13 @@ from emotion_core.metrics import sigmoid
 from emotion_core.runs import read_run
 from emotion_core.store import LocalStore
 from emotion_core.thresholds import apply_thresholds
-from helpers import write_tiny_tabular
+from helpers import TINY_FFNN, write_tiny_tabular
 
 pytestmark = pytest.mark.slow  # one tiny training run for the module, a few CLI calls
 
 EMOTION = str(Path(sys.executable).with_name("emotion"))
 NAMES = ["joy", "anger"]
-TINY = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-        "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
-        "resources": {"gpu_memory_gb": 2}}
+TINY = TINY_FFNN
 TEXTS = ["what a happy day", "so mad at this", "calm fine day", "happy and mad", "nothing at all"]
 
 

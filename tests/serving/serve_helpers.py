@@ -17,12 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from helpers import write_tiny_tabular
+from helpers import train_tiny_run
 
 EMOTION = str(Path(sys.executable).with_name("emotion"))
-TINY = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-        "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
-        "resources": {"gpu_memory_gb": 2}}
 
 
 def free_port() -> int:
@@ -43,17 +40,11 @@ class TinyStore:
 
 
 def train_tiny_store(folder: Path) -> TinyStore:
-    from emotion_core.config import parse_run_config
-    from emotion_core.pipeline import train_config
     from emotion_core.store import LocalStore
 
-    write_tiny_tabular(folder / "train.csv", rows=120)
     store = LocalStore(folder / "store")
-    runs = []
-    for name, hidden in (("tiny-serve-a", 8), ("tiny-serve-b", 16)):
-        raw = {"name": name, **TINY, "model": {**TINY["model"], "hidden_size": hidden},
-               "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")}}
-        runs.append(Path(train_config(parse_run_config(raw), store).removeprefix("file://")))
+    runs = [Path(train_tiny_run(folder, store, name, hidden).removeprefix("file://"))
+            for name, hidden in (("tiny-serve-a", 8), ("tiny-serve-b", 16))]
     return TinyStore(folder / "store", tuple(runs))
 
 
