@@ -4,7 +4,10 @@ Features
 - ``log_run(manifest, evaluation, config)``: the run's numbers (manifest and evaluation, nested keys joined
   with ``/``) as W&B summary; ``log_summary(table_rows, set_name)``: the comparison as a ``wandb.Table``.
 - Mode (``wandb_mode``): ``$WANDB_MODE``, else ``online`` when ``$WANDB_API_KEY`` is set, else ``offline``.
-- W&B's folders default under ``.emotion/wandb``, never the home folder; nothing is sampled.
+- ``live_report_to()``: live training curves and system metrics through the Trainer's W&B callback when
+  online (or ``$EMOTION_WANDB_LIVE=1``); project ``$WANDB_PROJECT`` (default ``emotion-pipeline``), entity
+  ``$WANDB_ENTITY``.
+- W&B's folders default under ``.emotion/wandb``, never the home folder.
 - Never fatal: failures are one warning and ``{"status": "failed", "mode", "error"}``; the API key is
   redacted and tracebacks are not logged.
 
@@ -26,6 +29,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEFAULT_PROJECT = "emotion-pipeline"
+LIVE_ENV = "EMOTION_WANDB_LIVE"
 INIT_TIMEOUT_S = 60.0
 _DIRS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_CONFIG_DIR": "config"}
 
@@ -36,6 +40,41 @@ def wandb_mode() -> str:
     if mode:
         return mode
     return "online" if os.environ.get("WANDB_API_KEY", "").strip() else "offline"
+
+
+def project_name() -> str:
+    """``$WANDB_PROJECT``, else ``emotion-pipeline`` (the entity comes from ``$WANDB_ENTITY``, read by wandb)."""
+    return os.environ.get("WANDB_PROJECT", "").strip() or DEFAULT_PROJECT
+
+
+def live_report_to() -> str | list[str]:
+    """The Trainer's ``report_to``: ``["wandb"]`` for live curves and system metrics while training, else ``"none"``.
+
+    Live when ``$EMOTION_WANDB_LIVE`` is ``1``, or when it is unset and W&B is online (offline, the curves are in the
+    run's ``train_log.json`` already); never when W&B is disabled.
+    """
+    flag = os.environ.get(LIVE_ENV, "").strip()
+    mode = wandb_mode()
+    if mode == "disabled" or not (flag == "1" if flag else mode == "online"):
+        return "none"
+    prepare_environment()
+    os.environ.setdefault("WANDB_PROJECT", DEFAULT_PROJECT)  # the Trainer's callback reads these two from here
+    os.environ.setdefault("WANDB_MODE", mode)
+    return ["wandb"]
+
+
+def end_live_run() -> None:
+    """Finish and flush the W&B run the Trainer's callback started, if any; never raises."""
+    import sys
+
+    wandb = sys.modules.get("wandb")  # not imported: no live run to end
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish()
+        wandb.teardown()
+    except Exception as exc:  # tracking never fails training
+        log.warning("finishing the live W&B run failed: %s", redact(f"{type(exc).__name__}: {exc}"))
 
 
 def default_directory() -> Path:
@@ -129,7 +168,7 @@ def _with_run(what: str, directory, init_kwargs: dict, body) -> dict:
 
 
 def log_run(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None,
-            config: Mapping[str, Any] | None = None, *, project: str = DEFAULT_PROJECT,
+            config: Mapping[str, Any] | None = None, *, project: str | None = None,
             directory: str | Path | None = None, group: str | None = None,
             tags: Sequence[str] = ()) -> dict:
     """Log one trained run (its manifest, evaluation metrics and config) as a W&B run.
@@ -145,7 +184,7 @@ def log_run(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None = 
     summary.update(flatten(manifest.get("summary") or {}, "manifest"))
     summary.update(flatten(evaluation or {}))
     kwargs = {
-        "project": project, "name": run_id, "group": group, "job_type": "train",
+        "project": project or project_name(), "name": run_id, "group": group, "job_type": "train",
         "config": dict(config if config is not None else manifest.get("config") or {}),
         "tags": [str(t) for t in (*tags, manifest.get("family"), (manifest.get("data") or {}).get("dataset")) if t],
         "notes": f"run {run_id} ({manifest.get('model', '')})",
@@ -177,7 +216,7 @@ def table_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(columns)
 
 
-def log_summary(table_rows: Sequence[Mapping[str, Any]], set_name: str, *, project: str = DEFAULT_PROJECT,
+def log_summary(table_rows: Sequence[Mapping[str, Any]], set_name: str, *, project: str | None = None,
                 directory: str | Path | None = None, columns: Sequence[str] | None = None) -> dict:
     """Log a config set's comparison (one row per model) as a ``wandb.Table`` named ``comparison``.
 
@@ -185,7 +224,7 @@ def log_summary(table_rows: Sequence[Mapping[str, Any]], set_name: str, *, proje
     """
     rows = list(table_rows)
     names = list(columns) if columns is not None else table_columns(rows)
-    kwargs = {"project": project, "name": f"{set_name}-summary", "group": set_name, "job_type": "summary",
+    kwargs = {"project": project or project_name(), "name": f"{set_name}-summary", "group": set_name, "job_type": "summary",
               "config": {"set": set_name, "models": len(rows)}}
 
     def body(wandb, run) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emotion_core import tracking
 from emotion_core.config import RunConfig, TrainingConfig
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
@@ -161,7 +162,8 @@ def training_arguments(cfg: RunConfig, family: Family, work_dir: Path, precision
         data_seed=t.seed,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        report_to="none",
+        report_to=tracking.live_report_to(),  # W&B curves and system metrics while training (online)
+        run_name=cfg.name,
         disable_tqdm=False,
         **ranks.trainer_arguments(cfg),  # collective timeout, FSDP
     )
@@ -249,11 +251,14 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
                              per_device_batch_size=run.shape.batch,
                              gradient_accumulation_steps=run.shape.accumulation, extra_callbacks=callbacks)
 
-    while True:
-        output, failed = _train_once(run, new_trainer)
-        if failed is None:
-            break
-        _after_out_of_memory(run, cfg, work_dir, failed)
+    try:
+        while True:
+            output, failed = _train_once(run, new_trainer)
+            if failed is None:
+                break
+            _after_out_of_memory(run, cfg, work_dir, failed)
+    finally:
+        tracking.end_live_run()  # the Trainer's W&B callback leaves its run open
     return _fit_stats(run, output, resume)
 
 

@@ -167,3 +167,39 @@ def test_flatten_keeps_numbers_only(wandb_env):
     flat = tracking.flatten({"a": {"b": 1, "c": "text", "d": [1, 2], "e": float("nan"), "f": np.float32(0.5)}, "g": True})
     assert flat == {"a/b": 1, "a/f": 0.5, "g": True}
     assert tracking.redact(f"token {KEY}") == f"token {KEY}"  # no key in the environment: nothing to redact
+
+
+def test_live_curves_are_off_offline_unless_asked(monkeypatch, wandb_env):
+    assert tracking.live_report_to() == "none"  # offline: the curves are in train_log.json
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    monkeypatch.setenv("WANDB_DIR", str(wandb_env))
+    assert tracking.live_report_to() == ["wandb"]  # online: live
+    monkeypatch.setenv("EMOTION_WANDB_LIVE", "0")
+    assert tracking.live_report_to() == "none"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("EMOTION_WANDB_LIVE", "1")
+    assert tracking.live_report_to() == "none"
+
+
+@pytest.mark.slow
+def test_training_streams_its_curves_to_the_named_project(monkeypatch, wandb_env, tmp_path):
+    from helpers import train_tiny_run
+
+    from emotion_core.store import open_store
+
+    monkeypatch.setenv("EMOTION_WANDB_LIVE", "1")
+    monkeypatch.setenv("WANDB_PROJECT", "team-emotions")
+    monkeypatch.setenv("WANDB_DIR", str(wandb_env))
+    monkeypatch.chdir(tmp_path)
+    train_tiny_run(tmp_path, open_store(tmp_path / "store"), "live-curves")
+    [file] = wandb_env.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(file)
+    [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert run.project == "team-emotions" and run.display_name == "live-curves"
+    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    losses = [row["train/loss"] for row in history if "train/loss" in row]
+    evals = [row["eval/macro_f1"] for row in history if "eval/macro_f1" in row]
+    assert losses and all(loss > 0 for loss in losses)  # curves while training, one point per logging step
+    assert evals and all(0 <= f1 <= 1 for f1 in evals)
+    assert any(r.WhichOneof("record_type") == "stats" for r in records)  # system metrics sampled while training
