@@ -23,8 +23,9 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 from torch import nn
 
-from emotion_core.config import FFNNConfig, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import FFNNConfig
 from emotion_core.models.family import Family, label_prior_logits
 
 

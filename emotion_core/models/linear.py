@@ -20,8 +20,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from emotion_core.config import LinearConfig, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import LinearConfig
 from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.ffnn import SparseRows, TfidfFeaturizer, collate
 
