@@ -86,7 +86,7 @@ CONFIG_CASES = [
     check("unknown-field", "field 'training.batch_sise'", "Extra inputs are not permitted"),
     check("wrong-type", "field 'training.epochs'", "valid number"),
     check("negative-batch-size", "field 'training.batch_size'", "greater than 0"),
-    check("unknown-family", "field 'model'", "'svm'", "'ffnn', 'encoder', 'decoder', 'zero_shot'"),
+    check("unknown-family", "field 'model'", "'svm'", "'ffnn', 'linear', 'encoder', 'decoder', 'zero_shot'"),
     check("unknown-adapter-method", "field 'model.adapter.method'", "'lora', 'ia3' or 'qlora'"),
     check("combined-loss-without-weights", "field 'training.loss'", "needs loss.weights"),
     Case("config-set-missing-file", ("check-config", "{bad}/config/set-missing-file.yaml"),

@@ -1,4 +1,4 @@
-"""Model families, built and loaded by name through ``config.FAMILY_REGISTRY``.
+"""Model families, built and loaded by name through ``model_configs.FAMILY_REGISTRY``.
 
 Each family module has two plain functions (no base class), both returning a ``models.family.Family``:
 ``build(cfg, schema, train_texts, train_labels)`` (ready to train) and ``load(cfg, schema, folder)``
@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emotion_core.config import FAMILY_REGISTRY, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.errors import ModelError
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import FAMILY_REGISTRY
 
 if TYPE_CHECKING:
     from emotion_core.models.family import Family

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from emotion_core.config import AdapterConfig
 from emotion_core.errors import ConfigError
+from emotion_core.model_configs import AdapterConfig
 
 if TYPE_CHECKING:  # heavy imports stay out of the pre-flight path
     import torch

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from emotion_core.config import DecoderConfig, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.errors import ModelError
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import DecoderConfig
 from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.resolve import resolve_model
 from emotion_core.models.tokenized import text_io

@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from emotion_core.config import EncoderConfig, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import EncoderConfig
 from emotion_core.models.family import Family, label_prior_logits
 from emotion_core.models.resolve import resolve_model
 from emotion_core.models.tokenized import text_io

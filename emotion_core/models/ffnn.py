@@ -23,8 +23,9 @@ from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.preprocessing import normalize
 from torch import nn
 
-from emotion_core.config import FFNNConfig, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import FFNNConfig
 from emotion_core.models.family import Family, label_prior_logits
 
 
@@ -128,7 +129,12 @@ def collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _family(model: FFNNClassifier, featurizer: TfidfFeaturizer) -> Family:
+def tfidf_family(name: str, model: nn.Module, featurizer: TfidfFeaturizer) -> Family:
+    """The ``Family`` of a model on TF-IDF rows (this one and ``linear``): weights in safetensors + ``featurizer.json``.
+
+    Trained from scratch: every layer is new, so no separate head; every layer learns at ``learning_rate``.
+    """
+
     def make_dataset(texts: list[str], labels: np.ndarray | None) -> SparseRows:
         return SparseRows(featurizer.transform(list(texts)), None if labels is None else labels.astype(np.float32))
 
@@ -137,8 +143,7 @@ def _family(model: FFNNClassifier, featurizer: TfidfFeaturizer) -> Family:
         save_file(weights, str(folder / "model.safetensors"))
         featurizer.save(folder / "featurizer.json")
 
-    # Trained from scratch: every layer is new, so no separate head; every layer learns at ``learning_rate``.
-    return Family("ffnn", model, make_dataset, collate, save, has_lengths=False)
+    return Family(name, model, make_dataset, collate, save, has_lengths=False)
 
 
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
@@ -149,7 +154,7 @@ def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_lab
     if cfg.training.init_bias_from_prior:
         with torch.no_grad():
             model.head.bias.copy_(torch.from_numpy(label_prior_logits(train_labels)))
-    return _family(model, featurizer)
+    return tfidf_family("ffnn", model, featurizer)
 
 
 def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
@@ -159,4 +164,4 @@ def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
     model = FFNNClassifier(featurizer.n_features, spec.hidden_size, len(schema), spec.dropout)
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()
-    return _family(model, featurizer)
+    return tfidf_family("ffnn", model, featurizer)

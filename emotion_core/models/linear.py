@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from emotion_core.config import LinearConfig, RunConfig
+from emotion_core.config import RunConfig
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import LinearConfig
 from emotion_core.models.family import Family, label_prior_logits
-from emotion_core.models.ffnn import SparseRows, TfidfFeaturizer, collate
+from emotion_core.models.ffnn import TfidfFeaturizer, tfidf_family
 
 
 class LinearClassifier(nn.Module):
@@ -42,18 +43,6 @@ class LinearClassifier(nn.Module):
         return {"loss": nn.functional.binary_cross_entropy_with_logits(logits, labels), "logits": logits}
 
 
-def _family(model: LinearClassifier, featurizer: TfidfFeaturizer) -> Family:
-    def make_dataset(texts: list[str], labels: np.ndarray | None) -> SparseRows:
-        return SparseRows(featurizer.transform(list(texts)), None if labels is None else labels.astype(np.float32))
-
-    def save(folder: Path) -> None:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, str(folder / "model.safetensors"))
-        featurizer.save(folder / "featurizer.json")
-
-    return Family("linear", model, make_dataset, collate, save, has_lengths=False)
-
-
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
     """Fit the TF-IDF vocabulary on the training texts; zero weights, bias at the label priors."""
     spec: LinearConfig = cfg.model
@@ -62,7 +51,7 @@ def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_lab
     if cfg.training.init_bias_from_prior:
         with torch.no_grad():
             model.bias.copy_(torch.from_numpy(label_prior_logits(train_labels)))
-    return _family(model, featurizer)
+    return tfidf_family("linear", model, featurizer)
 
 
 def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
@@ -71,4 +60,4 @@ def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
     model = LinearClassifier(featurizer.n_features, len(schema))
     model.load_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()
-    return _family(model, featurizer)
+    return tfidf_family("linear", model, featurizer)

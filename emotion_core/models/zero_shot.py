@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
-from emotion_core.config import RunConfig, ZeroShotConfig
+from emotion_core.config import RunConfig
 from emotion_core.errors import ConfigError, ModelError
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import ZeroShotConfig
 from emotion_core.models import prompts
 from emotion_core.models.family import Family
 from emotion_core.models.resolve import resolve_model

@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
@@ -176,93 +176,115 @@ async def watch_champion(state: ServerState) -> None:
             log.warning("champion check failed, still serving %s: %s", state.model.run_id, exc)
 
 
+# ------------------------------------------------------------------------------------------ routes
+
+router = APIRouter()
+
+
+def served_state(request: Request) -> ServerState:
+    """The ``ServerState`` of the app that received ``request`` (set by ``create_app``)."""
+    return request.app.state.serve
+
+
+@router.post("/predict")
+async def predict(request: Request) -> dict:
+    state = served_state(request)
+    limits = state.settings
+    value = await read_json(request, limits)
+    texts = value.get("texts") if isinstance(value, dict) else None
+    if isinstance(texts, list) and len(texts) > limits.max_texts:  # before validating 10,000 items
+        raise HTTPException(413, f"{len(texts)} texts, over the limit of {limits.max_texts} per request "
+                                 "(max_texts)")
+    body = parse(PredictRequest, value)
+    if not body.texts:
+        raise HTTPException(422, "texts: the list is empty; send at least one text")
+    for i, text in enumerate(body.texts):
+        check_text(text, f"texts.{i}", limits.max_chars, "max_chars")
+    served = state.model  # this request's model, whatever a champion swap does meanwhile
+    try:
+        probs, predicted = await state.batcher.submit(served, body.texts)
+    except Exception as exc:  # noqa: BLE001 - logged by the batcher; the server keeps serving
+        raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from None
+    return {"run_id": served.run_id, "calibrated": served.predictor.calibrated, "labels": served.labels,
+            "predictions": predictions(served, probs, predicted)}
+
+
+@router.post("/explain")
+async def explain(request: Request) -> dict:
+    state = served_state(request)
+    limits = state.settings
+    body = parse(ExplainRequest, await read_json(request, limits))
+    check_text(body.text, "text", limits.explain_max_chars, "explain_max_chars")
+    if state.explaining >= limits.explain_queue:
+        raise HTTPException(429, f"{state.explaining} explanations are running or waiting (explain_queue); "
+                                 "retry in a few seconds")
+    loop = asyncio.get_running_loop()
+    state.explaining += 1
+    work = loop.run_in_executor(None, explain_one, state, state.model, body.text, loop)
+    work.add_done_callback(lambda _: setattr(state, "explaining", state.explaining - 1))  # when it really ends
+    try:
+        return await asyncio.wait_for(asyncio.shield(work), limits.explain_timeout_s)
+    except TimeoutError:
+        raise HTTPException(504, f"the explanation took over {limits.explain_timeout_s:g} s "
+                                 "(explain_timeout_s); try a shorter text") from None
+    except Exception as exc:  # noqa: BLE001
+        log.exception("explanation failed")
+        raise HTTPException(500, f"explanation failed: {type(exc).__name__}: {exc}") from None
+
+
+@router.get("/health")
+async def health(request: Request) -> dict:
+    state = served_state(request)
+    return {"status": "ok", "run_id": state.model.run_id, "uptime_s": round(time.time() - state.started_at, 3),
+            "requests": state.batcher.requests, "model_calls": state.batcher.batches}
+
+
+@router.get("/model")
+async def model_route(request: Request) -> dict:
+    state = served_state(request)
+    info = model_info(state.model)
+    if state.champion is not None:
+        info["champion"] = {"dataset_key": state.champion.key, "reload_every_s": state.settings.reload_every_s,
+                            "swaps": state.swaps, "last_check": state.last_check,
+                            "last_check_error": state.last_check_error}
+    info["limits"] = state.settings.model_dump()
+    return info
+
+
+@router.get("/", response_class=HTMLResponse)
+async def page() -> HTMLResponse:
+    return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+
 # --------------------------------------------------------------------------------------------- app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    """Start the batcher (and the champion watch) with the server; stop them when it shuts down."""
+    state: ServerState = app.state.serve
+    state.batcher = MicroBatcher(max_batch_texts=state.settings.max_batch_texts,
+                                 max_wait_s=state.settings.max_wait_ms / 1000)
+    state.batcher.start()
+    watch = asyncio.create_task(watch_champion(state)) if state.champion is not None else None
+    yield
+    if watch is not None:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+    await state.batcher.stop()
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any unhandled error: logged with its traceback, answered as JSON 500; the server keeps serving."""
+    log.exception("%s %s failed", request.method, request.url.path)
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
 def create_app(model: ServedModel, settings: ServeSettings | None = None,
                champion: ChampionSource | None = None) -> FastAPI:
     """The API serving ``model``; with ``champion``, the champion of its dataset key, reloaded on change."""
-    state = ServerState(model=model, settings=settings or ServeSettings(), champion=champion)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        state.batcher = MicroBatcher(max_batch_texts=state.settings.max_batch_texts,
-                                     max_wait_s=state.settings.max_wait_ms / 1000)
-        state.batcher.start()
-        watch = asyncio.create_task(watch_champion(state)) if champion is not None else None
-        yield
-        if watch is not None:
-            watch.cancel()
-            await asyncio.gather(watch, return_exceptions=True)
-        await state.batcher.stop()
-
     app = FastAPI(title="emotion serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.serve = state
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
-
-    @app.post("/predict")
-    async def predict(request: Request) -> dict:
-        limits = state.settings
-        value = await read_json(request, limits)
-        texts = value.get("texts") if isinstance(value, dict) else None
-        if isinstance(texts, list) and len(texts) > limits.max_texts:  # before validating 10,000 items
-            raise HTTPException(413, f"{len(texts)} texts, over the limit of {limits.max_texts} per request "
-                                     "(max_texts)")
-        body = parse(PredictRequest, value)
-        if not body.texts:
-            raise HTTPException(422, "texts: the list is empty; send at least one text")
-        for i, text in enumerate(body.texts):
-            check_text(text, f"texts.{i}", limits.max_chars, "max_chars")
-        served = state.model  # this request's model, whatever a champion swap does meanwhile
-        try:
-            probs, predicted = await state.batcher.submit(served, body.texts)
-        except Exception as exc:  # noqa: BLE001 - logged by the batcher; the server keeps serving
-            raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from None
-        return {"run_id": served.run_id, "calibrated": served.predictor.calibrated, "labels": served.labels,
-                "predictions": predictions(served, probs, predicted)}
-
-    @app.post("/explain")
-    async def explain(request: Request) -> dict:
-        limits = state.settings
-        body = parse(ExplainRequest, await read_json(request, limits))
-        check_text(body.text, "text", limits.explain_max_chars, "explain_max_chars")
-        if state.explaining >= limits.explain_queue:
-            raise HTTPException(429, f"{state.explaining} explanations are running or waiting (explain_queue); "
-                                     "retry in a few seconds")
-        loop = asyncio.get_running_loop()
-        state.explaining += 1
-        work = loop.run_in_executor(None, explain_one, state, state.model, body.text, loop)
-        work.add_done_callback(lambda _: setattr(state, "explaining", state.explaining - 1))  # when it really ends
-        try:
-            return await asyncio.wait_for(asyncio.shield(work), limits.explain_timeout_s)
-        except TimeoutError:
-            raise HTTPException(504, f"the explanation took over {limits.explain_timeout_s:g} s "
-                                     "(explain_timeout_s); try a shorter text") from None
-        except Exception as exc:  # noqa: BLE001
-            log.exception("explanation failed")
-            raise HTTPException(500, f"explanation failed: {type(exc).__name__}: {exc}") from None
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "run_id": state.model.run_id, "uptime_s": round(time.time() - state.started_at, 3),
-                "requests": state.batcher.requests, "model_calls": state.batcher.batches}
-
-    @app.get("/model")
-    async def model_route() -> dict:
-        info = model_info(state.model)
-        if state.champion is not None:
-            info["champion"] = {"dataset_key": state.champion.key, "reload_every_s": state.settings.reload_every_s,
-                                "swaps": state.swaps, "last_check": state.last_check,
-                                "last_check_error": state.last_check_error}
-        info["limits"] = state.settings.model_dump()
-        return info
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
-
+    app.state.serve = ServerState(model=model, settings=settings or ServeSettings(), champion=champion)
+    app.add_exception_handler(Exception, internal_error)
+    app.include_router(router)
     return app

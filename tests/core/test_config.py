@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emotion_core.config import (
-    EncoderConfig, FFNNConfig, load_config_set, load_run_config, parse_overrides, parse_run_config,
-)
+from emotion_core.config import load_config_set, load_run_config, parse_overrides, parse_run_config
 from emotion_core.errors import ConfigError
+from emotion_core.model_configs import EncoderConfig, FFNNConfig
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL = {"name": "m", "model": {"family": "encoder", "model": "minilm"}}

@@ -10,9 +10,10 @@ import torch
 from helpers import write_tiny_tabular
 
 from emotion_core import pipeline
-from emotion_core.config import LinearConfig, parse_run_config
+from emotion_core.config import parse_run_config
 from emotion_core.errors import ConfigError
 from emotion_core.labels import LabelSchema
+from emotion_core.model_configs import LinearConfig
 from emotion_core.models import build_family, load_family
 from emotion_core.models.family import label_prior_logits
 from emotion_core.runs import read_run
