@@ -155,3 +155,44 @@ def test_stacking_learns_a_logistic_layer_and_is_cross_fitted():
     assert isinstance(const, Combiner) and (const.coef[0] == 0).all()
     with pytest.raises(ValueError, match="ensemble method"):
         fit_combiner([good], y, method="median")
+
+
+def _run_data(name: str, ids: list[str], logits: np.ndarray, truth: np.ndarray, names=("a", "b", "c", "d")):
+    from emotion_core.analysis import RunData
+
+    return RunData(name, {"validation": ids, "test": ids}, {"validation": logits, "test": logits},
+                   {"validation": truth, "test": truth}, np.full(len(names), 0.5), list(names))
+
+
+def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ranks_best(tmp_path):
+    from emotion_core.analysis import ensemble_of, rankable, with_paired_tests
+    from emotion_core.records import ReportEntry
+    from emotion_core.report.summary import ranked_entries
+
+    y, good, noise, rng = _synthetic(n=600)
+    ids = [f"r{i}" for i in range(600)]
+    other = good + rng.normal(0, 0.3, good.shape)
+    arrays = {"good": _run_data("good", ids, good, y), "noise": _run_data("noise", ids, noise, y),
+              "subset": _run_data("subset", ids[:500], other[:500], y[:500]),
+              "relabelled": _run_data("relabelled", ids, other, 1 - y),
+              "other-labels": _run_data("other-labels", ids, other, y, names=("a", "b", "c", "e"))}
+    scores = {"good": 0.6, "subset": 0.59, "relabelled": 0.58, "other-labels": 0.57, "noise": 0.2}
+    entries = [ReportEntry(name=n, status="completed", family="ffnn", run_id=f"id-{n}", validation_macro_f1=s,
+                           threshold_policy="per_label") for n, s in scores.items()]
+    entry, data, combiner = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=4, bootstrap_samples=200)
+    assert entry.members == ["good", "noise"]  # the three better runs do not share good's validation set
+    excluded = {e["name"]: e["reason"] for e in entry.ensemble["excluded"]}
+    assert "100 missing" in excluded["subset"] and "labels differ" in excluded["relabelled"]
+    assert "its labels differ" in excluded["other-labels"]
+    assert entry.ensemble["eligible"] is False and not rankable(entry)
+    assert entry.validation_macro_f1 == entry.ensemble["oof_macro_f1"]
+
+    # even with a higher (out-of-fold) validation score than every run, it is not the best, nor listed first
+    entry = ReportEntry(**{**entry.__dict__, "validation_macro_f1": 0.99})
+    arrays[entry.name] = data
+    rows, best = with_paired_tests([*entries, entry], arrays, bootstrap_samples=100)
+    assert best == "good" and rows[-1].paired_vs_best["best"] == "good"
+    order = [e["name"] for e in ranked_entries([r.to_dict() for r in rows])]
+    assert order[0] == "good" and order[-1] == entry.name
+    proven = ReportEntry(**{**entry.__dict__, "ensemble": {**entry.ensemble, "eligible": True}})
+    assert with_paired_tests([*entries, proven], arrays, bootstrap_samples=100)[1] == entry.name
