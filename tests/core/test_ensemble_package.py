@@ -252,3 +252,10 @@ def test_package_round_trip_through_s3(compared, s3_bucket, tmp_path):
     from_s3 = load_predictor(f"s3://{s3_bucket}/team/runs/{package.name}")
     assert from_s3.predict(TEXTS)[0] == pytest.approx(local, abs=1e-9)
     assert all(str(m.folder).startswith(str(tmp_path / "cache")) for m in from_s3.members)  # members from S3
+
+
+def test_commands_that_need_one_trained_run_say_so_for_a_package(compared, tmp_path):
+    store, _, _, _ = compared
+    done = subprocess.run([EMOTION, "export", str(store.run_folder("tiny-cmp-1-ensemble")), str(tmp_path / "hf")],
+                          capture_output=True, text=True, timeout=300)
+    assert_refused(done, "is an ensemble package", "needs one trained run")
