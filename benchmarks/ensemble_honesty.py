@@ -46,13 +46,14 @@ def train_members(store_dir: Path) -> list:
     store = LocalStore(store_dir)
     base = load_yaml(Path("deployments/configs/ffnn-tfidf.yaml").read_text())
     runs = []
+    def done(name: str) -> list[str]:
+        return [r for r in store.list_runs() if store.read_manifest(r).get("config_name") == f"bench-{name}"]
+
     for name, model in MEMBERS.items():
-        done = [r for r in store.list_runs() if r.startswith(f"bench-{name}-")]
-        if not done:
+        if not done(name):
             raw = {**base, "name": f"bench-{name}", "model": model, "data": {**base["data"], **SUBSET}}
             train_config(parse_run_config(raw), store)
-            done = [r for r in store.list_runs() if r.startswith(f"bench-{name}-")]
-        runs.append(read_run(store.run_folder(done[-1])))
+        runs.append(read_run(store.run_folder(done(name)[-1])))
     return runs
 
 
