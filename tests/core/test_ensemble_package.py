@@ -259,3 +259,31 @@ def test_commands_that_need_one_trained_run_say_so_for_a_package(compared, tmp_p
     done = subprocess.run([EMOTION, "export", str(store.run_folder("tiny-cmp-1-ensemble")), str(tmp_path / "hf")],
                           capture_output=True, text=True, timeout=300)
     assert_refused(done, "is an ensemble package", "needs one trained run")
+
+
+def test_a_proven_published_ensemble_challenges_the_champion_and_an_unproven_one_does_not(compared, tmp_path):
+    from dataclasses import replace
+
+    from emotion_core.analysis import DataCache, challenge_champions, ensemble_of, entry_of_manifest, run_data
+    from emotion_core.store import LocalStore
+
+    store, runs, _, _ = compared
+    fresh = LocalStore(tmp_path / "fresh")
+    for run in runs:
+        fresh.publish(run.folder, run.run_id)
+    package = store.run_folder("tiny-cmp-1-ensemble")
+    fresh.publish(package, package.name)
+    cache = DataCache()
+    arrays = {r.config.name: run_data(r, cache.for_run(r)) for r in runs}
+    entries = [entry_of_manifest(r.config.name, r.manifest) for r in runs]
+    entry, data, _ = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=3, bootstrap_samples=100)
+    arrays[entry.name] = data
+    published = replace(entry, run_id=package.name, validation_macro_f1=1.0)  # the best score of the set
+
+    unproven = replace(published, ensemble={**entry.ensemble, "eligible": False})
+    records = challenge_champions([*entries, unproven], arrays, fresh, cache, margin=0.0, alpha=0.05)
+    assert records[0]["promoted"] and records[0]["challenger_run_id"] != package.name
+
+    proven = replace(published, ensemble={**entry.ensemble, "eligible": True})
+    records = challenge_champions([*entries, proven], arrays, fresh, cache, margin=0.0, alpha=1 - 1e-9)
+    assert records[0]["challenger_run_id"] == package.name and records[0]["test_rows"] > 0
