@@ -5,7 +5,8 @@ Features
   comes from reloading the run's data config, whose hash must equal the manifest's (``DataError``).
 - ``evaluate_run``: a run's ``ReportEntry``: test metrics with bootstrap CIs, temperature scaling,
   reliability diagram (files under ``models/<name>/`` of the report folder).
-- ``ensemble_of``: the mean calibrated probabilities of the top-k runs by validation macro-F1.
+- ``ensemble_of``: the cross-fitted ensemble of the top-k runs sharing the best run's full validation set
+  (``ensemble.cross_fit``: weighted mean or stacking); ranked above its members only if it beat them out of fold.
 - ``with_paired_tests`` / ``paired_vs_champion``: paired bootstrap of test macro-F1 on shared test rows.
 - ``challenge_champions``: per dataset, the set's best run challenges the registry's champion.
 
@@ -27,12 +28,12 @@ import numpy as np
 from emotion_core.calibration import calibrate_run
 from emotion_core.data.dataset import EmotionData
 from emotion_core.data.load import load_data
-from emotion_core.ensemble import ensemble_split
+from emotion_core.ensemble import Combiner, cross_fit
 from emotion_core.ensemble import top_k as best_runs
 from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
 from emotion_core.files import write_json
-from emotion_core.metrics import multilabel_metrics, sigmoid
+from emotion_core.metrics import sigmoid
 from emotion_core.records import ReportEntry
 from emotion_core.registry import Registry, dataset_key_of, decide
 from emotion_core.report.plots import reliability_diagram
@@ -169,52 +170,103 @@ def best_entries(entries: list[ReportEntry], k: int) -> list[ReportEntry]:
     return [by_name[r["name"]] for r in ranked]
 
 
+def shared_validation_problem(anchor: RunData, other: RunData) -> str | None:
+    """Why ``other`` cannot join an ensemble anchored on ``anchor`` (None: it can): it must have predicted the
+    same labels on the full validation set of ``anchor`` (same ids, no more, no fewer) with the same truth."""
+    if other.names != anchor.names:
+        return "its labels differ from the best run's"
+    if "validation" not in other.ids:
+        return "it has no validation logits"
+    ids, anchor_ids = other.ids["validation"], anchor.ids["validation"]
+    if len(set(ids)) != len(ids) or set(ids) != set(anchor_ids):
+        missing, extra = len(set(anchor_ids) - set(ids)), len(set(ids) - set(anchor_ids))
+        return f"its validation rows differ from the best run's ({missing} missing, {extra} extra)"
+    if not np.array_equal(rows_of(other.truth["validation"], ids, anchor_ids), anchor.truth["validation"]):
+        return "its validation labels differ from the best run's (another version of the data)"
+    return None
+
+
+def ensemble_members(entries: list[ReportEntry], arrays: dict[str, RunData], top_k: int
+                     ) -> tuple[list[ReportEntry], list[dict]]:
+    """The best run and up to ``top_k - 1`` next best runs sharing its full validation set; and the runs
+    passed over, ``{name, reason}`` (logged)."""
+    candidates = [e for e in entries if e.completed and e.family != "ensemble" and e.name in arrays
+                  and not arrays[e.name].probabilities and "validation" in arrays[e.name].ids]
+    ranked = best_entries(candidates, len(candidates)) if candidates else []
+    chosen, excluded = ranked[:1], []
+    for entry in ranked[1:]:
+        if len(chosen) == top_k:
+            break
+        problem = shared_validation_problem(arrays[chosen[0].name], arrays[entry.name])
+        if problem is None:
+            chosen.append(entry)
+        else:
+            log.warning("ensemble: %s left out: %s", entry.name, problem)
+            excluded.append({"name": entry.name, "reason": problem})
+    return chosen, excluded
+
+
 def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_folder: Path, *, top_k: int = 3,
-                bootstrap_samples: int = 1000, seed: int = 0) -> tuple[ReportEntry, RunData] | None:
-    """The ensemble of the ``top_k`` best completed runs and its data; None with fewer than two."""
+                method: str = "weighted_mean", folds: int = 5, alpha: float = 0.05, bootstrap_samples: int = 1000,
+                seed: int = 0) -> tuple[ReportEntry, RunData, Combiner] | None:
+    """The cross-fitted ensemble of the best runs (``ensemble.cross_fit``): its entry, its data and its fitted
+    combiner; None with fewer than two members or too few validation rows.
+
+    Its ``validation_macro_f1`` is the out-of-fold score; ``ensemble["eligible"]`` says whether it may rank
+    above its members (``rankable``). Test probabilities come from the combiner refitted on all validation rows.
+    """
     if top_k < 2:
         return None
-    ranked = best_entries([e for e in entries if e.completed and e.name in arrays], top_k)
+    ranked, excluded = ensemble_members(entries, arrays, top_k)
     if len(ranked) < 2:
+        log.warning("no ensemble: fewer than two runs share the best run's validation set")
         return None
     members = [arrays[e.name] for e in ranked]
-    names = members[0].names
-    if any(m.names != names for m in members):
-        log.warning("no ensemble: the best runs have different label sets")
+    names, val_ids = members[0].names, members[0].ids["validation"]
+    folds = min(folds, len(val_ids) // 2)
+    if folds < 2:
+        log.warning("no ensemble: %d validation rows are too few to cross-fit", len(val_ids))
         return None
-    val_ids, test_ids = common_ids(members, "validation"), common_ids(members, "test")
-    if not val_ids:
-        log.warning("no ensemble: the best runs share no validation rows")
-        return None
-    val_true = rows_of(members[0].truth["validation"], members[0].ids["validation"], val_ids)
-    combined = ensemble_split(
-        [(val_ids, rows_of(m.logits["validation"], m.ids["validation"], val_ids)) for m in members], val_true,
-        [(test_ids, rows_of(m.logits["test"], m.ids["test"], test_ids)) for m in members] if test_ids else None,
-        policy=ranked[0].threshold_policy)
-    validation_probs = combined["validation"][1]
+    val_true = members[0].truth["validation"]
+    val_logits = [rows_of(m.logits["validation"], m.ids["validation"], val_ids) for m in members]
+    policy = ranked[0].threshold_policy or "per_label"
+    fit = cross_fit(val_logits, val_true, names, method=method, policy=policy, folds=folds, alpha=alpha,
+                    bootstrap_n=bootstrap_samples, seed=seed)
+    combiner = fit.combiner
+    if not fit.eligible:
+        log.info("ensemble of %s: not ranked above its members (out-of-fold macro-F1 %.4f vs best member %.4f, "
+                 "p = %.3f)", ", ".join(e.name for e in ranked), fit.oof_macro_f1,
+                 fit.member_oof_macro_f1[fit.best_member], fit.paired["p_value"])
+    test_ids = common_ids(members, "test")
     name = f"ensemble-top{len(members)}"
-    validation_f1 = multilabel_metrics(val_true, apply_thresholds(validation_probs, combined["thresholds"]),
-                                       names)["macro_f1"]
     entry = ReportEntry(name=name, status="completed", family="ensemble", method="ensemble",
                         model=" + ".join(e.name for e in ranked),
                         trainable_params=sum(e.trainable_params or 0 for e in ranked),
                         total_params=sum(e.total_params or 0 for e in ranked),
                         train_seconds=sum(e.train_seconds or 0 for e in ranked),
-                        threshold_policy=ranked[0].threshold_policy, validation_macro_f1=validation_f1,
-                        members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)})
-    data = RunData(name, {"validation": val_ids}, {"validation": validation_probs}, {"validation": val_true},
-                   combined["thresholds"], names, probabilities=True)
+                        threshold_policy=policy, validation_macro_f1=fit.oof_macro_f1,
+                        dataset_key=ranked[0].dataset_key,
+                        members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)},
+                        ensemble={**fit.summary(), "member_run_ids": [e.run_id for e in ranked], "excluded": excluded})
+    data = RunData(name, {"validation": val_ids}, {"validation": combiner.probabilities(val_logits)},
+                   {"validation": val_true}, combiner.thresholds, names, probabilities=True)
     if test_ids:
         test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
-        test = evaluate_split(test_true, combined["test"][1], combined["thresholds"], names,
-                              bootstrap_n=bootstrap_samples, seed=seed)
+        test_probs = combiner.probabilities([rows_of(m.logits["test"], m.ids["test"], test_ids) for m in members])
+        test = evaluate_split(test_true, test_probs, combiner.thresholds, names, bootstrap_n=bootstrap_samples,
+                              seed=seed)
         folder = Path(report_folder) / "models" / name
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "evaluation.json", test)
         entry = replace(entry, test=test, files={"evaluation": f"models/{name}/evaluation.json"})
         # The ensemble's own data for the paired tests: its ids, probabilities (already calibrated) and thresholds.
-        data.ids["test"], data.logits["test"], data.truth["test"] = test_ids, combined["test"][1], test_true
-    return entry, data
+        data.ids["test"], data.logits["test"], data.truth["test"] = test_ids, test_probs, test_true
+    return entry, data, combiner
+
+
+def rankable(entry: ReportEntry) -> bool:
+    """Whether an entry may be ranked best: every run; an ensemble only if it beat its best member out of fold."""
+    return entry.family != "ensemble" or bool((entry.ensemble or {}).get("eligible"))
 
 
 def test_predictions(arrays: RunData, ids: list[str]) -> np.ndarray:
@@ -235,11 +287,12 @@ def paired_test(a: RunData, b: RunData, *, n: int = 1000, seed: int = 0) -> tupl
 def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
                       seed: int = 0) -> tuple[list[ReportEntry], str | None]:
     """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best by
-    validation macro-F1 (b), and the best one's name (None with fewer than two models with test logits)."""
+    validation macro-F1 (b), and the best one's name (None with fewer than two models with test logits).
+    An ensemble that did not beat its best member out of fold is never the best (``rankable``)."""
     completed = [e for e in entries if e.completed and e.name in arrays and "test" in arrays[e.name].ids]
     if len(completed) < 2:
         return entries, None
-    best = best_entries(completed, 1)[0]
+    best = best_entries([e for e in completed if rankable(e)], 1)[0]
     paired = {}
     for entry in completed:
         if entry is best:
@@ -263,12 +316,24 @@ def paired_vs_champion(challenger: RunData, champion: RunData, *, n: int = 1000,
     return None if tested is None else {**tested[0], "rows": tested[1], "champion": champion.name}
 
 
+def champion_data(store, run_id: str, data: DataCache) -> RunData:
+    """The ``RunData`` of a champion of the registry: a run's logits, or a published ensemble's probabilities."""
+    from emotion_core.ensemble_package import ensemble_run_data, is_ensemble
+
+    folder = store.run_folder(run_id)
+    if is_ensemble(folder):
+        return ensemble_run_data(folder, store, data)
+    champion_run = read_run(folder)
+    return run_data(champion_run, data.for_run(champion_run))
+
+
 def challenge_champions(entries: list[ReportEntry], arrays: dict[str, RunData], store, data: DataCache, *,
                         margin: float, alpha: float, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
     """Record one champion/challenger decision per dataset key of the completed runs; returns the records."""
     by_dataset: dict[str, list[ReportEntry]] = {}
-    for entry in entries:
-        if entry.completed and entry.family != "ensemble" and entry.name in arrays:
+    for entry in entries:  # an ensemble challenges only if it beat its members out of fold and was published
+        challenger = entry.family != "ensemble" or (rankable(entry) and entry.run_id and entry.dataset_key)
+        if entry.completed and challenger and entry.name in arrays:
             by_dataset.setdefault(entry.dataset_key, []).append(entry)
     best = {key: best_entries(group, 1)[0] for key, group in by_dataset.items()}
     registry = Registry(store)
@@ -278,8 +343,7 @@ def challenge_champions(entries: list[ReportEntry], arrays: dict[str, RunData], 
         paired = None
         if champion is not None and champion["run_id"] != challenger.run_id:
             try:
-                champion_run = read_run(store.run_folder(champion["run_id"]))
-                paired = paired_vs_champion(arrays[challenger.name], run_data(champion_run, data.for_run(champion_run)),
+                paired = paired_vs_champion(arrays[challenger.name], champion_data(store, champion["run_id"], data),
                                             n=bootstrap_samples, seed=seed)
             except (EmotionError, ValueError) as exc:  # e.g. the data changed since the champion was trained
                 paired = {"skipped": f"champion {champion['run_id']} cannot be scored: {exc}"}

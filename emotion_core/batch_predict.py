@@ -35,8 +35,7 @@ from emotion_core.data.predict_input import default_id_column
 from emotion_core.data.tabular import ROW_ID
 from emotion_core.errors import DataError, StoreError
 from emotion_core.files import sha256_file
-from emotion_core.predict import RunPredictor, prediction_frame
-from emotion_core.runs import Run, read_run
+from emotion_core.predict import load_predictor, prediction_frame
 from emotion_core.settings import cache_root
 from emotion_core.store import ArtifactStore, objects
 from emotion_core.store.base import is_run_id
@@ -63,17 +62,18 @@ class BatchResult:
 
 
 # ------------------------------------------------------------------------------------------- what to run
-def resolve_run(store: ArtifactStore, ref: str) -> Run:
-    """``champion:<dataset>`` of ``store``, a run id in ``store``, or a run folder / URI -> the verified run."""
+def resolve_run(store: ArtifactStore, ref: str) -> Path | str:
+    """``champion:<dataset>`` of ``store``, a run id in ``store``, or a run folder / URI -> the verified run's folder
+    (or the URI to read); a run or a published ensemble."""
     from emotion_core.serving.models import CHAMPION_PREFIX, ChampionSource
 
     if ref.startswith(CHAMPION_PREFIX):
         champion = ChampionSource(store, ref.removeprefix(CHAMPION_PREFIX))  # the resolver `emotion serve` uses
-        return read_run(store.run_folder(champion.current()))
+        return store.run_folder(champion.current())
     if is_run_id(ref) and store.has_run(ref):
-        return read_run(store.run_folder(ref))
+        return store.run_folder(ref)
     if "/" in ref or "://" in ref:
-        return read_run(ref)
+        return ref
     raise StoreError(f"run {ref!r}: not a run of the store {store.uri}, nor a run folder or URI; "
                      f"name a run id, a folder, an s3:// URI or champion:<dataset>")
 
@@ -185,7 +185,7 @@ def _check_chunk(chunk: pl.DataFrame, offset: int, where: str, text_name: str, i
 
 
 # ------------------------------------------------------------------------------------------- progress
-def _job(input_key: str, input_sha256: str, run: Run, calibrated: bool, chunk_rows: int, text_name: str,
+def _job(input_key: str, input_sha256: str, run, calibrated: bool, chunk_rows: int, text_name: str,
          id_name: str | None, output_key: str) -> dict:
     """What makes a part reusable: the same input bytes, run, decision rule, chunking, columns and output."""
     return {"format": FORMAT, "input": input_key, "input_sha256": input_sha256, "run_id": run.run_id,
@@ -247,7 +247,7 @@ def predict_batch(store: ArtifactStore, input_key: str, run: str, *, output_key:
     if output_key == input_key:
         raise DataError("the output key is the input key; give another output key", file=output_key)
     where = objects.object_name(store, input_key)
-    predictor = RunPredictor(resolve_run(store, run), calibration=calibration, batch_size=batch_size)
+    predictor = load_predictor(resolve_run(store, run), calibration=calibration, batch_size=batch_size, store=store)
     path = objects.local_file(store, input_key)
     text_name, id_name = _columns(path, where, text_column, id_column)
 

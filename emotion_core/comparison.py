@@ -2,7 +2,8 @@
 
 Features
 - ``compare_set``: every config stays a row (a failed child, an unreadable run or a failed evaluation is a
-  failed row with its error); adds the ensemble, the paired tests against the best model and the
+  failed row with its error); adds the cross-fitted ensemble (published to the store as a package,
+  ``ensemble_package``), the paired tests against the best model and the
   champion/challenger decisions; logs to W&B (never fatal); writes the report (HTML, markdown, CSV,
   plots, the run comparison) and publishes it as ``reports/<report_name>`` in the store.
 - Returns a ``Comparison``: where the report is, the summary table, the best model, the failures.
@@ -14,14 +15,14 @@ Limits
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from emotion_core import tracking
 from emotion_core.analysis import DataCache, RunData, challenge_champions, ensemble_of, run_data, with_paired_tests
-from emotion_core.config import ChampionConfig
+from emotion_core.config import ChampionConfig, EnsembleConfig
 from emotion_core.errors import EmotionError
 from emotion_core.records import ChildOutcome, ReportEntry
 from emotion_core.report import comparison_table, summary_markdown, summary_table, write_comparison, write_report
@@ -72,12 +73,14 @@ class _Models:
 
 def compare_set(set_name: str, outcomes: list[ChildOutcome], entries: list[ReportEntry], store: ArtifactStore,
                 report_folder: Path, report_name: str, data: DataCache, *, bootstrap_samples: int = 1000,
-                seed: int = 0, ensemble_top_k: int = 3, champion: ChampionConfig | None = None) -> Comparison:
+                seed: int = 0, ensemble_top_k: int = 3, champion: ChampionConfig | None = None,
+                ensemble: EnsembleConfig | None = None) -> Comparison:
     """Compare ``outcomes`` (one per config) using ``entries`` (the ``evaluate_run`` results); publish the report."""
     champion = champion or ChampionConfig()
     models = collect_models(outcomes, entries, store, data)
     ensemble = add_ensemble(models, report_folder, top_k=ensemble_top_k, bootstrap_samples=bootstrap_samples,
-                            seed=seed)
+                            seed=seed, settings=ensemble or EnsembleConfig(), store=store,
+                            run_id=f"{report_name}-ensemble", created_by=report_name)
     models.rows, best = with_paired_tests(models.rows, models.arrays, bootstrap_samples=bootstrap_samples, seed=seed)
     decisions = []
     if champion.enabled:
@@ -125,14 +128,26 @@ def collect_models(outcomes: list[ChildOutcome], entries: list[ReportEntry], sto
     return models
 
 
-def add_ensemble(models: _Models, report_folder: Path, *, top_k: int, bootstrap_samples: int,
-                 seed: int) -> ReportEntry | None:
-    """Add the ensemble of the best runs to ``models`` (a row and its data); None with fewer than two runs."""
-    made = ensemble_of(models.rows, models.arrays, report_folder, top_k=top_k, bootstrap_samples=bootstrap_samples,
-                       seed=seed)
+def add_ensemble(models: _Models, report_folder: Path, *, top_k: int, bootstrap_samples: int, seed: int,
+                 settings: EnsembleConfig | None = None, store: ArtifactStore | None = None,
+                 run_id: str | None = None, created_by: str = "") -> ReportEntry | None:
+    """Add the cross-fitted ensemble of the best runs to ``models`` (a row and its data) and publish it as
+    ``runs/<run_id>`` of ``store`` (``settings.publish``; a failed publish is logged, the row stays);
+    None with fewer than two runs."""
+    settings = settings or EnsembleConfig()
+    made = ensemble_of(models.rows, models.arrays, report_folder, top_k=top_k, method=settings.method,
+                       folds=settings.folds, alpha=settings.alpha, bootstrap_samples=bootstrap_samples, seed=seed)
     if made is None:
         return None
-    entry, arrays = made
+    entry, arrays, combiner = made
+    if settings.publish and store is not None and run_id is not None:
+        from emotion_core.ensemble_package import publish_ensemble
+
+        try:
+            publish_ensemble(store, run_id, entry, combiner, arrays, created_by=created_by)
+            entry = replace(entry, run_id=run_id)
+        except EmotionError as exc:
+            log.error("ensemble %s: not published to %s: %s", entry.name, store.uri, exc)
     models.rows.append(entry)
     models.arrays[entry.name] = arrays
     return entry
@@ -159,5 +174,12 @@ def report_extras(best: str | None, decisions: list[dict], ensemble: ReportEntry
     champions = {f"champion of {d['dataset_key']}": ("PROMOTED " if d["promoted"] else "kept: ") + d["reason"]
                  for d in decisions}
     members = f"{ensemble.name}: {', '.join(ensemble.members)}" if ensemble else "none (fewer than 2 runs)"
+    if ensemble:
+        fit = ensemble.ensemble
+        best, p_value = fit["member_oof_macro_f1"][fit["best_member"]], fit["paired_vs_best_member"]["p_value"]
+        members += (f" ({fit['method']}, {fit['folds']}-fold cross-fitted: out-of-fold macro-F1 "
+                    f"{fit['oof_macro_f1']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
+                    f"{'ranked' if fit['eligible'] else 'not ranked above its members'}"
+                    f"{'; package ' + ensemble.run_id if ensemble.run_id else ''})")
     return {"best model (validation macro-F1)": best or "n/a", **champions, "ensemble": members,
             **{f"W&B {k}": v for k, v in tracked.items()}}

@@ -209,6 +209,22 @@ class ChampionConfig(_Strict):
     a p-value below this."""
 
 
+class EnsembleConfig(_Strict):
+    """How the ensemble of a set's best runs is fitted and when it may rank above them (``emotion_core.ensemble``)."""
+
+    method: Literal["weighted_mean", "stacking"] = "weighted_mean"
+    """``weighted_mean``: simplex weights over the members' calibrated probabilities; ``stacking``: a logistic layer
+    per label over the members' calibrated logits. Both cross-fitted on validation."""
+    folds: int = Field(5, ge=2, le=20)
+    """Folds of validation for cross-fitting (fewer when validation has fewer than two rows per fold)."""
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    """The ensemble ranks above its members only if its out-of-fold macro-F1 beats its best member's with a paired
+    bootstrap p-value below this."""
+    publish: bool = True
+    """Publish the fitted ensemble to the store as a package (``runs/<report>-ensemble-top<k>``) that ``emotion
+    predict``/``serve`` and the champion registry can use."""
+
+
 class ReportConfig(_Strict):
     """How a config set's runs are compared after training (``emotion_core.analysis``)."""
 
@@ -217,7 +233,9 @@ class ReportConfig(_Strict):
     seed: Seed = 0
     """Seed of the bootstrap resamples."""
     ensemble_top_k: int = Field(3, ge=0, le=20)
-    """Average the calibrated probabilities of the k best runs by validation macro-F1 (0 or 1: no ensemble)."""
+    """Ensemble the k best runs by validation macro-F1 that share the best one's validation set (0 or 1: none)."""
+    ensemble: EnsembleConfig = EnsembleConfig()
+    """How the ensemble is fitted (weighted mean or stacking, cross-fitting folds), ranked and published."""
     champion: ChampionConfig = ChampionConfig()
     """Champion/challenger: the set's best run per dataset replaces the registry's champion only if clearly better."""
 

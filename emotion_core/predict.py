@@ -4,6 +4,8 @@
   ``outputs.write_output_atomically``.
 - Calibrated by default (the run's ``calibration.json``: ``sigmoid(logit / T)`` and its thresholds);
   ``calibration=False``, or a run without one (logged), gives ``sigmoid(logit)`` at ``thresholds.json``.
+- ``load_predictor``: a run's ``RunPredictor``, or an ``ensemble_package.EnsemblePredictor`` when the reference
+  names a published ensemble (members loaded from the same store): both have ``run``, ``predict``, ``load``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from emotion_core.errors import EmotionError, StoreError
 from emotion_core.outputs import check_output_file, write_output_atomically
 from emotion_core.runs import read_run
 
-__all__ = ["RunPredictor", "check_output_file", "load_run_family", "predict_file", "prediction_frame", "run_logits"]
+__all__ = ["RunPredictor", "check_output_file", "load_predictor", "load_run_family", "predict_file",
+           "prediction_frame", "run_logits"]
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +105,28 @@ def prediction_frame(names: list[str], id_name: str, ids: list[str], probs: np.n
     })
 
 
+def load_predictor(ref, *, calibration: bool = True, batch_size: int = 128, store=None):
+    """The predictor of the run or ensemble package ``ref`` (folder, ``file://``/``s3://`` URI); an ensemble's
+    members come from ``store``, else from the store holding it. ``StoreError`` if anything is missing or damaged."""
+    from emotion_core.ensemble_package import is_ensemble, load_ensemble_predictor
+    from emotion_core.store import resolve_run_folder
+
+    folder = resolve_run_folder(ref)  # verified against its manifest
+    if is_ensemble(folder):
+        return load_ensemble_predictor(ref, folder, calibration=calibration, batch_size=batch_size, store=store)
+    return RunPredictor(read_run(folder), calibration=calibration, batch_size=batch_size)
+
+
 def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
                  id_column: str | None = None, batch_size: int = 128, calibration: bool = True) -> Path:
     """Write predictions of ``run_ref`` for ``data_path`` to ``out_path``; return the output path.
 
     ``calibration``: use the run's ``calibration.json`` (default); False: raw ``sigmoid`` at ``thresholds.json``'s.
+    ``run_ref`` may name a published ensemble (``load_predictor``).
     """
     out = check_output_file(out_path, [data_path])
-    run = read_run(run_ref)
-    predictor = RunPredictor(run, calibration=calibration, batch_size=batch_size)
+    predictor = load_predictor(run_ref, calibration=calibration, batch_size=batch_size)
+    run = predictor.run
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
     probs, predicted = predictor.predict(texts)  # heavy imports (torch) only once the inputs are known to be good
     frame = prediction_frame(list(run.schema.names), id_name, ids, probs, predicted)

@@ -69,7 +69,7 @@ class ChildOutcome:
 
 _FAILED_KEYS = ("name", "status", "error", "run_id")
 _RUN_ONLY = ("dataset_key",)
-_ENSEMBLE_ONLY = ("members", "rows")
+_ENSEMBLE_ONLY = ("members", "rows", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ class ReportEntry:
     model: str | None = None
     """Base model (for the ensemble: its members joined with `` + ``)."""
     run_id: str | None = None
-    """The run's id in the store (``None`` for the ensemble, and for a config that never produced a run)."""
+    """The run's id in the store (the ensemble: its published package, if any; ``None`` for a config that never
+    produced a run)."""
     trainable_params: int | None = None
     """Trained parameters (the ensemble: its members' sum)."""
     total_params: int | None = None
@@ -114,6 +115,9 @@ class ReportEntry:
     """Ensemble only: the member configs, best first."""
     rows: dict[str, int] | None = None
     """Ensemble only: validation/test rows its members share."""
+    ensemble: dict | None = None
+    """Ensemble only: ``ensemble.CrossFit.summary()`` (method, out-of-fold scores, weights, ``eligible``) and the
+    members left out with why (``excluded``)."""
     test: dict | None = None
     """``evaluate_split`` on test at the model's thresholds (CIs, PR/ROC-AUC, Brier, ECE); ``None``: no test split."""
     calibration: dict | None = None

@@ -186,6 +186,9 @@ def read_run(ref: str | Path) -> Run:
     name = MANIFEST  # the file being read, for the error message
     try:
         manifest = json.loads((folder / name).read_text(encoding="utf-8"))
+        if isinstance(manifest, dict) and manifest.get("kind") == "ensemble":
+            raise StoreError(f"run '{ref}' is an ensemble package: emotion predict and emotion serve "
+                             "take it; this command needs one trained run, e.g. one of its members")
         name = "config.yaml"
         raw_config = load_yaml((folder / name).read_text(encoding="utf-8"))
         name = "labels.json"

@@ -164,7 +164,7 @@ def compare(set_name: str, report: ReportConfig, outcomes: list[ChildOutcome], s
                for e in entries]
     return compare_runs(set_name, [o.to_dict() for o in outcomes], [e.to_dict() for e in entries], store, report_dir,
                         report_name, report.bootstrap_samples, report.seed, report.ensemble_top_k,
-                        report.champion.model_dump())
+                        report.champion.model_dump(), report.ensemble.model_dump())
 
 
 def fail_if_any_failed(summary: dict, configs: int) -> None:

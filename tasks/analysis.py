@@ -89,17 +89,19 @@ def explain_run(config_name: str, run_id: str, store_uri: str, report_dir: str) 
 @task(name="compare-runs")
 def compare_runs(set_name: str, outcomes: list[dict], entries: list[dict], store_uri: str, report_dir: str,
                  report_name: str, bootstrap_samples: int = 1000, seed: int = 0, ensemble_top_k: int = 3,
-                 champion: dict | None = None) -> dict:
+                 champion: dict | None = None, ensemble: dict | None = None) -> dict:
     """``comparison.compare_set`` of the set (``outcomes``: ``ChildOutcome`` dicts, ``entries``: the
-    ``evaluate-run`` results; ``champion``: ``ChampionConfig`` fields), then its Prefect artifacts."""
+    ``evaluate-run`` results; ``champion``/``ensemble``: ``ChampionConfig``/``EnsembleConfig`` fields), then its
+    Prefect artifacts."""
     from emotion_core.comparison import compare_set
-    from emotion_core.config import ChampionConfig
+    from emotion_core.config import ChampionConfig, EnsembleConfig
 
     logger = get_run_logger()
     result = compare_set(set_name, [ChildOutcome.from_dict(o) for o in outcomes],
                          [ReportEntry.from_dict(e) for e in entries], open_task_store(store_uri), Path(report_dir),
                          report_name, data_cache(), bootstrap_samples=bootstrap_samples, seed=seed,
-                         ensemble_top_k=ensemble_top_k, champion=ChampionConfig.model_validate(champion or {}))
+                         ensemble_top_k=ensemble_top_k, champion=ChampionConfig.model_validate(champion or {}),
+                         ensemble=EnsembleConfig.model_validate(ensemble or {}))
     for decision in result.champion_decisions:
         logger.info("champion of %s: %s", decision["dataset_key"], decision["reason"])
     publish_artifacts(set_name, result)

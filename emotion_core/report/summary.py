@@ -56,13 +56,15 @@ def _is_failed(entry: dict) -> bool:
 
 
 def ranked_entries(entries: list[dict]) -> list[dict]:
-    """Completed entries by validation macro-F1 (best first; a missing score after the scored),
-    then failed ones, each group otherwise in input order (stable), so every view agrees."""
+    """Completed entries by validation macro-F1 (best first; a missing score after the scored; an ensemble that
+    did not beat its best member out of fold after the runs), then failed ones, each group otherwise in input
+    order (stable), so every view agrees."""
 
     def key(item: tuple[int, dict]) -> tuple:
         position, entry = item
         score = entry.get("validation_macro_f1")
-        return (_is_failed(entry), score is None, -(score or 0.0), position)
+        unranked = entry.get("family") == "ensemble" and (entry.get("ensemble") or {}).get("eligible") is False
+        return (_is_failed(entry), unranked, score is None, -(score or 0.0), position)
 
     return [e for _, e in sorted(enumerate(entries), key=key)]
 

@@ -1,7 +1,7 @@
 """What the server serves: a loaded run (``ServedModel``), from a run reference or a dataset's champion.
 
-- ``load_model``: read the run, check its decision rule, load its model once and score one text (so a
-  broken model fails at load time, not on the first request).
+- ``load_model``: read the run (or ensemble package: ``predict.load_predictor``), check its decision rule, load
+  its model once and score one text (so a broken model fails at load time, not on the first request).
 - ``ChampionSource``: ``champion:<dataset>`` in a store's registry. ``<dataset>`` is a full dataset key
   (``goemotions-1a2b3c4d5e6f``) or a dataset name that names exactly one key in the registry.
 - ``model_info``: the ``GET /model`` payload, from the manifest (untrusted input: only plain fields are copied).
@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from emotion_core.ensemble_package import EnsembleRun
 from emotion_core.errors import StoreError
-from emotion_core.predict import RunPredictor
-from emotion_core.runs import Run, read_run
+from emotion_core.predict import RunPredictor, load_predictor
+from emotion_core.runs import Run
 
 CHAMPION_PREFIX = "champion:"
 _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -29,8 +30,8 @@ _DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 class ServedModel:
     """A run with its model loaded: what one request is answered with, start to end."""
 
-    run: Run
-    predictor: RunPredictor
+    run: Run | EnsembleRun
+    predictor: RunPredictor  # or an ensemble_package.EnsemblePredictor (same interface)
     source: str
     loaded_at: float = field(default_factory=time.time)
 
@@ -43,12 +44,13 @@ class ServedModel:
         return list(self.run.schema.names)
 
 
-def load_model(ref, *, calibration: bool = True, batch_size: int = 64, source: str | None = None) -> ServedModel:
-    """Load a run (folder, ``file://``/``s3://`` URI) for serving; ``StoreError`` if it is incomplete or damaged."""
-    run = read_run(ref)
-    predictor = RunPredictor(run, calibration=calibration, batch_size=batch_size).load()
+def load_model(ref, *, calibration: bool = True, batch_size: int = 64, source: str | None = None,
+               store=None) -> ServedModel:
+    """Load a run or an ensemble package (folder, ``file://``/``s3://`` URI; an ensemble's members from ``store``,
+    else the store holding it) for serving; ``StoreError`` if it is incomplete or damaged."""
+    predictor = load_predictor(ref, calibration=calibration, batch_size=batch_size, store=store).load()
     predictor.predict(["warm up"])  # the first call builds lazy state (tokenizer caches, torch kernels)
-    return ServedModel(run, predictor, source or str(ref))
+    return ServedModel(predictor.run, predictor, source or str(ref))
 
 
 class ChampionSource:
@@ -93,7 +95,7 @@ class ChampionSource:
     def load(self, run_id: str, *, calibration: bool, batch_size: int) -> ServedModel:
         folder = self.store.run_folder(run_id)  # verified against its manifest
         return load_model(folder, calibration=calibration, batch_size=batch_size,
-                          source=f"{CHAMPION_PREFIX}{self.key}")
+                          source=f"{CHAMPION_PREFIX}{self.key}", store=self.store)
 
 
 def _plain(value, depth: int = 0):

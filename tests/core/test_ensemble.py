@@ -75,3 +75,124 @@ def test_ensemble_of_two_models():
         ensemble_split(val, yv, test[:1])
     with pytest.raises(ValueError, match="shape"):
         ensemble_split([val[0], (ids[:1000], m2[:1000, :2])], yv, calibrate=False)
+
+
+# --------------------------------------------------------------------------- cross-fitting and stacking
+
+
+def _synthetic(n: int = 3000, labels: int = 4, seed: int = 1):
+    """Truth drawn from a latent signal; a good member sees it, a noisy one only sees noise."""
+    rng = np.random.default_rng(seed)
+    signal = rng.normal(-1.0, 1.5, size=(n, labels))
+    y = (rng.random(signal.shape) < sigmoid(signal)).astype(int)
+    good = 2.0 * signal + rng.normal(0, 0.8, signal.shape)
+    noise = rng.normal(0, 2.0, signal.shape)
+    return y, good, noise, rng
+
+
+def test_cross_fit_gives_a_noise_member_no_weight_and_does_not_rank_it_above_the_good_one():
+    from emotion_core.ensemble import cross_fit
+
+    y, good, noise, _ = _synthetic()
+    names = [f"l{i}" for i in range(y.shape[1])]
+    fit = cross_fit([good, noise], y, names, folds=5, bootstrap_n=300)
+    weights = fit.combiner.weights
+    assert weights[1] < 0.05 and weights[0] > 0.95 and weights.sum() == pytest.approx(1.0)
+    assert fit.best_member == 0 and fit.member_oof_macro_f1[0] > fit.member_oof_macro_f1[1] + 0.1
+    # ~ the good member alone: no significant gain out of fold, so the ensemble is not ranked above it
+    assert abs(fit.oof_macro_f1 - fit.member_oof_macro_f1[0]) < 0.02
+    assert not fit.eligible and fit.paired["p_value"] >= 0.05
+    assert fit.summary()["eligible"] is False and fit.summary()["weights"] == pytest.approx(list(weights))
+
+
+def test_cross_fit_ranks_an_ensemble_of_two_independent_views_that_beats_both():
+    from emotion_core.ensemble import cross_fit
+
+    rng = np.random.default_rng(3)
+    n, labels = 4000, 4
+    signal = rng.normal(-1.0, 1.5, size=(n, labels))
+    y = (rng.random(signal.shape) < sigmoid(3 * signal)).astype(int)
+    a, b = signal + rng.normal(0, 1.0, signal.shape), signal + rng.normal(0, 1.0, signal.shape)
+    fit = cross_fit([a, b], y, [f"l{i}" for i in range(labels)], folds=5, bootstrap_n=300)
+    assert fit.combiner.weights == pytest.approx([0.5, 0.5], abs=0.1)
+    assert fit.eligible and fit.paired["delta"] > 0.01 and fit.paired["p_value"] < 0.05
+
+
+def test_out_of_fold_score_is_not_the_in_sample_score():
+    """Thresholds tuned on the rows they score flatter a model: the out-of-fold score is lower on pure noise."""
+    from emotion_core.ensemble import cross_fit, fit_combiner
+    from emotion_core.metrics import multilabel_metrics
+
+    rng = np.random.default_rng(5)
+    y = (rng.random((400, 6)) < 0.1).astype(int)
+    members = [rng.normal(0, 1, y.shape), rng.normal(0, 1, y.shape)]
+    names = [f"l{i}" for i in range(6)]
+    in_sample = multilabel_metrics(y, fit_combiner(members, y).predict(members), names)["macro_f1"]
+    fit = cross_fit(members, y, names, folds=4, bootstrap_n=200)
+    assert fit.oof_macro_f1 < in_sample - 0.01 and not fit.eligible
+
+
+def test_stacking_learns_a_logistic_layer_and_is_cross_fitted():
+    from emotion_core.ensemble import Combiner, cross_fit, fit_combiner
+
+    y, good, noise, _ = _synthetic(n=2000)
+    names = [f"l{i}" for i in range(y.shape[1])]
+    stacked = fit_combiner([good, noise], y, method="stacking")
+    assert stacked.coef.shape == (y.shape[1], 2) and stacked.intercept.shape == (y.shape[1],)
+    # the noise member's share of the stacked logit is negligible (coefficient x spread of its calibrated logit)
+    spread = [np.std(m / t, axis=0) for m, t in zip((good, noise), stacked.temperatures)]
+    assert (np.abs(stacked.coef[:, 1]) * spread[1] < 0.05 * np.abs(stacked.coef[:, 0]) * spread[0]).all()
+    # the layer is sigmoid(b + sum_m w_m z_m / T_m), per label
+    z = [good[:5] / stacked.temperatures[0], noise[:5] / stacked.temperatures[1]]
+    by_hand = sigmoid(stacked.intercept + z[0] * stacked.coef[:, 0] + z[1] * stacked.coef[:, 1])
+    assert stacked.probabilities([good[:5], noise[:5]]) == pytest.approx(by_hand)
+    fit = cross_fit([good, noise], y, names, method="stacking", folds=4, bootstrap_n=200)
+    assert fit.combiner.method == "stacking" and 0.3 < fit.oof_macro_f1 <= 1 and not fit.eligible
+    # a label with one class gets a constant stacker, not an error
+    y_const = y.copy()
+    y_const[:, 0] = 0
+    const = fit_combiner([good, noise], y_const, method="stacking")
+    assert isinstance(const, Combiner) and (const.coef[0] == 0).all()
+    with pytest.raises(ValueError, match="ensemble method"):
+        fit_combiner([good], y, method="median")
+
+
+def _run_data(name: str, ids: list[str], logits: np.ndarray, truth: np.ndarray, names=("a", "b", "c", "d")):
+    from emotion_core.analysis import RunData
+
+    return RunData(name, {"validation": ids, "test": ids}, {"validation": logits, "test": logits},
+                   {"validation": truth, "test": truth}, np.full(len(names), 0.5), list(names))
+
+
+def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ranks_best(tmp_path):
+    from emotion_core.analysis import ensemble_of, rankable, with_paired_tests
+    from emotion_core.records import ReportEntry
+    from emotion_core.report.summary import ranked_entries
+
+    y, good, noise, rng = _synthetic(n=600)
+    ids = [f"r{i}" for i in range(600)]
+    other = good + rng.normal(0, 0.3, good.shape)
+    arrays = {"good": _run_data("good", ids, good, y), "noise": _run_data("noise", ids, noise, y),
+              "subset": _run_data("subset", ids[:500], other[:500], y[:500]),
+              "relabelled": _run_data("relabelled", ids, other, 1 - y),
+              "other-labels": _run_data("other-labels", ids, other, y, names=("a", "b", "c", "e"))}
+    scores = {"good": 0.6, "subset": 0.59, "relabelled": 0.58, "other-labels": 0.57, "noise": 0.2}
+    entries = [ReportEntry(name=n, status="completed", family="ffnn", run_id=f"id-{n}", validation_macro_f1=s,
+                           threshold_policy="per_label") for n, s in scores.items()]
+    entry, data, combiner = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=4, bootstrap_samples=200)
+    assert entry.members == ["good", "noise"]  # the three better runs do not share good's validation set
+    excluded = {e["name"]: e["reason"] for e in entry.ensemble["excluded"]}
+    assert "100 missing" in excluded["subset"] and "labels differ" in excluded["relabelled"]
+    assert "its labels differ" in excluded["other-labels"]
+    assert entry.ensemble["eligible"] is False and not rankable(entry)
+    assert entry.validation_macro_f1 == entry.ensemble["oof_macro_f1"]
+
+    # even with a higher (out-of-fold) validation score than every run, it is not the best, nor listed first
+    entry = ReportEntry(**{**entry.__dict__, "validation_macro_f1": 0.99})
+    arrays[entry.name] = data
+    rows, best = with_paired_tests([*entries, entry], arrays, bootstrap_samples=100)
+    assert best == "good" and rows[-1].paired_vs_best["best"] == "good"
+    order = [e["name"] for e in ranked_entries([r.to_dict() for r in rows])]
+    assert order[0] == "good" and order[-1] == entry.name
+    proven = ReportEntry(**{**entry.__dict__, "ensemble": {**entry.ensemble, "eligible": True}})
+    assert with_paired_tests([*entries, proven], arrays, bootstrap_samples=100)[1] == entry.name
