@@ -75,7 +75,7 @@ def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_p
     temps = None if temperatures is None else per_label(temperatures, names, "temperatures")
     z = np.asarray(logits, dtype=np.float64) if logits is not None else run_logits(run, texts, batch_size)
     probs = sigmoid(z) if temps is None else apply_temperatures(z, temps)
-    predicted = apply_thresholds(probs, cut)
+    predicted = apply_thresholds(probs, cut, run.at_least_one())
 
     import polars as pl
 
