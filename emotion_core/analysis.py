@@ -32,12 +32,12 @@ from emotion_core.ensemble import top_k as best_runs
 from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
 from emotion_core.files import write_json
-from emotion_core.metrics import multilabel_metrics, sigmoid
+from emotion_core.metrics import RANKING_METRICS, multilabel_metrics, sigmoid
 from emotion_core.records import ReportEntry
 from emotion_core.registry import Registry, dataset_key_of, decide
 from emotion_core.report.plots import reliability_diagram
 from emotion_core.runs import Run, read_run
-from emotion_core.thresholds import apply_thresholds
+from emotion_core.thresholds import apply_thresholds, requires_one_label
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ class RunData:
     names: list[str]
     probabilities: bool = False
     """``logits`` hold probabilities already (the ensemble's calibrated mean), not logits."""
+    at_least_one: bool = False
+    """The run's rule gives every row a label (``thresholds.requires_one_label``)."""
+    metric: str = "macro_f1"
+    """The official metric its paired tests use."""
 
 
 class DataCache:
@@ -87,7 +91,17 @@ def run_data(run: Run, data: EmotionData) -> RunData:
         except ValueError as exc:
             raise DataError(f"run {run.run_id}, {split} logits: {exc}") from None
         ids[split], logits[split] = split_ids, split_logits
-    return RunData(run.config.name, ids, logits, truth, run.thresholds(), list(run.schema.names))
+    return RunData(run.config.name, ids, logits, truth, run.thresholds(), list(run.schema.names),
+                   at_least_one=run.at_least_one(), metric=manifest_metric(run.manifest))
+
+
+def manifest_metric(manifest: dict) -> str:
+    """The metric a run was tuned and is ranked on (runs from before datasets declared one: macro-F1)."""
+    metric = manifest.get("metric", "macro_f1")
+    if metric not in RANKING_METRICS:
+        raise DataError(f"run {manifest.get('run_id')}: manifest metric {metric!r} is not one of "
+                        f"{', '.join(RANKING_METRICS)}")
+    return metric
 
 
 def fit_validation_calibration(run: Run, data: EmotionData) -> dict:
@@ -95,7 +109,8 @@ def fit_validation_calibration(run: Run, data: EmotionData) -> dict:
     ``export`` use for a run trained before ``calibration.json`` shipped with runs."""
     arrays = run_data(run, data)
     return calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                         policy=run.manifest["threshold_policy"])
+                         policy=run.manifest["threshold_policy"], metric=arrays.metric,
+                         shrinkage=run.config.threshold_shrinkage)
 
 
 def method_of(config: dict) -> str:
@@ -119,7 +134,8 @@ def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
         train_samples_per_s=manifest["timing"]["train_samples_per_second"],
         peak_memory_mb=memory.get("peak_gpu_allocated_mb") or memory.get("peak_rss_mb"),
         validation_macro_f1=manifest["summary"]["validation"][policy]["macro_f1"],
-        threshold_policy=policy, dataset_key=dataset_key_of(manifest))
+        threshold_policy=policy, dataset_key=dataset_key_of(manifest), metric=manifest_metric(manifest),
+        validation_score=manifest["summary"]["validation"][policy][manifest_metric(manifest)])
 
 
 def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_samples: int = 1000,
@@ -132,12 +148,13 @@ def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_
     files, test = {}, None
     if "test" in arrays.logits:
         test = evaluate_split(arrays.truth["test"], sigmoid(arrays.logits["test"]), arrays.thresholds,
-                              arrays.names, bootstrap_n=bootstrap_samples, seed=seed)
+                              arrays.names, bootstrap_n=bootstrap_samples, seed=seed, at_least_one=arrays.at_least_one)
         write_json(folder / "evaluation.json", test)
         files["evaluation"] = f"models/{name}/evaluation.json"
     entry = entry_of_manifest(name, run.manifest)
     calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], arrays.logits.get("test"),
-                                arrays.truth.get("test"), arrays.names, policy=entry.threshold_policy)
+                                arrays.truth.get("test"), arrays.names, policy=entry.threshold_policy,
+                                metric=arrays.metric, shrinkage=run.config.threshold_shrinkage)
     write_json(folder / "calibration.json", calibration)
     files["calibration"] = f"models/{name}/calibration.json"
     bins = calibration["reliability"]["test"] or calibration["reliability"]["validation"]
@@ -161,10 +178,16 @@ def rows_of(values: np.ndarray, ids: list[str], wanted: list[str]) -> np.ndarray
     return values[[position[i] for i in wanted]]
 
 
+def ranking_score(entry: ReportEntry) -> float | None:
+    """What ranks an entry: its validation score on its dataset's official metric (older entries: macro-F1)."""
+    return entry.validation_score if entry.validation_score is not None else entry.validation_macro_f1
+
+
 def best_entries(entries: list[ReportEntry], k: int) -> list[ReportEntry]:
-    """The ``k`` best entries by validation macro-F1, in ``ensemble.top_k``'s order (ties: name, run id)."""
+    """The ``k`` best entries by validation score on the official metric, in ``ensemble.top_k``'s order
+    (ties: name, run id)."""
     by_name = {e.name: e for e in entries}
-    ranked = best_runs([{"name": e.name, "run_id": e.run_id, "validation_macro_f1": e.validation_macro_f1}
+    ranked = best_runs([{"name": e.name, "run_id": e.run_id, "validation_macro_f1": ranking_score(e)}
                         for e in entries], k)
     return [by_name[r["name"]] for r in ranked]
 
@@ -193,21 +216,23 @@ def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_f
         policy=ranked[0].threshold_policy)
     validation_probs = combined["validation"][1]
     name = f"ensemble-top{len(members)}"
-    validation_f1 = multilabel_metrics(val_true, apply_thresholds(validation_probs, combined["thresholds"]),
-                                       names)["macro_f1"]
+    one = requires_one_label(ranked[0].threshold_policy)
+    validation = multilabel_metrics(val_true, apply_thresholds(validation_probs, combined["thresholds"], one), names)
+    validation_f1, metric = validation["macro_f1"], members[0].metric
     entry = ReportEntry(name=name, status="completed", family="ensemble", method="ensemble",
                         model=" + ".join(e.name for e in ranked),
                         trainable_params=sum(e.trainable_params or 0 for e in ranked),
                         total_params=sum(e.total_params or 0 for e in ranked),
                         train_seconds=sum(e.train_seconds or 0 for e in ranked),
                         threshold_policy=ranked[0].threshold_policy, validation_macro_f1=validation_f1,
+                        metric=metric, validation_score=validation[metric],
                         members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)})
     data = RunData(name, {"validation": val_ids}, {"validation": validation_probs}, {"validation": val_true},
-                   combined["thresholds"], names, probabilities=True)
+                   combined["thresholds"], names, probabilities=True, at_least_one=one, metric=metric)
     if test_ids:
         test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
         test = evaluate_split(test_true, combined["test"][1], combined["thresholds"], names,
-                              bootstrap_n=bootstrap_samples, seed=seed)
+                              bootstrap_n=bootstrap_samples, seed=seed, at_least_one=one)
         folder = Path(report_folder) / "models" / name
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "evaluation.json", test)
@@ -219,23 +244,26 @@ def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_f
 
 def test_predictions(arrays: RunData, ids: list[str]) -> np.ndarray:
     values = rows_of(arrays.logits["test"], arrays.ids["test"], ids)
-    return apply_thresholds(values if arrays.probabilities else sigmoid(values), arrays.thresholds)
+    return apply_thresholds(values if arrays.probabilities else sigmoid(values), arrays.thresholds, arrays.at_least_one)
 
 
 def paired_test(a: RunData, b: RunData, *, n: int = 1000, seed: int = 0) -> tuple[dict, int] | None:
-    """``evaluation.paired_bootstrap`` of test macro-F1 (``a`` minus ``b``) on the test rows both have, each
-    at its own thresholds, and how many rows that is; None when they share no test row."""
+    """``evaluation.paired_bootstrap`` of the official test metric (``a`` minus ``b``) on the test rows both have,
+    each at its own thresholds (both scored on ``a``'s metric), and how many rows that is; None when they share no
+    test row."""
     ids = common_ids([a, b], "test")
     if not ids:
         return None
     truth = rows_of(a.truth["test"], a.ids["test"], ids)
-    return paired_bootstrap(truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed), len(ids)
+    return paired_bootstrap(truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed,
+                            metric=a.metric), len(ids)
 
 
 def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
                       seed: int = 0) -> tuple[list[ReportEntry], str | None]:
     """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best by
-    validation macro-F1 (b), and the best one's name (None with fewer than two models with test logits)."""
+    validation score on the official metric (b), and the best one's name (None with fewer than two models with
+    test logits)."""
     completed = [e for e in entries if e.completed and e.name in arrays and "test" in arrays[e.name].ids]
     if len(completed) < 2:
         return entries, None

@@ -105,9 +105,13 @@ class ReportEntry:
     peak_memory_mb: float | None = None
     """Peak GPU memory allocated, else peak RSS, of training."""
     validation_macro_f1: float | None = None
-    """Validation macro-F1 at the run's thresholds: what ranks the models (test is only reported)."""
+    """Validation macro-F1 at the run's thresholds (reported for every dataset)."""
     threshold_policy: str | None = None
-    """The run's threshold policy (``per_label`` or ``global``)."""
+    """The run's threshold policy (``thresholds.POLICIES``)."""
+    metric: str | None = None
+    """The dataset's official metric (``data.registry.official_metric``): what ranks the models."""
+    validation_score: float | None = None
+    """Validation ``metric`` at the run's thresholds: what ranks the models (test is only reported)."""
     dataset_key: str | None = None
     """Runs only: ``registry.dataset_key`` of its data (which champion it challenges)."""
     members: list[str] | None = None

@@ -11,8 +11,8 @@ from emotion_core.thresholds import (
     DEFAULT_GRID,
     POLICIES,
     apply_thresholds,
-    requires_one_label,
     evaluate_policies,
+    requires_one_label,
     tune_thresholds,
 )
 
