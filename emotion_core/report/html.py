@@ -27,7 +27,14 @@ import numpy as np
 
 from emotion_core.evaluation import ECE_BINS
 from emotion_core.report.plots import PLOT_FILES, write_plots
-from emotion_core.report.summary import display_rows, format_ci, ranked_entries, summary_table, to_markdown
+from emotion_core.report.summary import (
+    display_rows,
+    format_ci,
+    ranked_entries,
+    ranking_metrics,
+    summary_table,
+    to_markdown,
+)
 from emotion_core.report.config_table import format_cell
 from emotion_core.files import atomic_write_text
 
@@ -147,11 +154,12 @@ def _inside(folder: Path, relative: Any) -> Path | None:
     return folder.joinpath(*parts)
 
 
-def _summary_section(frame) -> str:
+def _summary_section(frame, metric: str = "macro-F1") -> str:
     statuses = frame["status"].to_list()
     row_classes = ["failed" if s != "completed" else "best" if i == 0 else "" for i, s in enumerate(statuses)]
     parts = ["<h2>Summary</h2>",
-             '<p class="note">Ranked by validation macro-F1 (validation tunes thresholds and ranks models; test is only '
+             f'<p class="note">Ranked by validation <b>{_e(metric)}</b>, the dataset\'s official metric (validation '
+             'tunes thresholds and ranks models; test is only '
              'reported). Test metrics at each run\'s thresholds; 95 % intervals are percentile bootstrap intervals over '
              'test rows; Δ and p compare each model with the best one on the same resampled rows (p = share of resamples '
              'where the model does not beat the best). '
@@ -321,7 +329,7 @@ def _page(title: str, set_name: str, created: str, frame, plots: dict[str, Path]
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">config set <b>{_e(set_name)}</b> · created {_e(created)} · '
         f"{len(completed)} completed, {len(failed)} failed</p>",
-        _summary_section(frame),
+        _summary_section(frame, " / ".join(ranking_metrics(ranked)) or "macro-F1"),
         _plots_section(plots),
         "<h2>Models</h2>" + (f'<p class="note">{toc}</p>' if toc else '<p class="note">No completed model.</p>'),
         models,
@@ -353,9 +361,10 @@ def write_report(entries: list[dict], folder: str | Path, title: str, *, set_nam
     ranked = ranked_entries(entries)
     frame = summary_table(entries)
 
-    markdown = (f"# {title}\n\nConfig set `{set_name}`, created {created}. Ranked by validation macro-F1; test "
-                "metrics at each run's thresholds with 95 % bootstrap intervals; Δ/p: paired bootstrap vs the best "
-                "model.\n\n" + to_markdown(frame))
+    metric = " / ".join(ranking_metrics(entries)) or "macro-F1"
+    markdown = (f"# {title}\n\nConfig set `{set_name}`, created {created}. Ranked by validation {metric} (the "
+                "dataset's official metric); test metrics at each run's thresholds with 95 % bootstrap intervals; Δ/p: "
+                f"paired bootstrap of test {metric} vs the best model.\n\n" + to_markdown(frame))
     paths = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "json": folder / "summary.json"}
     atomic_write_text(paths["markdown"], markdown)
     atomic_write_text(paths["csv"], frame.write_csv())
