@@ -225,7 +225,7 @@ def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_f
                         total_params=sum(e.total_params or 0 for e in ranked),
                         train_seconds=sum(e.train_seconds or 0 for e in ranked),
                         threshold_policy=ranked[0].threshold_policy, validation_macro_f1=validation_f1,
-                        metric=metric, validation_score=validation[metric],
+                        metric=metric, validation_score=validation[metric], dataset_key=ranked[0].dataset_key,
                         members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)})
     data = RunData(name, {"validation": val_ids}, {"validation": validation_probs}, {"validation": val_true},
                    combined["thresholds"], names, probabilities=True, at_least_one=one, metric=metric)
@@ -261,23 +261,29 @@ def paired_test(a: RunData, b: RunData, *, n: int = 1000, seed: int = 0) -> tupl
 
 def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
                       seed: int = 0) -> tuple[list[ReportEntry], str | None]:
-    """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best by
-    validation score on the official metric (b), and the best one's name (None with fewer than two models with
-    test logits)."""
+    """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best of its dataset by
+    validation score on the official metric (b), and the best one's name (of the first dataset in ``entries``; None
+    with fewer than two models with test logits). A set over several datasets is ranked per dataset."""
     completed = [e for e in entries if e.completed and e.name in arrays and "test" in arrays[e.name].ids]
     if len(completed) < 2:
         return entries, None
-    best = best_entries(completed, 1)[0]
-    paired = {}
+    groups: dict[str | None, list[ReportEntry]] = {}
     for entry in completed:
-        if entry is best:
-            continue
-        tested = paired_test(arrays[entry.name], arrays[best.name], n=bootstrap_samples, seed=seed)
-        if tested is None:
-            paired[entry.name] = {"best": best.name, "rows": 0, "skipped": "no test rows shared with the best model"}
-        else:
-            paired[entry.name] = {**tested[0], "best": best.name, "rows": tested[1]}
-    return [replace(e, paired_vs_best=paired[e.name]) if e.name in paired else e for e in entries], best.name
+        groups.setdefault(entry.dataset_key, []).append(entry)
+    paired, first_best = {}, None
+    for group in groups.values():
+        best = best_entries(group, 1)[0]
+        first_best = first_best or best.name
+        for entry in group:
+            if entry is best:
+                continue
+            tested = paired_test(arrays[entry.name], arrays[best.name], n=bootstrap_samples, seed=seed)
+            if tested is None:
+                paired[entry.name] = {"best": best.name, "rows": 0,
+                                      "skipped": "no test rows shared with the best model"}
+            else:
+                paired[entry.name] = {**tested[0], "best": best.name, "rows": tested[1]}
+    return [replace(e, paired_vs_best=paired[e.name]) if e.name in paired else e for e in entries], first_best
 
 
 def paired_vs_champion(challenger: RunData, champion: RunData, *, n: int = 1000, seed: int = 0) -> dict | None:

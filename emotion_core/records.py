@@ -113,7 +113,7 @@ class ReportEntry:
     validation_score: float | None = None
     """Validation ``metric`` at the run's thresholds: what ranks the models (test is only reported)."""
     dataset_key: str | None = None
-    """Runs only: ``registry.dataset_key`` of its data (which champion it challenges)."""
+    """``registry.dataset_key`` of its data (which champion a run challenges; the ensemble: its members')."""
     members: list[str] | None = None
     """Ensemble only: the member configs, best first."""
     rows: dict[str, int] | None = None

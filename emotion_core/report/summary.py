@@ -75,10 +75,16 @@ def ranked_entries(entries: list[dict]) -> list[dict]:
     """Completed entries by validation score on the official metric (best first; a missing score after the
     scored), then failed ones, each group otherwise in input order (stable), so every view agrees."""
 
+    # A set over several datasets (the gpu set: GoEmotions and SemEval E-c): each dataset ranked on its own,
+    # datasets in order of first appearance (an ensemble, without a dataset key, joins its members' dataset).
+    order: dict = {}
+    for entry in entries:
+        order.setdefault(entry.get("dataset_key"), len(order))
+
     def key(item: tuple[int, dict]) -> tuple:
         position, entry = item
         score = validation_score(entry)
-        return (_is_failed(entry), score is None, -(score or 0.0), position)
+        return (_is_failed(entry), order[entry.get("dataset_key")], score is None, -(score or 0.0), position)
 
     return [e for _, e in sorted(enumerate(entries), key=key)]
 
