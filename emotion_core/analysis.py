@@ -121,6 +121,19 @@ def method_of(config: dict) -> str:
     return (model.get("adapter") or {}).get("method") or "full"
 
 
+def _number_or_none(value) -> float | None:
+    """A finite number from a manifest (untrusted input), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def _devices(manifest: dict) -> int:
+    """Ranks that trained a run (``distributed.world_size``; 1 for runs from before it was recorded)."""
+    size = (manifest.get("distributed") or {}).get("world_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else 1
+
+
 def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
     """A completed run's entry with the facts of its manifest (cost, validation score); no test metrics yet."""
     memory = manifest["memory"]
@@ -132,6 +145,8 @@ def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
         trainable_params=manifest["parameters"]["trainable"], total_params=manifest["parameters"]["total"],
         train_seconds=manifest["timing"]["train_seconds"],
         train_samples_per_s=manifest["timing"]["train_samples_per_second"],
+        devices=_devices(manifest), inference_ms_per_text=_number_or_none(
+            (manifest["timing"].get("inference") or {}).get("ms_per_text")),
         peak_memory_mb=memory.get("peak_gpu_allocated_mb") or memory.get("peak_rss_mb"),
         validation_macro_f1=manifest["summary"]["validation"][policy]["macro_f1"],
         threshold_policy=policy, dataset_key=dataset_key_of(manifest), metric=manifest_metric(manifest),
@@ -223,7 +238,9 @@ def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_f
                         model=" + ".join(e.name for e in ranked),
                         trainable_params=sum(e.trainable_params or 0 for e in ranked),
                         total_params=sum(e.total_params or 0 for e in ranked),
-                        train_seconds=sum(e.train_seconds or 0 for e in ranked),
+                        train_seconds=sum(e.train_seconds or 0 for e in ranked), devices=1,
+                        inference_ms_per_text=(sum(e.inference_ms_per_text for e in ranked)
+                                               if all(e.inference_ms_per_text is not None for e in ranked) else None),
                         threshold_policy=ranked[0].threshold_policy, validation_macro_f1=validation_f1,
                         metric=metric, validation_score=validation[metric], dataset_key=ranked[0].dataset_key,
                         members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)})

@@ -195,7 +195,11 @@ def _write_run(staging: Path, cfg: RunConfig, run_id: str, data: EmotionData, tr
     """Predict, evaluate, calibrate and write every run file into ``staging``, the manifest last; returns it."""
     splits = ["validation"] + (["test"] if len(data.split("test")) else [])
     batch = cfg.training.eval_batch_size
+    started = time.perf_counter()
     logits = {split: predict_logits(trained.family, data.texts(split), batch) for split in splits}
+    # Batched inference cost per text (the cost comparison's latency axis): validation + test, this machine.
+    inference = {"seconds": round(time.perf_counter() - started, 3), "texts": sum(len(v) for v in logits.values()),
+                 "batch_size": batch}
     metric = official_metric(cfg.data)
     evaluation = evaluate_policies(
         data.schema.names,
@@ -209,6 +213,8 @@ def _write_run(staging: Path, cfg: RunConfig, run_id: str, data: EmotionData, tr
                                       selection["policy"], metric=metric, shrinkage=cfg.threshold_shrinkage)
     _write_artefacts(staging, cfg, data, trained, logits, evaluation, calibration, selection)
     manifest = _manifest(cfg, run_id, data, trained, evaluation, calibration, clock, context, selection)
+    manifest["timing"]["inference"] = inference | {
+        "ms_per_text": round(1000 * inference["seconds"] / max(inference["texts"], 1), 4)}
     manifest["files"] = file_inventory(staging)
     write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
     return manifest

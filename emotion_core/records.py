@@ -102,6 +102,10 @@ class ReportEntry:
     """Training wall time (the ensemble: its members' sum)."""
     train_samples_per_s: float | None = None
     """Training throughput."""
+    devices: int | None = None
+    """Devices (ranks) that trained it: training cost = ``train_seconds`` x ``devices``."""
+    inference_ms_per_text: float | None = None
+    """Batched inference time per text, measured when the run predicted validation and test (older runs: None)."""
     peak_memory_mb: float | None = None
     """Peak GPU memory allocated, else peak RSS, of training."""
     validation_macro_f1: float | None = None
