@@ -441,11 +441,11 @@ class ChampionConfig(_Strict):
     """Keep a champion per dataset (dataset + label schema) in the store's registry and gate promotion. False: runs are
     still published and reported, but the registry is neither read nor written."""
     margin: float = Field(0.005, ge=0.0, lt=1.0)
-    """Validation macro-F1 a challenger must gain over the champion, strictly more than this (absolute: 0.005 = half a
-    point)."""
+    """Validation score on the dataset's official metric (GoEmotions macro-F1, SemEval E-c Jaccard) a challenger must
+    gain over the champion, strictly more than this (absolute: 0.005 = half a point)."""
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    """Significance level: the paired bootstrap of test macro-F1 (challenger minus champion, same test rows) must give
-    a p-value below this."""
+    """Significance level: the paired bootstrap of that test metric (challenger minus champion, same test rows) must
+    give a p-value below this."""
 
 
 class ReportConfig(_Strict):
