@@ -70,3 +70,20 @@ def test_preprocess_applies_at_load_and_changes_the_hash(tmp_path):
     assert set(tweets.table["text"].to_list()) == {"@user loving it good vibes http"}
     assert plain.data_hash != tweets.data_hash
     assert plain.table["id"].to_list() == tweets.table["id"].to_list()
+
+
+def test_semeval_sets_validate(repo):
+    from emotion_core.config import load_config_set
+
+    _, entries = load_config_set(repo / "deployments" / "sets" / "semeval-cpu.yaml")
+    configs = {e.config.name: e.config for e in entries}
+    assert set(configs) == {"ffnn-semeval", "minilm-semeval", "minilm-lora-semeval", "smollm2-zero-shot-semeval"}
+    for cfg in configs.values():
+        assert cfg.data.dataset == "semeval2018-ec" and cfg.threshold_policy == "auto"
+        assert cfg.data.preprocess == PreprocessConfig() and official_metric(cfg.data) == "jaccard_samples"
+    assert configs["minilm-lora-semeval"].model.adapter.method == "lora"
+    assert configs["smollm2-zero-shot-semeval"].model.family == "zero_shot"
+    _, gpu = load_config_set(repo / "deployments" / "sets" / "gpu.yaml")
+    semeval = {e.config.name for e in gpu if e.config.data.dataset == "semeval2018-ec"}
+    assert {"ffnn-semeval", "minilm-semeval", "minilm-lora-semeval", "roberta-base-semeval"} <= semeval
+    assert len({e.config.name for e in gpu}) == len(gpu)
