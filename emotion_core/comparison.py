@@ -44,7 +44,7 @@ class Comparison:
     summary_rows: list[dict[str, Any]]
     """The summary table, one dict per model (``report.summary.SUMMARY_COLUMNS``), best first."""
     best: str | None
-    """The best model by validation macro-F1 (None with fewer than two models to compare)."""
+    """The best model by validation score on the official metric (None with fewer than two models to compare)."""
     failed: list[dict[str, str]]
     """``{config, error}`` of every failed row."""
     champion_decisions: list[dict[str, Any]]

@@ -56,3 +56,23 @@ def test_datasets_are_compared_separately_and_report_has_table_and_plot(tmp_path
     assert "Ranked by validation Jaccard (example-based)" in markdown and "## Cost-aware comparison" in markdown
     assert paths["plot_cost_pareto"].read_bytes()[:8] == PNG_MAGIC
     assert "Cost-aware comparison" in paths["html"].read_text(encoding="utf-8")
+
+
+def _manifest(name: str, jaccard: float, macro: float) -> dict:
+    scores = {"macro_f1": macro, "micro_f1": 0.6, "jaccard_samples": jaccard, "subset_accuracy": 0.2}
+    return {"config_name": name, "status": "completed", "family": "ffnn", "model": "ffnn", "run_id": f"{name}-1",
+            "threshold_policy": "global_at_least_one", "metric": "jaccard_samples",
+            "summary": {"validation": {"global_at_least_one": scores}, "test": {"global_at_least_one": scores}},
+            "parameters": {"trainable": 10}, "data": {"rows": {"train": 100}},
+            "timing": {"epochs_completed": 1.0, "train_samples_per_second": 5.0, "train_seconds": 20.0},
+            "memory": {"peak_rss_mb": 1.0, "peak_gpu_allocated_mb": None}, "flags": []}
+
+
+def test_comparison_table_ranks_on_the_official_metric():
+    from emotion_core.report import comparison_table
+
+    # b has the better Jaccard (SemEval's metric) but the worse macro-F1: it ranks first.
+    frame = comparison_table([{"config": "a", "manifest": _manifest("a", 0.50, 0.55)},
+                              {"config": "b", "manifest": _manifest("b", 0.56, 0.45)}])
+    assert frame["config"].to_list() == ["b", "a"] and frame["metric"].to_list() == ["jaccard_samples"] * 2
+    assert frame["val_score"].to_list() == [0.56, 0.50]
