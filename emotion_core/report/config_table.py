@@ -15,8 +15,8 @@ import polars as pl
 from emotion_core.files import atomic_write_text
 
 COLUMNS = [
-    "config", "status", "family", "model", "thresholds", "metric", "val_score", "val_macro_f1", "val_micro_f1", "test_macro_f1",
-    "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
+    "config", "status", "family", "model", "thresholds", "metric", "val_score", "val_macro_f1", "val_micro_f1",
+    "test_macro_f1", "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
     "train_seconds", "peak_rss_mb", "peak_gpu_mb", "flags", "worker", "run_id", "error",
 ]
 
@@ -64,8 +64,8 @@ def comparison_table(entries: list[dict]) -> pl.DataFrame:
     """
     rows = [_row(e) for e in entries]
     frame = pl.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], schema_overrides={
-        "metric": pl.Utf8, "val_score": pl.Float64,
-        "val_macro_f1": pl.Float64, "val_micro_f1": pl.Float64, "test_macro_f1": pl.Float64, "test_micro_f1": pl.Float64,
+        "metric": pl.Utf8, "val_score": pl.Float64, "val_macro_f1": pl.Float64, "val_micro_f1": pl.Float64,
+        "test_macro_f1": pl.Float64, "test_micro_f1": pl.Float64,
         "test_jaccard": pl.Float64, "trainable_params": pl.Int64, "train_rows": pl.Int64, "epochs": pl.Float64,
         "train_samples_per_s": pl.Float64, "train_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "peak_gpu_mb": pl.Float64,
     }, infer_schema_length=None)
