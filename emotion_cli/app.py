@@ -166,7 +166,7 @@ def predict(run: str = typer.Argument(..., help="Run folder, file:// or s3:// UR
 def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI of the chosen run, or "
                                                "champion:<dataset> (the registry's champion, e.g. "
                                                "champion:semeval2018-ec)."),
-           store: Optional[str] = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
+           store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
            out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
            data: Optional[Path] = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split (SemEval E-c)."),
            calibrated: bool = typer.Option(True, "--calibration/--no-calibration", "--calibrated/--no-calibrated",

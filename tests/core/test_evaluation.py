@@ -247,8 +247,8 @@ def test_evaluate_split_is_complete_and_json_serialisable():
     names = ["joy", "anger", "fear"]
     t = np.array([0.5, 0.4, 0.6])
     out = evaluate_split(y, p, t, names, bootstrap_n=200, seed=1)
-    assert set(out) == {"thresholds", "metrics", "macro_f1_ci", "micro_f1_ci", "jaccard_samples_ci", "pr_auc", "roc_auc",
-                        "brier", "ece"}
+    assert set(out) == {"thresholds", "metrics", "macro_f1_ci", "micro_f1_ci", "jaccard_samples_ci", "pr_auc",
+                        "roc_auc", "brier", "ece"}
     assert out["jaccard_samples_ci"]["estimate"] == pytest.approx(out["metrics"]["jaccard_samples"])
     assert out["thresholds"] == {"joy": 0.5, "anger": 0.4, "fear": 0.6}
     assert out["metrics"] == multilabel_metrics(y, apply_thresholds(p, t), names)
