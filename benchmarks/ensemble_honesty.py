@@ -98,7 +98,7 @@ def compare(val: list[np.ndarray], yv: np.ndarray, test: list[np.ndarray], yt: n
     for method in ("weighted_mean", "stacking"):
         fit = cross_fit(val, yv, names, method=method, folds=5, bootstrap_n=bootstrap_n, seed=seed)
         test_preds[method] = fit.combiner.predict(test)
-        out[method] = {"validation_out_of_fold": fit.oof_macro_f1, "test": f1(yt, test_preds[method]),
+        out[method] = {"validation_out_of_fold": fit.oof_score, "test": f1(yt, test_preds[method]),
                        "eligible": fit.eligible, "p_oof_vs_best_member": fit.paired["p_value"],
                        "weights": None if fit.combiner.weights is None else fit.combiner.weights.round(3).tolist()}
     for name in ("old", "weighted_mean", "stacking"):

@@ -148,7 +148,10 @@ def predict(run: str = typer.Argument(..., help="Run folder, file:// or s3:// UR
 
 
 @app.command()
-def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI of the chosen run."),
+def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI of the chosen run, or "
+                                               "champion:<dataset> (the registry's champion, e.g. "
+                                               "champion:semeval2018-ec)."),
+           store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
            out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
            data: Path | None = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split "
                                                         "(SemEval E-c)."),
@@ -164,7 +167,7 @@ def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI
     def go():
         try:
             return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size,
-                              text_column=text_column, id_column=id_column)
+                              text_column=text_column, id_column=id_column, store=store)
         except ValueError as exc:  # rows that cannot be written (duplicate ids, a label named like the id column)
             from emotion_core.errors import DataError
 

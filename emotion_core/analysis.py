@@ -33,7 +33,7 @@ from emotion_core.ensemble import top_k as best_runs
 from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
 from emotion_core.files import write_json
-from emotion_core.metrics import sigmoid
+from emotion_core.metrics import RANKING_METRICS, sigmoid
 from emotion_core.records import ReportEntry
 from emotion_core.registry import Registry, dataset_key_of, decide
 from emotion_core.report.plots import reliability_diagram
@@ -55,6 +55,10 @@ class RunData:
     names: list[str]
     probabilities: bool = False
     """``logits`` hold probabilities already (the ensemble's calibrated mean), not logits."""
+    at_least_one: bool = False
+    """The run's rule gives every row a label (``thresholds.requires_one_label``)."""
+    metric: str = "macro_f1"
+    """The official metric its paired tests use."""
 
 
 class DataCache:
@@ -88,7 +92,17 @@ def run_data(run: Run, data: EmotionData) -> RunData:
         except ValueError as exc:
             raise DataError(f"run {run.run_id}, {split} logits: {exc}") from None
         ids[split], logits[split] = split_ids, split_logits
-    return RunData(run.config.name, ids, logits, truth, run.thresholds(), list(run.schema.names))
+    return RunData(run.config.name, ids, logits, truth, run.thresholds(), list(run.schema.names),
+                   at_least_one=run.at_least_one(), metric=manifest_metric(run.manifest))
+
+
+def manifest_metric(manifest: dict) -> str:
+    """The metric a run was tuned and is ranked on (runs from before datasets declared one: macro-F1)."""
+    metric = manifest.get("metric", "macro_f1")
+    if metric not in RANKING_METRICS:
+        raise DataError(f"run {manifest.get('run_id')}: manifest metric {metric!r} is not one of "
+                        f"{', '.join(RANKING_METRICS)}")
+    return metric
 
 
 def fit_validation_calibration(run: Run, data: EmotionData) -> dict:
@@ -96,7 +110,8 @@ def fit_validation_calibration(run: Run, data: EmotionData) -> dict:
     ``export`` use for a run trained before ``calibration.json`` shipped with runs."""
     arrays = run_data(run, data)
     return calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                         policy=run.manifest["threshold_policy"])
+                         policy=run.manifest["threshold_policy"], metric=arrays.metric,
+                         shrinkage=run.config.threshold_shrinkage)
 
 
 def method_of(config: dict) -> str:
@@ -105,6 +120,19 @@ def method_of(config: dict) -> str:
     if model["family"] == "zero_shot":
         return "prompted"
     return (model.get("adapter") or {}).get("method") or "full"
+
+
+def _number_or_none(value) -> float | None:
+    """A finite number from a manifest (untrusted input), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        return None
+    return float(value)
+
+
+def _devices(manifest: dict) -> int:
+    """Ranks that trained a run (``distributed.world_size``; 1 for runs from before it was recorded)."""
+    size = (manifest.get("distributed") or {}).get("world_size")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else 1
 
 
 def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
@@ -118,9 +146,12 @@ def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
         trainable_params=manifest["parameters"]["trainable"], total_params=manifest["parameters"]["total"],
         train_seconds=manifest["timing"]["train_seconds"],
         train_samples_per_s=manifest["timing"]["train_samples_per_second"],
+        devices=_devices(manifest), inference_ms_per_text=_number_or_none(
+            (manifest["timing"].get("inference") or {}).get("ms_per_text")),
         peak_memory_mb=memory.get("peak_gpu_allocated_mb") or memory.get("peak_rss_mb"),
         validation_macro_f1=manifest["summary"]["validation"][policy]["macro_f1"],
-        threshold_policy=policy, dataset_key=dataset_key_of(manifest))
+        threshold_policy=policy, dataset_key=dataset_key_of(manifest), metric=manifest_metric(manifest),
+        validation_score=manifest["summary"]["validation"][policy][manifest_metric(manifest)])
 
 
 def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_samples: int = 1000,
@@ -133,12 +164,13 @@ def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_
     files, test = {}, None
     if "test" in arrays.logits:
         test = evaluate_split(arrays.truth["test"], sigmoid(arrays.logits["test"]), arrays.thresholds,
-                              arrays.names, bootstrap_n=bootstrap_samples, seed=seed)
+                              arrays.names, bootstrap_n=bootstrap_samples, seed=seed, at_least_one=arrays.at_least_one)
         write_json(folder / "evaluation.json", test)
         files["evaluation"] = f"models/{name}/evaluation.json"
     entry = entry_of_manifest(name, run.manifest)
     calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], arrays.logits.get("test"),
-                                arrays.truth.get("test"), arrays.names, policy=entry.threshold_policy)
+                                arrays.truth.get("test"), arrays.names, policy=entry.threshold_policy,
+                                metric=arrays.metric, shrinkage=run.config.threshold_shrinkage)
     write_json(folder / "calibration.json", calibration)
     files["calibration"] = f"models/{name}/calibration.json"
     bins = calibration["reliability"]["test"] or calibration["reliability"]["validation"]
@@ -162,10 +194,16 @@ def rows_of(values: np.ndarray, ids: list[str], wanted: list[str]) -> np.ndarray
     return values[[position[i] for i in wanted]]
 
 
+def ranking_score(entry: ReportEntry) -> float | None:
+    """What ranks an entry: its validation score on its dataset's official metric (older entries: macro-F1)."""
+    return entry.validation_score if entry.validation_score is not None else entry.validation_macro_f1
+
+
 def best_entries(entries: list[ReportEntry], k: int) -> list[ReportEntry]:
-    """The ``k`` best entries by validation macro-F1, in ``ensemble.top_k``'s order (ties: name, run id)."""
+    """The ``k`` best entries by validation score on the official metric, in ``ensemble.top_k``'s order
+    (ties: name, run id)."""
     by_name = {e.name: e for e in entries}
-    ranked = best_runs([{"name": e.name, "run_id": e.run_id, "validation_macro_f1": e.validation_macro_f1}
+    ranked = best_runs([{"name": e.name, "run_id": e.run_id, "validation_macro_f1": ranking_score(e)}
                         for e in entries], k)
     return [by_name[r["name"]] for r in ranked]
 
@@ -230,26 +268,30 @@ def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_f
     val_true = members[0].truth["validation"]
     val_logits = [rows_of(m.logits["validation"], m.ids["validation"], val_ids) for m in members]
     policy = ranked[0].threshold_policy or "per_label"
+    metric = members[0].metric
     fit = cross_fit(val_logits, val_true, names, method=method, policy=policy, folds=folds, alpha=alpha,
-                    bootstrap_n=bootstrap_samples, seed=seed)
+                    bootstrap_n=bootstrap_samples, seed=seed, metric=metric)
     combiner = fit.combiner
     if not fit.eligible:
-        log.info("ensemble of %s: not ranked above its members (out-of-fold macro-F1 %.4f vs best member %.4f, "
-                 "p = %.3f)", ", ".join(e.name for e in ranked), fit.oof_macro_f1,
-                 fit.member_oof_macro_f1[fit.best_member], fit.paired["p_value"])
+        log.info("ensemble of %s: not ranked above its members (out-of-fold %s %.4f vs best member %.4f, "
+                 "p = %.3f)", ", ".join(e.name for e in ranked), metric, fit.oof_score,
+                 fit.member_oof_scores[fit.best_member], fit.paired["p_value"])
     test_ids = common_ids(members, "test")
     name = f"ensemble-top{len(members)}"
     entry = ReportEntry(name=name, status="completed", family="ensemble", method="ensemble",
                         model=" + ".join(e.name for e in ranked),
                         trainable_params=sum(e.trainable_params or 0 for e in ranked),
                         total_params=sum(e.total_params or 0 for e in ranked),
-                        train_seconds=sum(e.train_seconds or 0 for e in ranked),
-                        threshold_policy=policy, validation_macro_f1=fit.oof_macro_f1,
+                        train_seconds=sum(e.train_seconds or 0 for e in ranked), devices=1,
+                        inference_ms_per_text=(sum(e.inference_ms_per_text for e in ranked)
+                                               if all(e.inference_ms_per_text is not None for e in ranked) else None),
+                        threshold_policy=policy, metric=metric, validation_score=fit.oof_score,
+                        validation_macro_f1=fit.oof_score if metric == "macro_f1" else None,
                         dataset_key=ranked[0].dataset_key,
                         members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)},
                         ensemble={**fit.summary(), "member_run_ids": [e.run_id for e in ranked], "excluded": excluded})
     data = RunData(name, {"validation": val_ids}, {"validation": combiner.probabilities(val_logits)},
-                   {"validation": val_true}, combiner.thresholds, names, probabilities=True)
+                   {"validation": val_true}, combiner.thresholds, names, probabilities=True, metric=metric)
     if test_ids:
         test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
         test_probs = combiner.probabilities([rows_of(m.logits["test"], m.ids["test"], test_ids) for m in members])
@@ -271,38 +313,47 @@ def rankable(entry: ReportEntry) -> bool:
 
 def test_predictions(arrays: RunData, ids: list[str]) -> np.ndarray:
     values = rows_of(arrays.logits["test"], arrays.ids["test"], ids)
-    return apply_thresholds(values if arrays.probabilities else sigmoid(values), arrays.thresholds)
+    return apply_thresholds(values if arrays.probabilities else sigmoid(values), arrays.thresholds, arrays.at_least_one)
 
 
 def paired_test(a: RunData, b: RunData, *, n: int = 1000, seed: int = 0) -> tuple[dict, int] | None:
-    """``evaluation.paired_bootstrap`` of test macro-F1 (``a`` minus ``b``) on the test rows both have, each
-    at its own thresholds, and how many rows that is; None when they share no test row."""
+    """``evaluation.paired_bootstrap`` of the official test metric (``a`` minus ``b``) on the test rows both have,
+    each at its own thresholds (both scored on ``a``'s metric), and how many rows that is; None when they share no
+    test row."""
     ids = common_ids([a, b], "test")
     if not ids:
         return None
     truth = rows_of(a.truth["test"], a.ids["test"], ids)
-    return paired_bootstrap(truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed), len(ids)
+    return paired_bootstrap(truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed,
+                            metric=a.metric), len(ids)
 
 
 def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
                       seed: int = 0) -> tuple[list[ReportEntry], str | None]:
-    """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best by
-    validation macro-F1 (b), and the best one's name (None with fewer than two models with test logits).
+    """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best of its dataset by
+    validation score on the official metric (b), and the best one's name (of the first dataset in ``entries``; None
+    with fewer than two models with test logits). A set over several datasets is ranked per dataset.
     An ensemble that did not beat its best member out of fold is never the best (``rankable``)."""
     completed = [e for e in entries if e.completed and e.name in arrays and "test" in arrays[e.name].ids]
     if len(completed) < 2:
         return entries, None
-    best = best_entries([e for e in completed if rankable(e)], 1)[0]
-    paired = {}
+    groups: dict[str | None, list[ReportEntry]] = {}
     for entry in completed:
-        if entry is best:
-            continue
-        tested = paired_test(arrays[entry.name], arrays[best.name], n=bootstrap_samples, seed=seed)
-        if tested is None:
-            paired[entry.name] = {"best": best.name, "rows": 0, "skipped": "no test rows shared with the best model"}
-        else:
-            paired[entry.name] = {**tested[0], "best": best.name, "rows": tested[1]}
-    return [replace(e, paired_vs_best=paired[e.name]) if e.name in paired else e for e in entries], best.name
+        groups.setdefault(entry.dataset_key, []).append(entry)
+    paired, first_best = {}, None
+    for group in groups.values():
+        best = best_entries([e for e in group if rankable(e)] or group, 1)[0]
+        first_best = first_best or best.name
+        for entry in group:
+            if entry is best:
+                continue
+            tested = paired_test(arrays[entry.name], arrays[best.name], n=bootstrap_samples, seed=seed)
+            if tested is None:
+                paired[entry.name] = {"best": best.name, "rows": 0,
+                                      "skipped": "no test rows shared with the best model"}
+            else:
+                paired[entry.name] = {**tested[0], "best": best.name, "rows": tested[1]}
+    return [replace(e, paired_vs_best=paired[e.name]) if e.name in paired else e for e in entries], first_best
 
 
 def paired_vs_champion(challenger: RunData, champion: RunData, *, n: int = 1000, seed: int = 0) -> dict | None:

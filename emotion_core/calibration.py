@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 
 from emotion_core.evaluation import ece
 from emotion_core.metrics import as_binary_matrix, check_label_names, multilabel_metrics, sigmoid
-from emotion_core.thresholds import apply_thresholds, tune_thresholds
+from emotion_core.thresholds import DEFAULT_SHRINKAGE, apply_thresholds, requires_one_label, tune_thresholds
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -100,7 +100,8 @@ def apply_temperatures(logits: np.ndarray, temps: np.ndarray) -> np.ndarray:
 
 
 def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.ndarray | None,
-                  test_true: np.ndarray | None, names: Sequence[str], policy: str = "per_label") -> dict:
+                  test_true: np.ndarray | None, names: Sequence[str], policy: str = "per_label", *,
+                  metric: str = "macro_f1", shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
     """Temperature-scale a run: fit on validation, re-tune thresholds, measure before/after.
 
     Returns a JSON-serialisable dict with keys ``method`` (``"temperature_scaling_per_label"``),
@@ -122,7 +123,7 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
     kept = [nm for nm, pos in zip(label_names, positives) if pos == 0 or pos == yv.shape[0]]
 
     val_after = apply_temperatures(zv, temps)
-    thresholds = tune_thresholds(yv, val_after, policy)
+    thresholds = tune_thresholds(yv, val_after, policy, metric=metric, shrinkage=shrinkage)
 
     splits: dict[str, tuple[np.ndarray, np.ndarray]] = {"validation": (zv, yv)}
     if test_logits is not None:
@@ -143,7 +144,8 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
         bins_out[split] = {"before": e_before["bins"], "after": e_after["bins"]}
         nll_out[split] = {"before": _bce(z, y), "after": _bce(z / temps[None, :], y)}
         if split == "test":
-            test_metrics = multilabel_metrics(y, apply_thresholds(after, thresholds), label_names)
+            test_metrics = multilabel_metrics(y, apply_thresholds(after, thresholds, requires_one_label(policy)),
+                                              label_names)
 
     return {
         "method": "temperature_scaling_per_label",
@@ -158,14 +160,15 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
     }
 
 
-def shipped_calibration(val_logits: np.ndarray, val_true: np.ndarray, names: Sequence[str], policy: str) -> dict:
+def shipped_calibration(val_logits: np.ndarray, val_true: np.ndarray, names: Sequence[str], policy: str, *,
+                        metric: str = "macro_f1", shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
     """The ``calibration.json`` payload of a run: ``calibrate_run`` on validation only, without the test split.
 
     Keys: ``version``, ``method`` (``"temperature"``), ``fitted_on`` (``"validation"``), ``rows``,
     ``policy``, ``temperatures`` and ``thresholds`` ({label: value}, label order), ``labels_kept_at_1``,
     ``ece_before`` / ``ece_after`` ({``flat``, ``per_label_mean``}) and ``nll_before`` / ``nll_after``.
     """
-    fitted = calibrate_run(val_logits, val_true, None, None, names, policy=policy)
+    fitted = calibrate_run(val_logits, val_true, None, None, names, policy=policy, metric=metric, shrinkage=shrinkage)
     ece_val, nll_val = fitted["ece"]["validation"], fitted["nll"]["validation"]
     return {
         "version": CALIBRATION_VERSION,

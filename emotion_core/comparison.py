@@ -45,7 +45,7 @@ class Comparison:
     summary_rows: list[dict[str, Any]]
     """The summary table, one dict per model (``report.summary.SUMMARY_COLUMNS``), best first."""
     best: str | None
-    """The best model by validation macro-F1 (None with fewer than two models to compare)."""
+    """The best model by validation score on the official metric (None with fewer than two models to compare)."""
     failed: list[dict[str, str]]
     """``{config, error}`` of every failed row."""
     champion_decisions: list[dict[str, Any]]
@@ -176,9 +176,9 @@ def report_extras(best: str | None, decisions: list[dict], ensemble: ReportEntry
     members = f"{ensemble.name}: {', '.join(ensemble.members)}" if ensemble else "none (fewer than 2 runs)"
     if ensemble:
         fit = ensemble.ensemble
-        best, p_value = fit["member_oof_macro_f1"][fit["best_member"]], fit["paired_vs_best_member"]["p_value"]
+        best, p_value = fit["member_oof_scores"][fit["best_member"]], fit["paired_vs_best_member"]["p_value"]
         members += (f" ({fit['method']}, {fit['folds']}-fold cross-fitted: out-of-fold macro-F1 "
-                    f"{fit['oof_macro_f1']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
+                    f"{fit['oof_score']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
                     f"{'ranked' if fit['eligible'] else 'not ranked above its members'}"
                     f"{'; package ' + ensemble.run_id if ensemble.run_id else ''})")
     return {"best model (validation macro-F1)": best or "n/a", **champions, "ensemble": members,

@@ -55,11 +55,35 @@ def load_yaml(text: str):
     return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
+Metric = Literal["macro_f1", "micro_f1", "jaccard_samples"]
+"""A metric that can tune thresholds, choose checkpoints and rank runs (``metrics.RANKING_METRICS``)."""
+
+
+class PreprocessConfig(_Strict):
+    """Tweet normalisation applied to every text, in training and at prediction (``data/preprocess.py``)."""
+
+    users: bool = True
+    """``@someone`` -> ``@user``."""
+    urls: bool = True
+    """``http(s)://...`` and ``www....`` -> ``http``."""
+    hashtags: bool = True
+    """``#HappyDay`` -> ``happy day`` (split at case changes and digits; an all-lowercase tag is kept as one word)."""
+    emoji: Literal["keep", "text"] = "keep"
+    """``keep`` the emoji characters (subword tokenizers know many), or ``text``: replace each by its Unicode name
+    (``😂`` -> `` face with tears of joy ``)."""
+
+
 class DataConfig(_Strict):
     """Which data a run reads and how it is split."""
 
-    dataset: Literal["goemotions", "semeval2018-ec", "tabular"] = "goemotions"
-    """Loader: GoEmotions TSVs, SemEval-2018 E-c (Kaggle-style ID/Tweet/0-1 columns), or any CSV/TSV/Parquet."""
+    dataset: str = "goemotions"
+    """A registered dataset (``emotion_core/data/registry.py``): ``goemotions`` (TSVs), ``semeval2018-ec`` (Kaggle-style
+    ID/Tweet/0-1 columns) or ``tabular`` (any CSV/TSV/Parquet)."""
+    metric: Metric | None = None
+    """Tabular only: the metric that tunes thresholds, chooses checkpoints and ranks runs (unset: ``macro_f1``). Named
+    datasets use their official metric (GoEmotions ``macro_f1``, SemEval E-c ``jaccard_samples``)."""
+    preprocess: PreprocessConfig | None = None
+    """Tweet normalisation (users, URLs, hashtags, emoji); unset: texts as read."""
     path: str | None = None
     """File or folder to read. Unset: ``$EMOTION_DATA_DIR/<dataset>`` (goemotions, semeval2018-ec), else the hub."""
     text_column: str = "text"
@@ -86,6 +110,15 @@ class DataConfig(_Strict):
     invalid_rows: Literal["error", "drop"] = "error"
     """``error``: a bad row (empty text, bad label, duplicate id) stops the load naming the row. ``drop``: it is
     removed and counted, with its reason, in the data report."""
+
+    @field_validator("dataset")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from emotion_core.data.registry import DATASETS  # lazy: the readers import this module
+
+        if value not in DATASETS:
+            raise ValueError(f"unknown dataset {value!r}; registered: {', '.join(DATASETS)}")
+        return value
 
 
 class LossConfig(_Strict):
@@ -202,11 +235,11 @@ class ChampionConfig(_Strict):
     """Keep a champion per dataset (dataset + label schema) in the store's registry and gate promotion. False: runs are
     still published and reported, but the registry is neither read nor written."""
     margin: float = Field(0.005, ge=0.0, lt=1.0)
-    """Validation macro-F1 a challenger must gain over the champion, strictly more than this (absolute: 0.005 = half a
-    point)."""
+    """Validation score on the dataset's official metric (GoEmotions macro-F1, SemEval E-c Jaccard) a challenger must
+    gain over the champion, strictly more than this (absolute: 0.005 = half a point)."""
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
-    """Significance level: the paired bootstrap of test macro-F1 (challenger minus champion, same test rows) must give
-    a p-value below this."""
+    """Significance level: the paired bootstrap of that test metric (challenger minus champion, same test rows) must
+    give a p-value below this."""
 
 
 class EnsembleConfig(_Strict):
@@ -253,8 +286,12 @@ class RunConfig(_Strict):
     """The dataset and its splits."""
     training: TrainingConfig = TrainingConfig()
     """The optimisation recipe."""
-    threshold_policy: Literal["per_label", "global", "fixed"] = "per_label"
-    """Thresholds used for predictions: tuned per label on validation, one tuned on validation, or 0.5."""
+    threshold_policy: Literal["per_label", "global", "fixed", "shrunk", "global_at_least_one", "auto"] = "per_label"
+    """Thresholds used for predictions, tuned on validation for the dataset's metric (``thresholds.py``): per label,
+    one global value, 0.5, per label shrunk towards the global value (rare labels), one value + at least one label a
+    row, or ``auto``: the one of these four with the best score on held-out folds of validation."""
+    threshold_shrinkage: float = Field(20.0, gt=0.0, le=1e6)
+    """k of the ``shrunk`` policy: a label with k validation positives keeps half of its own threshold."""
     resources: ResourcesConfig = ResourcesConfig()
     """Machine needs (GPU memory) used to place the run on a work queue."""
     explain: ExplainConfig = ExplainConfig()
@@ -267,7 +304,7 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _tabular_fields(self) -> RunConfig:
-        tabular_only = ("id_column", "label_columns", "ignore_columns")
+        tabular_only = ("id_column", "label_columns", "ignore_columns", "metric")
         if self.data.dataset != "tabular":
             for name in tabular_only:
                 if getattr(self.data, name) not in (None, ()):

@@ -220,8 +220,10 @@ def fit_stacker(features: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np
 
 
 def fit_combiner(logits: Sequence[np.ndarray], y: np.ndarray, method: str = "weighted_mean",
-                 policy: str = "per_label") -> Combiner:
-    """Temperatures per member, then weights or a stacker, then thresholds: all fitted on ``(logits, y)``."""
+                 policy: str = "per_label", metric: str = "macro_f1") -> Combiner:
+    """Temperatures per member, then weights or a stacker, then thresholds (tuned for ``metric``): all fitted on
+    ``(logits, y)``. ``global_at_least_one`` is tuned as ``global``: the combiner's rule is thresholds only."""
+    policy = "global" if policy == "global_at_least_one" else policy
     if method not in METHODS:
         raise ValueError(f"ensemble method must be one of {', '.join(METHODS)}, got {method!r}")
     temps = np.stack([fit_temperatures(z, y) for z in logits])
@@ -232,7 +234,7 @@ def fit_combiner(logits: Sequence[np.ndarray], y: np.ndarray, method: str = "wei
         features = np.stack([np.asarray(z, dtype=np.float64) / t[None, :] for z, t in zip(logits, temps)])
         coef, intercept = fit_stacker(features, y)
         combiner = Combiner(method, temps, np.zeros(temps.shape[1]), coef=coef, intercept=intercept)
-    thresholds = tune_thresholds(y, combiner.probabilities(logits), policy)
+    thresholds = tune_thresholds(y, combiner.probabilities(logits), policy, metric=metric)
     return Combiner(method, temps, thresholds, combiner.weights, combiner.coef, combiner.intercept)
 
 
@@ -245,23 +247,25 @@ class CrossFit:
 
     combiner: Combiner
     """Fitted on every validation row: what ships and what predicts test."""
-    oof_macro_f1: float
-    """Macro-F1 of the out-of-fold predictions: the ensemble's honest validation score."""
-    member_oof_macro_f1: list[float]
-    """Each member's out-of-fold macro-F1 (its temperatures and thresholds fitted on the other folds)."""
+    oof_score: float
+    """``metric`` of the out-of-fold predictions: the ensemble's honest validation score."""
+    member_oof_scores: list[float]
+    """Each member's out-of-fold score (its temperatures and thresholds fitted on the other folds)."""
     best_member: int
-    """Index of the member with the best out-of-fold macro-F1."""
+    """Index of the member with the best out-of-fold score."""
     paired: dict
-    """``paired_bootstrap`` of out-of-fold macro-F1, ensemble (a) minus its best member (b)."""
+    """``paired_bootstrap`` of the out-of-fold ``metric``, ensemble (a) minus its best member (b)."""
     eligible: bool
     """The ensemble beats its best member out of fold (``delta > 0`` and ``p_value < alpha``)."""
     folds: int
+    metric: str = "macro_f1"
+    """The dataset's official metric: what tunes the thresholds and scores the folds."""
 
     def summary(self) -> dict:
         """JSON-able facts for the report and the package (no arrays but the weights)."""
         c = self.combiner
-        return {"method": c.method, "folds": self.folds, "oof_macro_f1": self.oof_macro_f1,
-                "member_oof_macro_f1": self.member_oof_macro_f1, "best_member": self.best_member,
+        return {"method": c.method, "folds": self.folds, "metric": self.metric, "oof_score": self.oof_score,
+                "member_oof_scores": self.member_oof_scores, "best_member": self.best_member,
                 "paired_vs_best_member": self.paired, "eligible": self.eligible,
                 "weights": None if c.weights is None else [float(w) for w in c.weights]}
 
@@ -277,28 +281,29 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
 
 def cross_fit(logits: Sequence[np.ndarray], y: np.ndarray, names: Sequence[str], *, method: str = "weighted_mean",
               policy: str = "per_label", folds: int = 5, alpha: float = 0.05, bootstrap_n: int = 1000,
-              seed: int = 0) -> CrossFit:
+              seed: int = 0, metric: str = "macro_f1") -> CrossFit:
     """Out-of-fold predictions of the ensemble and of each member alone, the paired test, and the refit.
 
     ``logits``: one (n, L) validation array per member, rows aligned with ``y``. See the module docstring.
     """
-    from emotion_core.metrics import multilabel_metrics
+    from emotion_core.metrics import metric_score
 
+    policy = "global" if policy == "global_at_least_one" else policy
     y = np.asarray(y)
     logits = [np.asarray(z, dtype=np.float64) for z in logits]
     oof = np.zeros(y.shape, dtype=np.int64)
     member_oof = [np.zeros(y.shape, dtype=np.int64) for _ in logits]
     for held in fold_indices(len(y), folds, seed):
         train = np.setdiff1d(np.arange(len(y)), held)
-        combiner = fit_combiner([z[train] for z in logits], y[train], method, policy)
+        combiner = fit_combiner([z[train] for z in logits], y[train], method, policy, metric)
         oof[held] = combiner.predict([z[held] for z in logits])
         for m, z in enumerate(logits):  # the member alone, through the same folds
             temps = fit_temperatures(z[train], y[train])
-            cuts = tune_thresholds(y[train], apply_temperatures(z[train], temps), policy)
+            cuts = tune_thresholds(y[train], apply_temperatures(z[train], temps), policy, metric=metric)
             member_oof[m][held] = apply_thresholds(apply_temperatures(z[held], temps), cuts)
-    scores = [float(multilabel_metrics(y, p, names)["macro_f1"]) for p in member_oof]
+    scores = [float(metric_score(y, p, metric)) for p in member_oof]
     best = int(np.argmax(scores))
-    paired = paired_bootstrap(y, oof, member_oof[best], n=bootstrap_n, seed=seed)
+    paired = paired_bootstrap(y, oof, member_oof[best], n=bootstrap_n, seed=seed, metric=metric)
     eligible = bool(paired["delta"] > 0 and paired["p_value"] < alpha)
-    return CrossFit(fit_combiner(logits, y, method, policy), float(paired["macro_f1_a"]), scores, best, paired,
-                    eligible, folds)
+    return CrossFit(fit_combiner(logits, y, method, policy, metric), float(paired["score_a"]), scores, best, paired,
+                    eligible, folds, metric)

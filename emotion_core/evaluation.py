@@ -254,51 +254,77 @@ def bootstrap_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int = 1000, seed: in
     }
 
 
-def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int = 1000, seed: int = 0,
-                     alpha: float = 0.05) -> dict:
-    """Paired bootstrap of ``macro_f1(a) - macro_f1(b)`` on the same resampled rows.
+def _row_jaccard(yt: np.ndarray, yp: np.ndarray) -> np.ndarray:
+    """Per-row |T ∩ P| / |T ∪ P| (1.0 for an empty union, as ``metrics.multilabel_metrics``)."""
+    inter = np.logical_and(yt, yp).sum(axis=1)
+    union = np.logical_or(yt, yp).sum(axis=1)
+    return np.divide(inter, union, out=np.ones(len(union), dtype=np.float64), where=union > 0)
 
-    Returns ``{"delta", "low", "high", "p_value", "confidence", "n_resamples", "seed",
-    "macro_f1_a", "macro_f1_b"}``: ``delta`` and the two macro-F1s on the original rows, a
-    percentile CI of the delta, and the one-sided ``p_value`` = share of resamples whose delta is
-    ``<= 0`` (see the module docstring). Small p: a is better than b beyond test-set noise.
+
+def _resampled_scores(yt: np.ndarray, ya: np.ndarray, yb: np.ndarray, indices: np.ndarray,
+                      metric: str) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """``metric`` of a and b on the original rows and on every resample (same resamples for both)."""
+    n_rows, n_labels = yt.shape
+    if metric == "jaccard_samples":  # a mean of per-row scores: resampled means are count-weighted sums
+        ja, jb = _row_jaccard(yt, ya), _row_jaccard(yt, yb)
+        counts = list(_resample_counts(indices))
+        return (float(ja.mean()), float(jb.mean()), np.concatenate([c @ ja for c in counts]) / n_rows,
+                np.concatenate([c @ jb for c in counts]) / n_rows)
+    if metric not in ("macro_f1", "micro_f1"):
+        raise ValueError(f"unknown metric {metric!r}; expected macro_f1, micro_f1 or jaccard_samples")
+    pick = 0 if metric == "macro_f1" else 1
+    conf_a, conf_b = _confusion_per_row(yt, ya), _confusion_per_row(yt, yb)
+    score_a = float(_f1_from_counts(conf_a.sum(axis=0, keepdims=True), n_labels)[pick][0])
+    score_b = float(_f1_from_counts(conf_b.sum(axis=0, keepdims=True), n_labels)[pick][0])
+    resampled_a, resampled_b = _resampled_f1([conf_a, conf_b], indices, n_labels)
+    return score_a, score_b, resampled_a[pick], resampled_b[pick]
+
+
+def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int = 1000, seed: int = 0,
+                     alpha: float = 0.05, metric: str = "macro_f1") -> dict:
+    """Paired bootstrap of ``metric(a) - metric(b)`` (macro-F1, micro-F1 or example-based Jaccard) on the same
+    resampled rows.
+
+    Returns ``{"delta", "low", "high", "p_value", "confidence", "n_resamples", "seed", "metric", "score_a",
+    "score_b"}`` (plus ``macro_f1_a``/``macro_f1_b`` when the metric is macro-F1): ``delta`` and the two scores on
+    the original rows, a percentile CI of the delta, and the one-sided ``p_value`` = share of resamples whose delta
+    is ``<= 0`` (see the module docstring). Small p: a is better than b beyond test-set noise.
     """
     _check_alpha(alpha)
     yt, ya = _pair("y_true", y_true, "pred_a", pred_a)
     _, yb = _pair("y_true", y_true, "pred_b", pred_b)
-    n_rows, n_labels = yt.shape
-    conf_a, conf_b = _confusion_per_row(yt, ya), _confusion_per_row(yt, yb)
-    f1_a = float(_f1_from_counts(conf_a.sum(axis=0, keepdims=True), n_labels)[0][0])
-    f1_b = float(_f1_from_counts(conf_b.sum(axis=0, keepdims=True), n_labels)[0][0])
-    (macro_a, _), (macro_b, _) = _resampled_f1([conf_a, conf_b], bootstrap_indices(n_rows, n, seed), n_labels)
-    deltas = macro_a - macro_b
-    out = _interval(f1_a - f1_b, deltas, alpha, n, seed)
-    return {
-        "delta": out.pop("estimate"),
-        **out,
-        "p_value": float(np.mean(deltas <= 0.0)),
-        "macro_f1_a": f1_a,
-        "macro_f1_b": f1_b,
-    }
+    score_a, score_b, resampled_a, resampled_b = _resampled_scores(
+        yt, ya, yb, bootstrap_indices(yt.shape[0], n, seed), metric)
+    deltas = resampled_a - resampled_b
+    out = _interval(score_a - score_b, deltas, alpha, n, seed)
+    result = {"delta": out.pop("estimate"), **out, "p_value": float(np.mean(deltas <= 0.0)), "metric": metric,
+              "score_a": score_a, "score_b": score_b}
+    if metric == "macro_f1":
+        result |= {"macro_f1_a": score_a, "macro_f1_b": score_b}
+    return result
 
 
 # --------------------------------------------------------------------------- one split
 
 
 def evaluate_split(y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, names: Sequence[str], *,
-                   bootstrap_n: int = 1000, seed: int = 0) -> dict:
+                   bootstrap_n: int = 1000, seed: int = 0, at_least_one: bool = False) -> dict:
     """Everything reported for one split, as one JSON-serialisable dict of plain values.
 
     Keys: ``thresholds`` ({name: float}), ``metrics`` (``metrics.multilabel_metrics`` at
-    ``thresholds``), ``macro_f1_ci`` and ``micro_f1_ci`` (``bootstrap_f1`` intervals), ``pr_auc`` and
+    ``thresholds``, with the at-least-one rule when asked), ``macro_f1_ci``, ``micro_f1_ci`` (``bootstrap_f1``
+    intervals) and ``jaccard_samples_ci`` (same resamples), ``pr_auc`` and
     ``roc_auc`` (``ranking_metrics`` blocks), ``brier`` (``{"mean", "per_label": {name: float}}``),
     ``ece`` (``{"flat", "per_label_mean", "per_label": {name: float}, "n_bins", "bins"}``).
     """
     yt, p = _truth_and_probs(y_true, probs)
     label_names = check_label_names(names, p.shape[1])
     t = np.asarray(thresholds, dtype=np.float64)
-    preds = apply_thresholds(p, t)
+    preds = apply_thresholds(p, t, at_least_one)
     ci = bootstrap_f1(yt, preds, n=bootstrap_n, seed=seed)
+    rows = _row_jaccard(yt, preds)
+    resampled = np.concatenate([c @ rows for c in _resample_counts(bootstrap_indices(len(rows), bootstrap_n, seed))])
+    jaccard_ci = _interval(float(rows.mean()), resampled / len(rows), 0.05, bootstrap_n, seed)
     ranking = ranking_metrics(yt, p, label_names)
     brier = brier_score(yt, p)
     calibration = ece(yt, p)
@@ -307,6 +333,7 @@ def evaluate_split(y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray
         "metrics": multilabel_metrics(yt, preds, label_names),
         "macro_f1_ci": ci["macro_f1"],
         "micro_f1_ci": ci["micro_f1"],
+        "jaccard_samples_ci": jaccard_ci,
         "pr_auc": ranking["pr_auc"],
         "roc_auc": ranking["roc_auc"],
         "brier": {"mean": brier["mean"], "per_label": dict(zip(label_names, brier["per_label"]))},

@@ -1,6 +1,7 @@
 """Multi-label classification metrics of hard 0/1 predictions.
 
 - ``sigmoid``: numerically stable, float64 out.
+- ``metric_score``: one of ``RANKING_METRICS`` (macro-F1, micro-F1, example-based Jaccard), numpy only.
 - ``multilabel_metrics``: one JSON-serialisable dict: micro/macro/weighted F1, micro/macro precision and
   recall, ``subset_accuracy``, ``jaccard_samples`` (SemEval E-c's score), ``hamming_loss``, ``n_samples``,
   ``n_labels``, ``labels_never_predicted``, ``no_positive_predictions`` and ``per_label`` P/R/F1/support.
@@ -20,10 +21,14 @@ import numpy as np
 from scipy.special import expit
 from sklearn.metrics import accuracy_score, hamming_loss, precision_recall_fscore_support
 
-__all__ = ["sigmoid", "multilabel_metrics"]
+__all__ = ["sigmoid", "multilabel_metrics", "metric_score", "RANKING_METRICS", "METRIC_NAMES"]
 
 # P/R/F1 value when a denominator is zero; docs/design.md says why 0.
 ZERO_DIVISION = 0.0
+RANKING_METRICS = ("macro_f1", "micro_f1", "jaccard_samples")
+"""Metrics a dataset may declare official: they tune thresholds, choose checkpoints and rank runs."""
+METRIC_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "jaccard_samples": "Jaccard (example-based)"}
+"""How reports name each ranking metric."""
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -84,6 +89,24 @@ def _jaccard_samples(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     union = np.logical_or(y_true, y_pred).sum(axis=1)
     per_row = np.divide(inter, union, out=np.ones(len(union), dtype=np.float64), where=union > 0)
     return float(per_row.mean())
+
+
+def metric_score(y_true: np.ndarray, y_pred: np.ndarray, metric: str) -> float:
+    """One ranking metric of 0/1 ``(n, L)`` arrays, numpy only (fast enough to call inside a search).
+
+    Same conventions as ``multilabel_metrics`` (``zero_division=0``; an empty row pair scores 1 in Jaccard);
+    the caller validates the arrays.
+    """
+    if metric == "jaccard_samples":
+        return _jaccard_samples(y_true, y_pred)
+    t, p = y_true.astype(bool), y_pred.astype(bool)
+    tp = (t & p).sum(axis=0).astype(np.float64)
+    denom = t.sum(axis=0) + p.sum(axis=0).astype(np.float64)  # 2TP + FP + FN
+    if metric == "macro_f1":
+        return float(np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0).mean())
+    if metric == "micro_f1":
+        return float(2 * tp.sum() / denom.sum()) if denom.sum() > 0 else ZERO_DIVISION
+    raise ValueError(f"unknown ranking metric {metric!r}; expected one of {', '.join(RANKING_METRICS)}")
 
 
 def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names: Sequence[str]) -> dict:

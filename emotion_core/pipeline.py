@@ -27,6 +27,7 @@ from emotion_core import provenance
 from emotion_core.calibration import CALIBRATION_FILE, shipped_calibration
 from emotion_core.config import RunConfig
 from emotion_core.data import EmotionData, load_data
+from emotion_core.data.registry import official_metric
 from emotion_core.errors import StoreError
 from emotion_core.files import write_json
 from emotion_core.metrics import sigmoid
@@ -35,7 +36,7 @@ from emotion_core.models.family import Family
 from emotion_core.monitoring import DeviceMonitor
 from emotion_core.runs import file_inventory, write_config, write_logits
 from emotion_core.store import ArtifactStore, RunId, RunIdConflict
-from emotion_core.thresholds import evaluate_policies
+from emotion_core.thresholds import AUTO, choose_policy, evaluate_policies, requires_one_label
 from emotion_core.training import ranks
 from emotion_core.training.batch_logits import predict_logits
 from emotion_core.training.fit import FitStats, fit, resolve_precision, seed_everything
@@ -194,24 +195,44 @@ def _write_run(staging: Path, cfg: RunConfig, run_id: str, data: EmotionData, tr
     """Predict, evaluate, calibrate and write every run file into ``staging``, the manifest last; returns it."""
     splits = ["validation"] + (["test"] if len(data.split("test")) else [])
     batch = cfg.training.eval_batch_size
+    started = time.perf_counter()
     logits = {split: predict_logits(trained.family, data.texts(split), batch) for split in splits}
+    # Batched inference cost per text (the cost comparison's latency axis): validation + test, this machine.
+    inference = {"seconds": round(time.perf_counter() - started, 3), "texts": sum(len(v) for v in logits.values()),
+                 "batch_size": batch}
+    metric = official_metric(cfg.data)
     evaluation = evaluate_policies(
         data.schema.names,
         data.labels("validation"), sigmoid(logits["validation"]),
         data.labels("test") if "test" in logits else None,
         sigmoid(logits["test"]) if "test" in logits else None,
+        metric=metric, shrinkage=cfg.threshold_shrinkage,
     )
+    selection = _policy_selection(cfg, data, logits["validation"], metric)
     calibration = shipped_calibration(logits["validation"], data.labels("validation"), data.schema.names,
-                                      cfg.threshold_policy)
-    _write_artefacts(staging, cfg, data, trained, logits, evaluation, calibration)
-    manifest = _manifest(cfg, run_id, data, trained, evaluation, calibration, clock, context)
+                                      selection["policy"], metric=metric, shrinkage=cfg.threshold_shrinkage)
+    _write_artefacts(staging, cfg, data, trained, logits, evaluation, calibration, selection)
+    manifest = _manifest(cfg, run_id, data, trained, evaluation, calibration, clock, context, selection)
+    manifest["timing"]["inference"] = inference | {
+        "ms_per_text": round(1000 * inference["seconds"] / max(inference["texts"], 1), 4)}
     manifest["files"] = file_inventory(staging)
     write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
     return manifest
 
 
+def _policy_selection(cfg: RunConfig, data: EmotionData, val_logits, metric: str) -> dict:
+    """The run's threshold policy: the configured one, or for ``auto`` the winner on held-out validation folds."""
+    if cfg.threshold_policy != AUTO:
+        return {"policy": cfg.threshold_policy, "metric": metric, "configured": cfg.threshold_policy}
+    chosen = choose_policy(data.labels("validation"), sigmoid(val_logits), metric, shrinkage=cfg.threshold_shrinkage,
+                           seed=cfg.data.seed)
+    log.info("threshold policy %s chosen for %s on held-out validation folds (%s)", chosen["policy"], metric,
+             ", ".join(f"{p} {v:.4f}" for p, v in chosen["scores"].items()))
+    return chosen | {"configured": AUTO}
+
+
 def _write_artefacts(staging: Path, cfg: RunConfig, data: EmotionData, trained: _Trained, logits: dict,
-                     evaluation: dict, calibration: dict) -> None:
+                     evaluation: dict, calibration: dict, selection: dict) -> None:
     """Model, logits, config, labels, thresholds, calibration, metrics, data report and training log."""
     schema = data.schema
     (staging / "model").mkdir()
@@ -221,8 +242,11 @@ def _write_artefacts(staging: Path, cfg: RunConfig, data: EmotionData, trained: 
     write_config(staging / "config.yaml", cfg)
     (staging / "labels.json").write_text(schema.to_json(), encoding="utf-8")
     write_json(staging / "thresholds.json", {
-        "policy": cfg.threshold_policy,
+        "policy": selection["policy"],
+        "at_least_one": requires_one_label(selection["policy"]),
+        "metric": selection["metric"],
         "tuned_on": "validation",
+        "selection": selection,
         "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
     })
     write_json(staging / CALIBRATION_FILE, calibration)  # before the inventory: every run file is listed
@@ -232,9 +256,9 @@ def _write_artefacts(staging: Path, cfg: RunConfig, data: EmotionData, trained: 
 
 
 def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained, evaluation: dict,
-              calibration: dict, clock: _Clock, context: dict | None) -> dict:
+              calibration: dict, clock: _Clock, context: dict | None, selection: dict) -> dict:
     """The run's manifest, without its file inventory."""
-    stats, policy = trained.stats, cfg.threshold_policy
+    stats, policy = trained.stats, selection["policy"]
     return {
         "manifest_version": MANIFEST_VERSION,
         "run_id": run_id,
@@ -263,6 +287,8 @@ def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained,
         "versions": provenance.package_versions(),
         "git": provenance.git_commit(),
         "threshold_policy": policy,
+        "threshold_selection": selection,
+        "metric": selection["metric"],
         "summary": _summary(evaluation),
         "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
         "flags": quality_flags(evaluation, policy),

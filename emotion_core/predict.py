@@ -45,10 +45,12 @@ def load_run_family(run):
 
 def run_logits(run, texts, batch_size: int = 128, family=None):
     """Logits (n_texts, labels) of ``family`` (default: the run's saved model) for ``texts``, in input order."""
+    from emotion_core.data.preprocess import preprocess_texts
     from emotion_core.training.batch_logits import predict_logits
 
     family = family if family is not None else load_run_family(run)
-    logits = predict_logits(family, list(texts), batch_size)
+    # The run's own text normalisation (data.preprocess): the model was trained on normalised texts.
+    logits = predict_logits(family, preprocess_texts(texts, run.config.data.preprocess), batch_size)
     if logits.ndim != 2 or logits.shape[1] != len(run.schema):
         raise StoreError(f"run '{run.folder}': the model gives {logits.shape[-1]} scores per text but labels.json "
                          f"lists {len(run.schema)} labels; the run folder is damaged")
@@ -67,6 +69,7 @@ class RunPredictor:
         # Both checked before any text is read: a damaged file is refused in a second.
         self.shipped = run.calibration() if calibration else None
         self.thresholds = run.thresholds()  # checked even when the calibration's thresholds replace them
+        self.at_least_one = run.at_least_one()  # the same rule with either set of thresholds
         if self.shipped is not None:
             self.thresholds = self.shipped.thresholds
         elif calibration:
@@ -90,7 +93,7 @@ class RunPredictor:
 
         logits = run_logits(self.run, texts, self.batch_size, family=self.load().family)
         probs = self.shipped.probabilities(logits) if self.shipped is not None else sigmoid(logits)
-        return probs, apply_thresholds(probs, self.thresholds)
+        return probs, apply_thresholds(probs, self.thresholds, self.at_least_one)
 
 
 def prediction_frame(names: list[str], id_name: str, ids: list[str], probs: np.ndarray,

@@ -103,14 +103,22 @@ class ReportEntry:
     """Training wall time (the ensemble: its members' sum)."""
     train_samples_per_s: float | None = None
     """Training throughput."""
+    devices: int | None = None
+    """Devices (ranks) that trained it: training cost = ``train_seconds`` x ``devices``."""
+    inference_ms_per_text: float | None = None
+    """Batched inference time per text, measured when the run predicted validation and test (older runs: None)."""
     peak_memory_mb: float | None = None
     """Peak GPU memory allocated, else peak RSS, of training."""
     validation_macro_f1: float | None = None
-    """Validation macro-F1 at the run's thresholds: what ranks the models (test is only reported)."""
+    """Validation macro-F1 at the run's thresholds (reported for every dataset)."""
     threshold_policy: str | None = None
-    """The run's threshold policy (``per_label`` or ``global``)."""
+    """The run's threshold policy (``thresholds.POLICIES``)."""
+    metric: str | None = None
+    """The dataset's official metric (``data.registry.official_metric``): what ranks the models."""
+    validation_score: float | None = None
+    """Validation ``metric`` at the run's thresholds: what ranks the models (test is only reported)."""
     dataset_key: str | None = None
-    """Runs only: ``registry.dataset_key`` of its data (which champion it challenges)."""
+    """``registry.dataset_key`` of its data (which champion a run challenges; the ensemble: its members')."""
     members: list[str] | None = None
     """Ensemble only: the member configs, best first."""
     rows: dict[str, int] | None = None

@@ -2,9 +2,11 @@
 
 Features
 - One champion per dataset key (``dataset_key``: dataset name + hash of its ordered label names).
-- ``decide`` (pure): promoted only if the challenger's validation macro-F1 beats the champion's by more
-  than ``margin`` and the paired bootstrap of test macro-F1 gives ``p_value < alpha``
-  (``analysis.paired_vs_champion``); the first run of a dataset is promoted. ``Decision.reason`` says why.
+- ``decide`` (pure): promoted only if the challenger's validation score on the dataset's official metric
+  (``metric``/``validation_score``; documents from before: ``validation_macro_f1``) beats the champion's by more
+  than ``margin`` and the paired bootstrap of that test metric gives ``p_value < alpha``
+  (``analysis.paired_vs_champion``); the first run of a dataset is promoted. ``Decision.reason`` says why. A
+  champion scored on another metric (chosen before its dataset declared one) is judged by the paired test only.
 - ``Registry(store)``: ``champion(key)``, ``record(decision)`` (logs every decision, moves the pointer only
   on promotion, compare-and-swap: ``DocumentConflict`` if the champion changed), ``decisions(key)``.
 - Store layout: ``registry/<key>.json`` (the pointer, embedding its decision) and
@@ -28,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 from emotion_core.config import ChampionConfig
 from emotion_core.errors import StoreError
+from emotion_core.metrics import METRIC_NAMES
 from emotion_core.store.base import ArtifactStore, DocumentConflict
 
 __all__ = ["ChampionConfig", "Decision", "Registry", "dataset_key", "dataset_key_of", "candidate_from_manifest",
@@ -57,11 +60,15 @@ def dataset_key_of(manifest: dict) -> str:
 
 
 def candidate_from_manifest(manifest: dict) -> dict:
-    """A challenger dict for ``decide`` from a run manifest: name, run id, validation macro-F1, dataset key."""
+    """A challenger dict for ``decide`` from a run manifest: name, run id, official metric and its validation score,
+    validation macro-F1, dataset key."""
     policy = manifest["threshold_policy"]
+    scores = manifest["summary"]["validation"][policy]
+    metric = manifest.get("metric", "macro_f1")
     return {"name": manifest.get("config_name"), "run_id": manifest["run_id"],
             "status": manifest.get("status", "completed"),
-            "validation_macro_f1": manifest["summary"]["validation"][policy]["macro_f1"],
+            "metric": metric, "validation_score": scores.get(metric),
+            "validation_macro_f1": scores["macro_f1"],
             "dataset_key": dataset_key_of(manifest)}
 
 
@@ -77,7 +84,7 @@ class Decision:
     reason: str
     challenger_run_id: str
     challenger_name: str | None
-    challenger_macro_f1: float
+    challenger_macro_f1: float | None
     champion_run_id: str | None
     champion_name: str | None
     champion_macro_f1: float | None
@@ -86,23 +93,49 @@ class Decision:
     p_value: float | None
     """One-sided p-value of the paired bootstrap (None: no champion, or no paired test)."""
     delta: float | None
-    """Test macro-F1 of the challenger minus the champion's, on the shared test rows."""
+    """Test ``metric`` of the challenger minus the champion's, on the shared test rows."""
     test_rows: int | None
+    metric: str = "macro_f1"
+    """The metric both scores and the paired test are on (records written before it existed: macro-F1)."""
+    challenger_score: float | None = None
+    """The challenger's validation ``metric``."""
+    champion_score: float | None = None
+    """The champion's validation ``metric`` (None: no champion, or one scored on another metric)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, payload: dict) -> Decision:
-        return cls(**{name: payload.get(name) for name in cls.__dataclass_fields__})
+        fields = {name: payload.get(name) for name in cls.__dataclass_fields__}
+        if fields["metric"] is None:  # a record from before datasets declared their metric: macro-F1 throughout
+            fields |= {"metric": "macro_f1", "challenger_score": payload.get("challenger_macro_f1"),
+                       "champion_score": payload.get("champion_macro_f1")}
+        return cls(**fields)
+
+
+def metric_of(entry: dict) -> str:
+    """The metric an entry or champion document is scored on; documents from before it was recorded: macro-F1."""
+    return entry.get("metric") or "macro_f1"
+
+
+def _number(value, what: str, entry: dict, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} {entry.get('run_id') or entry.get('name')!r}: {field} must be a finite "
+                         f"number, got {value!r}")
+    return float(value)
 
 
 def _score(entry: dict, what: str) -> float:
+    """The validation score on ``metric_of(entry)``: ``validation_score``, else (macro-F1) ``validation_macro_f1``."""
+    if entry.get("validation_score") is not None or metric_of(entry) != "macro_f1":
+        return _number(entry.get("validation_score"), what, entry, "validation_score")
+    return _number(entry.get("validation_macro_f1"), what, entry, "validation_macro_f1")
+
+
+def _macro_f1(entry: dict) -> float | None:
     value = entry.get("validation_macro_f1")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} {entry.get('run_id') or entry.get('name')!r}: validation_macro_f1 must be a finite "
-                         f"number, got {value!r}")
-    return float(value)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _check_inputs(challenger: dict, margin: float, alpha: float) -> None:
@@ -129,28 +162,37 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
     champion. ``dataset_key`` defaults to the challenger's, then the champion's.
     """
     _check_inputs(challenger, margin, alpha)
-    ours = _score(challenger, "challenger")
+    ours, metric = _score(challenger, "challenger"), metric_of(challenger)
+    name = METRIC_NAMES.get(metric, metric)
     key = dataset_key or challenger.get("dataset_key") or (champion or {}).get("dataset_key")
     facts = {"dataset_key": key, "challenger_run_id": challenger["run_id"], "challenger_name": challenger.get("name"),
-             "challenger_macro_f1": ours, "margin": float(margin), "alpha": float(alpha)}
+             "challenger_macro_f1": _macro_f1(challenger), "margin": float(margin), "alpha": float(alpha),
+             "metric": metric, "challenger_score": ours}
     label = challenger.get("name") or challenger["run_id"]
 
     if champion is None:
         return Decision(promoted=True, champion_run_id=None, champion_name=None, champion_macro_f1=None,
                         p_value=None, delta=None, test_rows=None, **facts,
-                        reason=f"no champion yet for {key or 'this dataset'}: {label} (validation macro-F1 {ours:.4f}) "
+                        reason=f"no champion yet for {key or 'this dataset'}: {label} (validation {name} {ours:.4f}) "
                                f"is promoted as the first champion")
 
     theirs = _score(champion, "champion")
+    same_metric = metric_of(champion) == metric
     champ = {"champion_run_id": champion.get("run_id"), "champion_name": champion.get("name"),
-             "champion_macro_f1": theirs}
+             "champion_macro_f1": _macro_f1(champion), "champion_score": theirs if same_metric else None}
     if challenger["run_id"] == champion.get("run_id"):
         return Decision(promoted=False, p_value=None, delta=None, test_rows=None, **facts, **champ,
                         reason=f"not promoted: {label} is already the champion")
 
-    gain = ours - theirs
-    score_text = f"validation macro-F1 {ours:.4f} vs champion {theirs:.4f} ({gain:+.4f})"
-    problems = [] if gain > margin else [f"{score_text} is not above the margin {margin:.4f}"]
+    if same_metric:
+        gain = ours - theirs
+        score_text = f"validation {name} {ours:.4f} vs champion {theirs:.4f} ({gain:+.4f})"
+        problems = [] if gain > margin else [f"{score_text} is not above the margin {margin:.4f}"]
+        score_text += f" is above the margin {margin:.4f}"
+    else:  # a champion chosen on another metric: its validation score says nothing about this one
+        score_text = (f"validation {name} {ours:.4f} (the champion was scored on {metric_of(champion)}: judged by the "
+                      f"paired test only)")
+        problems = []
     usable = paired is not None and "skipped" not in paired and paired.get("p_value") is not None
     p_value = float(paired["p_value"]) if usable else None
     delta = float(paired["delta"]) if usable and paired.get("delta") is not None else None
@@ -160,13 +202,13 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
         problems.append(f"no paired bootstrap against the champion on shared test rows{why}")
     else:
         where = f" on {rows} test rows" if rows else ""
-        change = f"test macro-F1 delta {delta:+.4f}, " if delta is not None else ""
+        change = f"test {name} delta {delta:+.4f}, " if delta is not None else ""
         test_text = f"paired bootstrap{where}: {change}p = {p_value:.3f}"
         if not p_value < alpha:
             problems.append(f"{test_text} is not below alpha {alpha:g}")
     promoted = not problems
     if promoted:
-        reason = (f"promoted {label}: {score_text} is above the margin {margin:.4f}, and {test_text} < alpha {alpha:g}")
+        reason = f"promoted {label}: {score_text}, and {test_text} < alpha {alpha:g}"
     else:
         reason = f"not promoted {label}: " + "; ".join(problems)
     return Decision(promoted=promoted, p_value=p_value, delta=delta, test_rows=rows, **facts, **champ, reason=reason)
@@ -202,11 +244,15 @@ class Registry:
         doc, version = self.store.read_document_versioned(key)
         if doc is None:
             return None, None
-        run_id, score = doc.get("run_id"), doc.get("validation_macro_f1")
+        run_id = doc.get("run_id")
         if not isinstance(run_id, str) or not run_id:
             raise self._corrupt(key, f"'run_id' must be a non-empty string, got {run_id!r}")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
-            raise self._corrupt(key, f"'validation_macro_f1' must be a finite number, got {score!r}")
+        if doc.get("metric") is not None and doc["metric"] not in METRIC_NAMES:
+            raise self._corrupt(key, f"'metric' must be one of {', '.join(METRIC_NAMES)}, got {doc['metric']!r}")
+        try:
+            _score(doc, "champion")
+        except ValueError as exc:
+            raise self._corrupt(key, str(exc).split(": ", 1)[1]) from None
         if doc.get("dataset_key") != dataset_key:
             raise self._corrupt(key, f"'dataset_key' is {doc.get('dataset_key')!r}, expected {dataset_key!r}")
         return doc, version
@@ -271,6 +317,7 @@ class Registry:
         if decision.promoted:
             pointer = {"registry_version": REGISTRY_VERSION, "dataset_key": key, "run_id": decision.challenger_run_id,
                        "name": decision.challenger_name, "validation_macro_f1": decision.challenger_macro_f1,
+                       "metric": decision.metric, "validation_score": decision.challenger_score,
                        "promoted_at": stamp.isoformat(), "decision_key": record_key, "decision": record}
             if version is None:
                 self.store.write_document(pointer_key, pointer, create_only=True)

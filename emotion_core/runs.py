@@ -24,12 +24,10 @@ import yaml
 
 from emotion_core.config import RunConfig, load_yaml, parse_run_config
 from emotion_core.errors import StoreError
+from emotion_core.files import atomic_write_text, sha256_file, write_json  # noqa: F401  (write_json re-exported)
 from emotion_core.labels import LabelSchema
 from emotion_core.store import resolve_run_folder
-from emotion_core.files import atomic_write_text, sha256_file, write_json  # noqa: F401  (write_json re-exported)
 from emotion_core.store.base import MANIFEST
-
-
 
 
 def write_logits(path: Path, ids: list[str], logits: np.ndarray, schema: LabelSchema) -> None:
@@ -135,6 +133,22 @@ class Run:
         if not (np.isfinite(values) & (values >= 0) & (values <= 1)).all():
             raise StoreError(f"{where}: thresholds must be numbers in [0, 1]; the run folder is damaged")
         return values
+
+    def at_least_one(self) -> bool:
+        """Whether the run's decision rule gives every text at least one label (``thresholds.json``'s
+        ``at_least_one``; absent in runs trained before the rule existed: False)."""
+        where = f"run '{self.folder}': thresholds.json"
+        try:
+            payload = json.loads((self.folder / "thresholds.json").read_text(encoding="utf-8"))
+            value = payload.get("at_least_one", False) if isinstance(payload, dict) else None
+        except FileNotFoundError:
+            raise StoreError(f"{where} is missing; the run folder is incomplete or damaged") from None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); "
+                             f"the run folder is damaged") from None
+        if not isinstance(value, bool):
+            raise StoreError(f"{where}: at_least_one must be true or false; the run folder is damaged")
+        return value
 
     def calibration(self) -> Calibration | None:
         """The run's ``calibration.json`` (temperatures finite > 0, thresholds in [0, 1], labels as labels.json),

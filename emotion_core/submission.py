@@ -75,7 +75,7 @@ def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_p
     temps = None if temperatures is None else per_label(temperatures, names, "temperatures")
     z = np.asarray(logits, dtype=np.float64) if logits is not None else run_logits(run, texts, batch_size)
     probs = sigmoid(z) if temps is None else apply_temperatures(z, temps)
-    predicted = apply_thresholds(probs, cut)
+    predicted = apply_thresholds(probs, cut, run.at_least_one())
 
     import polars as pl
 
@@ -120,9 +120,26 @@ def submission_from_file(run, data_path: str | Path, out_path: str | Path, *, th
                             batch_size=batch_size, sep=sep, inputs=[data_path])
 
 
+def resolve_run_ref(run_ref, store: str | None = None):
+    """``champion:<dataset>`` -> the champion run's folder in ``store`` (default ``$EMOTION_STORE``), as
+    ``emotion serve`` resolves it; any other reference unchanged."""
+    from emotion_core.serving.models import CHAMPION_PREFIX, ChampionSource
+
+    if not str(run_ref).startswith(CHAMPION_PREFIX):
+        return run_ref
+    from emotion_core.settings import default_store_uri
+
+    champion = ChampionSource(store or default_store_uri(), str(run_ref).removeprefix(CHAMPION_PREFIX))
+    run_id = champion.current()
+    log.info("champion of %s: run %s", champion.key, run_id)
+    return champion.store.run_folder(run_id)
+
+
 def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = None, calibrated: bool = True,
-               batch_size: int = 128, text_column: str | None = None, id_column: str | None = None) -> dict:
-    """The submission of a chosen run, at its calibrated thresholds by default.
+               batch_size: int = 128, text_column: str | None = None, id_column: str | None = None,
+               store: str | None = None) -> dict:
+    """The submission of a chosen run (or ``champion:<dataset>`` of ``store``), at its calibrated thresholds by
+    default.
 
     ``calibrated``: the temperatures and re-tuned thresholds the run ships (``calibration.json``, fitted
     on validation at training time); a run trained before calibration shipped gets them fitted now on
@@ -137,7 +154,7 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
     from emotion_core.errors import DataError
     from emotion_core.runs import read_run
 
-    run = read_run(run_ref)
+    run = read_run(resolve_run_ref(run_ref, store))
     shipped = run.calibration() if calibrated else None
     # The dataset is read only when needed: the unlabelled split, or fitting an old run's calibration.
     needs_data = data_path is None or (calibrated and shipped is None)

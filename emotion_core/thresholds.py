@@ -1,13 +1,19 @@
-"""Decision thresholds: turn per-label probabilities into 0/1 predictions.
+"""Decision thresholds: turn per-label probabilities into 0/1 predictions, tuned for a dataset's official metric.
 
-- ``POLICIES``: ``fixed`` (0.5), ``global`` (one value maximising macro-F1), ``per_label`` (each label its own F1).
+- ``POLICIES``: ``fixed`` (0.5); ``global`` (one value maximising the metric); ``per_label`` (each label its own
+  F1); ``shrunk`` (per-label thresholds pulled towards the global one: ``(n t_label + k t_global) / (n + k)``, n the
+  label's validation positives, k ``shrinkage``: rare labels keep little of their own noisy value);
+  ``global_at_least_one`` (one value, and a row with no label above it gets its most probable label: the rule that
+  suits example-based Jaccard).
+- ``choose_policy``: the ``auto`` policy: each candidate is tuned on k-1 folds of validation and scored on the
+  held-out fold; the best mean wins (in-sample, ``per_label`` would always win). Test is never looked at.
 - ``tune_thresholds``: vectorised over a grid (default 0.01..0.99) with one ``bincount``, no (n, L, G) cube;
-  ties go to the value closest to 0.5; a label without positives gets 0.5.
-- ``apply_thresholds``: ``prob >= threshold``, the same comparison the tuning counts use.
+  ties go to the value closest to 0.5; ``per_label`` gives a label without positives 0.5.
+- ``apply_thresholds``: ``prob >= threshold`` (+ the at-least-one rule), the comparison the tuning counts use.
 - ``evaluate_policies``: tunes every policy on validation only and applies it to test.
 
-Limits: probabilities and grid values must be finite, in [0, 1]; F1 is the only objective; validation numbers
-of tuned policies are optimistic by construction. Why these choices: docs/design.md, "Metrics, thresholds and
+Limits: probabilities and grid values must be finite, in [0, 1]; per-label values maximise F1 whatever the metric;
+validation numbers of tuned policies are optimistic by construction. Why: docs/design.md, "Metrics, thresholds and
 calibration".
 """
 
@@ -18,18 +24,28 @@ from typing import Any
 
 import numpy as np
 
-from emotion_core.metrics import as_binary_matrix, check_label_names, multilabel_metrics
+from emotion_core.metrics import RANKING_METRICS, as_binary_matrix, check_label_names, metric_score, multilabel_metrics
 
 __all__ = [
     "POLICIES",
     "DEFAULT_GRID",
     "FIXED_THRESHOLD",
+    "AUTO",
+    "DEFAULT_SHRINKAGE",
+    "requires_one_label",
     "tune_thresholds",
     "apply_thresholds",
+    "choose_policy",
     "evaluate_policies",
 ]
 
-POLICIES = ("fixed", "global", "per_label")
+POLICIES = ("fixed", "global", "per_label", "shrunk", "global_at_least_one")
+AUTO = "auto"
+"""Config value: the policy is chosen by ``choose_policy`` among ``AUTO_CANDIDATES``."""
+AUTO_CANDIDATES = ("global", "per_label", "shrunk", "global_at_least_one")
+DEFAULT_SHRINKAGE = 20.0
+"""k of ``shrunk``: a label with k validation positives keeps half of its own threshold."""
+CV_FOLDS = 5
 FIXED_THRESHOLD = 0.5
 # integer / 100 is correctly rounded, so 0.3 here is the same double as the literal 0.3.
 DEFAULT_GRID = np.arange(1, 100) / 100
@@ -104,19 +120,56 @@ def _best_index(scores: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.argmin(masked, axis=-1)
 
 
+def requires_one_label(policy: str | None) -> bool:
+    """True for a policy whose rule gives every row at least one label (``global_at_least_one``)."""
+    return policy == "global_at_least_one"
+
+
+def _at_least_one(probs: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """``preds`` with each empty row given its most probable label (first on ties)."""
+    empty = preds.sum(axis=1) == 0
+    if empty.any():
+        preds = preds.copy()
+        preds[np.flatnonzero(empty), probs[empty].argmax(axis=1)] = 1
+    return preds
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in RANKING_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(RANKING_METRICS)}")
+
+
+def _global_scores(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray, metric: str, at_least_one: bool,
+                   f1: np.ndarray) -> np.ndarray:
+    """The metric at each grid value used as one global threshold, shape (G,)."""
+    if metric == "macro_f1" and not at_least_one:
+        return f1.mean(axis=0)  # the (L, G) F1 table already has it
+    scores = np.empty(grid.size)
+    for g, value in enumerate(grid):  # G passes over (n, L): cheap next to a model's forward pass
+        preds = (probs >= value).astype(np.uint8)
+        scores[g] = metric_score(y_true, _at_least_one(probs, preds) if at_least_one else preds, metric)
+    return scores
+
+
 def tune_thresholds(
     y_true: np.ndarray,
     probs: np.ndarray,
     policy: str,
     grid: np.ndarray | None = None,
+    *,
+    metric: str = "macro_f1",
+    shrinkage: float = DEFAULT_SHRINKAGE,
 ) -> np.ndarray:
-    """Per-label thresholds, shape (L,) float64, for ``policy`` in ``POLICIES``.
+    """Per-label thresholds, shape (L,) float64, for ``policy`` in ``POLICIES``, tuned for ``metric``.
 
     ``y_true`` is (n, L) 0/1, ``probs`` (n, L) in [0, 1]; ``grid`` defaults to 0.01..0.99 step
     0.01. See the module docstring for the policies, the tie rule and labels without positives.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown threshold policy {policy!r}; expected one of {', '.join(POLICIES)}")
+    _check_metric(metric)
+    if not shrinkage > 0:
+        raise ValueError(f"shrinkage must be > 0, got {shrinkage}")
     yt = as_binary_matrix("y_true", y_true)
     p = as_prob_matrix("probs", probs)
     if yt.shape != p.shape:
@@ -128,25 +181,61 @@ def tune_thresholds(
         return np.full(n_labels, FIXED_THRESHOLD, dtype=np.float64)
 
     f1 = _f1_table(yt, p, g)  # (L, G)
-    if policy == "global":
-        macro = f1.mean(axis=0)  # (G,)
-        return np.full(n_labels, g[_best_index(macro, g)], dtype=np.float64)
+    if policy in ("global", "global_at_least_one"):
+        scores = _global_scores(yt, p, g, metric, requires_one_label(policy), f1)
+        return np.full(n_labels, g[_best_index(scores, g)], dtype=np.float64)
 
-    # per_label
-    thresholds = g[_best_index(f1, g)].astype(np.float64)
-    thresholds[yt.sum(axis=0) == 0] = FIXED_THRESHOLD
-    return thresholds
+    positives = yt.sum(axis=0).astype(np.float64)
+    own = g[_best_index(f1, g)].astype(np.float64)
+    if policy == "per_label":
+        own[positives == 0] = FIXED_THRESHOLD
+        return own
+    # shrunk: a label with no positives gets the global value (n = 0).
+    pooled = g[_best_index(_global_scores(yt, p, g, metric, False, f1), g)]
+    return (positives * own + shrinkage * pooled) / (positives + shrinkage)
 
 
-def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """0/1 predictions, (n, L) uint8: 1 where ``probs[:, j] >= thresholds[j]``."""
+def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray, at_least_one: bool = False) -> np.ndarray:
+    """0/1 predictions, (n, L) uint8: 1 where ``probs[:, j] >= thresholds[j]``; ``at_least_one``: a row with none
+    gets its most probable label."""
     p = as_prob_matrix("probs", probs)
     t = np.asarray(thresholds, dtype=np.float64)
     if t.ndim != 1 or t.shape[0] != p.shape[1]:
         raise ValueError(f"thresholds must have shape ({p.shape[1]},) to match probs {p.shape}, got {t.shape}")
     if not np.isfinite(t).all():
         raise ValueError("thresholds contain NaN or infinite values")
-    return (p >= t[None, :]).astype(np.uint8)
+    preds = (p >= t[None, :]).astype(np.uint8)
+    return _at_least_one(p, preds) if at_least_one else preds
+
+
+def choose_policy(y_true: np.ndarray, probs: np.ndarray, metric: str, *, candidates: Sequence[str] = AUTO_CANDIDATES,
+                  shrinkage: float = DEFAULT_SHRINKAGE, folds: int = CV_FOLDS, seed: int = 0) -> dict:
+    """The candidate policy with the best ``metric`` on held-out validation folds (see the module docstring).
+
+    Returns ``{"policy", "metric", "folds", "seed", "scores": {policy: mean held-out score}}``; ties go to the
+    earlier candidate (the simpler rule). Fewer rows than folds: ``folds`` drops to the row count (at least 2).
+    """
+    _check_metric(metric)
+    yt = as_binary_matrix("y_true", y_true)
+    p = as_prob_matrix("probs", probs)
+    if yt.shape != p.shape:
+        raise ValueError(f"y_true and probs must have the same shape, got {yt.shape} and {p.shape}")
+    if len(yt) < 2:
+        raise ValueError("choosing a policy needs at least 2 validation rows")
+    k = min(folds, len(yt))
+    fold_of = np.random.default_rng(seed).permutation(len(yt)) % k
+    scores = {}
+    for policy in candidates:
+        held_out = []
+        for fold in range(k):
+            fit, score = fold_of != fold, fold_of == fold
+            t = tune_thresholds(yt[fit], p[fit], policy, metric=metric, shrinkage=shrinkage)
+            preds = apply_thresholds(p[score], t, requires_one_label(policy))
+            held_out.append(metric_score(yt[score], preds, metric))
+        scores[policy] = float(np.mean(held_out))
+    best = max(scores.values())
+    chosen = next(policy for policy in candidates if scores[policy] >= best - _TIE_TOL)
+    return {"policy": chosen, "metric": metric, "folds": k, "seed": seed, "scores": scores}
 
 
 def _labelled_metrics(y_true: np.ndarray, preds: np.ndarray, names: list[str], policy: str) -> dict:
@@ -163,8 +252,11 @@ def evaluate_policies(
     val_probs: np.ndarray,
     test_true: np.ndarray | None = None,
     test_probs: np.ndarray | None = None,
+    *,
+    metric: str = "macro_f1",
+    shrinkage: float = DEFAULT_SHRINKAGE,
 ) -> dict:
-    """Tune every policy on validation, score it on validation and (if given) test.
+    """Tune every policy on validation for ``metric``, score it on validation and (if given) test.
 
     Returns ``{"thresholds": {policy: [float, ...]}, "validation": {policy: metrics},
     "test": {policy: metrics}}`` (``"test"`` only when test arrays are given). Each metrics dict is
@@ -183,17 +275,19 @@ def evaluate_policies(
                 f"test_probs has {test_probs.shape[1]} label columns but val_probs has {val_probs.shape[1]}"
             )
 
-    thresholds = {policy: tune_thresholds(val_true, val_probs, policy) for policy in POLICIES}
+    thresholds = {policy: tune_thresholds(val_true, val_probs, policy, metric=metric, shrinkage=shrinkage)
+                  for policy in POLICIES}
+    one = {policy: requires_one_label(policy) for policy in POLICIES}
     report: dict[str, Any] = {
         "thresholds": {policy: [float(x) for x in t] for policy, t in thresholds.items()},
         "validation": {
-            policy: _labelled_metrics(val_true, apply_thresholds(val_probs, t), names, policy)
+            policy: _labelled_metrics(val_true, apply_thresholds(val_probs, t, one[policy]), names, policy)
             for policy, t in thresholds.items()
         },
     }
     if test_probs is not None:
         report["test"] = {
-            policy: _labelled_metrics(test_true, apply_thresholds(test_probs, t), names, policy)
+            policy: _labelled_metrics(test_true, apply_thresholds(test_probs, t, one[policy]), names, policy)
             for policy, t in thresholds.items()
         }
     return report

@@ -121,3 +121,20 @@ def _listing(folder: Path, limit: int = 10) -> str:
     names = sorted(p.name for p in folder.iterdir())
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more if names else "nothing"
+
+
+def hub_split(frame: pl.DataFrame, role: str, file: str, schema: LabelSchema) -> RawFile:
+    """One hub split (``text``, ``labels`` id lists, ``id``) -> ``RawFile``."""
+    n, size = frame.height, len(schema)
+    frame = frame.with_columns(pl.int_range(1, n + 1, dtype=pl.Int64).alias(ROW))
+    pairs = frame.select(pl.int_range(n).alias("i"), pl.col("labels")).explode("labels").drop_nulls()
+    ok = (pairs["labels"] >= 0) & (pairs["labels"] < size)
+    matrix = np.zeros((n, size), dtype=np.uint8)
+    good = pairs.filter(ok)
+    matrix[good["i"].to_numpy(), good["labels"].to_numpy()] = 1
+    problems = [
+        Problem(file, i + 1, "labels", f"label id {label} is beyond the {size} labels (ids 0-{size - 1})")
+        for i, label in pairs.filter(~ok).unique(subset="i", keep="first", maintain_order=True).iter_rows()
+    ]
+    return RawFile(role, file, frame.select(pl.col("id").cast(pl.Utf8), pl.col("text").cast(pl.Utf8), ROW),
+                   matrix, n, "id", "text", problems)

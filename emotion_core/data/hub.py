@@ -1,4 +1,4 @@
-"""Hub fallback: GoEmotions and SemEval E-c from the Hugging Face hub via ``datasets``.
+"""Hub fallback: a registered dataset with a ``HubSource`` (GoEmotions, SemEval E-c) from the hub via ``datasets``.
 
 - ``datasets`` is imported only here, only when no local data is found.
 - Hub splits map to the same roles and go through the same row checks as local files.
@@ -9,16 +9,13 @@ Limits: the data hash covers the rows as loaded, not the hub's files.
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from emotion_core.data.hashing import DataHasher
-from emotion_core.data.locate import ENV_VAR, FOLDERS, HUB
-from emotion_core.data.semeval import ID, LABELS, TEXT, check_columns
-from emotion_core.data.source import ROW, Problem, RawFile, SourceData
-from emotion_core.data.validate import binary_label_matrix
+from emotion_core.data.locate import ENV_VAR
+from emotion_core.data.registry import dataset_spec
+from emotion_core.data.source import RawFile, SourceData
 from emotion_core.errors import DataError
-from emotion_core.labels import LabelSchema
 
 SPLITS = {"train": "train", "validation": "validation", "test": "test"}
 """Role -> hub split name."""
@@ -30,32 +27,9 @@ def _to_polars(split) -> pl.DataFrame:
     return pl.from_arrow(split.with_format("arrow")[:])
 
 
-def _goemotions(frame: pl.DataFrame, role: str, file: str, schema: LabelSchema) -> RawFile:
-    n, size = frame.height, len(schema)
-    frame = frame.with_columns(pl.int_range(1, n + 1, dtype=pl.Int64).alias(ROW))
-    pairs = frame.select(pl.int_range(n).alias("i"), pl.col("labels")).explode("labels").drop_nulls()
-    ok = (pairs["labels"] >= 0) & (pairs["labels"] < size)
-    matrix = np.zeros((n, size), dtype=np.uint8)
-    good = pairs.filter(ok)
-    matrix[good["i"].to_numpy(), good["labels"].to_numpy()] = 1
-    problems = [
-        Problem(file, i + 1, "labels", f"label id {label} is beyond the {size} labels (ids 0-{size - 1})")
-        for i, label in pairs.filter(~ok).unique(subset="i", keep="first", maintain_order=True).iter_rows()
-    ]
-    return RawFile(role, file, frame.select(pl.col("id").cast(pl.Utf8), pl.col("text").cast(pl.Utf8), ROW),
-                   matrix, n, "id", "text", problems)
-
-
-def _semeval(frame: pl.DataFrame, role: str, file: str) -> RawFile:
-    check_columns(frame.columns, file, labels_optional=False)
-    frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(ROW))
-    matrix, problems = binary_label_matrix(frame, list(LABELS), file)
-    frame = frame.select(pl.col(ID).cast(pl.Utf8).alias("id"), pl.col(TEXT).cast(pl.Utf8).alias("text"), ROW)
-    return RawFile(role, file, frame, matrix, frame.height, ID, TEXT, problems)
-
-
 def read_hub(dataset: str, tried: str, hasher: DataHasher) -> SourceData:
-    hub_id, config = HUB[dataset]
+    spec = dataset_spec(dataset)
+    hub_id, config = spec.hub.hub_id, spec.hub.config
     try:
         import datasets  # lazy: only the hub path needs it
 
@@ -65,14 +39,12 @@ def read_hub(dataset: str, tried: str, hasher: DataHasher) -> SourceData:
         raise DataError(
             f"no local {dataset} data ({tried}), and the hub dataset {hub_id!r} (config {config!r}) could not be "
             f"loaded ({type(exc).__name__}: {detail[:300]}). Either set data.path to the data's file or folder, "
-            f"or set {ENV_VAR} to a folder holding '{FOLDERS[dataset]}/', or go online so the hub can be reached."
+            f"or set {ENV_VAR} to a folder holding '{spec.folder}/', or go online so the hub can be reached."
         ) from None
 
     hasher.add_bytes("hub", f"{hub_id}/{config}".encode())
     raws: list[RawFile] = []
-    schema = LabelSchema(LABELS)
-    if dataset == "goemotions":
-        schema = LabelSchema(tuple(loaded["train"].features["labels"].feature.names))
+    schema = spec.hub.schema(loaded)
     for role, split_name in SPLITS.items():
         if split_name not in loaded:
             continue
@@ -81,15 +53,12 @@ def read_hub(dataset: str, tried: str, hasher: DataHasher) -> SourceData:
         if frame.height == 0:
             raise DataError("no data rows", file=file)
         hasher.add_bytes(role, frame.write_ndjson().encode())  # NDJSON: GoEmotions labels are lists
-        if dataset == "goemotions":
-            raws.append(_goemotions(frame, role, file, schema))
-        else:
-            raws.append(_semeval(frame, role, file))
+        raws.append(spec.hub.to_raw(frame, role, file, schema))
     if not raws or raws[0].role != "train":
         raise DataError(f"the hub dataset has no train split (splits: {', '.join(loaded)})", file=f"hub:{hub_id}")
     return SourceData(
         schema=schema,
         raws=raws,
-        id_column="id" if dataset == "goemotions" else ID,
+        id_column=spec.hub.id_column,
         files={raw.role: raw.file for raw in raws},
     )

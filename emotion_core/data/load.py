@@ -1,8 +1,8 @@
 """``load_data``: locate, read, validate, split and subset a dataset into one ``EmotionData``.
 
-- Steps: locate -> read (one reader per format) -> row checks and the ``invalid_rows`` policy -> carve
-  missing splits (test, then validation, each a share of the original train rows) -> seeded subsets
-  (``max_*_samples``) -> table, report and hash.
+- Steps: locate -> read (the dataset's registered reader) -> row checks and the ``invalid_rows`` policy ->
+  tweet preprocessing (``data.preprocess``) -> carve missing splits (test, then validation, each a share of the
+  original train rows) -> seeded subsets (``max_*_samples``) -> table, report and hash.
 - Nothing is silent: dropped rows, carved splits and subsets are recorded in ``data.report``.
 
 Limits: everything is held in memory (GoEmotions, 49k rows, loads in about 2 s).
@@ -18,14 +18,13 @@ import polars as pl
 
 from emotion_core.config import DataConfig
 from emotion_core.data.dataset import EmotionData
-from emotion_core.data.goemotions import read_goemotions
 from emotion_core.data.hashing import DataHasher
-from emotion_core.data.locate import locate
 from emotion_core.data.load_report import DataReport
-from emotion_core.data.semeval import read_semeval
+from emotion_core.data.locate import locate
+from emotion_core.data.preprocess import preprocess_texts
+from emotion_core.data.registry import dataset_spec
 from emotion_core.data.source import ROLES, SourceData
 from emotion_core.data.splits import carve, carved_size, subset
-from emotion_core.data.tabular import read_tabular
 from emotion_core.data.validate import check_rows
 from emotion_core.errors import DataError
 from emotion_core.labels import LabelSchema
@@ -41,11 +40,16 @@ def _read(cfg: DataConfig, hasher: DataHasher) -> SourceData:
         from emotion_core.data.hub import read_hub
 
         return read_hub(cfg.dataset, location.tried, hasher)
-    if cfg.dataset == "goemotions":
-        return read_goemotions(location.path, hasher)
-    if cfg.dataset == "semeval2018-ec":
-        return read_semeval(location.path, hasher)
-    return read_tabular(location.path, cfg, hasher)
+    return dataset_spec(cfg.dataset).read(location.path, cfg, hasher)
+
+
+def _texts(frame: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
+    """``id`` and ``text``, the text normalised when ``data.preprocess`` is set (after the row checks)."""
+    frame = frame.select("id", "text")
+    if cfg.preprocess is None:
+        return frame
+    return frame.with_columns(pl.Series("text", preprocess_texts(frame["text"].to_list(), cfg.preprocess),
+                                        dtype=pl.Utf8))
 
 
 def _percent(fraction: float) -> str:
@@ -100,7 +104,7 @@ def load_data(cfg: DataConfig) -> EmotionData:
         if raw.frame.height == 0:
             raise DataError(f"no rows left: all {raw.rows_read} row(s) were invalid and dropped", file=raw.file)
 
-    parts: dict[str, Part] = {raw.role: (raw.frame.select("id", "text"), raw.labels) for raw in source.raws}
+    parts: dict[str, Part] = {raw.role: (_texts(raw.frame, cfg), raw.labels) for raw in source.raws}
     _carve_missing(parts, cfg, report)
     _subset(parts, cfg, report)
 

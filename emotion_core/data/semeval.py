@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import polars as pl
+
 from emotion_core.data.delimited import first_line, parse_delimited, read_file, separator_for
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, RawFile, SourceData
@@ -101,3 +103,12 @@ def read_semeval(path: Path, hasher: DataHasher) -> SourceData:
     return SourceData(
         schema=LabelSchema(LABELS), raws=raws, id_column=ID, files={raw.role: raw.file for raw in raws}
     )
+
+
+def hub_split(frame: pl.DataFrame, role: str, file: str) -> RawFile:
+    """One hub split (``ID``, ``Tweet``, 0/1 label columns) -> ``RawFile``."""
+    check_columns(frame.columns, file, labels_optional=False)
+    frame = frame.with_columns(pl.int_range(1, frame.height + 1, dtype=pl.Int64).alias(ROW))
+    matrix, problems = binary_label_matrix(frame, list(LABELS), file)
+    frame = frame.select(pl.col(ID).cast(pl.Utf8).alias("id"), pl.col(TEXT).cast(pl.Utf8).alias("text"), ROW)
+    return RawFile(role, file, frame, matrix, frame.height, ID, TEXT, problems)

@@ -1,8 +1,9 @@
 """Comparison table of a config set from its run manifests: one row per config, completed or failed.
 
 Features
-- Headline metrics at each run's threshold policy (named in a column), validation and test; a failed
-  config is a row with its error. Markdown (people, artifacts) and CSV (tools), written atomically.
+- Headline metrics at each run's threshold policy (named in a column), validation and test; ranked by the
+  validation score on each run's official metric (``metric``, ``val_score``); a failed config is a row with its
+  error. Markdown (people, artifacts) and CSV (tools), written atomically.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import polars as pl
 from emotion_core.files import atomic_write_text
 
 COLUMNS = [
-    "config", "status", "family", "model", "thresholds", "val_macro_f1", "val_micro_f1", "test_macro_f1",
-    "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
+    "config", "status", "family", "model", "thresholds", "metric", "val_score", "val_macro_f1", "val_micro_f1",
+    "test_macro_f1", "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
     "train_seconds", "peak_rss_mb", "peak_gpu_mb", "flags", "worker", "run_id", "error",
 ]
 
@@ -35,6 +36,8 @@ def _row(entry: dict) -> dict:
         "family": manifest["family"],
         "model": manifest["model"],
         "thresholds": policy,
+        "metric": manifest.get("metric", "macro_f1"),
+        "val_score": summary["validation"][policy].get(manifest.get("metric", "macro_f1")),
         "val_macro_f1": summary["validation"][policy]["macro_f1"],
         "val_micro_f1": summary["validation"][policy]["micro_f1"],
         "test_macro_f1": test.get("macro_f1"),
@@ -57,15 +60,16 @@ def _row(entry: dict) -> dict:
 def comparison_table(entries: list[dict]) -> pl.DataFrame:
     """``entries``: ``{"config", "manifest"}`` for completed runs, ``{"config", "status", "error"}`` for failed ones.
 
-    Completed rows are sorted by validation macro-F1 (best first); failed rows follow.
+    Completed rows are sorted by validation score on their official metric (best first); failed rows follow.
     """
     rows = [_row(e) for e in entries]
     frame = pl.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], schema_overrides={
-        "val_macro_f1": pl.Float64, "val_micro_f1": pl.Float64, "test_macro_f1": pl.Float64, "test_micro_f1": pl.Float64,
+        "metric": pl.Utf8, "val_score": pl.Float64, "val_macro_f1": pl.Float64, "val_micro_f1": pl.Float64,
+        "test_macro_f1": pl.Float64, "test_micro_f1": pl.Float64,
         "test_jaccard": pl.Float64, "trainable_params": pl.Int64, "train_rows": pl.Int64, "epochs": pl.Float64,
         "train_samples_per_s": pl.Float64, "train_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "peak_gpu_mb": pl.Float64,
     }, infer_schema_length=None)
-    return frame.sort(["status", "val_macro_f1"], descending=[False, True], nulls_last=True)
+    return frame.sort(["status", "val_score"], descending=[False, True], nulls_last=True)
 
 
 def format_cell(value) -> str:

@@ -26,8 +26,16 @@ from typing import Any
 import numpy as np
 
 from emotion_core.evaluation import ECE_BINS
+from emotion_core.report.cost import cost_display, cost_markdown, cost_rows
 from emotion_core.report.plots import PLOT_FILES, write_plots
-from emotion_core.report.summary import display_rows, format_ci, ranked_entries, summary_table, to_markdown
+from emotion_core.report.summary import (
+    display_rows,
+    format_ci,
+    ranked_entries,
+    ranking_metrics,
+    summary_table,
+    to_markdown,
+)
 from emotion_core.report.config_table import format_cell
 from emotion_core.files import atomic_write_text
 
@@ -73,6 +81,8 @@ _PLOT_CAPTIONS = {
     "per_label_f1": "Per-label test F1 at each run's thresholds.",
     "full_vs_peft_pr_auc": "Per-label test PR-AUC (threshold-free): full fine-tune vs PEFT of the same base model.",
     "reliability": "Reliability on test (flattened bins) after per-label temperature scaling.",
+    "cost_pareto": "Test score on the official metric against training device-hours: Pareto front (filled) and the "
+                   "cheapest model not significantly worse than the best (star).",
 }
 
 
@@ -147,11 +157,12 @@ def _inside(folder: Path, relative: Any) -> Path | None:
     return folder.joinpath(*parts)
 
 
-def _summary_section(frame) -> str:
+def _summary_section(frame, metric: str = "macro-F1") -> str:
     statuses = frame["status"].to_list()
     row_classes = ["failed" if s != "completed" else "best" if i == 0 else "" for i, s in enumerate(statuses)]
     parts = ["<h2>Summary</h2>",
-             '<p class="note">Ranked by validation macro-F1 (validation tunes thresholds and ranks models; test is only '
+             f'<p class="note">Ranked by validation <b>{_e(metric)}</b>, the dataset\'s official metric (validation '
+             'tunes thresholds and ranks models; test is only '
              'reported). Test metrics at each run\'s thresholds; 95 % intervals are percentile bootstrap intervals over '
              'test rows; Δ and p compare each model with the best one on the same resampled rows (p = share of resamples '
              'where the model does not beat the best). '
@@ -164,6 +175,16 @@ def _summary_section(frame) -> str:
     parts += ["<h3>Calibration (test) and cost</h3>", _table(headers, rows, text_columns=2, row_classes=row_classes),
               '<p class="note">peak memory: peak GPU memory allocated on a GPU, else peak process RSS.</p>']
     return "\n".join(parts)
+
+
+def _cost_section(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    headers, cells = cost_display(rows)
+    return ("<h3>Cost-aware comparison</h3><p class=\"note\">Quality per training device-hour and inference latency; "
+            "Pareto front of test quality against training cost and latency; the cheapest model not significantly "
+            "worse than the best (at least 5 % of paired bootstrap resamples favour it).</p>"
+            + _table(headers, cells, text_columns=1))
 
 
 def _plots_section(plots: dict[str, Path]) -> str:
@@ -321,7 +342,8 @@ def _page(title: str, set_name: str, created: str, frame, plots: dict[str, Path]
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">config set <b>{_e(set_name)}</b> · created {_e(created)} · '
         f"{len(completed)} completed, {len(failed)} failed</p>",
-        _summary_section(frame),
+        _summary_section(frame, " / ".join(ranking_metrics(ranked)) or "macro-F1"),
+        _cost_section(cost_rows(ranked)),
         _plots_section(plots),
         "<h2>Models</h2>" + (f'<p class="note">{toc}</p>' if toc else '<p class="note">No completed model.</p>'),
         models,
@@ -353,9 +375,16 @@ def write_report(entries: list[dict], folder: str | Path, title: str, *, set_nam
     ranked = ranked_entries(entries)
     frame = summary_table(entries)
 
-    markdown = (f"# {title}\n\nConfig set `{set_name}`, created {created}. Ranked by validation macro-F1; test "
-                "metrics at each run's thresholds with 95 % bootstrap intervals; Δ/p: paired bootstrap vs the best "
-                "model.\n\n" + to_markdown(frame))
+    metric = " / ".join(ranking_metrics(entries)) or "macro-F1"
+    markdown = (f"# {title}\n\nConfig set `{set_name}`, created {created}. Ranked by validation {metric} (the "
+                "dataset's official metric); test metrics at each run's thresholds with 95 % bootstrap intervals; Δ/p: "
+                f"paired bootstrap of test {metric} vs the best model.\n\n" + to_markdown(frame))
+    costs = cost_rows(entries)
+    if costs:
+        markdown += ("\n## Cost-aware comparison\n\nTest score on the official metric per training device-hour, "
+                     "inference ms per text, the Pareto front of quality against training cost and latency, and the "
+                     "cheapest model not significantly worse than the best (paired bootstrap, one-sided 0.05).\n\n"
+                     + cost_markdown(costs))
     paths = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "json": folder / "summary.json"}
     atomic_write_text(paths["markdown"], markdown)
     atomic_write_text(paths["csv"], frame.write_csv())

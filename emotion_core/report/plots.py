@@ -3,7 +3,9 @@
 Features
 - ``plot_f1_vs_params`` (test macro-F1 with its CI against trainable parameters, log x; models without a
   positive count as reference lines), ``plot_per_label_f1`` (heatmap), ``plot_full_vs_peft_pr_auc``
-  (full fine-tune vs PEFT runs of one base model), ``plot_reliability``; ``write_plots`` draws them all.
+  (full fine-tune vs PEFT runs of one base model), ``plot_reliability``, ``plot_cost_pareto`` (test score on the
+  official metric against training device-hours, the Pareto front and the cheapest model not worse than the best);
+  ``write_plots`` draws them all.
 - ``reliability_diagram``: one model, before/after temperature scaling.
 - matplotlib ``Figure`` with an Agg canvas, never pyplot (thread-safe); PNGs written atomically.
 
@@ -23,6 +25,7 @@ from emotion_core.report.summary import ranked_entries
 __all__ = [
     "PEFT_METHODS",
     "PLOT_FILES",
+    "plot_cost_pareto",
     "plot_f1_vs_params",
     "plot_full_vs_peft_pr_auc",
     "plot_per_label_f1",
@@ -37,6 +40,7 @@ PLOT_FILES = {
     "per_label_f1": "per_label_f1.png",
     "full_vs_peft_pr_auc": "full_vs_peft_pr_auc.png",
     "reliability": "reliability.png",
+    "cost_pareto": "cost_pareto.png",
 }
 # One colour per method, so a method reads the same in every plot.
 _METHOD_COLOURS = {"full": "#1f77b4", "lora": "#ff7f0e", "qlora": "#2ca02c", "ia3": "#9467bd",
@@ -294,11 +298,46 @@ def plot_reliability(entries: list[dict], path: str | Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_cost_pareto(entries: list[dict], path: str | Path) -> Path | None:
+    """Test score (official metric) vs training device-hours (log x), one panel per metric; filled: on the Pareto
+    front of quality, cost and latency; a star: the cheapest model not worse than the best."""
+    from emotion_core.metrics import METRIC_NAMES
+    from emotion_core.report.cost import cost_rows
+
+    rows = [r for r in cost_rows(entries) if r["device_hours"] > 0]
+    if not rows:
+        return None
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    fig = _figure(6.5 * len(metrics), 4.6)
+    for i, metric in enumerate(metrics, start=1):
+        ax = fig.add_subplot(1, len(metrics), i)
+        group = [r for r in rows if r["metric"] == metric]
+        front = sorted((r for r in group if r["pareto"]), key=lambda r: r["device_hours"])
+        ax.step([r["device_hours"] for r in front], [r["test_score"] for r in front], where="post", color="#999",
+                linewidth=1, zorder=1)
+        for r in group:
+            latency = "" if r["inference_ms_per_text"] is None else f", {r['inference_ms_per_text']:.2g} ms/text"
+            ax.scatter([r["device_hours"]], [r["test_score"]], s=110 if r["cheapest_not_worse"] else 45,
+                       marker="*" if r["cheapest_not_worse"] else "o", zorder=2,
+                       facecolors="#1f77b4" if r["pareto"] else "none", edgecolors="#1f77b4")
+            ax.annotate(_t(f"{r['model']}{latency}"), (r["device_hours"], r["test_score"]), xytext=(6, 4),
+                        textcoords="offset points", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("training cost (device-hours, log scale)")
+        ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)}")
+        ax.set_title("Quality vs training cost\n(filled: Pareto front; star: cheapest not worse than the best)",
+                     fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def write_plots(entries: list[dict], folder: str | Path) -> dict[str, Path]:
     """Draw every plot into ``folder`` (``PLOT_FILES`` names); ``{name: path}`` of those drawn."""
     folder = Path(folder)
     drawers = {"f1_vs_params": plot_f1_vs_params, "per_label_f1": plot_per_label_f1,
-               "full_vs_peft_pr_auc": plot_full_vs_peft_pr_auc, "reliability": plot_reliability}
+               "full_vs_peft_pr_auc": plot_full_vs_peft_pr_auc, "reliability": plot_reliability,
+               "cost_pareto": plot_cost_pareto}
     out = {}
     for name, draw in drawers.items():
         path = draw(entries, folder / PLOT_FILES[name])

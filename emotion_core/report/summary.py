@@ -1,8 +1,9 @@
 """Summary table of a config set's model entries (``records.ReportEntry`` as dicts).
 
 Features
-- ``summary_table``: one row per entry (``SUMMARY_COLUMNS``), best validation macro-F1 first (test is only
-  reported), failed entries last with their error: test F1s with 95 % CIs, Jaccard, subset accuracy,
+- ``summary_table``: one row per entry (``SUMMARY_COLUMNS``), best validation score on the official metric first
+  (``metric``: the dataset's, e.g. Jaccard for SemEval E-c; test is only reported), failed entries last with
+  their error: test F1s and Jaccard with 95 % CIs, subset accuracy,
   PR/ROC-AUC, Brier, ECE before/after temperature scaling, the paired delta vs the best model.
 - ``to_markdown`` and ``display_columns``: the same formatted cells for the Markdown and the HTML report.
 
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 import polars as pl
 
+from emotion_core.metrics import METRIC_NAMES
 from emotion_core.report.config_table import format_cell
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "display_rows",
     "format_ci",
     "ranked_entries",
+    "ranking_metrics",
     "summary_row",
     "summary_table",
     "to_markdown",
@@ -32,19 +35,20 @@ __all__ = [
 
 SUMMARY_COLUMNS = [
     "model", "method", "family", "base_model", "trainable_params", "total_params", "trainable_pct",
-    "train_seconds", "train_samples_per_s", "peak_memory_mb", "val_macro_f1",
+    "train_seconds", "train_samples_per_s", "peak_memory_mb", "metric", "val_score", "val_macro_f1",
     "test_macro_f1", "test_macro_f1_low", "test_macro_f1_high",
     "test_micro_f1", "test_micro_f1_low", "test_micro_f1_high",
-    "test_jaccard", "test_subset_accuracy",
+    "test_jaccard", "test_jaccard_low", "test_jaccard_high", "test_subset_accuracy",
     "ece_flat_before", "ece_flat_after", "ece_label_mean_before", "ece_label_mean_after",
     "pr_auc_macro", "roc_auc_macro", "brier", "delta_vs_best", "delta_low", "delta_high", "p_vs_best",
     "status", "error", "run_id",
 ]
 
 _FLOATS = [
-    "trainable_pct", "train_seconds", "train_samples_per_s", "peak_memory_mb", "val_macro_f1",
+    "trainable_pct", "train_seconds", "train_samples_per_s", "peak_memory_mb", "val_score", "val_macro_f1",
     "test_macro_f1", "test_macro_f1_low", "test_macro_f1_high", "test_micro_f1", "test_micro_f1_low",
-    "test_micro_f1_high", "test_jaccard", "test_subset_accuracy", "ece_flat_before", "ece_flat_after",
+    "test_micro_f1_high", "test_jaccard", "test_jaccard_low", "test_jaccard_high", "test_subset_accuracy",
+    "ece_flat_before", "ece_flat_after",
     "ece_label_mean_before", "ece_label_mean_after", "pr_auc_macro", "roc_auc_macro", "brier",
     "delta_vs_best", "delta_low", "delta_high", "p_vs_best",
 ]
@@ -55,16 +59,34 @@ def _is_failed(entry: dict) -> bool:
     return entry.get("status") != "completed"
 
 
+def validation_score(entry: dict) -> float | None:
+    """What ranks an entry: validation score on its official metric (entries from before: validation macro-F1)."""
+    score = entry.get("validation_score")
+    return entry.get("validation_macro_f1") if score is None else score
+
+
+def ranking_metrics(entries: list[dict]) -> list[str]:
+    """The metrics the completed entries are ranked on, as the report names them (one, unless datasets mix)."""
+    found = {entry.get("metric") or "macro_f1" for entry in entries if not _is_failed(entry)}
+    return [METRIC_NAMES.get(m, m) for m in sorted(found)]
+
+
 def ranked_entries(entries: list[dict]) -> list[dict]:
-    """Completed entries by validation macro-F1 (best first; a missing score after the scored; an ensemble that
-    did not beat its best member out of fold after the runs), then failed ones, each group otherwise in input
-    order (stable), so every view agrees."""
+    """Completed entries by validation score on the official metric (best first; a missing score after the
+    scored; an ensemble that did not beat its best member out of fold after the runs), then failed ones, each group
+    otherwise in input order (stable), so every view agrees."""
+
+    # A set over several datasets (the gpu set: GoEmotions and SemEval E-c): each dataset ranked on its own,
+    # datasets in order of first appearance (an ensemble, without a dataset key, joins its members' dataset).
+    order: dict = {}
+    for entry in entries:
+        order.setdefault(entry.get("dataset_key"), len(order))
 
     def key(item: tuple[int, dict]) -> tuple:
         position, entry = item
-        score = entry.get("validation_macro_f1")
+        score = validation_score(entry)
         unranked = entry.get("family") == "ensemble" and (entry.get("ensemble") or {}).get("eligible") is False
-        return (_is_failed(entry), unranked, score is None, -(score or 0.0), position)
+        return (_is_failed(entry), order[entry.get("dataset_key")], unranked, score is None, -(score or 0.0), position)
 
     return [e for _, e in sorted(enumerate(entries), key=key)]
 
@@ -102,6 +124,8 @@ def summary_row(entry: dict) -> dict:
         "train_seconds": entry.get("train_seconds"),
         "train_samples_per_s": entry.get("train_samples_per_s"),
         "peak_memory_mb": entry.get("peak_memory_mb"),
+        "metric": entry.get("metric") or "macro_f1",
+        "val_score": validation_score(entry),
         "val_macro_f1": entry.get("validation_macro_f1"),
         "test_macro_f1": _get(test, "macro_f1_ci", "estimate"),
         "test_macro_f1_low": _get(test, "macro_f1_ci", "low"),
@@ -110,6 +134,8 @@ def summary_row(entry: dict) -> dict:
         "test_micro_f1_low": _get(test, "micro_f1_ci", "low"),
         "test_micro_f1_high": _get(test, "micro_f1_ci", "high"),
         "test_jaccard": _get(test, "metrics", "jaccard_samples"),
+        "test_jaccard_low": _get(test, "jaccard_samples_ci", "low"),
+        "test_jaccard_high": _get(test, "jaccard_samples_ci", "high"),
         "test_subset_accuracy": _get(test, "metrics", "subset_accuracy"),
         "ece_flat_before": _get(ece_before, "flat"),
         "ece_flat_after": _get(ece_after, "flat"),
@@ -181,14 +207,16 @@ def _pct(row: dict) -> str:
 QUALITY = [
     ("model", _plain("model")),
     ("method", _plain("method")),
+    ("ranked by (validation)", lambda r: f"{METRIC_NAMES.get(r['metric'], r['metric'])} "
+                                         f"{format_cell(r['val_score'])}"),
     ("val macro-F1", _plain("val_macro_f1")),
     ("test macro-F1 [95% CI]", lambda r: format_ci(r["test_macro_f1"], r["test_macro_f1_low"], r["test_macro_f1_high"])),
     ("test micro-F1 [95% CI]", lambda r: format_ci(r["test_micro_f1"], r["test_micro_f1_low"], r["test_micro_f1_high"])),
-    ("jaccard", _plain("test_jaccard")),
+    ("test Jaccard [95% CI]", lambda r: format_ci(r["test_jaccard"], r["test_jaccard_low"], r["test_jaccard_high"])),
     ("subset acc", _plain("test_subset_accuracy")),
     ("PR-AUC", _plain("pr_auc_macro")),
     ("ROC-AUC", _plain("roc_auc_macro")),
-    ("Δ macro-F1 vs best [95% CI]", _delta),
+    ("Δ ranking metric vs best [95% CI]", _delta),
     # Not format_cell: it prints 1.0 as "1", and a p-value reads best at one fixed precision.
     ("p (vs best)", lambda r: "" if r["p_vs_best"] is None else f"{r['p_vs_best']:.4f}"),
     ("status", _plain("status")),

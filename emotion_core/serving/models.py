@@ -129,6 +129,7 @@ def model_info(model: ServedModel) -> dict:
                  "versions": _plain(versions)},
         "calibrated": predictor.calibrated,
         "thresholds": dict(zip(model.labels, map(float, predictor.thresholds))),
+        "at_least_one": predictor.at_least_one,
         "temperatures": (dict(zip(model.labels, map(float, predictor.shipped.temperatures)))
                          if predictor.shipped is not None else None),
         "loaded_at": model.loaded_at,

@@ -31,9 +31,10 @@ import torch
 
 from emotion_core import tracking
 from emotion_core.config import RunConfig, TrainingConfig
-from emotion_core.metrics import multilabel_metrics, sigmoid
+from emotion_core.data.registry import official_metric
+from emotion_core.metrics import RANKING_METRICS, multilabel_metrics, sigmoid
 from emotion_core.models.family import Family
-from emotion_core.thresholds import apply_thresholds, tune_thresholds
+from emotion_core.thresholds import AUTO, apply_thresholds, requires_one_label, tune_thresholds
 from emotion_core.training import ranks
 from emotion_core.training.losses import trainer_loss
 from emotion_core.training.oom import OOM_ERRORS, BatchShape, checkpoint_of_failed_step, free_memory
@@ -50,7 +51,7 @@ class FitStats:
     train_seconds: float          # wall time inside trainer.train(), evaluation excluded
     eval_seconds: float           # time spent in in-training validation passes
     train_samples_per_second: float
-    best_validation_macro_f1: float | None
+    best_validation_macro_f1: float | None  # best of the official metric (macro-F1 unless the dataset says other)
     precision: str
     log_history: list[dict]
     resumed_from_step: int | None = None  # the store checkpoint this run continued from
@@ -119,7 +120,7 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
         train_dataset=train_dataset,
         eval_dataset=validation_dataset,
         data_collator=family.collate,
-        compute_metrics=_validation_metrics(cfg.threshold_policy),
+        compute_metrics=_validation_metrics(cfg),
         callbacks=callbacks,
         compute_loss_func=compute_loss,  # pops "labels" before the forward pass; evaluation keeps them as label_ids
         optimizers=(optimizer, None),  # the Trainer builds the linear warm-up/decay schedule on it
@@ -150,7 +151,7 @@ def training_arguments(cfg: RunConfig, family: Family, work_dir: Path, precision
         save_total_limit=1,  # the Trainer keeps the best checkpoint besides the latest
         save_only_model=False,  # full checkpoints: a run resumes (store, OOM retry) with its optimizer and schedule
         load_best_model_at_end=True,
-        metric_for_best_model="macro_f1",
+        metric_for_best_model=official_metric(cfg.data),  # early stopping and the best checkpoint
         greater_is_better=True,
         logging_steps=max(1, min(50, eval_steps)),
         train_sampling_strategy="group_by_length" if t.group_by_length and family.has_lengths else "random",
@@ -186,8 +187,14 @@ def _callbacks(t: TrainingConfig, callbacks: list, progress: Callable[[dict], No
     return out
 
 
-def _validation_metrics(policy: str) -> Callable:
-    """The Trainer's ``compute_metrics``: macro- and micro-F1 at thresholds tuned on validation by ``policy``."""
+def _validation_metrics(cfg: RunConfig) -> Callable:
+    """The Trainer's ``compute_metrics``: macro-/micro-F1 and Jaccard at thresholds tuned on validation for the
+    dataset's official metric. Policy ``auto`` selects with one global threshold (plus at-least-one for Jaccard):
+    one tuned number barely overfits the rows that also choose the checkpoint."""
+    metric = official_metric(cfg.data)
+    policy = cfg.threshold_policy
+    if policy == AUTO:
+        policy = "global_at_least_one" if metric == "jaccard_samples" else "global"
 
     def compute_metrics(prediction) -> dict:
         # Score against the labels that travelled with each batch: with length grouping the Trainer
@@ -195,10 +202,10 @@ def _validation_metrics(policy: str) -> Callable:
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         labels = np.asarray(prediction.label_ids).round().astype(np.int64)
         probs = sigmoid(logits)
-        thresholds = tune_thresholds(labels, probs, policy)
+        thresholds = tune_thresholds(labels, probs, policy, metric=metric, shrinkage=cfg.threshold_shrinkage)
         names = [str(i) for i in range(labels.shape[1])]
-        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds), names)
-        return {"macro_f1": scores["macro_f1"], "micro_f1": scores["micro_f1"]}
+        scores = multilabel_metrics(labels, apply_thresholds(probs, thresholds, requires_one_label(policy)), names)
+        return {key: scores[key] for key in RANKING_METRICS}
 
     return compute_metrics
 
@@ -322,8 +329,9 @@ def _fit_stats(run: _Attempts, output, resume) -> FitStats:
     epochs_completed = float(state.epoch or 0.0)
     samples = len(run.trainer.train_dataset) * max(epochs_completed - run.start_epoch, 0.0)  # after oversampling
     best = state.best_metric
-    log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation macro-F1 %s%s",
-             output.global_step, train_seconds, run.eval_seconds, samples / train_seconds, best,
+    log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation %s %s%s",
+             output.global_step, train_seconds, run.eval_seconds, samples / train_seconds,
+             run.trainer.args.metric_for_best_model, best,
              f" (resumed from step {resume.step})" if resume is not None else "")
     return FitStats(
         epochs_completed=epochs_completed,

@@ -98,9 +98,9 @@ def test_cross_fit_gives_a_noise_member_no_weight_and_does_not_rank_it_above_the
     fit = cross_fit([good, noise], y, names, folds=5, bootstrap_n=300)
     weights = fit.combiner.weights
     assert weights[1] < 0.05 and weights[0] > 0.95 and weights.sum() == pytest.approx(1.0)
-    assert fit.best_member == 0 and fit.member_oof_macro_f1[0] > fit.member_oof_macro_f1[1] + 0.1
+    assert fit.best_member == 0 and fit.member_oof_scores[0] > fit.member_oof_scores[1] + 0.1
     # ~ the good member alone: no significant gain out of fold, so the ensemble is not ranked above it
-    assert abs(fit.oof_macro_f1 - fit.member_oof_macro_f1[0]) < 0.02
+    assert abs(fit.oof_score - fit.member_oof_scores[0]) < 0.02
     assert not fit.eligible and fit.paired["p_value"] >= 0.05
     assert fit.summary()["eligible"] is False and fit.summary()["weights"] == pytest.approx(list(weights))
 
@@ -129,7 +129,7 @@ def test_out_of_fold_score_is_not_the_in_sample_score():
     names = [f"l{i}" for i in range(6)]
     in_sample = multilabel_metrics(y, fit_combiner(members, y).predict(members), names)["macro_f1"]
     fit = cross_fit(members, y, names, folds=4, bootstrap_n=200)
-    assert fit.oof_macro_f1 < in_sample - 0.01 and not fit.eligible
+    assert fit.oof_score < in_sample - 0.01 and not fit.eligible
 
 
 def test_stacking_learns_a_logistic_layer_and_is_cross_fitted():
@@ -147,7 +147,7 @@ def test_stacking_learns_a_logistic_layer_and_is_cross_fitted():
     by_hand = sigmoid(stacked.intercept + z[0] * stacked.coef[:, 0] + z[1] * stacked.coef[:, 1])
     assert stacked.probabilities([good[:5], noise[:5]]) == pytest.approx(by_hand)
     fit = cross_fit([good, noise], y, names, method="stacking", folds=4, bootstrap_n=200)
-    assert fit.combiner.method == "stacking" and 0.3 < fit.oof_macro_f1 <= 1 and not fit.eligible
+    assert fit.combiner.method == "stacking" and 0.3 < fit.oof_score <= 1 and not fit.eligible
     # a label with one class gets a constant stacker, not an error
     y_const = y.copy()
     y_const[:, 0] = 0
@@ -185,7 +185,7 @@ def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ra
     assert "100 missing" in excluded["subset"] and "labels differ" in excluded["relabelled"]
     assert "its labels differ" in excluded["other-labels"]
     assert entry.ensemble["eligible"] is False and not rankable(entry)
-    assert entry.validation_macro_f1 == entry.ensemble["oof_macro_f1"]
+    assert entry.validation_macro_f1 == entry.ensemble["oof_score"]
 
     # even with a higher (out-of-fold) validation score than every run, it is not the best, nor listed first
     entry = ReportEntry(**{**entry.__dict__, "validation_macro_f1": 0.99})

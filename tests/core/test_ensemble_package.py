@@ -93,7 +93,7 @@ def test_compare_set_publishes_an_ensemble_package_with_its_facts(compared):
     assert all(set(m["temperatures"]) == {"joy", "anger"} for m in payload["members"])
     row = next(r for r in catalog.list_runs(store) if r.run_id == "tiny-cmp-1-ensemble")
     assert row.family == "ensemble" and row.problem == "" and row.dataset.startswith("tabular-")
-    assert row.validation_macro_f1 == pytest.approx(fit["oof_macro_f1"])
+    assert row.validation_macro_f1 == pytest.approx(fit["oof_score"])
     ensemble_row = next(r for r in result.summary_rows if r["model"] == "ensemble-top2")
     assert ensemble_row["run_id"] == "tiny-cmp-1-ensemble"
     assert resolve_run_folder(package) == package

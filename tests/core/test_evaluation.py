@@ -247,7 +247,9 @@ def test_evaluate_split_is_complete_and_json_serialisable():
     names = ["joy", "anger", "fear"]
     t = np.array([0.5, 0.4, 0.6])
     out = evaluate_split(y, p, t, names, bootstrap_n=200, seed=1)
-    assert set(out) == {"thresholds", "metrics", "macro_f1_ci", "micro_f1_ci", "pr_auc", "roc_auc", "brier", "ece"}
+    assert set(out) == {"thresholds", "metrics", "macro_f1_ci", "micro_f1_ci", "jaccard_samples_ci", "pr_auc",
+                        "roc_auc", "brier", "ece"}
+    assert out["jaccard_samples_ci"]["estimate"] == pytest.approx(out["metrics"]["jaccard_samples"])
     assert out["thresholds"] == {"joy": 0.5, "anger": 0.4, "fear": 0.6}
     assert out["metrics"] == multilabel_metrics(y, apply_thresholds(p, t), names)
     assert out["macro_f1_ci"]["estimate"] == pytest.approx(out["metrics"]["macro_f1"])
@@ -281,3 +283,20 @@ def test_align_labels_errors_name_missing_and_extra_ids():
         align_labels(["a", "a", "b"], ["a", "b", "c"], labels)
     with pytest.raises(ValueError, match="rows"):
         align_labels(["a", "b"], ["a", "b"], labels)
+
+
+def test_paired_bootstrap_on_jaccard_matches_a_slow_reference():
+    from emotion_core.evaluation import bootstrap_indices
+
+    rng = np.random.default_rng(4)
+    y = (rng.random((80, 4)) < 0.3).astype(int)
+    good = np.where(rng.random(y.shape) < 0.85, y, 1 - y)
+    bad = np.where(rng.random(y.shape) < 0.6, y, 1 - y)
+    names = list("abcd")
+    r = paired_bootstrap(y, good, bad, n=150, seed=2, metric="jaccard_samples")
+    assert r["metric"] == "jaccard_samples" and "macro_f1_a" not in r
+    assert r["score_a"] == pytest.approx(multilabel_metrics(y, good, names)["jaccard_samples"])
+    deltas = [multilabel_metrics(y[i], good[i], names)["jaccard_samples"]
+              - multilabel_metrics(y[i], bad[i], names)["jaccard_samples"] for i in bootstrap_indices(80, 150, 2)]
+    assert r["p_value"] == pytest.approx(np.mean(np.array(deltas) <= 0))
+    assert r["low"] == pytest.approx(np.quantile(deltas, 0.025)) and r["delta"] > 0.1

@@ -157,3 +157,45 @@ def test_same_config_same_result_whatever_ran_before(data_dir, repo, tmp_path):
     second = read_run(pipeline.train_config(cfg, open_store(tmp_path / "b")))
     np.testing.assert_allclose(first.logits("validation")[1], second.logits("validation")[1], atol=1e-6)
     assert first.manifest["summary"] == second.manifest["summary"]
+
+
+@pytest.mark.slow
+def test_semeval_run_is_tuned_selected_and_served_on_jaccard(data_dir, repo, tmp_path):
+    """The semeval-cpu set's FFNN on a SemEval subset: tweets normalised, Jaccard everywhere, at-least-one honoured."""
+    from emotion_core.config import deep_merge, load_config_set
+    from emotion_core.data import load_data
+    from emotion_core.submission import submit_run
+
+    _, entries = load_config_set(repo / "deployments" / "sets" / "semeval-cpu.yaml")
+    entry = next(e for e in entries if e.config.name == "ffnn-semeval")
+    small = {"data": {"max_train_samples": 1500}, "training": {"epochs": 2}, "model": {"max_features": 20000}}
+    cfg = load_run_config(entry.path, deep_merge(entry.overrides, small))
+    uri = pipeline.train_config(cfg, open_store(tmp_path / "store"))
+    run = read_run(uri)
+    m = run.manifest
+    selection = m["threshold_selection"]
+    assert m["metric"] == selection["metric"] == "jaccard_samples" and selection["configured"] == "auto"
+    assert set(selection["scores"]) == {"global", "per_label", "shrunk", "global_at_least_one"}
+    assert m["threshold_policy"] == selection["policy"] == max(selection["scores"], key=selection["scores"].get)
+    stored = json.loads((run.folder / "thresholds.json").read_text())
+    assert stored["at_least_one"] == (m["threshold_policy"] == "global_at_least_one")
+    assert set(stored["thresholds"]) == {"fixed", "global", "per_label", "shrunk", "global_at_least_one"}
+    # Early stopping and the best checkpoint on Jaccard; the inference time is recorded for the cost table.
+    assert any("eval_jaccard_samples" in step for step in json.loads((run.folder / "train_log.json").read_text()))
+    assert m["timing"]["inference"]["texts"] == 684 + 684 and m["timing"]["inference"]["ms_per_text"] > 0
+    # Stored logits come from normalised tweets; predicting the raw tweets normalises them the same way.
+    raw = load_data(cfg.data.model_copy(update={"preprocess": None}))
+    ids, logits = run.logits("validation")
+    texts = dict(zip(raw.ids("validation"), raw.texts("validation")))
+    assert any("#" in texts[i] or "@" in texts[i] for i in ids)  # the raw split really has tags and mentions
+    tweets = tmp_path / "tweets.csv"
+    pl.DataFrame({"id": ids, "text": [texts[i] for i in ids]}).write_csv(tweets)
+    frame = pl.read_csv(predict_file(uri, tweets, tmp_path / "p.csv", calibration=False),
+                        schema_overrides={"id": pl.Utf8})
+    np.testing.assert_allclose(frame.select([f"{n}_prob" for n in run.schema.names]).to_numpy(), sigmoid(logits),
+                               atol=2e-6)
+    # The Kaggle-style file of the unlabelled test split; with at-least-one, no tweet is left without a label.
+    result = submit_run(uri, tmp_path / "E-c_en_pred.csv")
+    assert result["rows"] == len(raw.split("predict")) > 3000
+    if stored["at_least_one"]:
+        assert result["rows_without_label"] == 0

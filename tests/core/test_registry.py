@@ -125,6 +125,7 @@ def test_dataset_keys_separate_datasets_and_label_schemas():
                 "summary": {"validation": {"global": {"macro_f1": 0.42}}},
                 "data": {"dataset": "goemotions", "labels": LABELS}}
     assert candidate_from_manifest(manifest) == {"name": "ffnn", "run_id": "ffnn-1", "status": "completed",
+                                                 "metric": "macro_f1", "validation_score": 0.42,
                                                  "validation_macro_f1": 0.42, "dataset_key": KEY}
 
 
@@ -312,3 +313,37 @@ def test_a_promotion_racing_another_writer_loses_at_the_conditional_write(backen
     fresh = Registry(store)
     assert fresh.champion(KEY)["run_id"] == "b-2"
     assert [d["challenger_run_id"] for d in fresh.decisions(KEY)] == ["a-1", "b-2"]  # nothing logged for c-3
+
+
+# --- the champion gate on each dataset's official metric ----------------------------------------------------------
+
+
+def test_gate_uses_the_official_metric_and_reads_old_macro_f1_documents():
+    paired = {"p_value": 0.01, "delta": 0.03, "rows": 684}
+    old_champion = {"run_id": "old", "name": "ffnn", "validation_macro_f1": 0.50}  # written before metrics existed
+    jaccard = {"run_id": "new", "name": "minilm", "metric": "jaccard_samples", "validation_score": 0.56,
+               "validation_macro_f1": 0.45}
+    decision = decide(old_champion, jaccard, margin=0.005, alpha=0.05, paired=paired, dataset_key="semeval-x")
+    # Jaccard 0.56 is not compared with macro-F1 0.50: the paired test on Jaccard decides.
+    assert decision.promoted and decision.metric == "jaccard_samples" and decision.champion_score is None
+    assert "judged by the paired test only" in decision.reason and "Jaccard" in decision.reason
+    same = {"run_id": "champ", "metric": "jaccard_samples", "validation_score": 0.558, "validation_macro_f1": 0.6}
+    blocked = decide(same, jaccard, margin=0.005, alpha=0.05, paired=paired, dataset_key="semeval-x")
+    # +0.002 Jaccard is under the margin, although macro-F1 is 0.15 lower: the official metric gates.
+    assert not blocked.promoted
+    assert "validation Jaccard (example-based) 0.5600 vs champion 0.5580" in blocked.reason
+    # An old decision record (no metric fields) reads back as macro-F1.
+    old = decide(None, {"run_id": "a", "validation_macro_f1": 0.4}, margin=0.0, alpha=0.05, paired=None).to_dict()
+    for field in ("metric", "challenger_score", "champion_score"):
+        old.pop(field)
+    back = Decision.from_dict(old)
+    assert back.metric == "macro_f1" and back.challenger_score == 0.4
+
+
+def test_champion_document_without_a_score_for_its_metric_is_corrupt(tmp_path):
+    store = open_store(tmp_path / "store")
+    registry = Registry(store)
+    document = {"run_id": "r1", "dataset_key": KEY, "metric": "jaccard_samples", "validation_macro_f1": 0.5}
+    store.write_document(registry.champion_key(KEY), document)
+    with pytest.raises(StoreError, match="validation_score must be a finite number"):
+        registry.champion(KEY)

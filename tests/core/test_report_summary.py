@@ -147,7 +147,7 @@ def test_existing_comparison_table_still_works(tmp_path):
 
 def test_plots_are_pngs_and_skip_when_nothing_to_plot(entries, tmp_path):
     plots = write_plots(entries, tmp_path / "plots")
-    assert set(plots) == {"f1_vs_params", "per_label_f1", "full_vs_peft_pr_auc", "reliability"}
+    assert set(plots) == {"f1_vs_params", "per_label_f1", "full_vs_peft_pr_auc", "reliability", "cost_pareto"}
     for path in plots.values():
         assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5_000
     assert not list(tmp_path.rglob("*.tmp"))
@@ -179,7 +179,7 @@ def test_write_report_is_self_contained_and_escaped(entries, tmp_path):
     paths = write_report(entries, tmp_path, "Comparison <set>", set_name="gpu & more", extra=extra)
 
     plot_keys = sorted(k for k in paths if k.startswith("plot_"))
-    assert len(plot_keys) == 4
+    assert len(plot_keys) == 5
     for key in ("markdown", "csv", "json", "html", *plot_keys):
         assert paths[key].is_file() and paths[key].parent in (tmp_path, tmp_path / "plots")
     assert not list(tmp_path.rglob("*.tmp"))
@@ -218,7 +218,7 @@ def test_write_report_never_links_outside_and_handles_all_failed(entries, tmp_pa
                "files": {"reliability": "../elsewhere.png"}}
     page = write_report([outside], tmp_path / "a", "t", set_name="s")["html"].read_text(encoding="utf-8")
     assert 'href="https://' not in page and "<code>https://example.org/shap.html</code>" in page
-    assert page.count("<img ") == 4  # plots only; the reliability path outside the folder is ignored
+    assert page.count("<img ") == 5  # plots only; the reliability path outside the folder is ignored
 
     # Rewriting a folder with only failed models: no plot left over from the first write.
     paths = write_report([entries[0]], tmp_path / "a", "t", set_name="s")

@@ -12,6 +12,7 @@ import torch
 from emotion_core.config import parse_run_config
 from emotion_core.data import read_prediction_input
 from emotion_core.data.semeval import LABELS
+from emotion_core.errors import StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.models import build_family
 from emotion_core.runs import Run
@@ -129,3 +130,21 @@ def test_mismatches_are_named(tmp_path):
     with pytest.raises(ValueError, match="also a label name"):
         write_submission(run, None, ["1"], tmp_path / "x.csv", id_column="joy", logits=np.zeros((1, 11)))
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_run_with_the_at_least_one_rule_labels_every_tweet(tmp_path):
+    # Thresholds no probability reaches: without the rule every row is empty, with it each gets its top label.
+    run = make_run(tmp_path / "run", thresholds={n: 0.999 for n in LABELS})
+    ids = [f"2018-En-{i:05d}" for i in range(len(TEXTS))]
+    empty = write_submission(run, TEXTS, ids, tmp_path / "plain.csv")
+    assert empty["rows_without_label"] == len(TEXTS)
+    payload = json.loads((run.folder / "thresholds.json").read_text())
+    tables = {**payload["thresholds"], "global_at_least_one": payload["thresholds"]["per_label"]}
+    (run.folder / "thresholds.json").write_text(json.dumps({**payload, "policy": "global_at_least_one",
+                                                            "at_least_one": True, "thresholds": tables}))
+    result = write_submission(run, TEXTS, ids, tmp_path / "one.csv")
+    _, rows = read_csv(tmp_path / "one.csv")
+    assert result["rows_without_label"] == 0 and all(r[1:].count("1") == 1 for r in rows)
+    (run.folder / "thresholds.json").write_text(json.dumps({**payload, "at_least_one": "yes"}))
+    with pytest.raises(StoreError, match="at_least_one must be true or false"):
+        write_submission(run, TEXTS, ids, tmp_path / "bad.csv")

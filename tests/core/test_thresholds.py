@@ -12,6 +12,7 @@ from emotion_core.thresholds import (
     POLICIES,
     apply_thresholds,
     evaluate_policies,
+    requires_one_label,
     tune_thresholds,
 )
 
@@ -151,7 +152,7 @@ def test_evaluate_policies_ordering_and_no_leakage():
         assert thr.tolist() == tune_thresholds(val_y, val_p, policy).tolist()
         assert all(type(x) is float for x in report["thresholds"][policy])
         # ... and the test numbers are exactly those thresholds applied to test.
-        expected_test = multilabel_metrics(test_y, apply_thresholds(test_p, thr), names)
+        expected_test = multilabel_metrics(test_y, apply_thresholds(test_p, thr, requires_one_label(policy)), names)
         got = {k: v for k, v in report["test"][policy].items() if k not in ("threshold_policy", "thresholds_tuned_on")}
         assert got == expected_test
     assert len(set(report["thresholds"]["per_label"])) > 1  # per-label really differs per label
@@ -191,3 +192,79 @@ def test_bad_input_raises(call, match):
     y, p = _constructed()
     with pytest.raises(ValueError, match=match):
         call(y, p)
+
+
+# --- policies for each dataset's metric: shrinkage, at-least-one, the auto choice ---------------------------------
+
+
+def test_shrunk_pulls_a_rare_label_towards_the_global_threshold():
+    rng = np.random.default_rng(5)
+    n = 400
+    y = np.zeros((n, 4), dtype=int)
+    y[:200, :3] = 1  # three common labels (200 positives each) whose best threshold is low (~0.3)
+    probs = np.where(y == 1, 0.3 + rng.random((n, 4)) * 0.7, rng.random((n, 4)) * 0.25)
+    rare = rng.choice(n, 3, replace=False)
+    y[:, 3] = 0
+    y[rare, 3] = 1  # a rare label: 3 positives above all its negatives (its own best threshold is ~0.9)
+    probs[:, 3] = rng.random(n) * 0.88
+    probs[rare, 3] = 0.95
+    own = tune_thresholds(y, probs, "per_label")
+    pooled = tune_thresholds(y, probs, "global")[0]
+    shrunk = tune_thresholds(y, probs, "shrunk", shrinkage=20.0)
+    for j, positives in ((0, 200), (3, 3)):
+        assert shrunk[j] == pytest.approx((positives * own[j] + 20.0 * pooled) / (positives + 20.0))
+    assert own[3] - pooled > 0.5  # the rare label's own threshold really differs, or the test shows nothing
+    # The rare label keeps 3/23 of its own distance from the global value, a common one 200/220.
+    assert abs(shrunk[3] - pooled) == pytest.approx(abs(own[3] - pooled) * 3 / 23)
+    assert abs(shrunk[0] - own[0]) <= abs(own[0] - pooled) * 20 / 220 + 1e-12
+
+
+def test_shrunk_gives_a_label_without_positives_the_global_threshold():
+    y = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    probs = np.array([[0.9, 0.2], [0.1, 0.7], [0.8, 0.1], [0.3, 0.6]])
+    shrunk = tune_thresholds(y, probs, "shrunk")
+    assert shrunk[1] == tune_thresholds(y, probs, "global")[1]
+
+
+def test_at_least_one_gives_an_empty_row_its_most_probable_label():
+    probs = np.array([[0.2, 0.4, 0.1], [0.9, 0.1, 0.8], [0.3, 0.3, 0.1]])
+    t = np.full(3, 0.5)
+    assert apply_thresholds(probs, t).tolist() == [[0, 0, 0], [1, 0, 1], [0, 0, 0]]
+    assert apply_thresholds(probs, t, at_least_one=True).tolist() == [[0, 1, 0], [1, 0, 1], [1, 0, 0]]
+
+
+def test_global_at_least_one_maximises_jaccard_over_the_grid():
+    rng = np.random.default_rng(8)
+    y = (rng.random((120, 4)) < 0.3).astype(int)
+    y[y.sum(axis=1) == 0, 0] = 1  # every row has a label, as in SemEval E-c (almost)
+    probs = np.clip(0.3 * y + rng.random(y.shape) * 0.7, 0, 1)
+    tuned = tune_thresholds(y, probs, "global_at_least_one", metric="jaccard_samples")
+    best = multilabel_metrics(y, apply_thresholds(probs, tuned, True), list("abcd"))["jaccard_samples"]
+    for value in DEFAULT_GRID:
+        preds = apply_thresholds(probs, np.full(4, value), True)
+        assert multilabel_metrics(y, preds, list("abcd"))["jaccard_samples"] <= best + 1e-12
+    plain = tune_thresholds(y, probs, "global", metric="jaccard_samples")
+    plain_score = multilabel_metrics(y, apply_thresholds(probs, plain), list("abcd"))["jaccard_samples"]
+    assert best > plain_score  # on rows that all have a label, the rule helps
+
+
+def test_choose_policy_scores_held_out_folds_and_never_sees_test():
+    from emotion_core.thresholds import choose_policy
+
+    rng = np.random.default_rng(9)
+    y = (rng.random((300, 3)) < 0.25).astype(int)
+    y[y.sum(axis=1) == 0, 1] = 1
+    probs = np.clip(0.3 * y + rng.random(y.shape) * 0.7, 0, 1)
+    chosen = choose_policy(y, probs, "jaccard_samples", seed=1)
+    assert chosen["policy"] in ("global", "per_label", "shrunk", "global_at_least_one")
+    assert chosen["scores"][chosen["policy"]] == max(chosen["scores"].values())
+    assert chosen["folds"] == 5 and chosen["metric"] == "jaccard_samples"
+    # In-sample, per_label always wins macro-F1; on held-out folds the score is honest and lower.
+    in_sample = multilabel_metrics(y, apply_thresholds(probs, tune_thresholds(y, probs, "per_label")), list("abc"))
+    assert choose_policy(y, probs, "macro_f1", seed=1)["scores"]["per_label"] < in_sample["macro_f1"]
+    assert choose_policy(y, probs, "jaccard_samples", seed=1) == chosen  # seeded folds: the same choice
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="unknown metric"):
+        tune_thresholds(np.array([[1], [0]]), np.array([[0.7], [0.2]]), "global", metric="accuracy")
