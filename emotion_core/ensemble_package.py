@@ -254,6 +254,7 @@ class EnsemblePredictor:
         self.run, self.members, self.batch_size = ensemble, members, batch_size
         self.thresholds = ensemble.combiner.thresholds
         self.shipped = None  # no run calibration.json: GET /model shows the thresholds, not temperatures
+        self.at_least_one = False  # the combiner's rule is its thresholds alone
         self.families = None
 
     @property

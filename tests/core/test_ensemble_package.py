@@ -278,7 +278,7 @@ def test_a_proven_published_ensemble_challenges_the_champion_and_an_unproven_one
     entries = [entry_of_manifest(r.config.name, r.manifest) for r in runs]
     entry, data, _ = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=3, bootstrap_samples=100)
     arrays[entry.name] = data
-    published = replace(entry, run_id=package.name, validation_macro_f1=1.0)  # the best score of the set
+    published = replace(entry, run_id=package.name, validation_macro_f1=1.0, validation_score=1.0)  # the best score of the set
 
     unproven = replace(published, ensemble={**entry.ensemble, "eligible": False})
     records = challenge_champions([*entries, unproven], arrays, fresh, cache, margin=0.0, alpha=0.05)
