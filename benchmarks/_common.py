@@ -26,8 +26,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-PACKAGES = ("torch", "transformers", "peft", "accelerate", "bitsandbytes", "datasets", "tokenizers", "shap",
-            "numba", "scikit-learn", "numpy", "polars", "gguf", "safetensors")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "tokenizers",
+    "shap",
+    "numba",
+    "scikit-learn",
+    "numpy",
+    "polars",
+    "gguf",
+    "safetensors",
+)
 
 
 def offline_env(extra: dict | None = None) -> dict:
@@ -68,12 +82,21 @@ def machine() -> dict:
 
     from emotion_core.monitoring import cpu_model
 
-    facts = {"host": platform.node(), "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
-             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    facts = {
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        facts.update(gpu_name=props.name, gpu_total_memory_mb=round(props.total_memory / 2**20),
-                     bf16_supported=torch.cuda.is_bf16_supported())
+        facts.update(
+            gpu_name=props.name,
+            gpu_total_memory_mb=round(props.total_memory / 2**20),
+            bf16_supported=torch.cuda.is_bf16_supported(),
+        )
     facts["device"] = facts.get("gpu_name") or f"cpu-{os.cpu_count()}cores"
     return facts
 
@@ -100,7 +123,7 @@ def _busy_seconds() -> float:
 class CpuWatch:
     """Load average before/after and the other processes' CPU use (in cores) over a child's run."""
 
-    def __enter__(self) -> "CpuWatch":
+    def __enter__(self) -> CpuWatch:
         self.load_before = load_average()
         self.busy0 = _busy_seconds()
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -114,8 +137,10 @@ class CpuWatch:
         child = usage.ru_utime + usage.ru_stime - self.child0
         busy = _busy_seconds() - self.busy0
         self.facts = {
-            "load_average_before": self.load_before, "load_average_after": load_average(),
-            "process_wall_s": round(wall, 1), "child_cpu_cores": round(child / wall, 2),
+            "load_average_before": self.load_before,
+            "load_average_after": load_average(),
+            "process_wall_s": round(wall, 1),
+            "child_cpu_cores": round(child / wall, 2),
             "other_processes_cpu_cores": round(max(busy - child, 0.0) / wall, 2),
         }
 
@@ -124,16 +149,26 @@ def run_child(script: Path, spec: dict, log: Path, env: dict | None = None, time
     """Run ``script --child <spec>`` in a fresh process; its ``RESULT`` dict plus the CPU facts, or the error."""
     with open(log, "w") as handle, CpuWatch() as watch:
         try:
-            proc = subprocess.run([sys.executable, str(script), "--child", json.dumps(spec)], cwd=ROOT,
-                                  stdout=subprocess.PIPE, stderr=handle, text=True, env=offline_env(env), timeout=timeout)
+            proc = subprocess.run(
+                [sys.executable, str(script), "--child", json.dumps(spec)],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=handle,
+                text=True,
+                env=offline_env(env),
+                timeout=timeout,
+            )
             stdout, code = proc.stdout, proc.returncode
         except subprocess.TimeoutExpired as exc:
-            stdout, code = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), "timeout"
+            stdout, code = (
+                (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""),
+                "timeout",
+            )
     lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
     if code != 0 or not lines:
         tail = log.read_text(errors="replace").strip().splitlines()[-4:]
         return {"status": "failed", "returncode": code, "error": " | ".join(tail), **watch.facts}
-    return {"status": "completed", **json.loads(lines[-1][len("RESULT "):]), **watch.facts}
+    return {"status": "completed", **json.loads(lines[-1][len("RESULT ") :]), **watch.facts}
 
 
 def emit(result: dict) -> None:

@@ -41,9 +41,16 @@ from benchmarks._common import (  # noqa: E402
     write_json,
 )
 
-WORDS = ["Thank you so much, this made my day!", "I can't believe they did that, I'm furious.",
-         "Not sure what to think about this.", "That is hilarious, I laughed so hard", "I miss her every day.",
-         "Wow, I did not expect that at all!", "This is disgusting behaviour.", "I'm so proud of you!"]
+WORDS = [
+    "Thank you so much, this made my day!",
+    "I can't believe they did that, I'm furious.",
+    "Not sure what to think about this.",
+    "That is hilarious, I laughed so hard",
+    "I miss her every day.",
+    "Wow, I did not expect that at all!",
+    "This is disgusting behaviour.",
+    "I'm so proud of you!",
+]
 
 
 def write_input(path: Path, rows: int) -> None:
@@ -51,11 +58,22 @@ def write_input(path: Path, rows: int) -> None:
     import polars as pl
 
     n = pl.int_range(0, rows, eager=False)
-    frame = pl.LazyFrame().select(n.alias("i")).select(
-        ("b" + pl.col("i").cast(pl.Utf8)).alias("id"),
-        pl.concat_str([pl.lit(pl.Series(WORDS)).gather(pl.col("i") % 8), pl.lit(" "),
-                       pl.lit(pl.Series(WORDS)).gather((pl.col("i") * 5 + 3) % 8), pl.lit(" #"),
-                       (pl.col("i") % 1000).cast(pl.Utf8)]).alias("text"))
+    frame = (
+        pl.LazyFrame()
+        .select(n.alias("i"))
+        .select(
+            ("b" + pl.col("i").cast(pl.Utf8)).alias("id"),
+            pl.concat_str(
+                [
+                    pl.lit(pl.Series(WORDS)).gather(pl.col("i") % 8),
+                    pl.lit(" "),
+                    pl.lit(pl.Series(WORDS)).gather((pl.col("i") * 5 + 3) % 8),
+                    pl.lit(" #"),
+                    (pl.col("i") % 1000).cast(pl.Utf8),
+                ]
+            ).alias("text"),
+        )
+    )
     if path.suffix == ".parquet":
         frame.sink_parquet(path)
     else:
@@ -75,9 +93,17 @@ def child(spec: dict) -> None:
     started = time.perf_counter()
     result = predict_batch(store, spec["key"], spec["run"], chunk_rows=spec["chunk_rows"])
     wall = time.perf_counter() - started
-    emit({"rows": result.rows, "chunks": result.chunks, "wall_s": round(wall, 1),
-          "rows_per_s": round(result.rows / wall), "rss_model_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb(),
-          "output_mb": round((store.root / result.output_key).stat().st_size / 2**20, 1)})
+    emit(
+        {
+            "rows": result.rows,
+            "chunks": result.chunks,
+            "wall_s": round(wall, 1),
+            "rows_per_s": round(result.rows / wall),
+            "rss_model_loaded_mb": rss_loaded,
+            "peak_rss_mb": peak_rss_mb(),
+            "output_mb": round((store.root / result.output_key).stat().st_size / 2**20, 1),
+        }
+    )
 
 
 def train(store_dir: Path) -> str:
@@ -121,14 +147,33 @@ def main(argv: list[str] | None = None) -> int:
             (store / "data").mkdir(parents=True)
             write_input(store / key, rows)
             spec = {"store": str(store), "key": key, "run": run, "chunk_rows": args.chunk_rows}
-            result = run_child(Path(__file__), spec, Path(tmp) / f"child-{rows}.log",
-                               env={"EMOTION_CACHE_DIR": str(Path(tmp) / "cache")})
+            result = run_child(
+                Path(__file__),
+                spec,
+                Path(tmp) / f"child-{rows}.log",
+                env={"EMOTION_CACHE_DIR": str(Path(tmp) / "cache")},
+            )
             results.append({"input_rows": rows, "format": args.format, "chunk_rows": args.chunk_rows, **result})
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     out = args.out or RESULTS / f"batch_predict-{device_slug()}.json"
     write_json(out, {"run": run, "machine": machine(), "versions": versions(), "results": results})
-    print(markdown_table(results, ["input_rows", "format", "chunk_rows", "status", "wall_s", "rows_per_s",
-                                   "rss_model_loaded_mb", "peak_rss_mb", "output_mb", "load_average_after"]))
+    print(
+        markdown_table(
+            results,
+            [
+                "input_rows",
+                "format",
+                "chunk_rows",
+                "status",
+                "wall_s",
+                "rows_per_s",
+                "rss_model_loaded_mb",
+                "peak_rss_mb",
+                "output_mb",
+                "load_average_after",
+            ],
+        )
+    )
     print(f"\n{out}")
     return 0 if all(r["status"] == "completed" for r in results) else 1
 

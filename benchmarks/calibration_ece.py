@@ -45,7 +45,10 @@ def split_scores(run, data, split: str, folder: Path) -> dict:
         scores = ece(truth, probs)
         macro = multilabel_metrics(truth, pred.select(names).to_numpy(), names)["macro_f1"]
         out["calibrated" if calibration else "uncalibrated"] = {
-            "ece_flat": scores["flat"], "ece_per_label_mean": scores["per_label_mean"], "macro_f1": macro}
+            "ece_flat": scores["flat"],
+            "ece_per_label_mean": scores["per_label_mean"],
+            "macro_f1": macro,
+        }
     return out
 
 
@@ -57,17 +60,22 @@ def main() -> None:
     run = read_run(args.run)
     data = DataCache().for_run(run)
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"run_id": run.run_id, "temperatures": run.calibration().payload["temperatures"],
-                  **{split: split_scores(run, data, split, Path(tmp)) for split in ("validation", "test")}}
+        result = {
+            "run_id": run.run_id,
+            "temperatures": run.calibration().payload["temperatures"],
+            **{split: split_scores(run, data, split, Path(tmp)) for split in ("validation", "test")},
+        }
     t = np.array(list(result["temperatures"].values()))
     print(f"run {run.run_id}: temperatures min {t.min():.3f} median {np.median(t):.3f} max {t.max():.3f}")
     print("| split | rows | ECE flat (raw -> calibrated) | ECE per-label mean (raw -> cal.) | macro-F1 (raw -> cal.) |")
     print("|---|---|---|---|---|")
     for split in ("validation", "test"):
         s, u, c = result[split], result[split]["uncalibrated"], result[split]["calibrated"]
-        print(f"| {split} | {s['rows']} | {u['ece_flat']:.4f} -> {c['ece_flat']:.4f} | "
-              f"{u['ece_per_label_mean']:.4f} -> {c['ece_per_label_mean']:.4f} | "
-              f"{u['macro_f1']:.4f} -> {c['macro_f1']:.4f} |")
+        print(
+            f"| {split} | {s['rows']} | {u['ece_flat']:.4f} -> {c['ece_flat']:.4f} | "
+            f"{u['ece_per_label_mean']:.4f} -> {c['ece_per_label_mean']:.4f} | "
+            f"{u['macro_f1']:.4f} -> {c['macro_f1']:.4f} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

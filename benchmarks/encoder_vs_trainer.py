@@ -29,7 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +48,13 @@ def _data(spec: dict):
     from emotion_core.config import DataConfig
     from emotion_core.data import load_data
 
-    return DataConfig(dataset="goemotions", max_train_samples=spec["rows"], max_validation_samples=spec["val_rows"],
-                      max_test_samples=spec["val_rows"], seed=spec["data_seed"]), load_data
+    return DataConfig(
+        dataset="goemotions",
+        max_train_samples=spec["rows"],
+        max_validation_samples=spec["val_rows"],
+        max_test_samples=spec["val_rows"],
+        seed=spec["data_seed"],
+    ), load_data
 
 
 def _texts_hash(texts: list[str]) -> str:
@@ -118,15 +123,22 @@ def _timing(state: dict, train_wall: float) -> dict:
     for a, b in zip(marks, marks[1:]):  # per step, minus any excluded window inside it
         step_s.append(round((b - a) - sum(e - s for s, e in state["windows"] if a <= s and e <= b), 3))
     return {
-        "train_seconds": round(seconds, 3), "steps": state["steps"], "samples": counter.rows,
-        "real_tokens": counter.tokens, "padded_tokens": counter.padded,
+        "train_seconds": round(seconds, 3),
+        "steps": state["steps"],
+        "samples": counter.rows,
+        "real_tokens": counter.tokens,
+        "padded_tokens": counter.padded,
         "padding_efficiency": round(counter.tokens / max(counter.padded, 1), 3),
-        "samples_per_s": round(counter.rows / seconds, 2), "real_tokens_per_s": round(counter.tokens / seconds, 1),
+        "samples_per_s": round(counter.rows / seconds, 2),
+        "real_tokens_per_s": round(counter.tokens / seconds, 1),
         "mean_step_s": round(seconds / max(state["steps"], 1), 4),
-        "median_step_s": round(statistics.median(step_s), 4) if step_s else None, "cpu_seconds": round(cpu, 2),
+        "median_step_s": round(statistics.median(step_s), 4) if step_s else None,
+        "cpu_seconds": round(cpu, 2),
         "samples_per_cpu_s": round(counter.rows / max(cpu, 1e-9), 2),
-        "excluded_in_loop_s": round(excluded, 2), "train_call_wall_s": round(train_wall, 2),
-        "after_last_step_s": round(train_wall - (last - t0), 2), "step_s": step_s,
+        "excluded_in_loop_s": round(excluded, 2),
+        "train_call_wall_s": round(train_wall, 2),
+        "after_last_step_s": round(train_wall - (last - t0), 2),
+        "step_s": step_s,
     }
 
 
@@ -146,8 +158,12 @@ def _warm(model, batch) -> None:
 
 def _optimizer_facts(trainer) -> dict:
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    return {"optimizer": type(opt).__name__, "fused": bool(opt.defaults.get("fused")),
-            "foreach": opt.defaults.get("foreach"), "param_groups": len(opt.param_groups)}
+    return {
+        "optimizer": type(opt).__name__,
+        "fused": bool(opt.defaults.get("fused")),
+        "foreach": opt.defaults.get("foreach"),
+        "param_groups": len(opt.param_groups),
+    }
 
 
 def child_project(spec: dict) -> dict:
@@ -159,9 +175,14 @@ def child_project(spec: dict) -> dict:
     from emotion_core.training.fit import seed_everything
 
     data_cfg, load_data = _data(spec)
-    cfg = load_run_config(spec["config"], overrides={
-        "data": data_cfg.model_dump(mode="json"), "training": {"epochs": spec["epochs"], "batch_size": spec["batch_size"]},
-        "model": {"max_length": spec["max_length"]}})
+    cfg = load_run_config(
+        spec["config"],
+        overrides={
+            "data": data_cfg.model_dump(mode="json"),
+            "training": {"epochs": spec["epochs"], "batch_size": spec["batch_size"]},
+            "model": {"max_length": spec["max_length"]},
+        },
+    )
     data = load_data(cfg.data)
     texts, labels = data.texts("train"), data.labels("train")
     seed_everything(cfg.training.seed)  # as pipeline.train_run does before building
@@ -188,14 +209,21 @@ def child_project(spec: dict) -> dict:
         wall = time.perf_counter() - started
     trainer = holder["trainer"]
     return {
-        "arm": "project", **_timing(holder["state"], wall),
+        "arm": "project",
+        **_timing(holder["state"], wall),
         "fit_reported_samples_per_s": round(stats.train_samples_per_second, 2),
-        "fit_reported_train_seconds": round(stats.train_seconds, 2), "fit_eval_seconds": round(stats.eval_seconds, 2),
+        "fit_reported_train_seconds": round(stats.train_seconds, 2),
+        "fit_eval_seconds": round(stats.eval_seconds, 2),
         "train_loss": next((h["train_loss"] for h in reversed(stats.log_history) if "train_loss" in h), None),
-        "best_validation_macro_f1": stats.best_validation_macro_f1, "precision": stats.precision,
-        "sampler": trainer.args.train_sampling_strategy, "collator": "family.collate (tokenizer.pad, dynamic)",
-        **_optimizer_facts(trainer), "train_rows": len(texts), "train_texts_sha256_16": _texts_hash(texts),
-        "torch_threads": torch.get_num_threads(), "peak_rss_mb": _common.peak_rss_mb(),
+        "best_validation_macro_f1": stats.best_validation_macro_f1,
+        "precision": stats.precision,
+        "sampler": trainer.args.train_sampling_strategy,
+        "collator": "family.collate (tokenizer.pad, dynamic)",
+        **_optimizer_facts(trainer),
+        "train_rows": len(texts),
+        "train_texts_sha256_16": _texts_hash(texts),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": _common.peak_rss_mb(),
     }
 
 
@@ -212,19 +240,24 @@ def child_plain(spec: dict) -> dict:
     folder = resolve_model("minilm")
     set_seed(42)  # only so the new head is the same every run; speed does not depend on it
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, problem_type="multi_label_classification",
-                                                               num_labels=NUM_LABELS)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, problem_type="multi_label_classification", num_labels=NUM_LABELS
+    )
     padding = "max_length" if spec["plain_padding"] == "max_length" else False
     ds = datasets.Dataset.from_dict({"text": texts, "labels": labels.tolist()}).map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=spec["max_length"], padding=padding),
-        batched=True, remove_columns=["text"])
+        batched=True,
+        remove_columns=["text"],
+    )
     kwargs = {"max_steps": spec["max_steps"]} if spec.get("max_steps") else {"num_train_epochs": spec["epochs"]}
     if spec.get("plain_optim"):
         kwargs["optim"] = spec["plain_optim"]  # not the default: only when asked for
     if spec.get("plain_bf16"):
         kwargs["bf16"] = True  # not the default: only when asked for (GPU comparisons)
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as tmp:
-        args = TrainingArguments(output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=spec["batch_size"], **kwargs)
+        args = TrainingArguments(
+            output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=spec["batch_size"], **kwargs
+        )
         trainer = Trainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
         collator = type(trainer.data_collator).__name__
         _warm(model, trainer.data_collator([ds[i] for i in range(spec["batch_size"])]))
@@ -233,27 +266,53 @@ def child_plain(spec: dict) -> dict:
         output = trainer.train()
         wall = time.perf_counter() - started
     return {
-        "arm": "plain", **_timing(state, wall), "train_loss": output.training_loss,
+        "arm": "plain",
+        **_timing(state, wall),
+        "train_loss": output.training_loss,
         "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
-        "sampler": getattr(args, "train_sampling_strategy", "group_by_length" if getattr(args, "group_by_length", False) else "random"),
-        "collator": collator + (" (max_length)" if padding else " (dynamic)"), "optim_arg": str(args.optim),
-        **_optimizer_facts(trainer), "train_rows": len(texts), "train_texts_sha256_16": _texts_hash(texts),
-        "torch_threads": torch.get_num_threads(), "peak_rss_mb": _common.peak_rss_mb(),
+        "sampler": getattr(
+            args, "train_sampling_strategy", "group_by_length" if getattr(args, "group_by_length", False) else "random"
+        ),
+        "collator": collator + (" (max_length)" if padding else " (dynamic)"),
+        "optim_arg": str(args.optim),
+        **_optimizer_facts(trainer),
+        "train_rows": len(texts),
+        "train_texts_sha256_16": _texts_hash(texts),
+        "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": _common.peak_rss_mb(),
     }
 
 
 # ----------------------------------------------------------------------------------------- parent
 
 
-COLUMNS = ["run", "arm", "samples_per_s", "samples_per_cpu_s", "real_tokens_per_s", "mean_step_s", "median_step_s", "padding_efficiency", "train_seconds",
-           "steps", "excluded_in_loop_s", "optimizer", "fused", "sampler", "load_before", "other_cpu_cores"]
+COLUMNS = [
+    "run",
+    "arm",
+    "samples_per_s",
+    "samples_per_cpu_s",
+    "real_tokens_per_s",
+    "mean_step_s",
+    "median_step_s",
+    "padding_efficiency",
+    "train_seconds",
+    "steps",
+    "excluded_in_loop_s",
+    "optimizer",
+    "fused",
+    "sampler",
+    "load_before",
+    "other_cpu_cores",
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, default=1000, help="training rows (seeded GoEmotions subset)")
-    parser.add_argument("--val-rows", type=int, default=200, help="validation rows (project arm's in-training validation)")
+    parser.add_argument(
+        "--val-rows", type=int, default=200, help="validation rows (project arm's in-training validation)"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="train this many steps instead of --epochs")
     parser.add_argument("--rounds", type=int, default=2, help="measured (project, plain) pairs")
@@ -262,9 +321,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--data-seed", type=int, default=13)
-    parser.add_argument("--plain-padding", choices=["dynamic", "max_length"], default="dynamic",
-                        help="plain arm: pad per batch (DataCollatorWithPadding) or every text to --max-length")
-    parser.add_argument("--plain-optim", default=None, help="plain arm: override TrainingArguments.optim (default: none)")
+    parser.add_argument(
+        "--plain-padding",
+        choices=["dynamic", "max_length"],
+        default="dynamic",
+        help="plain arm: pad per batch (DataCollatorWithPadding) or every text to --max-length",
+    )
+    parser.add_argument(
+        "--plain-optim", default=None, help="plain arm: override TrainingArguments.optim (default: none)"
+    )
     parser.add_argument("--plain-bf16", action="store_true", help="plain arm: bf16=True (not a default; for GPU runs)")
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads per child (default: torch's)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
@@ -276,10 +341,19 @@ def main() -> int:
         _common.emit(child_project(spec) if spec["arm"] == "project" else child_plain(spec))
         return 0
 
-    base = {"rows": args.rows, "val_rows": args.val_rows, "epochs": args.epochs, "max_steps": args.max_steps,
-            "batch_size": args.batch_size, "max_length": args.max_length, "data_seed": args.data_seed,
-            "config": str(CONFIG), "plain_padding": args.plain_padding, "plain_optim": args.plain_optim,
-            "plain_bf16": args.plain_bf16}
+    base = {
+        "rows": args.rows,
+        "val_rows": args.val_rows,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "batch_size": args.batch_size,
+        "max_length": args.max_length,
+        "data_seed": args.data_seed,
+        "config": str(CONFIG),
+        "plain_padding": args.plain_padding,
+        "plain_optim": args.plain_optim,
+        "plain_bf16": args.plain_bf16,
+    }
     schedule = [] if args.no_warmup_run else [("warmup", "project"), ("warmup", "plain")]
     for i in range(1, args.rounds + 1):
         schedule += [(f"round{i}", "project"), (f"round{i}", "plain")]
@@ -291,12 +365,32 @@ def main() -> int:
             if run == "warmup":
                 spec["max_steps"] = args.warmup_steps
             print(f"{run} {arm}: load average {_common.load_average()} ...", flush=True)
-            result = _common.run_child(Path(__file__), spec, Path(tmp) / f"{run}-{arm}.log", timeout=args.timeout,
-                                       env=_common.thread_env(args.threads))
+            result = _common.run_child(
+                Path(__file__),
+                spec,
+                Path(tmp) / f"{run}-{arm}.log",
+                timeout=args.timeout,
+                env=_common.thread_env(args.threads),
+            )
             result.update(run=run, arm=arm)
             runs.append(result)
-            print("  " + json.dumps({k: result.get(k) for k in ("status", "samples_per_s", "train_seconds", "error",
-                                                              "load_average_before", "other_processes_cpu_cores")}), flush=True)
+            print(
+                "  "
+                + json.dumps(
+                    {
+                        k: result.get(k)
+                        for k in (
+                            "status",
+                            "samples_per_s",
+                            "train_seconds",
+                            "error",
+                            "load_average_before",
+                            "other_processes_cpu_cores",
+                        )
+                    }
+                ),
+                flush=True,
+            )
     measured = [r for r in runs if r["run"] != "warmup" and r["status"] == "completed"]
     by_arm = {arm: [r["samples_per_s"] for r in measured if r["arm"] == arm] for arm in ("project", "plain")}
     ratios = []
@@ -308,31 +402,54 @@ def main() -> int:
     cpu = {arm: [r["samples_per_cpu_s"] for r in measured if r["arm"] == arm] for arm in ("project", "plain")}
     cpu_mean = {arm: round(sum(v) / len(v), 2) if v else None for arm, v in cpu.items()}
     summary = {
-        "project_samples_per_s_mean": mean["project"], "plain_samples_per_s_mean": mean["plain"],
+        "project_samples_per_s_mean": mean["project"],
+        "plain_samples_per_s_mean": mean["plain"],
         "ratio_of_means": round(mean["project"] / mean["plain"], 3) if mean["project"] and mean["plain"] else None,
-        "ratio_per_round": ratios, "ratio_mean_of_rounds": round(sum(ratios) / len(ratios), 3) if ratios else None,
-        "project_samples_per_cpu_s_mean": cpu_mean["project"], "plain_samples_per_cpu_s_mean": cpu_mean["plain"],
-        "ratio_per_cpu_second": round(cpu_mean["project"] / cpu_mean["plain"], 3) if cpu_mean["project"] and cpu_mean["plain"] else None,
+        "ratio_per_round": ratios,
+        "ratio_mean_of_rounds": round(sum(ratios) / len(ratios), 3) if ratios else None,
+        "project_samples_per_cpu_s_mean": cpu_mean["project"],
+        "plain_samples_per_cpu_s_mean": cpu_mean["plain"],
+        "ratio_per_cpu_second": round(cpu_mean["project"] / cpu_mean["plain"], 3)
+        if cpu_mean["project"] and cpu_mean["plain"]
+        else None,
         "target_ratio": 1.5,
         "same_training_texts": len({r.get("train_texts_sha256_16") for r in measured}) == 1,
     }
     payload = {
-        "benchmark": "encoder_vs_trainer", "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": {**base, "rounds": args.rounds,
-        "warmup_run": not args.no_warmup_run, "warmup_steps": args.warmup_steps, "threads": args.threads},
-        "machine": _common.machine(), "versions": _common.versions(), "summary": summary, "runs": runs,
+        "benchmark": "encoder_vs_trainer",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": {
+            **base,
+            "rounds": args.rounds,
+            "warmup_run": not args.no_warmup_run,
+            "warmup_steps": args.warmup_steps,
+            "threads": args.threads,
+        },
+        "machine": _common.machine(),
+        "versions": _common.versions(),
+        "summary": summary,
+        "runs": runs,
         "timing_rule": "on_train_begin -> last on_step_end, minus Trainer._maybe_log_save_evaluate (log/eval/save); "
-                       "samples and real tokens counted in the collator",
+        "samples and real tokens counted in the collator",
     }
     out = Path(args.out or _common.RESULTS / f"encoder_vs_trainer-{_common.device_slug()}.json")
     _common.write_json(out, payload)
     rows = []
     for r in runs:
-        rows.append({**r, "load_before": r.get("load_average_before", [None])[0], "other_cpu_cores": r.get("other_processes_cpu_cores")})
+        rows.append(
+            {
+                **r,
+                "load_before": r.get("load_average_before", [None])[0],
+                "other_cpu_cores": r.get("other_processes_cpu_cores"),
+            }
+        )
     print(_common.markdown_table(rows, COLUMNS))
-    print(f"project / plain samples/s: ratio of means {summary['ratio_of_means']}, per round {ratios} "
-          f"(target >= 1.5); per CPU-second {summary['ratio_per_cpu_second']}; project fit() reports "
-          f"{[r.get('fit_reported_samples_per_s') for r in measured if r['arm'] == 'project']} samples/s")
+    print(
+        f"project / plain samples/s: ratio of means {summary['ratio_of_means']}, per round {ratios} "
+        f"(target >= 1.5); per CPU-second {summary['ratio_per_cpu_second']}; project fit() reports "
+        f"{[r.get('fit_reported_samples_per_s') for r in measured if r['arm'] == 'project']} samples/s"
+    )
     print(f"written: {out}")
     return 0 if all(r["status"] == "completed" for r in runs) else 1
 

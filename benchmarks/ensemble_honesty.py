@@ -53,6 +53,7 @@ def train_members(store_dir: Path) -> list:
     store = LocalStore(store_dir)
     base = load_yaml(Path("deployments/configs/ffnn-tfidf.yaml").read_text())
     runs = []
+
     def done(name: str) -> list[str]:
         return [r for r in store.list_runs() if store.read_manifest(r).get("config_name") == f"bench-{name}"]
 
@@ -77,8 +78,17 @@ def member_arrays(runs) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray],
     return val, arrays[0].truth["validation"], test, arrays[0].truth["test"], arrays[0].names
 
 
-def compare(val: list[np.ndarray], yv: np.ndarray, test: list[np.ndarray], yt: np.ndarray, names: list[str],
-            member_names: list[str], *, bootstrap_n: int = 1000, seed: int = 0) -> dict:
+def compare(
+    val: list[np.ndarray],
+    yv: np.ndarray,
+    test: list[np.ndarray],
+    yt: np.ndarray,
+    names: list[str],
+    member_names: list[str],
+    *,
+    bootstrap_n: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Every member alone (calibrated, thresholds from validation), the old ensemble and the cross-fitted ones."""
     f1 = lambda y, p: float(multilabel_metrics(y, p, names)["macro_f1"])  # noqa: E731
     out, test_preds = {"members": {}}, {}
@@ -86,21 +96,28 @@ def compare(val: list[np.ndarray], yv: np.ndarray, test: list[np.ndarray], yt: n
         temps = fit_temperatures(zv, yv)
         cuts = tune_thresholds(yv, apply_temperatures(zv, temps), "per_label")
         test_preds[name] = apply_thresholds(apply_temperatures(zt, temps), cuts)
-        out["members"][name] = {"validation_in_sample": f1(yv, apply_thresholds(apply_temperatures(zv, temps), cuts)),
-                                "test": f1(yt, test_preds[name])}
+        out["members"][name] = {
+            "validation_in_sample": f1(yv, apply_thresholds(apply_temperatures(zv, temps), cuts)),
+            "test": f1(yt, test_preds[name]),
+        }
     best = max(out["members"], key=lambda n: out["members"][n]["validation_in_sample"])
     val_ids, test_ids = list(range(len(yv))), list(range(len(yt)))
     old = ensemble_split([(val_ids, z) for z in val], yv, [(test_ids, z) for z in test])
     test_preds["old"] = apply_thresholds(old["test"][1], old["thresholds"])
-    out["old_mean_in_sample"] = {"validation_in_sample": f1(yv, apply_thresholds(old["validation"][1],
-                                                                                 old["thresholds"])),
-                                 "test": f1(yt, test_preds["old"])}
+    out["old_mean_in_sample"] = {
+        "validation_in_sample": f1(yv, apply_thresholds(old["validation"][1], old["thresholds"])),
+        "test": f1(yt, test_preds["old"]),
+    }
     for method in ("weighted_mean", "stacking"):
         fit = cross_fit(val, yv, names, method=method, folds=5, bootstrap_n=bootstrap_n, seed=seed)
         test_preds[method] = fit.combiner.predict(test)
-        out[method] = {"validation_out_of_fold": fit.oof_score, "test": f1(yt, test_preds[method]),
-                       "eligible": fit.eligible, "p_oof_vs_best_member": fit.paired["p_value"],
-                       "weights": None if fit.combiner.weights is None else fit.combiner.weights.round(3).tolist()}
+        out[method] = {
+            "validation_out_of_fold": fit.oof_score,
+            "test": f1(yt, test_preds[method]),
+            "eligible": fit.eligible,
+            "p_oof_vs_best_member": fit.paired["p_value"],
+            "weights": None if fit.combiner.weights is None else fit.combiner.weights.round(3).tolist(),
+        }
     for name in ("old", "weighted_mean", "stacking"):
         key = "old_mean_in_sample" if name == "old" else name
         vs_best = paired_bootstrap(yt, test_preds[name], test_preds[best], n=bootstrap_n, seed=seed)
@@ -113,8 +130,13 @@ def compare(val: list[np.ndarray], yv: np.ndarray, test: list[np.ndarray], yt: n
 
 def synthetic(seeds: int = 20) -> dict:
     """Per seed: 3 members (good, weaker, noise) on 2,000 validation and 5,000 test rows; tallies."""
-    tally = {"old_beats_best_member_on_validation": 0, "old_worse_than_best_member_on_test": 0,
-             "new_eligible": 0, "new_eligible_and_worse_on_test": 0, "seeds": seeds}
+    tally = {
+        "old_beats_best_member_on_validation": 0,
+        "old_worse_than_best_member_on_test": 0,
+        "new_eligible": 0,
+        "new_eligible_and_worse_on_test": 0,
+        "seeds": seeds,
+    }
     deltas = {"old": [], "weighted_mean": [], "stacking": []}
     names = [f"l{i}" for i in range(28)]
     for seed in range(seeds):
@@ -123,17 +145,29 @@ def synthetic(seeds: int = 20) -> dict:
         n = 7000
         signal = rng.normal(0, 1.0, (n, 28)) + np.log(rates / (1 - rates))
         y = (rng.random(signal.shape) < sigmoid(1.5 * signal)).astype(int)
-        members = [2.0 * signal + rng.normal(0, 1.2, signal.shape), 0.7 * signal + rng.normal(0, 1.2, signal.shape),
-                   rng.normal(-3, 1.5, signal.shape)]
-        result = compare([m[:2000] for m in members], y[:2000], [m[2000:] for m in members], y[2000:], names,
-                         ["good", "weaker", "noise"], bootstrap_n=300, seed=seed)
+        members = [
+            2.0 * signal + rng.normal(0, 1.2, signal.shape),
+            0.7 * signal + rng.normal(0, 1.2, signal.shape),
+            rng.normal(-3, 1.5, signal.shape),
+        ]
+        result = compare(
+            [m[:2000] for m in members],
+            y[:2000],
+            [m[2000:] for m in members],
+            y[2000:],
+            names,
+            ["good", "weaker", "noise"],
+            bootstrap_n=300,
+            seed=seed,
+        )
         best_val = max(v["validation_in_sample"] for v in result["members"].values())
         old = result["old_mean_in_sample"]
         tally["old_beats_best_member_on_validation"] += old["validation_in_sample"] > best_val
         tally["old_worse_than_best_member_on_test"] += old["test_vs_best_member"]["delta"] < 0
         tally["new_eligible"] += result["weighted_mean"]["eligible"]
-        tally["new_eligible_and_worse_on_test"] += (result["weighted_mean"]["eligible"]
-                                                    and result["weighted_mean"]["test_vs_best_member"]["delta"] < 0)
+        tally["new_eligible_and_worse_on_test"] += (
+            result["weighted_mean"]["eligible"] and result["weighted_mean"]["test_vs_best_member"]["delta"] < 0
+        )
         for name in deltas:
             key = "old_mean_in_sample" if name == "old" else name
             deltas[name].append(result[key]["test_vs_best_member"]["delta"])
@@ -152,8 +186,18 @@ def main() -> None:
         runs = train_members(args.store)
         val, yv, test, yt, names = member_arrays(runs)
         result = compare(val, yv, test, yt, names, list(MEMBERS))
-        print(json.dumps({"goemotions_subset": {"rows": {"validation": len(yv), "test": len(yt)},
-                                                "runs": [r.run_id for r in runs], **result}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "goemotions_subset": {
+                        "rows": {"validation": len(yv), "test": len(yt)},
+                        "runs": [r.run_id for r in runs],
+                        **result,
+                    }
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

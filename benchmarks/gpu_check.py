@@ -40,7 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,19 +49,61 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import _common  # noqa: E402
 
 PREPARED = ROOT / "benchmarks" / "gpu_data" / "goemotions"
-ROBERTA_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                "vocab_size": 50265, "max_position_embeddings": 514}
+ROBERTA_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 50265,
+    "max_position_embeddings": 514,
+}
 SIZES = {
-    "cuda": {"encoder_shape": ROBERTA_BASE, "train_rows": 6000, "val_rows": 500, "max_length": 128, "batch_size": 32,
-             "llama_shape": None, "llama_steps": 30, "llama_warmup": 5, "llama_batch": 16, "llama_max_length": 128,
-             "oom_rows": 1024, "oom_batch": 512, "oom_max_length": 256, "vocab": 30000},
-    "cpu": {"encoder_shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                              "intermediate_size": 128, "vocab_size": 4000, "max_position_embeddings": 130},
-            "train_rows": 192, "val_rows": 48, "max_length": 32, "batch_size": 16,
-            "llama_shape": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                            "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 4000},
-            "llama_steps": 4, "llama_warmup": 1, "llama_batch": 8, "llama_max_length": 32,
-            "oom_rows": 64, "oom_batch": 32, "oom_max_length": 32, "vocab": 2000},
+    "cuda": {
+        "encoder_shape": ROBERTA_BASE,
+        "train_rows": 6000,
+        "val_rows": 500,
+        "max_length": 128,
+        "batch_size": 32,
+        "llama_shape": None,
+        "llama_steps": 30,
+        "llama_warmup": 5,
+        "llama_batch": 16,
+        "llama_max_length": 128,
+        "oom_rows": 1024,
+        "oom_batch": 512,
+        "oom_max_length": 256,
+        "vocab": 30000,
+    },
+    "cpu": {
+        "encoder_shape": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 4000,
+            "max_position_embeddings": 130,
+        },
+        "train_rows": 192,
+        "val_rows": 48,
+        "max_length": 32,
+        "batch_size": 16,
+        "llama_shape": {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 128,
+            "vocab_size": 4000,
+        },
+        "llama_steps": 4,
+        "llama_warmup": 1,
+        "llama_batch": 8,
+        "llama_max_length": 32,
+        "oom_rows": 64,
+        "oom_batch": 32,
+        "oom_max_length": 32,
+        "vocab": 2000,
+    },
 }
 CPU_OOM_ROWS = 8  # --cpu-smoke: a forward on more rows than this raises torch.OutOfMemoryError
 
@@ -104,11 +146,19 @@ def data_folder(arg: str | None) -> Path | None:
 def load_rows(folder: Path | None, train_rows: int, val_rows: int) -> dict:
     """``{train, validation: (texts, label ids)}``, label names and where they came from."""
     if folder is None:
-        return {"train": synthetic(train_rows, 1), "validation": synthetic(val_rows, 2),
-                "names": [f"label{i}" for i in range(28)], "source": "synthetic (no GoEmotions folder found)"}
+        return {
+            "train": synthetic(train_rows, 1),
+            "validation": synthetic(val_rows, 2),
+            "names": [f"label{i}" for i in range(28)],
+            "source": "synthetic (no GoEmotions folder found)",
+        }
     names = [n.strip() for n in (folder / "labels.txt").read_text(encoding="utf-8").splitlines() if n.strip()]
-    return {"train": read_goemotions(folder, "train", train_rows),
-            "validation": read_goemotions(folder, "dev", val_rows), "names": names, "source": str(folder)}
+    return {
+        "train": read_goemotions(folder, "train", train_rows),
+        "validation": read_goemotions(folder, "dev", val_rows),
+        "names": names,
+        "source": str(folder),
+    }
 
 
 def multi_hot(ids: list[list[int]], width: int):
@@ -156,10 +206,18 @@ def train_tokenizer(texts: list[str], vocab_size: int, folder: Path):
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
     fast.save_pretrained(folder)
     return fast
 
@@ -171,15 +229,24 @@ def make_random_encoder(folder: Path, shape: dict, tokenizer) -> dict:
 
     if len(tokenizer) > shape["vocab_size"]:
         raise SystemExit(f"tokenizer has {len(tokenizer)} ids, more than the vocabulary {shape['vocab_size']}")
-    config = RobertaConfig(**shape, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                           eos_token_id=tokenizer.sep_token_id, type_vocab_size=1)
+    config = RobertaConfig(
+        **shape,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        type_vocab_size=1,
+    )
     torch.manual_seed(0)
     model = RobertaModel(config, add_pooling_layer=False)
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
-    return {"shape": shape, "parameters": n_params, "architecture": "RobertaModel (random init)",
-            "tokenizer": f"WordPiece trained on the training texts, {len(tokenizer)} ids"}
+    return {
+        "shape": shape,
+        "parameters": n_params,
+        "architecture": "RobertaModel (random init)",
+        "tokenizer": f"WordPiece trained on the training texts, {len(tokenizer)} ids",
+    }
 
 
 # ----------------------------------------------------------------------------------------- children
@@ -188,10 +255,19 @@ def make_random_encoder(folder: Path, shape: dict, tokenizer) -> dict:
 def _config(path: Path, model: str, spec: dict, training: dict | None = None):
     from emotion_core.config import load_run_config
 
-    return load_run_config(path, overrides={
-        "model": {"model": model, "max_length": spec["max_length"]},
-        "training": {"epochs": 1, "batch_size": spec["batch_size"], "early_stopping_patience": None,
-                     "evaluations_per_epoch": 1, **(training or {})}})
+    return load_run_config(
+        path,
+        overrides={
+            "model": {"model": model, "max_length": spec["max_length"]},
+            "training": {
+                "epochs": 1,
+                "batch_size": spec["batch_size"],
+                "early_stopping_patience": None,
+                "evaluations_per_epoch": 1,
+                **(training or {}),
+            },
+        },
+    )
 
 
 def _rows(spec: dict):
@@ -231,17 +307,35 @@ def child_encoder_project(spec: dict) -> dict:
     samples = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-project-") as tmp, monitor:
         started = time.perf_counter()
-        stats = fit_module.fit(cfg, family, train_ds, val_ds, Path(tmp) / "work", train_labels=labels,
-                               progress=lambda event: samples.append(event.get("device")), monitor=monitor)
+        stats = fit_module.fit(
+            cfg,
+            family,
+            train_ds,
+            val_ds,
+            Path(tmp) / "work",
+            train_labels=labels,
+            progress=lambda event: samples.append(event.get("device")),
+            monitor=monitor,
+        )
         wall = time.perf_counter() - started
         snapshot = monitor.snapshot()
     summary = monitor.summary()
-    return {"arm": "project", **_timing(holder["state"], wall), "precision": stats.precision,
-            "fit_reported_samples_per_s": round(stats.train_samples_per_second, 2),
-            "best_validation_macro_f1": stats.best_validation_macro_f1, **_optimizer_facts(holder["trainer"]),
-            "device_monitor": {"kind": monitor.kind, "interval_s": monitor.interval_s, "summary": summary,
-                               "latest": snapshot, "progress_event_samples": len([s for s in samples if s])},
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "arm": "project",
+        **_timing(holder["state"], wall),
+        "precision": stats.precision,
+        "fit_reported_samples_per_s": round(stats.train_samples_per_second, 2),
+        "best_validation_macro_f1": stats.best_validation_macro_f1,
+        **_optimizer_facts(holder["trainer"]),
+        "device_monitor": {
+            "kind": monitor.kind,
+            "interval_s": monitor.interval_s,
+            "summary": summary,
+            "latest": snapshot,
+            "progress_event_samples": len([s for s in samples if s]),
+        },
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 class _ListDataset:
@@ -267,24 +361,38 @@ def child_encoder_plain(spec: dict) -> dict:
     (texts, labels), _, schema = _rows(spec)
     set_seed(42)
     tokenizer = AutoTokenizer.from_pretrained(spec["model_folder"])
-    model = AutoModelForSequenceClassification.from_pretrained(spec["model_folder"], num_labels=len(schema),
-                                                               problem_type="multi_label_classification")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        spec["model_folder"], num_labels=len(schema), problem_type="multi_label_classification"
+    )
     encoded = tokenizer(texts, truncation=True, max_length=spec["max_length"])
-    rows = [{"input_ids": ids, "attention_mask": mask, "labels": label.tolist()}
-            for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], labels)]
+    rows = [
+        {"input_ids": ids, "attention_mask": mask, "labels": label.tolist()}
+        for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], labels)
+    ]
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     with tempfile.TemporaryDirectory(prefix="gpu-check-plain-") as tmp:
-        args = TrainingArguments(output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=spec["batch_size"],
-                                 num_train_epochs=1, bf16=bf16, report_to="none", disable_tqdm=True)
+        args = TrainingArguments(
+            output_dir=str(Path(tmp) / "out"),
+            per_device_train_batch_size=spec["batch_size"],
+            num_train_epochs=1,
+            bf16=bf16,
+            report_to="none",
+            disable_tqdm=True,
+        )
         trainer = Trainer(model=model, args=args, train_dataset=_ListDataset(rows), processing_class=tokenizer)
-        _warm(model, trainer.data_collator(rows[:spec["batch_size"]]))
+        _warm(model, trainer.data_collator(rows[: spec["batch_size"]]))
         state = _instrument(trainer)
         started = time.perf_counter()
         output = trainer.train()
         wall = time.perf_counter() - started
-    return {"arm": "plain", **_timing(state, wall), "train_loss": output.training_loss,
-            "precision": "bf16" if bf16 else "fp32", **_optimizer_facts(trainer),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "arm": "plain",
+        **_timing(state, wall),
+        "train_loss": output.training_loss,
+        "precision": "bf16" if bf16 else "fp32",
+        **_optimizer_facts(trainer),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def child_llama(spec: dict) -> dict:
@@ -293,11 +401,22 @@ def child_llama(spec: dict) -> dict:
 
     (texts, labels), _, schema = _rows(spec)
     config = str(qlora_vs_lora.CONFIGS[spec["variant"]])
-    return qlora_vs_lora.child({**spec, "config": config, "model": spec["model_folder"],
-                                "steps": spec["llama_steps"], "warmup_steps": spec["llama_warmup"],
-                                "batch_size": spec["llama_batch"], "max_length": spec["llama_max_length"],
-                                "rows": len(texts), "data_seed": 13, "gradient_checkpointing": False,
-                                "batching": "grouped"}, loaded=(texts, labels, schema))
+    return qlora_vs_lora.child(
+        {
+            **spec,
+            "config": config,
+            "model": spec["model_folder"],
+            "steps": spec["llama_steps"],
+            "warmup_steps": spec["llama_warmup"],
+            "batch_size": spec["llama_batch"],
+            "max_length": spec["llama_max_length"],
+            "rows": len(texts),
+            "data_seed": 13,
+            "gradient_checkpointing": False,
+            "batching": "grouped",
+        },
+        loaded=(texts, labels, schema),
+    )
 
 
 def child_oom(spec: dict) -> dict:
@@ -309,8 +428,12 @@ def child_oom(spec: dict) -> dict:
 
     (texts, labels), (val_texts, val_labels), schema = _rows(spec)
     texts = long_texts(texts, spec["max_length"])  # every row at max_length: memory grows with the batch
-    cfg = _config(ROOT / "deployments" / "configs" / "roberta-base.yaml", spec["model_folder"], spec,
-                  {"min_batch_size": 1, "eval_batch_size": 8})
+    cfg = _config(
+        ROOT / "deployments" / "configs" / "roberta-base.yaml",
+        spec["model_folder"],
+        spec,
+        {"min_batch_size": 1, "eval_batch_size": 8},
+    )
     seed_everything(cfg.training.seed)
     family = build_family(cfg, schema, texts, labels)
     source = "cuda"
@@ -329,21 +452,39 @@ def child_oom(spec: dict) -> dict:
         family.model.register_forward_pre_hook(too_big, with_kwargs=True)
     with tempfile.TemporaryDirectory(prefix="gpu-check-oom-") as tmp:
         started = time.perf_counter()
-        stats = fit(cfg, family, family.make_dataset(texts, labels), family.make_dataset(val_texts, val_labels),
-                    Path(tmp) / "work", train_labels=labels)
+        stats = fit(
+            cfg,
+            family,
+            family.make_dataset(texts, labels),
+            family.make_dataset(val_texts, val_labels),
+            Path(tmp) / "work",
+            train_labels=labels,
+        )
         wall = time.perf_counter() - started
     peak = round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
-    return {"source": source, "cap_gib": spec["oom_cap_gib"] if torch.cuda.is_available() else None,
-            "requested_batch_size": spec["batch_size"], "oom_adjustments": stats.oom_adjustments,
-            "final_per_device_batch_size": stats.per_device_batch_size,
-            "final_gradient_accumulation_steps": stats.gradient_accumulation_steps,
-            "effective_batch_size": stats.per_device_batch_size * stats.gradient_accumulation_steps,
-            "steps": stats.steps, "epochs_completed": stats.epochs_completed, "finished": stats.epochs_completed >= 1,
-            "wall_s": round(wall, 1), "peak_gpu_allocated_mb": peak, "max_length": spec["max_length"]}
+    return {
+        "source": source,
+        "cap_gib": spec["oom_cap_gib"] if torch.cuda.is_available() else None,
+        "requested_batch_size": spec["batch_size"],
+        "oom_adjustments": stats.oom_adjustments,
+        "final_per_device_batch_size": stats.per_device_batch_size,
+        "final_gradient_accumulation_steps": stats.gradient_accumulation_steps,
+        "effective_batch_size": stats.per_device_batch_size * stats.gradient_accumulation_steps,
+        "steps": stats.steps,
+        "epochs_completed": stats.epochs_completed,
+        "finished": stats.epochs_completed >= 1,
+        "wall_s": round(wall, 1),
+        "peak_gpu_allocated_mb": peak,
+        "max_length": spec["max_length"],
+    }
 
 
-CHILDREN = {"encoder-project": child_encoder_project, "encoder-plain": child_encoder_plain, "llama": child_llama,
-            "oom": child_oom}
+CHILDREN = {
+    "encoder-project": child_encoder_project,
+    "encoder-plain": child_encoder_plain,
+    "llama": child_llama,
+    "oom": child_oom,
+}
 
 
 # ------------------------------------------------------------------------------------------ parent
@@ -355,8 +496,12 @@ def device_facts() -> dict:
     facts = {**_common.machine(), "torch_cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        facts.update(capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
-                     device_count=torch.cuda.device_count(), driver=_driver())
+        facts.update(
+            capability=f"{props.major}.{props.minor}",
+            multiprocessors=props.multi_processor_count,
+            device_count=torch.cuda.device_count(),
+            driver=_driver(),
+        )
     return facts
 
 
@@ -365,8 +510,16 @@ def _driver() -> str | None:
         return None
     import subprocess
 
-    out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                         text=True, check=False).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     return out[0] if out else None
 
 
@@ -385,9 +538,24 @@ def versions() -> dict:
 def run(name: str, spec: dict, tmp: Path, timeout: float) -> dict:
     print(f"{name} ...", flush=True)
     result = _common.run_child(Path(__file__), {**spec, "child": name}, tmp / f"{name}.log", timeout=timeout)
-    print("  " + json.dumps({k: result.get(k) for k in ("status", "samples_per_s", "tokens_per_s", "error",
-                                                      "peak_gpu_allocated_mb", "oom_adjustments") if k in result}),
-          flush=True)
+    print(
+        "  "
+        + json.dumps(
+            {
+                k: result.get(k)
+                for k in (
+                    "status",
+                    "samples_per_s",
+                    "tokens_per_s",
+                    "error",
+                    "peak_gpu_allocated_mb",
+                    "oom_adjustments",
+                )
+                if k in result
+            }
+        ),
+        flush=True,
+    )
     return result
 
 
@@ -404,22 +572,34 @@ def check(args) -> dict:
     sizes = SIZES["cpu" if args.cpu_smoke else "cuda"]
     only = set(args.only.split(",")) if args.only else {"encoder", "llama", "oom"}
     started = time.perf_counter()
-    payload = {"check": "gpu_check", "mode": mode,
-               "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "command": " ".join([Path(sys.executable).name, *sys.argv]), "device": device_facts(),
-               "versions": versions()}
+    payload = {
+        "check": "gpu_check",
+        "mode": mode,
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "device": device_facts(),
+        "versions": versions(),
+    }
     folder = data_folder(args.data_dir)
     rows = load_rows(folder, sizes["train_rows"], sizes["val_rows"])
-    payload["data"] = {"source": rows["source"], "train_rows": len(rows["train"][0]),
-                       "validation_rows": len(rows["validation"][0]), "labels": len(rows["names"])}
+    payload["data"] = {
+        "source": rows["source"],
+        "train_rows": len(rows["train"][0]),
+        "validation_rows": len(rows["validation"][0]),
+        "labels": len(rows["names"]),
+    }
     skipped = {"status": "skipped", "reason": "not in --only"}
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp_name:
         tmp = Path(tmp_name)
         rows_file = tmp / "rows.json"
         rows_file.write_text(json.dumps(rows), encoding="utf-8")
         tokenizer = train_tokenizer(rows["train"][0], sizes["vocab"], tmp / "tokenizer")
-        base = {"rows_file": str(rows_file), "max_length": sizes["max_length"], "batch_size": sizes["batch_size"],
-                "monitor_interval_s": 0.5 if args.cpu_smoke else 1.0}
+        base = {
+            "rows_file": str(rows_file),
+            "max_length": sizes["max_length"],
+            "batch_size": sizes["batch_size"],
+            "monitor_interval_s": 0.5 if args.cpu_smoke else 1.0,
+        }
         encoder_folder = tmp / "random-roberta"
         encoder_facts = make_random_encoder(encoder_folder, sizes["encoder_shape"], tokenizer)
         base["model_folder"] = str(encoder_folder)
@@ -428,10 +608,14 @@ def check(args) -> dict:
             project = run("encoder-project", base, tmp, args.timeout)
             plain = run("encoder-plain", base, tmp, args.timeout)
             monitor = project.pop("device_monitor", None)
-            payload["encoder"] = {"model": encoder_facts, "max_length": sizes["max_length"],
-                                  "batch_size": sizes["batch_size"], "project": project, "plain": plain,
-                                  "project_over_plain_samples_per_s": ratio(project.get("samples_per_s"),
-                                                                            plain.get("samples_per_s"))}
+            payload["encoder"] = {
+                "model": encoder_facts,
+                "max_length": sizes["max_length"],
+                "batch_size": sizes["batch_size"],
+                "project": project,
+                "plain": plain,
+                "project_over_plain_samples_per_s": ratio(project.get("samples_per_s"), plain.get("samples_per_s")),
+            }
             payload["device_monitor"] = monitor or {"status": "failed", "reason": "the project arm did not finish"}
         else:
             payload["encoder"] = payload["device_monitor"] = skipped
@@ -442,27 +626,41 @@ def check(args) -> dict:
             shape = sizes["llama_shape"] or LLAMA_1B
             llama_folder = tmp / "random-llama"
             llama_facts = make_random_llama(llama_folder, shape, tokenizer)
-            llama = {**base, "model_folder": str(llama_folder), **{k: sizes[k] for k in (
-                "llama_steps", "llama_warmup", "llama_batch", "llama_max_length")}}
+            llama = {
+                **base,
+                "model_folder": str(llama_folder),
+                **{k: sizes[k] for k in ("llama_steps", "llama_warmup", "llama_batch", "llama_max_length")},
+            }
             lora = run("llama", {**llama, "variant": "lora"}, tmp, args.timeout)
             if torch.cuda.is_available():
                 qlora = run("llama", {**llama, "variant": "qlora"}, tmp, args.timeout)
             else:
                 qlora = {"status": "skipped", "reason": "cpu smoke: bitsandbytes' 4-bit training kernels need CUDA"}
             memory = "peak_gpu_allocated_mb" if torch.cuda.is_available() else "peak_rss_mb"
-            payload["qlora_vs_lora"] = {"model": llama_facts, "memory_measure": memory, "lora": lora, "qlora": qlora,
-                                        "qlora_over_lora_peak_memory": ratio(qlora.get(memory), lora.get(memory)),
-                                        "qlora_over_lora_tokens_per_s": ratio(qlora.get("tokens_per_s"),
-                                                                              lora.get("tokens_per_s"))}
+            payload["qlora_vs_lora"] = {
+                "model": llama_facts,
+                "memory_measure": memory,
+                "lora": lora,
+                "qlora": qlora,
+                "qlora_over_lora_peak_memory": ratio(qlora.get(memory), lora.get(memory)),
+                "qlora_over_lora_tokens_per_s": ratio(qlora.get("tokens_per_s"), lora.get("tokens_per_s")),
+            }
             shutil.rmtree(llama_folder, ignore_errors=True)
         else:
             payload["qlora_vs_lora"] = skipped
 
         if "oom" in only:
-            oom = {**base, "batch_size": sizes["oom_batch"], "max_length": sizes["oom_max_length"],
-                   "oom_cap_gib": args.oom_cap_gib}
-            rows_oom = dict(rows, train=(rows["train"][0][:sizes["oom_rows"]], rows["train"][1][:sizes["oom_rows"]]),
-                            validation=(rows["validation"][0][:32], rows["validation"][1][:32]))
+            oom = {
+                **base,
+                "batch_size": sizes["oom_batch"],
+                "max_length": sizes["oom_max_length"],
+                "oom_cap_gib": args.oom_cap_gib,
+            }
+            rows_oom = dict(
+                rows,
+                train=(rows["train"][0][: sizes["oom_rows"]], rows["train"][1][: sizes["oom_rows"]]),
+                validation=(rows["validation"][0][:32], rows["validation"][1][:32]),
+            )
             oom_file = tmp / "rows-oom.json"
             oom_file.write_text(json.dumps(rows_oom), encoding="utf-8")
             result = run("oom", {**oom, "rows_file": str(oom_file)}, tmp, args.timeout)
@@ -486,12 +684,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny shapes on CPU: the same code, in seconds")
-    parser.add_argument("--prepare-data", action="store_true",
-                        help=f"copy a GoEmotions subset from --data-dir / $EMOTION_DATA_DIR to {PREPARED} and exit")
+    parser.add_argument(
+        "--prepare-data",
+        action="store_true",
+        help=f"copy a GoEmotions subset from --data-dir / $EMOTION_DATA_DIR to {PREPARED} and exit",
+    )
     parser.add_argument("--data-dir", default=None, help="a GoEmotions folder (train.tsv, dev.tsv, labels.txt)")
     parser.add_argument("--only", default=None, help="comma-separated sections: encoder, llama, oom (default: all)")
-    parser.add_argument("--oom-cap-gib", type=float, default=8.0,
-                        help="GPU memory the OOM section may use (0: the whole card); the rest is never touched")
+    parser.add_argument(
+        "--oom-cap-gib",
+        type=float,
+        default=8.0,
+        help="GPU memory the OOM section may use (0: the whole card); the rest is never touched",
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds per section process")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

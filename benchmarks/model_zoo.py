@@ -52,14 +52,28 @@ def run_one(entry, store: Path, log_dir: Path) -> dict:
     log = log_dir / f"{entry.config.name}.log"
     started = time.perf_counter()
     with open(log, "w") as handle:
-        proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(raw), str(entry.path), str(store)], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=handle, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(raw), str(entry.path), str(store)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=handle,
+            text=True,
+        )
     wall = time.perf_counter() - started
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("MANIFEST ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("MANIFEST ")]
     if proc.returncode != 0 or not lines:
         tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-        return {"config": entry.config.name, "status": "failed", "error": " | ".join(tail), "process_wall_s": round(wall, 1)}
-    return {"config": entry.config.name, "manifest": json.loads(lines[-1][len("MANIFEST "):]), "process_wall_s": round(wall, 1)}
+        return {
+            "config": entry.config.name,
+            "status": "failed",
+            "error": " | ".join(tail),
+            "process_wall_s": round(wall, 1),
+        }
+    return {
+        "config": entry.config.name,
+        "manifest": json.loads(lines[-1][len("MANIFEST ") :]),
+        "process_wall_s": round(wall, 1),
+    }
 
 
 def row(result: dict) -> dict:
@@ -69,18 +83,28 @@ def row(result: dict) -> dict:
     policy = m["threshold_policy"]
     summary = m["summary"]
     params = m["parameters"]
-    adapter = (m["config"]["model"].get("adapter") or {}).get("method") if m["family"] in ("encoder", "decoder") else None
+    adapter = (
+        (m["config"]["model"].get("adapter") or {}).get("method") if m["family"] in ("encoder", "decoder") else None
+    )
     return {
-        "config": m["config_name"], "family": m["family"], "method": adapter or ("prompted" if m["family"] == "zero_shot" else "full"),
+        "config": m["config_name"],
+        "family": m["family"],
+        "method": adapter or ("prompted" if m["family"] == "zero_shot" else "full"),
         "val_macro_f1": round(summary["validation"][policy]["macro_f1"], 4),
         "test_macro_f1": round(summary["test"][policy]["macro_f1"], 4) if "test" in summary else None,
         "val_macro_f1_at_0.5": round(summary["validation"]["fixed"]["macro_f1"], 4),
-        "trainable": params["trainable"], "total": params["total"],
+        "trainable": params["trainable"],
+        "total": params["total"],
         "trainable_pct": round(100 * params["trainable"] / max(params["total"], 1), 3),
-        "weights_mb": params.get("weights_mb"), "peak_rss_mb": m["memory"]["peak_rss_mb"], "peak_gpu_mb": m["memory"]["peak_gpu_allocated_mb"],
-        "train_samples_per_s": m["timing"]["train_samples_per_second"], "train_s": m["timing"]["train_seconds"],
-        "wall_s": m["timing"]["wall_seconds"], "train_rows": m["data"]["rows"]["train"],
-        "device": m["device"].get("gpu_name") or "cpu", "status": "completed",
+        "weights_mb": params.get("weights_mb"),
+        "peak_rss_mb": m["memory"]["peak_rss_mb"],
+        "peak_gpu_mb": m["memory"]["peak_gpu_allocated_mb"],
+        "train_samples_per_s": m["timing"]["train_samples_per_second"],
+        "train_s": m["timing"]["train_seconds"],
+        "wall_s": m["timing"]["wall_seconds"],
+        "train_rows": m["data"]["rows"]["train"],
+        "device": m["device"].get("gpu_name") or "cpu",
+        "status": "completed",
     }
 
 
@@ -120,8 +144,21 @@ def main() -> None:
     merged = {r["config"]: r for r in kept} | fresh
     rows = sorted(merged.values(), key=lambda r: order.index(r["config"]) if r["config"] in order else len(order))
     out.write_text(json.dumps({"set": args.set, "device": device, "rows": rows}, indent=2) + "\n")
-    columns = ["config", "method", "val_macro_f1", "test_macro_f1", "val_macro_f1_at_0.5", "trainable", "trainable_pct",
-               "weights_mb", "peak_rss_mb", "peak_gpu_mb", "train_samples_per_s", "train_s", "wall_s"]
+    columns = [
+        "config",
+        "method",
+        "val_macro_f1",
+        "test_macro_f1",
+        "val_macro_f1_at_0.5",
+        "trainable",
+        "trainable_pct",
+        "weights_mb",
+        "peak_rss_mb",
+        "peak_gpu_mb",
+        "train_samples_per_s",
+        "train_s",
+        "wall_s",
+    ]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in rows:

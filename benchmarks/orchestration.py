@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,27 +38,36 @@ def free_port() -> int:
 
 def measure(stack, config_set: Path) -> dict:
     import httpx
+
+    from emotion_cli.stack import trigger
     from emotion_core.runs import read_run
     from emotion_core.store import open_store
-    from emotion_cli.stack import trigger
 
     started = time.perf_counter()
     parent = trigger(stack, "train-all/nightly", {"config_set": str(config_set)})
     trigger_to_completion = time.perf_counter() - started
     if not parent.state.is_completed():
         raise SystemExit(f"train-all/nightly ended {parent.state.name}: {parent.state.message}")
-    children = httpx.post(f"{stack.api_url}/flow_runs/filter", json={
-        "flow_runs": {"parent_flow_run_id": {"any_": [str(parent.id)]}}}, timeout=30).json()
+    children = httpx.post(
+        f"{stack.api_url}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [str(parent.id)]}}},
+        timeout=30,
+    ).json()
     store = open_store(stack.env()["EMOTION_STORE"])
     rows = []
     for child in children:
         created, start, end = (datetime.fromisoformat(child[k]) for k in ("created", "start_time", "end_time"))
         manifest = read_run(store.run_folder(child["parameters"]["run_id"])).manifest
-        rows.append({"child": child["name"], "state": child["state_type"],
-                     "dispatch_s": round((start - created).total_seconds(), 2),
-                     "run_wall_s": round((end - start).total_seconds(), 2),
-                     "pipeline_wall_s": manifest["timing"]["wall_seconds"],
-                     "train_s": manifest["timing"]["train_seconds"]})
+        rows.append(
+            {
+                "child": child["name"],
+                "state": child["state_type"],
+                "dispatch_s": round((start - created).total_seconds(), 2),
+                "run_wall_s": round((end - start).total_seconds(), 2),
+                "pipeline_wall_s": manifest["timing"]["wall_seconds"],
+                "train_s": manifest["timing"]["train_seconds"],
+            }
+        )
     longest = max(r["pipeline_wall_s"] for r in rows)
     # After the last child: evaluate-run, explain-run (SHAP) and compare-runs (report, W&B) in the parent.
     parent_run = httpx.get(f"{stack.api_url}/flow_runs/{parent.id}", timeout=30).json()
@@ -98,9 +107,17 @@ def main() -> int:
         os.environ["EMOTION_DATA_DIR"] = str(shared)  # as the Makefile and the tests do
 
     with tempfile.TemporaryDirectory(prefix="emotion-bench-") as tmp:
-        stack = Stack(port=free_port(), state_dir=Path(tmp) / "stack", cpu_workers=args.workers, extra_env={
-            "PREFECT_HOME": f"{tmp}/home", "EMOTION_STORE": f"{tmp}/store", "EMOTION_CACHE_DIR": f"{tmp}/cache",
-            "PREFECT_WORKER_QUERY_SECONDS": "2"})
+        stack = Stack(
+            port=free_port(),
+            state_dir=Path(tmp) / "stack",
+            cpu_workers=args.workers,
+            extra_env={
+                "PREFECT_HOME": f"{tmp}/home",
+                "EMOTION_STORE": f"{tmp}/store",
+                "EMOTION_CACHE_DIR": f"{tmp}/cache",
+                "PREFECT_WORKER_QUERY_SECONDS": "2",
+            },
+        )
         try:
             stack.up()
             stack.wait_for_workers({"orchestration": 1, "gpu": args.workers})
@@ -108,17 +125,25 @@ def main() -> int:
             result = measure(stack, Path(args.set))
         finally:
             stack.down()
-    result.update(config_set=args.set, workers=args.workers, measured_at=datetime.now(timezone.utc).isoformat(),
-                  worker_poll_seconds=2)
+    result.update(
+        config_set=args.set, workers=args.workers, measured_at=datetime.now(UTC).isoformat(), worker_poll_seconds=2
+    )
     print(f"{'child':<28}{'dispatch s':>11}{'run wall s':>11}{'pipeline s':>11}{'train s':>9}")
     for r in result["children"]:
         print(f"{r['child']:<28}{r['dispatch_s']:>11}{r['run_wall_s']:>11}{r['pipeline_wall_s']:>11}{r['train_s']:>9}")
-    print(f"trigger -> completion: {result['trigger_to_completion_s']} s; longest child (pipeline wall): "
-          f"{result['longest_child_pipeline_wall_s']} s; sum of children: {result['sum_children_pipeline_wall_s']} s")
-    print(f"overhead over the longest child: {result['overhead_over_longest_s']} s "
-          f"({result['overhead_over_longest_percent']} %); mean dispatch latency {result['mean_dispatch_s']} s")
-    print(f"of which: analysis after the last child (evaluate, SHAP, report, W&B) {result['analysis_after_children_s']} s; "
-          f"orchestration {result['orchestration_overhead_s']} s ({result['orchestration_overhead_percent']} %)")
+    print(
+        f"trigger -> completion: {result['trigger_to_completion_s']} s; longest child (pipeline wall): "
+        f"{result['longest_child_pipeline_wall_s']} s; sum of children: {result['sum_children_pipeline_wall_s']} s"
+    )
+    print(
+        f"overhead over the longest child: {result['overhead_over_longest_s']} s "
+        f"({result['overhead_over_longest_percent']} %); mean dispatch latency {result['mean_dispatch_s']} s"
+    )
+    print(
+        "of which: analysis after the last child (evaluate, SHAP, report, W&B) "
+        f"{result['analysis_after_children_s']} s; "
+        f"orchestration {result['orchestration_overhead_s']} s ({result['orchestration_overhead_percent']} %)"
+    )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"written: {args.out}")

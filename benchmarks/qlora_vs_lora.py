@@ -34,10 +34,18 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
 
-CONFIGS = {"lora": ROOT / "deployments" / "configs" / "smollm2-lora.yaml",
-           "qlora": ROOT / "deployments" / "configs" / "smollm2-qlora.yaml"}
-LLAMA_1B = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-            "intermediate_size": 8192, "vocab_size": 32000}
+CONFIGS = {
+    "lora": ROOT / "deployments" / "configs" / "smollm2-lora.yaml",
+    "qlora": ROOT / "deployments" / "configs" / "smollm2-qlora.yaml",
+}
+LLAMA_1B = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "intermediate_size": 8192,
+    "vocab_size": 32000,
+}
 
 
 # ------------------------------------------------------------------------------------------ child
@@ -47,8 +55,10 @@ def _peak_memory(device: str) -> dict:
     import torch
 
     if device == "cuda":
-        return {"peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
-                "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+        return {
+            "peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+            "peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1),
+        }
     return {"peak_rss_mb": _common.peak_rss_mb()}
 
 
@@ -58,8 +68,11 @@ def count_parameters(model) -> dict:
 
     counts = trainable_parameters(model)
     stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return {**counts, "trainable_percent": round(100.0 * counts["trainable"] / max(counts["total"], 1), 4),
-            "weights_mb": round(stored / 2**20, 1)}
+    return {
+        **counts,
+        "trainable_percent": round(100.0 * counts["trainable"] / max(counts["total"], 1), 4),
+        "weights_mb": round(stored / 2**20, 1),
+    }
 
 
 def child(spec: dict, loaded: tuple | None = None) -> dict:
@@ -74,13 +87,24 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
     from emotion_core.training.optimizer import adamw
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    data_cfg = DataConfig(dataset="goemotions", max_train_samples=spec["rows"], max_validation_samples=64,
-                          max_test_samples=64, seed=spec["data_seed"])
+    data_cfg = DataConfig(
+        dataset="goemotions",
+        max_train_samples=spec["rows"],
+        max_validation_samples=64,
+        max_test_samples=64,
+        seed=spec["data_seed"],
+    )
     model_over = {"max_length": spec["max_length"], "gradient_checkpointing": spec["gradient_checkpointing"]}
     if spec.get("model"):
         model_over["model"] = spec["model"]
-    cfg = load_run_config(spec["config"], overrides={"data": data_cfg.model_dump(mode="json"), "model": model_over,
-                                                      "training": {"batch_size": spec["batch_size"]}})
+    cfg = load_run_config(
+        spec["config"],
+        overrides={
+            "data": data_cfg.model_dump(mode="json"),
+            "model": model_over,
+            "training": {"batch_size": spec["batch_size"]},
+        },
+    )
     if loaded is None:
         from emotion_core.data import load_data
 
@@ -101,8 +125,11 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
         torch.cuda.synchronize()
     load_s = time.perf_counter() - started
     params = count_parameters(model)
-    after_load = ({"gpu_allocated_after_load_mb": round(torch.cuda.memory_allocated() / 2**20, 1)} if device == "cuda"
-                  else {"rss_after_load_mb": _common.rss_mb()})
+    after_load = (
+        {"gpu_allocated_after_load_mb": round(torch.cuda.memory_allocated() / 2**20, 1)}
+        if device == "cuda"
+        else {"rss_after_load_mb": _common.rss_mb()}
+    )
     load_peak = _peak_memory(device)
 
     dataset = family.make_dataset(texts, labels)
@@ -112,14 +139,14 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
         # Like the Trainer's length grouping (texts of similar length share a batch), without its
         # longest-first order: the rows sorted by length, cut into batches, batches drawn at random.
         by_length = np.argsort([len(dataset[i]["input_ids"]) for i in range(len(dataset))], kind="stable")
-        pool = [by_length[i:i + bs] for i in range(0, len(by_length) - bs + 1, bs)]
+        pool = [by_length[i : i + bs] for i in range(0, len(by_length) - bs + 1, bs)]
         picks = rng.choice(len(pool), size=total_steps, replace=total_steps > len(pool))
         batches = [pool[int(i)] for i in picks]
     else:
         order = rng.permutation(len(dataset))
         if total_steps * bs > len(order):
             order = np.concatenate([order] * (total_steps * bs // len(order) + 1))
-        batches = [order[i * bs:(i + 1) * bs] for i in range(total_steps)]
+        batches = [order[i * bs : (i + 1) * bs] for i in range(total_steps)]
     precision = resolve_precision(cfg.training.precision)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision) if device == "cuda" else None
     compute_loss = trainer_loss(cfg.training.loss, labels)
@@ -156,32 +183,56 @@ def child(spec: dict, loaded: tuple | None = None) -> dict:
     train_s = sum(steps)
     if device == "cuda":  # whole process: the larger of the loading phase's and the training steps' peaks
         train_peak = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        memory = {"peak_gpu_allocated_mb": max(train_peak, load_peak["peak_gpu_allocated_mb"]),
-                  "train_peak_gpu_allocated_mb": train_peak,
-                  "train_peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)}
+        memory = {
+            "peak_gpu_allocated_mb": max(train_peak, load_peak["peak_gpu_allocated_mb"]),
+            "train_peak_gpu_allocated_mb": train_peak,
+            "train_peak_gpu_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1),
+        }
     else:  # VmHWM was reset after loading: it now holds the training steps' peak
         train_peak = _common.peak_rss_mb()
-        memory = {"peak_rss_mb": max(train_peak, load_peak["peak_rss_mb"]) if reset else train_peak,
-                  "train_peak_rss_mb": train_peak if reset else None}
+        memory = {
+            "peak_rss_mb": max(train_peak, load_peak["peak_rss_mb"]) if reset else train_peak,
+            "train_peak_rss_mb": train_peak if reset else None,
+        }
     quant = getattr(base.config, "quantization_config", None)
     return {
-        "variant": spec["variant"], "model": getattr(base.config, "name_or_path", None) or spec.get("model"),
-        "model_type": base.config.model_type, "precision": precision,
+        "variant": spec["variant"],
+        "model": getattr(base.config, "name_or_path", None) or spec.get("model"),
+        "model_type": base.config.model_type,
+        "precision": precision,
         "autocast": str(autocast).replace("torch.", "") if autocast else None,
         "quantization": (quant.to_dict().get("bnb_4bit_quant_type") if hasattr(quant, "to_dict") else None),
         "compute_dtype": str(quant.bnb_4bit_compute_dtype).replace("torch.", "") if quant is not None else None,
-        "body_dtype": str(next(p for n, p in model.named_parameters() if "layers.0" in n and "lora" not in n).dtype).replace("torch.", ""),
-        "trainable": params["trainable"], "total": params["total"], "trainable_percent": params["trainable_percent"],
-        "weights_mb": params["weights_mb"], "load_s": round(load_s, 1), **after_load,
-        "load_phase_peak": load_peak, **memory,
-        "steps": len(steps), "warmup_steps": spec["warmup_steps"], "batch_size": bs,
-        "train_seconds": round(train_s, 3), "real_tokens": sum(tokens), "padded_tokens": sum(padded),
-        "padding_efficiency": round(sum(tokens) / max(sum(padded), 1), 3), "batching": spec["batching"],
-        "cpu_seconds": round(sum(cpu), 2), "tokens_per_cpu_s": round(sum(tokens) / max(sum(cpu), 1e-9), 1),
-        "tokens_per_s": round(sum(tokens) / train_s, 1), "samples_per_s": round(len(steps) * bs / train_s, 2),
-        "mean_step_s": round(train_s / len(steps), 4), "median_step_s": round(statistics.median(steps), 4),
-        "step_s": [round(s, 4) for s in steps], "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
-        "device": device, "torch_threads": torch.get_num_threads(),
+        "body_dtype": str(
+            next(p for n, p in model.named_parameters() if "layers.0" in n and "lora" not in n).dtype
+        ).replace("torch.", ""),
+        "trainable": params["trainable"],
+        "total": params["total"],
+        "trainable_percent": params["trainable_percent"],
+        "weights_mb": params["weights_mb"],
+        "load_s": round(load_s, 1),
+        **after_load,
+        "load_phase_peak": load_peak,
+        **memory,
+        "steps": len(steps),
+        "warmup_steps": spec["warmup_steps"],
+        "batch_size": bs,
+        "train_seconds": round(train_s, 3),
+        "real_tokens": sum(tokens),
+        "padded_tokens": sum(padded),
+        "padding_efficiency": round(sum(tokens) / max(sum(padded), 1), 3),
+        "batching": spec["batching"],
+        "cpu_seconds": round(sum(cpu), 2),
+        "tokens_per_cpu_s": round(sum(tokens) / max(sum(cpu), 1e-9), 1),
+        "tokens_per_s": round(sum(tokens) / train_s, 1),
+        "samples_per_s": round(len(steps) * bs / train_s, 2),
+        "mean_step_s": round(train_s / len(steps), 4),
+        "median_step_s": round(statistics.median(steps), 4),
+        "step_s": [round(s, 4) for s in steps],
+        "first_loss": round(losses[0], 4),
+        "last_loss": round(losses[-1], 4),
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -199,9 +250,15 @@ def make_random_llama(folder: Path, shape: dict, tokenizer=None) -> dict:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model("minilm"))
     if len(tokenizer) > shape["vocab_size"]:
         raise SystemExit(f"tokenizer has {len(tokenizer)} ids, more than the vocabulary {shape['vocab_size']}")
-    config = LlamaConfig(**shape, max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id,
-                         eos_token_id=tokenizer.sep_token_id)
+    config = LlamaConfig(
+        **shape,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+    )
     started = time.perf_counter()
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).to(torch.bfloat16)
@@ -209,21 +266,43 @@ def make_random_llama(folder: Path, shape: dict, tokenizer=None) -> dict:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     del model
-    return {"shape": shape, "parameters": n_params, "build_and_save_s": round(time.perf_counter() - started, 1),
-            "tokenizer": f"{type(tokenizer).__name__}, {len(tokenizer)} ids", "saved_dtype": "bfloat16"}
+    return {
+        "shape": shape,
+        "parameters": n_params,
+        "build_and_save_s": round(time.perf_counter() - started, 1),
+        "tokenizer": f"{type(tokenizer).__name__}, {len(tokenizer)} ids",
+        "saved_dtype": "bfloat16",
+    }
 
 
-COLUMNS = ["variant", "precision", "trainable", "weights_mb", "peak_mem_mb", "train_peak_mem_mb", "tokens_per_s",
-           "tokens_per_cpu_s", "samples_per_s", "mean_step_s", "median_step_s", "padding_efficiency", "load_s",
-           "load_before", "other_cpu_cores"]
+COLUMNS = [
+    "variant",
+    "precision",
+    "trainable",
+    "weights_mb",
+    "peak_mem_mb",
+    "train_peak_mem_mb",
+    "tokens_per_s",
+    "tokens_per_cpu_s",
+    "samples_per_s",
+    "mean_step_s",
+    "median_step_s",
+    "padding_efficiency",
+    "load_s",
+    "load_before",
+    "other_cpu_cores",
+]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--random-llama-1b", action="store_true", help="a random ~1B Llama instead of SmolLM2 (GPU)")
-    parser.add_argument("--llama-shape", default=None,
-                        help="override the random Llama's shape: hidden,layers,heads,kv_heads,intermediate (testing)")
+    parser.add_argument(
+        "--llama-shape",
+        default=None,
+        help="override the random Llama's shape: hidden,layers,heads,kv_heads,intermediate (testing)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 8 on SmolLM2, 40 on the 1B)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="untimed first steps (default 2, 5 on the 1B)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -231,8 +310,12 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=2000, help="training rows the batches are drawn from")
     parser.add_argument("--data-seed", type=int, default=13)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--batching", choices=["grouped", "random"], default="grouped",
-                        help="grouped: batches of similar-length texts (as the project trains); random: random rows")
+    parser.add_argument(
+        "--batching",
+        choices=["grouped", "random"],
+        default="grouped",
+        help="grouped: batches of similar-length texts (as the project trains); random: random rows",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch/OpenMP threads per child (default: torch's)")
     parser.add_argument("--rounds", type=int, default=1, help="(lora, qlora) pairs, alternating")
     parser.add_argument("--only", choices=sorted(CONFIGS), default=None)
@@ -256,25 +339,64 @@ def main() -> int:
         if big:
             shape = dict(LLAMA_1B)
             if args.llama_shape:
-                keys = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"]
+                keys = [
+                    "hidden_size",
+                    "num_hidden_layers",
+                    "num_attention_heads",
+                    "num_key_value_heads",
+                    "intermediate_size",
+                ]
                 shape.update(zip(keys, (int(x) for x in args.llama_shape.split(","))))
             model_folder = Path(tmp) / "random-llama"
             print(f"building a random Llama {shape} ...", flush=True)
             model_facts = {"model": "random Llama", **make_random_llama(model_folder, shape)}
-            print(f"  {model_facts['parameters'] / 1e6:.1f}M parameters in {model_facts['build_and_save_s']} s", flush=True)
+            print(
+                f"  {model_facts['parameters'] / 1e6:.1f}M parameters in {model_facts['build_and_save_s']} s",
+                flush=True,
+            )
         for i in range(1, args.rounds + 1):
             for variant in variants:
-                spec = {"variant": variant, "config": str(CONFIGS[variant]), "model": str(model_folder) if model_folder else None,
-                        "steps": steps, "warmup_steps": warmup, "batch_size": args.batch_size, "max_length": max_length,
-                        "rows": args.rows, "data_seed": args.data_seed, "gradient_checkpointing": args.gradient_checkpointing,
-                        "batching": args.batching}
+                spec = {
+                    "variant": variant,
+                    "config": str(CONFIGS[variant]),
+                    "model": str(model_folder) if model_folder else None,
+                    "steps": steps,
+                    "warmup_steps": warmup,
+                    "batch_size": args.batch_size,
+                    "max_length": max_length,
+                    "rows": args.rows,
+                    "data_seed": args.data_seed,
+                    "gradient_checkpointing": args.gradient_checkpointing,
+                    "batching": args.batching,
+                }
                 print(f"round{i} {variant}: load average {_common.load_average()} ...", flush=True)
-                result = _common.run_child(Path(__file__), spec, Path(tmp) / f"{i}-{variant}.log", timeout=args.timeout,
-                                           env=_common.thread_env(args.threads))
+                result = _common.run_child(
+                    Path(__file__),
+                    spec,
+                    Path(tmp) / f"{i}-{variant}.log",
+                    timeout=args.timeout,
+                    env=_common.thread_env(args.threads),
+                )
                 result.update(run=f"round{i}", variant=variant)
                 runs.append(result)
-                print("  " + json.dumps({k: result.get(k) for k in ("status", "tokens_per_s", "mean_step_s", "peak_rss_mb",
-                                                                  "peak_gpu_allocated_mb", "weights_mb", "error")}), flush=True)
+                print(
+                    "  "
+                    + json.dumps(
+                        {
+                            k: result.get(k)
+                            for k in (
+                                "status",
+                                "tokens_per_s",
+                                "mean_step_s",
+                                "peak_rss_mb",
+                                "peak_gpu_allocated_mb",
+                                "weights_mb",
+                                "error",
+                            )
+                        }
+                    ),
+                    flush=True,
+                )
     done = [r for r in runs if r["status"] == "completed"]
     mean = {}
     for variant in variants:
@@ -282,29 +404,51 @@ def main() -> int:
         if vals:
             mem_key = "peak_gpu_allocated_mb" if vals[0]["device"] == "cuda" else "peak_rss_mb"
             train_key = "train_peak_gpu_allocated_mb" if vals[0]["device"] == "cuda" else "train_peak_rss_mb"
-            mean[variant] = {"tokens_per_s": round(statistics.mean(r["tokens_per_s"] for r in vals), 1),
-                             "tokens_per_cpu_s": round(statistics.mean(r["tokens_per_cpu_s"] for r in vals), 1),
-                             "median_step_s": round(statistics.mean(r["median_step_s"] for r in vals), 4),
-                             "mean_step_s": round(statistics.mean(r["mean_step_s"] for r in vals), 4),
-                             "peak_mem_mb": max(r[mem_key] for r in vals), "train_peak_mem_mb": max(r[train_key] or 0 for r in vals),
-                             "weights_mb": vals[0]["weights_mb"], "memory_measure": mem_key}
+            mean[variant] = {
+                "tokens_per_s": round(statistics.mean(r["tokens_per_s"] for r in vals), 1),
+                "tokens_per_cpu_s": round(statistics.mean(r["tokens_per_cpu_s"] for r in vals), 1),
+                "median_step_s": round(statistics.mean(r["median_step_s"] for r in vals), 4),
+                "mean_step_s": round(statistics.mean(r["mean_step_s"] for r in vals), 4),
+                "peak_mem_mb": max(r[mem_key] for r in vals),
+                "train_peak_mem_mb": max(r[train_key] or 0 for r in vals),
+                "weights_mb": vals[0]["weights_mb"],
+                "memory_measure": mem_key,
+            }
     summary = {"per_variant": mean}
     if "lora" in mean and "qlora" in mean:
         lo, q = mean["lora"], mean["qlora"]
-        summary.update(qlora_over_lora_tokens_per_s=round(q["tokens_per_s"] / lo["tokens_per_s"], 3),
-                       qlora_over_lora_tokens_per_cpu_s=round(q["tokens_per_cpu_s"] / lo["tokens_per_cpu_s"], 3),
-                       qlora_over_lora_median_step=round(q["median_step_s"] / lo["median_step_s"], 3),
-                       qlora_over_lora_peak_mem=round(q["peak_mem_mb"] / lo["peak_mem_mb"], 3),
-                       qlora_over_lora_train_peak_mem=round(q["train_peak_mem_mb"] / lo["train_peak_mem_mb"], 3) if lo["train_peak_mem_mb"] else None,
-                       qlora_over_lora_weights=round(q["weights_mb"] / lo["weights_mb"], 3))
+        summary.update(
+            qlora_over_lora_tokens_per_s=round(q["tokens_per_s"] / lo["tokens_per_s"], 3),
+            qlora_over_lora_tokens_per_cpu_s=round(q["tokens_per_cpu_s"] / lo["tokens_per_cpu_s"], 3),
+            qlora_over_lora_median_step=round(q["median_step_s"] / lo["median_step_s"], 3),
+            qlora_over_lora_peak_mem=round(q["peak_mem_mb"] / lo["peak_mem_mb"], 3),
+            qlora_over_lora_train_peak_mem=round(q["train_peak_mem_mb"] / lo["train_peak_mem_mb"], 3)
+            if lo["train_peak_mem_mb"]
+            else None,
+            qlora_over_lora_weights=round(q["weights_mb"] / lo["weights_mb"], 3),
+        )
     payload = {
-        "benchmark": "qlora_vs_lora", "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "benchmark": "qlora_vs_lora",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "settings": {"steps": steps, "warmup_steps": warmup, "batch_size": args.batch_size, "max_length": max_length,
-                     "rows": args.rows, "data_seed": args.data_seed, "rounds": args.rounds, "batching": args.batching,
-                     "threads": args.threads,
-                     "gradient_checkpointing": args.gradient_checkpointing, "configs": {k: str(v.relative_to(ROOT)) for k, v in CONFIGS.items()}},
-        "model": model_facts, "machine": _common.machine(), "versions": _common.versions(), "summary": summary, "runs": runs,
+        "settings": {
+            "steps": steps,
+            "warmup_steps": warmup,
+            "batch_size": args.batch_size,
+            "max_length": max_length,
+            "rows": args.rows,
+            "data_seed": args.data_seed,
+            "rounds": args.rounds,
+            "batching": args.batching,
+            "threads": args.threads,
+            "gradient_checkpointing": args.gradient_checkpointing,
+            "configs": {k: str(v.relative_to(ROOT)) for k, v in CONFIGS.items()},
+        },
+        "model": model_facts,
+        "machine": _common.machine(),
+        "versions": _common.versions(),
+        "summary": summary,
+        "runs": runs,
     }
     name = "random-llama-1b" if big else "smollm2"
     out = Path(args.out or _common.RESULTS / f"qlora_vs_lora-{name}-{_common.device_slug()}.json")
@@ -312,17 +456,27 @@ def main() -> int:
     rows = []
     for r in runs:
         cuda = r.get("device") == "cuda"
-        rows.append({**r, "variant": f"{r['variant']} ({r['run']})" if args.rounds > 1 else r["variant"],
-                     "peak_mem_mb": r.get("peak_gpu_allocated_mb" if cuda else "peak_rss_mb"),
-                     "train_peak_mem_mb": r.get("train_peak_gpu_allocated_mb" if cuda else "train_peak_rss_mb"),
-                     "load_before": r.get("load_average_before", [None])[0], "other_cpu_cores": r.get("other_processes_cpu_cores")})
+        rows.append(
+            {
+                **r,
+                "variant": f"{r['variant']} ({r['run']})" if args.rounds > 1 else r["variant"],
+                "peak_mem_mb": r.get("peak_gpu_allocated_mb" if cuda else "peak_rss_mb"),
+                "train_peak_mem_mb": r.get("train_peak_gpu_allocated_mb" if cuda else "train_peak_rss_mb"),
+                "load_before": r.get("load_average_before", [None])[0],
+                "other_cpu_cores": r.get("other_processes_cpu_cores"),
+            }
+        )
     memory = "peak GPU allocated" if any(r.get("device") == "cuda" for r in runs) else "peak RSS"
     print(f"model: {model_facts['model']}; memory columns: {memory} (whole process / training steps only), MB")
     print(_common.markdown_table(rows, COLUMNS))
     if "qlora_over_lora_tokens_per_s" in summary:
-        print(f"QLoRA / LoRA: tokens/s x{summary['qlora_over_lora_tokens_per_s']} (per CPU-second "
-              f"x{summary['qlora_over_lora_tokens_per_cpu_s']}, median step x{summary['qlora_over_lora_median_step']}), peak memory x{summary['qlora_over_lora_peak_mem']} "
-              f"(training steps: x{summary['qlora_over_lora_train_peak_mem']}), stored weights x{summary['qlora_over_lora_weights']}")
+        print(
+            f"QLoRA / LoRA: tokens/s x{summary['qlora_over_lora_tokens_per_s']} (per CPU-second "
+            f"x{summary['qlora_over_lora_tokens_per_cpu_s']}, median step x{summary['qlora_over_lora_median_step']}), "
+            f"peak memory x{summary['qlora_over_lora_peak_mem']} "
+            f"(training steps: x{summary['qlora_over_lora_train_peak_mem']}), "
+            f"stored weights x{summary['qlora_over_lora_weights']}"
+        )
     print(f"written: {out}")
     return 0 if len(done) == len(runs) else 1
 

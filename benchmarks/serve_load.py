@@ -50,16 +50,40 @@ from benchmarks._common import (  # noqa: E402
 )
 
 EMOTION = str(Path(sys.executable).with_name("emotion"))
-FALLBACK_TEXTS = ["Thank you so much, this made my day!", "I can't believe they did that, I'm furious.",
-                  "Not sure what to think about this.", "That is hilarious, I laughed so hard", "I miss her every day.",
-                  "Wow, I did not expect that at all!", "This is disgusting behaviour.", "I'm so proud of you!"]
+FALLBACK_TEXTS = [
+    "Thank you so much, this made my day!",
+    "I can't believe they did that, I'm furious.",
+    "Not sure what to think about this.",
+    "That is hilarious, I laughed so hard",
+    "I miss her every day.",
+    "Wow, I did not expect that at all!",
+    "This is disgusting behaviour.",
+    "I'm so proud of you!",
+]
 SMALL_RUNS = {  # name -> (config, overrides): small, quick to train on 2 cores
-    "ffnn": ("deployments/configs/ffnn-tfidf.yaml",
-             ["data.max_train_samples=8000", "data.max_validation_samples=1000", "data.max_test_samples=1000",
-              "model.max_features=30000", "training.epochs=2", "explain.n_texts=0", "name=ffnn-serve-bench"]),
-    "minilm": ("deployments/configs/minilm.yaml",
-               ["data.max_train_samples=400", "data.max_validation_samples=300", "data.max_test_samples=300",
-                "training.epochs=1", "explain.n_texts=0", "name=minilm-serve-bench"]),
+    "ffnn": (
+        "deployments/configs/ffnn-tfidf.yaml",
+        [
+            "data.max_train_samples=8000",
+            "data.max_validation_samples=1000",
+            "data.max_test_samples=1000",
+            "model.max_features=30000",
+            "training.epochs=2",
+            "explain.n_texts=0",
+            "name=ffnn-serve-bench",
+        ],
+    ),
+    "minilm": (
+        "deployments/configs/minilm.yaml",
+        [
+            "data.max_train_samples=400",
+            "data.max_validation_samples=300",
+            "data.max_test_samples=300",
+            "training.epochs=1",
+            "explain.n_texts=0",
+            "name=minilm-serve-bench",
+        ],
+    ),
 }
 
 
@@ -164,8 +188,11 @@ class Connection:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         body = json.dumps(payload).encode()
-        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)  # one write: no Nagle wait
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )  # one write: no Nagle wait
         await self.writer.drain()
         head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         headers = dict(line.split(":", 1) for line in head[1:] if ":" in line)
@@ -211,32 +238,53 @@ async def load_level(url: str, concurrency: int, seconds: float, texts: list[str
     def quantile(q: float) -> float | None:
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else None
 
-    return {"concurrency": concurrency, "seconds": round(wall, 2), "requests": len(latencies) + len(errors),
-            "errors": len(errors), "requests_per_s": round(len(latencies) / wall, 1),
-            "texts_per_s": round(len(latencies) * per_request / wall, 1), "p50_ms": quantile(0.50),
-            "p99_ms": quantile(0.99), "max_ms": round(1000 * ordered[-1], 1) if ordered else None,
-            "error_samples": samples}
+    return {
+        "concurrency": concurrency,
+        "seconds": round(wall, 2),
+        "requests": len(latencies) + len(errors),
+        "errors": len(errors),
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "texts_per_s": round(len(latencies) * per_request / wall, 1),
+        "p50_ms": quantile(0.50),
+        "p99_ms": quantile(0.99),
+        "max_ms": round(1000 * ordered[-1], 1) if ordered else None,
+        "error_samples": samples,
+    }
 
 
 def bench_run(run: str, args, texts: list[str], logs: Path) -> dict:
     server = Server(run, logs / f"serve-{Path(run).name}.log")
     try:
         info = server.wait_ready()
-        result = {"run_id": info["run_id"], "family": info["family"], "model": info["model"],
-                  "calibrated": info["calibrated"], "rss_mb_start": server.rss(), "levels": []}
+        result = {
+            "run_id": info["run_id"],
+            "family": info["family"],
+            "model": info["model"],
+            "calibrated": info["calibrated"],
+            "rss_mb_start": server.rss(),
+            "levels": [],
+        }
         asyncio.run(load_level(server.url, 2, 2.0, texts, args.texts_per_request))  # warm-up, not counted
         for concurrency in args.concurrency:
             rss_before, load_before = server.rss(), load_average()
             server_cpu, client_cpu = cpu_seconds(server.process.pid), cpu_seconds(os.getpid())
             level = asyncio.run(load_level(server.url, concurrency, args.seconds, texts, args.texts_per_request))
             # Cores used by each side during the level: on shared cores the client's share is taken from the server.
-            level.update(rss_mb_before=rss_before, rss_mb_after=server.rss(), load_average_before=load_before,
-                         server_cpu_cores=round((cpu_seconds(server.process.pid) - server_cpu) / level["seconds"], 2),
-                         client_cpu_cores=round((cpu_seconds(os.getpid()) - client_cpu) / level["seconds"], 2))
+            level.update(
+                rss_mb_before=rss_before,
+                rss_mb_after=server.rss(),
+                load_average_before=load_before,
+                server_cpu_cores=round((cpu_seconds(server.process.pid) - server_cpu) / level["seconds"], 2),
+                client_cpu_cores=round((cpu_seconds(os.getpid()) - client_cpu) / level["seconds"], 2),
+            )
             result["levels"].append(level)
-            print(f"{info['family']} c={concurrency}: {level['requests_per_s']} req/s, p50 {level['p50_ms']} ms, "
-                  f"p99 {level['p99_ms']} ms, errors {level['errors']}, CPU cores server {level['server_cpu_cores']} "
-                  f"client {level['client_cpu_cores']}", file=sys.stderr, flush=True)
+            print(
+                f"{info['family']} c={concurrency}: {level['requests_per_s']} req/s, p50 {level['p50_ms']} ms, "
+                f"p99 {level['p99_ms']} ms, errors {level['errors']}, CPU cores server {level['server_cpu_cores']} "
+                f"client {level['client_cpu_cores']}",
+                file=sys.stderr,
+                flush=True,
+            )
         result["rss_mb_end"] = server.rss()
         result["model_calls"] = httpx.get(f"{server.url}/health", timeout=10).json()["model_calls"]
         return result
@@ -245,11 +293,21 @@ def bench_run(run: str, args, texts: list[str], logs: Path) -> dict:
 
 
 def results_table(results: list[dict]) -> str:
-    rows = [{"model": f"{r['family']} ({r['model']})", "clients": lvl["concurrency"], "req/s": lvl["requests_per_s"],
-             "p50 ms": lvl["p50_ms"], "p99 ms": lvl["p99_ms"], "errors": lvl["errors"], "requests": lvl["requests"],
-             "server RSS MB before/after": f"{lvl['rss_mb_before']}/{lvl['rss_mb_after']}",
-             "CPU cores server/client": f"{lvl['server_cpu_cores']}/{lvl['client_cpu_cores']}"}
-            for r in results for lvl in r["levels"]]
+    rows = [
+        {
+            "model": f"{r['family']} ({r['model']})",
+            "clients": lvl["concurrency"],
+            "req/s": lvl["requests_per_s"],
+            "p50 ms": lvl["p50_ms"],
+            "p99 ms": lvl["p99_ms"],
+            "errors": lvl["errors"],
+            "requests": lvl["requests"],
+            "server RSS MB before/after": f"{lvl['rss_mb_before']}/{lvl['rss_mb_after']}",
+            "CPU cores server/client": f"{lvl['server_cpu_cores']}/{lvl['client_cpu_cores']}",
+        }
+        for r in results
+        for lvl in r["levels"]
+    ]
     return markdown_table(rows, list(rows[0]))
 
 
@@ -272,10 +330,20 @@ def main(argv: list[str] | None = None) -> int:
     started = load_average()
     results = [bench_run(run, args, texts, logs) for run in runs]
     table = results_table(results)
-    write_json(out, {"benchmark": "serve_load", "seconds_per_level": args.seconds,
-                     "texts_per_request": args.texts_per_request, "machine": machine(), "versions": versions(),
-                     "load_average_at_start": started, "load_average_at_end": load_average(), "runs": results,
-                     "table": table})
+    write_json(
+        out,
+        {
+            "benchmark": "serve_load",
+            "seconds_per_level": args.seconds,
+            "texts_per_request": args.texts_per_request,
+            "machine": machine(),
+            "versions": versions(),
+            "load_average_at_start": started,
+            "load_average_at_end": load_average(),
+            "runs": results,
+            "table": table,
+        },
+    )
     print(table)
     print(f"results: {out}\nserver logs: {logs}")
     return 1 if any(lvl["errors"] for r in results for lvl in r["levels"]) else 0

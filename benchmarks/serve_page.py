@@ -55,28 +55,44 @@ def use_page(browser: Chromium, url: str, text: str, png: Path, timeout: float =
     target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     try:
-        browser.call("Emulation.setDeviceMetricsOverride", {"width": browser.width, "height": browser.height,
-                                                            "deviceScaleFactor": 1, "mobile": False}, session)
+        browser.call(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": browser.width, "height": browser.height, "deviceScaleFactor": 1, "mobile": False},
+            session,
+        )
         browser.call("Page.navigate", {"url": url.rstrip("/") + "/"}, session)
         state = _wait(browser, session, lambda s: s["model"].startswith("run ") or s["model"].startswith("/"), timeout)
         if not state["model"].startswith("run "):
             raise ShotError(f"the page did not show the model in {timeout:.0f} s: {state['model']!r}")
         browser.call("Runtime.evaluate", {"expression": "document.getElementById('text').focus()"}, session)
         browser.call("Input.insertText", {"text": text}, session)  # typed into the focused box
-        box = browser.call("Runtime.evaluate", {"returnByValue": True, "expression": (
-            "(() => { const r = document.getElementById('go').getBoundingClientRect();"
-            " return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()")}, session)["result"]["value"]
+        box = browser.call(
+            "Runtime.evaluate",
+            {
+                "returnByValue": True,
+                "expression": (
+                    "(() => { const r = document.getElementById('go').getBoundingClientRect();"
+                    " return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()"
+                ),
+            },
+            session,
+        )["result"]["value"]
         for kind in ("mousePressed", "mouseReleased"):  # a real click on the button
-            browser.call("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"], "button": "left",
-                                                      "clickCount": 1}, session)
+            browser.call(
+                "Input.dispatchMouseEvent",
+                {"type": kind, "x": box["x"], "y": box["y"], "button": "left", "clickCount": 1},
+                session,
+            )
         state = _wait(browser, session, lambda s: s["status"] == "done" or bool(s["error"]), timeout)
         time.sleep(0.3)  # a last paint
         shot = browser.call("Page.captureScreenshot", {"format": "png"}, session)
         png.parent.mkdir(parents=True, exist_ok=True)
         png.write_bytes(base64.b64decode(shot["data"]))
         if state["error"] or state["status"] != "done":
-            raise ShotError(f"the page did not finish in {timeout:.0f} s (status {state['status']!r}, "
-                            f"error {state['error']!r}); shot as it was: {png}")
+            raise ShotError(
+                f"the page did not finish in {timeout:.0f} s (status {state['status']!r}, "
+                f"error {state['error']!r}); shot as it was: {png}"
+            )
         return state
     finally:
         browser.call("Target.closeTarget", {"targetId": target})

@@ -33,7 +33,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import _common  # noqa: E402
 
-CONFIGS = {"minilm": ROOT / "deployments" / "configs" / "minilm.yaml",
-           "ffnn": ROOT / "deployments" / "configs" / "ffnn-tfidf.yaml"}
+CONFIGS = {
+    "minilm": ROOT / "deployments" / "configs" / "minilm.yaml",
+    "ffnn": ROOT / "deployments" / "configs" / "ffnn-tfidf.yaml",
+}
 
 
 # ------------------------------------------------------------------------------------------ child
@@ -97,8 +99,9 @@ def child(spec: dict) -> dict:
     family, tokenizer, names, source = _family(spec, data)
     ids, texts = sample_texts(data.ids("test"), data.texts("test"), spec["n_texts"], spec["sample_seed"])
     chosen = set(ids)
-    warm_id, warm_text = next((i, t) for i, t in zip(data.ids("test"), data.texts("test"))
-                              if i not in chosen and len(t.split()) >= 8)
+    warm_id, warm_text = next(
+        (i, t) for i, t in zip(data.ids("test"), data.texts("test")) if i not in chosen and len(t.split()) >= 8
+    )
 
     inner = family_predict_proba(family, spec["predict_batch_size"])
     calls: list[tuple[int, float]] = []  # (rows, seconds) of every model call
@@ -110,8 +113,13 @@ def child(spec: dict) -> dict:
         finally:
             calls.append((len(batch), time.perf_counter() - started))
 
-    kwargs = dict(max_evals=spec["max_evals"], top_labels=spec["top_labels"], tokenizer=tokenizer,
-                  batch_size=spec["shap_batch_size"], seed=spec["sample_seed"])
+    kwargs = dict(
+        max_evals=spec["max_evals"],
+        top_labels=spec["top_labels"],
+        tokenizer=tokenizer,
+        batch_size=spec["shap_batch_size"],
+        seed=spec["sample_seed"],
+    )
     started = time.perf_counter()
     warm = explain_texts(predict_proba, [warm_text], names, ids=[warm_id], **kwargs)  # numba compile + first calls
     warmup_s = time.perf_counter() - started
@@ -119,25 +127,43 @@ def child(spec: dict) -> dict:
     result = explain_texts(predict_proba, texts, names, ids=ids, **kwargs)
     # explain_texts first predicts all texts at once (outside the per-text timing): not counted here
     initial, calls_in_texts = calls[0], calls[1:]
-    clock = {"calls": len(calls_in_texts), "rows": sum(r for r, _ in calls_in_texts),
-             "seconds": sum(t for _, t in calls_in_texts)}
+    clock = {
+        "calls": len(calls_in_texts),
+        "rows": sum(r for r, _ in calls_in_texts),
+        "seconds": sum(t for _, t in calls_in_texts),
+    }
     per_text = [row["seconds"] for row in result["texts"]]
     tokens = [len(row["labels"][0]["tokens"]) if row["labels"] else 0 for row in result["texts"]]
     evals = [row["evaluations"] for row in result["texts"]]
     total = result["seconds"]
     return {
-        "model": spec["model"], "source": source, "masker": result["masker"].split(":")[0] + (
-            ":" + result["masker"].split(":", 1)[1][:24] if ":" in result["masker"] else ""),
-        "n_texts": result["n_texts"], "sample_ids": ids, "max_evals": result["max_evals"], "top_labels": result["top_labels"],
-        "seconds_per_text": result["seconds_per_text"], "median_s": round(statistics.median(per_text), 3),
-        "min_s": round(min(per_text), 3), "max_s": round(max(per_text), 3), "total_s": round(total, 2),
-        "per_text_s": per_text, "tokens_per_text": tokens, "mean_tokens": round(statistics.mean(tokens), 1),
-        "evaluations_per_text": evals, "mean_evaluations": round(statistics.mean(evals), 1),
-        "initial_predict_s": round(initial[1], 3), "model_calls": clock["calls"], "model_rows": clock["rows"],
+        "model": spec["model"],
+        "source": source,
+        "masker": result["masker"].split(":")[0]
+        + (":" + result["masker"].split(":", 1)[1][:24] if ":" in result["masker"] else ""),
+        "n_texts": result["n_texts"],
+        "sample_ids": ids,
+        "max_evals": result["max_evals"],
+        "top_labels": result["top_labels"],
+        "seconds_per_text": result["seconds_per_text"],
+        "median_s": round(statistics.median(per_text), 3),
+        "min_s": round(min(per_text), 3),
+        "max_s": round(max(per_text), 3),
+        "total_s": round(total, 2),
+        "per_text_s": per_text,
+        "tokens_per_text": tokens,
+        "mean_tokens": round(statistics.mean(tokens), 1),
+        "evaluations_per_text": evals,
+        "mean_evaluations": round(statistics.mean(evals), 1),
+        "initial_predict_s": round(initial[1], 3),
+        "model_calls": clock["calls"],
+        "model_rows": clock["rows"],
         "model_share": round(clock["seconds"] / total, 3) if total else None,
         "model_rows_per_s": round(clock["rows"] / clock["seconds"], 1) if clock["seconds"] else None,
-        "shap_numba_warmup_s": warm["warmup_seconds"], "warmup_text_s": round(warmup_s, 2),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+        "shap_numba_warmup_s": warm["warmup_seconds"],
+        "warmup_text_s": round(warmup_s, 2),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "torch_threads": torch.get_num_threads(),
         "shap_version": result["shap_version"],
     }
 
@@ -145,8 +171,20 @@ def child(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------- parent
 
 
-COLUMNS = ["model", "seconds_per_text", "median_s", "min_s", "max_s", "mean_tokens", "mean_evaluations", "model_share",
-           "model_rows_per_s", "warmup_text_s", "load_before", "other_cpu_cores"]
+COLUMNS = [
+    "model",
+    "seconds_per_text",
+    "median_s",
+    "min_s",
+    "max_s",
+    "mean_tokens",
+    "mean_evaluations",
+    "model_share",
+    "model_rows_per_s",
+    "warmup_text_s",
+    "load_before",
+    "other_cpu_cores",
+]
 
 
 def main() -> int:
@@ -171,9 +209,16 @@ def main() -> int:
         _common.emit(child(json.loads(args.child)))
         return 0
 
-    settings = {"n_texts": args.n_texts, "max_evals": args.max_evals, "top_labels": args.top_labels,
-                "shap_batch_size": args.shap_batch_size, "predict_batch_size": args.predict_batch_size,
-                "sample_seed": args.sample_seed, "train_rows": args.train_rows, "data_seed": args.data_seed}
+    settings = {
+        "n_texts": args.n_texts,
+        "max_evals": args.max_evals,
+        "top_labels": args.top_labels,
+        "shap_batch_size": args.shap_batch_size,
+        "predict_batch_size": args.predict_batch_size,
+        "sample_seed": args.sample_seed,
+        "train_rows": args.train_rows,
+        "data_seed": args.data_seed,
+    }
     runs_given = {"minilm": args.minilm_run, "ffnn": args.ffnn_run}
     print(f"uptime load average at start: {_common.load_average()}", flush=True)
     rows = []
@@ -184,18 +229,33 @@ def main() -> int:
             result = _common.run_child(Path(__file__), spec, Path(tmp) / f"{model}.log", timeout=args.timeout)
             result.setdefault("model", model)
             rows.append(result)
-            print("  " + json.dumps({k: result.get(k) for k in ("status", "seconds_per_text", "model_share", "error")}), flush=True)
+            print(
+                "  " + json.dumps({k: result.get(k) for k in ("status", "seconds_per_text", "model_share", "error")}),
+                flush=True,
+            )
     payload = {
-        "benchmark": "shap_speed", "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": settings,
-        "machine": _common.machine(), "versions": _common.versions(), "rows": rows,
+        "benchmark": "shap_speed",
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": settings,
+        "machine": _common.machine(),
+        "versions": _common.versions(),
+        "rows": rows,
     }
     out = Path(args.out or _common.RESULTS / f"shap_speed-{_common.device_slug()}.json")
     _common.write_json(out, payload)
-    table = [{**r, "load_before": r.get("load_average_before", [None])[0], "other_cpu_cores": r.get("other_processes_cpu_cores")}
-             for r in rows]
-    print(f"{args.n_texts} GoEmotions test texts (seed {args.sample_seed}), max_evals {args.max_evals}, "
-          f"top {args.top_labels} labels; seconds exclude warm-up")
+    table = [
+        {
+            **r,
+            "load_before": r.get("load_average_before", [None])[0],
+            "other_cpu_cores": r.get("other_processes_cpu_cores"),
+        }
+        for r in rows
+    ]
+    print(
+        f"{args.n_texts} GoEmotions test texts (seed {args.sample_seed}), max_evals {args.max_evals}, "
+        f"top {args.top_labels} labels; seconds exclude warm-up"
+    )
     print(_common.markdown_table(table, COLUMNS))
     print(f"written: {out}")
     return 0 if all(r["status"] == "completed" for r in rows) else 1

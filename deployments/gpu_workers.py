@@ -39,8 +39,12 @@ def detect_gpus() -> list[dict]:
     """``[{index, name, memory_gib}]`` from nvidia-smi; empty without an NVIDIA driver."""
     if not shutil.which("nvidia-smi"):
         return []
-    result = subprocess.run(["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     gpus = []
     for line in result.stdout.strip().splitlines() if result.returncode == 0 else []:
         index, name, memory_mib = (part.strip() for part in line.split(","))
@@ -55,27 +59,35 @@ def queue_gpus(queue: dict) -> int:
 
 def queues_for_card(queues: dict[str, dict], memory_gib: float | None, cards: int = 1) -> list[str]:
     """Queues a worker with ``cards`` cards of at least ``memory_gib`` serves (``None``: CPU, any memory)."""
-    return [name for name, q in queues.items() if queue_gpus(q) == cards
-            and (memory_gib is None or float(q.get("min_gpu_memory_gb", 0)) <= memory_gib)]
+    return [
+        name
+        for name, q in queues.items()
+        if queue_gpus(q) == cards and (memory_gib is None or float(q.get("min_gpu_memory_gb", 0)) <= memory_gib)
+    ]
 
 
 def card_groups(gpus: list[dict], per_worker: int) -> tuple[list[list[dict]], list[dict]]:
     """Consecutive groups of ``per_worker`` cards, and the cards left over."""
     whole = len(gpus) - len(gpus) % per_worker
-    return [gpus[i:i + per_worker] for i in range(0, whole, per_worker)], gpus[whole:]
+    return [gpus[i : i + per_worker] for i in range(0, whole, per_worker)], gpus[whole:]
 
 
-def worker_commands(pool: str, queues: dict[str, dict], gpus: list[dict], cpu_workers: int, prefix: str,
-                    gpus_per_worker: int = 1) -> list[tuple[list[str], dict]]:
+def worker_commands(
+    pool: str, queues: dict[str, dict], gpus: list[dict], cpu_workers: int, prefix: str, gpus_per_worker: int = 1
+) -> list[tuple[list[str], dict]]:
     """``(argv, extra env)`` per worker."""
     host = socket.gethostname().split(".")[0]
     prefect = str(Path(sys.executable).with_name("prefect"))
     groups, left_over = card_groups(gpus, gpus_per_worker)
     if left_over:
-        print(f"GPUs {[g['index'] for g in left_over]} do not make a group of {gpus_per_worker}: no worker for them",
-              file=sys.stderr)
-    slots = [([g["index"] for g in group], min(g["memory_gib"] for g in group), " + ".join(g["name"] for g in group))
-             for group in groups]
+        print(
+            f"GPUs {[g['index'] for g in left_over]} do not make a group of {gpus_per_worker}: no worker for them",
+            file=sys.stderr,
+        )
+    slots = [
+        ([g["index"] for g in group], min(g["memory_gib"] for g in group), " + ".join(g["name"] for g in group))
+        for group in groups
+    ]
     if not gpus:
         slots = [([i], None, "cpu") for i in range(cpu_workers)]
     commands = []
@@ -83,8 +95,11 @@ def worker_commands(pool: str, queues: dict[str, dict], gpus: list[dict], cpu_wo
         served = queues_for_card(queues, memory, gpus_per_worker)
         if not served:
             size = "CPU" if memory is None else f"{memory:.0f} GiB"
-            print(f"GPUs {indices} ({card}, {size}) as a {gpus_per_worker}-card worker match no queue of pool "
-                  f"'{pool}': no worker", file=sys.stderr)
+            print(
+                f"GPUs {indices} ({card}, {size}) as a {gpus_per_worker}-card worker match no queue of pool "
+                f"'{pool}': no worker",
+                file=sys.stderr,
+            )
             continue
         name = f"{prefix}-{host}-{indices[0]}"
         argv = [prefect, "worker", "start", "--pool", pool, "--type", "process", "--name", name, "--limit", "1"]
@@ -111,8 +126,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-url", help="Prefect API of the fleet (http://host:4200/api); default $PREFECT_API_URL")
     parser.add_argument("--pool", default="gpu")
     parser.add_argument("--cpu-workers", type=int, default=1, help="workers to start when the machine has no GPU")
-    parser.add_argument("--gpus-per-worker", type=int, default=1,
-                        help="cards each worker owns (CUDA_VISIBLE_DEVICES); it serves the queues with that many gpus")
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=1,
+        help="cards each worker owns (CUDA_VISIBLE_DEVICES); it serves the queues with that many gpus",
+    )
     parser.add_argument("--name-prefix", default="gpu")
     parser.add_argument("--pools-file", default=str(POOLS_FILE))
     args = parser.parse_args(argv)
@@ -134,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = worker_commands(args.pool, queues, gpus, args.cpu_workers, args.name_prefix, args.gpus_per_worker)
     workers = []
     for command, env in commands:
-        served = command[command.index("--work-queue") + 1::2]
-        print(f"starting {env['EMOTION_WORKER_NAME']} on {env['EMOTION_WORKER_DEVICE']} "
-              f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '-')}) queues {served}", flush=True)
+        served = command[command.index("--work-queue") + 1 :: 2]
+        print(
+            f"starting {env['EMOTION_WORKER_NAME']} on {env['EMOTION_WORKER_DEVICE']} "
+            f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '-')}) queues {served}",
+            flush=True,
+        )
         workers.append(subprocess.Popen(command, env={**os.environ, **env}))
 
     stop_requested: list[float] = []

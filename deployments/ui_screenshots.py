@@ -51,12 +51,14 @@ class ShotError(Exception):
 
 
 def find_chromium(explicit: str | None) -> str:
-    for name in ([explicit] if explicit else CHROMIUM_NAMES):
+    for name in [explicit] if explicit else CHROMIUM_NAMES:
         path = shutil.which(name)
         if path:
             return path
     wanted = explicit or " / ".join(CHROMIUM_NAMES)
-    raise ShotError(f"Chromium not found ({wanted}); install it (Debian: apt-get install chromium) or pass --chromium PATH")
+    raise ShotError(
+        f"Chromium not found ({wanted}); install it (Debian: apt-get install chromium) or pass --chromium PATH"
+    )
 
 
 class Prefect:
@@ -79,8 +81,10 @@ class Prefect:
         response.raise_for_status()
         api_url = urljoin(self.ui + "/", response.json().get("api_url") or "/api").rstrip("/")
         if api_url != f"{self.ui}/api":
-            raise ShotError(f"the UI at {self.ui} talks to {api_url}, not {self.ui}/api; "
-                            f"start the server with PREFECT_UI_API_URL={self.ui}/api")
+            raise ShotError(
+                f"the UI at {self.ui} talks to {api_url}, not {self.ui}/api; "
+                f"start the server with PREFECT_UI_API_URL={self.ui}/api"
+            )
 
     def worker_names(self, pool: str) -> list[str]:
         response = self._call("POST", f"/work_pools/{quote(pool, safe='')}/workers/filter", json={"limit": 10})
@@ -91,7 +95,9 @@ class Prefect:
 
     def latest_artifact_id(self, key: str) -> str:
         """The newest artifact with this key: latest/filter returns the key's collection, whose `latest_id` it is."""
-        response = self._call("POST", "/artifacts/latest/filter", json={"artifacts": {"key": {"any_": [key]}}, "limit": 1})
+        response = self._call(
+            "POST", "/artifacts/latest/filter", json={"artifacts": {"key": {"any_": [key]}}, "limit": 1}
+        )
         response.raise_for_status()
         found = response.json()
         if not found:
@@ -109,10 +115,21 @@ class Chromium:
         # Every other name fails to resolve: no calls home, nothing fetched but the UI itself.
         rules = "MAP * ~NOTFOUND, " + ", ".join(f"EXCLUDE {h}" for h in hosts)
         command = [
-            binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={self.profile.name}", f"--host-resolver-rules={rules}", "--hide-scrollbars",
-            f"--window-size={window}", "--remote-debugging-pipe", "about:blank",
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={self.profile.name}",
+            f"--host-resolver-rules={rules}",
+            "--hide-scrollbars",
+            f"--window-size={window}",
+            "--remote-debugging-pipe",
+            "about:blank",
         ]
         to_chrome, self._out = os.pipe()
         self._in, from_chrome = os.pipe()
@@ -123,8 +140,9 @@ class Chromium:
             os.dup2(high_out, 4)
 
         self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                        preexec_fn=wire_pipes, pass_fds=(3, 4))
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, preexec_fn=wire_pipes, pass_fds=(3, 4)
+        )
         os.close(to_chrome)
         os.close(from_chrome)
         self._buffer = b""
@@ -151,7 +169,9 @@ class Chromium:
             chunk = os.read(self._in, 1 << 20)
             if not chunk:
                 self.log.seek(0)
-                raise ShotError(f"Chromium exited ({self.process.poll()}): {self.log.read().decode(errors='replace')[-500:]}")
+                raise ShotError(
+                    f"Chromium exited ({self.process.poll()}): {self.log.read().decode(errors='replace')[-500:]}"
+                )
             self._buffer += chunk
 
     def shoot(self, url: str, png: Path, want_all: list[str], want_any: list[str], timeout: float) -> bool:
@@ -160,14 +180,22 @@ class Chromium:
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         try:
             # The window size includes the browser frame; the viewport is set exactly.
-            self.call("Emulation.setDeviceMetricsOverride",
-                      {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False}, session)
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False},
+                session,
+            )
             self.call("Page.navigate", {"url": url}, session)
             ready_js = READY_JS % json.dumps({"all": want_all, "any": want_any})
             deadline, ready = time.monotonic() + timeout, False
             while not ready and time.monotonic() < deadline:
                 time.sleep(0.5)
-                ready = self.call("Runtime.evaluate", {"expression": ready_js, "returnByValue": True}, session)["result"].get("value") is True
+                ready = (
+                    self.call("Runtime.evaluate", {"expression": ready_js, "returnByValue": True}, session)[
+                        "result"
+                    ].get("value")
+                    is True
+                )
             time.sleep(0.3)  # a last paint after the transition class is removed
             shot = self.call("Page.captureScreenshot", {"format": "png"}, session)
             png.write_bytes(base64.b64decode(shot["data"]))
@@ -197,11 +225,15 @@ def slug(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ui-url", required=True, help="the Prefect UI, e.g. http://127.0.0.1:4200 (API at <ui-url>/api)")
+    parser.add_argument(
+        "--ui-url", required=True, help="the Prefect UI, e.g. http://127.0.0.1:4200 (API at <ui-url>/api)"
+    )
     parser.add_argument("--pool", required=True, help="work pool whose Workers tab is shot")
     parser.add_argument("--artifact-key", required=True, help="artifact key; its latest version is shot")
     parser.add_argument("--out-dir", type=Path, required=True)
-    parser.add_argument("--chromium", help="Chromium binary (default: chromium, chromium-browser or google-chrome on PATH)")
+    parser.add_argument(
+        "--chromium", help="Chromium binary (default: chromium, chromium-browser or google-chrome on PATH)"
+    )
     parser.add_argument("--window-size", default="1600,1000", help="viewport WIDTH,HEIGHT")
     parser.add_argument("--timeout", type=float, default=60, help="seconds each page gets to render")
     args = parser.parse_args(argv)
@@ -218,16 +250,26 @@ def main(argv: list[str] | None = None) -> int:
             prefect.client.close()
         args.out_dir.mkdir(parents=True, exist_ok=True)
         shots = [  # url, png, texts that must all show, texts of which one must show
-            (f"{ui}/work-pools/work-pool/{quote(args.pool, safe='')}?tab=Workers",
-             args.out_dir / f"work-pool-{slug(args.pool)}-workers.png", [args.pool], workers),
-            (f"{ui}/artifacts/artifact/{artifact_id}",
-             args.out_dir / f"artifact-{slug(args.artifact_key)}.png", [args.artifact_key], []),
+            (
+                f"{ui}/work-pools/work-pool/{quote(args.pool, safe='')}?tab=Workers",
+                args.out_dir / f"work-pool-{slug(args.pool)}-workers.png",
+                [args.pool],
+                workers,
+            ),
+            (
+                f"{ui}/artifacts/artifact/{artifact_id}",
+                args.out_dir / f"artifact-{slug(args.artifact_key)}.png",
+                [args.artifact_key],
+                [],
+            ),
         ]
         browser = Chromium(binary, ui, args.window_size)
         try:
             for url, png, want_all, want_any in shots:
                 if not browser.shoot(url, png, want_all, want_any, args.timeout):
-                    raise ShotError(f"{url} did not render {want_all + want_any[:1]} in {args.timeout:.0f} s; shot as it was: {png}")
+                    raise ShotError(
+                        f"{url} did not render {want_all + want_any[:1]} in {args.timeout:.0f} s; shot as it was: {png}"
+                    )
                 print(png)
         finally:
             browser.close()

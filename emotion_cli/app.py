@@ -28,8 +28,9 @@ import typer
 from emotion_cli import ship_commands, stack_commands
 from emotion_cli.console import fail, out, run_or_exit
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, compare and ship multi-label emotion classifiers.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Train, compare and ship multi-label emotion classifiers."
+)
 
 
 def _console_without_user_tracebacks() -> None:
@@ -57,12 +58,18 @@ SET_HELP = "Override a config field, e.g. --set training.epochs=1 --set data.max
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="Run config YAML."),
-          store: str | None = typer.Option(None, help=STORE_HELP),
-          set_: list[str] = typer.Option([], "--set", help=SET_HELP),
-          run_id: str | None = typer.Option(None, "--run-id", help="Publish under this run id; if the store holds a "
-                                             "training checkpoint of it (an interrupted run), training resumes from "
-                                             "there.")) -> None:
+def train(
+    config: Path = typer.Argument(..., help="Run config YAML."),
+    store: str | None = typer.Option(None, help=STORE_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    run_id: str | None = typer.Option(
+        None,
+        "--run-id",
+        help="Publish under this run id; if the store holds a "
+        "training checkpoint of it (an interrupted run), training resumes from "
+        "there.",
+    ),
+) -> None:
     """Train one config and publish its run."""
     from emotion_core.config import parse_overrides
 
@@ -101,14 +108,18 @@ def _check_new_run_id(run_id: str, store: str | None) -> None:
     except StoreError:  # unreachable now: training goes ahead, publishing checks again (and keeps the run)
         return
     if published:
-        raise RunIdConflict(f"--run-id {run_id}: run id {run_id} exists in the store {target.uri} already; "
-                            f"choose another run id (a published run is never replaced)")
+        raise RunIdConflict(
+            f"--run-id {run_id}: run id {run_id} exists in the store {target.uri} already; "
+            f"choose another run id (a published run is never replaced)"
+        )
 
 
 @app.command("train-all")
-def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g. deployments/sets/cpu-demo.yaml."),
-              store: str | None = typer.Option(None, help=STORE_HELP),
-              set_: list[str] = typer.Option([], "--set", help=SET_HELP)) -> None:
+def train_all(
+    config_set: Path = typer.Argument(..., help="Config set YAML, e.g. deployments/sets/cpu-demo.yaml."),
+    store: str | None = typer.Option(None, help=STORE_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
     """Train every config of a set, then evaluate, calibrate, explain and compare them (HTML report, markdown, CSV)."""
     from emotion_core.config import parse_overrides
 
@@ -125,60 +136,100 @@ def train_all(config_set: Path = typer.Argument(..., help="Config set YAML, e.g.
 
     summary = run_or_exit(go)
     out.print(summary["table"], highlight=False, soft_wrap=True)
-    out.print(f"report: {summary['html']}\ncomparison: {summary['markdown']}\n            {summary['csv']}",
-              highlight=False, soft_wrap=True)
+    out.print(
+        f"report: {summary['html']}\ncomparison: {summary['markdown']}\n            {summary['csv']}",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
-def predict(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI."),
-            data: Path = typer.Argument(..., help="CSV/TSV/Parquet, GoEmotions TSV or SemEval E-c file."),
-            out_path: Path = typer.Option(..., "--out", help="CSV to write."),
-            text_column: str | None = typer.Option(None, help="Text column (tabular files; default 'text')."),
-            id_column: str | None = typer.Option(None, help=f"Id column to copy {ID_COLUMN_HELP}"),
-            batch_size: int = typer.Option(128, min=1, help="Texts per forward pass."),
-            calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                             help="Use the run's calibration.json (sigmoid(logit/T), calibrated "
-                                                  "thresholds); off: raw sigmoid at thresholds.json's.")) -> None:
+def predict(
+    run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI."),
+    data: Path = typer.Argument(..., help="CSV/TSV/Parquet, GoEmotions TSV or SemEval E-c file."),
+    out_path: Path = typer.Option(..., "--out", help="CSV to write."),
+    text_column: str | None = typer.Option(None, help="Text column (tabular files; default 'text')."),
+    id_column: str | None = typer.Option(None, help=f"Id column to copy {ID_COLUMN_HELP}"),
+    batch_size: int = typer.Option(128, min=1, help="Texts per forward pass."),
+    calibration: bool = typer.Option(
+        True,
+        "--calibration/--no-calibration",
+        help="Use the run's calibration.json (sigmoid(logit/T), calibrated "
+        "thresholds); off: raw sigmoid at thresholds.json's.",
+    ),
+) -> None:
     """Predict labels and probabilities for a data file (calibrated by the run's calibration.json by default)."""
     from emotion_core.predict import predict_file
 
-    path = run_or_exit(predict_file, run, data, out_path, text_column=text_column, id_column=id_column,
-                       batch_size=batch_size, calibration=calibration)
+    path = run_or_exit(
+        predict_file,
+        run,
+        data,
+        out_path,
+        text_column=text_column,
+        id_column=id_column,
+        batch_size=batch_size,
+        calibration=calibration,
+    )
     out.print(f"predictions written: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
-def submit(run: str = typer.Argument(..., help="Run folder, file:// or s3:// URI of the chosen run, or "
-                                               "champion:<dataset> (the registry's champion, e.g. "
-                                               "champion:semeval2018-ec)."),
-           store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
-           out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
-           data: Path | None = typer.Option(None, help="File to predict; default: the dataset's unlabelled test split "
-                                                        "(SemEval E-c)."),
-           calibrated: bool = typer.Option(True, "--calibration/--no-calibration", "--calibrated/--no-calibrated",
-                                           help="The run's calibration.json (temperatures + re-tuned thresholds; "
-                                                "fitted on validation now for older runs); off: thresholds.json."),
-           text_column: str | None = typer.Option(None, help="Text column of --data (tabular files; default 'text')."),
-           id_column: str | None = typer.Option(None, help=f"Id column of --data {ID_COLUMN_HELP}"),
-           batch_size: int = typer.Option(128, min=1, help="Texts per forward pass.")) -> None:
+def submit(
+    run: str = typer.Argument(
+        ...,
+        help="Run folder, file:// or s3:// URI of the chosen run, or "
+        "champion:<dataset> (the registry's champion, e.g. "
+        "champion:semeval2018-ec).",
+    ),
+    store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
+    out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
+    data: Path | None = typer.Option(
+        None, help="File to predict; default: the dataset's unlabelled test split (SemEval E-c)."
+    ),
+    calibrated: bool = typer.Option(
+        True,
+        "--calibration/--no-calibration",
+        "--calibrated/--no-calibrated",
+        help="The run's calibration.json (temperatures + re-tuned thresholds; "
+        "fitted on validation now for older runs); off: thresholds.json.",
+    ),
+    text_column: str | None = typer.Option(None, help="Text column of --data (tabular files; default 'text')."),
+    id_column: str | None = typer.Option(None, help=f"Id column of --data {ID_COLUMN_HELP}"),
+    batch_size: int = typer.Option(128, min=1, help="Texts per forward pass."),
+) -> None:
     """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds."""
     from emotion_core.submission import submit_run
 
     def go():
         try:
-            return submit_run(run, out_path, data_path=data, calibrated=calibrated, batch_size=batch_size,
-                              text_column=text_column, id_column=id_column, store=store)
+            return submit_run(
+                run,
+                out_path,
+                data_path=data,
+                calibrated=calibrated,
+                batch_size=batch_size,
+                text_column=text_column,
+                id_column=id_column,
+                store=store,
+            )
         except ValueError as exc:  # rows that cannot be written (duplicate ids, a label named like the id column)
             from emotion_core.errors import DataError
 
             raise DataError(str(exc)) from None
 
     result = run_or_exit(go)
-    kind = {"shipped": "calibrated thresholds (calibration.json)",
-            "fitted": "calibrated thresholds (fitted now: the run has no calibration.json)"}
+    kind = {
+        "shipped": "calibrated thresholds (calibration.json)",
+        "fitted": "calibrated thresholds (fitted now: the run has no calibration.json)",
+    }
     thresholds = kind.get(result.get("calibration"), "run thresholds")
-    out.print(f"submission written: {result['path']} ({result['rows']} rows, {thresholds}, "
-              f"{result['rows_without_label']} rows with no label)", highlight=False, soft_wrap=True)
+    out.print(
+        f"submission written: {result['path']} ({result['rows']} rows, {thresholds}, "
+        f"{result['rows_without_label']} rows with no label)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 ship_commands.register(app)  # runs, publish, export, serve
@@ -217,8 +268,10 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
                 preflight.check(cfg, str(path))
             except EmotionError as exc:
                 fail(exc)
-            out.print(f"  ok  {cfg.name}: {cfg.model.family} {getattr(cfg.model, 'model', '')} on {cfg.data.dataset}",
-                      highlight=False)
+            out.print(
+                f"  ok  {cfg.name}: {cfg.model.family} {getattr(cfg.model, 'model', '')} on {cfg.data.dataset}",
+                highlight=False,
+            )
 
 
 stack_commands.register(app)  # demo, pools, stack up | down

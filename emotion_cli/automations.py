@@ -29,8 +29,10 @@ PARENT_FLOW, NIGHTLY_DEPLOYMENT = "train-all", "nightly"
 FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed", "Cancelling")}
 
 NOTIFY_SUBJECT = "train-all/nightly {{ flow_run.state.name }}: {{ flow_run.name }}"
-NOTIFY_BODY = ("Flow run {{ flow_run.name }} ({{ flow_run.id }}) of train-all/nightly ended "
-               "{{ flow_run.state.name }}: {{ flow_run.state.message }}\n{{ flow_run|ui_url }}")
+NOTIFY_BODY = (
+    "Flow run {{ flow_run.name }} ({{ flow_run.id }}) of train-all/nightly ended "
+    "{{ flow_run.state.name }}: {{ flow_run.state.message }}\n{{ flow_run|ui_url }}"
+)
 
 
 class AutomationError(EmotionError):
@@ -43,17 +45,22 @@ def notify_block_id(reference: str):
     from prefect.blocks.core import Block
 
     if reference.count("/") != 1 or not all(reference.split("/")):
-        raise AutomationError(f"{NOTIFY_BLOCK_ENV}='{reference}': expected <block-type-slug>/<name>, "
-                              "e.g. custom-webhook/nightly-alerts (see `prefect block ls`)")
+        raise AutomationError(
+            f"{NOTIFY_BLOCK_ENV}='{reference}': expected <block-type-slug>/<name>, "
+            "e.g. custom-webhook/nightly-alerts (see `prefect block ls`)"
+        )
     try:
         block = Block.load(reference)
     except (ValueError, KeyError) as error:
-        raise AutomationError(f"{NOTIFY_BLOCK_ENV}='{reference}': no such block on the Prefect server "
-                              f"({type(error).__name__}); create it first (`prefect block create custom-webhook`)"
-                              ) from None
+        raise AutomationError(
+            f"{NOTIFY_BLOCK_ENV}='{reference}': no such block on the Prefect server "
+            f"({type(error).__name__}); create it first (`prefect block create custom-webhook`)"
+        ) from None
     if not isinstance(block, NotificationBlock):
-        raise AutomationError(f"{NOTIFY_BLOCK_ENV}='{reference}': a {type(block).__name__} block cannot send "
-                              "notifications; name a notification block (custom-webhook, slack-webhook, ...)")
+        raise AutomationError(
+            f"{NOTIFY_BLOCK_ENV}='{reference}': a {type(block).__name__} block cannot send "
+            "notifications; name a notification block (custom-webhook, slack-webhook, ...)"
+        )
     return block._block_document_id
 
 
@@ -69,10 +76,16 @@ def notify_automation(block_document_id):
         trigger=EventTrigger(
             expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related=[{"prefect.resource.role": "flow", "prefect.resource.name": PARENT_FLOW},
-                           {"prefect.resource.role": "deployment", "prefect.resource.name": NIGHTLY_DEPLOYMENT}],
-            posture=Posture.Reactive, threshold=1, within=timedelta(0)),
-        actions=[SendNotification(block_document_id=block_document_id, subject=NOTIFY_SUBJECT, body=NOTIFY_BODY)])
+            match_related=[
+                {"prefect.resource.role": "flow", "prefect.resource.name": PARENT_FLOW},
+                {"prefect.resource.role": "deployment", "prefect.resource.name": NIGHTLY_DEPLOYMENT},
+            ],
+            posture=Posture.Reactive,
+            threshold=1,
+            within=timedelta(0),
+        ),
+        actions=[SendNotification(block_document_id=block_document_id, subject=NOTIFY_SUBJECT, body=NOTIFY_BODY)],
+    )
 
 
 def heartbeat_automation(timeout_s: float):
@@ -87,18 +100,26 @@ def heartbeat_automation(timeout_s: float):
     return AutomationCore(
         name=HEARTBEAT_NAME,
         description="A train-all parent whose process died is marked crashed and its children cancelled "
-                    "(emotion_cli.automations).",
+        "(emotion_cli.automations).",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *FINAL_EVENTS},
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "flow", "prefect.resource.name": PARENT_FLOW},
             for_each={"prefect.resource.id"},
-            posture=Posture.Proactive, threshold=1, within=timedelta(seconds=timeout_s)),
-        actions=[ChangeFlowRunState(
-            state=StateType.CANCELLED, name="Crashed",
-            message=f"no heartbeat for {timeout_s:.0f}s: the train-all process or its machine died; "
-                    "its children are cancelled")])
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=timeout_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CANCELLED,
+                name="Crashed",
+                message=f"no heartbeat for {timeout_s:.0f}s: the train-all process or its machine died; "
+                "its children are cancelled",
+            )
+        ],
+    )
 
 
 def upsert(client, automation) -> str:

@@ -35,13 +35,22 @@ def apply_pools(path: str | Path = POOLS_FILE, automations: bool = True) -> list
         for name, spec in load_pools(path).items():
             try:
                 client.read_work_pool(name)
-                client.update_work_pool(name, WorkPoolUpdate(description=spec.get("description"),
-                                                             concurrency_limit=spec.get("concurrency_limit")))
+                client.update_work_pool(
+                    name,
+                    WorkPoolUpdate(
+                        description=spec.get("description"), concurrency_limit=spec.get("concurrency_limit")
+                    ),
+                )
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(
-                    name=name, type=spec.get("type", "process"), description=spec.get("description"),
-                    concurrency_limit=spec.get("concurrency_limit"),
-                    base_job_template=base_job_template(spec.get("type", "process"), spec.get("base_job_template"))))
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=name,
+                        type=spec.get("type", "process"),
+                        description=spec.get("description"),
+                        concurrency_limit=spec.get("concurrency_limit"),
+                        base_job_template=base_job_template(spec.get("type", "process"), spec.get("base_job_template")),
+                    )
+                )
             existing = {q.name: q for q in client.read_work_queues(work_pool_name=name)}
             for queue, settings in (spec.get("queues") or {}).items():
                 fields = {"description": settings.get("description"), "priority": settings.get("priority")}
@@ -49,8 +58,10 @@ def apply_pools(path: str | Path = POOLS_FILE, automations: bool = True) -> list
                     client.update_work_queue(existing[queue].id, **{k: v for k, v in fields.items() if v is not None})
                 else:
                     client.create_work_queue(name=queue, work_pool_name=name, **fields)
-            lines.append(f"pool {name} ({spec.get('type', 'process')}, limit {spec.get('concurrency_limit')}): "
-                         f"queues {', '.join(spec.get('queues') or {}) or 'default'}")
+            lines.append(
+                f"pool {name} ({spec.get('type', 'process')}, limit {spec.get('concurrency_limit')}): "
+                f"queues {', '.join(spec.get('queues') or {}) or 'default'}"
+            )
     if automations:
         from emotion_cli.automations import apply_automations
 

@@ -9,9 +9,10 @@ import typer
 from emotion_cli.console import err, out, run_or_exit
 
 
-def runs(store: str | None = typer.Option(None, help="Artefact store (path, file:// or s3://); default "
-                                                     "$EMOTION_STORE."),
-         dataset: str | None = typer.Option(None, help="Only runs of this dataset key (e.g. goemotions-...).")) -> None:
+def runs(
+    store: str | None = typer.Option(None, help="Artefact store (path, file:// or s3://); default $EMOTION_STORE."),
+    dataset: str | None = typer.Option(None, help="Only runs of this dataset key (e.g. goemotions-...)."),
+) -> None:
     """List the store's runs, newest first, and the champion of each dataset (marked *)."""
     from rich.table import Table
 
@@ -30,20 +31,35 @@ def runs(store: str | None = typer.Option(None, help="Artefact store (path, file
         table.add_column(column)
     score = lambda value: "" if value is None else f"{value:.4f}"
     for row in rows:
-        table.add_row("*" if row.champion else "", row.run_id, row.config, row.family, row.dataset,
-                      score(row.validation_macro_f1), score(row.test_macro_f1), row.finished_at[:19], row.problem)
+        table.add_row(
+            "*" if row.champion else "",
+            row.run_id,
+            row.config,
+            row.family,
+            row.dataset,
+            score(row.validation_macro_f1),
+            score(row.test_macro_f1),
+            row.finished_at[:19],
+            row.problem,
+        )
     out.print(table)
     for key, doc in sorted(champions.items()):
         if dataset is None or key == dataset:
-            out.print(f"champion of {key}: {doc['run_id']} (validation macro-F1 {doc['validation_macro_f1']:.4f})",
-                      highlight=False, soft_wrap=True)
+            out.print(
+                f"champion of {key}: {doc['run_id']} (validation macro-F1 {doc['validation_macro_f1']:.4f})",
+                highlight=False,
+                soft_wrap=True,
+            )
     if not rows:
         out.print("no runs", highlight=False)
 
 
-def publish(folder: Path = typer.Argument(..., help="A complete run folder (with manifest.json), e.g. one kept after "
-                                                    "a failed publish."),
-            store: str = typer.Option(..., help="Store to publish into (path, file:// or s3://).")) -> None:
+def publish(
+    folder: Path = typer.Argument(
+        ..., help="A complete run folder (with manifest.json), e.g. one kept after a failed publish."
+    ),
+    store: str = typer.Option(..., help="Store to publish into (path, file:// or s3://)."),
+) -> None:
     """Publish a complete local run folder into a store (idempotent; the folder is left as it is)."""
     import json
 
@@ -55,8 +71,9 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
         try:
             run_id = json.loads((run_folder / "manifest.json").read_text(encoding="utf-8")).get("run_id")
         except (ValueError, AttributeError) as exc:  # not JSON, or JSON but not an object
-            raise StoreError(f"{run_folder / 'manifest.json'}: not a JSON object ({exc}); "
-                             "the run folder is damaged") from None
+            raise StoreError(
+                f"{run_folder / 'manifest.json'}: not a JSON object ({exc}); the run folder is damaged"
+            ) from None
         run_id = RunId.parse(run_id, f"{run_folder / 'manifest.json'}: run_id")  # untrusted: it names a store folder
         target = open_store(store)
         uri = target.publish(run_folder, run_id)
@@ -69,14 +86,19 @@ def publish(folder: Path = typer.Argument(..., help="A complete run folder (with
     out.print(f"run published: {run_or_exit(go)}", highlight=False, soft_wrap=True)
 
 
-def export(run: str = typer.Argument(..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls)."),
-           dest: Path = typer.Argument(..., help="New folder to write (must not exist, or be empty)."),
-           merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model."),
-           calibration: bool = typer.Option(True, help="Store the run's calibration.json temperatures + thresholds "
-                                                       "(fitted on validation now for older runs)."),
-           base_model: str | None = typer.Option(None, help="Adapter runs: base model id/path the adapter names."),
-           push_to_hub: str | None = typer.Option(None, "--push-to-hub",
-                                                     help="Also upload to this hub repo (token: $HF_TOKEN).")) -> None:
+def export(
+    run: str = typer.Argument(..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls)."),
+    dest: Path = typer.Argument(..., help="New folder to write (must not exist, or be empty)."),
+    merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model."),
+    calibration: bool = typer.Option(
+        True,
+        help="Store the run's calibration.json temperatures + thresholds (fitted on validation now for older runs).",
+    ),
+    base_model: str | None = typer.Option(None, help="Adapter runs: base model id/path the adapter names."),
+    push_to_hub: str | None = typer.Option(
+        None, "--push-to-hub", help="Also upload to this hub repo (token: $HF_TOKEN)."
+    ),
+) -> None:
     """Export a run as a Hugging Face folder (transformers / peft, no remote code) with a model card."""
     from emotion_core import export as ex
     from emotion_core.runs import read_run
@@ -92,32 +114,46 @@ def export(run: str = typer.Argument(..., help="Run folder or file:// / s3:// UR
         return result
 
     result = run_or_exit(go)
-    out.print(f"exported {result['run_id']} ({result['kind']}, {result['model_type']}) to {result['folder']}; "
-              f"max |logit diff| to the run: {result['max_abs_logit_diff']:.2e}", highlight=False, soft_wrap=True)
+    out.print(
+        f"exported {result['run_id']} ({result['kind']}, {result['model_type']}) to {result['folder']}; "
+        f"max |logit diff| to the run: {result['max_abs_logit_diff']:.2e}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if result.get("pushed"):
         out.print(f"pushed: {result['pushed']}", highlight=False, soft_wrap=True)
 
 
-def serve(source: str = typer.Argument(..., help="Run folder, file:// or s3:// URI, or champion:<dataset> (the "
-                                                  "registry's champion, reloaded when it changes)."),
-          store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
-          host: str = typer.Option("127.0.0.1", help="Address to listen on; not loopback: anyone who reaches it "
-                                                     "can use the API (no authentication)."),
-          port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free one)."),
-          max_texts: int = typer.Option(256, min=1, help="Texts per /predict request."),
-          max_chars: int = typer.Option(10_000, min=1, help="Characters per text."),
-          reload_every: float = typer.Option(30.0, min=0.1, help="champion:<dataset>: seconds between registry reads."),
-          calibration: bool = typer.Option(True, "--calibration/--no-calibration",
-                                           help="The run's calibration.json (as emotion predict); "
-                                                "off: raw sigmoid.")) -> None:
+def serve(
+    source: str = typer.Argument(
+        ...,
+        help="Run folder, file:// or s3:// URI, or champion:<dataset> (the "
+        "registry's champion, reloaded when it changes).",
+    ),
+    store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        help="Address to listen on; not loopback: anyone who reaches it can use the API (no authentication).",
+    ),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port (0: any free one)."),
+    max_texts: int = typer.Option(256, min=1, help="Texts per /predict request."),
+    max_chars: int = typer.Option(10_000, min=1, help="Characters per text."),
+    reload_every: float = typer.Option(30.0, min=0.1, help="champion:<dataset>: seconds between registry reads."),
+    calibration: bool = typer.Option(
+        True,
+        "--calibration/--no-calibration",
+        help="The run's calibration.json (as emotion predict); off: raw sigmoid.",
+    ),
+) -> None:
     """Serve a run or a dataset's champion: POST /predict, POST /explain, GET /health, /model and a page at /."""
     import ipaddress
 
     from emotion_core.serving.models import CHAMPION_PREFIX, ChampionSource, load_model
     from emotion_core.serving.settings import ServeSettings
 
-    settings = ServeSettings(max_texts=max_texts, max_chars=max_chars, reload_every_s=reload_every,
-                             calibration=calibration)
+    settings = ServeSettings(
+        max_texts=max_texts, max_chars=max_chars, reload_every_s=reload_every, calibration=calibration
+    )
 
     def load():
         if not source.startswith(CHAMPION_PREFIX):
@@ -138,8 +174,12 @@ def serve(source: str = typer.Argument(..., help="Run folder, file:// or s3:// U
 
     from emotion_core.serving.app import create_app
 
-    out.print(f"serving run {model.run_id} ({'calibrated' if model.predictor.calibrated else 'uncalibrated'}) "
-              f"on http://{host}:{port}/", highlight=False, soft_wrap=True)
+    out.print(
+        f"serving run {model.run_id} ({'calibrated' if model.predictor.calibrated else 'uncalibrated'}) "
+        f"on http://{host}:{port}/",
+        highlight=False,
+        soft_wrap=True,
+    )
     uvicorn.run(create_app(model, settings, champion), host=host, port=port, log_level="info")
 
 

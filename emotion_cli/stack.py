@@ -76,17 +76,19 @@ class Stack:
     def env(self) -> dict[str, str]:
         env = {**os.environ, **self.extra_env}
         env.pop(DATABASE_ENV, None)  # the server's alone (start_server): it may hold a password
-        env.update({
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_UI_API_URL": self.api_url,  # else the UI of a server on another port calls :4200
-            "PREFECT_HOME": str(Path(env.get("PREFECT_HOME") or self.state_dir / "prefect").resolve()),
-            "DO_NOT_TRACK": "1",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
-            "EMOTION_PROJECT_DIR": str(PROJECT_DIR),
-            "PYTHONUNBUFFERED": "1",
-            SHARED_FILESYSTEM_ENV: "1",  # one machine: the workers write where the parent reads
-        })
+        env.update(
+            {
+                "PREFECT_API_URL": self.api_url,
+                "PREFECT_UI_API_URL": self.api_url,  # else the UI of a server on another port calls :4200
+                "PREFECT_HOME": str(Path(env.get("PREFECT_HOME") or self.state_dir / "prefect").resolve()),
+                "DO_NOT_TRACK": "1",
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_WORKER_QUERY_SECONDS": env.get("PREFECT_WORKER_QUERY_SECONDS", "5"),
+                "EMOTION_PROJECT_DIR": str(PROJECT_DIR),
+                "PYTHONUNBUFFERED": "1",
+                SHARED_FILESYSTEM_ENV: "1",  # one machine: the workers write where the parent reads
+            }
+        )
         store = self.extra_env.get("EMOTION_STORE") or default_store_uri()
         env["EMOTION_STORE"] = store if "://" in store else str(Path(store).resolve())
         if env.get("EMOTION_DATA_DIR"):
@@ -102,8 +104,15 @@ class Stack:
             return pid
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.state_dir / f"{name}.log", "ab")
-        process = subprocess.Popen(argv, env=env or self.env(), cwd=PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            argv,
+            env=env or self.env(),
+            cwd=PROJECT_DIR,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         # The start time identifies the process: a pid alone may name another process once ours has exited.
         record = {"pid": process.pid, "started": _start_time(process.pid), "port": self.port, "argv": argv}
         pid_file.write_text(json.dumps(record) + "\n")
@@ -152,11 +161,14 @@ class Stack:
             if self.healthy():
                 return
             if not pid_alive(pid):
-                raise StackError(f"the Prefect server exited at start (port {self.port} taken?); "
-                                 f"see {self.state_dir / 'server.log'}")
+                raise StackError(
+                    f"the Prefect server exited at start (port {self.port} taken?); see {self.state_dir / 'server.log'}"
+                )
             time.sleep(1)
-        raise StackError(f"the Prefect server did not answer {self.api_url}/health within {timeout_s:.0f}s; "
-                         f"see {self.state_dir / 'server.log'}")
+        raise StackError(
+            f"the Prefect server did not answer {self.api_url}/health within {timeout_s:.0f}s; "
+            f"see {self.state_dir / 'server.log'}"
+        )
 
     def run_with_api(self, fn, *args, **kwargs):
         """Call ``fn`` with this stack's API as Prefect's API (client calls from this process)."""
@@ -172,17 +184,41 @@ class Stack:
 
     def deploy(self) -> None:
         prefect = str(Path(sys.executable).with_name("prefect"))
-        result = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], env=self.env(), cwd=PROJECT_DIR,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [prefect, "--no-prompt", "deploy", "--all"], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise StackError(f"prefect deploy --all failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
     def start_workers(self) -> None:
         prefect = str(Path(sys.executable).with_name("prefect"))
-        self._start("worker-orchestration", [prefect, "worker", "start", "--pool", "orchestration", "--type", "process",
-                                             "--name", "orchestration-local", "--limit", "4"])
-        self._start("workers-gpu", [sys.executable, str(PROJECT_DIR / "deployments" / "gpu_workers.py"),
-                                    "--pool", "gpu", "--cpu-workers", str(self.cpu_workers)])
+        self._start(
+            "worker-orchestration",
+            [
+                prefect,
+                "worker",
+                "start",
+                "--pool",
+                "orchestration",
+                "--type",
+                "process",
+                "--name",
+                "orchestration-local",
+                "--limit",
+                "4",
+            ],
+        )
+        self._start(
+            "workers-gpu",
+            [
+                sys.executable,
+                str(PROJECT_DIR / "deployments" / "gpu_workers.py"),
+                "--pool",
+                "gpu",
+                "--cpu-workers",
+                str(self.cpu_workers),
+            ],
+        )
 
     def wait_for_workers(self, pools: dict[str, int], timeout_s: float = 120) -> None:
         """Wait until each pool has at least the given number of online workers."""
@@ -192,8 +228,9 @@ class Stack:
             if all(counts[p] >= n for p, n in pools.items()):
                 return
             if time.monotonic() > deadline:
-                raise StackError(f"workers did not come online within {timeout_s:.0f}s: {counts}; "
-                                 f"see {self.state_dir}/*.log")
+                raise StackError(
+                    f"workers did not come online within {timeout_s:.0f}s: {counts}; see {self.state_dir}/*.log"
+                )
             time.sleep(1)
 
     def online_workers(self, pool: str) -> list[str]:
@@ -210,9 +247,10 @@ class Stack:
         lines += self.apply_pools()
         self.deploy()
         self.start_workers()
-        return lines + [f"deployments: train-all/nightly, train-model/gpu, predict/batch "
-                        f"(from {PROJECT_DIR / 'prefect.yaml'})",
-                        f"UI: {self.ui_url}"]
+        return lines + [
+            f"deployments: train-all/nightly, train-model/gpu, predict/batch (from {PROJECT_DIR / 'prefect.yaml'})",
+            f"UI: {self.ui_url}",
+        ]
 
     def down(self) -> list[str]:
         """Stop what ``up`` started: workers first (their runs end), then the server."""
@@ -226,22 +264,32 @@ class Stack:
                 _stop_group(pid)
                 stopped.append(f"{name} (pid {pid})")
             else:  # gone, or the pid now names another process (or a stack on another port): never signal it
-                logger.warning("%s: %s does not name a process this stack started on port %d; left alone",
-                               name, pid_file, self.port)
+                logger.warning(
+                    "%s: %s does not name a process this stack started on port %d; left alone",
+                    name,
+                    pid_file,
+                    self.port,
+                )
             pid_file.unlink()
         return stopped
 
 
-_DATABASE_SCHEMES = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
-                     "postgresql+asyncpg": "postgresql+asyncpg", "sqlite+aiosqlite": "sqlite+aiosqlite"}
+_DATABASE_SCHEMES = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
 
 
 def database_url(url: str) -> str:
     """``url`` as the async SQLAlchemy URL Prefect needs (``postgresql://`` -> ``postgresql+asyncpg://``)."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.lower() not in _DATABASE_SCHEMES:
-        raise StackError(f"--database '{redact_uri(url)}': expected postgresql+asyncpg://user@host:5432/database "
-                         "(or postgresql://..., sqlite+aiosqlite:///path)")
+        raise StackError(
+            f"--database '{redact_uri(url)}': expected postgresql+asyncpg://user@host:5432/database "
+            "(or postgresql://..., sqlite+aiosqlite:///path)"
+        )
     return f"{_DATABASE_SCHEMES[scheme.lower()]}://{rest}"
 
 
@@ -255,8 +303,11 @@ def _start_time(pid: int) -> float | None:
         return None
 
 
-_LEGACY_MARKERS = {"server": ("server", "start"), "worker-orchestration": ("worker", "orchestration"),
-                   "workers-gpu": ("gpu_workers.py",)}
+_LEGACY_MARKERS = {
+    "server": ("server", "start"),
+    "worker-orchestration": ("worker", "orchestration"),
+    "workers-gpu": ("gpu_workers.py",),
+}
 
 
 def _legacy_match(pid: int, name: str, port: int) -> bool:
@@ -289,8 +340,9 @@ def trigger(stack: Stack, deployment: str, parameters: dict, timeout_s: float | 
     """Run ``deployment`` with ``parameters`` and wait for its final state; returns the flow run."""
     from prefect.deployments import run_deployment
 
-    return stack.run_with_api(run_deployment, deployment, parameters=parameters, timeout=timeout_s,
-                              poll_interval=1, as_subflow=False)
+    return stack.run_with_api(
+        run_deployment, deployment, parameters=parameters, timeout=timeout_s, poll_interval=1, as_subflow=False
+    )
 
 
 def latest_artifact(stack: Stack, key: str, flow_run_id=None):

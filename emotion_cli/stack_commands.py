@@ -8,22 +8,33 @@ import typer
 
 from emotion_cli.console import out, run_or_exit
 
-stack_app = typer.Typer(no_args_is_help=True,
-                        help="The embedded default: local Prefect server, pools, workers, deployments.")
+stack_app = typer.Typer(
+    no_args_is_help=True, help="The embedded default: local Prefect server, pools, workers, deployments."
+)
 PORT_HELP = "Port of the local Prefect server and UI (127.0.0.1)."
-DATABASE_HELP = ("Database of the Prefect server, e.g. postgresql+asyncpg://prefect@127.0.0.1:5432/prefect "
-                 "(password: ~/.pgpass or this variable, never the command line); default SQLite.")
+DATABASE_HELP = (
+    "Database of the Prefect server, e.g. postgresql+asyncpg://prefect@127.0.0.1:5432/prefect "
+    "(password: ~/.pgpass or this variable, never the command line); default SQLite."
+)
 
 
 def _database_option():
-    return typer.Option(None, "--database", envvar="PREFECT_SERVER_DATABASE_CONNECTION_URL", show_envvar=True,
-                        show_default=False, help=DATABASE_HELP)
+    return typer.Option(
+        None,
+        "--database",
+        envvar="PREFECT_SERVER_DATABASE_CONNECTION_URL",
+        show_envvar=True,
+        show_default=False,
+        help=DATABASE_HELP,
+    )
 
 
 @stack_app.command("up")
-def stack_up(port: int = typer.Option(4200, help=PORT_HELP),
-             cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
-             database: str | None = _database_option()) -> None:
+def stack_up(
+    port: int = typer.Option(4200, help=PORT_HELP),
+    cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
+    database: str | None = _database_option(),
+) -> None:
     """Start the local server, pools, workers and deployments (reuses what already runs)."""
     from emotion_cli.stack import Stack
 
@@ -42,10 +53,12 @@ def stack_down(port: int = typer.Option(4200, help=PORT_HELP)) -> None:
     out.print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"), highlight=False)
 
 
-def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"), help="Config set to run."),
-         port: int = typer.Option(4200, help=PORT_HELP),
-         cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
-         database: str | None = _database_option()) -> None:
+def demo(
+    config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"), help="Config set to run."),
+    port: int = typer.Option(4200, help=PORT_HELP),
+    cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
+    database: str | None = _database_option(),
+) -> None:
     """The main job: stack up, run train-all/nightly on a config set, wait, print the summary and UI URL."""
     from emotion_cli.stack import Stack, latest_artifact, trigger
 
@@ -64,8 +77,11 @@ def demo(config_set: Path = typer.Argument(Path("deployments/sets/cpu-demo.yaml"
     artifact = run_or_exit(latest_artifact, stack, f"comparison-{artifact_key(spec.name)}", run.id)
     if artifact is not None:
         out.print(artifact.data, highlight=False, soft_wrap=True)
-    out.print(f"train-all/nightly: {run.state.name} ({run.state.message or ''})".rstrip(" ()"), highlight=False,
-              soft_wrap=True)
+    out.print(
+        f"train-all/nightly: {run.state.name} ({run.state.message or ''})".rstrip(" ()"),
+        highlight=False,
+        soft_wrap=True,
+    )
     out.print(f"flow run in the UI: {stack.ui_url}/runs/flow-run/{run.id}", highlight=False)
     out.print(f"Prefect UI: {stack.ui_url}   stop everything: emotion stack down  (or: make stop)", highlight=False)
     if not run.state.is_completed():

@@ -76,8 +76,10 @@ class DataCache:
             data = self._loaded[key]
         expected = run.manifest["data"]["hash"]
         if data.data_hash != expected:
-            raise DataError(f"run {run.run_id}: its data config now reads data with hash {data.data_hash}, the run was "
-                            f"trained on {expected}; the data files changed since, so its logits cannot be scored")
+            raise DataError(
+                f"run {run.run_id}: its data config now reads data with hash {data.data_hash}, the run was "
+                f"trained on {expected}; the data files changed since, so its logits cannot be scored"
+            )
         return data
 
 
@@ -92,16 +94,25 @@ def run_data(run: Run, data: EmotionData) -> RunData:
         except ValueError as exc:
             raise DataError(f"run {run.run_id}, {split} logits: {exc}") from None
         ids[split], logits[split] = split_ids, split_logits
-    return RunData(run.config.name, ids, logits, truth, run.thresholds(), list(run.schema.names),
-                   at_least_one=run.at_least_one(), metric=manifest_metric(run.manifest))
+    return RunData(
+        run.config.name,
+        ids,
+        logits,
+        truth,
+        run.thresholds(),
+        list(run.schema.names),
+        at_least_one=run.at_least_one(),
+        metric=manifest_metric(run.manifest),
+    )
 
 
 def manifest_metric(manifest: dict) -> str:
     """The metric a run was tuned and is ranked on (runs from before datasets declared one: macro-F1)."""
     metric = manifest.get("metric", "macro_f1")
     if metric not in RANKING_METRICS:
-        raise DataError(f"run {manifest.get('run_id')}: manifest metric {metric!r} is not one of "
-                        f"{', '.join(RANKING_METRICS)}")
+        raise DataError(
+            f"run {manifest.get('run_id')}: manifest metric {metric!r} is not one of {', '.join(RANKING_METRICS)}"
+        )
     return metric
 
 
@@ -109,9 +120,16 @@ def fit_validation_calibration(run: Run, data: EmotionData) -> dict:
     """``calibrate_run`` on a run's validation split alone, at its threshold policy: what ``submit`` and
     ``export`` use for a run trained before ``calibration.json`` shipped with runs."""
     arrays = run_data(run, data)
-    return calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                         policy=run.manifest["threshold_policy"], metric=arrays.metric,
-                         shrinkage=run.config.threshold_shrinkage)
+    return calibrate_run(
+        arrays.logits["validation"],
+        arrays.truth["validation"],
+        None,
+        None,
+        arrays.names,
+        policy=run.manifest["threshold_policy"],
+        metric=arrays.metric,
+        shrinkage=run.config.threshold_shrinkage,
+    )
 
 
 def method_of(config: dict) -> str:
@@ -140,22 +158,30 @@ def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
     memory = manifest["memory"]
     policy = manifest["threshold_policy"]
     return ReportEntry(
-        name=name, status="completed",
-        family=manifest["family"], method=method_of(manifest["config"]), model=manifest["model"],
+        name=name,
+        status="completed",
+        family=manifest["family"],
+        method=method_of(manifest["config"]),
+        model=manifest["model"],
         run_id=manifest["run_id"],
-        trainable_params=manifest["parameters"]["trainable"], total_params=manifest["parameters"]["total"],
+        trainable_params=manifest["parameters"]["trainable"],
+        total_params=manifest["parameters"]["total"],
         train_seconds=manifest["timing"]["train_seconds"],
         train_samples_per_s=manifest["timing"]["train_samples_per_second"],
-        devices=_devices(manifest), inference_ms_per_text=_number_or_none(
-            (manifest["timing"].get("inference") or {}).get("ms_per_text")),
+        devices=_devices(manifest),
+        inference_ms_per_text=_number_or_none((manifest["timing"].get("inference") or {}).get("ms_per_text")),
         peak_memory_mb=memory.get("peak_gpu_allocated_mb") or memory.get("peak_rss_mb"),
         validation_macro_f1=manifest["summary"]["validation"][policy]["macro_f1"],
-        threshold_policy=policy, dataset_key=dataset_key_of(manifest), metric=manifest_metric(manifest),
-        validation_score=manifest["summary"]["validation"][policy][manifest_metric(manifest)])
+        threshold_policy=policy,
+        dataset_key=dataset_key_of(manifest),
+        metric=manifest_metric(manifest),
+        validation_score=manifest["summary"]["validation"][policy][manifest_metric(manifest)],
+    )
 
 
-def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_samples: int = 1000,
-                 seed: int = 0) -> ReportEntry:
+def evaluate_run(
+    run: Run, data: EmotionData, report_folder: Path, *, bootstrap_samples: int = 1000, seed: int = 0
+) -> ReportEntry:
     """The entry of one completed run; its files go under ``report_folder/models/<name>/``."""
     arrays = run_data(run, data)
     name = run.config.name
@@ -163,20 +189,38 @@ def evaluate_run(run: Run, data: EmotionData, report_folder: Path, *, bootstrap_
     folder.mkdir(parents=True, exist_ok=True)
     files, test = {}, None
     if "test" in arrays.logits:
-        test = evaluate_split(arrays.truth["test"], sigmoid(arrays.logits["test"]), arrays.thresholds,
-                              arrays.names, bootstrap_n=bootstrap_samples, seed=seed, at_least_one=arrays.at_least_one)
+        test = evaluate_split(
+            arrays.truth["test"],
+            sigmoid(arrays.logits["test"]),
+            arrays.thresholds,
+            arrays.names,
+            bootstrap_n=bootstrap_samples,
+            seed=seed,
+            at_least_one=arrays.at_least_one,
+        )
         write_json(folder / "evaluation.json", test)
         files["evaluation"] = f"models/{name}/evaluation.json"
     entry = entry_of_manifest(name, run.manifest)
-    calibration = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], arrays.logits.get("test"),
-                                arrays.truth.get("test"), arrays.names, policy=entry.threshold_policy,
-                                metric=arrays.metric, shrinkage=run.config.threshold_shrinkage)
+    calibration = calibrate_run(
+        arrays.logits["validation"],
+        arrays.truth["validation"],
+        arrays.logits.get("test"),
+        arrays.truth.get("test"),
+        arrays.names,
+        policy=entry.threshold_policy,
+        metric=arrays.metric,
+        shrinkage=run.config.threshold_shrinkage,
+    )
     write_json(folder / "calibration.json", calibration)
     files["calibration"] = f"models/{name}/calibration.json"
     bins = calibration["reliability"]["test"] or calibration["reliability"]["validation"]
     split = "test" if calibration["reliability"]["test"] else "validation"
-    reliability_diagram(bins["before"], bins["after"], folder / "reliability.png",
-                        f"{name}: reliability on {split} (before / after temperature scaling)")
+    reliability_diagram(
+        bins["before"],
+        bins["after"],
+        folder / "reliability.png",
+        f"{name}: reliability on {split} (before / after temperature scaling)",
+    )
     files["reliability"] = f"models/{name}/reliability.png"
     return replace(entry, test=test, calibration=calibration, files=files)
 
@@ -203,8 +247,9 @@ def best_entries(entries: list[ReportEntry], k: int) -> list[ReportEntry]:
     """The ``k`` best entries by validation score on the official metric, in ``ensemble.top_k``'s order
     (ties: name, run id)."""
     by_name = {e.name: e for e in entries}
-    ranked = best_runs([{"name": e.name, "run_id": e.run_id, "validation_macro_f1": ranking_score(e)}
-                        for e in entries], k)
+    ranked = best_runs(
+        [{"name": e.name, "run_id": e.run_id, "validation_macro_f1": ranking_score(e)} for e in entries], k
+    )
     return [by_name[r["name"]] for r in ranked]
 
 
@@ -224,12 +269,20 @@ def shared_validation_problem(anchor: RunData, other: RunData) -> str | None:
     return None
 
 
-def ensemble_members(entries: list[ReportEntry], arrays: dict[str, RunData], top_k: int
-                     ) -> tuple[list[ReportEntry], list[dict]]:
+def ensemble_members(
+    entries: list[ReportEntry], arrays: dict[str, RunData], top_k: int
+) -> tuple[list[ReportEntry], list[dict]]:
     """The best run and up to ``top_k - 1`` next best runs sharing its full validation set; and the runs
     passed over, ``{name, reason}`` (logged)."""
-    candidates = [e for e in entries if e.completed and e.family != "ensemble" and e.name in arrays
-                  and not arrays[e.name].probabilities and "validation" in arrays[e.name].ids]
+    candidates = [
+        e
+        for e in entries
+        if e.completed
+        and e.family != "ensemble"
+        and e.name in arrays
+        and not arrays[e.name].probabilities
+        and "validation" in arrays[e.name].ids
+    ]
     ranked = best_entries(candidates, len(candidates)) if candidates else []
     chosen, excluded = ranked[:1], []
     for entry in ranked[1:]:
@@ -244,9 +297,18 @@ def ensemble_members(entries: list[ReportEntry], arrays: dict[str, RunData], top
     return chosen, excluded
 
 
-def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_folder: Path, *, top_k: int = 3,
-                method: str = "weighted_mean", folds: int = 5, alpha: float = 0.05, bootstrap_samples: int = 1000,
-                seed: int = 0) -> tuple[ReportEntry, RunData, Combiner] | None:
+def ensemble_of(
+    entries: list[ReportEntry],
+    arrays: dict[str, RunData],
+    report_folder: Path,
+    *,
+    top_k: int = 3,
+    method: str = "weighted_mean",
+    folds: int = 5,
+    alpha: float = 0.05,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> tuple[ReportEntry, RunData, Combiner] | None:
     """The cross-fitted ensemble of the best runs (``ensemble.cross_fit``): its entry, its data and its fitted
     combiner; None with fewer than two members or too few validation rows.
 
@@ -269,34 +331,70 @@ def ensemble_of(entries: list[ReportEntry], arrays: dict[str, RunData], report_f
     val_logits = [rows_of(m.logits["validation"], m.ids["validation"], val_ids) for m in members]
     policy = ranked[0].threshold_policy or "per_label"
     metric = members[0].metric
-    fit = cross_fit(val_logits, val_true, names, method=method, policy=policy, folds=folds, alpha=alpha,
-                    bootstrap_n=bootstrap_samples, seed=seed, metric=metric)
+    fit = cross_fit(
+        val_logits,
+        val_true,
+        names,
+        method=method,
+        policy=policy,
+        folds=folds,
+        alpha=alpha,
+        bootstrap_n=bootstrap_samples,
+        seed=seed,
+        metric=metric,
+    )
     combiner = fit.combiner
     if not fit.eligible:
-        log.info("ensemble of %s: not ranked above its members (out-of-fold %s %.4f vs best member %.4f, "
-                 "p = %.3f)", ", ".join(e.name for e in ranked), metric, fit.oof_score,
-                 fit.member_oof_scores[fit.best_member], fit.paired["p_value"])
+        log.info(
+            "ensemble of %s: not ranked above its members (out-of-fold %s %.4f vs best member %.4f, p = %.3f)",
+            ", ".join(e.name for e in ranked),
+            metric,
+            fit.oof_score,
+            fit.member_oof_scores[fit.best_member],
+            fit.paired["p_value"],
+        )
     test_ids = common_ids(members, "test")
     name = f"ensemble-top{len(members)}"
-    entry = ReportEntry(name=name, status="completed", family="ensemble", method="ensemble",
-                        model=" + ".join(e.name for e in ranked),
-                        trainable_params=sum(e.trainable_params or 0 for e in ranked),
-                        total_params=sum(e.total_params or 0 for e in ranked),
-                        train_seconds=sum(e.train_seconds or 0 for e in ranked), devices=1,
-                        inference_ms_per_text=(sum(e.inference_ms_per_text for e in ranked)
-                                               if all(e.inference_ms_per_text is not None for e in ranked) else None),
-                        threshold_policy=policy, metric=metric, validation_score=fit.oof_score,
-                        validation_macro_f1=fit.oof_score if metric == "macro_f1" else None,
-                        dataset_key=ranked[0].dataset_key,
-                        members=[e.name for e in ranked], rows={"validation": len(val_ids), "test": len(test_ids)},
-                        ensemble={**fit.summary(), "member_run_ids": [e.run_id for e in ranked], "excluded": excluded})
-    data = RunData(name, {"validation": val_ids}, {"validation": combiner.probabilities(val_logits)},
-                   {"validation": val_true}, combiner.thresholds, names, probabilities=True, metric=metric)
+    entry = ReportEntry(
+        name=name,
+        status="completed",
+        family="ensemble",
+        method="ensemble",
+        model=" + ".join(e.name for e in ranked),
+        trainable_params=sum(e.trainable_params or 0 for e in ranked),
+        total_params=sum(e.total_params or 0 for e in ranked),
+        train_seconds=sum(e.train_seconds or 0 for e in ranked),
+        devices=1,
+        inference_ms_per_text=(
+            sum(e.inference_ms_per_text for e in ranked)
+            if all(e.inference_ms_per_text is not None for e in ranked)
+            else None
+        ),
+        threshold_policy=policy,
+        metric=metric,
+        validation_score=fit.oof_score,
+        validation_macro_f1=fit.oof_score if metric == "macro_f1" else None,
+        dataset_key=ranked[0].dataset_key,
+        members=[e.name for e in ranked],
+        rows={"validation": len(val_ids), "test": len(test_ids)},
+        ensemble={**fit.summary(), "member_run_ids": [e.run_id for e in ranked], "excluded": excluded},
+    )
+    data = RunData(
+        name,
+        {"validation": val_ids},
+        {"validation": combiner.probabilities(val_logits)},
+        {"validation": val_true},
+        combiner.thresholds,
+        names,
+        probabilities=True,
+        metric=metric,
+    )
     if test_ids:
         test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
         test_probs = combiner.probabilities([rows_of(m.logits["test"], m.ids["test"], test_ids) for m in members])
-        test = evaluate_split(test_true, test_probs, combiner.thresholds, names, bootstrap_n=bootstrap_samples,
-                              seed=seed)
+        test = evaluate_split(
+            test_true, test_probs, combiner.thresholds, names, bootstrap_n=bootstrap_samples, seed=seed
+        )
         folder = Path(report_folder) / "models" / name
         folder.mkdir(parents=True, exist_ok=True)
         write_json(folder / "evaluation.json", test)
@@ -324,12 +422,14 @@ def paired_test(a: RunData, b: RunData, *, n: int = 1000, seed: int = 0) -> tupl
     if not ids:
         return None
     truth = rows_of(a.truth["test"], a.ids["test"], ids)
-    return paired_bootstrap(truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed,
-                            metric=a.metric), len(ids)
+    return paired_bootstrap(
+        truth, test_predictions(a, ids), test_predictions(b, ids), n=n, seed=seed, metric=a.metric
+    ), len(ids)
 
 
-def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000,
-                      seed: int = 0) -> tuple[list[ReportEntry], str | None]:
+def with_paired_tests(
+    entries: list[ReportEntry], arrays: dict[str, RunData], *, bootstrap_samples: int = 1000, seed: int = 0
+) -> tuple[list[ReportEntry], str | None]:
     """``entries`` with ``paired_vs_best`` set on every completed one (model a) against the best of its dataset by
     validation score on the official metric (b), and the best one's name (of the first dataset in ``entries``; None
     with fewer than two models with test logits). A set over several datasets is ranked per dataset.
@@ -349,8 +449,11 @@ def with_paired_tests(entries: list[ReportEntry], arrays: dict[str, RunData], *,
                 continue
             tested = paired_test(arrays[entry.name], arrays[best.name], n=bootstrap_samples, seed=seed)
             if tested is None:
-                paired[entry.name] = {"best": best.name, "rows": 0,
-                                      "skipped": "no test rows shared with the best model"}
+                paired[entry.name] = {
+                    "best": best.name,
+                    "rows": 0,
+                    "skipped": "no test rows shared with the best model",
+                }
             else:
                 paired[entry.name] = {**tested[0], "best": best.name, "rows": tested[1]}
     return [replace(e, paired_vs_best=paired[e.name]) if e.name in paired else e for e in entries], first_best
@@ -378,8 +481,17 @@ def champion_data(store, run_id: str, data: DataCache) -> RunData:
     return run_data(champion_run, data.for_run(champion_run))
 
 
-def challenge_champions(entries: list[ReportEntry], arrays: dict[str, RunData], store, data: DataCache, *,
-                        margin: float, alpha: float, bootstrap_samples: int = 1000, seed: int = 0) -> list[dict]:
+def challenge_champions(
+    entries: list[ReportEntry],
+    arrays: dict[str, RunData],
+    store,
+    data: DataCache,
+    *,
+    margin: float,
+    alpha: float,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> list[dict]:
     """Record one champion/challenger decision per dataset key of the completed runs; returns the records."""
     by_dataset: dict[str, list[ReportEntry]] = {}
     for entry in entries:  # an ensemble challenges only if it beat its members out of fold and was published
@@ -394,8 +506,12 @@ def challenge_champions(entries: list[ReportEntry], arrays: dict[str, RunData], 
         paired = None
         if champion is not None and champion["run_id"] != challenger.run_id:
             try:
-                paired = paired_vs_champion(arrays[challenger.name], champion_data(store, champion["run_id"], data),
-                                            n=bootstrap_samples, seed=seed)
+                paired = paired_vs_champion(
+                    arrays[challenger.name],
+                    champion_data(store, champion["run_id"], data),
+                    n=bootstrap_samples,
+                    seed=seed,
+                )
             except (EmotionError, ValueError) as exc:  # e.g. the data changed since the champion was trained
                 paired = {"skipped": f"champion {champion['run_id']} cannot be scored: {exc}"}
             if paired is None:

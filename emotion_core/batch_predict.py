@@ -74,8 +74,10 @@ def resolve_run(store: ArtifactStore, ref: str) -> Path | str:
         return store.run_folder(ref)
     if "/" in ref or "://" in ref:
         return ref
-    raise StoreError(f"run {ref!r}: not a run of the store {store.uri}, nor a run folder or URI; "
-                     f"name a run id, a folder, an s3:// URI or champion:<dataset>")
+    raise StoreError(
+        f"run {ref!r}: not a run of the store {store.uri}, nor a run folder or URI; "
+        f"name a run id, a folder, an s3:// URI or champion:<dataset>"
+    )
 
 
 def default_output_key(input_key: str) -> str:
@@ -93,8 +95,11 @@ def _columns(path: Path, where: str, text_column: str | None, id_column: str | N
     id_name = id_column or default_id_column(names, where)
     missing = [c for c in (text_name, id_name) if c is not None and c not in names]
     if missing:
-        raise DataError(f"missing column(s) {', '.join(map(repr, missing))}; found: {', '.join(names)}",
-                        file=where, column=missing[0])
+        raise DataError(
+            f"missing column(s) {', '.join(map(repr, missing))}; found: {', '.join(names)}",
+            file=where,
+            column=missing[0],
+        )
     return text_name, id_name
 
 
@@ -110,12 +115,17 @@ def _open_batches(path: Path, where: str, columns: list[str] | None):
             parquet = pq.ParquetFile(path)
             return _ParquetBatches(parquet, columns)
         if suffix in (".csv", ".tsv"):
-            convert = pacsv.ConvertOptions(include_columns=columns or [], strings_can_be_null=False,
-                                           column_types={c: pa.string() for c in columns or []})
-            return pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=4 << 20),
-                                  parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",",
-                                                                   newlines_in_values=True),
-                                  convert_options=convert)
+            convert = pacsv.ConvertOptions(
+                include_columns=columns or [],
+                strings_can_be_null=False,
+                column_types={c: pa.string() for c in columns or []},
+            )
+            return pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(block_size=4 << 20),
+                parse_options=pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",", newlines_in_values=True),
+                convert_options=convert,
+            )
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"cannot read the file: {exc}", file=where) from None
     raise DataError(f"unsupported file type {suffix or '(none)'}: expected .csv, .tsv or .parquet", file=where)
@@ -139,8 +149,12 @@ def _chunks(path: Path, where: str, text_name: str, id_name: str | None, chunk_r
     columns = [text_name] + ([id_name] if id_name and id_name != text_name else [])
     reader = _open_batches(path, where, columns)
     text_type = reader.schema.field(text_name).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_null(text_type)
-            or (pa.types.is_dictionary(text_type) and pa.types.is_string(text_type.value_type))):
+    if not (
+        pa.types.is_string(text_type)
+        or pa.types.is_large_string(text_type)
+        or pa.types.is_null(text_type)
+        or (pa.types.is_dictionary(text_type) and pa.types.is_string(text_type.value_type))
+    ):
         raise DataError(f"the text column holds {text_type} values, not text (strings)", file=where, column=text_name)
     pending: list[pl.DataFrame] = []
     held = 0
@@ -180,17 +194,37 @@ def _check_chunk(chunk: pl.DataFrame, offset: int, where: str, text_name: str, i
         repeated = rows.filter(pl.col("id").is_duplicated())
         if repeated.height:
             first = repeated.filter(pl.col("id") == repeated["id"][0])["n"]
-            raise DataError(f"duplicate id {repeated['id'][0]!r} (first at row {offset + first[0] + 1})",
-                            file=where, row=offset + first[1] + 1, column=id_name)
+            raise DataError(
+                f"duplicate id {repeated['id'][0]!r} (first at row {offset + first[0] + 1})",
+                file=where,
+                row=offset + first[1] + 1,
+                column=id_name,
+            )
 
 
 # ------------------------------------------------------------------------------------------- progress
-def _job(input_key: str, input_sha256: str, run, calibrated: bool, chunk_rows: int, text_name: str,
-         id_name: str | None, output_key: str) -> dict:
+def _job(
+    input_key: str,
+    input_sha256: str,
+    run,
+    calibrated: bool,
+    chunk_rows: int,
+    text_name: str,
+    id_name: str | None,
+    output_key: str,
+) -> dict:
     """What makes a part reusable: the same input bytes, run, decision rule, chunking, columns and output."""
-    return {"format": FORMAT, "input": input_key, "input_sha256": input_sha256, "run_id": run.run_id,
-            "calibrated": calibrated, "chunk_rows": chunk_rows, "text_column": text_name, "id_column": id_name,
-            "output": output_key}
+    return {
+        "format": FORMAT,
+        "input": input_key,
+        "input_sha256": input_sha256,
+        "run_id": run.run_id,
+        "calibrated": calibrated,
+        "chunk_rows": chunk_rows,
+        "text_column": text_name,
+        "id_column": id_name,
+        "output": output_key,
+    }
 
 
 def _recorded_chunks(progress: dict | None, job: dict, where: str) -> dict[int, dict]:
@@ -203,8 +237,13 @@ def _recorded_chunks(progress: dict | None, job: dict, where: str) -> dict[int, 
         return {}
     done = {}
     for index, facts in chunks.items():  # untrusted: only well-formed entries count
-        if (isinstance(index, str) and index.isdigit() and isinstance(facts, dict)
-                and isinstance(facts.get("rows"), int) and isinstance(facts.get("sha256"), str)):
+        if (
+            isinstance(index, str)
+            and index.isdigit()
+            and isinstance(facts, dict)
+            and isinstance(facts.get("rows"), int)
+            and isinstance(facts.get("sha256"), str)
+        ):
             done[int(index)] = {"rows": facts["rows"], "sha256": facts["sha256"]}
     return done
 
@@ -234,9 +273,18 @@ def _save_part(store: ArtifactStore, key: str, frame: pl.DataFrame, local: Path)
 
 
 # ------------------------------------------------------------------------------------------- the job
-def predict_batch(store: ArtifactStore, input_key: str, run: str, *, output_key: str | None = None,
-                  chunk_rows: int = 50_000, calibration: bool = True, text_column: str | None = None,
-                  id_column: str | None = None, batch_size: int = 128) -> BatchResult:
+def predict_batch(
+    store: ArtifactStore,
+    input_key: str,
+    run: str,
+    *,
+    output_key: str | None = None,
+    chunk_rows: int = 50_000,
+    calibration: bool = True,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    batch_size: int = 128,
+) -> BatchResult:
     """Score ``input_key`` of ``store`` with ``run`` (see the module docstring); returns what was written."""
     if not isinstance(chunk_rows, int) or chunk_rows < 1:
         raise DataError(f"chunk_rows must be a positive whole number, got {chunk_rows!r}")
@@ -251,8 +299,9 @@ def predict_batch(store: ArtifactStore, input_key: str, run: str, *, output_key:
     path = objects.local_file(store, input_key)
     text_name, id_name = _columns(path, where, text_column, id_column)
 
-    job = _job(input_key, sha256_file(path), predictor.run, predictor.calibrated, chunk_rows, text_name, id_name,
-               output_key)
+    job = _job(
+        input_key, sha256_file(path), predictor.run, predictor.calibrated, chunk_rows, text_name, id_name, output_key
+    )
     parts_folder = f"{output_key}.parts"
     progress_key = f"{parts_folder}/progress.json"
     recorded = _recorded_chunks(store.read_document(progress_key), job, objects.object_name(store, progress_key))
@@ -273,22 +322,35 @@ def predict_batch(store: ArtifactStore, input_key: str, run: str, *, output_key:
         else:
             _check_chunk(chunk, rows, where, text_name, id_name)
             probs, predicted = predictor.predict(chunk["text"].to_list())
-            frame = prediction_frame(list(predictor.run.schema.names), id_name or ROW_ID, chunk["id"].to_list(),
-                                     probs, predicted)
+            frame = prediction_frame(
+                list(predictor.run.schema.names), id_name or ROW_ID, chunk["id"].to_list(), probs, predicted
+            )
             progress["chunks"][str(index)] = _save_part(store, key, frame, local)
             store.write_document(progress_key, progress)  # after the part: a recorded part always exists
             part, computed = local, computed + 1
         parts.append(part)
         rows += chunk.height
-        log.info("%s: chunk %d done (%d rows so far, %.0f rows/s)", where, index, rows,
-                 rows / max(time.monotonic() - started, 1e-9))
+        log.info(
+            "%s: chunk %d done (%d rows so far, %.0f rows/s)",
+            where,
+            index,
+            rows,
+            rows / max(time.monotonic() - started, 1e-9),
+        )
 
     uri = _publish_output(store, output_key, parts, work)
     objects.delete_folder(store, parts_folder)
     _remove_work(work)
     rule = "calibrated" if predictor.calibrated else "uncalibrated"
-    log.info("wrote %d predictions of run %s (%s) to %s: %d chunks scored, %d reused", rows, predictor.run.run_id,
-             rule, uri, computed, reused)
+    log.info(
+        "wrote %d predictions of run %s (%s) to %s: %d chunks scored, %d reused",
+        rows,
+        predictor.run.run_id,
+        rule,
+        uri,
+        computed,
+        reused,
+    )
     return BatchResult(output_key, uri, predictor.run.run_id, rows, len(parts), computed, reused)
 
 

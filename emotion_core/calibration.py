@@ -82,8 +82,12 @@ def fit_temperatures(val_logits: np.ndarray, val_true: np.ndarray) -> np.ndarray
         if positives[j] == 0 or positives[j] == z.shape[0]:
             continue
         zj, yj = z[:, j], y[:, j]
-        result = minimize_scalar(lambda log_t: _bce(zj / np.exp(log_t), yj), bounds=bounds, method="bounded",
-                                 options={"xatol": 1e-6})
+        result = minimize_scalar(
+            lambda log_t: _bce(zj / np.exp(log_t), yj),  # noqa: B023 (called at once, in this iteration)
+            bounds=bounds,
+            method="bounded",
+            options={"xatol": 1e-6},
+        )
         temps[j] = float(np.exp(result.x))
     return temps
 
@@ -99,9 +103,17 @@ def apply_temperatures(logits: np.ndarray, temps: np.ndarray) -> np.ndarray:
     return sigmoid(z / t[None, :])
 
 
-def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.ndarray | None,
-                  test_true: np.ndarray | None, names: Sequence[str], policy: str = "per_label", *,
-                  metric: str = "macro_f1", shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
+def calibrate_run(
+    val_logits: np.ndarray,
+    val_true: np.ndarray,
+    test_logits: np.ndarray | None,
+    test_true: np.ndarray | None,
+    names: Sequence[str],
+    policy: str = "per_label",
+    *,
+    metric: str = "macro_f1",
+    shrinkage: float = DEFAULT_SHRINKAGE,
+) -> dict:
     """Temperature-scale a run: fit on validation, re-tune thresholds, measure before/after.
 
     Returns a JSON-serialisable dict with keys ``method`` (``"temperature_scaling_per_label"``),
@@ -139,13 +151,16 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
     for split, (z, y) in splits.items():
         before, after = sigmoid(z), apply_temperatures(z, temps)
         e_before, e_after = ece(y, before), ece(y, after)
-        ece_out[split] = {"before": {"flat": e_before["flat"], "per_label_mean": e_before["per_label_mean"]},
-                          "after": {"flat": e_after["flat"], "per_label_mean": e_after["per_label_mean"]}}
+        ece_out[split] = {
+            "before": {"flat": e_before["flat"], "per_label_mean": e_before["per_label_mean"]},
+            "after": {"flat": e_after["flat"], "per_label_mean": e_after["per_label_mean"]},
+        }
         bins_out[split] = {"before": e_before["bins"], "after": e_after["bins"]}
         nll_out[split] = {"before": _bce(z, y), "after": _bce(z / temps[None, :], y)}
         if split == "test":
-            test_metrics = multilabel_metrics(y, apply_thresholds(after, thresholds, requires_one_label(policy)),
-                                              label_names)
+            test_metrics = multilabel_metrics(
+                y, apply_thresholds(after, thresholds, requires_one_label(policy)), label_names
+            )
 
     return {
         "method": "temperature_scaling_per_label",
@@ -160,8 +175,15 @@ def calibrate_run(val_logits: np.ndarray, val_true: np.ndarray, test_logits: np.
     }
 
 
-def shipped_calibration(val_logits: np.ndarray, val_true: np.ndarray, names: Sequence[str], policy: str, *,
-                        metric: str = "macro_f1", shrinkage: float = DEFAULT_SHRINKAGE) -> dict:
+def shipped_calibration(
+    val_logits: np.ndarray,
+    val_true: np.ndarray,
+    names: Sequence[str],
+    policy: str,
+    *,
+    metric: str = "macro_f1",
+    shrinkage: float = DEFAULT_SHRINKAGE,
+) -> dict:
     """The ``calibration.json`` payload of a run: ``calibrate_run`` on validation only, without the test split.
 
     Keys: ``version``, ``method`` (``"temperature"``), ``fitted_on`` (``"validation"``), ``rows``,

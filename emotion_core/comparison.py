@@ -56,9 +56,17 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         """The ``compare-runs`` task's result, which ``train-all`` returns."""
         uri = self.report_uri
-        return {"report": uri, "html": f"{uri}/report.html", "markdown": f"{uri}/summary.md",
-                "csv": f"{uri}/summary.csv", "table": self.summary_markdown, "best": self.best, "failed": self.failed,
-                "champion_decisions": self.champion_decisions, "created": self.created}
+        return {
+            "report": uri,
+            "html": f"{uri}/report.html",
+            "markdown": f"{uri}/summary.md",
+            "csv": f"{uri}/summary.csv",
+            "table": self.summary_markdown,
+            "best": self.best,
+            "failed": self.failed,
+            "champion_decisions": self.champion_decisions,
+            "created": self.created,
+        }
 
 
 @dataclass
@@ -71,36 +79,69 @@ class _Models:
     evaluated: set[str]  # configs that have an evaluate-run entry (their W&B run gets its numbers)
 
 
-def compare_set(set_name: str, outcomes: list[ChildOutcome], entries: list[ReportEntry], store: ArtifactStore,
-                report_folder: Path, report_name: str, data: DataCache, *, bootstrap_samples: int = 1000,
-                seed: int = 0, ensemble_top_k: int = 3, champion: ChampionConfig | None = None,
-                ensemble: EnsembleConfig | None = None) -> Comparison:
+def compare_set(
+    set_name: str,
+    outcomes: list[ChildOutcome],
+    entries: list[ReportEntry],
+    store: ArtifactStore,
+    report_folder: Path,
+    report_name: str,
+    data: DataCache,
+    *,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    ensemble_top_k: int = 3,
+    champion: ChampionConfig | None = None,
+    ensemble: EnsembleConfig | None = None,
+) -> Comparison:
     """Compare ``outcomes`` (one per config) using ``entries`` (the ``evaluate_run`` results); publish the report."""
     champion = champion or ChampionConfig()
     models = collect_models(outcomes, entries, store, data)
-    ensemble = add_ensemble(models, report_folder, top_k=ensemble_top_k, bootstrap_samples=bootstrap_samples,
-                            seed=seed, settings=ensemble or EnsembleConfig(), store=store,
-                            run_id=f"{report_name}-ensemble", created_by=report_name)
+    ensemble = add_ensemble(
+        models,
+        report_folder,
+        top_k=ensemble_top_k,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        settings=ensemble or EnsembleConfig(),
+        store=store,
+        run_id=f"{report_name}-ensemble",
+        created_by=report_name,
+    )
     models.rows, best = with_paired_tests(models.rows, models.arrays, bootstrap_samples=bootstrap_samples, seed=seed)
     decisions = []
     if champion.enabled:
-        decisions = challenge_champions(models.rows, models.arrays, store, data, margin=champion.margin,
-                                        alpha=champion.alpha, bootstrap_samples=bootstrap_samples, seed=seed)
+        decisions = challenge_champions(
+            models.rows,
+            models.arrays,
+            store,
+            data,
+            margin=champion.margin,
+            alpha=champion.alpha,
+            bootstrap_samples=bootstrap_samples,
+            seed=seed,
+        )
     rows = [r.to_dict() for r in models.rows]
     frame = summary_table(rows)
     tracked = track(set_name, models, rows, frame.to_dicts())
     title = f"Comparison: {set_name}"
     write_comparison(comparison_table(models.compared), report_folder, title)
-    write_report(rows, report_folder, title, set_name=set_name,
-                 extra=report_extras(best, decisions, ensemble, tracked))
+    write_report(rows, report_folder, title, set_name=set_name, extra=report_extras(best, decisions, ensemble, tracked))
     report_uri = store.publish_report(report_folder, report_name)
-    return Comparison(report_uri=report_uri, summary_markdown=summary_markdown(frame), summary_rows=frame.to_dicts(),
-                      best=best, failed=[{"config": r.name, "error": r.error} for r in models.rows if not r.completed],
-                      champion_decisions=decisions, created=datetime.now(UTC).isoformat())
+    return Comparison(
+        report_uri=report_uri,
+        summary_markdown=summary_markdown(frame),
+        summary_rows=frame.to_dicts(),
+        best=best,
+        failed=[{"config": r.name, "error": r.error} for r in models.rows if not r.completed],
+        champion_decisions=decisions,
+        created=datetime.now(UTC).isoformat(),
+    )
 
 
-def collect_models(outcomes: list[ChildOutcome], entries: list[ReportEntry], store: ArtifactStore,
-                   data: DataCache) -> _Models:
+def collect_models(
+    outcomes: list[ChildOutcome], entries: list[ReportEntry], store: ArtifactStore, data: DataCache
+) -> _Models:
     """One row per outcome, in order: its evaluated entry, or a failed row saying why there is none."""
     by_name = {e.name: e for e in entries}
     models = _Models(rows=[], compared=[], arrays={}, evaluated=set(by_name))
@@ -128,15 +169,33 @@ def collect_models(outcomes: list[ChildOutcome], entries: list[ReportEntry], sto
     return models
 
 
-def add_ensemble(models: _Models, report_folder: Path, *, top_k: int, bootstrap_samples: int, seed: int,
-                 settings: EnsembleConfig | None = None, store: ArtifactStore | None = None,
-                 run_id: str | None = None, created_by: str = "") -> ReportEntry | None:
+def add_ensemble(
+    models: _Models,
+    report_folder: Path,
+    *,
+    top_k: int,
+    bootstrap_samples: int,
+    seed: int,
+    settings: EnsembleConfig | None = None,
+    store: ArtifactStore | None = None,
+    run_id: str | None = None,
+    created_by: str = "",
+) -> ReportEntry | None:
     """Add the cross-fitted ensemble of the best runs to ``models`` (a row and its data) and publish it as
     ``runs/<run_id>`` of ``store`` (``settings.publish``; a failed publish is logged, the row stays);
     None with fewer than two runs."""
     settings = settings or EnsembleConfig()
-    made = ensemble_of(models.rows, models.arrays, report_folder, top_k=top_k, method=settings.method,
-                       folds=settings.folds, alpha=settings.alpha, bootstrap_samples=bootstrap_samples, seed=seed)
+    made = ensemble_of(
+        models.rows,
+        models.arrays,
+        report_folder,
+        top_k=top_k,
+        method=settings.method,
+        folds=settings.folds,
+        alpha=settings.alpha,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+    )
     if made is None:
         return None
     entry, arrays, combiner = made
@@ -168,18 +227,26 @@ def track(set_name: str, models: _Models, rows: list[dict], summary_rows: list[d
     return tracked
 
 
-def report_extras(best: str | None, decisions: list[dict], ensemble: ReportEntry | None,
-                  tracked: dict[str, str | None]) -> dict[str, str | None]:
+def report_extras(
+    best: str | None, decisions: list[dict], ensemble: ReportEntry | None, tracked: dict[str, str | None]
+) -> dict[str, str | None]:
     """The report's "extra" facts: best model, champion decisions, ensemble members, W&B runs."""
-    champions = {f"champion of {d['dataset_key']}": ("PROMOTED " if d["promoted"] else "kept: ") + d["reason"]
-                 for d in decisions}
+    champions = {
+        f"champion of {d['dataset_key']}": ("PROMOTED " if d["promoted"] else "kept: ") + d["reason"] for d in decisions
+    }
     members = f"{ensemble.name}: {', '.join(ensemble.members)}" if ensemble else "none (fewer than 2 runs)"
     if ensemble:
         fit = ensemble.ensemble
         best, p_value = fit["member_oof_scores"][fit["best_member"]], fit["paired_vs_best_member"]["p_value"]
-        members += (f" ({fit['method']}, {fit['folds']}-fold cross-fitted: out-of-fold macro-F1 "
-                    f"{fit['oof_score']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
-                    f"{'ranked' if fit['eligible'] else 'not ranked above its members'}"
-                    f"{'; package ' + ensemble.run_id if ensemble.run_id else ''})")
-    return {"best model (validation macro-F1)": best or "n/a", **champions, "ensemble": members,
-            **{f"W&B {k}": v for k, v in tracked.items()}}
+        members += (
+            f" ({fit['method']}, {fit['folds']}-fold cross-fitted: out-of-fold macro-F1 "
+            f"{fit['oof_score']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
+            f"{'ranked' if fit['eligible'] else 'not ranked above its members'}"
+            f"{'; package ' + ensemble.run_id if ensemble.run_id else ''})"
+        )
+    return {
+        "best model (validation macro-F1)": best or "n/a",
+        **champions,
+        "ensemble": members,
+        **{f"W&B {k}": v for k, v in tracked.items()},
+    }

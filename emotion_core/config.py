@@ -44,8 +44,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     continue
                 if first is not None:
                     raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping", node.start_mark,
-                        f"duplicate key {key!r} (first at line {first + 1})", key_node.start_mark)
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r} (first at line {first + 1})",
+                        key_node.start_mark,
+                    )
                 seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
@@ -315,8 +318,10 @@ class RunConfig(_Strict):
 def _name_slug(value: str) -> str:
     """A config or set name: it becomes part of run ids and report names (folders and keys in a store)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", value) or ".." in value:
-        raise ValueError("must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, "
-                         "without '..' (it names folders in the store)")
+        raise ValueError(
+            "must be 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+            "without '..' (it names folders in the store)"
+        )
     return value
 
 

@@ -35,8 +35,18 @@ from emotion_core.evaluation import paired_bootstrap
 from emotion_core.metrics import sigmoid
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 
-__all__ = ["METHODS", "Combiner", "CrossFit", "cross_fit", "entry_name", "ensemble_split", "fit_combiner",
-           "mean_probabilities", "top_k", "validation_macro_f1"]
+__all__ = [
+    "METHODS",
+    "Combiner",
+    "CrossFit",
+    "cross_fit",
+    "entry_name",
+    "ensemble_split",
+    "fit_combiner",
+    "mean_probabilities",
+    "top_k",
+    "validation_macro_f1",
+]
 
 METHODS = ("weighted_mean", "stacking")
 _EPS = 1e-7  # probabilities are clipped to [eps, 1 - eps] inside log-losses
@@ -101,15 +111,21 @@ def mean_probabilities(prob_list: Sequence[IdsAndValues]) -> tuple[list, np.ndar
             if len(ids) != len(ids0):
                 raise ValueError(f"model {m} has {len(ids)} ids, model 0 has {len(ids0)}")
             at = next(i for i, (a, b) in enumerate(zip(ids0, ids)) if a != b)
-            raise ValueError(f"model {m}: ids differ from model 0 at row {at} ({ids[at]!r} vs {ids0[at]!r}); "
-                             "members must predict the same rows in the same order")
+            raise ValueError(
+                f"model {m}: ids differ from model 0 at row {at} ({ids[at]!r} vs {ids0[at]!r}); "
+                "members must predict the same rows in the same order"
+            )
         total += p
     return ids0, total / len(prob_list)
 
 
-def ensemble_split(val_logits: Sequence[IdsAndValues], val_true: np.ndarray,
-                   test_logits: Sequence[IdsAndValues] | None = None, policy: str = "per_label",
-                   calibrate: bool = True) -> dict:
+def ensemble_split(
+    val_logits: Sequence[IdsAndValues],
+    val_true: np.ndarray,
+    test_logits: Sequence[IdsAndValues] | None = None,
+    policy: str = "per_label",
+    calibrate: bool = True,
+) -> dict:
     """Average the (temperature-scaled) probabilities of the members and tune thresholds.
 
     ``val_logits`` / ``test_logits``: one ``(ids, logits)`` per member, same member order;
@@ -192,8 +208,14 @@ def fit_weights(probs: Sequence[np.ndarray], y: np.ndarray) -> np.ndarray:
         dq = -(y / q - (1 - y) / (1 - q)) / q.size
         return _log_loss(q, y), np.einsum("nl,mnl->m", dq, stacked)
 
-    result = minimize(loss_and_grad, np.full(members, 1 / members), jac=True, method="SLSQP",
-                      bounds=[(0.0, 1.0)] * members, constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}])
+    result = minimize(
+        loss_and_grad,
+        np.full(members, 1 / members),
+        jac=True,
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * members,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+    )
     weights = np.clip(result.x, 0.0, None)
     return weights / weights.sum()
 
@@ -219,8 +241,13 @@ def fit_stacker(features: np.ndarray, y: np.ndarray, c: float = 1.0) -> tuple[np
     return coef, intercept
 
 
-def fit_combiner(logits: Sequence[np.ndarray], y: np.ndarray, method: str = "weighted_mean",
-                 policy: str = "per_label", metric: str = "macro_f1") -> Combiner:
+def fit_combiner(
+    logits: Sequence[np.ndarray],
+    y: np.ndarray,
+    method: str = "weighted_mean",
+    policy: str = "per_label",
+    metric: str = "macro_f1",
+) -> Combiner:
     """Temperatures per member, then weights or a stacker, then thresholds (tuned for ``metric``): all fitted on
     ``(logits, y)``. ``global_at_least_one`` is tuned as ``global``: the combiner's rule is thresholds only."""
     policy = "global" if policy == "global_at_least_one" else policy
@@ -264,10 +291,17 @@ class CrossFit:
     def summary(self) -> dict:
         """JSON-able facts for the report and the package (no arrays but the weights)."""
         c = self.combiner
-        return {"method": c.method, "folds": self.folds, "metric": self.metric, "oof_score": self.oof_score,
-                "member_oof_scores": self.member_oof_scores, "best_member": self.best_member,
-                "paired_vs_best_member": self.paired, "eligible": self.eligible,
-                "weights": None if c.weights is None else [float(w) for w in c.weights]}
+        return {
+            "method": c.method,
+            "folds": self.folds,
+            "metric": self.metric,
+            "oof_score": self.oof_score,
+            "member_oof_scores": self.member_oof_scores,
+            "best_member": self.best_member,
+            "paired_vs_best_member": self.paired,
+            "eligible": self.eligible,
+            "weights": None if c.weights is None else [float(w) for w in c.weights],
+        }
 
 
 def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
@@ -279,9 +313,19 @@ def fold_indices(n: int, folds: int, seed: int) -> list[np.ndarray]:
     return [held for _, held in KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.arange(n))]
 
 
-def cross_fit(logits: Sequence[np.ndarray], y: np.ndarray, names: Sequence[str], *, method: str = "weighted_mean",
-              policy: str = "per_label", folds: int = 5, alpha: float = 0.05, bootstrap_n: int = 1000,
-              seed: int = 0, metric: str = "macro_f1") -> CrossFit:
+def cross_fit(
+    logits: Sequence[np.ndarray],
+    y: np.ndarray,
+    names: Sequence[str],
+    *,
+    method: str = "weighted_mean",
+    policy: str = "per_label",
+    folds: int = 5,
+    alpha: float = 0.05,
+    bootstrap_n: int = 1000,
+    seed: int = 0,
+    metric: str = "macro_f1",
+) -> CrossFit:
     """Out-of-fold predictions of the ensemble and of each member alone, the paired test, and the refit.
 
     ``logits``: one (n, L) validation array per member, rows aligned with ``y``. See the module docstring.
@@ -305,5 +349,13 @@ def cross_fit(logits: Sequence[np.ndarray], y: np.ndarray, names: Sequence[str],
     best = int(np.argmax(scores))
     paired = paired_bootstrap(y, oof, member_oof[best], n=bootstrap_n, seed=seed, metric=metric)
     eligible = bool(paired["delta"] > 0 and paired["p_value"] < alpha)
-    return CrossFit(fit_combiner(logits, y, method, policy, metric), float(paired["score_a"]), scores, best, paired,
-                    eligible, folds, metric)
+    return CrossFit(
+        fit_combiner(logits, y, method, policy, metric),
+        float(paired["score_a"]),
+        scores,
+        best,
+        paired,
+        eligible,
+        folds,
+        metric,
+    )

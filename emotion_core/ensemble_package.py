@@ -37,8 +37,15 @@ from emotion_core.labels import LabelSchema
 from emotion_core.runs import Run, file_inventory, read_run
 from emotion_core.store.base import MANIFEST, ArtifactStore, RunId
 
-__all__ = ["ENSEMBLE_FILE", "EnsemblePredictor", "EnsembleRun", "ensemble_run_data", "is_ensemble",
-           "publish_ensemble", "read_ensemble"]
+__all__ = [
+    "ENSEMBLE_FILE",
+    "EnsemblePredictor",
+    "EnsembleRun",
+    "ensemble_run_data",
+    "is_ensemble",
+    "publish_ensemble",
+    "read_ensemble",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +69,27 @@ def ensemble_payload(combiner: Combiner, names: list[str], member_ids: list[str]
     per_label = lambda values: {n: float(v) for n, v in zip(names, values)}  # noqa: E731
     stacker = None
     if combiner.coef is not None:
-        stacker = {"coef": {n: [float(c) for c in row] for n, row in zip(names, combiner.coef)},
-                   "intercept": per_label(combiner.intercept)}
-    return {"version": ENSEMBLE_VERSION, "method": combiner.method, "policy": policy, "labels": names,
-            "members": [{"run_id": run_id, "temperatures": per_label(t)}
-                        for run_id, t in zip(member_ids, combiner.temperatures)],
-            "weights": None if combiner.weights is None else [float(w) for w in combiner.weights],
-            "stacker": stacker, "thresholds": per_label(combiner.thresholds)}
+        stacker = {
+            "coef": {n: [float(c) for c in row] for n, row in zip(names, combiner.coef)},
+            "intercept": per_label(combiner.intercept),
+        }
+    return {
+        "version": ENSEMBLE_VERSION,
+        "method": combiner.method,
+        "policy": policy,
+        "labels": names,
+        "members": [
+            {"run_id": run_id, "temperatures": per_label(t)} for run_id, t in zip(member_ids, combiner.temperatures)
+        ],
+        "weights": None if combiner.weights is None else [float(w) for w in combiner.weights],
+        "stacker": stacker,
+        "thresholds": per_label(combiner.thresholds),
+    }
 
 
-def publish_ensemble(store: ArtifactStore, run_id: str, entry, combiner: Combiner, data, *,
-                     created_by: str = "") -> str:
+def publish_ensemble(
+    store: ArtifactStore, run_id: str, entry, combiner: Combiner, data, *, created_by: str = ""
+) -> str:
     """Publish the ensemble of ``entry`` (an ``analysis.ensemble_of`` entry, its ``RunData`` and combiner) as
     ``runs/<run_id>`` of ``store``; return its URI. Members must be runs of ``store``."""
     run_id = RunId.parse(run_id, "ensemble run id")
@@ -92,12 +109,23 @@ def publish_ensemble(store: ArtifactStore, run_id: str, entry, combiner: Combine
         summary = {"validation": {policy: {"macro_f1": entry.validation_macro_f1}}}
         if test is not None:
             summary["test"] = {policy: {"macro_f1": test}}
-        manifest = {"kind": KIND, "run_id": run_id, "config_name": entry.name, "family": "ensemble",
-                    "model": entry.model, "status": "completed", "threshold_policy": policy,
-                    "members": [{"run_id": r, "config_name": n} for r, n in zip(member_ids, entry.members)],
-                    "data": {k: first["data"].get(k) for k in ("dataset", "labels", "hash")},
-                    "summary": summary, "ensemble": entry.ensemble, "rows": entry.rows, "created_by": created_by,
-                    "finished_at": datetime.now(UTC).isoformat(), "files": file_inventory(staging)}
+        manifest = {
+            "kind": KIND,
+            "run_id": run_id,
+            "config_name": entry.name,
+            "family": "ensemble",
+            "model": entry.model,
+            "status": "completed",
+            "threshold_policy": policy,
+            "members": [{"run_id": r, "config_name": n} for r, n in zip(member_ids, entry.members)],
+            "data": {k: first["data"].get(k) for k in ("dataset", "labels", "hash")},
+            "summary": summary,
+            "ensemble": entry.ensemble,
+            "rows": entry.rows,
+            "created_by": created_by,
+            "finished_at": datetime.now(UTC).isoformat(),
+            "files": file_inventory(staging),
+        }
         write_json(staging / MANIFEST, manifest)
     except BaseException:
         store.discard(staging)
@@ -134,8 +162,11 @@ class EnsembleRun:
 
 
 def _numbers(values, where: str, count: int) -> np.ndarray:
-    ok = isinstance(values, list) and len(values) == count and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    ok = (
+        isinstance(values, list)
+        and len(values) == count
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+    )
     if not ok:
         raise StoreError(f"{where}: expected {count} finite numbers; the ensemble package is damaged")
     return np.asarray(values, dtype=np.float64)
@@ -143,16 +174,20 @@ def _numbers(values, where: str, count: int) -> np.ndarray:
 
 def _per_label(table, names: list[str], where: str) -> np.ndarray:
     if not isinstance(table, dict) or list(table) != names:
-        raise StoreError(f"{where}: expected an object {{label: number}} over the labels of labels.json "
-                         f"({', '.join(names)}); the ensemble package is damaged")
+        raise StoreError(
+            f"{where}: expected an object {{label: number}} over the labels of labels.json "
+            f"({', '.join(names)}); the ensemble package is damaged"
+        )
     return _numbers(list(table.values()), where, len(names))
 
 
 def _combiner(payload: dict, names: list[str], where: str) -> tuple[Combiner, tuple[str, ...]]:
     """The checked combiner and member ids of an ``ensemble.json`` payload."""
     if payload.get("version") != ENSEMBLE_VERSION or payload.get("method") not in METHODS:
-        raise StoreError(f"{where}: version {payload.get('version')!r}, method {payload.get('method')!r}; this code "
-                         f"reads version {ENSEMBLE_VERSION}, methods {', '.join(METHODS)} (a newer or damaged package)")
+        raise StoreError(
+            f"{where}: version {payload.get('version')!r}, method {payload.get('method')!r}; this code "
+            f"reads version {ENSEMBLE_VERSION}, methods {', '.join(METHODS)} (a newer or damaged package)"
+        )
     if payload.get("labels") != names:
         raise StoreError(f"{where}: field 'labels' differs from labels.json; the ensemble package is damaged")
     members = payload.get("members")
@@ -179,8 +214,9 @@ def _combiner(payload: dict, names: list[str], where: str) -> tuple[Combiner, tu
         return Combiner("weighted_mean", temps, thresholds, weights=weights), tuple(ids)
     stacker = payload.get("stacker")
     if not isinstance(stacker, dict) or not isinstance(stacker.get("coef"), dict) or list(stacker["coef"]) != names:
-        raise StoreError(f"{where}: field 'stacker.coef' must be {{label: [one number per member]}}; "
-                         "the ensemble package is damaged")
+        raise StoreError(
+            f"{where}: field 'stacker.coef' must be {{label: [one number per member]}}; the ensemble package is damaged"
+        )
     coef = np.stack([_numbers(stacker["coef"][n], f"{where}: stacker.coef.{n}", len(ids)) for n in names])
     intercept = _per_label(stacker.get("intercept"), names, f"{where}: stacker.intercept")
     return Combiner("stacking", temps, thresholds, coef=coef, intercept=intercept), tuple(ids)
@@ -195,8 +231,9 @@ def read_ensemble(folder: Path) -> EnsembleRun:
         schema = LabelSchema.read(folder / "labels.json")
         payload = json.loads((folder / ENSEMBLE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"{where}: cannot read its files ({type(exc).__name__}: {exc}); "
-                         "the package is damaged") from None
+        raise StoreError(
+            f"{where}: cannot read its files ({type(exc).__name__}: {exc}); the package is damaged"
+        ) from None
     if not isinstance(payload, dict):
         raise StoreError(f"{where}: {ENSEMBLE_FILE} is not a JSON object; the package is damaged")
     combiner, members = _combiner(payload, list(schema.names), f"{where}: {ENSEMBLE_FILE}")
@@ -216,8 +253,10 @@ def member_store(ref, folder: Path) -> ArtifactStore:
         return open_store(f"s3://{parsed.netloc}{prefix}")
     folder = Path(folder).resolve()
     if folder.parent.name != "runs":
-        raise StoreError(f"ensemble '{ref}': its members are read from the store that holds it, but the folder is not "
-                         "a store's runs/<id> (publish it into the members' store, or name it by its store path)")
+        raise StoreError(
+            f"ensemble '{ref}': its members are read from the store that holds it, but the folder is not "
+            "a store's runs/<id> (publish it into the members' store, or name it by its store path)"
+        )
     return LocalStore(folder.parent.parent)
 
 
@@ -228,14 +267,17 @@ def read_members(ensemble: EnsembleRun, store: ArtifactStore) -> list[Run]:
         try:
             folder = store.run_folder(run_id)
         except StoreError as exc:
-            raise StoreError(f"ensemble {ensemble.run_id}: member run {run_id} cannot be loaded from {store.uri} "
-                             f"({exc})") from None
+            raise StoreError(
+                f"ensemble {ensemble.run_id}: member run {run_id} cannot be loaded from {store.uri} ({exc})"
+            ) from None
         if is_ensemble(folder):
             raise StoreError(f"ensemble {ensemble.run_id}: member {run_id} is itself an ensemble; members must be runs")
         run = read_run(folder)
         if list(run.schema.names) != list(ensemble.schema.names):
-            raise StoreError(f"ensemble {ensemble.run_id}: member {run_id} predicts other labels "
-                             f"({', '.join(run.schema.names)}); the package does not fit its members")
+            raise StoreError(
+                f"ensemble {ensemble.run_id}: member {run_id} predicts other labels "
+                f"({', '.join(run.schema.names)}); the package does not fit its members"
+            )
         runs.append(run)
     return runs
 
@@ -246,11 +288,14 @@ class EnsemblePredictor:
     Members' logits -> the package's combiner (calibrated by its temperatures) -> its thresholds.
     """
 
-    def __init__(self, ensemble: EnsembleRun, members: list[Run], *, calibration: bool = True,
-                 batch_size: int = 128) -> None:
+    def __init__(
+        self, ensemble: EnsembleRun, members: list[Run], *, calibration: bool = True, batch_size: int = 128
+    ) -> None:
         if not calibration:
-            log.warning("ensemble %s: --no-calibration does not apply, the members' temperatures are part of its fit",
-                        ensemble.run_id)
+            log.warning(
+                "ensemble %s: --no-calibration does not apply, the members' temperatures are part of its fit",
+                ensemble.run_id,
+            )
         self.run, self.members, self.batch_size = ensemble, members, batch_size
         self.thresholds = ensemble.combiner.thresholds
         self.shipped = None  # no run calibration.json: GET /model shows the thresholds, not temperatures
@@ -272,8 +317,10 @@ class EnsemblePredictor:
         from emotion_core.predict import run_logits
 
         texts = list(texts)
-        return [run_logits(run, texts, self.batch_size, family=family)
-                for run, family in zip(self.members, self.load().families)]
+        return [
+            run_logits(run, texts, self.batch_size, family=family)
+            for run, family in zip(self.members, self.load().families)
+        ]
 
     def predict(self, texts) -> tuple[np.ndarray, np.ndarray]:
         """``(probs, predicted)``: (n, labels) probabilities and 0/1 labels, in input order."""
@@ -283,8 +330,9 @@ class EnsemblePredictor:
         return probs, apply_thresholds(probs, self.thresholds)
 
 
-def load_ensemble_predictor(ref, folder: Path, *, calibration: bool = True, batch_size: int = 128,
-                            store: ArtifactStore | None = None) -> EnsemblePredictor:
+def load_ensemble_predictor(
+    ref, folder: Path, *, calibration: bool = True, batch_size: int = 128, store: ArtifactStore | None = None
+) -> EnsemblePredictor:
     """The predictor of the ensemble package in ``folder`` (named by ``ref``); members from ``store``, else from
     the store that holds the package."""
     ensemble = read_ensemble(folder)
@@ -319,5 +367,12 @@ def ensemble_run_data(folder: Path, store: ArtifactStore, data):
         if not (np.isfinite(values) & (values >= 0) & (values <= 1)).all():
             raise StoreError(f"ensemble {ensemble.run_id}: probabilities/{split}.parquet holds non-probabilities")
         ids[split], probs[split] = split_ids, values
-    return RunData(str(ensemble.manifest.get("config_name") or ensemble.run_id), ids, probs, truth,
-                   ensemble.combiner.thresholds, names, probabilities=True)
+    return RunData(
+        str(ensemble.manifest.get("config_name") or ensemble.run_id),
+        ids,
+        probs,
+        truth,
+        ensemble.combiner.thresholds,
+        names,
+        probabilities=True,
+    )

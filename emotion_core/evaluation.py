@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from emotion_core.metrics import as_binary_matrix, check_label_names, multilabel_metrics
-from emotion_core.thresholds import as_prob_matrix, apply_thresholds
+from emotion_core.thresholds import apply_thresholds, as_prob_matrix
 
 __all__ = [
     "ECE_BINS",
@@ -180,7 +180,7 @@ def _resample_counts(indices: np.ndarray):
     """Yield (chunk, rows) float64 matrices: how often each row occurs in each resample."""
     n, rows = indices.shape
     for start in range(0, n, _CHUNK):
-        block = indices[start:start + _CHUNK].astype(np.int64)
+        block = indices[start : start + _CHUNK].astype(np.int64)
         k = block.shape[0]
         flat = (np.arange(k)[:, None] * rows + block).ravel()
         yield np.bincount(flat, minlength=k * rows).reshape(k, rows).astype(np.float64)
@@ -194,7 +194,7 @@ def _confusion_per_row(yt: np.ndarray, yp: np.ndarray) -> np.ndarray:
 
 def _f1_from_counts(counts: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
     """Macro- and micro-F1 per resample from (k, 3L) summed TP|FP|FN, ``zero_division=0``."""
-    tp, fp, fn = counts[:, :n_labels], counts[:, n_labels:2 * n_labels], counts[:, 2 * n_labels:]
+    tp, fp, fn = counts[:, :n_labels], counts[:, n_labels : 2 * n_labels], counts[:, 2 * n_labels :]
     denom = 2.0 * tp + fp + fn
     per_label = np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     tp_s, denom_s = tp.sum(axis=1), denom.sum(axis=1)
@@ -202,8 +202,9 @@ def _f1_from_counts(counts: np.ndarray, n_labels: int) -> tuple[np.ndarray, np.n
     return per_label.mean(axis=1), micro
 
 
-def _resampled_f1(confusions: list[np.ndarray], indices: np.ndarray,
-                  n_labels: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _resampled_f1(
+    confusions: list[np.ndarray], indices: np.ndarray, n_labels: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """(macro, micro) F1 of every resample, for each per-row confusion matrix (same resamples)."""
     macro: list[list[np.ndarray]] = [[] for _ in confusions]
     micro: list[list[np.ndarray]] = [[] for _ in confusions]
@@ -230,8 +231,14 @@ def _check_alpha(alpha: float) -> None:
 
 def _interval(estimate: float, samples: np.ndarray, alpha: float, n: int, seed: int) -> dict:
     low, high = np.quantile(samples, [alpha / 2.0, 1.0 - alpha / 2.0])
-    return {"estimate": float(estimate), "low": float(low), "high": float(high),
-            "confidence": 1.0 - alpha, "n_resamples": int(n), "seed": int(seed)}
+    return {
+        "estimate": float(estimate),
+        "low": float(low),
+        "high": float(high),
+        "confidence": 1.0 - alpha,
+        "n_resamples": int(n),
+        "seed": int(seed),
+    }
 
 
 def bootstrap_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
@@ -261,15 +268,20 @@ def _row_jaccard(yt: np.ndarray, yp: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.ones(len(union), dtype=np.float64), where=union > 0)
 
 
-def _resampled_scores(yt: np.ndarray, ya: np.ndarray, yb: np.ndarray, indices: np.ndarray,
-                      metric: str) -> tuple[float, float, np.ndarray, np.ndarray]:
+def _resampled_scores(
+    yt: np.ndarray, ya: np.ndarray, yb: np.ndarray, indices: np.ndarray, metric: str
+) -> tuple[float, float, np.ndarray, np.ndarray]:
     """``metric`` of a and b on the original rows and on every resample (same resamples for both)."""
     n_rows, n_labels = yt.shape
     if metric == "jaccard_samples":  # a mean of per-row scores: resampled means are count-weighted sums
         ja, jb = _row_jaccard(yt, ya), _row_jaccard(yt, yb)
         counts = list(_resample_counts(indices))
-        return (float(ja.mean()), float(jb.mean()), np.concatenate([c @ ja for c in counts]) / n_rows,
-                np.concatenate([c @ jb for c in counts]) / n_rows)
+        return (
+            float(ja.mean()),
+            float(jb.mean()),
+            np.concatenate([c @ ja for c in counts]) / n_rows,
+            np.concatenate([c @ jb for c in counts]) / n_rows,
+        )
     if metric not in ("macro_f1", "micro_f1"):
         raise ValueError(f"unknown metric {metric!r}; expected macro_f1, micro_f1 or jaccard_samples")
     pick = 0 if metric == "macro_f1" else 1
@@ -280,8 +292,15 @@ def _resampled_scores(yt: np.ndarray, ya: np.ndarray, yb: np.ndarray, indices: n
     return score_a, score_b, resampled_a[pick], resampled_b[pick]
 
 
-def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int = 1000, seed: int = 0,
-                     alpha: float = 0.05, metric: str = "macro_f1") -> dict:
+def paired_bootstrap(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    metric: str = "macro_f1",
+) -> dict:
     """Paired bootstrap of ``metric(a) - metric(b)`` (macro-F1, micro-F1 or example-based Jaccard) on the same
     resampled rows.
 
@@ -294,11 +313,18 @@ def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
     yt, ya = _pair("y_true", y_true, "pred_a", pred_a)
     _, yb = _pair("y_true", y_true, "pred_b", pred_b)
     score_a, score_b, resampled_a, resampled_b = _resampled_scores(
-        yt, ya, yb, bootstrap_indices(yt.shape[0], n, seed), metric)
+        yt, ya, yb, bootstrap_indices(yt.shape[0], n, seed), metric
+    )
     deltas = resampled_a - resampled_b
     out = _interval(score_a - score_b, deltas, alpha, n, seed)
-    result = {"delta": out.pop("estimate"), **out, "p_value": float(np.mean(deltas <= 0.0)), "metric": metric,
-              "score_a": score_a, "score_b": score_b}
+    result = {
+        "delta": out.pop("estimate"),
+        **out,
+        "p_value": float(np.mean(deltas <= 0.0)),
+        "metric": metric,
+        "score_a": score_a,
+        "score_b": score_b,
+    }
     if metric == "macro_f1":
         result |= {"macro_f1_a": score_a, "macro_f1_b": score_b}
     return result
@@ -307,8 +333,16 @@ def paired_bootstrap(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray,
 # --------------------------------------------------------------------------- one split
 
 
-def evaluate_split(y_true: np.ndarray, probs: np.ndarray, thresholds: np.ndarray, names: Sequence[str], *,
-                   bootstrap_n: int = 1000, seed: int = 0, at_least_one: bool = False) -> dict:
+def evaluate_split(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    thresholds: np.ndarray,
+    names: Sequence[str],
+    *,
+    bootstrap_n: int = 1000,
+    seed: int = 0,
+    at_least_one: bool = False,
+) -> dict:
     """Everything reported for one split, as one JSON-serialisable dict of plain values.
 
     Keys: ``thresholds`` ({name: float}), ``metrics`` (``metrics.multilabel_metrics`` at

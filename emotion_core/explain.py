@@ -138,8 +138,13 @@ def _label_entry(name: str, prob: float, base: float, tokens, values) -> dict:
     # Every segment is kept, the special tokens ([CLS], [SEP]) as empty strings: when the budget runs
     # out, shap spreads a cluster's remaining credit over its members, special tokens included
     # (measured: -0.0075 on [CLS] at max_evals=40), and dropping them would break values + base = prob.
-    return {"label": name, "prob": float(prob), "base_value": float(base),
-            "tokens": [str(t) for t in tokens], "values": [float(v) for v in values]}
+    return {
+        "label": name,
+        "prob": float(prob),
+        "base_value": float(base),
+        "tokens": [str(t) for t in tokens],
+        "values": [float(v) for v in values],
+    }
 
 
 def _explain_short(predict_proba: PredictProba, masker, text: str, probs: np.ndarray, top: np.ndarray):
@@ -152,9 +157,18 @@ def _explain_short(predict_proba: PredictProba, masker, text: str, probs: np.nda
     return tokens, (probs[top] - base)[None, :], base, 1
 
 
-def explain_texts(predict_proba: PredictProba, texts: Sequence[str], label_names: Sequence[str], *,
-                  max_evals: int = 300, top_labels: int = 3, tokenizer=None, ids: Sequence[str] | None = None,
-                  batch_size: int = 32, seed: int = 13) -> dict:
+def explain_texts(
+    predict_proba: PredictProba,
+    texts: Sequence[str],
+    label_names: Sequence[str],
+    *,
+    max_evals: int = 300,
+    top_labels: int = 3,
+    tokenizer=None,
+    ids: Sequence[str] | None = None,
+    batch_size: int = 32,
+    seed: int = 13,
+) -> dict:
     """SHAP values of the ``top_labels`` most probable labels of each text.
 
     Returns ``{"texts": [{"id", "text", "seconds", "evaluations", "probs": {label: p},
@@ -189,16 +203,31 @@ def explain_texts(predict_proba: PredictProba, texts: Sequence[str], label_names
             evaluations = int(getattr(explainer, "last_eval_count", 0))
         seconds = time.perf_counter() - started
         total += seconds
-        rows.append({
-            "id": ids[i], "text": text, "seconds": round(seconds, 4), "evaluations": evaluations,
-            "probs": {n: float(p) for n, p in zip(names, probs[i])},
-            "labels": [_label_entry(names[j], probs[i, j], base[c], tokens, values[:, c]) for c, j in enumerate(top)],
-        })
+        rows.append(
+            {
+                "id": ids[i],
+                "text": text,
+                "seconds": round(seconds, 4),
+                "evaluations": evaluations,
+                "probs": {n: float(p) for n, p in zip(names, probs[i])},
+                "labels": [
+                    _label_entry(names[j], probs[i, j], base[c], tokens, values[:, c]) for c, j in enumerate(top)
+                ],
+            }
+        )
     return {
-        "texts": rows, "label_names": names, "n_texts": len(rows),
-        "seconds": round(total, 4), "seconds_per_text": round(total / len(rows), 4), "warmup_seconds": warmup,
-        "max_evals": int(max_evals), "top_labels": k, "batch_size": int(batch_size), "seed": int(seed),
-        "masker": masker_name(tokenizer), "shap_version": shap.__version__,
+        "texts": rows,
+        "label_names": names,
+        "n_texts": len(rows),
+        "seconds": round(total, 4),
+        "seconds_per_text": round(total / len(rows), 4),
+        "warmup_seconds": warmup,
+        "max_evals": int(max_evals),
+        "top_labels": k,
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "masker": masker_name(tokenizer),
+        "shap_version": shap.__version__,
     }
 
 
@@ -211,25 +240,32 @@ def _label_html(entry: dict) -> str:
     title = f"{html.escape(entry['label'])}: p = {entry['prob']:.3f} (base {entry['base_value']:.3f})"
     if not entry["tokens"]:  # shap's plot cannot draw an empty text
         return f'<div class="label"><h3>{title}</h3>\n<p>(no tokens to attribute)</p>\n</div>'
-    exp = shap.Explanation(values=np.asarray(entry["values"], dtype=np.float64), base_values=entry["base_value"],
-                           data=np.asarray(entry["tokens"], dtype=object))
+    exp = shap.Explanation(
+        values=np.asarray(entry["values"], dtype=np.float64),
+        base_values=entry["base_value"],
+        data=np.asarray(entry["tokens"], dtype=object),
+    )
     return f'<div class="label"><h3>{title}</h3>\n{shap.plots.text(exp, display=False)}\n</div>'
 
 
 def render_html(explanation: dict, path: str | Path, title: str = "SHAP token attributions") -> Path:
     """Write one self-contained HTML page with shap's text plot of every (text, label); return its path."""
     parts = [
-        "<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em} .text{border-top:1px solid #ccc;padding:1em 0}"
         " h3{font-size:1em;margin:.8em 0 .2em} .source{color:#444;white-space:pre-wrap}</style>",
-        "</head><body>", f"<h1>{html.escape(title)}</h1>",
+        "</head><body>",
+        f"<h1>{html.escape(title)}</h1>",
         f"<p>{explanation['n_texts']} texts, max_evals {explanation['max_evals']}, masker "
         f"{html.escape(explanation['masker'])}, shap {html.escape(explanation['shap_version'])}, "
         f"{explanation['seconds_per_text']:.2f} s per text.</p>",
     ]
     for row in explanation["texts"]:
-        parts.append(f'<div class="text"><h2>{html.escape(row["id"])}</h2>'
-                     f'<p class="source">{html.escape(row["text"])}</p>')
+        parts.append(
+            f'<div class="text"><h2>{html.escape(row["id"])}</h2><p class="source">{html.escape(row["text"])}</p>'
+        )
         parts.extend(_label_html(entry) for entry in row["labels"])
         parts.append("</div>")
     parts.append("</body></html>\n")
@@ -254,15 +290,29 @@ def weights_hash(model) -> str:
     return digest.hexdigest()
 
 
-def cache_key(model_key: str, ids: Sequence[str], texts: Sequence[str], label_names: Sequence[str],
-              budget: ExplainConfig, masker: str) -> str:
+def cache_key(
+    model_key: str,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    label_names: Sequence[str],
+    budget: ExplainConfig,
+    masker: str,
+) -> str:
     """Hex sha256 of everything an explanation depends on."""
     import shap
 
     payload = {
-        "format": CACHE_FORMAT, "model": model_key, "ids": list(ids), "texts": list(texts),
-        "labels": list(label_names), "max_evals": budget.max_evals, "top_labels": budget.top_labels,
-        "batch_size": budget.batch_size, "seed": budget.seed, "masker": masker, "shap": shap.__version__,
+        "format": CACHE_FORMAT,
+        "model": model_key,
+        "ids": list(ids),
+        "texts": list(texts),
+        "labels": list(label_names),
+        "max_evals": budget.max_evals,
+        "top_labels": budget.top_labels,
+        "batch_size": budget.batch_size,
+        "seed": budget.seed,
+        "masker": masker,
+        "shap": shap.__version__,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
@@ -277,9 +327,18 @@ def run_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=False)  # never a run's code
 
 
-def explain_run(run_folder_or_family, texts: Sequence[str], ids: Sequence[str], label_names: Sequence[str] | None,
-                budget: ExplainConfig | dict | None, cache_dir: str | Path, *, tokenizer=None,
-                html_path: str | Path | None = None, predict_batch_size: int = 64) -> dict:
+def explain_run(
+    run_folder_or_family,
+    texts: Sequence[str],
+    ids: Sequence[str],
+    label_names: Sequence[str] | None,
+    budget: ExplainConfig | dict | None,
+    cache_dir: str | Path,
+    *,
+    tokenizer=None,
+    html_path: str | Path | None = None,
+    predict_batch_size: int = 64,
+) -> dict:
     """Explain a seeded sample of ``texts`` with a run (folder/URI or ``Run``) or an in-memory ``Family``.
 
     ``texts``/``ids``: the whole split; ``budget.n_texts`` of them are sampled (``sample_texts``).
@@ -319,12 +378,28 @@ def explain_run(run_folder_or_family, texts: Sequence[str], ids: Sequence[str], 
             from emotion_core.models import load_family
 
             family = load_family(run.config, run.schema, run.folder / "model")
-        result = explain_texts(family_predict_proba(family, predict_batch_size), sample, label_names,
-                               max_evals=budget.max_evals, top_labels=budget.top_labels, tokenizer=tokenizer,
-                               ids=sample_ids, batch_size=budget.batch_size, seed=budget.seed)
-        atomic_write_text(path, json.dumps({"key": key, "model": model_key, "explanation": result}, ensure_ascii=False) + "\n")
-        log.info("SHAP: %d texts of %s in %.1f s (%.2f s/text), cached at %s",
-                 result["n_texts"], model_key, result["seconds"], result["seconds_per_text"], path)
+        result = explain_texts(
+            family_predict_proba(family, predict_batch_size),
+            sample,
+            label_names,
+            max_evals=budget.max_evals,
+            top_labels=budget.top_labels,
+            tokenizer=tokenizer,
+            ids=sample_ids,
+            batch_size=budget.batch_size,
+            seed=budget.seed,
+        )
+        atomic_write_text(
+            path, json.dumps({"key": key, "model": model_key, "explanation": result}, ensure_ascii=False) + "\n"
+        )
+        log.info(
+            "SHAP: %d texts of %s in %.1f s (%.2f s/text), cached at %s",
+            result["n_texts"],
+            model_key,
+            result["seconds"],
+            result["seconds_per_text"],
+            path,
+        )
     result = {**result, "cached": cached, "cache_key": key, "cache_path": str(path), "model_key": model_key}
     if html_path is not None:
         result["html_path"] = str(render_html(result, html_path))

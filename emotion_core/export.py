@@ -23,18 +23,26 @@ import numpy as np
 from emotion_core.errors import EmotionError
 from emotion_core.files import write_json
 
-PROBE_TEXTS = ("I am so happy for you, congratulations!", "This is outrageous, I am furious.",
-               "I miss her every day.", "Wow, I did not see that coming.", "ok")
+PROBE_TEXTS = (
+    "I am so happy for you, congratulations!",
+    "This is outrageous, I am furious.",
+    "I miss her every day.",
+    "Wow, I did not see that coming.",
+    "ok",
+)
 """Texts the export check runs through the run's model and the exported one."""
 LOGIT_TOLERANCE = 1e-4
 """Largest |logit difference| on ``PROBE_TEXTS`` an export may have (float32 matmul order: ~1e-6)."""
-TANH_SCALE = 2.0 ** -20
+TANH_SCALE = 2.0**-20
 """Scale before tanh (BERT pooler, RoBERTa head): tanh(x) = x to float32 precision for |x| < 6e-5."""
 ODD_SPLIT_ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_python", "gelu_pytorch_tanh", "silu", "swish", "quick_gelu")
 """Activations ``x * s(x)`` with ``s(x) + s(-x) = 1``, so ``act(z) - act(-z) = z``."""
-HEAD_MODULES = {"bert": ["pooler", "classifier"], "roberta": ["classifier"],
-                "distilbert": ["pre_classifier", "classifier"],
-                "deberta-v2": ["pooler", "classifier"]}
+HEAD_MODULES = {
+    "bert": ["pooler", "classifier"],
+    "roberta": ["classifier"],
+    "distilbert": ["pre_classifier", "classifier"],
+    "deberta-v2": ["pooler", "classifier"],
+}
 """Modules of each ``*ForSequenceClassification`` that carry the mapped head (the adapter's ``modules_to_save``)."""
 PORTABLE_BASES = {"minilm": "sentence-transformers/all-MiniLM-L6-v2"}
 """Bundled offline aliases -> the hub id an adapter export names as its base."""
@@ -57,19 +65,23 @@ def check_exportable(run, merge: bool) -> None:
     cfg = run.config
     family = cfg.model.family
     if family != "encoder":
-        raise ExportError(f"run {run.run_id}: export supports encoder runs (full fine-tune, LoRA, IA3); a {family} run "
-                          "ships as its run folder (use `emotion predict` with it)")
+        raise ExportError(
+            f"run {run.run_id}: export supports encoder runs (full fine-tune, LoRA, IA3); a {family} run "
+            "ships as its run folder (use `emotion predict` with it)"
+        )
     if cfg.model.pooling != "cls":
         raise ExportError(
             f"run {run.run_id}: model.pooling is '{cfg.model.pooling}' (attention-masked mean over tokens); "
             "the standard "
             "AutoModelForSequenceClassification heads read the first token only, so an export would compute other "
             "probabilities, and remote code is not allowed. Retrain with model.pooling: cls to export; this run "
-            "ships as its run folder")
+            "ships as its run folder"
+        )
     adapter = cfg.model.adapter
     if adapter is not None and adapter.method == "qlora":
-        raise ExportError(f"run {run.run_id}: QLoRA runs cannot be exported "
-                          "(4-bit base; merging re-quantises the update)")
+        raise ExportError(
+            f"run {run.run_id}: QLoRA runs cannot be exported (4-bit base; merging re-quantises the update)"
+        )
 
 
 def _model_type(body) -> str:
@@ -83,8 +95,9 @@ def label_config(config, schema, model_type: str):
     """``config`` as a multi-label classifier over ``schema``'s labels."""
     names = list(schema.names)
     if len(names) * 2 > config.hidden_size:
-        raise ExportError(f"{len(names)} labels need a hidden size of at least {2 * len(names)}; the body has "
-                          f"{config.hidden_size}")
+        raise ExportError(
+            f"{len(names)} labels need a hidden size of at least {2 * len(names)}; the body has {config.hidden_size}"
+        )
     config.num_labels = len(names)
     config.id2label = dict(enumerate(names))
     config.label2id = {name: i for i, name in enumerate(names)}
@@ -105,8 +118,11 @@ def set_head(model, model_type: str, weight, bias) -> None:
     n = weight.shape[0]
     with torch.no_grad():
         if model_type in ("bert", "roberta"):  # dense(scaled) -> tanh -> classifier(unscaled)
-            dense, out = ((model.bert.pooler.dense, model.classifier) if model_type == "bert"
-                          else (model.classifier.dense, model.classifier.out_proj))
+            dense, out = (
+                (model.bert.pooler.dense, model.classifier)
+                if model_type == "bert"
+                else (model.classifier.dense, model.classifier.out_proj)
+            )
             dense.weight.zero_()
             dense.bias.zero_()
             dense.weight[:n] = weight * TANH_SCALE
@@ -115,13 +131,16 @@ def set_head(model, model_type: str, weight, bias) -> None:
             out.bias.copy_(bias)
             return
         # dense = [W; -W] -> act -> classifier [I, -I]: act(z) - act(-z) = z
-        dense, out = (model.pre_classifier, model.classifier) if model_type == "distilbert" else (model.pooler.dense,
-                                                                                                 model.classifier)
+        dense, out = (
+            (model.pre_classifier, model.classifier)
+            if model_type == "distilbert"
+            else (model.pooler.dense, model.classifier)
+        )
         dense.weight.zero_()
         dense.bias.zero_()
-        dense.weight[:n], dense.weight[n:2 * n] = weight, -weight
+        dense.weight[:n], dense.weight[n : 2 * n] = weight, -weight
         out.weight.zero_()
-        out.weight[:, :n], out.weight[:, n:2 * n] = torch.eye(n), -torch.eye(n)
+        out.weight[:, :n], out.weight[:, n : 2 * n] = torch.eye(n), -torch.eye(n)
         out.bias.copy_(bias)
 
 
@@ -142,8 +161,10 @@ def _check_same(run, family, exported, tokenizer) -> float:
     theirs = _probe_logits(exported, tokenizer, run.config.model.max_length)
     diff = float(np.max(np.abs(ours - theirs)))
     if not diff <= LOGIT_TOLERANCE:
-        raise ExportError(f"run {run.run_id}: the exported model's logits differ from the run's by {diff:.3g} "
-                          f"(> {LOGIT_TOLERANCE}); nothing was written")
+        raise ExportError(
+            f"run {run.run_id}: the exported model's logits differ from the run's by {diff:.3g} "
+            f"(> {LOGIT_TOLERANCE}); nothing was written"
+        )
     return diff
 
 
@@ -178,8 +199,9 @@ def _adapter_model(run, body, schema, head):
     source = resolve_model(spec.model, spec.revision, False)
     model_type = _model_type(body.get_base_model())
     config = label_config(AutoConfig.from_pretrained(source, revision=spec.revision), schema, model_type)
-    model = AutoModelForSequenceClassification.from_pretrained(source, revision=spec.revision, config=config,
-                                                               use_safetensors=True, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, revision=spec.revision, config=config, use_safetensors=True, dtype=torch.float32
+    )
     set_head(model, model_type, head.weight.detach(), head.bias.detach())
     lora = peft_config(spec.adapter, model_type, HEAD_MODULES[model_type], task_type="SEQ_CLS")
     wrapped = get_peft_model(model, lora)
@@ -209,8 +231,9 @@ def _base_reference(run, base_model: str | None) -> str:
     return str(path.resolve()) if path.exists() else spec.model
 
 
-def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: str | None = None,
-               calibration: dict | None = None) -> dict:
+def export_run(
+    run_ref, dest: str | Path, *, merge: bool = False, base_model: str | None = None, calibration: dict | None = None
+) -> dict:
     """Export ``run_ref`` to the new folder ``dest``; returns what was written (kind, check, paths).
 
     ``calibration``: ``calibration.calibrate_run``'s dict (temperatures, thresholds) or None.
@@ -244,8 +267,13 @@ def export_run(run_ref, dest: str | Path, *, merge: bool = False, base_model: st
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"run_id": run.run_id, "kind": kind, "model_type": model_type, "folder": str(dest),
-            "max_abs_logit_diff": diff}
+    return {
+        "run_id": run.run_id,
+        "kind": kind,
+        "model_type": model_type,
+        "folder": str(dest),
+        "max_abs_logit_diff": diff,
+    }
 
 
 def _transformers_model(run, family, merge: bool):
@@ -268,8 +296,12 @@ def _save_export(folder: Path, run, exported, tokenizer, extras: dict, kind: str
     if kind.startswith("peft"):
         exported.save_pretrained(str(folder), safe_serialization=True)
         _fix_adapter_config(folder / "adapter_config.json", _base_reference(run, base_model), run.config.model.revision)
-        load_kwargs = {"num_labels": len(run.schema), "id2label": extras.pop("id2label"),
-                       "label2id": extras.pop("label2id"), "problem_type": "multi_label_classification"}
+        load_kwargs = {
+            "num_labels": len(run.schema),
+            "id2label": extras.pop("id2label"),
+            "label2id": extras.pop("label2id"),
+            "problem_type": "multi_label_classification",
+        }
         write_json(folder / "emotion_export.json", {**extras, "load_kwargs": load_kwargs})
     else:
         for key, value in extras.items():
@@ -279,13 +311,21 @@ def _save_export(folder: Path, run, exported, tokenizer, extras: dict, kind: str
     tokenizer.save_pretrained(str(folder))
 
 
-def _write_card(folder: Path, run, kind: str, model_type: str, diff: float, calibration: dict | None,
-                   base_model: str | None) -> None:
+def _write_card(
+    folder: Path, run, kind: str, model_type: str, diff: float, calibration: dict | None, base_model: str | None
+) -> None:
     """The export's model card (``README.md``)."""
     from emotion_core.model_card import write_card
 
-    write_card(folder / "README.md", run, kind=kind, model_type=model_type, check=diff, calibration=calibration,
-               base=_base_reference(run, base_model) if kind.startswith("peft") else None)
+    write_card(
+        folder / "README.md",
+        run,
+        kind=kind,
+        model_type=model_type,
+        check=diff,
+        calibration=calibration,
+        base=_base_reference(run, base_model) if kind.startswith("peft") else None,
+    )
 
 
 def emotion_keys(run, calibration: dict | None, model_type: str, diff: float, kind: str) -> dict:
@@ -293,7 +333,8 @@ def emotion_keys(run, calibration: dict | None, model_type: str, diff: float, ki
     names = list(run.schema.names)
     mapping = "tanh-scaled" if model_type in ("bert", "roberta") else "odd-split"
     return {
-        "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)},
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
         "emotion_run_id": run.run_id,
         "emotion_threshold_policy": run.manifest.get("threshold_policy"),
         "emotion_thresholds": dict(zip(names, map(float, run.thresholds()))),
@@ -312,7 +353,6 @@ def _fix_adapter_config(path: Path, base: str, revision: str | None) -> None:
     config["base_model_name_or_path"] = base
     config["revision"] = revision
     write_json(path, config)
-
 
 
 def run_calibration(run) -> dict:
@@ -340,6 +380,7 @@ def push_to_hub(folder: str | Path, repo: str, token: str | None = None) -> str:
         commit = api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message="emotion export")
     except Exception as exc:  # offline, refused token, bad repo id: one clear line, no token in it
         detail = str(exc).splitlines()[0] if str(exc) else "no detail"
-        raise ExportError(f"push to the hub repo '{repo}' failed ({type(exc).__name__}: {detail}); "
-                          f"the export stays in {folder}") from None
+        raise ExportError(
+            f"push to the hub repo '{repo}' failed ({type(exc).__name__}: {detail}); the export stays in {folder}"
+        ) from None
     return str(getattr(commit, "commit_url", commit))

@@ -44,9 +44,9 @@ class LabelSchema:
         return json.dumps({"labels": list(self.names)}, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "LabelSchema":
+    def from_json(cls, text: str) -> LabelSchema:
         return cls(tuple(json.loads(text)["labels"]))
 
     @classmethod
-    def read(cls, path: str | Path) -> "LabelSchema":
+    def read(cls, path: str | Path) -> LabelSchema:
         return cls.from_json(Path(path).read_text(encoding="utf-8"))

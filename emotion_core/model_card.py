@@ -28,31 +28,45 @@ def card_metadata(run, test: dict) -> dict:
         "pipeline_tag": "text-classification",
         "tags": ["emotion", "multi-label-classification", "emotion-pipeline", run.config.model.family],
         "datasets": [dataset],
-        "model-index": [{
-            "name": run.run_id,
-            "results": [{
-                "task": {"type": "text-classification", "name": "Multi-label emotion classification"},
-                "dataset": {"type": dataset, "name": dataset, "split": "test"},
-                "metrics": [{"type": name, "value": round(float(test[name]), 4), "name": f"test {name}"}
-                            for name in HEADLINE if name in test],
-            }],
-        }],
+        "model-index": [
+            {
+                "name": run.run_id,
+                "results": [
+                    {
+                        "task": {"type": "text-classification", "name": "Multi-label emotion classification"},
+                        "dataset": {"type": dataset, "name": dataset, "split": "test"},
+                        "metrics": [
+                            {"type": name, "value": round(float(test[name]), 4), "name": f"test {name}"}
+                            for name in HEADLINE
+                            if name in test
+                        ],
+                    }
+                ],
+            }
+        ],
     }
 
 
 def _calibration_lines(calibration: dict | None) -> list[str]:
     if calibration is None:
-        return ["Not calibrated in this export (exported with `--no-calibration`, or the run's data was not "
-                "available). Probabilities are `sigmoid(logits)`."]
-    lines = ["Per-label temperatures fitted on the validation split only (`emotion_temperatures` in the config); "
-             "calibrated probabilities are `sigmoid(logit / T)`, used with `emotion_calibrated_thresholds`.", ""]
+        return [
+            "Not calibrated in this export (exported with `--no-calibration`, or the run's data was not "
+            "available). Probabilities are `sigmoid(logits)`."
+        ]
+    lines = [
+        "Per-label temperatures fitted on the validation split only (`emotion_temperatures` in the config); "
+        "calibrated probabilities are `sigmoid(logit / T)`, used with `emotion_calibrated_thresholds`.",
+        "",
+    ]
     ece, nll = calibration.get("ece", {}).get("validation"), calibration.get("nll", {}).get("validation")
     if ece and nll:
-        lines += ["| validation | before | after |", "|---|---|---|",
-                  f"| ECE (flattened) | {ece['before']['flat']:.4f} | {ece['after']['flat']:.4f} |",
-                  f"| ECE (mean per label) | {ece['before']['per_label_mean']:.4f} | "
-                  f"{ece['after']['per_label_mean']:.4f} |",
-                  f"| NLL | {nll['before']:.4f} | {nll['after']:.4f} |"]
+        lines += [
+            "| validation | before | after |",
+            "|---|---|---|",
+            f"| ECE (flattened) | {ece['before']['flat']:.4f} | {ece['after']['flat']:.4f} |",
+            f"| ECE (mean per label) | {ece['before']['per_label_mean']:.4f} | {ece['after']['per_label_mean']:.4f} |",
+            f"| NLL | {nll['before']:.4f} | {nll['after']:.4f} |",
+        ]
     return lines
 
 
@@ -66,43 +80,83 @@ def card_text(run, *, kind: str, model_type: str, check: float, calibration: dic
     temps = (calibration or {}).get("temperatures") or {}
     front = yaml.safe_dump(card_metadata(run, test), sort_keys=False, allow_unicode=True)
     if kind.startswith("peft"):
-        load = ("import json\nfrom peft import AutoPeftModelForSequenceClassification\n"
-                "kw = json.load(open('DIR/emotion_export.json'))['load_kwargs']\n"
-                "model = AutoPeftModelForSequenceClassification.from_pretrained('DIR', **kw)")
+        load = (
+            "import json\nfrom peft import AutoPeftModelForSequenceClassification\n"
+            "kw = json.load(open('DIR/emotion_export.json'))['load_kwargs']\n"
+            "model = AutoPeftModelForSequenceClassification.from_pretrained('DIR', **kw)"
+        )
     else:
-        load = ("from transformers import pipeline\n"
-                "clf = pipeline('text-classification', model='DIR', top_k=None, truncation=True)\n"
-                "clf(['I am so happy for you!'])  # sigmoid probabilities per label")
+        load = (
+            "from transformers import pipeline\n"
+            "clf = pipeline('text-classification', model='DIR', top_k=None, truncation=True)\n"
+            "clf(['I am so happy for you!'])  # sigmoid probabilities per label"
+        )
     lines = [
-        "---", front.rstrip(), "---", "",
-        f"# {run.config.name}: multi-label emotion classifier", "",
+        "---",
+        front.rstrip(),
+        "---",
+        "",
+        f"# {run.config.name}: multi-label emotion classifier",
+        "",
         f"Run `{run.run_id}` of emotion-pipeline, exported as a `{kind}` folder ({model_type}). "
-        f"{run.config.description or ''}".rstrip(), "",
-        "## Use", "", "```python", load, "```", "",
-        f"Texts are truncated at {run.config.model.max_length} tokens, as in training (pass `truncation=True`).", "",
-        "## Data", "",
+        f"{run.config.description or ''}".rstrip(),
+        "",
+        "## Use",
+        "",
+        "```python",
+        load,
+        "```",
+        "",
+        f"Texts are truncated at {run.config.model.max_length} tokens, as in training (pass `truncation=True`).",
+        "",
+        "## Data",
+        "",
         f"- dataset: `{data.get('dataset')}`; data sha256: `{data.get('hash')}`",
-        f"- rows: {json.dumps(data.get('rows', {}))}", "",
-        "## Labels", "", ", ".join(f"`{n}`" for n in names), "",
-        "## Test metrics", "",
+        f"- rows: {json.dumps(data.get('rows', {}))}",
+        "",
+        "## Labels",
+        "",
+        ", ".join(f"`{n}`" for n in names),
+        "",
+        "## Test metrics",
+        "",
         f"At the run's `{run.manifest.get('threshold_policy')}` thresholds (tuned on validation). Confidence intervals "
         "(bootstrap) are in the comparison report of the night that trained this run; the run itself holds point "
-        "estimates.", "",
-        "| metric | test |", "|---|---|",
-        *[f"| {n} | {float(test[n]):.4f} |" for n in HEADLINE if n in test], "",
-        "## Calibration", "", *_calibration_lines(calibration), "",
-        "## Thresholds", "",
-        "| label | threshold | temperature | calibrated threshold |", "|---|---|---|---|",
-        *[f"| {n} | {thresholds[n]:.3f} | {temps.get(n, '-')} | {calibrated.get(n, '-')} |" for n in names], "",
-        "## Training config", "", "```yaml",
-        yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip(), "```", "",
-        "## Export", "",
+        "estimates.",
+        "",
+        "| metric | test |",
+        "|---|---|",
+        *[f"| {n} | {float(test[n]):.4f} |" for n in HEADLINE if n in test],
+        "",
+        "## Calibration",
+        "",
+        *_calibration_lines(calibration),
+        "",
+        "## Thresholds",
+        "",
+        "| label | threshold | temperature | calibrated threshold |",
+        "|---|---|---|---|",
+        *[f"| {n} | {thresholds[n]:.3f} | {temps.get(n, '-')} | {calibrated.get(n, '-')} |" for n in names],
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Export",
+        "",
         f"The head is the run's linear layer on the first token (`pooling: cls`), written into {model_type}'s own "
         "classification head (`emotion_head_mapping` in the config). Checked at export: max |logit difference| "
         f"to the run's own model on 5 probe texts = {check:.2e}.",
-        *([f"Adapter base model: `{base}` (the run's base; load needs the `load_kwargs` in `emotion_export.json`)."]
-          if base else []), "",
-        "## Intended use and limits", "",
+        *(
+            [f"Adapter base model: `{base}` (the run's base; load needs the `load_kwargs` in `emotion_export.json`)."]
+            if base
+            else []
+        ),
+        "",
+        "## Intended use and limits",
+        "",
         "- Research and analysis of emotions expressed in short English texts similar to the training data.",
         "- Not for decisions about people (hiring, health, moderation without review); emotion labels are "
         "subjective and annotator agreement is modest.",

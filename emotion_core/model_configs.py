@@ -30,11 +30,14 @@ def _remote_code_allowed(cls, value: bool, info: ValidationInfo) -> bool:
     model = str(info.data.get("model", ""))
     hub_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not Path(model).expanduser().exists()
     if not hub_id:
-        raise ValueError(f"true is allowed only for a hub id (org/model), never for the local folder or alias "
-                         f"'{model}'")
+        raise ValueError(
+            f"true is allowed only for a hub id (org/model), never for the local folder or alias '{model}'"
+        )
     if model not in trusted_remote_code():
-        raise ValueError(f"true runs Python code from the hub repository '{model}'; allowed only for hub ids listed "
-                         f"in ${TRUSTED_REMOTE_CODE_ENV} (comma-separated), and '{model}' is not listed")
+        raise ValueError(
+            f"true runs Python code from the hub repository '{model}'; allowed only for hub ids listed "
+            f"in ${TRUSTED_REMOTE_CODE_ENV} (comma-separated), and '{model}' is not listed"
+        )
     return value
 
 
@@ -215,5 +218,3 @@ ModelConfig = Annotated[
     functools.reduce(operator.or_, (config for config, _ in FAMILY_REGISTRY.values())), Field(discriminator="family")
 ]
 """One of the family configs, chosen by its ``family`` field."""
-
-

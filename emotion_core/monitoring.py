@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def _gib(value: float) -> float:
@@ -69,7 +69,7 @@ class DeviceMonitor:
         self.interval_s = interval_s
         self.kind = "cuda" if torch.cuda.is_available() else "cpu"
         self.note: str | None = None  # why a figure is missing (e.g. no NVML); set once
-        self._lock = threading.Lock()      # guards the aggregates and the latest sample
+        self._lock = threading.Lock()  # guards the aggregates and the latest sample
         self._cpu_lock = threading.Lock()  # guards the CPU-% reference point
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,14 +81,20 @@ class DeviceMonitor:
         self._peaks: dict[str, float] = {}
         # Static facts once, here in the constructing (training) thread: the current CUDA device is
         # per thread, so the sampling thread would otherwise see device 0.
-        self._static = {"host": socket.gethostname(), "pid": os.getpid(),
-                        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        self._static = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        }
         if self.kind == "cuda":
             self._nvml_ok = True
             try:
                 self.index = torch.cuda.current_device() if device is None else device
-                self._static.update(name=torch.cuda.get_device_name(self.index), index=self.index,
-                                    memory_total_gib=_gib(torch.cuda.get_device_properties(self.index).total_memory))
+                self._static.update(
+                    name=torch.cuda.get_device_name(self.index),
+                    index=self.index,
+                    memory_total_gib=_gib(torch.cuda.get_device_properties(self.index).total_memory),
+                )
             except Exception as exc:  # a device that cannot be queried: the samples will fail quietly too
                 self.index = 0 if device is None else device
                 self._static.update(name=None, index=self.index, memory_total_gib=None)
@@ -96,8 +102,11 @@ class DeviceMonitor:
         else:
             self.index = None
             memory = _system_memory_bytes()
-            self._static.update(name=cpu_model(), logical_cores=os.cpu_count(),
-                                memory_total_gib=None if memory is None else _gib(memory))
+            self._static.update(
+                name=cpu_model(),
+                logical_cores=os.cpu_count(),
+                memory_total_gib=None if memory is None else _gib(memory),
+            )
         try:
             import psutil
 
@@ -126,9 +135,14 @@ class DeviceMonitor:
     def sample(self) -> dict:
         """One sample now (not recorded); may raise: ``snapshot()`` and the thread never do."""
         rss = self._process.memory_info().rss if self._process is not None else _rss_bytes()
-        current = {"time": round(time.time(), 3), "kind": self.kind, **self._static,
-                   "process_cpu_percent": self._process_cpu_percent(),
-                   "rss_gib": None if rss is None else _gib(rss), "peak_rss_gib": _gib(_peak_rss_bytes())}
+        current = {
+            "time": round(time.time(), 3),
+            "kind": self.kind,
+            **self._static,
+            "process_cpu_percent": self._process_cpu_percent(),
+            "rss_gib": None if rss is None else _gib(rss),
+            "peak_rss_gib": _gib(_peak_rss_bytes()),
+        }
         if self.kind == "cuda":
             current.update(self._cuda())
         else:
@@ -138,10 +152,13 @@ class DeviceMonitor:
     def _cuda(self) -> dict:
         cuda, index = torch.cuda, self.index
         free, total = cuda.mem_get_info(index)
-        return {"memory_used_gib": _gib(total - free), "memory_free_gib": _gib(free),
-                "allocated_gib": _gib(cuda.memory_allocated(index)),
-                "peak_allocated_gib": _gib(cuda.max_memory_allocated(index)),
-                "utilization_percent": self._utilization()}
+        return {
+            "memory_used_gib": _gib(total - free),
+            "memory_free_gib": _gib(free),
+            "allocated_gib": _gib(cuda.memory_allocated(index)),
+            "peak_allocated_gib": _gib(cuda.max_memory_allocated(index)),
+            "utilization_percent": self._utilization(),
+        }
 
     def _utilization(self) -> int | None:
         if not self._nvml_ok:
@@ -183,7 +200,7 @@ class DeviceMonitor:
             self._stop.wait(self.interval_s)
 
     # -- public -----------------------------------------------------------------------------------
-    def start(self) -> "DeviceMonitor":
+    def start(self) -> DeviceMonitor:
         """Start sampling (a first sample at once); a second call while running does nothing."""
         if self._thread is None or not self._thread.is_alive():
             self._stop.clear()
@@ -200,7 +217,7 @@ class DeviceMonitor:
         self._record()
         return self.summary()
 
-    def __enter__(self) -> "DeviceMonitor":
+    def __enter__(self) -> DeviceMonitor:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -226,13 +243,19 @@ class DeviceMonitor:
         util = "utilization_percent" if self.kind == "cuda" else "process_cpu_percent"
         with self._lock:
             latest, peaks = self._latest, dict(self._peaks)
-            out = {"samples": self._count, "interval_s": self.interval_s,
-                   "window_s": round(latest["time"] - self._started_at, 3) if latest else 0.0,
-                   "kind": self.kind, **self._static,
-                   f"peak_{util}": self._util_peak,
-                   f"mean_{util}": round(self._util_sum / self._util_n, 1) if self._util_n else None}
+            out = {
+                "samples": self._count,
+                "interval_s": self.interval_s,
+                "window_s": round(latest["time"] - self._started_at, 3) if latest else 0.0,
+                "kind": self.kind,
+                **self._static,
+                f"peak_{util}": self._util_peak,
+                f"mean_{util}": round(self._util_sum / self._util_n, 1) if self._util_n else None,
+            }
         out["peak_rss_gib"] = peaks.get("peak_rss_gib")
         if self.kind == "cuda":
-            out.update(peak_memory_used_gib=peaks.get("memory_used_gib"), peak_allocated_gib=peaks.get("peak_allocated_gib"))
+            out.update(
+                peak_memory_used_gib=peaks.get("memory_used_gib"), peak_allocated_gib=peaks.get("peak_allocated_gib")
+            )
         out["note"] = self.note
         return out

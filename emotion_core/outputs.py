@@ -46,8 +46,10 @@ def check_output_file(out_path: str | Path, inputs: Iterable[str | Path] = ()) -
     if mode is not None and stat.S_ISDIR(mode):
         raise DataError("--out is a folder; give the path of the CSV file to write", file=str(out))
     if mode is not None and not stat.S_ISREG(mode):
-        raise DataError(f"--out is {kind_of(mode)}; it is not replaced: give the path of a regular file "
-                        "(or a new one)", file=str(out))
+        raise DataError(
+            f"--out is {kind_of(mode)}; it is not replaced: give the path of a regular file (or a new one)",
+            file=str(out),
+        )
     if mode is not None and not os.access(out, os.W_OK):  # read-only: the user protected it (never true for root)
         raise DataError("--out is read-only; it is not replaced: give another path or make it writable", file=str(out))
     parent = next((p for p in out.parents if p.exists()), None)

@@ -63,16 +63,25 @@ def quality_flags(evaluation: dict, policy: str) -> list[dict]:
     """Warnings a reader of the summary must see: a model that predicts nothing is not a model."""
     flags = []
     if evaluation["validation"]["fixed"]["no_positive_predictions"]:
-        flags.append({"code": "no_predictions_at_0.5",
-                      "message": "validation predictions are empty for every label at threshold 0.5 "
-                                 "(collapsed towards 'no label')"})
+        flags.append(
+            {
+                "code": "no_predictions_at_0.5",
+                "message": "validation predictions are empty for every label at threshold 0.5 "
+                "(collapsed towards 'no label')",
+            }
+        )
     if evaluation["validation"][policy]["no_positive_predictions"]:
-        flags.append({"code": "no_predictions",
-                      "message": f"validation predictions are empty for every label at the run's {policy} thresholds"})
+        flags.append(
+            {
+                "code": "no_predictions",
+                "message": f"validation predictions are empty for every label at the run's {policy} thresholds",
+            }
+        )
     never = evaluation["validation"][policy]["labels_never_predicted"]
     if never:
-        flags.append({"code": "labels_never_predicted",
-                      "message": f"never predicted on validation: {', '.join(never)}"})
+        flags.append(
+            {"code": "labels_never_predicted", "message": f"never predicted on validation: {', '.join(never)}"}
+        )
     return flags
 
 
@@ -83,19 +92,34 @@ def count_parameters(model) -> dict[str, int | float]:
 
     counts = trainable_parameters(model)
     stored = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return {**counts, "trainable_percent": round(100.0 * counts["trainable"] / max(counts["total"], 1), 4),
-            "weights_mb": round(stored / 2**20, 1)}
+    return {
+        **counts,
+        "trainable_percent": round(100.0 * counts["trainable"] / max(counts["total"], 1), 4),
+        "weights_mb": round(stored / 2**20, 1),
+    }
 
 
-def train_config(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None, run_id: str | None = None,
-                 progress: Callable[[dict], None] | None = None, context: dict | None = None) -> str:
+def train_config(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    data: EmotionData | None = None,
+    run_id: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    context: dict | None = None,
+) -> str:
     """Train ``cfg``, publish the run into ``store`` and return the run's URI (``train_run`` + ``publish_run``)."""
     staging, run_id = train_run(cfg, store, data=data, run_id=run_id, progress=progress, context=context)
     return publish_run(store, staging, run_id)
 
 
-def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = None, run_id: str | None = None,
-              progress: Callable[[dict], None] | None = None, context: dict | None = None) -> tuple[Path | None, str]:
+def train_run(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    data: EmotionData | None = None,
+    run_id: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    context: dict | None = None,
+) -> tuple[Path | None, str]:
     """Train ``cfg`` into a complete staging folder of ``store``; return ``(folder, run_id)``.
 
     ``run_id``: chosen by the caller (an orchestrator that must find the run again), else derived
@@ -119,8 +143,14 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
     main = ranks.is_main()
     staging = store.staging(run_id) if main else None
     work_dir = ranks.broadcast(staging / "checkpoints" if main else None)  # one folder shared by the ranks
-    log.info("run %s: %s on %s (%s train / %s validation rows)", run_id, cfg.model.family, cfg.data.dataset,
-             len(data.split("train")), len(data.split("validation")))
+    log.info(
+        "run %s: %s on %s (%s train / %s validation rows)",
+        run_id,
+        cfg.model.family,
+        cfg.data.dataset,
+        len(data.split("train")),
+        len(data.split("validation")),
+    )
     try:
         trained = _train(cfg, store, data, run_id, work_dir, progress)
         if not main:
@@ -131,8 +161,9 @@ def train_run(cfg: RunConfig, store: ArtifactStore, data: EmotionData | None = N
         if staging is not None:
             store.discard(staging)
         if isinstance(exc, OSError) and exc.errno in _STORE_FULL:
-            raise StoreError(f"store {store.uri}: writing run {run_id} failed ({exc.strerror or exc}); "
-                             f"nothing was published") from None
+            raise StoreError(
+                f"store {store.uri}: writing run {run_id} failed ({exc.strerror or exc}); nothing was published"
+            ) from None
         raise
     ece = manifest["calibration"]["validation_ece_flat"]
     log.info("run %s: calibrated on validation, flattened ECE %.4f -> %.4f", run_id, ece["before"], ece["after"])
@@ -155,8 +186,14 @@ class _Trained:
     rank_usages: list[dict] | None  # every rank's usage on rank 0
 
 
-def _train(cfg: RunConfig, store: ArtifactStore, data: EmotionData, run_id: str, work_dir: Path,
-           progress: Callable[[dict], None] | None) -> _Trained:
+def _train(
+    cfg: RunConfig,
+    store: ArtifactStore,
+    data: EmotionData,
+    run_id: str,
+    work_dir: Path,
+    progress: Callable[[dict], None] | None,
+) -> _Trained:
     """Build the family and fit it (a prompted family is not fitted); every rank, in step."""
     train_texts, train_labels = data.texts("train"), data.labels("train")
     # Seed before the model is built: a new head's initial weights must not depend on what
@@ -171,8 +208,18 @@ def _train(cfg: RunConfig, store: ArtifactStore, data: EmotionData, run_id: str,
             stats = FitStats.untrained(resolve_precision(cfg.training.precision))
         else:
             checkpoints, resume = _store_checkpoints(cfg, store, run_id, data.data_hash, work_dir)
-            stats = fit(cfg, family, train_dataset, validation_dataset, work_dir, progress=progress, monitor=monitor,
-                        train_labels=train_labels, checkpoints=checkpoints, resume=resume)
+            stats = fit(
+                cfg,
+                family,
+                train_dataset,
+                validation_dataset,
+                work_dir,
+                progress=progress,
+                monitor=monitor,
+                train_labels=train_labels,
+                checkpoints=checkpoints,
+                resume=resume,
+            )
     device_usage = monitor.summary()
     rank_usages = ranks.gather(ranks.rank_usage(device_usage, provenance.peak_memory()))
     ranks.barrier()  # every rank has loaded the best checkpoint before rank 0 deletes the folder
@@ -185,36 +232,56 @@ def _store_checkpoints(cfg: RunConfig, store: ArtifactStore, run_id: str, data_h
         return None, None
     from emotion_core.training.checkpoints import RunCheckpoints  # imports transformers
 
-    checkpoints = (RunCheckpoints(store, run_id, content_hash(cfg, data_hash)) if ranks.is_main()
-                   else ranks.NoCheckpoints())  # the ranks save together, rank 0 uploads
+    checkpoints = (
+        RunCheckpoints(store, run_id, content_hash(cfg, data_hash)) if ranks.is_main() else ranks.NoCheckpoints()
+    )  # the ranks save together, rank 0 uploads
     return checkpoints, ranks.broadcast(checkpoints.restore(work_dir))
 
 
-def _write_run(staging: Path, cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained, clock: _Clock,
-               context: dict | None) -> dict:
+def _write_run(
+    staging: Path,
+    cfg: RunConfig,
+    run_id: str,
+    data: EmotionData,
+    trained: _Trained,
+    clock: _Clock,
+    context: dict | None,
+) -> dict:
     """Predict, evaluate, calibrate and write every run file into ``staging``, the manifest last; returns it."""
     splits = ["validation"] + (["test"] if len(data.split("test")) else [])
     batch = cfg.training.eval_batch_size
     started = time.perf_counter()
     logits = {split: predict_logits(trained.family, data.texts(split), batch) for split in splits}
     # Batched inference cost per text (the cost comparison's latency axis): validation + test, this machine.
-    inference = {"seconds": round(time.perf_counter() - started, 3), "texts": sum(len(v) for v in logits.values()),
-                 "batch_size": batch}
+    inference = {
+        "seconds": round(time.perf_counter() - started, 3),
+        "texts": sum(len(v) for v in logits.values()),
+        "batch_size": batch,
+    }
     metric = official_metric(cfg.data)
     evaluation = evaluate_policies(
         data.schema.names,
-        data.labels("validation"), sigmoid(logits["validation"]),
+        data.labels("validation"),
+        sigmoid(logits["validation"]),
         data.labels("test") if "test" in logits else None,
         sigmoid(logits["test"]) if "test" in logits else None,
-        metric=metric, shrinkage=cfg.threshold_shrinkage,
+        metric=metric,
+        shrinkage=cfg.threshold_shrinkage,
     )
     selection = _policy_selection(cfg, data, logits["validation"], metric)
-    calibration = shipped_calibration(logits["validation"], data.labels("validation"), data.schema.names,
-                                      selection["policy"], metric=metric, shrinkage=cfg.threshold_shrinkage)
+    calibration = shipped_calibration(
+        logits["validation"],
+        data.labels("validation"),
+        data.schema.names,
+        selection["policy"],
+        metric=metric,
+        shrinkage=cfg.threshold_shrinkage,
+    )
     _write_artefacts(staging, cfg, data, trained, logits, evaluation, calibration, selection)
     manifest = _manifest(cfg, run_id, data, trained, evaluation, calibration, clock, context, selection)
     manifest["timing"]["inference"] = inference | {
-        "ms_per_text": round(1000 * inference["seconds"] / max(inference["texts"], 1), 4)}
+        "ms_per_text": round(1000 * inference["seconds"] / max(inference["texts"], 1), 4)
+    }
     manifest["files"] = file_inventory(staging)
     write_json(staging / "manifest.json", manifest)  # last: its presence marks the run complete
     return manifest
@@ -224,15 +291,28 @@ def _policy_selection(cfg: RunConfig, data: EmotionData, val_logits, metric: str
     """The run's threshold policy: the configured one, or for ``auto`` the winner on held-out validation folds."""
     if cfg.threshold_policy != AUTO:
         return {"policy": cfg.threshold_policy, "metric": metric, "configured": cfg.threshold_policy}
-    chosen = choose_policy(data.labels("validation"), sigmoid(val_logits), metric, shrinkage=cfg.threshold_shrinkage,
-                           seed=cfg.data.seed)
-    log.info("threshold policy %s chosen for %s on held-out validation folds (%s)", chosen["policy"], metric,
-             ", ".join(f"{p} {v:.4f}" for p, v in chosen["scores"].items()))
+    chosen = choose_policy(
+        data.labels("validation"), sigmoid(val_logits), metric, shrinkage=cfg.threshold_shrinkage, seed=cfg.data.seed
+    )
+    log.info(
+        "threshold policy %s chosen for %s on held-out validation folds (%s)",
+        chosen["policy"],
+        metric,
+        ", ".join(f"{p} {v:.4f}" for p, v in chosen["scores"].items()),
+    )
     return chosen | {"configured": AUTO}
 
 
-def _write_artefacts(staging: Path, cfg: RunConfig, data: EmotionData, trained: _Trained, logits: dict,
-                     evaluation: dict, calibration: dict, selection: dict) -> None:
+def _write_artefacts(
+    staging: Path,
+    cfg: RunConfig,
+    data: EmotionData,
+    trained: _Trained,
+    logits: dict,
+    evaluation: dict,
+    calibration: dict,
+    selection: dict,
+) -> None:
     """Model, logits, config, labels, thresholds, calibration, metrics, data report and training log."""
     schema = data.schema
     (staging / "model").mkdir()
@@ -241,22 +321,34 @@ def _write_artefacts(staging: Path, cfg: RunConfig, data: EmotionData, trained: 
         write_logits(staging / "logits" / f"{split}.parquet", data.ids(split), split_logits, schema)
     write_config(staging / "config.yaml", cfg)
     (staging / "labels.json").write_text(schema.to_json(), encoding="utf-8")
-    write_json(staging / "thresholds.json", {
-        "policy": selection["policy"],
-        "at_least_one": requires_one_label(selection["policy"]),
-        "metric": selection["metric"],
-        "tuned_on": "validation",
-        "selection": selection,
-        "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
-    })
+    write_json(
+        staging / "thresholds.json",
+        {
+            "policy": selection["policy"],
+            "at_least_one": requires_one_label(selection["policy"]),
+            "metric": selection["metric"],
+            "tuned_on": "validation",
+            "selection": selection,
+            "thresholds": {p: dict(zip(schema.names, map(float, t))) for p, t in evaluation["thresholds"].items()},
+        },
+    )
     write_json(staging / CALIBRATION_FILE, calibration)  # before the inventory: every run file is listed
     write_json(staging / "metrics.json", {k: v for k, v in evaluation.items() if k != "thresholds"})
     write_json(staging / "data_report.json", data.report.to_dict())
     write_json(staging / "train_log.json", trained.stats.log_history)
 
 
-def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained, evaluation: dict,
-              calibration: dict, clock: _Clock, context: dict | None, selection: dict) -> dict:
+def _manifest(
+    cfg: RunConfig,
+    run_id: str,
+    data: EmotionData,
+    trained: _Trained,
+    evaluation: dict,
+    calibration: dict,
+    clock: _Clock,
+    context: dict | None,
+    selection: dict,
+) -> dict:
     """The run's manifest, without its file inventory."""
     stats, policy = trained.stats, selection["policy"]
     return {
@@ -269,14 +361,20 @@ def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained,
         "started_at": clock.started_at.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "config": cfg.model_dump(mode="json"),
-        "data": {"dataset": cfg.data.dataset, "hash": data.data_hash, "labels": list(data.schema.names),
-                 "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")}},
+        "data": {
+            "dataset": cfg.data.dataset,
+            "hash": data.data_hash,
+            "labels": list(data.schema.names),
+            "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")},
+        },
         "parameters": count_parameters(trained.family.model),
         "timing": _timing(stats, time.perf_counter() - clock.started),
         "precision": stats.precision,
-        "batching": {"batch_size": cfg.training.batch_size,
-                     "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
-                     "gradient_accumulation_steps": stats.gradient_accumulation_steps},
+        "batching": {
+            "batch_size": cfg.training.batch_size,
+            "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
+            "gradient_accumulation_steps": stats.gradient_accumulation_steps,
+        },
         "resumed_from_step": stats.resumed_from_step,
         "oom_adjustments": stats.oom_adjustments,
         "memory": provenance.peak_memory(),
@@ -292,9 +390,14 @@ def _manifest(cfg: RunConfig, run_id: str, data: EmotionData, trained: _Trained,
         "summary": _summary(evaluation),
         "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
         "flags": quality_flags(evaluation, policy),
-        "calibration": {"file": CALIBRATION_FILE, "version": calibration["version"],
-                        "validation_ece_flat": {"before": calibration["ece_before"]["flat"],
-                                                "after": calibration["ece_after"]["flat"]}},
+        "calibration": {
+            "file": CALIBRATION_FILE,
+            "version": calibration["version"],
+            "validation_ece_flat": {
+                "before": calibration["ece_before"]["flat"],
+                "after": calibration["ece_after"]["flat"],
+            },
+        },
     }
 
 
@@ -326,8 +429,10 @@ def published_run_uri(store: ArtifactStore, run_id: str, cfg: RunConfig) -> str 
         return None
     manifest = json.loads((store.run_folder(run_id) / "manifest.json").read_text(encoding="utf-8"))
     if manifest.get("config") != cfg.model_dump(mode="json"):
-        raise RunIdConflict(f"run id {run_id} exists in the store {store.uri} with a different config; "
-                            f"nothing was trained (choose another run id)")
+        raise RunIdConflict(
+            f"run id {run_id} exists in the store {store.uri} with a different config; "
+            f"nothing was trained (choose another run id)"
+        )
     return f"{store.uri}/runs/{run_id}"
 
 
@@ -341,13 +446,16 @@ def publish_run(store: ArtifactStore, staging: Path, run_id: str) -> str:
         uri = store.publish(staging, run_id)
     except RunIdConflict as exc:
         # Never drop the new run silently: it stays staged (a folder with a manifest is never swept).
-        raise RunIdConflict(f"{exc}. The new run is kept at {staging}; train it again under another run id, or "
-                            f"remove the old run from the store and run: emotion publish {staging} --store {store.uri}"
-                            ) from None
+        raise RunIdConflict(
+            f"{exc}. The new run is kept at {staging}; train it again under another run id, or "
+            f"remove the old run from the store and run: emotion publish {staging} --store {store.uri}"
+        ) from None
     except StoreError as exc:
         # Training is the expensive part: keep the complete local copy rather than lose it.
-        raise StoreError(f"{exc}. The complete run is kept at {staging}; once the store is reachable: "
-                         f"emotion publish {staging} --store {store.uri}") from None
+        raise StoreError(
+            f"{exc}. The complete run is kept at {staging}; once the store is reachable: "
+            f"emotion publish {staging} --store {store.uri}"
+        ) from None
     log.info("run %s published: %s", run_id, uri)
     try:
         store.delete_checkpoints(run_id)

@@ -21,8 +21,15 @@ from emotion_core.errors import EmotionError, StoreError
 from emotion_core.outputs import check_output_file, write_output_atomically
 from emotion_core.runs import read_run
 
-__all__ = ["RunPredictor", "check_output_file", "load_predictor", "load_run_family", "predict_file",
-           "prediction_frame", "run_logits"]
+__all__ = [
+    "RunPredictor",
+    "check_output_file",
+    "load_predictor",
+    "load_run_family",
+    "predict_file",
+    "prediction_frame",
+    "run_logits",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +46,9 @@ def load_run_family(run):
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "size mismatch" in str(exc):
             detail = f"its weights do not fit the {len(run.schema)} labels of labels.json"
-        raise StoreError(f"run '{run.folder}': cannot load the model in model/ ({detail}); "
-                         f"the run folder is incomplete or damaged") from None
+        raise StoreError(
+            f"run '{run.folder}': cannot load the model in model/ ({detail}); the run folder is incomplete or damaged"
+        ) from None
 
 
 def run_logits(run, texts, batch_size: int = 128, family=None):
@@ -52,8 +60,10 @@ def run_logits(run, texts, batch_size: int = 128, family=None):
     # The run's own text normalisation (data.preprocess): the model was trained on normalised texts.
     logits = predict_logits(family, preprocess_texts(texts, run.config.data.preprocess), batch_size)
     if logits.ndim != 2 or logits.shape[1] != len(run.schema):
-        raise StoreError(f"run '{run.folder}': the model gives {logits.shape[-1]} scores per text but labels.json "
-                         f"lists {len(run.schema)} labels; the run folder is damaged")
+        raise StoreError(
+            f"run '{run.folder}': the model gives {logits.shape[-1]} scores per text but labels.json "
+            f"lists {len(run.schema)} labels; the run folder is damaged"
+        )
     return logits
 
 
@@ -73,8 +83,11 @@ class RunPredictor:
         if self.shipped is not None:
             self.thresholds = self.shipped.thresholds
         elif calibration:
-            log.warning("run %s has no calibration.json (trained before calibration shipped with runs): "
-                        "probabilities are uncalibrated sigmoid(logits), labels at the run's thresholds", run.run_id)
+            log.warning(
+                "run %s has no calibration.json (trained before calibration shipped with runs): "
+                "probabilities are uncalibrated sigmoid(logits), labels at the run's thresholds",
+                run.run_id,
+            )
         self.family = None
 
     @property
@@ -96,16 +109,19 @@ class RunPredictor:
         return probs, apply_thresholds(probs, self.thresholds, self.at_least_one)
 
 
-def prediction_frame(names: list[str], id_name: str, ids: list[str], probs: np.ndarray,
-                     predicted: np.ndarray) -> pl.DataFrame:
+def prediction_frame(
+    names: list[str], id_name: str, ids: list[str], probs: np.ndarray, predicted: np.ndarray
+) -> pl.DataFrame:
     """The output table: the id column, one 0/1 (int8) column per label, ``<label>_prob`` (6 decimals) per label."""
     if id_name in names or any(f"{n}_prob" == id_name for n in names):
         id_name = f"{id_name}_input"  # never let an id column shadow a label column
-    return pl.DataFrame({
-        id_name: pl.Series(ids, dtype=pl.Utf8),
-        **{name: predicted[:, i].astype("int8") for i, name in enumerate(names)},
-        **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
-    })
+    return pl.DataFrame(
+        {
+            id_name: pl.Series(ids, dtype=pl.Utf8),
+            **{name: predicted[:, i].astype("int8") for i, name in enumerate(names)},
+            **{f"{name}_prob": probs[:, i].round(6) for i, name in enumerate(names)},
+        }
+    )
 
 
 def load_predictor(ref, *, calibration: bool = True, batch_size: int = 128, store=None):
@@ -120,8 +136,16 @@ def load_predictor(ref, *, calibration: bool = True, batch_size: int = 128, stor
     return RunPredictor(read_run(folder), calibration=calibration, batch_size=batch_size)
 
 
-def predict_file(run_ref: str | Path, data_path: str | Path, out_path: str | Path, *, text_column: str | None = None,
-                 id_column: str | None = None, batch_size: int = 128, calibration: bool = True) -> Path:
+def predict_file(
+    run_ref: str | Path,
+    data_path: str | Path,
+    out_path: str | Path,
+    *,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    batch_size: int = 128,
+    calibration: bool = True,
+) -> Path:
     """Write predictions of ``run_ref`` for ``data_path`` to ``out_path``; return the output path.
 
     ``calibration``: use the run's ``calibration.json`` (default); False: raw ``sigmoid`` at ``thresholds.json``'s.

@@ -16,8 +16,21 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("emotion-pipeline", "torch", "transformers", "peft", "accelerate", "datasets", "polars",
-            "scikit-learn", "numpy", "bitsandbytes", "prefect", "tokenizers", "safetensors")
+PACKAGES = (
+    "emotion-pipeline",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "datasets",
+    "polars",
+    "scikit-learn",
+    "numpy",
+    "bitsandbytes",
+    "prefect",
+    "tokenizers",
+    "safetensors",
+)
 
 
 def package_versions() -> dict[str, str]:
@@ -34,10 +47,17 @@ def git_commit() -> dict[str, str | bool | None]:
     """Commit of the project's checkout (None outside a git checkout) and whether it had local changes."""
     repo = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if commit.returncode != 0:
             return {"commit": None, "dirty": None}
-        status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -54,12 +74,14 @@ def device_facts() -> dict:
     if torch.cuda.is_available():
         index = torch.cuda.current_device()
         props = torch.cuda.get_device_properties(index)
-        facts.update({
-            "gpu_name": props.name,
-            "gpu_total_memory_mb": round(props.total_memory / 2**20),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "bf16_supported": torch.cuda.is_bf16_supported(),
-        })
+        facts.update(
+            {
+                "gpu_name": props.name,
+                "gpu_total_memory_mb": round(props.total_memory / 2**20),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "bf16_supported": torch.cuda.is_bf16_supported(),
+            }
+        )
     return facts
 
 
@@ -73,5 +95,7 @@ def peak_memory() -> dict[str, float | None]:
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
     return {
         "peak_rss_mb": round(rss_kb / 1024, 1),
-        "peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
+        "peak_gpu_allocated_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        if torch.cuda.is_available()
+        else None,
     }

@@ -52,8 +52,12 @@ class ChildOutcome:
             out |= {"flow_run_id": self.flow_run_id, "queue": self.queue}
         out["state"] = self.state
         if deployed:
-            out |= {"attempts": self.attempts, "earlier_attempts": self.earlier_attempts,
-                    "dispatch_s": self.dispatch_s, "run_s": self.run_s}
+            out |= {
+                "attempts": self.attempts,
+                "earlier_attempts": self.earlier_attempts,
+                "dispatch_s": self.dispatch_s,
+                "run_s": self.run_s,
+            }
         if self.failed:
             out |= {"status": "failed", "error": self.error}
         return out

@@ -33,8 +33,15 @@ from emotion_core.errors import StoreError
 from emotion_core.metrics import METRIC_NAMES
 from emotion_core.store.base import ArtifactStore, DocumentConflict
 
-__all__ = ["ChampionConfig", "Decision", "Registry", "dataset_key", "dataset_key_of", "candidate_from_manifest",
-           "decide"]
+__all__ = [
+    "ChampionConfig",
+    "Decision",
+    "Registry",
+    "dataset_key",
+    "dataset_key_of",
+    "candidate_from_manifest",
+    "decide",
+]
 
 REGISTRY_VERSION = 1
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -65,11 +72,15 @@ def candidate_from_manifest(manifest: dict) -> dict:
     policy = manifest["threshold_policy"]
     scores = manifest["summary"]["validation"][policy]
     metric = manifest.get("metric", "macro_f1")
-    return {"name": manifest.get("config_name"), "run_id": manifest["run_id"],
-            "status": manifest.get("status", "completed"),
-            "metric": metric, "validation_score": scores.get(metric),
-            "validation_macro_f1": scores["macro_f1"],
-            "dataset_key": dataset_key_of(manifest)}
+    return {
+        "name": manifest.get("config_name"),
+        "run_id": manifest["run_id"],
+        "status": manifest.get("status", "completed"),
+        "metric": metric,
+        "validation_score": scores.get(metric),
+        "validation_macro_f1": scores["macro_f1"],
+        "dataset_key": dataset_key_of(manifest),
+    }
 
 
 # --------------------------------------------------------------------------- decisions
@@ -109,8 +120,11 @@ class Decision:
     def from_dict(cls, payload: dict) -> Decision:
         fields = {name: payload.get(name) for name in cls.__dataclass_fields__}
         if fields["metric"] is None:  # a record from before datasets declared their metric: macro-F1 throughout
-            fields |= {"metric": "macro_f1", "challenger_score": payload.get("challenger_macro_f1"),
-                       "champion_score": payload.get("champion_macro_f1")}
+            fields |= {
+                "metric": "macro_f1",
+                "challenger_score": payload.get("challenger_macro_f1"),
+                "champion_score": payload.get("champion_macro_f1"),
+            }
         return cls(**fields)
 
 
@@ -121,8 +135,9 @@ def metric_of(entry: dict) -> str:
 
 def _number(value, what: str, entry: dict, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{what} {entry.get('run_id') or entry.get('name')!r}: {field} must be a finite "
-                         f"number, got {value!r}")
+        raise ValueError(
+            f"{what} {entry.get('run_id') or entry.get('name')!r}: {field} must be a finite number, got {value!r}"
+        )
     return float(value)
 
 
@@ -144,14 +159,23 @@ def _check_inputs(challenger: dict, margin: float, alpha: float) -> None:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if challenger.get("status", "completed") != "completed":
-        raise ValueError(f"challenger {challenger.get('name')!r} did not complete ({challenger.get('status')}); "
-                         "only completed runs are compared")
+        raise ValueError(
+            f"challenger {challenger.get('name')!r} did not complete ({challenger.get('status')}); "
+            "only completed runs are compared"
+        )
     if not challenger.get("run_id"):
         raise ValueError(f"challenger {challenger.get('name')!r} has no run_id")
 
 
-def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: float, paired: dict | None,
-           dataset_key: str | None = None) -> Decision:
+def decide(
+    champion: dict | None,
+    challenger: dict,
+    *,
+    margin: float,
+    alpha: float,
+    paired: dict | None,
+    dataset_key: str | None = None,
+) -> Decision:
     """Promote ``challenger`` over ``champion``? See the module docstring for the rule.
 
     ``champion``: the registry's champion document (or any dict with ``run_id`` and
@@ -165,24 +189,50 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
     ours, metric = _score(challenger, "challenger"), metric_of(challenger)
     name = METRIC_NAMES.get(metric, metric)
     key = dataset_key or challenger.get("dataset_key") or (champion or {}).get("dataset_key")
-    facts = {"dataset_key": key, "challenger_run_id": challenger["run_id"], "challenger_name": challenger.get("name"),
-             "challenger_macro_f1": _macro_f1(challenger), "margin": float(margin), "alpha": float(alpha),
-             "metric": metric, "challenger_score": ours}
+    facts = {
+        "dataset_key": key,
+        "challenger_run_id": challenger["run_id"],
+        "challenger_name": challenger.get("name"),
+        "challenger_macro_f1": _macro_f1(challenger),
+        "margin": float(margin),
+        "alpha": float(alpha),
+        "metric": metric,
+        "challenger_score": ours,
+    }
     label = challenger.get("name") or challenger["run_id"]
 
     if champion is None:
-        return Decision(promoted=True, champion_run_id=None, champion_name=None, champion_macro_f1=None,
-                        p_value=None, delta=None, test_rows=None, **facts,
-                        reason=f"no champion yet for {key or 'this dataset'}: {label} (validation {name} {ours:.4f}) "
-                               f"is promoted as the first champion")
+        return Decision(
+            promoted=True,
+            champion_run_id=None,
+            champion_name=None,
+            champion_macro_f1=None,
+            p_value=None,
+            delta=None,
+            test_rows=None,
+            **facts,
+            reason=f"no champion yet for {key or 'this dataset'}: {label} (validation {name} {ours:.4f}) "
+            f"is promoted as the first champion",
+        )
 
     theirs = _score(champion, "champion")
     same_metric = metric_of(champion) == metric
-    champ = {"champion_run_id": champion.get("run_id"), "champion_name": champion.get("name"),
-             "champion_macro_f1": _macro_f1(champion), "champion_score": theirs if same_metric else None}
+    champ = {
+        "champion_run_id": champion.get("run_id"),
+        "champion_name": champion.get("name"),
+        "champion_macro_f1": _macro_f1(champion),
+        "champion_score": theirs if same_metric else None,
+    }
     if challenger["run_id"] == champion.get("run_id"):
-        return Decision(promoted=False, p_value=None, delta=None, test_rows=None, **facts, **champ,
-                        reason=f"not promoted: {label} is already the champion")
+        return Decision(
+            promoted=False,
+            p_value=None,
+            delta=None,
+            test_rows=None,
+            **facts,
+            **champ,
+            reason=f"not promoted: {label} is already the champion",
+        )
 
     if same_metric:
         gain = ours - theirs
@@ -190,8 +240,10 @@ def decide(champion: dict | None, challenger: dict, *, margin: float, alpha: flo
         problems = [] if gain > margin else [f"{score_text} is not above the margin {margin:.4f}"]
         score_text += f" is above the margin {margin:.4f}"
     else:  # a champion chosen on another metric: its validation score says nothing about this one
-        score_text = (f"validation {name} {ours:.4f} (the champion was scored on {metric_of(champion)}: judged by the "
-                      f"paired test only)")
+        score_text = (
+            f"validation {name} {ours:.4f} (the champion was scored on {metric_of(champion)}: judged by the "
+            f"paired test only)"
+        )
         problems = []
     usable = paired is not None and "skipped" not in paired and paired.get("p_value") is not None
     p_value = float(paired["p_value"]) if usable else None
@@ -226,8 +278,9 @@ class Registry:
 
     def _check(self, dataset_key: str) -> str:
         if not isinstance(dataset_key, str) or not _KEY.match(dataset_key):
-            raise ValueError(f"dataset key {dataset_key!r}: expected letters, digits, '.', '_' or '-' "
-                             "(see dataset_key())")
+            raise ValueError(
+                f"dataset key {dataset_key!r}: expected letters, digits, '.', '_' or '-' (see dataset_key())"
+            )
         return dataset_key
 
     def champion_key(self, dataset_key: str) -> str:
@@ -303,22 +356,38 @@ class Registry:
         current_id = current["run_id"] if current else None
         if decision.promoted:
             if decision.champion_run_id != current_id:
-                raise DocumentConflict(f"registry {pointer_key} in {self.store.uri}: the decision to promote "
-                                       f"{decision.challenger_run_id} was made against champion "
-                                       f"{decision.champion_run_id}, "
-                                       f"but the champion is now {current_id}; decide again")
+                raise DocumentConflict(
+                    f"registry {pointer_key} in {self.store.uri}: the decision to promote "
+                    f"{decision.challenger_run_id} was made against champion "
+                    f"{decision.champion_run_id}, "
+                    f"but the champion is now {current_id}; decide again"
+                )
             if decision.challenger_run_id not in self.store.list_runs():
-                raise StoreError(f"registry {pointer_key}: run {decision.challenger_run_id} is not a complete run of "
-                                 f"{self.store.uri}; only published runs can become champion")
+                raise StoreError(
+                    f"registry {pointer_key}: run {decision.challenger_run_id} is not a complete run of "
+                    f"{self.store.uri}; only published runs can become champion"
+                )
         stamp = self._stamp(key, now)
         record_key = f"{self.decisions_folder(key)}/{stamp.strftime(_STAMP)}-{decision.challenger_run_id}.json"
-        record = {"registry_version": REGISTRY_VERSION, "key": record_key, "decided_at": stamp.isoformat(),
-                  **decision.to_dict()}
+        record = {
+            "registry_version": REGISTRY_VERSION,
+            "key": record_key,
+            "decided_at": stamp.isoformat(),
+            **decision.to_dict(),
+        }
         if decision.promoted:
-            pointer = {"registry_version": REGISTRY_VERSION, "dataset_key": key, "run_id": decision.challenger_run_id,
-                       "name": decision.challenger_name, "validation_macro_f1": decision.challenger_macro_f1,
-                       "metric": decision.metric, "validation_score": decision.challenger_score,
-                       "promoted_at": stamp.isoformat(), "decision_key": record_key, "decision": record}
+            pointer = {
+                "registry_version": REGISTRY_VERSION,
+                "dataset_key": key,
+                "run_id": decision.challenger_run_id,
+                "name": decision.challenger_name,
+                "validation_macro_f1": decision.challenger_macro_f1,
+                "metric": decision.metric,
+                "validation_score": decision.challenger_score,
+                "promoted_at": stamp.isoformat(),
+                "decision_key": record_key,
+                "decision": record,
+            }
             if version is None:
                 self.store.write_document(pointer_key, pointer, create_only=True)
             else:
@@ -328,8 +397,9 @@ class Registry:
         except StoreError as exc:
             if not decision.promoted:
                 raise
-            raise StoreError(f"registry {pointer_key}: {decision.challenger_run_id} was promoted, but its decision "
-                             f"record {record_key} could not be written ({exc}); the champion document holds the "
-                             "decision") from None
+            raise StoreError(
+                f"registry {pointer_key}: {decision.challenger_run_id} was promoted, but its decision "
+                f"record {record_key} could not be written ({exc}); the champion document holds the "
+                "decision"
+            ) from None
         return record
-

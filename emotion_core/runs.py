@@ -71,15 +71,19 @@ class Calibration:
         ece = {"before": p.get("ece_before"), "after": p.get("ece_after")}
         nll = {"before": p.get("nll_before"), "after": p.get("nll_after")}
         # The figures are informative only (the model card prints them): dropped, not trusted, if malformed.
-        ece_ok = all(isinstance(e, dict) and all(_is_number(e.get(k)) for k in ("flat", "per_label_mean"))
-                     for e in ece.values())
+        ece_ok = all(
+            isinstance(e, dict) and all(_is_number(e.get(k)) for k in ("flat", "per_label_mean")) for e in ece.values()
+        )
         nll_ok = all(_is_number(v) for v in nll.values())
-        return {"method": "temperature_scaling_per_label", "policy": p.get("policy"),
-                "temperatures": {n: float(t) for n, t in zip(self.names, self.temperatures)},
-                "thresholds": {n: float(t) for n, t in zip(self.names, self.thresholds)},
-                "ece": {"validation": ece if ece_ok else None, "test": None},
-                "nll": {"validation": nll if nll_ok else None, "test": None},
-                "source": "calibration.json"}
+        return {
+            "method": "temperature_scaling_per_label",
+            "policy": p.get("policy"),
+            "temperatures": {n: float(t) for n, t in zip(self.names, self.temperatures)},
+            "thresholds": {n: float(t) for n, t in zip(self.names, self.thresholds)},
+            "ece": {"validation": ece if ece_ok else None, "test": None},
+            "nll": {"validation": nll if nll_ok else None, "test": None},
+            "source": "calibration.json",
+        }
 
 
 def _is_number(value) -> bool:
@@ -92,8 +96,10 @@ def _per_label_numbers(payload: dict, key: str, names: list[str], where: str) ->
     if not isinstance(table, dict):
         raise StoreError(f"{where}: field '{key}' must be an object {{label: number}}; the run folder is damaged")
     if set(table) != set(names) or len(table) != len(names):
-        raise StoreError(f"{where}: the labels of '{key}' ({', '.join(map(str, table))}) differ from labels.json "
-                         f"({', '.join(names)}); the run folder is damaged")
+        raise StoreError(
+            f"{where}: the labels of '{key}' ({', '.join(map(str, table))}) differ from labels.json "
+            f"({', '.join(names)}); the run folder is damaged"
+        )
     values = [table[name] for name in names]
     bad = [n for n, v in zip(names, values) if isinstance(v, bool) or not isinstance(v, (int, float))]
     if bad:
@@ -125,11 +131,14 @@ class Run:
         except FileNotFoundError:
             raise StoreError(f"{where} is missing; the run folder is incomplete or damaged") from None
         except (OSError, ValueError, KeyError, TypeError) as exc:  # unreadable, not JSON, a label or policy missing
-            raise StoreError(f"{where}: cannot read the thresholds ({type(exc).__name__}: {exc}); "
-                             f"the run folder is damaged") from None
+            raise StoreError(
+                f"{where}: cannot read the thresholds ({type(exc).__name__}: {exc}); the run folder is damaged"
+            ) from None
         if list(table) != list(self.schema.names):
-            raise StoreError(f"{where}: its labels ({', '.join(table)}) differ from labels.json "
-                             f"({', '.join(self.schema.names)}); the run folder is damaged")
+            raise StoreError(
+                f"{where}: its labels ({', '.join(table)}) differ from labels.json "
+                f"({', '.join(self.schema.names)}); the run folder is damaged"
+            )
         if not (np.isfinite(values) & (values >= 0) & (values <= 1)).all():
             raise StoreError(f"{where}: thresholds must be numbers in [0, 1]; the run folder is damaged")
         return values
@@ -144,8 +153,9 @@ class Run:
         except FileNotFoundError:
             raise StoreError(f"{where} is missing; the run folder is incomplete or damaged") from None
         except (OSError, ValueError) as exc:
-            raise StoreError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); "
-                             f"the run folder is damaged") from None
+            raise StoreError(
+                f"{where}: cannot read it ({type(exc).__name__}: {exc}); the run folder is damaged"
+            ) from None
         if not isinstance(value, bool):
             raise StoreError(f"{where}: at_least_one must be true or false; the run folder is damaged")
         return value
@@ -162,13 +172,16 @@ class Run:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
-            raise StoreError(f"{where}: cannot read it ({type(exc).__name__}: {exc}); "
-                             "the run folder is damaged") from None
+            raise StoreError(
+                f"{where}: cannot read it ({type(exc).__name__}: {exc}); the run folder is damaged"
+            ) from None
         if not isinstance(payload, dict):
             raise StoreError(f"{where}: not a JSON object; the run folder is damaged")
         if payload.get("version") != CALIBRATION_VERSION or payload.get("method") != "temperature":
-            raise StoreError(f"{where}: version {payload.get('version')!r}, method {payload.get('method')!r}; this "
-                             f"code reads version {CALIBRATION_VERSION}, method 'temperature' (a newer or damaged run)")
+            raise StoreError(
+                f"{where}: version {payload.get('version')!r}, method {payload.get('method')!r}; this "
+                f"code reads version {CALIBRATION_VERSION}, method 'temperature' (a newer or damaged run)"
+            )
         names = list(self.schema.names)
         temps = _per_label_numbers(payload, "temperatures", names, where)
         cuts = _per_label_numbers(payload, "thresholds", names, where)
@@ -183,11 +196,15 @@ class Run:
         try:
             frame = pl.read_parquet(path)
         except Exception as exc:  # missing or not Parquet: polars raises several types
-            raise StoreError(f"run '{self.folder}': cannot read logits/{split}.parquet ({type(exc).__name__}); "
-                             f"the run folder is incomplete or damaged") from None
+            raise StoreError(
+                f"run '{self.folder}': cannot read logits/{split}.parquet ({type(exc).__name__}); "
+                f"the run folder is incomplete or damaged"
+            ) from None
         if frame.columns[1:] != list(self.schema.names):
-            raise StoreError(f"run '{self.folder}': the columns of logits/{split}.parquet differ from labels.json "
-                             f"({', '.join(self.schema.names)}); the run folder is damaged")
+            raise StoreError(
+                f"run '{self.folder}': the columns of logits/{split}.parquet differ from labels.json "
+                f"({', '.join(self.schema.names)}); the run folder is damaged"
+            )
         return frame["id"].to_list(), frame.select(list(self.schema.names)).to_numpy().astype(np.float32)
 
     def metrics(self) -> dict:
@@ -201,8 +218,10 @@ def read_run(ref: str | Path) -> Run:
     try:
         manifest = json.loads((folder / name).read_text(encoding="utf-8"))
         if isinstance(manifest, dict) and manifest.get("kind") == "ensemble":
-            raise StoreError(f"run '{ref}' is an ensemble package: emotion predict and emotion serve "
-                             "take it; this command needs one trained run, e.g. one of its members")
+            raise StoreError(
+                f"run '{ref}' is an ensemble package: emotion predict and emotion serve "
+                "take it; this command needs one trained run, e.g. one of its members"
+            )
         name = "config.yaml"
         raw_config = load_yaml((folder / name).read_text(encoding="utf-8"))
         name = "labels.json"
@@ -213,8 +232,10 @@ def read_run(ref: str | Path) -> Run:
     config = parse_run_config(raw_config, str(folder / "config.yaml"))
     recorded = manifest.get("data", {}).get("labels") if isinstance(manifest, dict) else None
     if isinstance(recorded, list) and list(schema.names) != recorded:
-        raise StoreError(f"run '{ref}': labels.json ({', '.join(schema.names)}) differs from the labels the run "
-                         f"was trained on ({', '.join(map(str, recorded))}); the run folder is damaged")
+        raise StoreError(
+            f"run '{ref}': labels.json ({', '.join(schema.names)}) differs from the labels the run "
+            f"was trained on ({', '.join(map(str, recorded))}); the run folder is damaged"
+        )
     return Run(folder, manifest, config, schema)
 
 
@@ -224,5 +245,7 @@ def refuse_remote_code(raw_config, where: str) -> None:
     model = raw_config.get("model") if isinstance(raw_config, dict) else None
     value = model.get("trust_remote_code") if isinstance(model, dict) else None
     if value not in (None, False):
-        raise StoreError(f"{where}: config.yaml field 'model.trust_remote_code' is {value!r}; a run is never loaded "
-                         "with remote code (it would run Python from the run's files); retrain without it")
+        raise StoreError(
+            f"{where}: config.yaml field 'model.trust_remote_code' is {value!r}; a run is never loaded "
+            "with remote code (it would run Python from the run's files); retrain without it"
+        )

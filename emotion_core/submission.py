@@ -41,16 +41,28 @@ def per_label(values: Any, names: Sequence[str], what: str) -> np.ndarray:
         values = [values[n] for n in names]
     array = np.asarray(values, dtype=np.float64)
     if array.shape != (len(names),):
-        raise ValueError(f"{what} must have one value per label ({len(names)}: {', '.join(names)}), got shape {array.shape}")
+        raise ValueError(
+            f"{what} must have one value per label ({len(names)}: {', '.join(names)}), got shape {array.shape}"
+        )
     if not np.isfinite(array).all():
         raise ValueError(f"{what} contain NaN or infinite values")
     return array
 
 
-def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_path: str | Path,
-                     thresholds: Any = None, id_column: str = "ID", *, temperatures: Any = None,
-                     logits: np.ndarray | None = None, batch_size: int = 128, sep: str = ",",
-                     inputs: Sequence[str | Path] = ()) -> dict:
+def write_submission(
+    run,
+    texts: Sequence[str] | None,
+    ids: Sequence[str],
+    out_path: str | Path,
+    thresholds: Any = None,
+    id_column: str = "ID",
+    *,
+    temperatures: Any = None,
+    logits: np.ndarray | None = None,
+    batch_size: int = 128,
+    sep: str = ",",
+    inputs: Sequence[str | Path] = (),
+) -> dict:
     """Write the submission of ``run`` (a ``Run``, run folder or URI) for ``texts`` identified by ``ids``.
 
     ``inputs``: files the output must never replace (the run's folder is always one).
@@ -79,12 +91,17 @@ def write_submission(run, texts: Sequence[str] | None, ids: Sequence[str], out_p
 
     import polars as pl
 
-    frame = pl.DataFrame({id_column: ids, **{name: predicted[:, names.index(name)].astype(np.int8) for name in columns}})
+    frame = pl.DataFrame(
+        {id_column: ids, **{name: predicted[:, names.index(name)].astype(np.int8) for name in columns}}
+    )
     out = write_output_atomically(out_path, frame.write_csv(separator=sep), [*inputs, run.folder])
     positives = {name: int(predicted[:, names.index(name)].sum()) for name in columns}
     log.info("wrote a %d-row submission of run %s to %s", len(ids), run.run_id, out)
     return {
-        "path": str(out), "rows": len(ids), "columns": [id_column, *columns], "positives": positives,
+        "path": str(out),
+        "rows": len(ids),
+        "columns": [id_column, *columns],
+        "positives": positives,
         "rows_without_label": int((predicted.sum(axis=1) == 0).sum()),
         "thresholds": {n: float(t) for n, t in zip(names, cut)},
         "temperatures": None if temps is None else {n: float(t) for n, t in zip(names, temps)},
@@ -105,9 +122,18 @@ def _check_rows(ids: list[str], texts, logits, n_labels: int) -> None:
         raise ValueError(f"duplicate ids: {', '.join(duplicates[:5])}{' ...' if len(duplicates) > 5 else ''}")
 
 
-def submission_from_file(run, data_path: str | Path, out_path: str | Path, *, thresholds: Any = None,
-                         temperatures: Any = None, text_column: str | None = None, id_column: str | None = None,
-                         batch_size: int = 128, sep: str = ",") -> dict:
+def submission_from_file(
+    run,
+    data_path: str | Path,
+    out_path: str | Path,
+    *,
+    thresholds: Any = None,
+    temperatures: Any = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    batch_size: int = 128,
+    sep: str = ",",
+) -> dict:
     """``write_submission`` for every row of a prediction input file (its ids, in file order).
 
     The output's id column keeps the input's name (``ID`` for SemEval files). Returns
@@ -116,8 +142,18 @@ def submission_from_file(run, data_path: str | Path, out_path: str | Path, *, th
     from emotion_core.data import read_prediction_input
 
     id_name, ids, texts = read_prediction_input(data_path, text_column=text_column, id_column=id_column)
-    return write_submission(run, texts, ids, out_path, thresholds, id_name, temperatures=temperatures,
-                            batch_size=batch_size, sep=sep, inputs=[data_path])
+    return write_submission(
+        run,
+        texts,
+        ids,
+        out_path,
+        thresholds,
+        id_name,
+        temperatures=temperatures,
+        batch_size=batch_size,
+        sep=sep,
+        inputs=[data_path],
+    )
 
 
 def resolve_run_ref(run_ref, store: str | None = None):
@@ -135,9 +171,17 @@ def resolve_run_ref(run_ref, store: str | None = None):
     return champion.store.run_folder(run_id)
 
 
-def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = None, calibrated: bool = True,
-               batch_size: int = 128, text_column: str | None = None, id_column: str | None = None,
-               store: str | None = None) -> dict:
+def submit_run(
+    run_ref,
+    out_path: str | Path,
+    *,
+    data_path: str | Path | None = None,
+    calibrated: bool = True,
+    batch_size: int = 128,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    store: str | None = None,
+) -> dict:
     """The submission of a chosen run (or ``champion:<dataset>`` of ``store``), at its calibrated thresholds by
     default.
 
@@ -167,15 +211,33 @@ def submit_run(run_ref, out_path: str | Path, *, data_path: str | Path | None = 
         thresholds, temperatures = _fit_calibration(run, data)
         source = "fitted"
     if data_path is not None:
-        result = submission_from_file(run, data_path, out_path, thresholds=thresholds, temperatures=temperatures,
-                                      text_column=text_column, id_column=id_column, batch_size=batch_size)
+        result = submission_from_file(
+            run,
+            data_path,
+            out_path,
+            thresholds=thresholds,
+            temperatures=temperatures,
+            text_column=text_column,
+            id_column=id_column,
+            batch_size=batch_size,
+        )
     else:
         rows = data.split("predict")
         if rows.height == 0:
-            raise DataError(f"run {run.run_id}: its dataset '{run.config.data.dataset}' has no unlabelled test rows "
-                            "(split 'predict'); pass the file to predict with --data")
-        result = write_submission(run, rows["text"].to_list(), rows["id"].to_list(), out_path, thresholds,
-                                  data.id_column, temperatures=temperatures, batch_size=batch_size)
+            raise DataError(
+                f"run {run.run_id}: its dataset '{run.config.data.dataset}' has no unlabelled test rows "
+                "(split 'predict'); pass the file to predict with --data"
+            )
+        result = write_submission(
+            run,
+            rows["text"].to_list(),
+            rows["id"].to_list(),
+            out_path,
+            thresholds,
+            data.id_column,
+            temperatures=temperatures,
+            batch_size=batch_size,
+        )
     return {**result, "calibrated": calibrated, "calibration": source}
 
 
@@ -183,7 +245,10 @@ def _fit_calibration(run, data) -> tuple[dict, dict]:
     """Thresholds and temperatures fitted now on the validation logits of a run without ``calibration.json``."""
     from emotion_core.analysis import fit_validation_calibration
 
-    log.warning("run %s has no calibration.json (trained before calibration shipped with runs): fitting "
-                "temperatures and thresholds on its validation logits now", run.run_id)
+    log.warning(
+        "run %s has no calibration.json (trained before calibration shipped with runs): fitting "
+        "temperatures and thresholds on its validation logits now",
+        run.run_id,
+    )
     calibration = fit_validation_calibration(run, data)
     return calibration["thresholds"], calibration["temperatures"]

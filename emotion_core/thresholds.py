@@ -139,8 +139,9 @@ def _check_metric(metric: str) -> None:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(RANKING_METRICS)}")
 
 
-def _global_scores(y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray, metric: str, at_least_one: bool,
-                   f1: np.ndarray) -> np.ndarray:
+def _global_scores(
+    y_true: np.ndarray, probs: np.ndarray, grid: np.ndarray, metric: str, at_least_one: bool, f1: np.ndarray
+) -> np.ndarray:
     """The metric at each grid value used as one global threshold, shape (G,)."""
     if metric == "macro_f1" and not at_least_one:
         return f1.mean(axis=0)  # the (L, G) F1 table already has it
@@ -208,8 +209,16 @@ def apply_thresholds(probs: np.ndarray, thresholds: np.ndarray, at_least_one: bo
     return _at_least_one(p, preds) if at_least_one else preds
 
 
-def choose_policy(y_true: np.ndarray, probs: np.ndarray, metric: str, *, candidates: Sequence[str] = AUTO_CANDIDATES,
-                  shrinkage: float = DEFAULT_SHRINKAGE, folds: int = CV_FOLDS, seed: int = 0) -> dict:
+def choose_policy(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    metric: str,
+    *,
+    candidates: Sequence[str] = AUTO_CANDIDATES,
+    shrinkage: float = DEFAULT_SHRINKAGE,
+    folds: int = CV_FOLDS,
+    seed: int = 0,
+) -> dict:
     """The candidate policy with the best ``metric`` on held-out validation folds (see the module docstring).
 
     Returns ``{"policy", "metric", "folds", "seed", "scores": {policy: mean held-out score}}``; ties go to the
@@ -275,8 +284,9 @@ def evaluate_policies(
                 f"test_probs has {test_probs.shape[1]} label columns but val_probs has {val_probs.shape[1]}"
             )
 
-    thresholds = {policy: tune_thresholds(val_true, val_probs, policy, metric=metric, shrinkage=shrinkage)
-                  for policy in POLICIES}
+    thresholds = {
+        policy: tune_thresholds(val_true, val_probs, policy, metric=metric, shrinkage=shrinkage) for policy in POLICIES
+    }
     one = {policy: requires_one_label(policy) for policy in POLICIES}
     report: dict[str, Any] = {
         "thresholds": {policy: [float(x) for x in t] for policy, t in thresholds.items()},

@@ -115,8 +115,16 @@ def flatten(payload: Mapping[str, Any], prefix: str = "") -> dict[str, float | i
 
 def _settings(wandb, mode: str):
     return wandb.Settings(
-        mode=mode, silent=True, console="off", disable_git=True, save_code=False, disable_code=True,
-        x_disable_stats=True, x_disable_meta=True, x_disable_machine_info=True, x_save_requirements=False,
+        mode=mode,
+        silent=True,
+        console="off",
+        disable_git=True,
+        save_code=False,
+        disable_code=True,
+        x_disable_stats=True,
+        x_disable_meta=True,
+        x_disable_machine_info=True,
+        x_save_requirements=False,
         init_timeout=INIT_TIMEOUT_S,
     )
 
@@ -129,8 +137,7 @@ def _failed(what: str, mode: str, exc: BaseException) -> dict:
 
 def _logged(run, mode: str) -> dict:
     run_dir = str(run.settings.sync_dir)
-    out = {"status": "logged", "mode": mode, "wandb_id": run.id, "name": run.name, "run_dir": run_dir,
-           "url": None}
+    out = {"status": "logged", "mode": mode, "wandb_id": run.id, "name": run.name, "run_dir": run_dir, "url": None}
     if mode == "online":
         out["url"] = run.url
     else:
@@ -167,10 +174,16 @@ def _with_run(what: str, directory, init_kwargs: dict, body) -> dict:
                 pass
 
 
-def log_run(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None,
-            config: Mapping[str, Any] | None = None, *, project: str | None = None,
-            directory: str | Path | None = None, group: str | None = None,
-            tags: Sequence[str] = ()) -> dict:
+def log_run(
+    manifest: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    *,
+    project: str | None = None,
+    directory: str | Path | None = None,
+    group: str | None = None,
+    tags: Sequence[str] = (),
+) -> dict:
     """Log one trained run (its manifest, evaluation metrics and config) as a W&B run.
 
     ``config``: the W&B config (default: the manifest's ``config``). ``evaluation``: any nested metrics
@@ -184,7 +197,10 @@ def log_run(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None = 
     summary.update(flatten(manifest.get("summary") or {}, "manifest"))
     summary.update(flatten(evaluation or {}))
     kwargs = {
-        "project": project or project_name(), "name": run_id, "group": group, "job_type": "train",
+        "project": project or project_name(),
+        "name": run_id,
+        "group": group,
+        "job_type": "train",
         "config": dict(config if config is not None else manifest.get("config") or {}),
         "tags": [str(t) for t in (*tags, manifest.get("family"), (manifest.get("data") or {}).get("dataset")) if t],
         "notes": f"run {run_id} ({manifest.get('model', '')})",
@@ -216,16 +232,27 @@ def table_columns(rows: Iterable[Mapping[str, Any]]) -> list[str]:
     return list(columns)
 
 
-def log_summary(table_rows: Sequence[Mapping[str, Any]], set_name: str, *, project: str | None = None,
-                directory: str | Path | None = None, columns: Sequence[str] | None = None) -> dict:
+def log_summary(
+    table_rows: Sequence[Mapping[str, Any]],
+    set_name: str,
+    *,
+    project: str | None = None,
+    directory: str | Path | None = None,
+    columns: Sequence[str] | None = None,
+) -> dict:
     """Log a config set's comparison (one row per model) as a ``wandb.Table`` named ``comparison``.
 
     Returns ``log_run``'s dict with ``rows`` and ``columns`` instead of ``summary_keys``.
     """
     rows = list(table_rows)
     names = list(columns) if columns is not None else table_columns(rows)
-    kwargs = {"project": project or project_name(), "name": f"{set_name}-summary", "group": set_name, "job_type": "summary",
-              "config": {"set": set_name, "models": len(rows)}}
+    kwargs = {
+        "project": project or project_name(),
+        "name": f"{set_name}-summary",
+        "group": set_name,
+        "job_type": "summary",
+        "config": {"set": set_name, "models": len(rows)},
+    }
 
     def body(wandb, run) -> None:
         table = wandb.Table(columns=names, data=[[format_cell(row.get(c)) for c in names] for row in rows])

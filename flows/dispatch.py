@@ -86,13 +86,16 @@ def queue_for(config_name: str, gpu_memory_gb: float, queues: dict[str, Any], gp
     worker with more cards than the run uses would leave the rest idle for the whole run.
     """
     shapes = {name: _queue_shape(name, value) for name, value in queues.items()}
-    fitting = sorted((memory, name) for name, (memory, count) in shapes.items()
-                     if count == gpus and memory >= gpu_memory_gb)
+    fitting = sorted(
+        (memory, name) for name, (memory, count) in shapes.items() if count == gpus and memory >= gpu_memory_gb
+    )
     if not fitting:
-        raise ConfigError(f"config '{config_name}': resources.gpus={gpus}, gpu_memory_gb={gpu_memory_gb:g} "
-                          f"fits no work queue of the gpu pool; the queues offer: {describe_queues(queues)}. "
-                          f"Lower resources.gpus or gpu_memory_gb, or add a queue (deployments/pools/pools.yaml) "
-                          f"and workers with that many cards (deployments/gpu_workers.py --gpus-per-worker)")
+        raise ConfigError(
+            f"config '{config_name}': resources.gpus={gpus}, gpu_memory_gb={gpu_memory_gb:g} "
+            f"fits no work queue of the gpu pool; the queues offer: {describe_queues(queues)}. "
+            f"Lower resources.gpus or gpu_memory_gb, or add a queue (deployments/pools/pools.yaml) "
+            f"and workers with that many cards (deployments/gpu_workers.py --gpus-per-worker)"
+        )
     return fitting[0][1]
 
 
@@ -123,11 +126,17 @@ class Child:
     def outcome(self) -> ChildOutcome:
         """How this child ended; an unfinished or unsuccessful one is a failed outcome naming its state."""
         return ChildOutcome(
-            config=self.config, run_id=self.run_id, state=self.state, flow_run_id=str(self.flow_run_id),
-            queue=self.queue, attempts=self.attempts,
+            config=self.config,
+            run_id=self.run_id,
+            state=self.state,
+            flow_run_id=str(self.flow_run_id),
+            queue=self.queue,
+            attempts=self.attempts,
             earlier_attempts="; ".join(f"{e['flow_run_id']} {e['state']}: {e['message']}" for e in self.earlier),
-            dispatch_s=self.timings.get("dispatch_s"), run_s=self.timings.get("run_s"),
-            error=None if self.state == "COMPLETED" else f"child {self.state.lower()}: {self.message}")
+            dispatch_s=self.timings.get("dispatch_s"),
+            run_s=self.timings.get("run_s"),
+            error=None if self.state == "COMPLETED" else f"child {self.state.lower()}: {self.message}",
+        )
 
 
 def job_variables_for(spec: dict) -> dict[str, Any]:
@@ -142,9 +151,17 @@ def job_variables_for(spec: dict) -> dict[str, Any]:
 def _dispatch(deployment: str, spec: dict, tags: list[str], idempotency_key: str):
     from prefect.deployments import run_deployment
 
-    return run_deployment(deployment, parameters=spec["parameters"], timeout=0, as_subflow=True,
-                          work_queue_name=spec["queue"], flow_run_name=f"train-model-{spec['config']}",
-                          job_variables=spec["job_variables"], idempotency_key=idempotency_key, tags=tags)
+    return run_deployment(
+        deployment,
+        parameters=spec["parameters"],
+        timeout=0,
+        as_subflow=True,
+        work_queue_name=spec["queue"],
+        flow_run_name=f"train-model-{spec['config']}",
+        job_variables=spec["job_variables"],
+        idempotency_key=idempotency_key,
+        tags=tags,
+    )
 
 
 def start_children(deployment: str, specs: Iterable[dict], tags: list[str]) -> list[Child]:
@@ -155,8 +172,18 @@ def start_children(deployment: str, specs: Iterable[dict], tags: list[str]) -> l
         started = time.perf_counter()
         spec = {**spec, "job_variables": job_variables_for(spec)}
         run = _dispatch(deployment, spec, tags, idempotency_key=spec["run_id"])
-        children.append(Child(spec["config"], spec["run_id"], spec["queue"], run.id, time.perf_counter() - started,
-                              job_variables=spec["job_variables"], parameters=spec["parameters"], tags=list(tags)))
+        children.append(
+            Child(
+                spec["config"],
+                spec["run_id"],
+                spec["queue"],
+                run.id,
+                time.perf_counter() - started,
+                job_variables=spec["job_variables"],
+                parameters=spec["parameters"],
+                tags=list(tags),
+            )
+        )
     return children
 
 
@@ -165,11 +192,26 @@ def redispatch(deployment: str, child: Child, logger) -> None:
     child.earlier.append({"flow_run_id": str(child.flow_run_id), "state": child.state, "message": child.message})
     child.attempts += 1
     started = time.perf_counter()
-    run = _dispatch(deployment, {"config": child.config, "queue": child.queue, "job_variables": child.job_variables,
-                                 "parameters": child.parameters},
-                    child.tags, idempotency_key=f"{child.run_id}-attempt-{child.attempts}")
-    logger.warning("child %s crashed (%s); re-dispatched as flow run %s (attempt %d, same run id %s: it resumes "
-                   "from its last checkpoint)", child.config, child.message, run.id, child.attempts, child.run_id)
+    run = _dispatch(
+        deployment,
+        {
+            "config": child.config,
+            "queue": child.queue,
+            "job_variables": child.job_variables,
+            "parameters": child.parameters,
+        },
+        child.tags,
+        idempotency_key=f"{child.run_id}-attempt-{child.attempts}",
+    )
+    logger.warning(
+        "child %s crashed (%s); re-dispatched as flow run %s (attempt %d, same run id %s: it resumes "
+        "from its last checkpoint)",
+        child.config,
+        child.message,
+        run.id,
+        child.attempts,
+        child.run_id,
+    )
     child.flow_run_id, child.created_s = run.id, time.perf_counter() - started
     child.state, child.message, child.timings, child.state_since = "SCHEDULED", "", {}, None
 
@@ -190,15 +232,24 @@ def silent_children(client, children: list[Child], timeout_s: float, now: dateti
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
 
     now = now or datetime.now(UTC)
-    suspects = [c for c in children if c.state in ("RUNNING", "PENDING") and c.state_since is not None
-                and (now - c.state_since).total_seconds() > timeout_s]
+    suspects = [
+        c
+        for c in children
+        if c.state in ("RUNNING", "PENDING")
+        and c.state_since is not None
+        and (now - c.state_since).total_seconds() > timeout_s
+    ]
     if not suspects:
         return []
     resources = {f"prefect.flow-run.{c.flow_run_id}": c for c in suspects}
-    page = client.read_events(filter=EventFilter(
-        occurred=EventOccurredFilter(since=now - timedelta(seconds=timeout_s), until=now + timedelta(seconds=60)),
-        event=EventNameFilter(name=[HEARTBEAT_EVENT]),
-        resource=EventResourceFilter(id=list(resources))), limit=50)  # the API's largest page
+    page = client.read_events(
+        filter=EventFilter(
+            occurred=EventOccurredFilter(since=now - timedelta(seconds=timeout_s), until=now + timedelta(seconds=60)),
+            event=EventNameFilter(name=[HEARTBEAT_EVENT]),
+            resource=EventResourceFilter(id=list(resources)),
+        ),
+        limit=50,
+    )  # the API's largest page
     alive = set()
     while page is not None:
         alive.update(event.resource.id for event in page.events)
@@ -208,8 +259,14 @@ def silent_children(client, children: list[Child], timeout_s: float, now: dateti
     return [c for resource, c in resources.items() if resource not in alive]
 
 
-def wait_for_children(children: list[Child], poll_interval_s: float, logger, deployment: str | None = None,
-                      max_attempts: int = 1, heartbeat_timeout_s: float | None = None) -> None:
+def wait_for_children(
+    children: list[Child],
+    poll_interval_s: float,
+    logger,
+    deployment: str | None = None,
+    max_attempts: int = 1,
+    heartbeat_timeout_s: float | None = None,
+) -> None:
     """Poll until every child is final, re-dispatching crashed ones (up to ``max_attempts`` flow runs each).
 
     ``heartbeat_timeout_s``: a RUNNING/PENDING child without a heartbeat for that long is marked
@@ -244,8 +301,7 @@ def update_states(client, children: list[Child], logger) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     by_id = {c.flow_run_id: c for c in children}
-    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(by_id))),
-                                 limit=len(by_id))
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(by_id))), limit=len(by_id))
     for run in runs:
         child = by_id[run.id]
         state = run.state.type.value if run.state else "SCHEDULED"
@@ -270,8 +326,10 @@ def mark_silent_crashed(client, children: list[Child], timeout_s: float, logger,
         logger.warning("heartbeat check of the children failed (%r); retrying in %.0fs", exc, retry_in_s)
         return
     for child in silent:
-        message = (f"no heartbeat for {timeout_s:.0f}s while {child.state}: its process "
-                   f"or worker died (marked crashed by the parent train-all)")
+        message = (
+            f"no heartbeat for {timeout_s:.0f}s while {child.state}: its process "
+            f"or worker died (marked crashed by the parent train-all)"
+        )
         client.set_flow_run_state(child.flow_run_id, Crashed(message=message), force=True)
         logger.warning("child %s (flow run %s): %s", child.config, child.flow_run_id, message)
         child.state, child.message = "CRASHED", message
@@ -310,6 +368,7 @@ def cancel_children_of(parent_flow_run_id: UUID) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_flow_run_id]))
+        )
     cancel_flow_runs([r.id for r in runs])

@@ -15,9 +15,16 @@ from tasks.predict import predict_batch_task
 
 
 @flow(name="predict", flow_run_name="predict-{input_key}")
-def predict_batch(input_key: str, run: str, store: str | None = None, chunk_rows: int = 50_000,
-                  output_key: str | None = None, calibration: bool = True, text_column: str | None = None,
-                  id_column: str | None = None) -> dict:
+def predict_batch(
+    input_key: str,
+    run: str,
+    store: str | None = None,
+    chunk_rows: int = 50_000,
+    output_key: str | None = None,
+    calibration: bool = True,
+    text_column: str | None = None,
+    id_column: str | None = None,
+) -> dict:
     """Score ``input_key`` (a key in ``store``) with ``run`` (run id, run URI or ``champion:<dataset>``).
 
     ``chunk_rows``: rows scored and saved at a time (memory and redo-after-crash both scale with it);

@@ -62,11 +62,19 @@ def _cancel_children(flow, flow_run, state) -> None:
 
 
 @flow(name="train-all", on_cancellation=[_cancel_children], on_crashed=[_cancel_children])
-def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | None = None,
-              dataset: str | None = None, overrides: dict[str, Any] | None = None,
-              dispatch: Literal["local", "deployment"] = "local", child_deployment: str = "train-model/gpu",
-              queues: dict[str, Any] | None = None, poll_interval_s: float = 2.0, child_attempts: int = 2,
-              heartbeat_timeout_s: float | None = None, shared_filesystem: bool = False) -> dict:
+def train_all(
+    config_set: str = "deployments/sets/cpu-demo.yaml",
+    store: str | None = None,
+    dataset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    dispatch: Literal["local", "deployment"] = "local",
+    child_deployment: str = "train-model/gpu",
+    queues: dict[str, Any] | None = None,
+    poll_interval_s: float = 2.0,
+    child_attempts: int = 2,
+    heartbeat_timeout_s: float | None = None,
+    shared_filesystem: bool = False,
+) -> dict:
     """Train every config of ``config_set`` and publish the comparison; returns where it was written.
 
     ``dataset`` replaces ``data.dataset`` in every config; ``overrides`` are merged into every config;
@@ -84,8 +92,9 @@ def train_all(config_set: str = "deployments/sets/cpu-demo.yaml", store: str | N
     planned = plan_children(configs, queues or queue_capacities("gpu"))
     logger.info("config set %s: %d configs -> %s (%s dispatch)", spec.name, len(planned), store, dispatch)
     if dispatch == "deployment":
-        outcomes = run_on_deployment(planned, store, spec.name, child_deployment, poll_interval_s, child_attempts,
-                                     heartbeat_timeout_s, logger)
+        outcomes = run_on_deployment(
+            planned, store, spec.name, child_deployment, poll_interval_s, child_attempts, heartbeat_timeout_s, logger
+        )
     else:
         outcomes = run_in_process(planned, store)
     record_children(spec.name, outcomes, logger)
@@ -107,26 +116,54 @@ def plan_children(configs, queues: dict[str, Any]) -> list[dict]:
     """One child per config: its run id and queue (a config no queue holds fails here, before any child starts)."""
     started = datetime.now(UTC)
     parent_id = str(runtime.flow_run.id or os.getpid())
-    return [{"config": e.config.name, "path": os.path.normpath(e.path), "overrides": e.overrides,
-             "run_id": child_run_id(e.config.name, started, parent_id), "gpus": e.config.resources.gpus,
-             "gpu_memory_gb": e.config.resources.gpu_memory_gb,
-             "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, e.config.resources.gpus)}
-            for e in configs]
+    return [
+        {
+            "config": e.config.name,
+            "path": os.path.normpath(e.path),
+            "overrides": e.overrides,
+            "run_id": child_run_id(e.config.name, started, parent_id),
+            "gpus": e.config.resources.gpus,
+            "gpu_memory_gb": e.config.resources.gpu_memory_gb,
+            "queue": queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, e.config.resources.gpus),
+        }
+        for e in configs
+    ]
 
 
-def run_on_deployment(planned: list[dict], store: str, set_name: str, deployment: str, poll_interval_s: float,
-                      attempts: int, heartbeat_timeout_s: float | None, logger) -> list[ChildOutcome]:
+def run_on_deployment(
+    planned: list[dict],
+    store: str,
+    set_name: str,
+    deployment: str,
+    poll_interval_s: float,
+    attempts: int,
+    heartbeat_timeout_s: float | None,
+    logger,
+) -> list[ChildOutcome]:
     """Dispatch every child to ``deployment`` at once and wait for all of them, re-dispatching crashed ones."""
-    children = start_children(deployment, [
-        {**p, "parameters": {"config": p["path"], "store": store, "overrides": p["overrides"], "run_id": p["run_id"]}}
-        for p in planned], tags=["train-all", set_name])
-    logger.info("dispatched %d runs of %s: %s", len(children), deployment,
-                ", ".join(f"{c.config}->{c.queue}" for c in children))
+    children = start_children(
+        deployment,
+        [
+            {
+                **p,
+                "parameters": {"config": p["path"], "store": store, "overrides": p["overrides"], "run_id": p["run_id"]},
+            }
+            for p in planned
+        ],
+        tags=["train-all", set_name],
+    )
+    logger.info(
+        "dispatched %d runs of %s: %s", len(children), deployment, ", ".join(f"{c.config}->{c.queue}" for c in children)
+    )
     timeout = default_heartbeat_timeout_s() if heartbeat_timeout_s is None else heartbeat_timeout_s or None
-    logger.info("crashed children are re-dispatched (up to %d flow runs each); heartbeat check: %s", attempts,
-                f"a child without a heartbeat for {timeout:.0f}s counts as dead" if timeout else "off")
-    wait_for_children(children, poll_interval_s, logger, deployment=deployment, max_attempts=attempts,
-                      heartbeat_timeout_s=timeout)
+    logger.info(
+        "crashed children are re-dispatched (up to %d flow runs each); heartbeat check: %s",
+        attempts,
+        f"a child without a heartbeat for {timeout:.0f}s counts as dead" if timeout else "off",
+    )
+    wait_for_children(
+        children, poll_interval_s, logger, deployment=deployment, max_attempts=attempts, heartbeat_timeout_s=timeout
+    )
     return [c.outcome() for c in children]
 
 
@@ -134,8 +171,9 @@ def run_in_process(planned: list[dict], store: str) -> list[ChildOutcome]:
     """Run the children one after another in this process."""
     outcomes = []
     for p in planned:
-        state = train_model(config=p["path"], store=store, overrides=p["overrides"], run_id=p["run_id"],
-                            return_state=True)
+        state = train_model(
+            config=p["path"], store=store, overrides=p["overrides"], run_id=p["run_id"], return_state=True
+        )
         error = None
         if not state.is_completed():
             raised = state.result(raise_on_failure=False)
@@ -149,22 +187,40 @@ def record_children(set_name: str, outcomes: list[ChildOutcome], logger) -> None
     for o in outcomes:
         if o.failed:
             logger.error("config %s failed: %s", o.config, o.error)
-    create_table_artifact(key=f"children-{artifact_key(set_name)}", table=[o.to_dict() for o in outcomes],
-                          description=f"train-all {set_name}: one child run per config")
+    create_table_artifact(
+        key=f"children-{artifact_key(set_name)}",
+        table=[o.to_dict() for o in outcomes],
+        description=f"train-all {set_name}: one child run per config",
+    )
 
 
 def compare(set_name: str, report: ReportConfig, outcomes: list[ChildOutcome], store: str) -> dict:
     """Evaluate and explain every run, then compare them all and publish the report; the ``compare-runs`` result."""
     report_name = f"{set_name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     report_dir = str(open_task_store(store).staging(report_name))
-    entries = [ReportEntry.from_dict(evaluate_run(o.config, o.run_id, store, report_dir, report.bootstrap_samples,
-                                                  report.seed))
-               for o in outcomes if not o.failed]
-    entries = [replace(e, explanation=explain_run(e.name, e.run_id, store, report_dir)) if e.completed else e
-               for e in entries]
-    return compare_runs(set_name, [o.to_dict() for o in outcomes], [e.to_dict() for e in entries], store, report_dir,
-                        report_name, report.bootstrap_samples, report.seed, report.ensemble_top_k,
-                        report.champion.model_dump(), report.ensemble.model_dump())
+    entries = [
+        ReportEntry.from_dict(
+            evaluate_run(o.config, o.run_id, store, report_dir, report.bootstrap_samples, report.seed)
+        )
+        for o in outcomes
+        if not o.failed
+    ]
+    entries = [
+        replace(e, explanation=explain_run(e.name, e.run_id, store, report_dir)) if e.completed else e for e in entries
+    ]
+    return compare_runs(
+        set_name,
+        [o.to_dict() for o in outcomes],
+        [e.to_dict() for e in entries],
+        store,
+        report_dir,
+        report_name,
+        report.bootstrap_samples,
+        report.seed,
+        report.ensemble_top_k,
+        report.champion.model_dump(),
+        report.ensemble.model_dump(),
+    )
 
 
 def fail_if_any_failed(summary: dict, configs: int) -> None:

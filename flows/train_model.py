@@ -29,8 +29,13 @@ def _flow_run_name() -> str:
 
 
 @flow(name="train-model", flow_run_name=_flow_run_name)
-def train_model(config: str, store: str | None = None, overrides: dict[str, Any] | None = None,
-                run_id: str | None = None, publish_retries: int = 3) -> str:
+def train_model(
+    config: str,
+    store: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    run_id: str | None = None,
+    publish_retries: int = 3,
+) -> str:
     """Validate ``config`` (a YAML path) with ``overrides`` merged in, train it, publish it; returns the run URI.
 
     ``run_id``: set by ``train-all`` so it can find the run again; ``publish_retries``: attempts after
@@ -48,6 +53,7 @@ def train_model(config: str, store: str | None = None, overrides: dict[str, Any]
         if existing is not None:  # a re-dispatched child whose earlier attempt published before it crashed
             return existing
     staging, run_id = train_config(cfg, store, run_id)
-    publish = publish_run.with_options(retries=publish_retries,
-                                       retry_delay_seconds=[10 * 2 ** i for i in range(max(publish_retries, 1))])
+    publish = publish_run.with_options(
+        retries=publish_retries, retry_delay_seconds=[10 * 2**i for i in range(max(publish_retries, 1))]
+    )
     return publish(staging, run_id, store)

@@ -35,8 +35,9 @@ def data_cache():
 
 
 @task(name="evaluate-run")
-def evaluate_run(config_name: str, run_id: str, store_uri: str, report_dir: str, bootstrap_samples: int = 1000,
-                 seed: int = 0) -> dict:
+def evaluate_run(
+    config_name: str, run_id: str, store_uri: str, report_dir: str, bootstrap_samples: int = 1000, seed: int = 0
+) -> dict:
     """The report entry (``ReportEntry.to_dict``) of one run: test metrics with CIs, calibration, reliability."""
     from emotion_core import analysis
     from emotion_core.runs import read_run
@@ -44,15 +45,20 @@ def evaluate_run(config_name: str, run_id: str, store_uri: str, report_dir: str,
     logger = get_run_logger()
     try:
         run = read_run(open_task_store(store_uri).run_folder(run_id))
-        entry = analysis.evaluate_run(run, data_cache().for_run(run), Path(report_dir),
-                                      bootstrap_samples=bootstrap_samples, seed=seed)
+        entry = analysis.evaluate_run(
+            run, data_cache().for_run(run), Path(report_dir), bootstrap_samples=bootstrap_samples, seed=seed
+        )
     except (EmotionError, ValueError) as exc:
         logger.error("config %s: evaluation of run %s failed: %s", config_name, run_id, exc)
         return ReportEntry.failure(config_name, f"evaluation failed: {exc}", run_id).to_dict()
     ece = entry.calibration["ece"]["test"] or entry.calibration["ece"]["validation"]
-    logger.info("config %s: test macro-F1 %s, ECE %.4f -> %.4f after temperature scaling", config_name,
-                f"{entry.test['metrics']['macro_f1']:.4f}" if entry.test else "n/a",
-                ece["before"]["flat"], ece["after"]["flat"])
+    logger.info(
+        "config %s: test macro-F1 %s, ECE %.4f -> %.4f after temperature scaling",
+        config_name,
+        f"{entry.test['metrics']['macro_f1']:.4f}" if entry.test else "n/a",
+        ece["before"]["flat"],
+        ece["after"]["flat"],
+    )
     return entry.to_dict()
 
 
@@ -74,22 +80,45 @@ def explain_run(config_name: str, run_id: str, store_uri: str, report_dir: str) 
         data = data_cache().for_run(run)
         split = "test" if len(data.split("test")) else "validation"
         folder = Path(report_dir) / "models" / name
-        result = explain.explain_run(run, data.texts(split), data.ids(split), None, None, cache_root() / "shap",
-                                     html_path=folder / "shap.html")
+        result = explain.explain_run(
+            run, data.texts(split), data.ids(split), None, None, cache_root() / "shap", html_path=folder / "shap.html"
+        )
     except Exception as exc:  # an explanation is a report section, never a reason to lose the comparison
         logger.error("config %s: SHAP explanation failed: %s: %s", name, type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}
     write_json(folder / "shap.json", {k: v for k, v in result.items() if k not in ("cache_path", "html_path")})
-    logger.info("config %s: SHAP on %d %s texts, %.2f s/text%s", name, result["n_texts"], split,
-                result["seconds_per_text"], " (cached)" if result["cached"] else "")
-    return {"html": f"models/{name}/shap.html", "json": f"models/{name}/shap.json", "texts": result["n_texts"],
-            "split": split, "seconds_per_text": result["seconds_per_text"], "cached": result["cached"]}
+    logger.info(
+        "config %s: SHAP on %d %s texts, %.2f s/text%s",
+        name,
+        result["n_texts"],
+        split,
+        result["seconds_per_text"],
+        " (cached)" if result["cached"] else "",
+    )
+    return {
+        "html": f"models/{name}/shap.html",
+        "json": f"models/{name}/shap.json",
+        "texts": result["n_texts"],
+        "split": split,
+        "seconds_per_text": result["seconds_per_text"],
+        "cached": result["cached"],
+    }
 
 
 @task(name="compare-runs")
-def compare_runs(set_name: str, outcomes: list[dict], entries: list[dict], store_uri: str, report_dir: str,
-                 report_name: str, bootstrap_samples: int = 1000, seed: int = 0, ensemble_top_k: int = 3,
-                 champion: dict | None = None, ensemble: dict | None = None) -> dict:
+def compare_runs(
+    set_name: str,
+    outcomes: list[dict],
+    entries: list[dict],
+    store_uri: str,
+    report_dir: str,
+    report_name: str,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+    ensemble_top_k: int = 3,
+    champion: dict | None = None,
+    ensemble: dict | None = None,
+) -> dict:
     """``comparison.compare_set`` of the set (``outcomes``: ``ChildOutcome`` dicts, ``entries``: the
     ``evaluate-run`` results; ``champion``/``ensemble``: ``ChampionConfig``/``EnsembleConfig`` fields), then its
     Prefect artifacts."""
@@ -97,11 +126,20 @@ def compare_runs(set_name: str, outcomes: list[dict], entries: list[dict], store
     from emotion_core.config import ChampionConfig, EnsembleConfig
 
     logger = get_run_logger()
-    result = compare_set(set_name, [ChildOutcome.from_dict(o) for o in outcomes],
-                         [ReportEntry.from_dict(e) for e in entries], open_task_store(store_uri), Path(report_dir),
-                         report_name, data_cache(), bootstrap_samples=bootstrap_samples, seed=seed,
-                         ensemble_top_k=ensemble_top_k, champion=ChampionConfig.model_validate(champion or {}),
-                         ensemble=EnsembleConfig.model_validate(ensemble or {}))
+    result = compare_set(
+        set_name,
+        [ChildOutcome.from_dict(o) for o in outcomes],
+        [ReportEntry.from_dict(e) for e in entries],
+        open_task_store(store_uri),
+        Path(report_dir),
+        report_name,
+        data_cache(),
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+        ensemble_top_k=ensemble_top_k,
+        champion=ChampionConfig.model_validate(champion or {}),
+        ensemble=EnsembleConfig.model_validate(ensemble or {}),
+    )
     for decision in result.champion_decisions:
         logger.info("champion of %s: %s", decision["dataset_key"], decision["reason"])
     publish_artifacts(set_name, result)
@@ -113,10 +151,16 @@ def publish_artifacts(set_name: str, result) -> None:
     """The comparison as two Prefect artifacts of the run: a markdown summary and the summary table."""
     key = artifact_key(set_name)
     champions = "".join(f"\n\nChampion of {d['dataset_key']}: {d['reason']}" for d in result.champion_decisions)
-    create_markdown_artifact(key=f"comparison-{key}", description=f"train-all {set_name}",
-                             markdown=f"# {set_name}\n\n{result.summary_markdown}\n\nBest: **{result.best or 'n/a'}**. "
-                                      + champions + f"\n\nReport: `{result.report_uri}/report.html` "
-                                      "(also summary.md, summary.csv, plots/).\n")
-    table = [{"config": row["model"], **{k: v for k, v in row.items() if k not in ("model", "error")}}
-             for row in result.summary_rows]
+    create_markdown_artifact(
+        key=f"comparison-{key}",
+        description=f"train-all {set_name}",
+        markdown=f"# {set_name}\n\n{result.summary_markdown}\n\nBest: **{result.best or 'n/a'}**. "
+        + champions
+        + f"\n\nReport: `{result.report_uri}/report.html` "
+        "(also summary.md, summary.csv, plots/).\n",
+    )
+    table = [
+        {"config": row["model"], **{k: v for k, v in row.items() if k not in ("model", "error")}}
+        for row in result.summary_rows
+    ]
     create_table_artifact(key=f"comparison-table-{key}", description=f"train-all {set_name}", table=table)

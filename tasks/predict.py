@@ -11,15 +11,37 @@ from tasks.storage import open_task_store
 
 
 @task(name="predict-batch")
-def predict_batch_task(store: str, input_key: str, run: str, output_key: str | None, chunk_rows: int,
-                       calibration: bool, text_column: str | None, id_column: str | None) -> dict:
+def predict_batch_task(
+    store: str,
+    input_key: str,
+    run: str,
+    output_key: str | None,
+    chunk_rows: int,
+    calibration: bool,
+    text_column: str | None,
+    id_column: str | None,
+) -> dict:
     """Run ``predict_batch`` on the task's store (its credentials block, if any); returns what was written."""
     from dataclasses import asdict
 
     from emotion_core.batch_predict import predict_batch
 
-    result = predict_batch(open_task_store(store), input_key, run, output_key=output_key, chunk_rows=chunk_rows,
-                           calibration=calibration, text_column=text_column, id_column=id_column)
-    get_run_logger().info("%d predictions of run %s at %s (%d chunks scored, %d reused from an earlier attempt)",
-                          result.rows, result.run_id, result.uri, result.computed, result.reused)
+    result = predict_batch(
+        open_task_store(store),
+        input_key,
+        run,
+        output_key=output_key,
+        chunk_rows=chunk_rows,
+        calibration=calibration,
+        text_column=text_column,
+        id_column=id_column,
+    )
+    get_run_logger().info(
+        "%d predictions of run %s at %s (%d chunks scored, %d reused from an earlier attempt)",
+        result.rows,
+        result.run_id,
+        result.uri,
+        result.computed,
+        result.reused,
+    )
     return asdict(result)

@@ -9,8 +9,8 @@ Only the variable and block names are ever logged.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from emotion_core.errors import ConfigError
 from emotion_core.settings import SECRET_BLOCK_ENVS, secret_block_names
@@ -25,8 +25,10 @@ def resolve_secrets() -> dict[str, str]:
         try:
             value = Secret.load(block).get()
         except ValueError as exc:  # Prefect: "Unable to find block document named ..."
-            raise ConfigError(f"{SECRET_BLOCK_ENVS[var]}={block}: no Prefect Secret block of that name "
-                              f"({type(exc).__name__}); create it (prefect block create secret) or unset it") from None
+            raise ConfigError(
+                f"{SECRET_BLOCK_ENVS[var]}={block}: no Prefect Secret block of that name "
+                f"({type(exc).__name__}); create it (prefect block create secret) or unset it"
+            ) from None
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{SECRET_BLOCK_ENVS[var]}={block}: the Secret block holds no text for {var}")
         values[var] = value
@@ -40,8 +42,10 @@ def secrets_in_env(logger=None) -> Iterator[dict[str, str]]:
     saved = {var: os.environ.get(var) for var in values}
     os.environ.update(values)
     if values and logger is not None:
-        logger.info("secrets from Prefect Secret blocks: %s", ", ".join(
-            f"{var} ({secret_block_names()[var]})" for var in sorted(values)))
+        logger.info(
+            "secrets from Prefect Secret blocks: %s",
+            ", ".join(f"{var} ({secret_block_names()[var]})" for var in sorted(values)),
+        )
     try:
         yield values
     finally:

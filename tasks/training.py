@@ -27,13 +27,17 @@ def run_context() -> dict:
     """Where this run executes: flow run, deployment, work pool/queue, worker, host, visible GPUs."""
     from prefect import runtime
 
-    context = {"host": socket.gethostname(), "pid": os.getpid(),
-               "worker": os.environ.get("EMOTION_WORKER_NAME"),
-               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    context = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "worker": os.environ.get("EMOTION_WORKER_NAME"),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
     flow_run_id = runtime.flow_run.id
     if flow_run_id:
-        context.update(flow_run_id=str(flow_run_id), flow_run_name=runtime.flow_run.name,
-                       deployment=runtime.deployment.name)
+        context.update(
+            flow_run_id=str(flow_run_id), flow_run_name=runtime.flow_run.name, deployment=runtime.deployment.name
+        )
         try:
             from prefect import get_client
 
@@ -58,7 +62,9 @@ class ProgressReporter:
         line = describe_progress(self.config_name, event)
         self.logger.info(line)
         if self.artifact_id is None:
-            self.artifact_id = create_progress_artifact(percent, key=f"progress-{artifact_key(self.config_name)}", description=line)
+            self.artifact_id = create_progress_artifact(
+                percent, key=f"progress-{artifact_key(self.config_name)}", description=line
+            )
         else:
             update_progress_artifact(self.artifact_id, percent, description=line)
 
@@ -76,9 +82,11 @@ def describe_progress(name: str, event: dict) -> str:
         parts.append(f"eta {float(event['eta_s']):.0f}s")
     device = event.get("device") or {}
     if device.get("kind") == "cuda":
-        parts.append(f"{device.get('name')} util {device.get('utilization_percent')}% "
-                     f"mem {device.get('memory_used_gib')}/{device.get('memory_total_gib')} GiB "
-                     f"(peak alloc {device.get('peak_allocated_gib')} GiB)")
+        parts.append(
+            f"{device.get('name')} util {device.get('utilization_percent')}% "
+            f"mem {device.get('memory_used_gib')}/{device.get('memory_total_gib')} GiB "
+            f"(peak alloc {device.get('peak_allocated_gib')} GiB)"
+        )
     elif device:
         parts.append(f"cpu {device.get('process_cpu_percent')}% rss {device.get('rss_gib')} GiB")
     return " | ".join(parts)
@@ -91,19 +99,34 @@ def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> t
 
     logger = get_run_logger()
     context = run_context()
-    logger.info("training %s (%s: %s) on %s worker=%s pool=%s queue=%s; device: %s", cfg.name, cfg.model.family,
-                getattr(cfg.model, "model", "-"), context["host"], context.get("worker"), context.get("work_pool"),
-                context.get("work_queue"), provenance.device_facts())
+    logger.info(
+        "training %s (%s: %s) on %s worker=%s pool=%s queue=%s; device: %s",
+        cfg.name,
+        cfg.model.family,
+        getattr(cfg.model, "model", "-"),
+        context["host"],
+        context.get("worker"),
+        context.get("work_pool"),
+        context.get("work_queue"),
+        provenance.device_facts(),
+    )
     with secrets_in_env(logger) as secrets:  # HF_TOKEN / WANDB_API_KEY from Secret blocks, while training only
         if cfg.resources.gpus > 1:  # torchrun ranks (emotion_core.training.distributed); rank 0 stages the run
             from emotion_core.training import distributed
 
-            staging, run_id = distributed.launch(cfg, store_uri, run_id, progress=ProgressReporter(cfg.name),
-                                                 context=context, env={**rank_store_env(store_uri), **secrets})
+            staging, run_id = distributed.launch(
+                cfg,
+                store_uri,
+                run_id,
+                progress=ProgressReporter(cfg.name),
+                context=context,
+                env={**rank_store_env(store_uri), **secrets},
+            )
             return str(staging), run_id
         store = open_task_store(store_uri)
-        staging, run_id = pipeline.train_run(cfg, store, run_id=run_id, progress=ProgressReporter(cfg.name),
-                                             context=context)
+        staging, run_id = pipeline.train_run(
+            cfg, store, run_id=run_id, progress=ProgressReporter(cfg.name), context=context
+        )
     return str(staging), run_id
 
 

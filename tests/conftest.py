@@ -29,7 +29,12 @@ os.environ.setdefault("EMOTION_DATA_DIR", str((REPO.parent / "shared" / "data").
 os.environ["WANDB_MODE"] = "offline"
 os.environ.pop("WANDB_API_KEY", None)
 _WANDB_ROOT = tempfile.mkdtemp(prefix="emotion-tests-wandb-")
-for _name, _sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+for _name, _sub in (
+    ("WANDB_DIR", ""),
+    ("WANDB_CACHE_DIR", "cache"),
+    ("WANDB_DATA_DIR", "data"),
+    ("WANDB_CONFIG_DIR", "config"),
+):
     os.environ[_name] = os.path.join(_WANDB_ROOT, _sub)
 
 
@@ -120,8 +125,11 @@ def s3_endpoint():
     import urllib.request
 
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -169,17 +177,22 @@ def prefect_stack(tmp_path_factory):
     pid files, logs) lives in a temporary folder. Workers and deployments are added by the
     end-to-end fixtures that need them.
     """
-    import flows  # noqa: F401  (Prefect environment defaults before Prefect is imported)
-    from emotion_cli.stack import Stack
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    import flows  # noqa: F401  (Prefect environment defaults before Prefect is imported)
+    from emotion_cli.stack import Stack
+
     state = tmp_path_factory.mktemp("prefect-stack")
-    stack = Stack(port=free_port(), state_dir=state, extra_env={
-        "PREFECT_HOME": str(state / "home"),
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
-        "PREFECT_WORKER_QUERY_SECONDS": "2",
-        "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "5",
-    })
+    stack = Stack(
+        port=free_port(),
+        state_dir=state,
+        extra_env={
+            "PREFECT_HOME": str(state / "home"),
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_SERVER_SERVICES_CANCELLATION_CLEANUP_LOOP_SECONDS": "5",
+        },
+    )
     stack.start_server()
     # This process only: subprocesses get the stack's API through ``stack.env()`` when they need it
     # (the CLI tests check the in-process ephemeral server of a fresh checkout).
@@ -191,7 +204,6 @@ def prefect_stack(tmp_path_factory):
             APILogHandler().flush()  # the last run logs reach the server before it stops
     finally:
         stack.down()
-
 
 
 def _pg_bin() -> Path | None:
@@ -234,23 +246,66 @@ def postgres_url():
     port = free_port()
     log = root / "server.log"
     try:
-        subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "prefect", "--auth=trust",
-                        "--encoding=UTF8", "--no-sync"], check=True, capture_output=True, cwd=root)
-        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
-                        f"-k {sockets} -h 127.0.0.1 -p {port} -c fsync=off", "start"], check=True, capture_output=True,
-                       cwd=root)
+        subprocess.run(
+            [
+                *as_user,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "prefect",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=root,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(log),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-k {sockets} -h 127.0.0.1 -p {port} -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+            cwd=root,
+        )
         deadline = time.monotonic() + 60
-        while subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+            ).returncode
+            != 0
+        ):
             if time.monotonic() > deadline:
                 pytest.fail(f"PostgreSQL did not accept connections on 127.0.0.1:{port}; see {log}")
             time.sleep(0.2)
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect", "prefect"],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/prefect"
     finally:
-        stopped = subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                                 capture_output=True, cwd=root).returncode == 0
+        stopped = (
+            subprocess.run(
+                [*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                capture_output=True,
+                cwd=root,
+            ).returncode
+            == 0
+        )
         if not stopped and (data / "postmaster.pid").is_file():  # our own cluster's postmaster: fast shutdown
             try:
                 os.kill(int((data / "postmaster.pid").read_text().split()[0]), signal.SIGINT)

@@ -8,8 +8,10 @@ from pathlib import Path
 def write_tiny_tabular(path: Path, rows: int = 60) -> Path:
     """A tiny CSV (``id,text,joy,anger``) a tabular FFNN learns in a second: joy on odd rows, anger every third."""
     lines = ["id,text,joy,anger"] + [
-        f"r{i},{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i},{i % 2},{int(i % 3 == 0)}"
-        for i in range(rows)]
+        f"r{i},{'happy lovely' if i % 2 else 'calm'} {'furious mad' if i % 3 == 0 else 'fine'} day {i},"
+        f"{i % 2},{int(i % 3 == 0)}"
+        for i in range(rows)
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -23,9 +25,11 @@ def assert_refused(result, *fragments: str) -> None:
         assert fragment in result.stderr, f"missing {fragment!r} in:\n{where}"
 
 
-TINY_FFNN = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-             "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
-             "resources": {"gpu_memory_gb": 2}}
+TINY_FFNN = {
+    "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+    "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
+    "resources": {"gpu_memory_gb": 2},
+}
 
 
 def train_tiny_run(folder: Path, store, name: str = "tiny", hidden_size: int = 8) -> str:
@@ -34,6 +38,10 @@ def train_tiny_run(folder: Path, store, name: str = "tiny", hidden_size: int = 8
     from emotion_core.pipeline import train_config
 
     write_tiny_tabular(folder / "train.csv", rows=120)
-    raw = {"name": name, **TINY_FFNN, "model": {**TINY_FFNN["model"], "hidden_size": hidden_size},
-           "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")}}
+    raw = {
+        "name": name,
+        **TINY_FFNN,
+        "model": {**TINY_FFNN["model"], "hidden_size": hidden_size},
+        "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")},
+    }
     return train_config(parse_run_config(raw), store)

@@ -16,7 +16,9 @@ EMOTION = str(Path(sys.executable).with_name("emotion"))
 
 
 def emotion(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=600)
+    return subprocess.run(
+        [EMOTION, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=600
+    )
 
 
 def test_check_config_ok_and_errors(tmp_path):
@@ -42,15 +44,37 @@ def test_predict_cli_writes_labels_and_probabilities(data_dir, tmp_path):
     from emotion_core.config import load_run_config
     from emotion_core.store import open_store
 
-    cfg = load_run_config(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml", {
-        "data": {"dataset": "semeval2018-ec", "max_train_samples": 1500, "max_validation_samples": 300, "max_test_samples": 300},
-        "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 2}})
+    cfg = load_run_config(
+        REPO / "deployments" / "configs" / "ffnn-tfidf.yaml",
+        {
+            "data": {
+                "dataset": "semeval2018-ec",
+                "max_train_samples": 1500,
+                "max_validation_samples": 300,
+                "max_test_samples": 300,
+            },
+            "model": {"max_features": 5000, "hidden_size": 32},
+            "training": {"epochs": 2},
+        },
+    )
     uri = pipeline.train_config(cfg, open_store(tmp_path / "store"))
     out = tmp_path / "submission.csv"
     result = emotion("predict", uri, str(data_dir / "semeval2018-ec" / "test-unlabelled.txt"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     frame = pl.read_csv(out)
-    labels = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust"]
+    labels = [
+        "anger",
+        "anticipation",
+        "disgust",
+        "fear",
+        "joy",
+        "love",
+        "optimism",
+        "pessimism",
+        "sadness",
+        "surprise",
+        "trust",
+    ]
     assert frame.columns == ["ID", *labels, *[f"{n}_prob" for n in labels]]
     assert frame.height == 3259
     assert set(frame.select(labels).unpivot()["value"].unique().to_list()) <= {0, 1}
@@ -70,17 +94,34 @@ def test_predict_cli_writes_labels_and_probabilities(data_dir, tmp_path):
 @pytest.mark.slow
 def test_train_all_cli_runs_the_flow_on_an_ephemeral_server(data_dir, tmp_path):
     """The main job's path: the console script, an in-process Prefect server (SQLite), a local store."""
-    spec = {"name": "cli-tiny", "configs": [{
-        "path": str(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml"),
-        "overrides": {"model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},
-                      "data": {"max_train_samples": 1000, "max_validation_samples": 300, "max_test_samples": 300}}}]}
+    spec = {
+        "name": "cli-tiny",
+        "configs": [
+            {
+                "path": str(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml"),
+                "overrides": {
+                    "model": {"max_features": 5000, "hidden_size": 32},
+                    "training": {"epochs": 1},
+                    "data": {"max_train_samples": 1000, "max_validation_samples": 300, "max_test_samples": 300},
+                },
+            }
+        ],
+    }
     set_path = tmp_path / "cli-tiny.yaml"
     set_path.write_text(yaml.safe_dump(spec))
-    result = emotion("train-all", str(set_path), "--store", str(tmp_path / "store"), PREFECT_HOME=str(tmp_path / "fresh-checkout" / ".emotion" / "prefect"))
+    result = emotion(
+        "train-all",
+        str(set_path),
+        "--store",
+        str(tmp_path / "store"),
+        PREFECT_HOME=str(tmp_path / "fresh-checkout" / ".emotion" / "prefect"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| ffnn-tfidf | full | ffnn |" in result.stdout and "completed" in result.stdout
     assert "comparison:" in result.stdout and "cli-tiny-" in result.stdout and "/report.html" in result.stdout
-    assert (tmp_path / "fresh-checkout" / ".emotion" / "prefect" / "prefect.db").is_file()  # the flow ran against a local SQLite Prefect
+    assert (
+        tmp_path / "fresh-checkout" / ".emotion" / "prefect" / "prefect.db"
+    ).is_file()  # the flow ran against a local SQLite Prefect
     assert len(list((tmp_path / "store" / "runs").iterdir())) == 1
 
 
@@ -91,17 +132,35 @@ def test_submit_writes_a_semeval_submission_at_calibrated_thresholds(data_dir, t
     from emotion_core.pipeline import train_config
     from emotion_core.store import open_store
 
-    cfg = load_run_config(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml", {
-        "name": "semeval-ffnn", "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},
-        "data": {"dataset": "semeval2018-ec"}})
+    cfg = load_run_config(
+        REPO / "deployments" / "configs" / "ffnn-tfidf.yaml",
+        {
+            "name": "semeval-ffnn",
+            "model": {"max_features": 5000, "hidden_size": 32},
+            "training": {"epochs": 1},
+            "data": {"dataset": "semeval2018-ec"},
+        },
+    )
     uri = train_config(cfg, open_store(tmp_path / "store"))
     out = tmp_path / "submission.csv"
     result = emotion("submit", uri, "--out", str(out))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "calibrated thresholds" in result.stdout
     frame = pl.read_csv(out, infer_schema_length=0)
-    assert frame.columns == ["ID", "anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism",
-                             "sadness", "surprise", "trust"]
+    assert frame.columns == [
+        "ID",
+        "anger",
+        "anticipation",
+        "disgust",
+        "fear",
+        "joy",
+        "love",
+        "optimism",
+        "pessimism",
+        "sadness",
+        "surprise",
+        "trust",
+    ]
     unlabelled = pl.read_csv(data_dir / "semeval2018-ec" / "test-unlabelled.txt", separator="\t", infer_schema_length=0)
     assert frame["ID"].to_list() == unlabelled["ID"].to_list()
     assert set(frame.drop("ID").unpivot()["value"].unique().to_list()) <= {"0", "1"}

@@ -56,7 +56,9 @@ def test_cpu_smoke_writes_every_section_with_sane_values(tmp_path):
         f"    bad = sorted(m for m in sys.modules if m.split('.')[0] in {ABSENT_THERE!r})\n"
         f"    with open(os.path.join({str(tmp_path)!r}, f'imports-{{os.getpid()}}.txt'), 'w') as f:\n"
         "        f.write(' '.join(bad))\n"
-        "atexit.register(_report)\n", encoding="utf-8")
+        "atexit.register(_report)\n",
+        encoding="utf-8",
+    )
     out = tmp_path / "check.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hooks), str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu-smoke", "--out", str(out)]
@@ -75,7 +77,8 @@ def test_cpu_smoke_writes_every_section_with_sane_values(tmp_path):
         assert encoder[arm]["samples"] == 192 and encoder[arm]["precision"] == "fp32"  # one epoch, every row, CPU
     assert encoder["project"]["fused"] is True  # the project's optimizer, not the Trainer default
     assert encoder["project_over_plain_samples_per_s"] == pytest.approx(
-        encoder["project"]["samples_per_s"] / encoder["plain"]["samples_per_s"], abs=1e-3)
+        encoder["project"]["samples_per_s"] / encoder["plain"]["samples_per_s"], abs=1e-3
+    )
 
     llama = check["qlora_vs_lora"]
     assert llama["lora"]["status"] == "completed" and llama["lora"]["tokens_per_s"] > 0

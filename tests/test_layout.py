@@ -15,10 +15,12 @@ REPO = Path(__file__).resolve().parents[1]
 def test_emotion_core_never_imports_prefect():
     modules = [m.name for m in pkgutil.walk_packages(emotion_core.__path__, "emotion_core.")]
     assert len(modules) > 20
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}: importlib.import_module(name)\n"
-            "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
-            "print(len(bad)); sys.exit(1 if bad else 0)")
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}: importlib.import_module(name)\n"
+        "bad = sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.'))\n"
+        "print(len(bad)); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"emotion_core imported prefect: {result.stdout}{result.stderr[-2000:]}"
 

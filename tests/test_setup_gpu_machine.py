@@ -20,8 +20,9 @@ SCRIPT = REPO / "deployments" / "setup_gpu_machine.sh"
 
 
 def run_script(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def test_bad_arguments_are_refused_before_anything_is_installed(tmp_path):
@@ -47,8 +48,10 @@ def test_the_docker_image_installs_with_the_same_script():
 @pytest.mark.slow
 def test_install_only_builds_a_working_environment_without_the_checkout(tmp_path):
     venv = tmp_path / "venv"
-    env = {"TORCH_INDEX_URL": os.environ.get("EMOTION_TEST_TORCH_INDEX_URL", "https://pypi.org/simple"),
-           "PYTHONPATH": ""}
+    env = {
+        "TORCH_INDEX_URL": os.environ.get("EMOTION_TEST_TORCH_INDEX_URL", "https://pypi.org/simple"),
+        "PYTHONPATH": "",
+    }
     first = run_script("--install-only", "--venv", str(venv), "--python", sys.executable, env=env, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "== torch==2.13.0 from" in first.stdout and "constraint: torch==2.13.0" in first.stdout
@@ -57,10 +60,22 @@ def test_install_only_builds_a_working_environment_without_the_checkout(tmp_path
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PREFECT_API_URL")}
-    probe = subprocess.run([str(venv / "bin" / "python"), "-c", (
-        "import torch, prefect, emotion_core, flows, tasks, emotion_cli.automations as a\n"
-        "print(torch.__version__, prefect.__version__)\n"
-        "print(emotion_core.__file__)\n")], capture_output=True, text=True, cwd=outside, env=clean, timeout=300)
+    probe = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            (
+                "import torch, prefect, emotion_core, flows, tasks, emotion_cli.automations as a\n"
+                "print(torch.__version__, prefect.__version__)\n"
+                "print(emotion_core.__file__)\n"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=clean,
+        timeout=300,
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     versions, location = probe.stdout.split("\n")[:2]
     assert versions.startswith("2.13.0") and versions.endswith("3.8.8")
@@ -70,9 +85,14 @@ def test_install_only_builds_a_working_environment_without_the_checkout(tmp_path
     assert (kit / "gpu_workers.py").read_text() == (REPO / "deployments" / "gpu_workers.py").read_text()
     assert (kit / "pools" / "pools.yaml").read_text() == (REPO / "deployments" / "pools" / "pools.yaml").read_text()
     # The kit runs from the environment; an API that does not answer is a clear error before any worker starts.
-    workers = subprocess.run([str(venv / "bin" / "python"), str(kit / "gpu_workers.py"), "--api-url",
-                              "http://127.0.0.1:9/api"], capture_output=True, text=True, cwd=outside, env=clean,
-                             timeout=120)
+    workers = subprocess.run(
+        [str(venv / "bin" / "python"), str(kit / "gpu_workers.py"), "--api-url", "http://127.0.0.1:9/api"],
+        capture_output=True,
+        text=True,
+        cwd=outside,
+        env=clean,
+        timeout=120,
+    )
     assert workers.returncode == 2 and "the Prefect API does not answer" in workers.stderr
 
     again = run_script("--install-only", "--venv", str(venv), env=env, timeout=1800)  # idempotent: torch kept

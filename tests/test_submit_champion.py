@@ -14,8 +14,7 @@ EMOTION = str(Path(sys.executable).with_name("emotion"))
 
 
 def emotion(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env=dict(os.environ),
-                          timeout=600)
+    return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env=dict(os.environ), timeout=600)
 
 
 def test_submit_the_champion_of_semeval(data_dir, tmp_path):
@@ -30,14 +29,29 @@ def test_submit_the_champion_of_semeval(data_dir, tmp_path):
     assert missing.returncode == 2 and "no champion of dataset 'semeval2018-ec'" in missing.stderr
     assert "Traceback" not in missing.stderr and not (tmp_path / "x.csv").exists()
 
-    cfg = load_run_config(REPO / "deployments" / "configs" / "ffnn-tfidf.yaml", {
-        "name": "semeval-ffnn", "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},
-        "data": {"dataset": "semeval2018-ec"}, "threshold_policy": "global_at_least_one"})
+    cfg = load_run_config(
+        REPO / "deployments" / "configs" / "ffnn-tfidf.yaml",
+        {
+            "name": "semeval-ffnn",
+            "model": {"max_features": 5000, "hidden_size": 32},
+            "training": {"epochs": 1},
+            "data": {"dataset": "semeval2018-ec"},
+            "threshold_policy": "global_at_least_one",
+        },
+    )
     manifest = read_run(train_config(cfg, store)).manifest
     assert manifest["metric"] == "jaccard_samples"
     registry = Registry(store)
-    registry.record(decide(None, candidate_from_manifest(manifest), margin=0.005, alpha=0.05, paired=None,
-                           dataset_key=dataset_key_of(manifest)))
+    registry.record(
+        decide(
+            None,
+            candidate_from_manifest(manifest),
+            margin=0.005,
+            alpha=0.05,
+            paired=None,
+            dataset_key=dataset_key_of(manifest),
+        )
+    )
     assert registry.champion(dataset_key_of(manifest))["metric"] == "jaccard_samples"
 
     out = tmp_path / "E-c_en_pred.csv"

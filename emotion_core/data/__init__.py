@@ -15,7 +15,7 @@ Limits
 
 from emotion_core.data.dataset import EmotionData
 from emotion_core.data.load import load_data
-from emotion_core.data.predict_input import read_prediction_input
 from emotion_core.data.load_report import DataReport
+from emotion_core.data.predict_input import read_prediction_input
 
 __all__ = ["DataReport", "EmotionData", "load_data", "read_prediction_input"]

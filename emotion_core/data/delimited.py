@@ -90,8 +90,9 @@ def _records(text: str, file: str, sep: str, quoted: bool, has_header: bool) -> 
             last_line = reader.line_num
     except csv.Error as exc:
         row = len(records) + 1 - int(has_header)
-        raise DataError(_csv_problem(exc, reader.line_num - last_line, last_line + 1), file=file,
-                        row=row if row > 0 else None) from None
+        raise DataError(
+            _csv_problem(exc, reader.line_num - last_line, last_line + 1), file=file, row=row if row > 0 else None
+        ) from None
     finally:
         csv.field_size_limit(limit)
     while records and not records[-1]:
@@ -105,12 +106,13 @@ def _csv_problem(exc: csv.Error, lines: int, first_line: int) -> str:
         return f"malformed line: {exc}"
     long = f"a field is longer than {MAX_FIELD_CHARS} characters (the most one field may hold)"
     if lines > 1:
-        return f"{long}; it runs over {lines} lines from line {first_line}: an unclosed quote (\") there?"
+        return f'{long}; it runs over {lines} lines from line {first_line}: an unclosed quote (") there?'
     return long
 
 
-def _undecodable(data: bytes, exc: UnicodeDecodeError, file: str, sep: str, quoted: bool,
-                 has_header: bool, names: list[str] | None) -> DataError:
+def _undecodable(
+    data: bytes, exc: UnicodeDecodeError, file: str, sep: str, quoted: bool, has_header: bool, names: list[str] | None
+) -> DataError:
     # Error path only: decode with surrogateescape (bad bytes become lone surrogates), parse the same
     # way, and report the first field holding one. Falls back to counting lines if parsing fails.
     byte = data[exc.start]
@@ -138,12 +140,12 @@ def decode(data: bytes, file: str) -> str:
         return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8",
-                        file=file) from None
+        raise DataError(
+            f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8", file=file
+        ) from None
 
 
-def parse_delimited(data: bytes, *, file: str, sep: str, quoted: bool,
-                    names: list[str] | None = None) -> Delimited:
+def parse_delimited(data: bytes, *, file: str, sep: str, quoted: bool, names: list[str] | None = None) -> Delimited:
     """Parse ``data``: with a header row when ``names`` is None, else headerless with those names."""
     has_header = names is None
     try:

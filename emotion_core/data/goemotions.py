@@ -47,7 +47,9 @@ def read_label_names(path: Path, hasher: DataHasher) -> LabelSchema:
         raise DataError(exc.reason, file=str(path)) from None
 
 
-def parse_label_ids(frame: pl.DataFrame, schema: LabelSchema, file: str, labels_file: str) -> tuple[np.ndarray, list[Problem]]:
+def parse_label_ids(
+    frame: pl.DataFrame, schema: LabelSchema, file: str, labels_file: str
+) -> tuple[np.ndarray, list[Problem]]:
     """``"2,27"`` strings -> uint8 multi-hot matrix; one problem per row with a bad id."""
     n, size = frame.height, len(schema)
     matrix = np.zeros((n, size), dtype=np.uint8)
@@ -110,7 +112,7 @@ def read_goemotions(path: Path, hasher: DataHasher) -> SourceData:
         files = {"train": path}
     labels_path = next((folder / name for name in LABEL_FILES if (folder / name).is_file()), None)
     if labels_path is None:
-        raise DataError(f"no labels.txt (the label names, one a line) next to the GoEmotions files", file=str(folder))
+        raise DataError("no labels.txt (the label names, one a line) next to the GoEmotions files", file=str(folder))
     schema = read_label_names(labels_path, hasher)
     raws = [read_goemotions_file(p, role, schema, labels_path.name, hasher) for role, p in files.items()]
     paths = {role: str(p) for role, p in files.items()} | {"labels": str(labels_path)}
@@ -136,5 +138,13 @@ def hub_split(frame: pl.DataFrame, role: str, file: str, schema: LabelSchema) ->
         Problem(file, i + 1, "labels", f"label id {label} is beyond the {size} labels (ids 0-{size - 1})")
         for i, label in pairs.filter(~ok).unique(subset="i", keep="first", maintain_order=True).iter_rows()
     ]
-    return RawFile(role, file, frame.select(pl.col("id").cast(pl.Utf8), pl.col("text").cast(pl.Utf8), ROW),
-                   matrix, n, "id", "text", problems)
+    return RawFile(
+        role,
+        file,
+        frame.select(pl.col("id").cast(pl.Utf8), pl.col("text").cast(pl.Utf8), ROW),
+        matrix,
+        n,
+        "id",
+        "text",
+        problems,
+    )

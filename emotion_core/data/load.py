@@ -48,8 +48,9 @@ def _texts(frame: pl.DataFrame, cfg: DataConfig) -> pl.DataFrame:
     frame = frame.select("id", "text")
     if cfg.preprocess is None:
         return frame
-    return frame.with_columns(pl.Series("text", preprocess_texts(frame["text"].to_list(), cfg.preprocess),
-                                        dtype=pl.Utf8))
+    return frame.with_columns(
+        pl.Series("text", preprocess_texts(frame["text"].to_list(), cfg.preprocess), dtype=pl.Utf8)
+    )
 
 
 def _percent(fraction: float) -> str:
@@ -73,7 +74,11 @@ def _carve_missing(parts: dict[str, Part], cfg: DataConfig, report: DataReport) 
 
 
 def _subset(parts: dict[str, Part], cfg: DataConfig, report: DataReport) -> None:
-    limits = (("train", cfg.max_train_samples), ("validation", cfg.max_validation_samples), ("test", cfg.max_test_samples))
+    limits = (
+        ("train", cfg.max_train_samples),
+        ("validation", cfg.max_validation_samples),
+        ("test", cfg.max_test_samples),
+    )
     for stream, (name, limit) in enumerate(limits):
         frame, labels = parts[name]
         if limit is None or limit >= frame.height:
@@ -124,8 +129,14 @@ def load_data(cfg: DataConfig) -> EmotionData:
 
     # Options that change which rows are used; the path is left out on purpose (same bytes, same hash).
     hasher.add_options(cfg.model_dump(mode="json", exclude={"path"}))
-    data = EmotionData(table=table, schema=source.schema, report=report, data_hash=hasher.hexdigest(),
-                       id_column=source.id_column)
-    log.info("loaded %s: %s in %.2f s (%d dropped)", cfg.dataset, report.rows_used,
-             time.perf_counter() - started, len(dropped))
+    data = EmotionData(
+        table=table, schema=source.schema, report=report, data_hash=hasher.hexdigest(), id_column=source.id_column
+    )
+    log.info(
+        "loaded %s: %s in %.2f s (%d dropped)",
+        cfg.dataset,
+        report.rows_used,
+        time.perf_counter() - started,
+        len(dropped),
+    )
     return data

@@ -36,7 +36,9 @@ def locate(cfg: DataConfig) -> Location:
         return Location(path)
     folder = dataset_spec(cfg.dataset).folder
     if folder is None:
-        raise DataError(f"dataset {cfg.dataset!r} needs data.path (a CSV, TSV or Parquet file, or a folder with train.*)")
+        raise DataError(
+            f"dataset {cfg.dataset!r} needs data.path (a CSV, TSV or Parquet file, or a folder with train.*)"
+        )
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         candidate = Path(env).expanduser() / folder

@@ -59,8 +59,11 @@ def default_id_column(columns: list[str], file: str) -> str | None:
     """
     found = [c for c in columns if c.strip().lower() == "id"]
     if len(found) > 1:
-        raise DataError(f"several id columns ({', '.join(map(repr, found))}); choose one with --id-column",
-                        file=file, column=found[0])
+        raise DataError(
+            f"several id columns ({', '.join(map(repr, found))}); choose one with --id-column",
+            file=file,
+            column=found[0],
+        )
     return found[0] if found else None
 
 

@@ -22,8 +22,8 @@ URL = re.compile(r"\b(?:https?://|www\.)\S+", re.IGNORECASE)
 HASHTAG = re.compile(r"(?<![\w#])#(\w+)")
 CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_]+")
 # Pictographs, dingbats, symbols and flags (regional indicators); joiners and variation selectors separately.
-EMOJI = re.compile("[\U0001F000-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\u2300-\u23FF]")
-JOINERS = re.compile("[\u200d\ufe0e\ufe0f\U0001F3FB-\U0001F3FF]")
+EMOJI = re.compile("[\U0001f000-\U0001faff\u2600-\u27bf\u2b00-\u2bff\u2300-\u23ff]")
+JOINERS = re.compile("[\u200d\ufe0e\ufe0f\U0001f3fb-\U0001f3ff]")
 SPACES = re.compile(r"[ \t]{2,}")
 
 

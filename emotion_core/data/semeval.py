@@ -23,7 +23,19 @@ from emotion_core.data.validate import all_none, binary_label_matrix
 from emotion_core.errors import DataError
 from emotion_core.labels import LabelSchema
 
-LABELS = ("anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness", "surprise", "trust")
+LABELS = (
+    "anger",
+    "anticipation",
+    "disgust",
+    "fear",
+    "joy",
+    "love",
+    "optimism",
+    "pessimism",
+    "sadness",
+    "surprise",
+    "trust",
+)
 ID, TEXT = "ID", "Tweet"
 FILE_NAMES = {
     "train": ("train.txt", "train.tsv", "train.csv", "2018-E-c-En-train.txt"),
@@ -100,9 +112,7 @@ def read_semeval(path: Path, hasher: DataHasher) -> SourceData:
         raise DataError(
             f"two unlabelled test files ({predict[0].file} and {predict[1].file}); keep one", file=predict[1].file
         )
-    return SourceData(
-        schema=LabelSchema(LABELS), raws=raws, id_column=ID, files={raw.role: raw.file for raw in raws}
-    )
+    return SourceData(schema=LabelSchema(LABELS), raws=raws, id_column=ID, files={raw.role: raw.file for raw in raws})
 
 
 def hub_split(frame: pl.DataFrame, role: str, file: str) -> RawFile:

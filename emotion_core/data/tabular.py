@@ -66,15 +66,16 @@ def _require(columns: list[str], wanted: list[str], file: str, what: str) -> Non
         )
 
 
-def read_tabular_file(path: Path, role: str, cfg: DataConfig, labels: list[str] | None, row_prefix: str,
-                      hasher: DataHasher) -> tuple[RawFile, list[str]]:
+def read_tabular_file(
+    path: Path, role: str, cfg: DataConfig, labels: list[str] | None, row_prefix: str, hasher: DataHasher
+) -> tuple[RawFile, list[str]]:
     """Read one file; ``labels`` None means infer them from this (train) file. Returns the labels used."""
     file = str(path)
     frame, columns, rows_read, problems = read_table(path, role, hasher)
     if "" in columns and "" not in cfg.ignore_columns:
         raise DataError(
             f"header column {columns.index('') + 1} has no name (a pandas index written by to_csv? save with "
-            f"index=False, or add \"\" to data.ignore_columns)",
+            f'index=False, or add "" to data.ignore_columns)',
             file=file,
         )
     keys = [cfg.text_column] + ([cfg.id_column] if cfg.id_column else [])
@@ -82,9 +83,7 @@ def read_tabular_file(path: Path, role: str, cfg: DataConfig, labels: list[str] 
     if labels is None:
         labels = [c for c in columns if c not in keys and c not in cfg.ignore_columns]
         if not labels:
-            raise DataError(
-                f"no label columns: every column is text, id or ignored ({', '.join(columns)})", file=file
-            )
+            raise DataError(f"no label columns: every column is text, id or ignored ({', '.join(columns)})", file=file)
     present = [c for c in labels if c in columns]
     unlabelled = role == "test" and not present
     if not unlabelled:
@@ -99,7 +98,9 @@ def read_tabular_file(path: Path, role: str, cfg: DataConfig, labels: list[str] 
         )
     clash = [c for c in labels if c in RESERVED]
     if clash:
-        raise DataError(f"a label column may not be named {clash[0]!r} (reserved); rename it", file=file, column=clash[0])
+        raise DataError(
+            f"a label column may not be named {clash[0]!r} (reserved); rename it", file=file, column=clash[0]
+        )
 
     if cfg.id_column:
         ids = pl.col(cfg.id_column).cast(pl.Utf8)
@@ -130,9 +131,7 @@ def find_tabular_files(folder: Path) -> dict[str, Path]:
     for role, stems in STEMS.items():
         found = [p for p in sorted(folder.iterdir()) if p.stem in stems and p.suffix.lower() in EXTENSIONS]
         if len(found) > 1:
-            raise DataError(
-                f"several {role} files ({', '.join(p.name for p in found)}); keep one", file=str(folder)
-            )
+            raise DataError(f"several {role} files ({', '.join(p.name for p in found)}); keep one", file=str(folder))
         if found:
             files[role] = found[0]
     if "train" not in files:

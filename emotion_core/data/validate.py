@@ -127,7 +127,9 @@ def binary_label_matrix(
             if value is None or (isinstance(value, str) and not value.strip()):
                 reason = "missing label value (expected 0 or 1)"
             elif isinstance(value, str) and value.strip() == "NONE":
-                reason = "label value 'NONE' is not 0 or 1 (NONE is accepted only in a test file whose every label is NONE)"
+                reason = (
+                    "label value 'NONE' is not 0 or 1 (NONE is accepted only in a test file whose every label is NONE)"
+                )
             else:
                 reason = f"label value {value!r} is not 0 or 1{hint.format(column=column)}"
             found[int(rows[i])] = Problem(file, int(rows[i]), column, reason)
@@ -138,8 +140,9 @@ def _require_scalar_labels(values: pl.Series, file: str) -> None:
     """A label column holds one 0/1 value a row: a Parquet list or struct column is a file-level error."""
     dtype = values.dtype
     if dtype.is_nested() or dtype == pl.Object or dtype.is_temporal() or dtype == pl.Binary:
-        raise DataError(f"the label column holds {dtype} values, not 0/1 (one 0/1 column per label)",
-                        file=file, column=values.name)
+        raise DataError(
+            f"the label column holds {dtype} values, not 0/1 (one 0/1 column per label)", file=file, column=values.name
+        )
 
 
 def all_none(frame: pl.DataFrame, columns: list[str]) -> bool:

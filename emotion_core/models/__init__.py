@@ -40,6 +40,8 @@ def build_family(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], tr
 def load_family(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
     """Rebuild a trained family from a run's ``model/`` folder: safetensors only, never code from the folder."""
     if getattr(cfg.model, "trust_remote_code", False):
-        raise ModelError(f"{folder}: field 'model.trust_remote_code' is true; a saved model is never loaded with "
-                         "remote code (it would run Python from the run's files)")
+        raise ModelError(
+            f"{folder}: field 'model.trust_remote_code' is true; a saved model is never loaded with "
+            "remote code (it would run Python from the run's files)"
+        )
     return family_module(cfg).load(cfg, schema, folder)

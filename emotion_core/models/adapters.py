@@ -46,20 +46,29 @@ class Targets:
 # ``dense`` would also catch ``pooler.dense`` (unused by the encoder family), so it is not used.
 _BERT_LIKE = Targets(
     lora=("query", "key", "value", "output.dense", "intermediate.dense"),
-    ia3=("key", "value", "output.dense"), ia3_feedforward=("output.dense",), ia3_exclude=("attention.output.dense",),
+    ia3=("key", "value", "output.dense"),
+    ia3_feedforward=("output.dense",),
+    ia3_exclude=("attention.output.dense",),
 )
 _LLAMA_LIKE = Targets(
     lora=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    ia3=("k_proj", "v_proj", "down_proj"), ia3_feedforward=("down_proj",),
+    ia3=("k_proj", "v_proj", "down_proj"),
+    ia3_feedforward=("down_proj",),
 )
 TARGETS: dict[str, Targets] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
-    "distilbert": Targets(lora=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
-                          ia3=("k_lin", "v_lin", "lin2"), ia3_feedforward=("lin2",)),
-    "deberta-v2": Targets(lora=("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense"),
-                          ia3=("key_proj", "value_proj", "output.dense"), ia3_feedforward=("output.dense",),
-                          ia3_exclude=("attention.output.dense",)),
+    "distilbert": Targets(
+        lora=("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+        ia3=("k_lin", "v_lin", "lin2"),
+        ia3_feedforward=("lin2",),
+    ),
+    "deberta-v2": Targets(
+        lora=("query_proj", "key_proj", "value_proj", "output.dense", "intermediate.dense"),
+        ia3=("key_proj", "value_proj", "output.dense"),
+        ia3_feedforward=("output.dense",),
+        ia3_exclude=("attention.output.dense",),
+    ),
     "llama": _LLAMA_LIKE,
     "gemma": _LLAMA_LIKE,
     "gemma2": _LLAMA_LIKE,
@@ -79,11 +88,15 @@ def supported(model_type: str, method: str) -> bool:
 def check_supported(model_type: str, method: str, config_name: str) -> None:
     """Raise ``ConfigError`` naming the config, the architecture and the supported ones."""
     if method not in METHODS:
-        raise ConfigError(f"config '{config_name}': field 'model.adapter.method': unknown adapter method "
-                          f"'{method}'; supported: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"config '{config_name}': field 'model.adapter.method': unknown adapter method "
+            f"'{method}'; supported: {', '.join(METHODS)}"
+        )
     if not supported(model_type, method):
-        raise ConfigError(f"config '{config_name}': field 'model.adapter': {method} is not supported on architecture "
-                          f"'{model_type}'; supported architectures: {', '.join(TARGETS)}")
+        raise ConfigError(
+            f"config '{config_name}': field 'model.adapter': {method} is not supported on architecture "
+            f"'{model_type}'; supported architectures: {', '.join(TARGETS)}"
+        )
 
 
 def compute_dtype(adapter: AdapterConfig) -> torch.dtype:
@@ -104,10 +117,13 @@ def quantization_config(adapter: AdapterConfig, skip_modules: list[str] | None =
     """
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=adapter.double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype(adapter),
-                              llm_int8_skip_modules=list(skip_modules) if skip_modules else None)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=adapter.double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(adapter),
+        llm_int8_skip_modules=list(skip_modules) if skip_modules else None,
+    )
 
 
 def peft_config(adapter: AdapterConfig, model_type: str, head_modules: list[str], task_type: str | None = None):
@@ -116,27 +132,54 @@ def peft_config(adapter: AdapterConfig, model_type: str, head_modules: list[str]
 
     defaults = TARGETS.get(model_type)
     if adapter.target_modules is None and defaults is None:
-        raise ConfigError(f"field 'model.adapter': no default target modules for architecture '{model_type}'; "
-                          f"supported architectures: {', '.join(TARGETS)}")
+        raise ConfigError(
+            f"field 'model.adapter': no default target modules for architecture '{model_type}'; "
+            f"supported architectures: {', '.join(TARGETS)}"
+        )
     modules_to_save = list(head_modules) or None
     if adapter.method == "ia3":
         if adapter.target_modules is not None:
             targets, exclude = list(adapter.target_modules), None
-            feedforward = (list(adapter.feedforward_modules) if adapter.feedforward_modules is not None
-                           else [t for t in targets if defaults is not None and t in defaults.ia3_feedforward])
+            feedforward = (
+                list(adapter.feedforward_modules)
+                if adapter.feedforward_modules is not None
+                else [t for t in targets if defaults is not None and t in defaults.ia3_feedforward]
+            )
         else:
             targets, exclude = list(defaults.ia3), list(defaults.ia3_exclude) or None
-            feedforward = (list(adapter.feedforward_modules) if adapter.feedforward_modules is not None
-                           else list(defaults.ia3_feedforward))
-        return IA3Config(target_modules=targets, feedforward_modules=feedforward, exclude_modules=exclude,
-                         modules_to_save=modules_to_save, task_type=task_type)
+            feedforward = (
+                list(adapter.feedforward_modules)
+                if adapter.feedforward_modules is not None
+                else list(defaults.ia3_feedforward)
+            )
+        return IA3Config(
+            target_modules=targets,
+            feedforward_modules=feedforward,
+            exclude_modules=exclude,
+            modules_to_save=modules_to_save,
+            task_type=task_type,
+        )
     targets = list(adapter.target_modules) if adapter.target_modules is not None else list(defaults.lora)
-    return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout, target_modules=targets,
-                      bias="none", modules_to_save=modules_to_save, task_type=task_type)
+    return LoraConfig(
+        r=adapter.r,
+        lora_alpha=adapter.alpha,
+        lora_dropout=adapter.dropout,
+        target_modules=targets,
+        bias="none",
+        modules_to_save=modules_to_save,
+        task_type=task_type,
+    )
 
 
-def apply_adapter(model, adapter: AdapterConfig, model_type: str, head_modules: list[str], *,
-                  task_type: str | None = None, gradient_checkpointing: bool = False):
+def apply_adapter(
+    model,
+    adapter: AdapterConfig,
+    model_type: str,
+    head_modules: list[str],
+    *,
+    task_type: str | None = None,
+    gradient_checkpointing: bool = False,
+):
     """Wrap ``model`` in its peft adapter; afterwards only adapter weights and ``head_modules`` train.
 
     For QLoRA ``model`` must already be loaded in 4-bit (``quantization_config``); it is prepared for

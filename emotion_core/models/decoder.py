@@ -90,8 +90,15 @@ def _base_model(source: str, spec: DecoderConfig, num_labels: int, pad_token_id:
         if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
             kwargs["device_map"] = device_map()
     model = AutoModelForSequenceClassification.from_pretrained(
-        source, revision=spec.revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True,
-        num_labels=num_labels, problem_type="multi_label_classification", dtype=_weights_dtype(spec), **kwargs)
+        source,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        use_safetensors=True,
+        num_labels=num_labels,
+        problem_type="multi_label_classification",
+        dtype=_weights_dtype(spec),
+        **kwargs,
+    )
     _attach_head(model, num_labels, pad_token_id)
     return model
 
@@ -134,9 +141,17 @@ def _family(cfg: RunConfig, model, tokenizer, base_info: dict) -> Family:
 def _base_info(spec: DecoderConfig, source: str, model) -> dict:
     from emotion_core.models.adapters import describe
 
-    return {"model": spec.model, "revision": spec.revision, "source": source, "model_type": model.config.model_type,
-            "num_labels": model.config.num_labels, "pad_token_id": model.config.pad_token_id, "head": HEAD,
-            "head_bias": True, "adapter": describe(spec.adapter, model.config.model_type)}
+    return {
+        "model": spec.model,
+        "revision": spec.revision,
+        "source": source,
+        "model_type": model.config.model_type,
+        "num_labels": model.config.num_labels,
+        "pad_token_id": model.config.pad_token_id,
+        "head": HEAD,
+        "head_bias": True,
+        "adapter": describe(spec.adapter, model.config.model_type),
+    }
 
 
 def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray) -> Family:
@@ -148,8 +163,9 @@ def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_lab
 
         from emotion_core.models.adapters import check_supported
 
-        model_type = AutoConfig.from_pretrained(source, revision=spec.revision,
-                                                trust_remote_code=spec.trust_remote_code).model_type
+        model_type = AutoConfig.from_pretrained(
+            source, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        ).model_type
         check_supported(model_type, spec.adapter.method, cfg.name)
     tokenizer = _tokenizer(source, spec.revision, spec.trust_remote_code)
     model = _base_model(source, spec, len(schema), tokenizer.pad_token_id)
@@ -160,8 +176,14 @@ def build(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_lab
     if spec.adapter is not None:
         from emotion_core.models.adapters import apply_adapter
 
-        model = apply_adapter(model, spec.adapter, model.config.model_type, head_modules=[HEAD], task_type="SEQ_CLS",
-                              gradient_checkpointing=spec.gradient_checkpointing)
+        model = apply_adapter(
+            model,
+            spec.adapter,
+            model.config.model_type,
+            head_modules=[HEAD],
+            task_type="SEQ_CLS",
+            gradient_checkpointing=spec.gradient_checkpointing,
+        )
     elif spec.gradient_checkpointing:
         from emotion_core.models.adapters import enable_checkpointing
 
@@ -175,12 +197,13 @@ def load_full_model(folder: Path, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForSequenceClassification
 
     folder = Path(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True, dtype=dtype,
-                                                               trust_remote_code=False)  # never a run's code
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, use_safetensors=True, dtype=dtype, trust_remote_code=False
+    )  # never a run's code
     head_state = {}
     for file in sorted(folder.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            head_state.update({k[len(HEAD) + 1:]: f.get_tensor(k) for k in f.keys() if k.startswith(HEAD + ".")})
+            head_state.update({k[len(HEAD) + 1 :]: f.get_tensor(k) for k in f.keys() if k.startswith(HEAD + ".")})
     if "bias" not in head_state:
         raise ModelError(f"{folder}: no '{HEAD}.bias' in the saved weights; not a model saved by this family")
     _attach_head(model, model.config.num_labels, model.config.pad_token_id)

@@ -70,8 +70,12 @@ def _family(cfg: RunConfig, model: EncoderClassifier, tokenizer) -> Family:
             if adapter.merge_on_export:
                 adapters.export_merged(model.body, adapter, folder / "body_merged")
             model_type = model.body.config.model_type
-            base = {"model": cfg.model.model, "revision": cfg.model.revision, "model_type": model_type,
-                    "adapter": adapters.describe(adapter, model_type)}
+            base = {
+                "model": cfg.model.model,
+                "revision": cfg.model.revision,
+                "model_type": model_type,
+                "adapter": adapters.describe(adapter, model_type),
+            }
             (folder / "base.json").write_text(json.dumps(base, indent=2) + "\n", encoding="utf-8")
         else:
             model.body.save_pretrained(folder / "body")
@@ -106,8 +110,14 @@ def _base_body(spec: EncoderConfig, source: str):
 
         if device_map() is not None:  # under torchrun each rank loads the 4-bit model onto its own card
             kwargs["device_map"] = device_map()
-    return AutoModel.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
-                                     use_safetensors=True, dtype=torch.float32, **kwargs)
+    return AutoModel.from_pretrained(
+        source,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        use_safetensors=True,
+        dtype=torch.float32,
+        **kwargs,
+    )
 
 
 def _check_adapter(cfg: RunConfig, source: str) -> None:
@@ -156,8 +166,9 @@ def load(cfg: RunConfig, schema: LabelSchema, folder: Path) -> Family:
         source = resolve_model(spec.model, spec.revision, spec.trust_remote_code)
         body = load_adapter(_base_body(spec, source), folder / "body", spec.adapter)
     else:
-        body = AutoModel.from_pretrained(folder / "body", use_safetensors=True, dtype=torch.float32,
-                                         trust_remote_code=False)
+        body = AutoModel.from_pretrained(
+            folder / "body", use_safetensors=True, dtype=torch.float32, trust_remote_code=False
+        )
     model = EncoderClassifier(body, len(schema), spec.pooling, spec.dropout)
     model.head.load_state_dict(load_file(str(folder / "head.safetensors")))
     model.eval()

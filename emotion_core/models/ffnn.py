@@ -36,8 +36,9 @@ class TfidfFeaturizer:
         # Each block: {"analyzer", "ngram_range", "vocabulary": {term: column}, "idf": [float]}.
         self.blocks = blocks
         self._counters = [
-            CountVectorizer(analyzer=b["analyzer"], ngram_range=tuple(b["ngram_range"]), vocabulary=b["vocabulary"],
-                            lowercase=True)
+            CountVectorizer(
+                analyzer=b["analyzer"], ngram_range=tuple(b["ngram_range"]), vocabulary=b["vocabulary"], lowercase=True
+            )
             for b in blocks
         ]
         self._idf = [np.asarray(b["idf"], dtype=np.float32) for b in blocks]
@@ -52,13 +53,19 @@ class TfidfFeaturizer:
         blocks = []
         for analyzer, ngrams in (("word", spec.word_ngrams), ("char_wb", spec.char_ngrams)):
             vec = TfidfVectorizer(
-                analyzer=analyzer, ngram_range=tuple(ngrams), min_df=spec.min_df, max_features=per_block,
-                sublinear_tf=True, lowercase=True, dtype=np.float32,
+                analyzer=analyzer,
+                ngram_range=tuple(ngrams),
+                min_df=spec.min_df,
+                max_features=per_block,
+                sublinear_tf=True,
+                lowercase=True,
+                dtype=np.float32,
             )
             vec.fit(texts)
             vocabulary = {term: int(col) for term, col in vec.vocabulary_.items()}
-            blocks.append({"analyzer": analyzer, "ngram_range": list(ngrams), "vocabulary": vocabulary,
-                           "idf": vec.idf_.tolist()})
+            blocks.append(
+                {"analyzer": analyzer, "ngram_range": list(ngrams), "vocabulary": vocabulary, "idf": vec.idf_.tolist()}
+            )
         return cls(blocks)
 
     def transform(self, texts: list[str]) -> sp.csr_matrix:

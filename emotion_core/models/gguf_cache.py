@@ -109,8 +109,9 @@ def _convert(source: Path, tmp: Path) -> float:
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     except ImportError as exc:  # the gguf reader package
-        raise ModelError(f"model 'smollm2': reading the GGUF needs the gguf package: pip install gguf ({exc})"
-                         ) from None
+        raise ModelError(
+            f"model 'smollm2': reading the GGUF needs the gguf package: pip install gguf ({exc})"
+        ) from None
     # The GGUF loader attaches its quantizer; on CPU the weights are de-quantised float32 tensors
     # already, so the folder is saved (and later loaded) as a plain float32 checkpoint.
     model.hf_quantizer = None
@@ -121,12 +122,18 @@ def _convert(source: Path, tmp: Path) -> float:
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     seconds = time.perf_counter() - started
-    (tmp / "conversion.json").write_text(json.dumps({
-        "source": f"{PACKAGE}/{source.name}",
-        "sha256_16": _digest(source),
-        "transformers": transformers.__version__,
-        "dtype": "float32",
-        "seconds": round(seconds, 2),
-    }, indent=2), encoding="utf-8")
+    (tmp / "conversion.json").write_text(
+        json.dumps(
+            {
+                "source": f"{PACKAGE}/{source.name}",
+                "sha256_16": _digest(source),
+                "transformers": transformers.__version__,
+                "dtype": "float32",
+                "seconds": round(seconds, 2),
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
     _last_seconds = seconds
     return seconds

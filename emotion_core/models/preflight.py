@@ -27,15 +27,31 @@ ADAPTER_ARCHITECTURES = ("bert", "roberta", "distilbert", "deberta-v2", "llama",
 
 # Name pattern -> model_type, most specific first.
 _ARCH_PATTERNS = [
-    (r"gemma-?2", "gemma2"), (r"gemma", "gemma"), (r"qwen2", "qwen2"), (r"mistral|mixtral", "mistral"),
-    (r"smollm|llama", "llama"), (r"deberta-v[23]", "deberta-v2"), (r"distilbert", "distilbert"),
-    (r"roberta", "roberta"), (r"minilm|bert", "bert"), (r"gpt-?neox|pythia", "gpt_neox"), (r"gpt2", "gpt2"),
-    (r"\bt5\b|flan-t5", "t5"), (r"phi", "phi"), (r"falcon", "falcon"),
+    (r"gemma-?2", "gemma2"),
+    (r"gemma", "gemma"),
+    (r"qwen2", "qwen2"),
+    (r"mistral|mixtral", "mistral"),
+    (r"smollm|llama", "llama"),
+    (r"deberta-v[23]", "deberta-v2"),
+    (r"distilbert", "distilbert"),
+    (r"roberta", "roberta"),
+    (r"minilm|bert", "bert"),
+    (r"gpt-?neox|pythia", "gpt_neox"),
+    (r"gpt2", "gpt2"),
+    (r"\bt5\b|flan-t5", "t5"),
+    (r"phi", "phi"),
+    (r"falcon", "falcon"),
 ]
 _KNOWN_PARAMS = {  # ids whose names do not say their size
-    "minilm": 22.7e6, "smollm2": 135e6, "roberta-base": 125e6, "roberta-large": 355e6,
-    "distilbert-base-uncased": 66e6, "distilroberta-base": 82e6, "microsoft/deberta-v3-base": 184e6,
-    "microsoft/deberta-v3-large": 435e6, "bert-base-uncased": 110e6,
+    "minilm": 22.7e6,
+    "smollm2": 135e6,
+    "roberta-base": 125e6,
+    "roberta-large": 355e6,
+    "distilbert-base-uncased": 66e6,
+    "distilroberta-base": 82e6,
+    "microsoft/deberta-v3-base": 184e6,
+    "microsoft/deberta-v3-large": 435e6,
+    "bert-base-uncased": 110e6,
 }
 _BYTES_PER_PARAM = {"full": 16.0, "lora": 2.0, "ia3": 2.0, "qlora": 0.6, "zero_shot": 2.0, "ffnn": 16.0}
 
@@ -72,7 +88,7 @@ def parameter_count(ref: str) -> float | None:
 
 
 def training_memory_gib(params: float, method: str) -> float:
-    return params * _BYTES_PER_PARAM[method] * 1.2 / 1024 ** 3 + 1.0
+    return params * _BYTES_PER_PARAM[method] * 1.2 / 1024**3 + 1.0
 
 
 def check(cfg: RunConfig, source: str = "") -> None:
@@ -85,11 +101,15 @@ def check(cfg: RunConfig, source: str = "") -> None:
     method = adapter.method if adapter is not None else ("zero_shot" if model.family == "zero_shot" else "full")
     arch = architecture(model.model)
     if adapter is not None and arch is not None and arch not in ADAPTER_ARCHITECTURES:
-        raise ConfigError(f"{where}config '{cfg.name}': field 'model.adapter': {adapter.method} is not supported on "
-                          f"architecture '{arch}' ({model.model}); supported: {', '.join(ADAPTER_ARCHITECTURES)}")
+        raise ConfigError(
+            f"{where}config '{cfg.name}': field 'model.adapter': {adapter.method} is not supported on "
+            f"architecture '{arch}' ({model.model}); supported: {', '.join(ADAPTER_ARCHITECTURES)}"
+        )
     if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
-        raise ConfigError(f"{where}config '{cfg.name}': field 'model.adapter.method': qlora needs bitsandbytes, "
-                          "which is not installed here (pip install bitsandbytes) — or use lora")
+        raise ConfigError(
+            f"{where}config '{cfg.name}': field 'model.adapter.method': qlora needs bitsandbytes, "
+            "which is not installed here (pip install bitsandbytes) — or use lora"
+        )
     params = parameter_count(model.model)
     if params is not None:
         need = training_memory_gib(params, method)
@@ -97,4 +117,5 @@ def check(cfg: RunConfig, source: str = "") -> None:
             raise ConfigError(
                 f"{where}config '{cfg.name}': field 'resources.gpu_memory_gb': {model.model} (~{params / 1e9:.2g}B "
                 f"parameters) needs ~{need:.0f} GiB to {'run' if method == 'zero_shot' else 'train'} with {method}, "
-                f"more than the declared {cfg.resources.gpu_memory_gb:g} GiB; declare more, or use an adapter/qlora")
+                f"more than the declared {cfg.resources.gpu_memory_gb:g} GiB; declare more, or use an adapter/qlora"
+            )

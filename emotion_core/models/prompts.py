@@ -78,8 +78,10 @@ def check_template(template: str, few_shot: int, where: str = "model.template") 
         raise ConfigError(f"{where}: not a valid template ({exc}); write literal braces as {{{{ and }}}}") from None
     unknown = sorted(set(fields) - FIELDS)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
-                          "allowed: {text}, {label}, {examples}")
+        raise ConfigError(
+            f"{where}: unknown field(s) {', '.join('{' + f + '}' for f in unknown)}; "
+            "allowed: {text}, {label}, {examples}"
+        )
     for name in ("text", "label"):
         if fields.count(name) != 1:
             raise ConfigError(f"{where}: needs {{{name}}} exactly once (found {fields.count(name)})")
@@ -114,9 +116,13 @@ def render_examples(spec: PromptSpec, phrase: str, examples: list[tuple[str, str
     """The ``{examples}`` block for one label ('' without examples). Texts are used as given (shorten them first)."""
     if not examples:
         return ""
-    return spec.examples_header + "".join(
-        spec.example.format(text=" ".join(text.split()), label=phrase, answer=answer) for text, answer in examples
-    ) + spec.examples_footer
+    return (
+        spec.examples_header
+        + "".join(
+            spec.example.format(text=" ".join(text.split()), label=phrase, answer=answer) for text, answer in examples
+        )
+        + spec.examples_footer
+    )
 
 
 def render_prompt(tokenizer, spec: PromptSpec, phrase: str, examples_block: str) -> tuple[str, str]:
@@ -149,6 +155,7 @@ def answer_token_ids(tokenizer) -> tuple[list[int], list[int], list[tuple[str, s
                 no_ids.append(n[0])
             pairs.append((yes, no))
     if not yes_ids:
-        raise ConfigError("model: the tokenizer has no single-token 'yes'/'no' answers; "
-                          "the zero_shot family needs them")
+        raise ConfigError(
+            "model: the tokenizer has no single-token 'yes'/'no' answers; the zero_shot family needs them"
+        )
     return yes_ids, no_ids, pairs

@@ -53,8 +53,9 @@ def resolve_model(ref: str, revision: str | None = None, trust_remote_code: bool
         return str(folder)
     if ref in BUNDLED:
         package = BUNDLED[ref][0].replace("_", "-")
-        raise ModelError(f"model '{ref}' is the bundled offline model of the package '{package}', "
-                         "which is not installed")
+        raise ModelError(
+            f"model '{ref}' is the bundled offline model of the package '{package}', which is not installed"
+        )
     path = Path(ref).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

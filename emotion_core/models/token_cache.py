@@ -121,8 +121,9 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
         "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
         "backend": _backend_json_digest(backend),
         "model_input_names": list(getattr(tokenizer, "model_input_names", [])),
-        "special_tokens": {k: str(v) if not isinstance(v, list) else [str(x) for x in v]
-                           for k, v in sorted(special.items())},
+        "special_tokens": {
+            k: str(v) if not isinstance(v, list) else [str(x) for x in v] for k, v in sorted(special.items())
+        },
         "truncation_side": getattr(tokenizer, "truncation_side", None),
         "versions": [tokenizers.__version__, transformers.__version__],
     }
@@ -132,8 +133,11 @@ def tokenizer_fingerprint(tokenizer) -> str | None:
 def cache_key(texts: Sequence[str], fingerprint: str, params: dict) -> str:
     """sha256 over the format version, the tokenizer fingerprint, the encoding parameters and the texts."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": FORMAT_VERSION, "tokenizer": fingerprint, "params": params},
-                             sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {"format": FORMAT_VERSION, "tokenizer": fingerprint, "params": params}, sort_keys=True, default=str
+        ).encode()
+    )
     digest.update(b"\n")
     digest.update(json.dumps(list(texts)).encode())  # ASCII-escaped: any str, unambiguous boundaries
     return digest.hexdigest()
@@ -220,8 +224,9 @@ def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 # -- entry point -----------------------------------------------------------------------------------
-def cached_encode(tokenizer, texts: Sequence[str], encode: Callable[[list[str]], dict[str, list]],
-                  params: dict) -> tuple[dict[str, list], str]:
+def cached_encode(
+    tokenizer, texts: Sequence[str], encode: Callable[[list[str]], dict[str, list]], params: dict
+) -> tuple[dict[str, list], str]:
     """``encode(texts)`` through the cache: ``(encodings, status)``, status ``hit``, ``miss`` or ``off``.
 
     ``encode`` returns ``{input name: list of token lists}`` (one per text, unpadded); ``params`` must
@@ -259,8 +264,9 @@ def cached_encode(tokenizer, texts: Sequence[str], encode: Callable[[list[str]],
     tokenised = time.perf_counter() - started
     arrays = _to_arrays(encodings, key)
     if arrays is None:
-        log.warning("token cache: %s gave no input names or names of different lengths; not cached",
-                    type(tokenizer).__name__)
+        log.warning(
+            "token cache: %s gave no input names or names of different lengths; not cached", type(tokenizer).__name__
+        )
     else:
         try:
             _write(path, arrays)
@@ -269,6 +275,11 @@ def cached_encode(tokenizer, texts: Sequence[str], encode: Callable[[list[str]],
     _count("misses")
     if rebuilt:
         _count("rebuilt")
-    log.info("token cache miss %s: tokenised %d texts in %.2fs (%.2fs with the write)", key[:12], len(texts),
-             tokenised, time.perf_counter() - started)
+    log.info(
+        "token cache miss %s: tokenised %d texts in %.2fs (%.2fs with the write)",
+        key[:12],
+        len(texts),
+        tokenised,
+        time.perf_counter() - started,
+    )
     return encodings, "miss"

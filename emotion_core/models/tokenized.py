@@ -40,8 +40,12 @@ def text_io(tokenizer, max_length: int):
 
     def make_dataset(texts: list[str], labels: np.ndarray | None) -> TokenizedTexts:
         # Everything besides the tokenizer and the texts that changes encode()'s result.
-        params = {"truncation": True, "max_length": max_length, "add_special_tokens": True,
-                  "names": list(tokenizer.model_input_names)}
+        params = {
+            "truncation": True,
+            "max_length": max_length,
+            "add_special_tokens": True,
+            "names": list(tokenizer.model_input_names),
+        }
         encodings, status = token_cache.cached_encode(tokenizer, texts, encode, params)
         return TokenizedTexts(encodings, None if labels is None else labels.astype(np.float32), cache=status)
 

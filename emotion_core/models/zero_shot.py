@@ -55,8 +55,8 @@ def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for row, seq in enumerate(seqs):
         if seq:
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
+            ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
     return ids, mask
 
 
@@ -71,8 +71,17 @@ class YesNoClassifier(nn.Module):
     tail (same numbers up to float rounding, ~3x less compute on GoEmotions).
     """
 
-    def __init__(self, lm: nn.Module, heads: list[list[int]], tails: list[list[int]], yes_ids: list[int],
-                 no_ids: list[int], pad_id: int, batch_size: int, share_prefix: bool = True) -> None:
+    def __init__(
+        self,
+        lm: nn.Module,
+        heads: list[list[int]],
+        tails: list[list[int]],
+        yes_ids: list[int],
+        no_ids: list[int],
+        pad_id: int,
+        batch_size: int,
+        share_prefix: bool = True,
+    ) -> None:
         super().__init__()
         self.lm = lm
         self.heads, self.tails = heads, tails
@@ -113,10 +122,11 @@ class YesNoClassifier(nn.Module):
         """(log-odds, answer mass) at the position after each full prompt, ``batch_size`` prompts per pass."""
         scores, masses = [], []
         for start in range(0, len(prompts), self.batch_size):
-            ids, mask = (t.to(self.device) for t in _left_pad(prompts[start:start + self.batch_size], self.pad_id))
+            ids, mask = (t.to(self.device) for t in _left_pad(prompts[start : start + self.batch_size], self.pad_id))
             positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each prompt starts at position 0, as if unpadded
-            last = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
-                           logits_to_keep=1).logits[:, -1]
+            last = self.lm(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, logits_to_keep=1
+            ).logits[:, -1]
             score, mass = self._answer(last)
             scores.append(score)
             masses.append(mass)
@@ -129,23 +139,33 @@ class YesNoClassifier(nn.Module):
         n_labels, head = self.num_labels, self.heads[0]
         scores, masses = [], []
         for start in range(0, len(texts), self.batch_size):
-            group = texts[start:start + self.batch_size]
+            group = texts[start : start + self.batch_size]
             prefix_ids, prefix_mask = (t.to(self.device) for t in _left_pad([head + t for t in group], self.pad_id))
-            out = self.lm(input_ids=prefix_ids, attention_mask=prefix_mask,
-                          position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+            out = self.lm(
+                input_ids=prefix_ids,
+                attention_mask=prefix_mask,
+                position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
             lengths = prefix_mask.sum(-1)
             pairs = [(i, j) for i in range(len(group)) for j in range(n_labels)]
             for first in range(0, len(pairs), self.batch_size):
-                chunk = pairs[first:first + self.batch_size]
+                chunk = pairs[first : first + self.batch_size]
                 rows = torch.tensor([i for i, _ in chunk], device=self.device)
                 tails = _left_pad([self.tails[j] for _, j in chunk], self.pad_id)
                 tail_ids, tail_mask = (t.to(self.device) for t in tails)
                 cache = DynamicCache([(k[rows], v[rows]) for k, v in kv])
                 positions = lengths[rows, None] + (tail_mask.cumsum(-1) - 1).clamp(min=0)
-                last = self.lm(input_ids=tail_ids, attention_mask=torch.cat([prefix_mask[rows], tail_mask], -1),
-                               position_ids=positions, past_key_values=cache, use_cache=True,
-                               logits_to_keep=1).logits[:, -1]
+                last = self.lm(
+                    input_ids=tail_ids,
+                    attention_mask=torch.cat([prefix_mask[rows], tail_mask], -1),
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).logits[:, -1]
                 score, mass = self._answer(last)
                 scores.append(score)
                 masses.append(mass)
@@ -174,8 +194,9 @@ def _load_lm(spec: ZeroShotConfig):
     source = resolve_model(spec.model, spec.revision, spec.trust_remote_code)
     revision = None if Path(source).exists() else spec.revision
     tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=spec.trust_remote_code)
-    lm = AutoModelForCausalLM.from_pretrained(source, revision=revision, trust_remote_code=spec.trust_remote_code,
-                                              use_safetensors=True, dtype=_dtype())
+    lm = AutoModelForCausalLM.from_pretrained(
+        source, revision=revision, trust_remote_code=spec.trust_remote_code, use_safetensors=True, dtype=_dtype()
+    )
     lm.requires_grad_(False)
     lm.eval()
     return tokenizer, lm
@@ -202,20 +223,30 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
     longest = max(len(h) + len(t) for h, t in zip(heads, tails))
     budget = spec.max_length - longest
     if budget < MIN_TEXT_TOKENS:
-        raise ConfigError(f"config '{cfg.name}': model.max_length {spec.max_length} leaves {budget} tokens for the "
-                          f"text (the longest prompt without it is {longest} tokens); raise model.max_length"
-                          + (" or lower model.few_shot" if spec.few_shot else ""))
+        raise ConfigError(
+            f"config '{cfg.name}': model.max_length {spec.max_length} leaves {budget} tokens for the "
+            f"text (the longest prompt without it is {longest} tokens); raise model.max_length"
+            + (" or lower model.few_shot" if spec.few_shot else "")
+        )
     yes_ids, no_ids, pairs = prompts.answer_token_ids(tokenizer)
     if "yes_token_ids" in saved and (saved["yes_token_ids"], saved["no_token_ids"]) != (yes_ids, no_ids):
-        raise ModelError(f"model '{spec.model}': its tokenizer maps yes/no to {yes_ids}/{no_ids}, "
-                         f"the run was made with {saved['yes_token_ids']}/{saved['no_token_ids']}")
+        raise ModelError(
+            f"model '{spec.model}': its tokenizer maps yes/no to {yes_ids}/{no_ids}, "
+            f"the run was made with {saved['yes_token_ids']}/{saved['no_token_ids']}"
+        )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = YesNoClassifier(lm, heads, tails, yes_ids, no_ids, pad_id if pad_id is not None else 0, spec.batch_size)
     if torch.cuda.is_available():
         model.to("cuda")
     model.eval()
-    saved = {**saved, "prompt_parts": dict(zip(schema.names, parts)), "yes_token_ids": yes_ids, "no_token_ids": no_ids,
-             "answer_variants": [list(p) for p in pairs], "max_text_tokens": budget}
+    saved = {
+        **saved,
+        "prompt_parts": dict(zip(schema.names, parts)),
+        "yes_token_ids": yes_ids,
+        "no_token_ids": no_ids,
+        "answer_variants": [list(p) for p in pairs],
+        "max_text_tokens": budget,
+    }
 
     def make_dataset(texts: list[str], labels: np.ndarray | None) -> TokenizedTexts:
         ids = [encode(text)[:budget] for text in texts]
@@ -241,8 +272,9 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
     return Family("zero_shot", model, make_dataset, collate, save, has_lengths=True, trained=False)
 
 
-def describe(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray | None,
-             tokenizer=None) -> dict:
+def describe(
+    cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_labels: np.ndarray | None, tokenizer=None
+) -> dict:
     """The prompt description of a new run: template, label phrases and the seeded few-shot examples."""
     spec: ZeroShotConfig = cfg.model
     dataset = cfg.data.dataset
@@ -256,16 +288,22 @@ def describe(cfg: RunConfig, schema: LabelSchema, train_texts: list[str], train_
         per_example = max(8, spec.max_length // (2 * (spec.few_shot + 1)))  # examples take at most ~half the prompt
         for column, name in enumerate(schema.names):
             picked = prompts.pick_examples(train_texts, train_labels, column, spec.few_shot, cfg.training.seed)
-            examples[name] = [[_shorten(tokenizer, t, per_example) if tokenizer is not None else t, a]
-                              for t, a in picked]
+            examples[name] = [
+                [_shorten(tokenizer, t, per_example) if tokenizer is not None else t, a] for t, a in picked
+            ]
     return {
         "format": 1,
         "family": "zero_shot",
         "model": spec.model,
         "revision": spec.revision,
         "dataset": dataset,
-        "prompt": {"template": prompt.template, "example": prompt.example, "examples_header": prompt.examples_header,
-                   "examples_footer": prompt.examples_footer, "system": prompt.system},
+        "prompt": {
+            "template": prompt.template,
+            "example": prompt.example,
+            "examples_header": prompt.examples_header,
+            "examples_footer": prompt.examples_footer,
+            "system": prompt.system,
+        },
         "labels": list(schema.names),
         "label_phrases": phrases,
         "few_shot": spec.few_shot,

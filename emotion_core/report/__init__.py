@@ -1,5 +1,6 @@
 """Reporting: the comparison table of a config set's runs, and the full report of its model entries."""
 
+from emotion_core.report.config_table import comparison_table, to_markdown, write_comparison
 from emotion_core.report.html import write_report
 from emotion_core.report.plots import (
     plot_f1_vs_params,
@@ -10,7 +11,6 @@ from emotion_core.report.plots import (
 )
 from emotion_core.report.summary import format_ci, ranked_entries, summary_table
 from emotion_core.report.summary import to_markdown as summary_markdown
-from emotion_core.report.config_table import comparison_table, to_markdown, write_comparison
 
 __all__ = [
     "comparison_table",

@@ -15,17 +15,41 @@ import polars as pl
 from emotion_core.files import atomic_write_text
 
 COLUMNS = [
-    "config", "status", "family", "model", "thresholds", "metric", "val_score", "val_macro_f1", "val_micro_f1",
-    "test_macro_f1", "test_micro_f1", "test_jaccard", "trainable_params", "train_rows", "epochs", "train_samples_per_s",
-    "train_seconds", "peak_rss_mb", "peak_gpu_mb", "flags", "worker", "run_id", "error",
+    "config",
+    "status",
+    "family",
+    "model",
+    "thresholds",
+    "metric",
+    "val_score",
+    "val_macro_f1",
+    "val_micro_f1",
+    "test_macro_f1",
+    "test_micro_f1",
+    "test_jaccard",
+    "trainable_params",
+    "train_rows",
+    "epochs",
+    "train_samples_per_s",
+    "train_seconds",
+    "peak_rss_mb",
+    "peak_gpu_mb",
+    "flags",
+    "worker",
+    "run_id",
+    "error",
 ]
 
 
 def _row(entry: dict) -> dict:
     manifest = entry.get("manifest")
     if manifest is None:
-        return {"config": entry["config"], "status": entry.get("status", "failed"), "run_id": entry.get("run_id"),
-                "error": entry.get("error", "")}
+        return {
+            "config": entry["config"],
+            "status": entry.get("status", "failed"),
+            "run_id": entry.get("run_id"),
+            "error": entry.get("error", ""),
+        }
     where = manifest.get("orchestration") or {}
     policy = manifest["threshold_policy"]
     summary = manifest["summary"]
@@ -63,12 +87,26 @@ def comparison_table(entries: list[dict]) -> pl.DataFrame:
     Completed rows are sorted by validation score on their official metric (best first); failed rows follow.
     """
     rows = [_row(e) for e in entries]
-    frame = pl.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], schema_overrides={
-        "metric": pl.Utf8, "val_score": pl.Float64, "val_macro_f1": pl.Float64, "val_micro_f1": pl.Float64,
-        "test_macro_f1": pl.Float64, "test_micro_f1": pl.Float64,
-        "test_jaccard": pl.Float64, "trainable_params": pl.Int64, "train_rows": pl.Int64, "epochs": pl.Float64,
-        "train_samples_per_s": pl.Float64, "train_seconds": pl.Float64, "peak_rss_mb": pl.Float64, "peak_gpu_mb": pl.Float64,
-    }, infer_schema_length=None)
+    frame = pl.DataFrame(
+        [{c: r.get(c) for c in COLUMNS} for r in rows],
+        schema_overrides={
+            "metric": pl.Utf8,
+            "val_score": pl.Float64,
+            "val_macro_f1": pl.Float64,
+            "val_micro_f1": pl.Float64,
+            "test_macro_f1": pl.Float64,
+            "test_micro_f1": pl.Float64,
+            "test_jaccard": pl.Float64,
+            "trainable_params": pl.Int64,
+            "train_rows": pl.Int64,
+            "epochs": pl.Float64,
+            "train_samples_per_s": pl.Float64,
+            "train_seconds": pl.Float64,
+            "peak_rss_mb": pl.Float64,
+            "peak_gpu_mb": pl.Float64,
+        },
+        infer_schema_length=None,
+    )
     return frame.sort(["status", "val_score"], descending=[False, True], nulls_last=True)
 
 
@@ -95,7 +133,9 @@ def to_markdown(frame: pl.DataFrame, columns: list[str] | None = None) -> str:
 def write_comparison(frame: pl.DataFrame, folder: Path, title: str) -> dict[str, Path]:
     """Write ``comparison.md`` and ``comparison.csv`` into ``folder``; return their paths."""
     folder.mkdir(parents=True, exist_ok=True)
-    markdown = f"# {title}\n\nMetrics at each run's threshold policy (tuned on validation only).\n\n" + to_markdown(frame)
+    markdown = f"# {title}\n\nMetrics at each run's threshold policy (tuned on validation only).\n\n" + to_markdown(
+        frame
+    )
     md, csv = folder / "comparison.md", folder / "comparison.csv"
     atomic_write_text(md, markdown)
     atomic_write_text(csv, frame.write_csv())

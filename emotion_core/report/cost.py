@@ -20,8 +20,17 @@ from emotion_core.report.summary import ranked_entries
 
 __all__ = ["COST_COLUMNS", "cost_display", "cost_markdown", "cost_rows"]
 
-COST_COLUMNS = ["model", "metric", "test_score", "device_hours", "score_per_device_hour", "inference_ms_per_text",
-                "pareto", "not_worse_than_best", "cheapest_not_worse"]
+COST_COLUMNS = [
+    "model",
+    "metric",
+    "test_score",
+    "device_hours",
+    "score_per_device_hour",
+    "inference_ms_per_text",
+    "pareto",
+    "not_worse_than_best",
+    "cheapest_not_worse",
+]
 NOT_WORSE_P = 0.95
 """``p_vs_best`` (share of resamples where the model does not beat the best) above which it is significantly worse."""
 
@@ -40,11 +49,18 @@ def _row(entry: dict) -> dict | None:
         not_worse = None  # not tested (no shared test rows)
     else:
         not_worse = paired["p_value"] <= NOT_WORSE_P
-    return {"model": entry.get("name"), "metric": metric, "dataset_key": entry.get("dataset_key"),
-            "test_score": float(score), "device_hours": hours,
-            "score_per_device_hour": float(score) / hours if hours > 0 else None,
-            "inference_ms_per_text": entry.get("inference_ms_per_text"), "pareto": False,
-            "not_worse_than_best": not_worse, "cheapest_not_worse": False}
+    return {
+        "model": entry.get("name"),
+        "metric": metric,
+        "dataset_key": entry.get("dataset_key"),
+        "test_score": float(score),
+        "device_hours": hours,
+        "score_per_device_hour": float(score) / hours if hours > 0 else None,
+        "inference_ms_per_text": entry.get("inference_ms_per_text"),
+        "pareto": False,
+        "not_worse_than_best": not_worse,
+        "cheapest_not_worse": False,
+    }
 
 
 def _dominates(a: dict, b: dict) -> bool:
@@ -57,8 +73,12 @@ def _dominates(a: dict, b: dict) -> bool:
 
 def cost_rows(entries: list[dict]) -> list[dict]:
     """One row per completed model with a test score and a training time (``COST_COLUMNS``), ranking order."""
-    rows = [row for entry in ranked_entries(entries) if entry.get("status") == "completed"
-            if (row := _row(entry)) is not None]
+    rows = [
+        row
+        for entry in ranked_entries(entries)
+        if entry.get("status") == "completed"
+        if (row := _row(entry)) is not None
+    ]
     groups: dict = {}
     for row in rows:
         groups.setdefault(row["dataset_key"], []).append(row)
@@ -74,13 +94,30 @@ def cost_rows(entries: list[dict]) -> list[dict]:
 
 def cost_display(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted (unescaped) cells of the cost table, for the Markdown and the HTML report."""
-    headers = ["model", "test score", "device-hours", "score / device-hour", "ms / text", "Pareto front",
-               "not worse than best", "cheapest not worse"]
+    headers = [
+        "model",
+        "test score",
+        "device-hours",
+        "score / device-hour",
+        "ms / text",
+        "Pareto front",
+        "not worse than best",
+        "cheapest not worse",
+    ]
     mark = {True: "yes", False: "", None: "n/a"}
-    cells = [[str(r["model"]), f"{METRIC_NAMES.get(r['metric'], r['metric'])} {r['test_score']:.4f}",
-              f"{r['device_hours']:.4g}", format_cell(r["score_per_device_hour"]),
-              format_cell(r["inference_ms_per_text"]), mark[r["pareto"]], mark[r["not_worse_than_best"]],
-              mark[r["cheapest_not_worse"]]] for r in rows]
+    cells = [
+        [
+            str(r["model"]),
+            f"{METRIC_NAMES.get(r['metric'], r['metric'])} {r['test_score']:.4f}",
+            f"{r['device_hours']:.4g}",
+            format_cell(r["score_per_device_hour"]),
+            format_cell(r["inference_ms_per_text"]),
+            mark[r["pareto"]],
+            mark[r["not_worse_than_best"]],
+            mark[r["cheapest_not_worse"]],
+        ]
+        for r in rows
+    ]
     return headers, cells
 
 

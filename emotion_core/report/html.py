@@ -19,13 +19,15 @@ import base64
 import html
 import json
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from emotion_core.evaluation import ECE_BINS
+from emotion_core.files import atomic_write_text
+from emotion_core.report.config_table import format_cell
 from emotion_core.report.cost import cost_display, cost_markdown, cost_rows
 from emotion_core.report.plots import PLOT_FILES, write_plots
 from emotion_core.report.summary import (
@@ -36,8 +38,6 @@ from emotion_core.report.summary import (
     summary_table,
     to_markdown,
 )
-from emotion_core.report.config_table import format_cell
-from emotion_core.files import atomic_write_text
 
 __all__ = ["REPORT_HTML", "json_safe", "write_report"]
 
@@ -82,7 +82,7 @@ _PLOT_CAPTIONS = {
     "full_vs_peft_pr_auc": "Per-label test PR-AUC (threshold-free): full fine-tune vs PEFT of the same base model.",
     "reliability": "Reliability on test (flattened bins) after per-label temperature scaling.",
     "cost_pareto": "Test score on the official metric against training device-hours: Pareto front (filled) and the "
-                   "cheapest model not significantly worse than the best (star).",
+    "cheapest model not significantly worse than the best (star).",
 }
 
 
@@ -120,9 +120,16 @@ def _num(value: Any) -> str:
     return _e(value if isinstance(value, str) else format_cell(value))
 
 
-def _table(headers: list[str], rows: list[list[str]], *, text_columns: int = 1, row_classes: list[str] | None = None,
-           raw: bool = False) -> str:
+def _table(
+    headers: list[str],
+    rows: list[list[str]],
+    *,
+    text_columns: int = 1,
+    row_classes: list[str] | None = None,
+    raw: bool = False,
+) -> str:
     """An HTML table; cells are escaped unless ``raw`` (then the caller escaped them)."""
+
     def cls(j: int) -> str:
         return ' class="text"' if j < text_columns else ""
 
@@ -160,20 +167,25 @@ def _inside(folder: Path, relative: Any) -> Path | None:
 def _summary_section(frame, metric: str = "macro-F1") -> str:
     statuses = frame["status"].to_list()
     row_classes = ["failed" if s != "completed" else "best" if i == 0 else "" for i, s in enumerate(statuses)]
-    parts = ["<h2>Summary</h2>",
-             f'<p class="note">Ranked by validation <b>{_e(metric)}</b>, the dataset\'s official metric (validation '
-             'tunes thresholds and ranks models; test is only '
-             'reported). Test metrics at each run\'s thresholds; 95 % intervals are percentile bootstrap intervals over '
-             'test rows; Δ and p compare each model with the best one on the same resampled rows (p = share of resamples '
-             'where the model does not beat the best). '
-             f"ECE: {ECE_BINS} equal-width bins, before → after temperature scaling.</p>",
-             "<h3>Quality (test split)</h3>"]
+    parts = [
+        "<h2>Summary</h2>",
+        f'<p class="note">Ranked by validation <b>{_e(metric)}</b>, the dataset\'s official metric (validation '
+        "tunes thresholds and ranks models; test is only "
+        "reported). Test metrics at each run's thresholds; 95 % intervals are percentile bootstrap intervals over "
+        "test rows; Δ and p compare each model with the best one on the same resampled rows (p = share of resamples "
+        "where the model does not beat the best). "
+        f"ECE: {ECE_BINS} equal-width bins, before → after temperature scaling.</p>",
+        "<h3>Quality (test split)</h3>",
+    ]
     # Two tables, not one: all ~25 columns side by side do not fit a screen (the Markdown has them all).
     headers, rows = display_rows(frame, "quality")
     parts.append(_table(headers, rows, text_columns=2, row_classes=row_classes))
     headers, rows = display_rows(frame, "calibration_cost")
-    parts += ["<h3>Calibration (test) and cost</h3>", _table(headers, rows, text_columns=2, row_classes=row_classes),
-              '<p class="note">peak memory: peak GPU memory allocated on a GPU, else peak process RSS.</p>']
+    parts += [
+        "<h3>Calibration (test) and cost</h3>",
+        _table(headers, rows, text_columns=2, row_classes=row_classes),
+        '<p class="note">peak memory: peak GPU memory allocated on a GPU, else peak process RSS.</p>',
+    ]
     return "\n".join(parts)
 
 
@@ -181,26 +193,29 @@ def _cost_section(rows: list[dict]) -> str:
     if not rows:
         return ""
     headers, cells = cost_display(rows)
-    return ("<h3>Cost-aware comparison</h3><p class=\"note\">Quality per training device-hour and inference latency; "
-            "Pareto front of test quality against training cost and latency; the cheapest model not significantly "
-            "worse than the best (at least 5 % of paired bootstrap resamples favour it).</p>"
-            + _table(headers, cells, text_columns=1))
+    return (
+        '<h3>Cost-aware comparison</h3><p class="note">Quality per training device-hour and inference latency; '
+        "Pareto front of test quality against training cost and latency; the cheapest model not significantly "
+        "worse than the best (at least 5 % of paired bootstrap resamples favour it).</p>"
+        + _table(headers, cells, text_columns=1)
+    )
 
 
 def _plots_section(plots: dict[str, Path]) -> str:
     if not plots:
-        return "<h2>Plots</h2><p class=\"note\">Nothing to plot: no completed model has test results.</p>"
+        return '<h2>Plots</h2><p class="note">Nothing to plot: no completed model has test results.</p>'
     figures, wide_figures = [], []
     for name, path in plots.items():
         png = path.read_bytes()
         # A wide plot (heatmap / bars over 28 labels) gets the full row instead of being shrunk into half.
         wide = _png_width(png) > _WIDE_PX
         klass = ' class="wide"' if wide else ""
-        figure = (f"<figure{klass}>{_img(png, name)}"
-                  f"<figcaption>{_e(_PLOT_CAPTIONS.get(name, name))}</figcaption></figure>")
+        figure = (
+            f"<figure{klass}>{_img(png, name)}<figcaption>{_e(_PLOT_CAPTIONS.get(name, name))}</figcaption></figure>"
+        )
         (wide_figures if wide else figures).append(figure)
     figures += wide_figures  # half-width plots first, side by side; a wide one would leave a hole beside them
-    return "<h2>Plots</h2>\n<div class=\"plots\">" + "\n".join(figures) + "</div>"
+    return '<h2>Plots</h2>\n<div class="plots">' + "\n".join(figures) + "</div>"
 
 
 def _per_label_table(entry: dict) -> str:
@@ -214,13 +229,39 @@ def _per_label_table(entry: dict) -> str:
     thresholds = test.get("thresholds") or {}
     cal = entry.get("calibration") or {}
     temps = cal.get("temperatures") or {}
-    headers = ["label", "support", "predicted", "precision", "recall", "F1", "PR-AUC", "ROC-AUC", "ECE", "threshold",
-               "T"]
-    rows = [[name, m.get("support"), m.get("predicted_positives"), m.get("precision"), m.get("recall"), m.get("f1"),
-             pr.get(name), roc.get(name), ece.get(name), thresholds.get(name), temps.get(name)]
-            for name, m in per_label.items()]
-    return (_table(headers, [[_e(r[0]), *(_num(v) for v in r[1:])] for r in rows], raw=True)
-            + '<p class="note">ECE before temperature scaling; T: the fitted temperature.</p>')
+    headers = [
+        "label",
+        "support",
+        "predicted",
+        "precision",
+        "recall",
+        "F1",
+        "PR-AUC",
+        "ROC-AUC",
+        "ECE",
+        "threshold",
+        "T",
+    ]
+    rows = [
+        [
+            name,
+            m.get("support"),
+            m.get("predicted_positives"),
+            m.get("precision"),
+            m.get("recall"),
+            m.get("f1"),
+            pr.get(name),
+            roc.get(name),
+            ece.get(name),
+            thresholds.get(name),
+            temps.get(name),
+        ]
+        for name, m in per_label.items()
+    ]
+    return (
+        _table(headers, [[_e(r[0]), *(_num(v) for v in r[1:])] for r in rows], raw=True)
+        + '<p class="note">ECE before temperature scaling; T: the fitted temperature.</p>'
+    )
 
 
 def _calibration_block(entry: dict) -> str:
@@ -233,8 +274,12 @@ def _calibration_block(entry: dict) -> str:
     kept = cal.get("labels_kept_at_1") or []
     items = [("method", cal.get("method")), ("threshold policy after scaling", cal.get("policy"))]
     if temps:
-        items.append(("temperatures (min / median / max)",
-                      f"{min(temps):.3f} / {float(np.median(temps)):.3f} / {max(temps):.3f} over {len(temps)} labels"))
+        items.append(
+            (
+                "temperatures (min / median / max)",
+                f"{min(temps):.3f} / {float(np.median(temps)):.3f} / {max(temps):.3f} over {len(temps)} labels",
+            )
+        )
     items.append(("labels kept at T = 1", ", ".join(kept) if kept else "none"))
 
     def before_after(block: dict, key: str | None) -> str:
@@ -276,32 +321,42 @@ def _explanation_block(entry: dict, folder: Path) -> str:
 def _model_section(entry: dict, rank: int, folder: Path) -> str:
     name = entry.get("name")
     test = entry.get("test") or {}
-    facts = [("family", entry.get("family")), ("method", entry.get("method")), ("model", entry.get("model")),
-             ("run id", entry.get("run_id")),
-             ("validation macro-F1", format_cell(entry.get("validation_macro_f1"))),
-             ("test macro-F1 [95% CI]", _ci_text(test.get("macro_f1_ci"))),
-             ("test micro-F1 [95% CI]", _ci_text(test.get("micro_f1_ci")))]
+    facts = [
+        ("family", entry.get("family")),
+        ("method", entry.get("method")),
+        ("model", entry.get("model")),
+        ("run id", entry.get("run_id")),
+        ("validation macro-F1", format_cell(entry.get("validation_macro_f1"))),
+        ("test macro-F1 [95% CI]", _ci_text(test.get("macro_f1_ci"))),
+        ("test micro-F1 [95% CI]", _ci_text(test.get("micro_f1_ci"))),
+    ]
     never = (test.get("metrics") or {}).get("labels_never_predicted") or []
     if never:
         facts.append(("labels never predicted on test", ", ".join(never)))
     left_out = (test.get("pr_auc") or {}).get("labels_left_out_names") or []
     if left_out:
         facts.append(("labels left out of macro PR-AUC (no positive)", ", ".join(left_out)))
-    facts_html = "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts if v not in (None, "")) + "</dl>"
+    facts_html = (
+        "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts if v not in (None, "")) + "</dl>"
+    )
 
     reliability = ""
     png = _inside(folder, (entry.get("files") or {}).get("reliability"))
     if png is not None and png.is_file():
-        reliability = (f"<figure>{_img(png.read_bytes(), f'reliability diagram of {name}')}"
-                       f"<figcaption>Reliability on test before/after temperature scaling.</figcaption></figure>")
+        reliability = (
+            f"<figure>{_img(png.read_bytes(), f'reliability diagram of {name}')}"
+            f"<figcaption>Reliability on test before/after temperature scaling.</figcaption></figure>"
+        )
     anchor = f"model-{rank}"
     # Two columns (facts, calibration, reliability | the per-label table) that wrap on a narrow screen:
     # stacked, a 28-label table under a diagram made each model a screen and a half long.
-    return (f'<div class="model" id="{anchor}"><h3>{rank}. {_e(name)}</h3><div class="pair">'
-            f"<div class=\"side\">{facts_html}{_explanation_block(entry, folder)}"
-            f"<h4>Calibration</h4>{_calibration_block(entry)}{reliability}</div>"
-            f"<div class=\"wide-side\"><h4>Per-label test metrics (at the run's thresholds)</h4>"
-            f"{_per_label_table(entry)}</div></div></div>")
+    return (
+        f'<div class="model" id="{anchor}"><h3>{rank}. {_e(name)}</h3><div class="pair">'
+        f'<div class="side">{facts_html}{_explanation_block(entry, folder)}'
+        f"<h4>Calibration</h4>{_calibration_block(entry)}{reliability}</div>"
+        f'<div class="wide-side"><h4>Per-label test metrics (at the run\'s thresholds)</h4>'
+        f"{_per_label_table(entry)}</div></div></div>"
+    )
 
 
 def _ci_text(ci: dict | None) -> str:
@@ -312,13 +367,26 @@ def _ci_text(ci: dict | None) -> str:
 
 def _failed_section(failed: list[dict]) -> str:
     if not failed:
-        return "<h2>Failed models</h2><p class=\"note\">None: every model of the set completed.</p>"
-    rows = [[_e(e.get("name")), _e(e.get("family")), _e(e.get("method")), _e(e.get("model")),
-             _e(e.get("error") or "unknown error")] for e in failed]
+        return '<h2>Failed models</h2><p class="note">None: every model of the set completed.</p>'
+    rows = [
+        [
+            _e(e.get("name")),
+            _e(e.get("family")),
+            _e(e.get("method")),
+            _e(e.get("model")),
+            _e(e.get("error") or "unknown error"),
+        ]
+        for e in failed
+    ]
     head = "".join(f'<th class="text">{h}</th>' for h in ("model", "family", "method", "base model", "error"))
-    body = "".join("<tr class=\"failed\">" + "".join(f'<td class="text">{c}</td>' for c in r[:-1])
-                   + f'<td class="error">{r[-1]}</td></tr>' for r in rows)
-    return f'<h2>Failed models</h2><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    body = "".join(
+        '<tr class="failed">'
+        + "".join(f'<td class="text">{c}</td>' for c in r[:-1])
+        + f'<td class="error">{r[-1]}</td></tr>'
+        for r in rows
+    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<h2>Failed models</h2><div class="scroll">{table}</div>'
 
 
 def _extra_section(extra: dict | None) -> str:
@@ -328,12 +396,22 @@ def _extra_section(extra: dict | None) -> str:
     for key, value in extra.items():
         text = value if isinstance(value, str) else json.dumps(json_safe(value), ensure_ascii=False)
         rows.append(f'<tr><td class="text">{_e(key)}</td><td class="pre">{_e(text)}</td></tr>')
-    return ('<h2>Notes</h2><div class="scroll"><table><thead><tr><th class="text">note</th><th class="text">value</th>'
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        '<h2>Notes</h2><div class="scroll"><table><thead><tr><th class="text">note</th><th class="text">value</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
-def _page(title: str, set_name: str, created: str, frame, plots: dict[str, Path], ranked: list[dict],
-          folder: Path, extra: dict | None) -> str:
+def _page(
+    title: str,
+    set_name: str,
+    created: str,
+    frame,
+    plots: dict[str, Path],
+    ranked: list[dict],
+    folder: Path,
+    extra: dict | None,
+) -> str:
     completed = [e for e in ranked if e.get("status") == "completed"]
     failed = [e for e in ranked if e.get("status") != "completed"]
     toc = " · ".join(f'<a href="#model-{i}">{_e(e.get("name"))}</a>' for i, e in enumerate(completed, start=1))
@@ -350,16 +428,19 @@ def _page(title: str, set_name: str, created: str, frame, plots: dict[str, Path]
         _failed_section(failed),
         _extra_section(extra),
     ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
-            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(b for b in body if b) + "\n</body></html>\n"
+    )
 
 
 # --------------------------------------------------------------------------- entry point
 
 
-def write_report(entries: list[dict], folder: str | Path, title: str, *, set_name: str,
-                 extra: dict | None = None) -> dict[str, Path]:
+def write_report(
+    entries: list[dict], folder: str | Path, title: str, *, set_name: str, extra: dict | None = None
+) -> dict[str, Path]:
     """Write the comparison report of ``entries`` (model entries) into ``folder``; return the paths.
 
     Keys of the result: ``markdown``, ``csv``, ``json``, ``html`` and ``plot_<name>`` for each plot
@@ -371,25 +452,34 @@ def write_report(entries: list[dict], folder: str | Path, title: str, *, set_nam
     folder.mkdir(parents=True, exist_ok=True)
     page_path = folder / REPORT_HTML
     page_path.unlink(missing_ok=True)  # an old page must not vouch for the files written below
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    created = datetime.now(UTC).isoformat(timespec="seconds")
     ranked = ranked_entries(entries)
     frame = summary_table(entries)
 
     metric = " / ".join(ranking_metrics(entries)) or "macro-F1"
-    markdown = (f"# {title}\n\nConfig set `{set_name}`, created {created}. Ranked by validation {metric} (the "
-                "dataset's official metric); test metrics at each run's thresholds with 95 % bootstrap intervals; Δ/p: "
-                f"paired bootstrap of test {metric} vs the best model.\n\n" + to_markdown(frame))
+    markdown = (
+        f"# {title}\n\nConfig set `{set_name}`, created {created}. Ranked by validation {metric} (the "
+        "dataset's official metric); test metrics at each run's thresholds with 95 % bootstrap intervals; Δ/p: "
+        f"paired bootstrap of test {metric} vs the best model.\n\n" + to_markdown(frame)
+    )
     costs = cost_rows(entries)
     if costs:
-        markdown += ("\n## Cost-aware comparison\n\nTest score on the official metric per training device-hour, "
-                     "inference ms per text, the Pareto front of quality against training cost and latency, and the "
-                     "cheapest model not significantly worse than the best (paired bootstrap, one-sided 0.05).\n\n"
-                     + cost_markdown(costs))
+        markdown += (
+            "\n## Cost-aware comparison\n\nTest score on the official metric per training device-hour, "
+            "inference ms per text, the Pareto front of quality against training cost and latency, and the "
+            "cheapest model not significantly worse than the best (paired bootstrap, one-sided 0.05).\n\n"
+            + cost_markdown(costs)
+        )
     paths = {"markdown": folder / "summary.md", "csv": folder / "summary.csv", "json": folder / "summary.json"}
     atomic_write_text(paths["markdown"], markdown)
     atomic_write_text(paths["csv"], frame.write_csv())
-    payload = {"title": title, "set": set_name, "created": created, "entries": json_safe(ranked),
-               "extra": json_safe(extra) if extra else None}
+    payload = {
+        "title": title,
+        "set": set_name,
+        "created": created,
+        "entries": json_safe(ranked),
+        "extra": json_safe(extra) if extra else None,
+    }
     atomic_write_text(paths["json"], json.dumps(payload, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
 
     plots = write_plots(entries, folder / "plots")

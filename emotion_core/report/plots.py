@@ -43,8 +43,14 @@ PLOT_FILES = {
     "cost_pareto": "cost_pareto.png",
 }
 # One colour per method, so a method reads the same in every plot.
-_METHOD_COLOURS = {"full": "#1f77b4", "lora": "#ff7f0e", "qlora": "#2ca02c", "ia3": "#9467bd",
-                   "prompted": "#7f7f7f", "ensemble": "#d62728"}
+_METHOD_COLOURS = {
+    "full": "#1f77b4",
+    "lora": "#ff7f0e",
+    "qlora": "#2ca02c",
+    "ia3": "#9467bd",
+    "prompted": "#7f7f7f",
+    "ensemble": "#d62728",
+}
 _DPI = 110
 
 
@@ -110,16 +116,31 @@ def plot_f1_vs_params(entries: list[dict], path: str | Path) -> Path | None:
         est = ci["estimate"]
         # A percentile interval need not contain the estimate; a negative error bar is not drawable.
         yerr = [[max(est - ci["low"], 0.0)], [max(ci["high"] - est, 0.0)]]
-        ax.errorbar([e["trainable_params"]], [est], yerr=yerr, fmt="o", color=_colour(e), capsize=4,
-                    markersize=6, label=e.get("method"))
+        ax.errorbar(
+            [e["trainable_params"]],
+            [est],
+            yerr=yerr,
+            fmt="o",
+            color=_colour(e),
+            capsize=4,
+            markersize=6,
+            label=e.get("method"),
+        )
         ax.annotate(_t(e["name"]), (e["trainable_params"], est), xytext=(6, 5), textcoords="offset points", fontsize=8)
     for e in lines:
         ci = e["test"]["macro_f1_ci"]
         what = "0 trainable params" if e.get("trainable_params") == 0 else "no parameter count"
         ax.axhline(ci["estimate"], color=_colour(e), linestyle="--", linewidth=1, label=e.get("method"))
         ax.axhspan(ci["low"], ci["high"], color=_colour(e), alpha=0.08)
-        ax.annotate(_t(f"{e['name']} ({what})"), (0.01, ci["estimate"]), xycoords=("axes fraction", "data"),
-                    xytext=(0, 3), textcoords="offset points", fontsize=8, color=_colour(e))
+        ax.annotate(
+            _t(f"{e['name']} ({what})"),
+            (0.01, ci["estimate"]),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color=_colour(e),
+        )
     if on_axis:
         ax.set_xscale("log")
         xs = [e["trainable_params"] for e in on_axis]
@@ -164,8 +185,15 @@ def plot_per_label_f1(entries: list[dict], path: str | Path) -> Path | None:
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 if not math.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=6.5,
-                            color="white" if grid[i, j] < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6.5,
+                        color="white" if grid[i, j] < 0.6 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="F1")
     ax.set_title("Per-label test F1 (rows: best validation macro-F1 first)")
     return _save(fig, path)
@@ -212,8 +240,13 @@ def plot_full_vs_peft_pr_auc(entries: list[dict], path: str | Path) -> Path | No
         for ax, (base, members) in zip(axes, groups):
             bar = 0.8 / len(members)
             for k, e in enumerate(members):
-                ax.bar(x - 0.4 + bar * (k + 0.5), _per_label_values(e, labels), width=bar, color=_colour(e),
-                       label=_t(f"{e['name']} ({e.get('method')})"))
+                ax.bar(
+                    x - 0.4 + bar * (k + 0.5),
+                    _per_label_values(e, labels),
+                    width=bar,
+                    color=_colour(e),
+                    label=_t(f"{e['name']} ({e.get('method')})"),
+                )
             ax.set_title(_t(f"base model: {base}"), fontsize=9)
             ax.set_ylim(0, 1)
             ax.set_ylabel("PR-AUC")
@@ -228,15 +261,24 @@ def plot_full_vs_peft_pr_auc(entries: list[dict], path: str | Path) -> Path | No
         offsets = np.linspace(-0.25, 0.25, len(models)) if len(models) > 1 else [0.0]
         markers = "osD^v<>ph*"
         for k, e in enumerate(models):
-            ax.plot(x + offsets[k], _per_label_values(e, labels), linestyle="none", marker=markers[k % len(markers)],
-                    markersize=5, label=_t(f"{e['name']} ({e.get('method')})"))
+            ax.plot(
+                x + offsets[k],
+                _per_label_values(e, labels),
+                linestyle="none",
+                marker=markers[k % len(markers)],
+                markersize=5,
+                label=_t(f"{e['name']} ({e.get('method')})"),
+            )
         ax.set_ylim(0, 1)
         ax.set_ylabel("PR-AUC")
         ax.set_xticks(x, [_t(n) for n in labels], rotation=60, ha="right", fontsize=8)
         ax.legend(fontsize=7, loc="best")
         ax.grid(True, axis="y", alpha=0.3)
-        ax.set_title("Per-label test PR-AUC per model\n(no full fine-tune and PEFT run of the same base model "
-                     "in this set, so no full-vs-PEFT pair)", fontsize=10)
+        ax.set_title(
+            "Per-label test PR-AUC per model\n(no full fine-tune and PEFT run of the same base model "
+            "in this set, so no full-vs-PEFT pair)",
+            fontsize=10,
+        )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -273,8 +315,9 @@ def reliability_diagram(bins_before: list[dict], bins_after: list[dict], path: s
 def plot_reliability(entries: list[dict], path: str | Path) -> Path | None:
     """Reliability diagram (test, flattened bins) of every calibrated model after temperature
     scaling, and of the best calibrated model before it; ``None`` when no model has test bins."""
-    models = [e for e in _completed_with(entries, "calibration")
-              if (e["calibration"].get("reliability") or {}).get("test")]
+    models = [
+        e for e in _completed_with(entries, "calibration") if (e["calibration"].get("reliability") or {}).get("test")
+    ]
     if not models:
         return None
     fig = _figure(6.5, 6.0)
@@ -313,20 +356,38 @@ def plot_cost_pareto(entries: list[dict], path: str | Path) -> Path | None:
         ax = fig.add_subplot(1, len(metrics), i)
         group = [r for r in rows if r["metric"] == metric]
         front = sorted((r for r in group if r["pareto"]), key=lambda r: r["device_hours"])
-        ax.step([r["device_hours"] for r in front], [r["test_score"] for r in front], where="post", color="#999",
-                linewidth=1, zorder=1)
+        ax.step(
+            [r["device_hours"] for r in front],
+            [r["test_score"] for r in front],
+            where="post",
+            color="#999",
+            linewidth=1,
+            zorder=1,
+        )
         for r in group:
             latency = "" if r["inference_ms_per_text"] is None else f", {r['inference_ms_per_text']:.2g} ms/text"
-            ax.scatter([r["device_hours"]], [r["test_score"]], s=110 if r["cheapest_not_worse"] else 45,
-                       marker="*" if r["cheapest_not_worse"] else "o", zorder=2,
-                       facecolors="#1f77b4" if r["pareto"] else "none", edgecolors="#1f77b4")
-            ax.annotate(_t(f"{r['model']}{latency}"), (r["device_hours"], r["test_score"]), xytext=(6, 4),
-                        textcoords="offset points", fontsize=7)
+            ax.scatter(
+                [r["device_hours"]],
+                [r["test_score"]],
+                s=110 if r["cheapest_not_worse"] else 45,
+                marker="*" if r["cheapest_not_worse"] else "o",
+                zorder=2,
+                facecolors="#1f77b4" if r["pareto"] else "none",
+                edgecolors="#1f77b4",
+            )
+            ax.annotate(
+                _t(f"{r['model']}{latency}"),
+                (r["device_hours"], r["test_score"]),
+                xytext=(6, 4),
+                textcoords="offset points",
+                fontsize=7,
+            )
         ax.set_xscale("log")
         ax.set_xlabel("training cost (device-hours, log scale)")
         ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)}")
-        ax.set_title("Quality vs training cost\n(filled: Pareto front; star: cheapest not worse than the best)",
-                     fontsize=9)
+        ax.set_title(
+            "Quality vs training cost\n(filled: Pareto front; star: cheapest not worse than the best)", fontsize=9
+        )
         ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -335,9 +396,13 @@ def plot_cost_pareto(entries: list[dict], path: str | Path) -> Path | None:
 def write_plots(entries: list[dict], folder: str | Path) -> dict[str, Path]:
     """Draw every plot into ``folder`` (``PLOT_FILES`` names); ``{name: path}`` of those drawn."""
     folder = Path(folder)
-    drawers = {"f1_vs_params": plot_f1_vs_params, "per_label_f1": plot_per_label_f1,
-               "full_vs_peft_pr_auc": plot_full_vs_peft_pr_auc, "reliability": plot_reliability,
-               "cost_pareto": plot_cost_pareto}
+    drawers = {
+        "f1_vs_params": plot_f1_vs_params,
+        "per_label_f1": plot_per_label_f1,
+        "full_vs_peft_pr_auc": plot_full_vs_peft_pr_auc,
+        "reliability": plot_reliability,
+        "cost_pareto": plot_cost_pareto,
+    }
     out = {}
     for name, draw in drawers.items():
         path = draw(entries, folder / PLOT_FILES[name])

@@ -34,23 +34,73 @@ __all__ = [
 ]
 
 SUMMARY_COLUMNS = [
-    "model", "method", "family", "base_model", "trainable_params", "total_params", "trainable_pct",
-    "train_seconds", "train_samples_per_s", "peak_memory_mb", "metric", "val_score", "val_macro_f1",
-    "test_macro_f1", "test_macro_f1_low", "test_macro_f1_high",
-    "test_micro_f1", "test_micro_f1_low", "test_micro_f1_high",
-    "test_jaccard", "test_jaccard_low", "test_jaccard_high", "test_subset_accuracy",
-    "ece_flat_before", "ece_flat_after", "ece_label_mean_before", "ece_label_mean_after",
-    "pr_auc_macro", "roc_auc_macro", "brier", "delta_vs_best", "delta_low", "delta_high", "p_vs_best",
-    "status", "error", "run_id",
+    "model",
+    "method",
+    "family",
+    "base_model",
+    "trainable_params",
+    "total_params",
+    "trainable_pct",
+    "train_seconds",
+    "train_samples_per_s",
+    "peak_memory_mb",
+    "metric",
+    "val_score",
+    "val_macro_f1",
+    "test_macro_f1",
+    "test_macro_f1_low",
+    "test_macro_f1_high",
+    "test_micro_f1",
+    "test_micro_f1_low",
+    "test_micro_f1_high",
+    "test_jaccard",
+    "test_jaccard_low",
+    "test_jaccard_high",
+    "test_subset_accuracy",
+    "ece_flat_before",
+    "ece_flat_after",
+    "ece_label_mean_before",
+    "ece_label_mean_after",
+    "pr_auc_macro",
+    "roc_auc_macro",
+    "brier",
+    "delta_vs_best",
+    "delta_low",
+    "delta_high",
+    "p_vs_best",
+    "status",
+    "error",
+    "run_id",
 ]
 
 _FLOATS = [
-    "trainable_pct", "train_seconds", "train_samples_per_s", "peak_memory_mb", "val_score", "val_macro_f1",
-    "test_macro_f1", "test_macro_f1_low", "test_macro_f1_high", "test_micro_f1", "test_micro_f1_low",
-    "test_micro_f1_high", "test_jaccard", "test_jaccard_low", "test_jaccard_high", "test_subset_accuracy",
-    "ece_flat_before", "ece_flat_after",
-    "ece_label_mean_before", "ece_label_mean_after", "pr_auc_macro", "roc_auc_macro", "brier",
-    "delta_vs_best", "delta_low", "delta_high", "p_vs_best",
+    "trainable_pct",
+    "train_seconds",
+    "train_samples_per_s",
+    "peak_memory_mb",
+    "val_score",
+    "val_macro_f1",
+    "test_macro_f1",
+    "test_macro_f1_low",
+    "test_macro_f1_high",
+    "test_micro_f1",
+    "test_micro_f1_low",
+    "test_micro_f1_high",
+    "test_jaccard",
+    "test_jaccard_low",
+    "test_jaccard_high",
+    "test_subset_accuracy",
+    "ece_flat_before",
+    "ece_flat_after",
+    "ece_label_mean_before",
+    "ece_label_mean_after",
+    "pr_auc_macro",
+    "roc_auc_macro",
+    "brier",
+    "delta_vs_best",
+    "delta_low",
+    "delta_high",
+    "p_vs_best",
 ]
 _INTS = ["trainable_params", "total_params"]
 
@@ -188,6 +238,7 @@ def _before_after(before: str, after: str) -> Callable[[dict], str]:
         if b is None:
             return ""
         return f"{b:.4f} → {a:.4f}" if a is not None else f"{b:.4f}"
+
     return fmt
 
 
@@ -207,11 +258,16 @@ def _pct(row: dict) -> str:
 QUALITY = [
     ("model", _plain("model")),
     ("method", _plain("method")),
-    ("ranked by (validation)", lambda r: f"{METRIC_NAMES.get(r['metric'], r['metric'])} "
-                                         f"{format_cell(r['val_score'])}"),
+    ("ranked by (validation)", lambda r: f"{METRIC_NAMES.get(r['metric'], r['metric'])} {format_cell(r['val_score'])}"),
     ("val macro-F1", _plain("val_macro_f1")),
-    ("test macro-F1 [95% CI]", lambda r: format_ci(r["test_macro_f1"], r["test_macro_f1_low"], r["test_macro_f1_high"])),
-    ("test micro-F1 [95% CI]", lambda r: format_ci(r["test_micro_f1"], r["test_micro_f1_low"], r["test_micro_f1_high"])),
+    (
+        "test macro-F1 [95% CI]",
+        lambda r: format_ci(r["test_macro_f1"], r["test_macro_f1_low"], r["test_macro_f1_high"]),
+    ),
+    (
+        "test micro-F1 [95% CI]",
+        lambda r: format_ci(r["test_micro_f1"], r["test_micro_f1_low"], r["test_micro_f1_high"]),
+    ),
     ("test Jaccard [95% CI]", lambda r: format_ci(r["test_jaccard"], r["test_jaccard_low"], r["test_jaccard_high"])),
     ("subset acc", _plain("test_subset_accuracy")),
     ("PR-AUC", _plain("pr_auc_macro")),
@@ -246,8 +302,14 @@ def display_columns(part: str = "all") -> list[tuple[str, Callable[[dict], str]]
     if part == "calibration_cost":
         return [QUALITY[0], *CALIBRATION_COST]
     if part == "all":
-        return [*QUALITY[:2], CALIBRATION_COST[0], *QUALITY[2:-1], *CALIBRATION_COST[1:], QUALITY[-1],
-                ("error", _plain("error"))]
+        return [
+            *QUALITY[:2],
+            CALIBRATION_COST[0],
+            *QUALITY[2:-1],
+            *CALIBRATION_COST[1:],
+            QUALITY[-1],
+            ("error", _plain("error")),
+        ]
     raise ValueError(f"part must be 'quality', 'calibration_cost' or 'all', got {part!r}")
 
 

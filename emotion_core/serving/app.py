@@ -101,8 +101,9 @@ async def read_json(request: Request, settings: ServeSettings):
 def parse(schema: type[BaseModel], value):
     """``value`` validated by ``schema``; 422 naming each wrong field (the first five)."""
     if not isinstance(value, dict):
-        raise HTTPException(422, f"expected a JSON object with the fields {', '.join(schema.model_fields)}, "
-                                 f"got {type(value).__name__}")
+        raise HTTPException(
+            422, f"expected a JSON object with the fields {', '.join(schema.model_fields)}, got {type(value).__name__}"
+        )
     try:
         return schema.model_validate(value)
     except ValidationError as exc:
@@ -127,9 +128,13 @@ def check_text(text: str, where: str, max_chars: int, setting: str) -> None:
 
 def predictions(model: ServedModel, probs, predicted) -> list[dict]:
     names = model.labels
-    return [{"labels": [n for n, on in zip(names, row_on) if on],
-             "probabilities": {n: float(p) for n, p in zip(names, row_p)}}
-            for row_p, row_on in zip(probs, predicted)]
+    return [
+        {
+            "labels": [n for n, on in zip(names, row_on) if on],
+            "probabilities": {n: float(p) for n, p in zip(names, row_p)},
+        }
+        for row_p, row_on in zip(probs, predicted)
+    ]
 
 
 def explain_one(state: ServerState, model: ServedModel, text: str, loop: asyncio.AbstractEventLoop) -> dict:
@@ -143,13 +148,27 @@ def explain_one(state: ServerState, model: ServedModel, text: str, loop: asyncio
     if model.run_id not in state.tokenizers:  # the masker's own copy: a tokenizer is not shared across threads
         state.tokenizers = {model.run_id: run_tokenizer(model.run.folder)}
     settings = state.settings
-    result = explain_texts(predict_proba, [text], model.labels, max_evals=settings.explain_max_evals,
-                           top_labels=settings.explain_top_labels, tokenizer=state.tokenizers[model.run_id],
-                           batch_size=settings.batch_size)
+    result = explain_texts(
+        predict_proba,
+        [text],
+        model.labels,
+        max_evals=settings.explain_max_evals,
+        top_labels=settings.explain_top_labels,
+        tokenizer=state.tokenizers[model.run_id],
+        batch_size=settings.batch_size,
+    )
     row = result["texts"][0]
-    return {"run_id": model.run_id, "calibrated": model.predictor.calibrated, "text": text,
-            "seconds": row["seconds"], "evaluations": row["evaluations"], "max_evals": result["max_evals"],
-            "masker": result["masker"], "probabilities": row["probs"], "explanations": row["labels"]}
+    return {
+        "run_id": model.run_id,
+        "calibrated": model.predictor.calibrated,
+        "text": text,
+        "seconds": row["seconds"],
+        "evaluations": row["evaluations"],
+        "max_evals": result["max_evals"],
+        "masker": result["masker"],
+        "probabilities": row["probs"],
+        "explanations": row["labels"],
+    }
 
 
 # ------------------------------------------------------------------------------------ champion watch
@@ -163,10 +182,12 @@ async def watch_champion(state: ServerState) -> None:
         try:
             run_id = await asyncio.to_thread(state.champion.current)
             if run_id != state.model.run_id:
-                log.info("champion of %s is now %s (serving %s): loading it", state.champion.key, run_id,
-                         state.model.run_id)
-                new = await asyncio.to_thread(state.champion.load, run_id, calibration=settings.calibration,
-                                              batch_size=settings.batch_size)
+                log.info(
+                    "champion of %s is now %s (serving %s): loading it", state.champion.key, run_id, state.model.run_id
+                )
+                new = await asyncio.to_thread(
+                    state.champion.load, run_id, calibration=settings.calibration, batch_size=settings.batch_size
+                )
                 old, state.model = state.model, new  # one assignment: a request sees the old or the new model
                 state.swaps += 1
                 log.info("now serving %s (was %s)", new.run_id, old.run_id)
@@ -193,8 +214,7 @@ async def predict(request: Request) -> dict:
     value = await read_json(request, limits)
     texts = value.get("texts") if isinstance(value, dict) else None
     if isinstance(texts, list) and len(texts) > limits.max_texts:  # before validating 10,000 items
-        raise HTTPException(413, f"{len(texts)} texts, over the limit of {limits.max_texts} per request "
-                                 "(max_texts)")
+        raise HTTPException(413, f"{len(texts)} texts, over the limit of {limits.max_texts} per request (max_texts)")
     body = parse(PredictRequest, value)
     if not body.texts:
         raise HTTPException(422, "texts: the list is empty; send at least one text")
@@ -205,8 +225,12 @@ async def predict(request: Request) -> dict:
         probs, predicted = await state.batcher.submit(served, body.texts)
     except Exception as exc:  # noqa: BLE001 - logged by the batcher; the server keeps serving
         raise HTTPException(500, f"inference failed: {type(exc).__name__}: {exc}") from None
-    return {"run_id": served.run_id, "calibrated": served.predictor.calibrated, "labels": served.labels,
-            "predictions": predictions(served, probs, predicted)}
+    return {
+        "run_id": served.run_id,
+        "calibrated": served.predictor.calibrated,
+        "labels": served.labels,
+        "predictions": predictions(served, probs, predicted),
+    }
 
 
 @router.post("/explain")
@@ -216,8 +240,9 @@ async def explain(request: Request) -> dict:
     body = parse(ExplainRequest, await read_json(request, limits))
     check_text(body.text, "text", limits.explain_max_chars, "explain_max_chars")
     if state.explaining >= limits.explain_queue:
-        raise HTTPException(429, f"{state.explaining} explanations are running or waiting (explain_queue); "
-                                 "retry in a few seconds")
+        raise HTTPException(
+            429, f"{state.explaining} explanations are running or waiting (explain_queue); retry in a few seconds"
+        )
     loop = asyncio.get_running_loop()
     state.explaining += 1
     work = loop.run_in_executor(None, explain_one, state, state.model, body.text, loop)
@@ -225,8 +250,9 @@ async def explain(request: Request) -> dict:
     try:
         return await asyncio.wait_for(asyncio.shield(work), limits.explain_timeout_s)
     except TimeoutError:
-        raise HTTPException(504, f"the explanation took over {limits.explain_timeout_s:g} s "
-                                 "(explain_timeout_s); try a shorter text") from None
+        raise HTTPException(
+            504, f"the explanation took over {limits.explain_timeout_s:g} s (explain_timeout_s); try a shorter text"
+        ) from None
     except Exception as exc:  # noqa: BLE001
         log.exception("explanation failed")
         raise HTTPException(500, f"explanation failed: {type(exc).__name__}: {exc}") from None
@@ -235,8 +261,13 @@ async def explain(request: Request) -> dict:
 @router.get("/health")
 async def health(request: Request) -> dict:
     state = served_state(request)
-    return {"status": "ok", "run_id": state.model.run_id, "uptime_s": round(time.time() - state.started_at, 3),
-            "requests": state.batcher.requests, "model_calls": state.batcher.batches}
+    return {
+        "status": "ok",
+        "run_id": state.model.run_id,
+        "uptime_s": round(time.time() - state.started_at, 3),
+        "requests": state.batcher.requests,
+        "model_calls": state.batcher.batches,
+    }
 
 
 @router.get("/model")
@@ -244,9 +275,13 @@ async def model_route(request: Request) -> dict:
     state = served_state(request)
     info = model_info(state.model)
     if state.champion is not None:
-        info["champion"] = {"dataset_key": state.champion.key, "reload_every_s": state.settings.reload_every_s,
-                            "swaps": state.swaps, "last_check": state.last_check,
-                            "last_check_error": state.last_check_error}
+        info["champion"] = {
+            "dataset_key": state.champion.key,
+            "reload_every_s": state.settings.reload_every_s,
+            "swaps": state.swaps,
+            "last_check": state.last_check,
+            "last_check_error": state.last_check_error,
+        }
     info["limits"] = state.settings.model_dump()
     return info
 
@@ -263,8 +298,9 @@ async def page() -> HTMLResponse:
 async def lifespan(app: FastAPI):
     """Start the batcher (and the champion watch) with the server; stop them when it shuts down."""
     state: ServerState = app.state.serve
-    state.batcher = MicroBatcher(max_batch_texts=state.settings.max_batch_texts,
-                                 max_wait_s=state.settings.max_wait_ms / 1000)
+    state.batcher = MicroBatcher(
+        max_batch_texts=state.settings.max_batch_texts, max_wait_s=state.settings.max_wait_ms / 1000
+    )
     state.batcher.start()
     watch = asyncio.create_task(watch_champion(state)) if state.champion is not None else None
     yield
@@ -280,8 +316,9 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
-def create_app(model: ServedModel, settings: ServeSettings | None = None,
-               champion: ChampionSource | None = None) -> FastAPI:
+def create_app(
+    model: ServedModel, settings: ServeSettings | None = None, champion: ChampionSource | None = None
+) -> FastAPI:
     """The API serving ``model``; with ``champion``, the champion of its dataset key, reloaded on change."""
     app = FastAPI(title="emotion serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = ServerState(model=model, settings=settings or ServeSettings(), champion=champion)

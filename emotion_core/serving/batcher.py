@@ -110,8 +110,9 @@ class MicroBatcher:
 
     async def _score_alone(self, item: _Request) -> None:
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self.executor, item.model.predictor.predict,
-                                                                      item.texts)
+            result = await asyncio.get_running_loop().run_in_executor(
+                self.executor, item.model.predictor.predict, item.texts
+            )
         except Exception as exc:  # noqa: BLE001
             log.exception("model call of %d texts failed", len(item.texts))
             _settle(item, exception=exc)

@@ -44,8 +44,9 @@ class ServedModel:
         return list(self.run.schema.names)
 
 
-def load_model(ref, *, calibration: bool = True, batch_size: int = 64, source: str | None = None,
-               store=None) -> ServedModel:
+def load_model(
+    ref, *, calibration: bool = True, batch_size: int = 64, source: str | None = None, store=None
+) -> ServedModel:
     """Load a run or an ensemble package (folder, ``file://``/``s3://`` URI; an ensemble's members from ``store``,
     else the store holding it) for serving; ``StoreError`` if it is incomplete or damaged."""
     predictor = load_predictor(ref, calibration=calibration, batch_size=batch_size, store=store).load()
@@ -70,8 +71,11 @@ class ChampionSource:
 
     def _dataset_key(self, dataset: str) -> str:
         folder = self.registry.folder
-        keys = [k.removeprefix(f"{folder}/").removesuffix(".json") for k in self.store.list_documents(folder)
-                if k.count("/") == 1 and k.endswith(".json")]
+        keys = [
+            k.removeprefix(f"{folder}/").removesuffix(".json")
+            for k in self.store.list_documents(folder)
+            if k.count("/") == 1 and k.endswith(".json")
+        ]
         if dataset in keys:
             return dataset
         matching = [k for k in keys if re.fullmatch(rf"{re.escape(dataset)}-[0-9a-f]{{12}}", k)]
@@ -79,23 +83,33 @@ class ChampionSource:
             return matching[0]
         if not matching:
             known = ", ".join(keys) or "none"
-            raise StoreError(f"champion:{dataset}: no champion of dataset '{dataset}' in the registry of "
-                             f"{self.store.uri} (champions: {known}); train with champion.enabled or name a run")
-        raise StoreError(f"champion:{dataset}: several label schemas of '{dataset}' have a champion in "
-                         f"{self.store.uri} ({', '.join(matching)}); name one of these dataset keys")
+            raise StoreError(
+                f"champion:{dataset}: no champion of dataset '{dataset}' in the registry of "
+                f"{self.store.uri} (champions: {known}); train with champion.enabled or name a run"
+            )
+        raise StoreError(
+            f"champion:{dataset}: several label schemas of '{dataset}' have a champion in "
+            f"{self.store.uri} ({', '.join(matching)}); name one of these dataset keys"
+        )
 
     def current(self) -> str:
         """The champion's run id now; ``StoreError`` if the pointer is gone or corrupt."""
         doc = self.registry.champion(self.key)
         if doc is None:
-            raise StoreError(f"champion:{self.dataset}: the registry of {self.store.uri} has no champion "
-                             f"of {self.key} any more")
+            raise StoreError(
+                f"champion:{self.dataset}: the registry of {self.store.uri} has no champion of {self.key} any more"
+            )
         return doc["run_id"]
 
     def load(self, run_id: str, *, calibration: bool, batch_size: int) -> ServedModel:
         folder = self.store.run_folder(run_id)  # verified against its manifest
-        return load_model(folder, calibration=calibration, batch_size=batch_size,
-                          source=f"{CHAMPION_PREFIX}{self.key}", store=self.store)
+        return load_model(
+            folder,
+            calibration=calibration,
+            batch_size=batch_size,
+            source=f"{CHAMPION_PREFIX}{self.key}",
+            store=self.store,
+        )
 
 
 def _plain(value, depth: int = 0):
@@ -125,12 +139,18 @@ def model_info(model: ServedModel) -> dict:
         "labels": model.labels,
         "metrics": _plain(manifest.get("summary")),
         "threshold_policy": _plain(manifest.get("threshold_policy")),
-        "code": {"git_commit": _plain(git.get("commit")), "git_dirty": _plain(git.get("dirty")),
-                 "versions": _plain(versions)},
+        "code": {
+            "git_commit": _plain(git.get("commit")),
+            "git_dirty": _plain(git.get("dirty")),
+            "versions": _plain(versions),
+        },
         "calibrated": predictor.calibrated,
         "thresholds": dict(zip(model.labels, map(float, predictor.thresholds))),
         "at_least_one": predictor.at_least_one,
-        "temperatures": (dict(zip(model.labels, map(float, predictor.shipped.temperatures)))
-                         if predictor.shipped is not None else None),
+        "temperatures": (
+            dict(zip(model.labels, map(float, predictor.shipped.temperatures)))
+            if predictor.shipped is not None
+            else None
+        ),
         "loaded_at": model.loaded_at,
     }

@@ -15,8 +15,20 @@ from emotion_core.store.integrity import verify_run
 from emotion_core.store.local import LocalStore
 from emotion_core.store.uris import check_uri, redact_uri
 
-__all__ = ["ArtifactStore", "LocalStore", "RunId", "RunIdConflict", "check_dispatch_store", "check_uri", "confined",
-           "is_local_store", "open_store", "redact_uri", "resolve_run_folder", "verify_run"]
+__all__ = [
+    "ArtifactStore",
+    "LocalStore",
+    "RunId",
+    "RunIdConflict",
+    "check_dispatch_store",
+    "check_uri",
+    "confined",
+    "is_local_store",
+    "open_store",
+    "redact_uri",
+    "resolve_run_folder",
+    "verify_run",
+]
 
 
 def open_store(uri: str | Path, *, session=None, endpoint_url: str | None = None) -> ArtifactStore:
@@ -29,7 +41,9 @@ def open_store(uri: str | Path, *, session=None, endpoint_url: str | None = None
         from emotion_core.store.s3 import S3Store
 
         return S3Store(parsed.netloc, parsed.path, session=session, endpoint_url=endpoint_url)
-    raise StoreError(f"store '{redact_uri(text)}': unsupported scheme '{parsed.scheme}' (use a local path, file:// or s3://)")
+    raise StoreError(
+        f"store '{redact_uri(text)}': unsupported scheme '{parsed.scheme}' (use a local path, file:// or s3://)"
+    )
 
 
 def is_local_store(uri: str) -> bool:
@@ -40,10 +54,12 @@ def is_local_store(uri: str) -> bool:
 def check_dispatch_store(uri: str, shared_filesystem: bool) -> None:
     """Workers on other machines must reach the store: a local one is refused unless the disk is shared."""
     if is_local_store(uri) and not shared_filesystem:
-        raise StoreError(f"store '{uri}' is a local folder, but deployment dispatch runs the children on gpu-pool "
-                         "workers that may be other machines and would write where this flow cannot read: use an "
-                         "object store (--store s3://<bucket>/<prefix>, or $EMOTION_STORE), or declare a shared "
-                         "filesystem (train-all parameter shared_filesystem=true or EMOTION_SHARED_FILESYSTEM=1)")
+        raise StoreError(
+            f"store '{uri}' is a local folder, but deployment dispatch runs the children on gpu-pool "
+            "workers that may be other machines and would write where this flow cannot read: use an "
+            "object store (--store s3://<bucket>/<prefix>, or $EMOTION_STORE), or declare a shared "
+            "filesystem (train-all parameter shared_filesystem=true or EMOTION_SHARED_FILESYSTEM=1)"
+        )
 
 
 def resolve_run_folder(ref: str | Path) -> Path:
@@ -58,7 +74,9 @@ def resolve_run_folder(ref: str | Path) -> Path:
 
         return S3Store(parsed.netloc, store_prefix).run_folder(RunId.parse(run_id, f"run '{redact_uri(text)}': run id"))
     if parsed.scheme not in ("", "file"):
-        raise StoreError(f"run '{redact_uri(text)}': unsupported scheme '{parsed.scheme}' (use a folder, file:// or s3://)")
+        raise StoreError(
+            f"run '{redact_uri(text)}': unsupported scheme '{parsed.scheme}' (use a folder, file:// or s3://)"
+        )
     folder = Path(parsed.path if parsed.scheme == "file" else text).expanduser()
     if not folder.is_dir():
         raise StoreError(f"run '{text}': no such folder")

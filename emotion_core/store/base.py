@@ -64,8 +64,9 @@ class ArtifactStore(Protocol):
 
     def read_document_versioned(self, key: str) -> tuple[dict | None, str | None]: ...
 
-    def write_document(self, key: str, payload: dict, *, if_match: str | None = None,
-                       create_only: bool = False) -> str: ...
+    def write_document(
+        self, key: str, payload: dict, *, if_match: str | None = None, create_only: bool = False
+    ) -> str: ...
 
     def list_documents(self, folder: str) -> list[str]: ...
 
@@ -82,10 +83,18 @@ def check_document_key(key: str) -> str:
     """``key`` if it is a relative POSIX path outside ``runs/`` and ``reports/``; ``StoreError`` otherwise."""
     path = PurePosixPath(key) if isinstance(key, str) else None
     parts = path.parts if path is not None else ()
-    if (not parts or path.is_absolute() or "\\" in key or key != path.as_posix()
-            or any(part in ("..", ".") or part.startswith(".") for part in parts) or parts[0] in _RESERVED):
-        raise StoreError(f"document key {key!r}: expected a relative path like 'registry/<name>.json', "
-                         f"without '..', hidden parts or a leading {'/'.join(_RESERVED)} folder")
+    if (
+        not parts
+        or path.is_absolute()
+        or "\\" in key
+        or key != path.as_posix()
+        or any(part in ("..", ".") or part.startswith(".") for part in parts)
+        or parts[0] in _RESERVED
+    ):
+        raise StoreError(
+            f"document key {key!r}: expected a relative path like 'registry/<name>.json', "
+            f"without '..', hidden parts or a leading {'/'.join(_RESERVED)} folder"
+        )
     return key
 
 
@@ -103,13 +112,10 @@ def parse_document(body: bytes, where: str) -> dict:
     except (UnicodeDecodeError, ValueError) as exc:
         raise StoreError(f"document {where} is corrupt: not valid JSON ({exc}); fix or remove it") from None
     if not isinstance(payload, dict):
-        raise StoreError(f"document {where} is corrupt: expected a JSON object, got {type(payload).__name__}; "
-                         f"fix or remove it")
+        raise StoreError(
+            f"document {where} is corrupt: expected a JSON object, got {type(payload).__name__}; fix or remove it"
+        )
     return payload
-
-
-
-
 
 
 def files_manifest_last(folder: Path, last: str = MANIFEST) -> list[Path]:
@@ -133,15 +139,17 @@ class RunId(str):
     """
 
     @classmethod
-    def parse(cls, text: object, where: str = "run id") -> "RunId":
+    def parse(cls, text: object, where: str = "run id") -> RunId:
         """``text`` as a ``RunId``; ``StoreError`` naming ``where`` (the flag, file or field) otherwise."""
         if isinstance(text, RunId):
             return text
-        if (not isinstance(text, str) or len(text) > RUN_ID_MAX or not _RUN_ID.fullmatch(text) or ".." in text):
+        if not isinstance(text, str) or len(text) > RUN_ID_MAX or not _RUN_ID.fullmatch(text) or ".." in text:
             shown = repr(text) if not isinstance(text, str) or len(text) <= 80 else repr(text[:80] + "...")
-            raise StoreError(f"{where} {shown}: expected one plain name of 1-{RUN_ID_MAX} letters, digits, '-', '_' "
-                             f"or '.' (starting with a letter, digit or '_'; no '/', '\\', '..', spaces or control "
-                             f"characters)")
+            raise StoreError(
+                f"{where} {shown}: expected one plain name of 1-{RUN_ID_MAX} letters, digits, '-', '_' "
+                f"or '.' (starting with a letter, digit or '_'; no '/', '\\', '..', spaces or control "
+                f"characters)"
+            )
         return cls(text)
 
 
@@ -158,16 +166,18 @@ def check_manifest_run_id(manifest: dict, run_id: str, where: str) -> None:
     """The manifest must name the run id it is published under (a manifest's id is untrusted input)."""
     named = RunId.parse(manifest.get("run_id"), f"{where}: {MANIFEST} run_id")
     if named != run_id:
-        raise StoreError(f"{where}: {MANIFEST} names run {named!r}, not {run_id!r}; "
-                         f"refusing to publish it under another id")
+        raise StoreError(
+            f"{where}: {MANIFEST} names run {named!r}, not {run_id!r}; refusing to publish it under another id"
+        )
 
 
 def sha256_entries(document: dict, name: str, where: str, default=None) -> dict[str, dict]:
     """The ``files`` of a manifest or checkpoint marker ``name`` (entry -> facts with a sha256); ``StoreError`` if
     malformed. ``default``: what a document without ``files`` lists (None: such a document is malformed)."""
     files = document.get("files", default) if isinstance(document, dict) else None
-    if not isinstance(files, dict) or not all(isinstance(f, dict) and isinstance(f.get("sha256"), str)
-                                              for f in files.values()):
+    if not isinstance(files, dict) or not all(
+        isinstance(f, dict) and isinstance(f.get("sha256"), str) for f in files.values()
+    ):
         raise StoreError(f"{where}: {name} 'files' must map each file to its sha256; it is damaged")
     return files
 
@@ -185,16 +195,24 @@ def confined(root: Path, relative: object, where: str) -> Path:
     checkpoint markers, document keys) must never become a path outside the folder it belongs to.
     """
     parts = relative.split("/") if isinstance(relative, str) else []
-    if (not parts or relative.startswith("/") or "\\" in relative
-            or any(part in ("", ".", "..") for part in parts)
-            or any(ord(c) < 32 or ord(c) == 127 for c in relative)):
-        raise StoreError(f"{where}: entry {relative!r} is not a plain relative path inside the folder "
-                         f"(absolute, '..', empty part or backslash); the store is damaged or tampered with")
+    if (
+        not parts
+        or relative.startswith("/")
+        or "\\" in relative
+        or any(part in ("", ".", "..") for part in parts)
+        or any(ord(c) < 32 or ord(c) == 127 for c in relative)
+    ):
+        raise StoreError(
+            f"{where}: entry {relative!r} is not a plain relative path inside the folder "
+            f"(absolute, '..', empty part or backslash); the store is damaged or tampered with"
+        )
     path = root.joinpath(*parts)
     base = root.resolve()
     if not path.resolve().is_relative_to(base):
-        raise StoreError(f"{where}: entry {relative!r} leads outside {root} (through a symlink); "
-                         f"the store is damaged or tampered with")
+        raise StoreError(
+            f"{where}: entry {relative!r} leads outside {root} (through a symlink); "
+            f"the store is damaged or tampered with"
+        )
     return path
 
 
@@ -212,6 +230,9 @@ def checkpoint_step(name: str) -> int | None:
 
 def checkpoint_marker(folder: Path, run_id: str, step: int, meta: dict) -> dict:
     """The marker of a checkpoint folder: what it is and every file in it (size, sha256)."""
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-             for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != CHECKPOINT_MARKER}
+    files = {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() != CHECKPOINT_MARKER
+    }
     return {"run_id": run_id, "step": step, "meta": meta, "files": files}

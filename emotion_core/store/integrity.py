@@ -48,11 +48,15 @@ def read_manifest(folder: Path, where: str) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise StoreError(f"{where}: cannot read {MANIFEST} ({path}: not a JSON object: {exc}); "
-                         f"the run folder is incomplete or damaged") from None
+        raise StoreError(
+            f"{where}: cannot read {MANIFEST} ({path}: not a JSON object: {exc}); "
+            f"the run folder is incomplete or damaged"
+        ) from None
     if not isinstance(manifest, dict):
-        raise StoreError(f"{where}: cannot read {MANIFEST} ({path}: not a JSON object but a "
-                         f"{type(manifest).__name__}); the run folder is incomplete or damaged")
+        raise StoreError(
+            f"{where}: cannot read {MANIFEST} ({path}: not a JSON object but a "
+            f"{type(manifest).__name__}); the run folder is incomplete or damaged"
+        )
     return manifest
 
 
@@ -73,18 +77,24 @@ def verify_run(folder: Path, where: str) -> dict:
     files = manifest.get("files", {})
     for rel, path in listed_files(manifest, folder, where).items():
         if not path.is_file():
-            raise StoreError(f"{where}: {rel} is listed in {MANIFEST} but missing; "
-                             f"the run folder is incomplete or damaged")
+            raise StoreError(
+                f"{where}: {rel} is listed in {MANIFEST} but missing; the run folder is incomplete or damaged"
+            )
         size = files[rel].get("bytes")
         if (isinstance(size, int) and path.stat().st_size != size) or sha256_file(path) != files[rel]["sha256"]:
-            raise StoreError(f"{where}: {rel} does not match the sha256 in its {MANIFEST} "
-                             f"(corrupt, truncated or tampered with); refusing to use the run")
-    unlisted = sorted(rel for rel, _, _, _, mode in fingerprint
-                      if rel != MANIFEST and rel not in files and not stat.S_ISDIR(mode))
+            raise StoreError(
+                f"{where}: {rel} does not match the sha256 in its {MANIFEST} "
+                f"(corrupt, truncated or tampered with); refusing to use the run"
+            )
+    unlisted = sorted(
+        rel for rel, _, _, _, mode in fingerprint if rel != MANIFEST and rel not in files and not stat.S_ISDIR(mode)
+    )
     if unlisted:
         shown = ", ".join(unlisted[:5]) + (f" (+{len(unlisted) - 5} more)" if len(unlisted) > 5 else "")
-        raise StoreError(f"{where}: files not listed in {MANIFEST}: {shown}; they were never verified, "
-                         f"so the run is refused (remove them or publish the run again)")
+        raise StoreError(
+            f"{where}: files not listed in {MANIFEST}: {shown}; they were never verified, "
+            f"so the run is refused (remove them or publish the run again)"
+        )
     _VERIFIED[key] = fingerprint
     return manifest
 

@@ -22,10 +22,23 @@ from pathlib import Path
 
 from emotion_core.errors import StoreError
 from emotion_core.files import atomic_write_text, sha256_file
-from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict,  # noqa: F401  (re-exported)
-                                     RunId, RunIdConflict, check_document_key, check_manifest_run_id,
-                                     checkpoint_files, checkpoint_folder_name, checkpoint_marker, checkpoint_step,
-                                     confined, dump_document, is_run_id, parse_document)
+from emotion_core.store.base import (  # noqa: F401  (re-exported)
+    CHECKPOINT_MARKER,
+    MANIFEST,
+    DocumentConflict,
+    RunId,
+    RunIdConflict,
+    check_document_key,
+    check_manifest_run_id,
+    checkpoint_files,
+    checkpoint_folder_name,
+    checkpoint_marker,
+    checkpoint_step,
+    confined,
+    dump_document,
+    is_run_id,
+    parse_document,
+)
 from emotion_core.store.integrity import moved, read_manifest, same_run, staging_name, sweep_staging, verify_run
 
 try:
@@ -83,15 +96,18 @@ class LocalStore:
         try:
             return self._publish(staging, run_id)
         except OSError as exc:
-            raise StoreError(f"store {self.uri}: publishing run {run_id} failed ({_reason(exc)}); "
-                             f"nothing was published") from None
+            raise StoreError(
+                f"store {self.uri}: publishing run {run_id} failed ({_reason(exc)}); nothing was published"
+            ) from None
 
     def _publish(self, staging: Path, run_id: str) -> str:
         run_id = RunId.parse(run_id)
         staging = Path(staging)
         where = f"run {run_id} ({staging})"
         if not (staging / MANIFEST).is_file():
-            raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run")
+            raise StoreError(
+                f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run"
+            )
         final = self.root / "runs" / run_id
         if final.exists() and staging.resolve() == final.resolve():
             verify_run(final, where)
@@ -109,8 +125,9 @@ class LocalStore:
                 shutil.copytree(staging, copy, dirs_exist_ok=True, symlinks=True)
             except OSError as exc:
                 self.discard(copy)
-                raise StoreError(f"store {self.uri}: copying run {run_id} from {staging} failed "
-                                 f"({_reason(exc)})") from None
+                raise StoreError(
+                    f"store {self.uri}: copying run {run_id} from {staging} failed ({_reason(exc)})"
+                ) from None
             staging = copy
         try:
             verify_run(staging, where)  # what is renamed into place is exactly what the manifest lists
@@ -132,8 +149,10 @@ class LocalStore:
         """Idempotent re-publish of the same run; ``RunIdConflict`` for a different run under the same id."""
         existing = read_manifest(final, f"run {run_id} in {self.uri}")
         if not same_run(existing, manifest):
-            raise RunIdConflict(f"run id {run_id} exists in the store {self.uri} with different content; "
-                                f"the run was not published (choose another run id)")
+            raise RunIdConflict(
+                f"run id {run_id} exists in the store {self.uri} with different content; "
+                f"the run was not published (choose another run id)"
+            )
         if staging is not None and self._own_staging(staging):
             self.discard(staging)
         return final.as_uri()
@@ -211,8 +230,7 @@ class LocalStore:
     def read_document(self, key: str) -> dict | None:
         return self.read_document_versioned(key)[0]
 
-    def write_document(self, key: str, payload: dict, *, if_match: str | None = None,
-                       create_only: bool = False) -> str:
+    def write_document(self, key: str, payload: dict, *, if_match: str | None = None, create_only: bool = False) -> str:
         """Write ``payload`` at ``key`` atomically (optionally conditionally); return its new version."""
         path = self._document(key)
         body = dump_document(payload)
@@ -223,8 +241,9 @@ class LocalStore:
                 if create_only and current is not None:
                     raise DocumentConflict(f"store {self.uri}: document {key} exists already (create_only)")
                 if if_match is not None and (current is None or hashlib.sha256(current).hexdigest() != if_match):
-                    raise DocumentConflict(f"store {self.uri}: document {key} changed since it was read "
-                                           f"(expected version {if_match})")
+                    raise DocumentConflict(
+                        f"store {self.uri}: document {key} changed since it was read (expected version {if_match})"
+                    )
                 atomic_write_text(path, body.decode("utf-8"))
         return version
 
@@ -233,8 +252,11 @@ class LocalStore:
         base = self._document(folder.rstrip("/"))
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*")
-                      if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts))
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(base).parts)
+        )
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _checkpoints(self, run_id: str) -> Path:
@@ -256,8 +278,9 @@ class LocalStore:
                 os.replace(tmp, final)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise StoreError(f"store {self.uri}: writing checkpoint {final.name} of run {run_id} failed "
-                                 f"({exc.strerror or exc})") from None
+                raise StoreError(
+                    f"store {self.uri}: writing checkpoint {final.name} of run {run_id} failed ({exc.strerror or exc})"
+                ) from None
         for other in base.iterdir():
             if other != final and (checkpoint_step(other.name) is not None or other.name.endswith(".tmp")):
                 shutil.rmtree(other, ignore_errors=True)
@@ -266,8 +289,15 @@ class LocalStore:
     def latest_checkpoint(self, run_id: str) -> dict | None:
         """The marker of the run's newest complete checkpoint, or ``None``."""
         base = self._checkpoints(run_id)
-        steps = sorted((checkpoint_step(p.name), p) for p in base.iterdir()
-                       if checkpoint_step(p.name) is not None and (p / CHECKPOINT_MARKER).is_file()) if base.is_dir() else []
+        steps = (
+            sorted(
+                (checkpoint_step(p.name), p)
+                for p in base.iterdir()
+                if checkpoint_step(p.name) is not None and (p / CHECKPOINT_MARKER).is_file()
+            )
+            if base.is_dir()
+            else []
+        )
         if not steps:
             return None
         marker_path = steps[-1][1] / CHECKPOINT_MARKER
@@ -292,8 +322,9 @@ class LocalStore:
             shutil.copy2(source / CHECKPOINT_MARKER, tmp / CHECKPOINT_MARKER)
             os.replace(tmp, target)
         except OSError as exc:
-            raise StoreError(f"store {self.uri}: reading checkpoint {source.name} of run {run_id} failed "
-                             f"({exc.strerror or exc})") from None
+            raise StoreError(
+                f"store {self.uri}: reading checkpoint {source.name} of run {run_id} failed ({exc.strerror or exc})"
+            ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target

@@ -30,8 +30,10 @@ def check_object_key(key: object, what: str) -> str:
     try:
         return check_document_key(key) if isinstance(key, str) else check_document_key("")
     except StoreError:
-        raise StoreError(f"{what} {key!r}: expected a relative key inside the store like 'data/<name>.parquet', "
-                         f"without '..', hidden parts or a leading runs/, reports/ or checkpoints/ folder") from None
+        raise StoreError(
+            f"{what} {key!r}: expected a relative key inside the store like 'data/<name>.parquet', "
+            f"without '..', hidden parts or a leading runs/, reports/ or checkpoints/ folder"
+        ) from None
 
 
 def object_name(store: ArtifactStore, key: str) -> str:
@@ -124,8 +126,9 @@ def put_file(store: ArtifactStore, key: str, path: Path) -> str:
             os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, target)
     except OSError as exc:
-        raise StoreError(f"store {store.uri}: writing {key} failed ({exc.strerror or exc}); "
-                         f"nothing was written") from None
+        raise StoreError(
+            f"store {store.uri}: writing {key} failed ({exc.strerror or exc}); nothing was written"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return target.as_uri()

@@ -24,24 +24,43 @@ from pathlib import Path
 from emotion_core.errors import StoreError
 from emotion_core.files import sha256_file
 from emotion_core.settings import cache_root
-from emotion_core.store.base import (CHECKPOINT_MARKER, MANIFEST, DocumentConflict, RunId, RunIdConflict,
-                                     check_document_key, check_manifest_run_id, checkpoint_files,
-                                     checkpoint_folder_name, checkpoint_marker, checkpoint_step, confined,
-                                     dump_document, files_manifest_last, is_run_id, parse_document)
-from emotion_core.store.integrity import (listed_files, moved, same_run, staging_name, sweep_staging,
-                                          verify_run)
+from emotion_core.store.base import (
+    CHECKPOINT_MARKER,
+    MANIFEST,
+    DocumentConflict,
+    RunId,
+    RunIdConflict,
+    check_document_key,
+    check_manifest_run_id,
+    checkpoint_files,
+    checkpoint_folder_name,
+    checkpoint_marker,
+    checkpoint_step,
+    confined,
+    dump_document,
+    files_manifest_last,
+    is_run_id,
+    parse_document,
+)
+from emotion_core.store.integrity import listed_files, moved, same_run, staging_name, sweep_staging, verify_run
 from emotion_core.store.uris import redact_uri
 
 log = logging.getLogger(__name__)
 
 
-
-
 class S3Store:
     """Runs under ``s3://<bucket>/<prefix>/runs/<run_id>/``, reports under ``.../reports/<name>/``."""
 
-    def __init__(self, bucket: str, prefix: str = "", *, session=None, endpoint_url: str | None = None,
-                 attempts: int | None = None, connect_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        session=None,
+        endpoint_url: str | None = None,
+        attempts: int | None = None,
+        connect_timeout: float = 5.0,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
@@ -56,8 +75,11 @@ class S3Store:
         attempts = attempts or int(os.environ.get("EMOTION_S3_MAX_ATTEMPTS") or 8)
         self.attempts = attempts
         session = session or boto3.session.Session()
-        config = Config(retries={"total_max_attempts": attempts, "mode": "standard"},
-                        connect_timeout=connect_timeout, read_timeout=60)
+        config = Config(
+            retries={"total_max_attempts": attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=60,
+        )
         self.client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
         self.cache = cache_root() / "s3" / bucket / (self.prefix or "_")
         for area in (".staging", ".downloads"):  # leftovers of dead writers/readers (never a kept complete run)
@@ -79,8 +101,10 @@ class S3Store:
         cause = str(exc).splitlines()[0] if str(exc) else ""
         if self.endpoint_url:  # botocore quotes the endpoint, credentials included
             cause = cause.replace(self.endpoint_url, redact_uri(self.endpoint_url))
-        return StoreError(f"store {self.uri}{where}: {operation} failed after up to {self.attempts} attempts "
-                          f"({type(exc).__name__}: {cause})")
+        return StoreError(
+            f"store {self.uri}{where}: {operation} failed after up to {self.attempts} attempts "
+            f"({type(exc).__name__}: {cause})"
+        )
 
     def _exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -108,8 +132,10 @@ class S3Store:
         except Exception as exc:
             raise self._fail(f"checking bucket {self.bucket}", exc) from None
         if not create:
-            raise StoreError(f"store {self.uri}: bucket '{self.bucket}' does not exist; create it first (or set "
-                             f"EMOTION_S3_CREATE_BUCKET=1 to have it created)")
+            raise StoreError(
+                f"store {self.uri}: bucket '{self.bucket}' does not exist; create it first (or set "
+                f"EMOTION_S3_CREATE_BUCKET=1 to have it created)"
+            )
         try:
             self.client.create_bucket(Bucket=self.bucket)
         except Exception as exc:
@@ -141,7 +167,9 @@ class S3Store:
         # Best effort: without a manifest the leftovers are invisible anyway.
         for start in range(0, len(keys), 1000):
             try:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]]})
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]}
+                )
             except Exception:  # noqa: BLE001 - the store is failing already; the original error is raised
                 log.warning("could not remove %d partially uploaded objects under %s", len(keys), self.uri)
                 return
@@ -160,17 +188,21 @@ class S3Store:
         staging = Path(staging)
         where = f"run {run_id} ({staging})"
         if not (staging / MANIFEST).is_file():
-            raise StoreError(f"run {run_id}: staging folder {staging} has no {MANIFEST}; "
-                             f"refusing to publish an incomplete run")
+            raise StoreError(
+                f"run {run_id}: staging folder {staging} has no {MANIFEST}; refusing to publish an incomplete run"
+            )
         manifest = verify_run(staging, where)  # never upload a truncated or tampered copy
         check_manifest_run_id(manifest, run_id, where)
         base = self._key("runs", run_id)
         if self._exists(f"{base}/{MANIFEST}"):
-            existing = parse_document(self._get_object(f"{base}/{MANIFEST}", f"reading run {run_id}"),
-                                      f"{base}/{MANIFEST} in {self.uri}")
+            existing = parse_document(
+                self._get_object(f"{base}/{MANIFEST}", f"reading run {run_id}"), f"{base}/{MANIFEST} in {self.uri}"
+            )
             if not same_run(existing, manifest):
-                raise RunIdConflict(f"run id {run_id} exists in the store {self.uri} with different content; "
-                                    f"the run was not published (choose another run id)")
+                raise RunIdConflict(
+                    f"run id {run_id} exists in the store {self.uri} with different content; "
+                    f"the run was not published (choose another run id)"
+                )
         else:
             self._upload_folder(staging, base, f"run {run_id}")
             log.info("published %s", self.run_uri(run_id))
@@ -197,7 +229,7 @@ class S3Store:
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=runs_prefix):
                 for item in page.get("Contents", []):
-                    rest = item["Key"][len(runs_prefix):]
+                    rest = item["Key"][len(runs_prefix) :]
                     run_id, _, name = rest.partition("/")
                     if name == MANIFEST and is_run_id(run_id):  # a key no id could have is never opened
                         found.append(run_id)
@@ -283,16 +315,20 @@ class S3Store:
     def read_document(self, key: str) -> dict | None:
         return self.read_document_versioned(key)[0]
 
-    def write_document(self, key: str, payload: dict, *, if_match: str | None = None,
-                       create_only: bool = False) -> str:
+    def write_document(self, key: str, payload: dict, *, if_match: str | None = None, create_only: bool = False) -> str:
         """Put ``payload`` at ``key`` (conditional PUT with ``if_match``/``create_only``); return the new ETag."""
         from botocore.exceptions import ClientError
 
         body = dump_document(payload)
         conditions = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_match} if if_match is not None else {}
         try:
-            answer = self.client.put_object(Bucket=self.bucket, Key=self._key(check_document_key(key)), Body=body,
-                                            ContentType="application/json", **conditions)
+            answer = self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._key(check_document_key(key)),
+                Body=body,
+                ContentType="application/json",
+                **conditions,
+            )
             return answer["ETag"]
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
@@ -303,7 +339,11 @@ class S3Store:
         current, etag = self._get_document(key)
         if current == body:  # our own earlier attempt, or an identical write: not a conflict
             return etag
-        state = "exists already (create_only)" if create_only else f"changed since it was read (expected version {if_match})"
+        state = (
+            "exists already (create_only)"
+            if create_only
+            else f"changed since it was read (expected version {if_match})"
+        )
         raise DocumentConflict(f"store {self.uri}: document {key} {state}")
 
     def list_documents(self, folder: str) -> list[str]:
@@ -321,8 +361,11 @@ class S3Store:
     # -- checkpoints ----------------------------------------------------------------------------
     def _list_keys(self, prefix: str, what: str) -> list[str]:
         try:
-            return [item["Key"] for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-                    for item in page.get("Contents", [])]
+            return [
+                item["Key"]
+                for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+                for item in page.get("Contents", [])
+            ]
         except Exception as exc:
             raise self._fail(f"listing {what}", exc) from None
 
@@ -335,14 +378,19 @@ class S3Store:
             marker = checkpoint_marker(folder, run_id, step, meta)
             self._upload_folder(folder, prefix, what)
             try:
-                self.client.put_object(Bucket=self.bucket, Key=f"{prefix}/{CHECKPOINT_MARKER}",
-                                       Body=json.dumps(marker, indent=2, default=float).encode("utf-8"),
-                                       ContentType="application/json")
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=f"{prefix}/{CHECKPOINT_MARKER}",
+                    Body=json.dumps(marker, indent=2, default=float).encode("utf-8"),
+                    ContentType="application/json",
+                )
             except Exception as exc:
                 error = self._fail(f"uploading {what}", exc)
                 self._remove([f"{prefix}/{rel}" for rel in marker["files"]])
                 raise error from None
-        stale = [k for k in self._list_keys(f"{base}/", f"checkpoints of run {run_id}") if not k.startswith(f"{prefix}/")]
+        stale = [
+            k for k in self._list_keys(f"{base}/", f"checkpoints of run {run_id}") if not k.startswith(f"{prefix}/")
+        ]
         self._remove(stale)
         return f"s3://{self.bucket}/{prefix}"
 
@@ -351,7 +399,7 @@ class S3Store:
         base = self._key("checkpoints", RunId.parse(run_id))
         steps = []
         for key in self._list_keys(f"{base}/", f"checkpoints of run {run_id}"):
-            folder, _, name = key[len(base) + 1:].partition("/")
+            folder, _, name = key[len(base) + 1 :].partition("/")
             if name == CHECKPOINT_MARKER and checkpoint_step(folder) is not None:
                 steps.append(checkpoint_step(folder))
         if not steps:
@@ -383,7 +431,9 @@ class S3Store:
                 except Exception as exc:
                     raise self._fail(f"downloading {rel} of checkpoint {step} of run {run_id}", exc) from None
                 if sha256_file(copy) != facts["sha256"]:
-                    raise StoreError(f"run {run_id}: checkpoint file {rel} does not match its sha256 (corrupt or overwritten)")
+                    raise StoreError(
+                        f"run {run_id}: checkpoint file {rel} does not match its sha256 (corrupt or overwritten)"
+                    )
             (tmp / CHECKPOINT_MARKER).write_bytes(body)
             os.replace(tmp, target)
         finally:

@@ -43,10 +43,14 @@ def check_uri(text: str, what: str = "store") -> str:
         return text  # a plain path
     authority = rest.partition("/")[0]
     if _has_userinfo(scheme, rest):
-        raise StoreError(f"{what} '{redact_uri(text)}': credentials in a URI are refused (they would be shown in "
-                         "logs and flow-run parameters); give them through the environment (AWS_ACCESS_KEY_ID / "
-                         "AWS_SECRET_ACCESS_KEY), an AWS profile or a Prefect block")
+        raise StoreError(
+            f"{what} '{redact_uri(text)}': credentials in a URI are refused (they would be shown in "
+            "logs and flow-run parameters); give them through the environment (AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY), an AWS profile or a Prefect block"
+        )
     if scheme.lower() == "file" and authority.lower() not in _LOCAL_HOSTS:
-        raise StoreError(f"{what} '{redact_uri(text)}': expected file:///absolute/path (a file:// URI has no host; "
-                         f"'{authority}' would be read as a host name)")
+        raise StoreError(
+            f"{what} '{redact_uri(text)}': expected file:///absolute/path (a file:// URI has no host; "
+            f"'{authority}' would be read as a host name)"
+        )
     return text

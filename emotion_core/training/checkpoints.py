@@ -84,9 +84,14 @@ class RunCheckpoints:
             return None
         meta, step = marker.get("meta") or {}, int(marker["step"])
         if meta.get("fingerprint") != self.fingerprint:
-            log.warning("run %s: the checkpoint at step %d was written for another config or data (fingerprint %s, "
-                        "this run %s); ignoring it, training starts from step 0",
-                        self.run_id, step, meta.get("fingerprint"), self.fingerprint)
+            log.warning(
+                "run %s: the checkpoint at step %d was written for another config or data (fingerprint %s, "
+                "this run %s); ignoring it, training starts from step 0",
+                self.run_id,
+                step,
+                meta.get("fingerprint"),
+                self.fingerprint,
+            )
             return None
         work_dir.mkdir(parents=True, exist_ok=True)
         download = work_dir / f".download-{step}"
@@ -94,8 +99,12 @@ class RunCheckpoints:
         try:
             self.store.fetch_checkpoint(self.run_id, step, download)
         except StoreError as exc:
-            log.warning("run %s: cannot download its checkpoint at step %d (%s); training starts from step 0",
-                        self.run_id, step, exc)
+            log.warning(
+                "run %s: cannot download its checkpoint at step %d (%s); training starts from step 0",
+                self.run_id,
+                step,
+                exc,
+            )
             return None
         checkpoint = work_dir / f"checkpoint-{step}"
         shutil.rmtree(checkpoint, ignore_errors=True)

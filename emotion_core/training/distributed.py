@@ -56,8 +56,14 @@ def _visible_gpus() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def launch(cfg, store_uri: str, run_id: str | None = None, progress: Callable[[dict], None] | None = None,
-           context: dict | None = None, env: dict[str, str] | None = None) -> tuple[Path, str]:
+def launch(
+    cfg,
+    store_uri: str,
+    run_id: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+    context: dict | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[Path, str]:
     """Train ``cfg`` on ``resources.gpus`` ranks (torchrun); returns rank 0's complete staging folder and the run id.
 
     ``progress`` gets rank 0's progress events; ``env`` is added to the ranks' environment (store credentials).
@@ -68,14 +74,29 @@ def launch(cfg, store_uri: str, run_id: str | None = None, progress: Callable[[d
     check_strategy(cfg)
     visible = _visible_gpus()
     if visible and visible < gpus:
-        raise ConfigError(f"config '{cfg.name}': resources.gpus={gpus} but this worker sees {visible} GPU(s) "
-                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})")
+        raise ConfigError(
+            f"config '{cfg.name}': resources.gpus={gpus} but this worker sees {visible} GPU(s) "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})"
+        )
     job = Path(tempfile.mkdtemp(prefix=f"emotion-ranks-{cfg.name[:40]}-"))
     (job / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
     (job / "context.json").write_text(json.dumps(context or {}), encoding="utf-8")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-               "--max_restarts=0", "-m", "emotion_core.training.distributed", "--config", str(job / "config.json"),
-               "--store", store_uri, "--job", str(job)] + (["--run-id", run_id] if run_id else [])
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={gpus}",
+        "--max_restarts=0",
+        "-m",
+        "emotion_core.training.distributed",
+        "--config",
+        str(job / "config.json"),
+        "--store",
+        store_uri,
+        "--job",
+        str(job),
+    ] + (["--run-id", run_id] if run_id else [])
     log.info("config %s: starting %d ranks (%s): %s", cfg.name, gpus, cfg.resources.strategy, " ".join(command))
     started = time.perf_counter()
     with open(job / "torchrun.log", "wb") as out:
@@ -91,8 +112,10 @@ def launch(cfg, store_uri: str, run_id: str | None = None, progress: Callable[[d
             proc.wait()
             raise
     if proc.returncode != 0:
-        raise RankFailed(f"config '{cfg.name}': {failure(job, gpus)} (after {time.perf_counter() - started:.0f}s; "
-                         f"torchrun log and rank errors kept in {job})")
+        raise RankFailed(
+            f"config '{cfg.name}': {failure(job, gpus)} (after {time.perf_counter() - started:.0f}s; "
+            f"torchrun log and rank errors kept in {job})"
+        )
     result = json.loads((job / "result.json").read_text(encoding="utf-8"))
     shutil.rmtree(job, ignore_errors=True)
     return Path(result["staging"]), result["run_id"]
@@ -120,8 +143,18 @@ class _EventTail:
 
 
 _FAILED_RANK = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)")
-_PEER_LOST = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out", "DistBackendError",
-              "DistNetworkError", "SIGTERM", "SystemExit")
+_PEER_LOST = (
+    "gloo",
+    "nccl",
+    "connection closed",
+    "connection reset",
+    "broken pipe",
+    "timed out",
+    "DistBackendError",
+    "DistNetworkError",
+    "SIGTERM",
+    "SystemExit",
+)
 
 
 def failure(job: Path, size: int) -> str:
@@ -143,8 +176,9 @@ def failure(job: Path, size: int) -> str:
         how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
         return f"rank {rank} of {size} {RANK_DIED} ({how}: killed, out of host memory or a crash)"
     if errors:
-        own = [e for e in errors.values()
-               if not any(k.lower() in (e["type"] + e["message"]).lower() for k in _PEER_LOST)]
+        own = [
+            e for e in errors.values() if not any(k.lower() in (e["type"] + e["message"]).lower() for k in _PEER_LOST)
+        ]
         first = min(own or errors.values(), key=lambda e: e.get("time", 0.0))
         return f"rank {first['rank']} of {size} failed: {first['type']}: {first['message']}"
     if exits:
@@ -165,8 +199,13 @@ def _write_error(job: Path | None, exc: BaseException) -> None:
     if job is None:
         return
     w = world()
-    record = {"rank": w.rank, "local_rank": w.local_rank, "type": type(exc).__name__,
-              "message": str(exc).splitlines()[0][:2000] if str(exc) else "", "time": time.time()}
+    record = {
+        "rank": w.rank,
+        "local_rank": w.local_rank,
+        "type": type(exc).__name__,
+        "message": str(exc).splitlines()[0][:2000] if str(exc) else "",
+        "time": time.time(),
+    }
     atomic_write_text(job / f"error-rank{w.rank}.json", json.dumps(record))
 
 

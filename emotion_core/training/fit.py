@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 class FitStats:
     epochs_completed: float
     steps: int
-    train_seconds: float          # wall time inside trainer.train(), evaluation excluded
-    eval_seconds: float           # time spent in in-training validation passes
+    train_seconds: float  # wall time inside trainer.train(), evaluation excluded
+    eval_seconds: float  # time spent in in-training validation passes
     train_samples_per_second: float
     best_validation_macro_f1: float | None  # best of the official metric (macro-F1 unless the dataset says other)
     precision: str
@@ -62,8 +62,16 @@ class FitStats:
     @classmethod
     def untrained(cls, precision: str) -> FitStats:
         """The stats of a family that is not fitted (prompted)."""
-        return cls(epochs_completed=0.0, steps=0, train_seconds=0.0, eval_seconds=0.0, train_samples_per_second=0.0,
-                   best_validation_macro_f1=None, precision=precision, log_history=[])
+        return cls(
+            epochs_completed=0.0,
+            steps=0,
+            train_seconds=0.0,
+            eval_seconds=0.0,
+            train_samples_per_second=0.0,
+            best_validation_macro_f1=None,
+            precision=precision,
+            log_history=[],
+        )
 
 
 def seed_everything(seed: int) -> None:
@@ -85,10 +93,19 @@ def resolve_precision(requested: str) -> str:
     return "fp32"
 
 
-def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,
-                  progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None,
-                  per_device_batch_size: int | None = None, gradient_accumulation_steps: int = 1,
-                  extra_callbacks: tuple = ()):
+def build_trainer(
+    cfg: RunConfig,
+    family: Family,
+    train_dataset,
+    validation_dataset,
+    work_dir: Path,
+    progress: Callable[[dict], None] | None = None,
+    monitor=None,
+    train_labels: np.ndarray | None = None,
+    per_device_batch_size: int | None = None,
+    gradient_accumulation_steps: int = 1,
+    extra_callbacks: tuple = (),
+):
     """The configured ``transformers.Trainer`` for ``family`` and the precision it trains in.
 
     ``progress`` (optional) receives progress events (see ``training.progress``) with samples of
@@ -105,12 +122,24 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     t = cfg.training
     set_seed(t.seed)
     precision = resolve_precision(t.precision)
-    guard = NonFiniteGuard(t.max_nonfinite_steps, cfg.name, learning_rate=t.learning_rate, precision=precision,
-                           max_grad_norm=t.max_grad_norm)
+    guard = NonFiniteGuard(
+        t.max_nonfinite_steps,
+        cfg.name,
+        learning_rate=t.learning_rate,
+        precision=precision,
+        max_grad_norm=t.max_grad_norm,
+    )
     compute_loss = trainer_loss(t.loss, train_labels, observe=guard.observe_loss)  # fails early without needed labels
     train_dataset = oversampled(train_dataset, train_labels, t)  # before counting steps: an epoch is the resampled set
-    args = training_arguments(cfg, family, work_dir, precision, len(train_dataset),
-                              per_device_batch_size or ranks.per_device_batch(cfg), gradient_accumulation_steps)
+    args = training_arguments(
+        cfg,
+        family,
+        work_dir,
+        precision,
+        len(train_dataset),
+        per_device_batch_size or ranks.per_device_batch(cfg),
+        gradient_accumulation_steps,
+    )
     callbacks = _callbacks(t, [guard, *extra_callbacks], progress, monitor)
     optimizer = None if args.fsdp else adamw(family, t)  # FSDP: built by the Trainer after wrapping
     trainer_cls = Trainer if optimizer is not None else _family_optimizer_trainer(family, t)
@@ -128,8 +157,15 @@ def build_trainer(cfg: RunConfig, family: Family, train_dataset, validation_data
     return trainer, precision
 
 
-def training_arguments(cfg: RunConfig, family: Family, work_dir: Path, precision: str, train_rows: int,
-                       per_device_batch_size: int, gradient_accumulation_steps: int):
+def training_arguments(
+    cfg: RunConfig,
+    family: Family,
+    work_dir: Path,
+    precision: str,
+    train_rows: int,
+    per_device_batch_size: int,
+    gradient_accumulation_steps: int,
+):
     """``TrainingArguments`` of ``cfg.training``: validation (and checkpoint) steps, precision, seeds, this world."""
     from transformers import TrainingArguments
 
@@ -236,9 +272,18 @@ class _Attempts:
     start_epoch: float | None = None  # training done before this process (a store checkpoint) is not its throughput
 
 
-def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_dir: Path,
-        progress: Callable[[dict], None] | None = None, monitor=None, train_labels: np.ndarray | None = None,
-        checkpoints=None, resume=None) -> FitStats:
+def fit(
+    cfg: RunConfig,
+    family: Family,
+    train_dataset,
+    validation_dataset,
+    work_dir: Path,
+    progress: Callable[[dict], None] | None = None,
+    monitor=None,
+    train_labels: np.ndarray | None = None,
+    checkpoints=None,
+    resume=None,
+) -> FitStats:
     """Train ``family.model`` in place (it ends holding the best validation checkpoint).
 
     ``train_labels``: the training split's label matrix (``data.labels("train")``), needed for
@@ -254,9 +299,19 @@ def fit(cfg: RunConfig, family: Family, train_dataset, validation_dataset, work_
     callbacks = _store_checkpoint_callbacks(cfg, checkpoints, run)
 
     def new_trainer():
-        return build_trainer(cfg, family, train_dataset, validation_dataset, work_dir, progress, monitor, train_labels,
-                             per_device_batch_size=run.shape.batch,
-                             gradient_accumulation_steps=run.shape.accumulation, extra_callbacks=callbacks)
+        return build_trainer(
+            cfg,
+            family,
+            train_dataset,
+            validation_dataset,
+            work_dir,
+            progress,
+            monitor,
+            train_labels,
+            per_device_batch_size=run.shape.batch,
+            gradient_accumulation_steps=run.shape.accumulation,
+            extra_callbacks=callbacks,
+        )
 
     try:
         while True:
@@ -279,10 +334,19 @@ def _store_checkpoint_callbacks(cfg: RunConfig, checkpoints, run: _Attempts) -> 
 
     def upload(step: int, trainer_dir: Path, best_dir: Path | None) -> None:
         shape = run.shape
-        checkpoints.upload(step, trainer_dir, best_dir, {
-            "step": step, "best_step": run.trainer.state.best_global_step, "per_device_batch_size": shape.batch,
-            "gradient_accumulation_steps": shape.accumulation, "effective_batch_size": shape.batch * shape.accumulation,
-            "oom_adjustments": shape.adjustments})
+        checkpoints.upload(
+            step,
+            trainer_dir,
+            best_dir,
+            {
+                "step": step,
+                "best_step": run.trainer.state.best_global_step,
+                "per_device_batch_size": shape.batch,
+                "gradient_accumulation_steps": shape.accumulation,
+                "effective_batch_size": shape.batch * shape.accumulation,
+                "oom_adjustments": shape.adjustments,
+            },
+        )
 
     return (CheckpointCallback(every, upload),)
 
@@ -318,9 +382,19 @@ def _after_out_of_memory(run: _Attempts, cfg: RunConfig, work_dir: Path, failed:
     free_memory(trainer)
     run.trainer = None
     shape = run.shape
-    log.warning("config %s: out of GPU memory at step %d (%s); per-device batch %d -> %d, gradient accumulation "
-                "%d -> %d (effective batch %d), continuing from step %d", cfg.name, step, failed, shape.tried[-2],
-                shape.batch, shape.accumulation // 2, shape.accumulation, shape.batch * shape.accumulation, step)
+    log.warning(
+        "config %s: out of GPU memory at step %d (%s); per-device batch %d -> %d, gradient accumulation "
+        "%d -> %d (effective batch %d), continuing from step %d",
+        cfg.name,
+        step,
+        failed,
+        shape.tried[-2],
+        shape.batch,
+        shape.accumulation // 2,
+        shape.accumulation,
+        shape.batch * shape.accumulation,
+        step,
+    )
 
 
 def _fit_stats(run: _Attempts, output, resume) -> FitStats:
@@ -329,10 +403,16 @@ def _fit_stats(run: _Attempts, output, resume) -> FitStats:
     epochs_completed = float(state.epoch or 0.0)
     samples = len(run.trainer.train_dataset) * max(epochs_completed - run.start_epoch, 0.0)  # after oversampling
     best = state.best_metric
-    log.info("trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation %s %s%s",
-             output.global_step, train_seconds, run.eval_seconds, samples / train_seconds,
-             run.trainer.args.metric_for_best_model, best,
-             f" (resumed from step {resume.step})" if resume is not None else "")
+    log.info(
+        "trained %d steps in %.1fs (+%.1fs validation): %.1f samples/s, best validation %s %s%s",
+        output.global_step,
+        train_seconds,
+        run.eval_seconds,
+        samples / train_seconds,
+        run.trainer.args.metric_for_best_model,
+        best,
+        f" (resumed from step {resume.step})" if resume is not None else "",
+    )
     return FitStats(
         epochs_completed=epochs_completed,
         steps=int(output.global_step),

@@ -28,8 +28,15 @@ def _finite(value) -> bool:
 class NonFiniteGuard(TrainerCallback):
     """``TrainingDiverged`` after ``max_nonfinite_steps`` consecutive steps with a non-finite loss or grad norm."""
 
-    def __init__(self, max_nonfinite_steps: int, config_name: str = "", *, learning_rate: float | None = None,
-                 precision: str = "fp32", max_grad_norm: float | None = None) -> None:
+    def __init__(
+        self,
+        max_nonfinite_steps: int,
+        config_name: str = "",
+        *,
+        learning_rate: float | None = None,
+        precision: str = "fp32",
+        max_grad_norm: float | None = None,
+    ) -> None:
         if max_nonfinite_steps < 1:
             raise ValueError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
         self.limit = max_nonfinite_steps
@@ -38,8 +45,8 @@ class NonFiniteGuard(TrainerCallback):
         self.precision = precision
         self.max_grad_norm = max_grad_norm
         self.watch_grad_norm = precision != "fp16"
-        self.streak: list[tuple[int, dict[str, float]]] = []   # the current run of bad steps
-        self._losses: list[torch.Tensor] = []                  # batch losses of the step in progress
+        self.streak: list[tuple[int, dict[str, float]]] = []  # the current run of bad steps
+        self._losses: list[torch.Tensor] = []  # batch losses of the step in progress
         self._pending: tuple[int, dict[str, float]] | None = None  # a step whose log is still to come
 
     # -- the loss path ------------------------------------------------------------------------------
@@ -93,13 +100,16 @@ class NonFiniteGuard(TrainerCallback):
             raise TrainingDiverged(self.message())
 
     def message(self) -> str:
-        steps = "; ".join(f"step {step}: " + ", ".join(f"{k}={v}" for k, v in values.items())
-                          for step, values in self.streak)
+        steps = "; ".join(
+            f"step {step}: " + ", ".join(f"{k}={v}" for k, v in values.items()) for step, values in self.streak
+        )
         who = f"config '{self.config_name}': " if self.config_name else ""
         clip = f" to max_grad_norm={self.max_grad_norm}" if self.max_grad_norm is not None else ""
         lr = f" (now {self.learning_rate:g})" if self.learning_rate is not None else ""
         fp32 = f"training.precision: fp32 (now {self.precision}); " if self.precision != "fp32" else ""
-        return (f"{who}training diverged: {len(self.streak)} optimizer steps in a row had a non-finite loss or "
-                f"gradient norm (training.max_nonfinite_steps={self.limit}): {steps}. Gradients are clipped{clip}, "
-                f"but clipping cannot repair NaN/inf. Try: a lower training.learning_rate{lr}; {fp32}"
-                "check the data for extreme or degenerate inputs (empty or very long texts, labels outside 0/1).")
+        return (
+            f"{who}training diverged: {len(self.streak)} optimizer steps in a row had a non-finite loss or "
+            f"gradient norm (training.max_nonfinite_steps={self.limit}): {steps}. Gradients are clipped{clip}, "
+            f"but clipping cannot repair NaN/inf. Try: a lower training.learning_rate{lr}; {fp32}"
+            "check the data for extreme or degenerate inputs (empty or very long texts, labels outside 0/1)."
+        )

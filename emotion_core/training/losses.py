@@ -44,26 +44,31 @@ def pos_weights(train_labels: np.ndarray, cap: float) -> torch.Tensor:
 
 def bce(pos_weight: torch.Tensor | None = None) -> LossFn:
     """Binary cross-entropy with logits; ``pos_weight`` (one per label) scales the positive term."""
+
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         weight = None if pos_weight is None else pos_weight.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=weight)
+
     return loss
 
 
 def focal(gamma: float, alpha: float | None = None) -> LossFn:
     """Sigmoid focal loss: ``-[a y (1-p)^g log p + (1-a)(1-y) p^g log(1-p)]``, in log space."""
+
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
-        pos = torch.exp(gamma * log_not_p) * log_p       # (1 - p)^g log p
-        neg = torch.exp(gamma * log_p) * log_not_p       # p^g log(1 - p)
+        pos = torch.exp(gamma * log_not_p) * log_p  # (1 - p)^g log p
+        neg = torch.exp(gamma * log_p) * log_not_p  # p^g log(1 - p)
         if alpha is not None:
             pos, neg = alpha * pos, (1.0 - alpha) * neg
         return -(labels * pos + (1.0 - labels) * neg).mean()
+
     return loss
 
 
 def asymmetric(gamma_pos: float, gamma_neg: float, clip: float) -> LossFn:
     """ASL: ``-(1-p)^g+ log p`` on positives, ``-p_m^g- log(1-p_m)`` with ``p_m = max(p-m, 0)`` on negatives."""
+
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
         pos = torch.exp(gamma_pos * log_not_p) * log_p
@@ -78,6 +83,7 @@ def asymmetric(gamma_pos: float, gamma_neg: float, clip: float) -> LossFn:
         else:
             neg = torch.exp(gamma_neg * log_p) * log_not_p
         return -(labels * pos + (1.0 - labels) * neg).mean()
+
     return loss
 
 
@@ -123,8 +129,9 @@ def build_loss(cfg: LossConfig, train_labels: np.ndarray | None = None) -> LossF
     return loss
 
 
-def trainer_loss(loss_cfg: LossConfig, train_labels: np.ndarray | None,
-                 observe: Callable[[torch.Tensor], None] | None = None):
+def trainer_loss(
+    loss_cfg: LossConfig, train_labels: np.ndarray | None, observe: Callable[[torch.Tensor], None] | None = None
+):
     """The Trainer's ``compute_loss_func``: ``(outputs, labels, num_items_in_batch) -> loss``.
 
     ``training.losses.build_loss`` on the model's ``logits``: a mean over the batch's label entries.

@@ -39,8 +39,9 @@ class BatchShape:
     def start(cls, cfg: RunConfig, meta: dict) -> BatchShape:
         """``training.batch_size`` split over the ranks, or the shape a resumed checkpoint (``meta``) had."""
         batch = int(meta.get("per_device_batch_size") or ranks.per_device_batch(cfg))
-        return cls(batch, int(meta.get("gradient_accumulation_steps") or 1),
-                   list(meta.get("oom_adjustments") or []), [batch])
+        return cls(
+            batch, int(meta.get("gradient_accumulation_steps") or 1), list(meta.get("oom_adjustments") or []), [batch]
+        )
 
     def halve(self, cfg: RunConfig, step: int, error: str) -> None:
         """Half the batch, twice the accumulation; ``OutOfMemoryAtMinBatch`` when that is not possible."""
@@ -51,7 +52,8 @@ class BatchShape:
                 f"{self.batch} rows per rank (training.batch_size={t.batch_size} over resources.gpus="
                 f"{cfg.resources.gpus}); batch halving is not done in distributed training. Lower "
                 "training.batch_size, or set model.gradient_checkpointing, a shorter max_length, or more GPUs. "
-                f"Last error: {error}")
+                f"Last error: {error}"
+            )
         smaller = math.ceil(self.batch / 2)
         if smaller < t.min_batch_size or smaller == self.batch:
             raise OutOfMemoryAtMinBatch(
@@ -59,11 +61,13 @@ class BatchShape:
                 f"(training.min_batch_size={t.min_batch_size}); per-device batch sizes tried: "
                 f"{', '.join(map(str, self.tried))} (training.batch_size={t.batch_size}, gradient accumulation up to "
                 f"{self.accumulation}). Use a smaller model or max_length, a card with more memory "
-                f"(resources.gpu_memory_gb), or lower training.min_batch_size. Last error: {error}")
+                f"(resources.gpu_memory_gb), or lower training.min_batch_size. Last error: {error}"
+            )
         self.batch, self.accumulation = smaller, self.accumulation * 2
         self.tried.append(self.batch)
-        self.adjustments.append({"step": step, "batch_size": self.batch,
-                                 "gradient_accumulation_steps": self.accumulation})
+        self.adjustments.append(
+            {"step": step, "batch_size": self.batch, "gradient_accumulation_steps": self.accumulation}
+        )
 
 
 def free_memory(trainer, keep_optimizer: bool = False) -> None:

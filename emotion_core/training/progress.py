@@ -39,8 +39,9 @@ def _plain(value):
 class ProgressCallback(TrainerCallback):
     """Reports begin / throttled step / evaluate / end events to ``report``; see the module docstring."""
 
-    def __init__(self, report: Callable[[dict], None], monitor: DeviceMonitor | None = None,
-                 min_interval_s: float = 10.0) -> None:
+    def __init__(
+        self, report: Callable[[dict], None], monitor: DeviceMonitor | None = None, min_interval_s: float = 10.0
+    ) -> None:
         self.report = report
         self.monitor = monitor
         self.min_interval_s = min_interval_s
@@ -59,12 +60,19 @@ class ProgressCallback(TrainerCallback):
         done = step - self.first_step
         eta = (0.0 if kind == "end" else elapsed * max(max_steps - step, 0) / done) if done > 0 else None
         device = self.monitor.snapshot() if self.monitor is not None else None
-        return {"event": kind, "step": step, "max_steps": max_steps,
-                "epoch": None if state.epoch is None else round(float(state.epoch), 4),
-                "fraction": round(fraction, 4), "elapsed_s": round(elapsed, 1),
-                "eta_s": None if eta is None else round(eta, 1),
-                "loss": self.loss, "learning_rate": self.learning_rate,
-                "metrics": {k: _plain(v) for k, v in (metrics or {}).items()}, "device": device}
+        return {
+            "event": kind,
+            "step": step,
+            "max_steps": max_steps,
+            "epoch": None if state.epoch is None else round(float(state.epoch), 4),
+            "fraction": round(fraction, 4),
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": None if eta is None else round(eta, 1),
+            "loss": self.loss,
+            "learning_rate": self.learning_rate,
+            "metrics": {k: _plain(v) for k, v in (metrics or {}).items()},
+            "device": device,
+        }
 
     def _send(self, kind: str, state, metrics: dict | None = None) -> None:
         self.last_sent = time.monotonic()
@@ -78,8 +86,7 @@ class ProgressCallback(TrainerCallback):
                 log.warning("progress report failed; training goes on, further failures are not logged: %r", exc)
 
     def _step_due(self, state) -> bool:
-        return (int(state.global_step) > self.last_step_sent
-                and time.monotonic() - self.last_sent >= self.min_interval_s)
+        return int(state.global_step) > self.last_step_sent and time.monotonic() - self.last_sent >= self.min_interval_s
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()

@@ -40,8 +40,9 @@ class World:
 
 def world() -> World:
     """This process's rank, local rank and the world size, from torchrun's environment (0, 0, 1 without it)."""
-    return World(int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")),
-                 int(os.environ.get("WORLD_SIZE", "1")))
+    return World(
+        int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    )
 
 
 def is_main() -> bool:
@@ -129,7 +130,8 @@ def check(cfg) -> None:
         raise ConfigError(
             f"config '{name}': resources.gpus={gpus} needs {gpus} ranks started by torchrun (the train-model flow "
             f"does it; by hand: torchrun --nproc_per_node {gpus} -m emotion_core.training.distributed --config ... "
-            "--store ...); this is one process, and DataParallel is not supported")
+            "--store ...); this is one process, and DataParallel is not supported"
+        )
     if w.size > 1 and w.size != gpus:
         raise ConfigError(f"config '{name}': started with {w.size} ranks but resources.gpus={gpus}")
     if gpus > 1:
@@ -143,19 +145,23 @@ def check_batch(cfg) -> None:
         raise ConfigError(
             f"config '{cfg.name}': training.batch_size={batch} is the global batch and must divide by "
             f"resources.gpus={gpus} (each rank takes batch_size / gpus rows a step); use e.g. "
-            f"{max(gpus, batch - batch % gpus)}")
+            f"{max(gpus, batch - batch % gpus)}"
+        )
 
 
 def check_strategy(cfg) -> None:
     if cfg.resources.strategy != "fsdp":
         return
     if not torch.cuda.is_available():
-        raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp needs CUDA GPUs; "
-                          "on CPU use resources.strategy: ddp")
+        raise ConfigError(
+            f"config '{cfg.name}': resources.strategy=fsdp needs CUDA GPUs; on CPU use resources.strategy: ddp"
+        )
     adapter = getattr(cfg.model, "adapter", None)
     if adapter is not None and adapter.method == "qlora":
-        raise ConfigError(f"config '{cfg.name}': resources.strategy=fsdp does not shard 4-bit (QLoRA) weights here; "
-                          "use resources.strategy: ddp (each rank holds the 4-bit model on its own card)")
+        raise ConfigError(
+            f"config '{cfg.name}': resources.strategy=fsdp does not shard 4-bit (QLoRA) weights here; "
+            "use resources.strategy: ddp (each rank holds the 4-bit model on its own card)"
+        )
 
 
 def per_device_batch(cfg) -> int:
@@ -180,17 +186,27 @@ def rank_usage(device_usage: dict, peak_memory: dict) -> dict:
     """What the manifest records per rank: rank, device, its monitor summary and peak memory."""
     w = world()
     device = f"cuda:{w.local_rank}" if torch.cuda.is_available() else "cpu"
-    return {"rank": w.rank, "local_rank": w.local_rank, "device": device, "device_usage": device_usage,
-            "memory": peak_memory}
+    return {
+        "rank": w.rank,
+        "local_rank": w.local_rank,
+        "device": device,
+        "device_usage": device_usage,
+        "memory": peak_memory,
+    }
 
 
 def manifest_entry(cfg, ranks: list[dict] | None) -> dict:
     """The manifest's ``distributed`` entry: world size, strategy, backend, batch split and per-rank device usage."""
     size = world().size
     backend = torch.distributed.get_backend() if initialized() else None
-    return {"world_size": size, "strategy": cfg.resources.strategy if size > 1 else None, "backend": backend,
-            "global_batch_size": cfg.training.batch_size, "per_rank_batch_size": per_device_batch(cfg),
-            "ranks": ranks or []}
+    return {
+        "world_size": size,
+        "strategy": cfg.resources.strategy if size > 1 else None,
+        "backend": backend,
+        "global_batch_size": cfg.training.batch_size,
+        "per_rank_batch_size": per_device_batch(cfg),
+        "ranks": ranks or [],
+    }
 
 
 class NoCheckpoints:

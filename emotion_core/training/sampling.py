@@ -64,8 +64,12 @@ def oversampled(train_dataset, train_labels: np.ndarray | None, training: Traini
     if len(train_labels) != len(train_dataset):
         raise ValueError(f"train_labels has {len(train_labels)} rows, the training dataset {len(train_dataset)}")
     indices = oversample_indices(train_labels, training.oversample_rare, training.seed)
-    log.info("oversampling rare labels (strength %g): %d training rows -> %d per epoch",
-             training.oversample_rare, len(train_dataset), len(indices))
+    log.info(
+        "oversampling rare labels (strength %g): %d training rows -> %d per epoch",
+        training.oversample_rare,
+        len(train_dataset),
+        len(indices),
+    )
     # Items are read through the Subset, so the Trainer's length grouping (which reads each item's
     # ``input_ids``) sees the repeated rows' lengths as well.
     return torch.utils.data.Subset(train_dataset, indices.tolist())

@@ -26,13 +26,26 @@ from emotion_core.training.optimizer import param_groups
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 SCHEMA = LabelSchema(("joy", "anger", "sadness"))
-TEXTS = ["i am so happy today", "this makes me furious", "i miss her so much it hurts",
-         "what a lovely surprise thank you", "ugh stop it", "meh"]
+TEXTS = [
+    "i am so happy today",
+    "this makes me furious",
+    "i miss her so much it hurts",
+    "what a lovely surprise thank you",
+    "ugh stop it",
+    "meh",
+]
 LABELS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
 WORDS = sorted({w for t in TEXTS for w in t.split()})
 
-_SMALL = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-              max_position_embeddings=64, pad_token_id=0)
+_SMALL = dict(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    pad_token_id=0,
+)
 
 
 def _config(arch: str):
@@ -43,12 +56,19 @@ def _config(arch: str):
     if arch == "roberta":
         return tf.RobertaConfig(**_SMALL)
     if arch == "distilbert":
-        return tf.DistilBertConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-                                   max_position_embeddings=64, pad_token_id=0)
+        return tf.DistilBertConfig(
+            vocab_size=64, dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, pad_token_id=0
+        )
     if arch == "deberta-v2":  # deberta-v3's attention: relative positions, shared keys
-        return tf.DebertaV2Config(**_SMALL, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                  position_biased_input=False, position_buckets=16, share_att_key=True,
-                                  norm_rel_ebd="layer_norm")
+        return tf.DebertaV2Config(
+            **_SMALL,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_biased_input=False,
+            position_buckets=16,
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+        )
     decoder_kw = dict(_SMALL, num_key_value_heads=1, eos_token_id=4, bos_token_id=None)
     if arch == "llama":
         return tf.LlamaConfig(**decoder_kw)
@@ -78,11 +98,20 @@ def _tokenizer(decoder_style: bool):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if decoder_style:  # no pad token (the family falls back to EOS), no [CLS]/[SEP]
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>",
-                                       model_input_names=["input_ids", "attention_mask"])
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>", model_input_names=["input_ids", "attention_mask"]
+        )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -117,9 +146,13 @@ def tiny(tmp_path_factory):
 
 def run_config(arch: str, folder, adapter: dict | None, **model):
     family = "decoder" if arch in DECODERS else "encoder"
-    return parse_run_config({"name": f"tiny-{arch}", "model": {"family": family, "model": str(folder), "adapter": adapter,
-                                                                "max_length": 32, **model},
-                             "training": {"learning_rate": 1e-2, "head_learning_rate": 1e-2, "weight_decay": 0.0}})
+    return parse_run_config(
+        {
+            "name": f"tiny-{arch}",
+            "model": {"family": family, "model": str(folder), "adapter": adapter, "max_length": 32, **model},
+            "training": {"learning_rate": 1e-2, "head_learning_rate": 1e-2, "weight_decay": 0.0},
+        }
+    )
 
 
 def family_module(arch: str):
@@ -142,7 +175,11 @@ def peft_part(arch: str, family):
 
 
 def is_head(arch: str, name: str) -> bool:
-    return ("score.modules_to_save." in name or name.startswith("score.")) if arch in DECODERS else name.startswith("head.")
+    return (
+        ("score.modules_to_save." in name or name.startswith("score."))
+        if arch in DECODERS
+        else name.startswith("head.")
+    )
 
 
 def train_step(cfg, family, batch):
@@ -164,11 +201,15 @@ def logits(family, batch):
 
 # --- pre-flight --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ["gpt_neox", "t5"])
 def test_an_architecture_without_targets_is_refused_naming_it(arch):
     assert not adapters.supported(arch, "lora")
-    with pytest.raises(ConfigError, match=rf"config 'my-run'.*lora is not supported on architecture '{arch}'; "
-                                          r"supported architectures: bert, roberta, distilbert, deberta-v2, llama"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"config 'my-run'.*lora is not supported on architecture '{arch}'; "
+        r"supported architectures: bert, roberta, distilbert, deberta-v2, llama",
+    ):
         adapters.check_supported(arch, "lora", "my-run")
 
 
@@ -177,8 +218,10 @@ def test_every_listed_architecture_supports_every_method_and_the_check_needs_no_
         for method in ("lora", "ia3", "qlora"):
             assert adapters.supported(arch, method)
             adapters.check_supported(arch, method, "c")
-    code = ("import sys; from emotion_core.models import adapters; adapters.check_supported('llama', 'qlora', 'c')\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))")
+    code = (
+        "import sys; from emotion_core.models import adapters; adapters.check_supported('llama', 'qlora', 'c')\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -186,7 +229,9 @@ def test_every_listed_architecture_supports_every_method_and_the_check_needs_no_
 
 def test_quantization_config_is_nf4_with_the_configured_double_quant_and_compute_dtype():
     def adapter(**fields):
-        return parse_run_config({"name": "q", "model": {"family": "decoder", "adapter": {"method": "qlora", **fields}}}).model.adapter
+        return parse_run_config(
+            {"name": "q", "model": {"family": "decoder", "adapter": {"method": "qlora", **fields}}}
+        ).model.adapter
 
     cfg = adapters.quantization_config(adapter(double_quant=False), skip_modules=["score"])
     assert cfg.load_in_4bit and cfg.bnb_4bit_quant_type == "nf4" and not cfg.bnb_4bit_use_double_quant
@@ -198,6 +243,7 @@ def test_quantization_config_is_nf4_with_the_configured_double_quant_and_compute
 
 
 # --- LoRA and IA3 on every architecture ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["lora", "ia3"])
 @pytest.mark.parametrize("arch", ENCODERS + DECODERS)
@@ -230,7 +276,9 @@ def test_adapter_trains_only_itself_and_the_head_and_reloads_to_identical_logits
     # Second step: LoRA's A gets a gradient only once B has left zero.
     model.train()
     model(**batch)["loss"].backward()
-    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    no_grad = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not no_grad, no_grad
 
     before = logits(family, batch)
@@ -245,6 +293,7 @@ def test_adapter_trains_only_itself_and_the_head_and_reloads_to_identical_logits
 
 
 # --- QLoRA on the CPU ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("arch", ENCODERS + DECODERS)
 def test_qlora_on_a_4bit_body_trains_and_reloads(arch, tiny, tmp_path):
@@ -290,11 +339,15 @@ def test_qlora_evaluation_does_not_switch_the_4bit_layers_to_an_inference_kernel
     training = family.model(**batch)
     torch.testing.assert_close(training["logits"].detach(), evaluated, rtol=0, atol=1e-6)
     training["loss"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in family.model.named_parameters()
-               if p.requires_grad and "lora_B" in n)
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in family.model.named_parameters()
+        if p.requires_grad and "lora_B" in n
+    )
 
 
 # --- the decoder family ---------------------------------------------------------------------------
+
 
 def test_decoder_pads_with_eos_on_the_right_and_padding_does_not_change_logits(tiny):
     cfg, family = build("llama", tiny, {"method": "lora", "r": 4})
@@ -363,7 +416,9 @@ def test_merge_on_export_writes_a_merged_model_with_the_same_logits(arch, method
         with torch.no_grad():
             after = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])["logits"]
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
-    assert adapters.adapted_modules(family.model if arch in DECODERS else family.model.body)  # the live model kept its adapter
+    assert adapters.adapted_modules(
+        family.model if arch in DECODERS else family.model.body
+    )  # the live model kept its adapter
 
 
 @pytest.mark.parametrize("arch,method", [("llama", "qlora"), ("bert", "lora")])
@@ -373,12 +428,21 @@ def test_the_trainer_fits_an_adapter_model_and_predicts(arch, method, tiny, tmp_
     from emotion_core.training.fit import fit
 
     cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"epochs": 1.0, "batch_size": 8,
-                                                                              "evaluations_per_epoch": 2})})
+    cfg = cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(update={"epochs": 1.0, "batch_size": 8, "evaluations_per_epoch": 2})
+        }
+    )
     texts, labels = TEXTS * 3, np.concatenate([LABELS] * 3)
     family = family_module(arch).build(cfg, SCHEMA, texts, labels)
-    stats = fit(cfg, family, family.make_dataset(texts, labels), family.make_dataset(TEXTS, LABELS), tmp_path / "work",
-                train_labels=labels)
+    stats = fit(
+        cfg,
+        family,
+        family.make_dataset(texts, labels),
+        family.make_dataset(TEXTS, LABELS),
+        tmp_path / "work",
+        train_labels=labels,
+    )
     assert stats.steps == 3 and stats.best_validation_macro_f1 is not None
     assert adapters.adapted_modules(peft_part(arch, family))  # the best checkpoint went back into the same model
     predicted = predict_logits(family, TEXTS)
@@ -394,9 +458,19 @@ def test_an_adapter_run_resumes_from_its_store_checkpoint_to_the_same_weights(ar
     from emotion_core.training.fit import fit
 
     cfg = run_config(arch, tiny(arch), {"method": method, "r": 4})
-    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={
-        "epochs": 2.0, "batch_size": 4, "evaluations_per_epoch": 2, "early_stopping_patience": None,
-        "checkpoint_every_steps": 3})})
+    cfg = cfg.model_copy(
+        update={
+            "training": cfg.training.model_copy(
+                update={
+                    "epochs": 2.0,
+                    "batch_size": 4,
+                    "evaluations_per_epoch": 2,
+                    "early_stopping_patience": None,
+                    "checkpoint_every_steps": 3,
+                }
+            )
+        }
+    )
     texts, labels = TEXTS * 4, np.concatenate([LABELS] * 4)
 
     events = []
@@ -405,8 +479,17 @@ def test_an_adapter_run_resumes_from_its_store_checkpoint_to_the_same_weights(ar
         torch.manual_seed(0)
         family = family_module(arch).build(cfg, SCHEMA, texts, labels)
         resume = checkpoints.restore(work) if checkpoints is not None else None
-        stats = fit(cfg, family, family.make_dataset(texts, labels), family.make_dataset(TEXTS, LABELS), work,
-                    progress=events.append, train_labels=labels, checkpoints=checkpoints, resume=resume)
+        stats = fit(
+            cfg,
+            family,
+            family.make_dataset(texts, labels),
+            family.make_dataset(TEXTS, LABELS),
+            work,
+            progress=events.append,
+            train_labels=labels,
+            checkpoints=checkpoints,
+            resume=resume,
+        )
         return family, stats
 
     straight, _ = train(tmp_path / "straight")
@@ -426,5 +509,9 @@ def test_an_adapter_run_resumes_from_its_store_checkpoint_to_the_same_weights(ar
     resumed, stats = train(tmp_path / "second", RunCheckpoints(store, "adapter-run", "fp"))
     assert stats.resumed_from_step == 3 and stats.steps == len(texts) // 4 * 2
     assert events[0]["event"] == "begin" and events[0]["step"] == 3  # it went on from step 3, not from 0
-    torch.testing.assert_close(torch.from_numpy(predict_logits(resumed, TEXTS)),
-                               torch.from_numpy(predict_logits(straight, TEXTS)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.from_numpy(predict_logits(resumed, TEXTS)),
+        torch.from_numpy(predict_logits(straight, TEXTS)),
+        rtol=1e-4,
+        atol=1e-4,
+    )

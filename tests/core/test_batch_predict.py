@@ -46,8 +46,9 @@ def put_input(store: LocalStore, key: str, frame: pl.DataFrame) -> Path:
 
 
 def emotion_predict(run_folder: Path, data: Path, out: Path) -> str:
-    result = subprocess.run([EMOTION, "predict", str(run_folder), str(data), "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [EMOTION, "predict", str(run_folder), str(data), "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return out.read_text()
 
@@ -131,17 +132,37 @@ def test_progress_of_another_job_is_not_reused(tiny, monkeypatch):
     assert predict_batch(store, "data/stale.parquet", run_id, chunk_rows=300).reused == 0
 
 
-@pytest.mark.parametrize("frame, key, fragments", [
-    (pl.DataFrame({"id": ["a"], "body": ["x"]}), "data/bad1.csv",
-     ["data/bad1.csv", "column 'text'", "found: id, body"]),
-    (pl.DataFrame({"id": [f"i{n}" for n in range(600)], "text": ["ok"] * 450 + ["  "] + ["ok"] * 149}),
-     "data/bad2.parquet", ["data/bad2.parquet", "row 451", "column 'text'", "empty text"]),
-    (pl.DataFrame({"id": ["a", "", "c"], "text": ["x", "y", "z"]}), "data/bad3.csv",
-     ["row 2", "column 'id'", "empty id"]),
-    (pl.DataFrame({"id": ["a", "b", "a"], "text": ["x", "y", "z"]}), "data/bad4.csv", ["row 3", "duplicate id 'a'"]),
-    (pl.DataFrame({"id": ["a"], "text": [3]}), "data/bad5.parquet", ["column 'text'", "not text"]),
-    (pl.DataFrame({"id": [], "text": []}, schema={"id": pl.Utf8, "text": pl.Utf8}), "data/bad6.csv", ["no data rows"]),
-])
+@pytest.mark.parametrize(
+    "frame, key, fragments",
+    [
+        (
+            pl.DataFrame({"id": ["a"], "body": ["x"]}),
+            "data/bad1.csv",
+            ["data/bad1.csv", "column 'text'", "found: id, body"],
+        ),
+        (
+            pl.DataFrame({"id": [f"i{n}" for n in range(600)], "text": ["ok"] * 450 + ["  "] + ["ok"] * 149}),
+            "data/bad2.parquet",
+            ["data/bad2.parquet", "row 451", "column 'text'", "empty text"],
+        ),
+        (
+            pl.DataFrame({"id": ["a", "", "c"], "text": ["x", "y", "z"]}),
+            "data/bad3.csv",
+            ["row 2", "column 'id'", "empty id"],
+        ),
+        (
+            pl.DataFrame({"id": ["a", "b", "a"], "text": ["x", "y", "z"]}),
+            "data/bad4.csv",
+            ["row 3", "duplicate id 'a'"],
+        ),
+        (pl.DataFrame({"id": ["a"], "text": [3]}), "data/bad5.parquet", ["column 'text'", "not text"]),
+        (
+            pl.DataFrame({"id": [], "text": []}, schema={"id": pl.Utf8, "text": pl.Utf8}),
+            "data/bad6.csv",
+            ["no data rows"],
+        ),
+    ],
+)
 def test_bad_input_is_refused_naming_key_row_and_column(tiny, frame, key, fragments):
     store, run_id = tiny
     put_input(store, key, frame)
@@ -157,8 +178,12 @@ def test_bad_files_keys_and_runs_are_refused(tiny):
     (store.root / "data").mkdir(exist_ok=True)
     (store.root / "data/ragged.csv").write_text("id,text\na,fine\nb,too,many\n")
     (store.root / "data/latin1.csv").write_bytes("id,text\na,caf\xe9\n".encode("latin-1"))
-    for key, fragment in [("data/ragged.csv", "data/ragged.csv"), ("data/latin1.csv", "UTF8"),
-                          ("data/missing.csv", "not found"), ("data/x.json", "unsupported file type")]:
+    for key, fragment in [
+        ("data/ragged.csv", "data/ragged.csv"),
+        ("data/latin1.csv", "UTF8"),
+        ("data/missing.csv", "not found"),
+        ("data/x.json", "unsupported file type"),
+    ]:
         if key == "data/x.json":
             (store.root / key).write_text("{}")
         with pytest.raises(DataError, match=fragment):

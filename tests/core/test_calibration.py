@@ -14,8 +14,8 @@ from emotion_core.calibration import (
     fit_temperatures,
 )
 from emotion_core.evaluation import ece
-from emotion_core.report.plots import reliability_diagram
 from emotion_core.metrics import multilabel_metrics, sigmoid
+from emotion_core.report.plots import reliability_diagram
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 
 NAMES = ["over", "under", "right", "absent"]
@@ -72,8 +72,17 @@ def test_calibrate_run_improves_calibration_and_reports_everything():
     zv, yv = _split(6000, seed=3)
     zt, yt = _split(6000, seed=4)
     out = calibrate_run(zv, yv, zt, yt, NAMES, policy="per_label")
-    assert set(out) == {"method", "policy", "temperatures", "labels_kept_at_1", "thresholds", "ece", "nll",
-                        "reliability", "test_metrics"}
+    assert set(out) == {
+        "method",
+        "policy",
+        "temperatures",
+        "labels_kept_at_1",
+        "thresholds",
+        "ece",
+        "nll",
+        "reliability",
+        "test_metrics",
+    }
     assert out["temperatures"]["over"] == pytest.approx(3.0, rel=0.1)
     assert out["labels_kept_at_1"] == ["absent"] and out["temperatures"]["absent"] == 1.0
     for split in ("validation", "test"):
@@ -105,8 +114,12 @@ def test_reliability_diagram_writes_a_png_atomically(tmp_path):
     zv, yv = _split(2000, seed=6)
     out = calibrate_run(zv, yv, zv, yv, NAMES)
     path = tmp_path / "plots" / "reliability.png"
-    written = reliability_diagram(out["reliability"]["test"]["before"], out["reliability"]["test"]["after"],
-                                  path, "test: before vs after temperature scaling")
+    written = reliability_diagram(
+        out["reliability"]["test"]["before"],
+        out["reliability"]["test"]["after"],
+        path,
+        "test: before vs after temperature scaling",
+    )
     assert written == path
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 5000  # a drawn figure, not an empty canvas

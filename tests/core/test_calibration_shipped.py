@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from helpers import TINY_FFNN, write_tiny_tabular
 
 from emotion_core.errors import StoreError
 from emotion_core.metrics import sigmoid
 from emotion_core.runs import read_run
 from emotion_core.store import LocalStore
 from emotion_core.thresholds import apply_thresholds
-from helpers import TINY_FFNN, write_tiny_tabular
 
 pytestmark = pytest.mark.slow  # one tiny training run for the module, a few CLI calls
 
@@ -40,8 +40,13 @@ def tiny_run(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-calibration")
     write_tiny_tabular(folder / "train.csv", rows=120)
-    cfg = parse_run_config({"name": "tiny-calibration", **TINY,
-                            "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")}})
+    cfg = parse_run_config(
+        {
+            "name": "tiny-calibration",
+            **TINY,
+            "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")},
+        }
+    )
     return Path(train_config(cfg, LocalStore(folder / "store")).removeprefix("file://"))
 
 
@@ -77,8 +82,14 @@ def rewrite_calibration(run: Path, change) -> None:
 
 
 def emotion(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([EMOTION, *map(str, args)], capture_output=True, text=True, timeout=300, check=False,
-                          env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    return subprocess.run(
+        [EMOTION, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    )
 
 
 def predicted(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -95,6 +106,7 @@ def run_logits_of(run_folder: Path) -> np.ndarray:
 
 # -- what training writes -------------------------------------------------------------------------
 
+
 def test_a_run_ships_its_calibration_fitted_on_validation_and_listed_in_the_manifest(tiny_run):
     from emotion_core.analysis import DataCache, run_data
     from emotion_core.calibration import calibrate_run
@@ -104,7 +116,11 @@ def test_a_run_ships_its_calibration_fitted_on_validation_and_listed_in_the_mani
     payload = json.loads((tiny_run / "calibration.json").read_text())
     assert run.manifest["files"]["calibration.json"]["sha256"] == sha256_file(tiny_run / "calibration.json")
     assert {k: payload[k] for k in ("version", "method", "fitted_on", "policy")} == {
-        "version": 1, "method": "temperature", "fitted_on": "validation", "policy": run.manifest["threshold_policy"]}
+        "version": 1,
+        "method": "temperature",
+        "fitted_on": "validation",
+        "policy": run.manifest["threshold_policy"],
+    }
     assert list(payload["temperatures"]) == NAMES and list(payload["thresholds"]) == NAMES
     assert payload["rows"] == run.manifest["data"]["rows"]["validation"] > 0
     for key in ("ece_before", "ece_after"):
@@ -113,8 +129,14 @@ def test_a_run_ships_its_calibration_fitted_on_validation_and_listed_in_the_mani
     assert payload["nll_after"] <= payload["nll_before"] + 1e-9
     # The same numbers as fitting now on the run's stored validation logits and the data's labels.
     arrays = run_data(run, DataCache().for_run(run))
-    again = calibrate_run(arrays.logits["validation"], arrays.truth["validation"], None, None, arrays.names,
-                          policy=run.manifest["threshold_policy"])
+    again = calibrate_run(
+        arrays.logits["validation"],
+        arrays.truth["validation"],
+        None,
+        None,
+        arrays.names,
+        policy=run.manifest["threshold_policy"],
+    )
     assert payload["temperatures"] == pytest.approx(again["temperatures"], rel=1e-6)
     assert payload["thresholds"] == again["thresholds"]
     shipped = run.calibration()
@@ -123,6 +145,7 @@ def test_a_run_ships_its_calibration_fitted_on_validation_and_listed_in_the_mani
 
 
 # -- predict and submit use it ------------------------------------------------------------------------
+
 
 def test_predict_is_calibrated_by_default_and_raw_with_no_calibration(tiny_run, texts, tmp_path):
     run = read_run(tiny_run)
@@ -144,6 +167,7 @@ def test_predict_is_calibrated_by_default_and_raw_with_no_calibration(tiny_run, 
 
 def test_predict_labels_follow_the_calibrated_thresholds(copy, texts, tmp_path):
     """Thresholds 0 and 1 make every label decision visible: joy always, anger never, whatever the texts."""
+
     def change(payload):
         payload["temperatures"] = {"joy": 0.5, "anger": 4.0}
         payload["thresholds"] = {"joy": 0.0, "anger": 1.0}

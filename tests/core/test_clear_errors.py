@@ -17,25 +17,32 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import assert_refused, write_tiny_tabular
 
 from emotion_core.config import parse_run_config
 from emotion_core.errors import DataError, StoreError
 from emotion_core.labels import LabelSchema
 from emotion_core.store import LocalStore
-from helpers import assert_refused, write_tiny_tabular
 
 pytestmark = pytest.mark.slow  # one tiny training run for the module, a few CLI calls
 
 EMOTION = str(Path(sys.executable).with_name("emotion"))
-TINY = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-        "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
-        "resources": {"gpu_memory_gb": 2}}
+TINY = {
+    "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+    "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
+    "resources": {"gpu_memory_gb": 2},
+}
 
 
 def tiny_config(folder: Path):
     write_tiny_tabular(folder / "train.csv")
-    return parse_run_config({"name": "tiny-errors", **TINY, "data": {"dataset": "tabular", "id_column": "id",
-                                                                      "path": str(folder / "train.csv")}})
+    return parse_run_config(
+        {
+            "name": "tiny-errors",
+            **TINY,
+            "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +78,13 @@ def texts(tmp_path) -> Path:
 
 
 def emotion(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EMOTION, *map(str, args)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+    return subprocess.run(
+        [EMOTION, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    )
 
 
 # -- damaged run folders (class 10) -----------------------------------------------------------------
@@ -80,7 +92,10 @@ def emotion(*args: str) -> subprocess.CompletedProcess:
 DAMAGES = {
     "no-thresholds": (lambda run: (run / "thresholds.json").unlink(), "thresholds.json"),
     "no-weights": (lambda run: (run / "model" / "model.safetensors").unlink(), "model.safetensors"),
-    "more-labels": (lambda run: (run / "labels.json").write_text('{"labels": ["joy", "anger", "fear"]}'), "labels.json"),
+    "more-labels": (
+        lambda run: (run / "labels.json").write_text('{"labels": ["joy", "anger", "fear"]}'),
+        "labels.json",
+    ),
     "swapped-labels": (lambda run: (run / "labels.json").write_text('{"labels": ["anger", "joy"]}'), "labels.json"),
 }
 
@@ -122,6 +137,7 @@ def test_thresholds_in_another_label_order_are_a_store_error(tiny_run):
 
 # -- a full disk, a read-only or unwritable store (class 10) ---------------------------------------
 
+
 def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -160,13 +176,15 @@ def test_a_full_disk_while_publishing_leaves_no_half_copy(tiny_run, tmp_path, mo
 
     monkeypatch.setattr(shutil, "copytree", copytree)
     run_id = tiny_run.name  # a run is published under the id its manifest names
-    with pytest.raises(StoreError, match=rf"copying run {run_id} from .* failed \(\[Errno 28\] No space left on device "
-                                         rf"while copying .*\)"):
+    with pytest.raises(
+        StoreError,
+        match=rf"copying run {run_id} from .* failed \(\[Errno 28\] No space left on device "
+        rf"while copying .*\)",
+    ):
         store.publish(tiny_run, run_id)
     assert store.list_runs() == []
     assert list((tmp_path / "store" / ".staging").iterdir()) == []  # the half copy is gone
     assert (tiny_run / "manifest.json").is_file()  # the source is intact
-
 
 
 def test_a_read_only_store_is_a_store_error(tiny_run, tmp_path, monkeypatch):
@@ -206,6 +224,7 @@ def test_a_full_disk_while_training_is_a_store_error_and_nothing_is_published(tm
 
 
 # -- the one YAML loader (class 11) -------------------------------------------------------------------
+
 
 def test_duplicate_keys_are_refused_anywhere_but_merges_still_work():
     from emotion_core.config import load_yaml

@@ -40,14 +40,24 @@ def test_shipped_configs_and_sets_validate():
     assert demo.data.max_train_samples == 6000 and demo.training.epochs == 1
     assert isinstance(demo.model, EncoderConfig) and demo.model.model == "minilm"
     _, gpu = load_config_set(REPO / "deployments" / "sets" / "gpu.yaml")
-    assert {"roberta-base", "distilbert-base-uncased", "distilroberta-base", "deberta-v3-base"} <= {e.config.name for e in gpu}
+    assert {"roberta-base", "distilbert-base-uncased", "distilroberta-base", "deberta-v3-base"} <= {
+        e.config.name for e in gpu
+    }
     assert entries[2].config.model.adapter.method == "lora" and entries[3].config.model.family == "zero_shot"
     assert entries[3].config.explain.n_texts == 0 and entries[0].config.explain.n_texts == 8
     # The gpu set names the seeds' systems: full and LoRA encoders, LoRA/QLoRA/IA3 decoders, a zero-shot LLM.
-    methods = {e.config.name: (e.config.model.family, getattr(getattr(e.config.model, "adapter", None), "method", None))
-               for e in gpu}
-    assert methods["roberta-base-lora"] == ("encoder", "lora") and methods["deberta-v3-base-lora"] == ("encoder", "lora")
-    assert methods["llama-3.2-1b-qlora"] == ("decoder", "qlora") and methods["gemma-1.1-2b-it-ia3"] == ("decoder", "ia3")
+    methods = {
+        e.config.name: (e.config.model.family, getattr(getattr(e.config.model, "adapter", None), "method", None))
+        for e in gpu
+    }
+    assert methods["roberta-base-lora"] == ("encoder", "lora") and methods["deberta-v3-base-lora"] == (
+        "encoder",
+        "lora",
+    )
+    assert methods["llama-3.2-1b-qlora"] == ("decoder", "qlora") and methods["gemma-1.1-2b-it-ia3"] == (
+        "decoder",
+        "ia3",
+    )
     assert methods["mistral-7b-qlora"] == ("decoder", "qlora") and methods["qwen2.5-0.5b-lora"] == ("decoder", "lora")
     assert methods["llama-3.1-8b-instruct-zero-shot"] == ("zero_shot", None)
 
@@ -56,7 +66,13 @@ def test_defaults_are_the_measured_recipe():
     cfg = parse_run_config(MINIMAL)
     assert cfg.model.pooling == "mean" and cfg.model.max_length == 64
     t = cfg.training
-    assert (t.batch_size, t.learning_rate, t.head_learning_rate, t.warmup_ratio, t.epochs) == (32, 5e-5, 1e-3, 0.06, 2.0)
+    assert (t.batch_size, t.learning_rate, t.head_learning_rate, t.warmup_ratio, t.epochs) == (
+        32,
+        5e-5,
+        1e-3,
+        0.06,
+        2.0,
+    )
     assert t.group_by_length and t.init_bias_from_prior and cfg.threshold_policy == "per_label"
 
 
@@ -103,17 +119,30 @@ def test_non_mapping_and_missing_file(tmp_path):
 
 def test_config_set_overrides_merge_in_order(tmp_path):
     write(tmp_path, {"name": "f", "model": {"family": "ffnn"}, "training": {"epochs": 5, "batch_size": 16}}, "f.yaml")
-    set_path = write(tmp_path, {
-        "name": "s",
-        "overrides": {"training": {"epochs": 3}, "data": {"max_train_samples": 100}},
-        "configs": ["f.yaml", {"path": "f.yaml", "overrides": {"name": "f2", "training": {"epochs": 1}}}],
-    }, "set.yaml")
+    set_path = write(
+        tmp_path,
+        {
+            "name": "s",
+            "overrides": {"training": {"epochs": 3}, "data": {"max_train_samples": 100}},
+            "configs": ["f.yaml", {"path": "f.yaml", "overrides": {"name": "f2", "training": {"epochs": 1}}}],
+        },
+        "set.yaml",
+    )
     _, entries = load_config_set(set_path, {"data": {"seed": 7}})
     first, second = (e.config for e in entries)
     assert isinstance(first.model, FFNNConfig)
-    assert (first.training.epochs, first.training.batch_size, first.data.max_train_samples, first.data.seed) == (3, 16, 100, 7)
+    assert (first.training.epochs, first.training.batch_size, first.data.max_train_samples, first.data.seed) == (
+        3,
+        16,
+        100,
+        7,
+    )
     assert (second.name, second.training.epochs, second.data.seed) == ("f2", 1, 7)
-    assert entries[1].overrides == {"training": {"epochs": 1}, "data": {"max_train_samples": 100, "seed": 7}, "name": "f2"}
+    assert entries[1].overrides == {
+        "training": {"epochs": 1},
+        "data": {"max_train_samples": 100, "seed": 7},
+        "name": "f2",
+    }
 
 
 def test_config_set_errors(tmp_path):
@@ -131,7 +160,10 @@ def test_config_set_errors(tmp_path):
 
 def test_parse_overrides():
     assert parse_overrides(["training.epochs=1", "data.max_train_samples=500", "name=x", "data.path="]) == {
-        "training": {"epochs": 1}, "data": {"max_train_samples": 500, "path": None}, "name": "x"}
+        "training": {"epochs": 1},
+        "data": {"max_train_samples": 500, "path": None},
+        "name": "x",
+    }
     for bad in ["epochs", "=1", "training..epochs=1"]:
         with pytest.raises(ConfigError, match="expected KEY=VALUE"):
             parse_overrides([bad])
@@ -140,17 +172,39 @@ def test_parse_overrides():
 
 
 def test_model_zoo_fields_validate_with_named_errors(tmp_path):
-    ok = load_run_config(write(tmp_path, {"name": "q", "model": {"family": "decoder", "model": "smollm2",
-                                                                  "adapter": {"method": "qlora", "r": 4}},
-                                          "training": {"loss": {"kind": "combined", "weights": {"bce": 0.5, "asl": 0.5}},
-                                                       "oversample_rare": 0.5}}, "q.yaml"))
-    assert ok.model.adapter.method == "qlora" and ok.model.adapter.alpha == 16 and ok.training.loss.weights == {"bce": 0.5, "asl": 0.5}
-    assert load_run_config(write(tmp_path, {"name": "z", "model": {"family": "zero_shot"}}, "z.yaml")).model.model == "smollm2"
-    bad = {"model.adapter.method": {"family": "decoder", "adapter": {"method": "prefix"}},
-           "model.adapter.r": {"family": "encoder", "adapter": {"r": 0}},
-           "model.few_shot": {"family": "zero_shot", "few_shot": 99}}
+    ok = load_run_config(
+        write(
+            tmp_path,
+            {
+                "name": "q",
+                "model": {"family": "decoder", "model": "smollm2", "adapter": {"method": "qlora", "r": 4}},
+                "training": {"loss": {"kind": "combined", "weights": {"bce": 0.5, "asl": 0.5}}, "oversample_rare": 0.5},
+            },
+            "q.yaml",
+        )
+    )
+    assert (
+        ok.model.adapter.method == "qlora"
+        and ok.model.adapter.alpha == 16
+        and ok.training.loss.weights == {"bce": 0.5, "asl": 0.5}
+    )
+    assert (
+        load_run_config(write(tmp_path, {"name": "z", "model": {"family": "zero_shot"}}, "z.yaml")).model.model
+        == "smollm2"
+    )
+    bad = {
+        "model.adapter.method": {"family": "decoder", "adapter": {"method": "prefix"}},
+        "model.adapter.r": {"family": "encoder", "adapter": {"r": 0}},
+        "model.few_shot": {"family": "zero_shot", "few_shot": 99},
+    }
     for field, model in bad.items():
         with pytest.raises(ConfigError, match=f"field '{field}'"):
             load_run_config(write(tmp_path, {"name": "b", "model": model}, "b.yaml"))
     with pytest.raises(ConfigError, match="loss.kind 'combined' needs loss.weights"):
-        load_run_config(write(tmp_path, {"name": "b", "model": {"family": "ffnn"}, "training": {"loss": {"kind": "combined"}}}, "c.yaml"))
+        load_run_config(
+            write(
+                tmp_path,
+                {"name": "b", "model": {"family": "ffnn"}, "training": {"loss": {"kind": "combined"}}},
+                "c.yaml",
+            )
+        )

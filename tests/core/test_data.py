@@ -21,14 +21,27 @@ from emotion_core.data.splits import carve, carved_size, subset
 from emotion_core.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
-SEMEVAL_LABELS = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness",
-                  "surprise", "trust"]
+SEMEVAL_LABELS = [
+    "anger",
+    "anticipation",
+    "disgust",
+    "fear",
+    "joy",
+    "love",
+    "optimism",
+    "pessimism",
+    "sadness",
+    "surprise",
+    "trust",
+]
 SEMEVAL_HEADER = "\t".join(["ID", "Tweet", *SEMEVAL_LABELS])
 
 
 def go_rows(n: int, start: int = 0) -> list[str]:
     """``n`` well-formed GoEmotions lines over labels 0-2 (ids g<i>), every fourth one multi-label."""
-    return [f"text number {i}\t{i % 3}{',2' if i % 4 == 0 and i % 3 != 2 else ''}\tg{i}" for i in range(start, start + n)]
+    return [
+        f"text number {i}\t{i % 3}{',2' if i % 4 == 0 and i % 3 != 2 else ''}\tg{i}" for i in range(start, start + n)
+    ]
 
 
 def semeval_rows(n: int, start: int = 0) -> list[str]:
@@ -120,7 +133,9 @@ def test_goemotions_hash_stable_and_seeded(go_data, goemotions_dir):
 def test_goemotions_splits_disjoint_and_stratified(go_data):
     ids = {name: set(go_data.ids(name)) for name in ("train", "validation", "test")}
     assert sum(len(v) for v in ids.values()) == go_data.table.height
-    assert not ids["train"] & ids["test"] and not ids["train"] & ids["validation"] and not ids["test"] & ids["validation"]
+    assert (
+        not ids["train"] & ids["test"] and not ids["train"] & ids["validation"] and not ids["test"] & ids["validation"]
+    )
     train_rate = go_data.labels("train").mean(axis=0)
     test_rate = go_data.labels("test").mean(axis=0)
     # Stratified: every label's positive rate in the carved test is within half a point of train's
@@ -193,8 +208,9 @@ def test_tabular_csv_file(write):
 def test_tabular_parquet_folder(write, tmp_path):
     folder = tmp_path / "tab"
     folder.mkdir()
-    pl.DataFrame({"body": ["a", "b", "c", "d"], "pos": [True, False, True, True], "neg": [False, True, False, False]}
-                 ).write_parquet(folder / "train.parquet")
+    pl.DataFrame(
+        {"body": ["a", "b", "c", "d"], "pos": [True, False, True, True], "neg": [False, True, False, False]}
+    ).write_parquet(folder / "train.parquet")
     pl.DataFrame({"body": ["e", "f"], "pos": [1, 0], "neg": [0, 1]}).write_parquet(folder / "validation.parquet")
     pl.DataFrame({"body": ["g"], "pos": [0.0], "neg": [1.0]}).write_parquet(folder / "test.parquet")
     data = load_data(DataConfig(dataset="tabular", path=str(folder), text_column="body", label_columns=("neg", "pos")))
@@ -213,7 +229,9 @@ def test_semeval_kaggle_csv_folder(write, tmp_path):
     rows = [r.replace("\t", ",") for r in semeval_rows(30)]
     rows[0] = rows[0].replace("tweet 0 #tag", '"tweet 0, with ""quotes"""')
     write("kaggle/train.csv", lines([header] + rows, "\r\n"))
-    write("kaggle/test.csv", lines([header] + [",".join(r.split("\t")[:2]) + ",NONE" * 11 for r in semeval_rows(4, 50)]))
+    write(
+        "kaggle/test.csv", lines([header] + [",".join(r.split("\t")[:2]) + ",NONE" * 11 for r in semeval_rows(4, 50)])
+    )
     data = load_data(DataConfig(dataset="semeval2018-ec", path=str(tmp_path / "kaggle")))
     assert data.report.rows_read == {"train": 30, "predict": 4}
     assert data.table.filter(pl.col("id") == "2018-En-00000")["text"][0] == 'tweet 0, with "quotes"'
@@ -261,7 +279,7 @@ def test_undecodable_bytes_name_row_and_column(write, go_folder):
         load_data(DataConfig(path=str(folder)))
     assert_names(info.value, folder / "train.tsv", 7, "text")
 
-    path = write("bad.csv", b"text,joy\nfine,1\n\"quoted\nacross lines\",0\nok,1\n\xff\xfe,0\n")
+    path = write("bad.csv", b'text,joy\nfine,1\n"quoted\nacross lines",0\nok,1\n\xff\xfe,0\n')
     with pytest.raises(DataError) as info:
         load_data(DataConfig(dataset="tabular", path=str(path)))
     assert_names(info.value, path, 4, "text")  # records, not lines: the quoted newline is one row
@@ -324,7 +342,9 @@ def test_tabular_bad_inputs(write):
     with pytest.raises(DataError) as info:
         load_data(DataConfig(dataset="tabular", path=str(path), text_column="body"))
     assert_names(info.value, path, 1, "source")
-    assert "label value 'web' is not 0 or 1 (if 'source' is not a label, add it to data.ignore_columns)" in str(info.value)
+    assert "label value 'web' is not 0 or 1 (if 'source' is not a label, add it to data.ignore_columns)" in str(
+        info.value
+    )
 
     # Explicit labels: the stray column is an unexpected column.
     with pytest.raises(DataError, match="unexpected column") as info:
@@ -356,7 +376,10 @@ def test_drop_mode_records_every_dropped_row(go_folder):
     file = str(folder / "train.tsv")
     dropped = data.report.dropped
     assert [(d["file"], d["row"], d["column"]) for d in dropped] == [
-        (file, 5, "labels"), (file, 10, "text"), (file, 15, "id"), (file, 20, None)
+        (file, 5, "labels"),
+        (file, 10, "text"),
+        (file, 15, "id"),
+        (file, 20, None),
     ]
     assert "beyond the 3 labels" in dropped[0]["reason"] and dropped[1]["reason"] == "empty text"
     assert data.report.rows_read["train"] == 40
@@ -397,7 +420,10 @@ def test_subset_is_seeded(go_folder):
     cfg = DataConfig(path=str(folder), max_train_samples=10, max_validation_samples=5)
     first, second = load_data(cfg), load_data(cfg)
     assert first.report.rows_used["train"] == 10 and first.report.rows_used["validation"] == 5
-    assert first.report.subsets == {"train": "10 of 54 rows, seeded (seed 13)", "validation": "5 of 20 rows, seeded (seed 13)"}
+    assert first.report.subsets == {
+        "train": "10 of 54 rows, seeded (seed 13)",
+        "validation": "5 of 20 rows, seeded (seed 13)",
+    }
     assert first.ids("train") == second.ids("train")
     assert first.ids("train") == sorted(first.ids("train"), key=lambda i: int(i[1:]))  # file order kept
     other = load_data(DataConfig(path=str(folder), max_train_samples=10, max_validation_samples=5, seed=5))
@@ -495,14 +521,21 @@ class _FakeSplit:
 def test_hub_rows_go_through_the_same_checks(monkeypatch, tmp_path):
     monkeypatch.setenv("EMOTION_DATA_DIR", str(tmp_path))  # no goemotions/ folder there
     names = ["joy", "anger", "neutral"]
-    frame = pl.DataFrame({"text": [f"t{i}" for i in range(30)], "labels": [[i % 3] for i in range(30)],
-                          "id": [f"h{i}" for i in range(30)]})
+    frame = pl.DataFrame(
+        {
+            "text": [f"t{i}" for i in range(30)],
+            "labels": [[i % 3] for i in range(30)],
+            "id": [f"h{i}" for i in range(30)],
+        }
+    )
     calls = []
 
     def load_dataset(hub_id, config):
         calls.append((hub_id, config))
-        return {"train": _FakeSplit(frame, names), "validation": _FakeSplit(frame.head(5).with_columns(
-            pl.format("v{}", pl.col("id")).alias("id")), names)}
+        return {
+            "train": _FakeSplit(frame, names),
+            "validation": _FakeSplit(frame.head(5).with_columns(pl.format("v{}", pl.col("id")).alias("id")), names),
+        }
 
     _fake_datasets(monkeypatch, load_dataset)
     data = load_data(DataConfig())
@@ -536,8 +569,12 @@ def test_offline_with_nothing_local_real_datasets(tmp_path):
     """
     pytest.importorskip("datasets")
     env = {k: v for k, v in os.environ.items() if k != "EMOTION_DATA_DIR" and not k.startswith("HF_")}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+    }
     code = (
         "from emotion_core.config import DataConfig\n"
         "from emotion_core.data import load_data\n"
@@ -545,8 +582,9 @@ def test_offline_with_nothing_local_real_datasets(tmp_path):
         "try:\n    load_data(DataConfig())\nexcept DataError as exc:\n    print('DataError:', exc)\n"
         "else:\n    print('loaded')\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                            cwd=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path)
+    )
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.startswith("DataError: no local goemotions data (data.path is not set and $EMOTION_DATA_DIR is not set)")
@@ -557,5 +595,13 @@ def test_offline_with_nothing_local_real_datasets(tmp_path):
 def test_report_is_plain_json():
     report = DataReport(files={"train": "x"}, rows_read={"train": 3})
     assert json.loads(report.to_json())["rows_read"] == {"train": 3}
-    assert set(report.to_dict()) == {"files", "rows_read", "rows_used", "dropped", "carved", "subsets",
-                                     "label_counts", "rows_without_labels"}
+    assert set(report.to_dict()) == {
+        "files",
+        "rows_read",
+        "rows_used",
+        "dropped",
+        "carved",
+        "subsets",
+        "label_counts",
+        "rows_without_labels",
+    }

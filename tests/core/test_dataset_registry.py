@@ -41,9 +41,16 @@ def test_registered_reader_loads_tabular(tmp_path):
     assert data.schema.names == ("a", "b") and len(data.split("test")) == 4
 
 
-@pytest.mark.parametrize("tag, words", [("HappyDay", "happy day"), ("USElection", "us election"),
-                                        ("happyday", "happyday"), ("MondayMotivation2018", "monday motivation 2018"),
-                                        ("BREAKING", "breaking")])
+@pytest.mark.parametrize(
+    "tag, words",
+    [
+        ("HappyDay", "happy day"),
+        ("USElection", "us election"),
+        ("happyday", "happyday"),
+        ("MondayMotivation2018", "monday motivation 2018"),
+        ("BREAKING", "breaking"),
+    ],
+)
 def test_hashtags_split_at_case_changes_and_digits(tag, words):
     assert split_hashtag(tag) == words
 
@@ -52,8 +59,9 @@ def test_tweet_preprocessing_on_real_looking_tweets():
     keep, text = PreprocessConfig(), PreprocessConfig(emoji="text")
     tweet = "@JohnDoe2 this is SO annoying!!! #NotHappy https://t.co/AbC123 😂😂"
     assert preprocess_text(tweet, keep) == "@user this is SO annoying!!! not happy http 😂😂"
-    assert preprocess_text(tweet, text) == ("@user this is SO annoying!!! not happy http face with tears of joy "
-                                            "face with tears of joy")
+    assert preprocess_text(tweet, text) == (
+        "@user this is SO annoying!!! not happy http face with tears of joy face with tears of joy"
+    )
     # An e-mail address is not a mention; www links are URLs; skin tones and variation selectors are dropped.
     other = "mail a@b.com, see www.example.com/x ❤️ 👍🏽 #HappyDay2018"
     assert preprocess_text(other, text) == "mail a@b.com, see http heavy black heart thumbs up sign happy day 2018"
@@ -65,8 +73,9 @@ def test_preprocess_applies_at_load_and_changes_the_hash(tmp_path):
     rows = "".join(f"{i},@fan{i} loving it #GoodVibes http://x.co/{i},{i % 2}\n" for i in range(30))
     (tmp_path / "t.csv").write_text("id,text,joy\n" + rows)
     plain = load_data(DataConfig(dataset="tabular", path=str(tmp_path / "t.csv"), id_column="id"))
-    tweets = load_data(DataConfig(dataset="tabular", path=str(tmp_path / "t.csv"), id_column="id",
-                                  preprocess=PreprocessConfig()))
+    tweets = load_data(
+        DataConfig(dataset="tabular", path=str(tmp_path / "t.csv"), id_column="id", preprocess=PreprocessConfig())
+    )
     assert set(tweets.table["text"].to_list()) == {"@user loving it good vibes http"}
     assert plain.data_hash != tweets.data_hash
     assert plain.table["id"].to_list() == tweets.table["id"].to_list()

@@ -39,12 +39,20 @@ def _tokenizer(decoder_style: bool):
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     if decoder_style:
-        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>",
-                                       model_input_names=["input_ids", "attention_mask"])
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok, unk_token="[UNK]", eos_token="</s>", model_input_names=["input_ids", "attention_mask"]
+        )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +60,27 @@ def tiny(tmp_path_factory):
     """kind ("encoder" | "decoder") -> folder with a random tiny model and its tokenizer."""
     import transformers as tf
 
-    small = {"vocab_size": 32, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": 0}
+    small = {
+        "vocab_size": 32,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        "pad_token_id": 0,
+    }
     folders = {}
     for kind in ("encoder", "decoder"):
         folder = tmp_path_factory.mktemp(kind)
         torch.manual_seed(0)
         if kind == "encoder":
-            model = tf.AutoModel.from_config(tf.BertConfig(**small, hidden_dropout_prob=0.0,
-                                                           attention_probs_dropout_prob=0.0))
+            model = tf.AutoModel.from_config(
+                tf.BertConfig(**small, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+            )
         else:
-            model = tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**small, num_key_value_heads=1, eos_token_id=4,
-                                                                       bos_token_id=None))
+            model = tf.AutoModelForCausalLM.from_config(
+                tf.LlamaConfig(**small, num_key_value_heads=1, eos_token_id=4, bos_token_id=None)
+            )
         model.save_pretrained(folder, safe_serialization=True)
         _tokenizer(kind == "decoder").save_pretrained(folder)
         folders[kind] = folder
@@ -91,14 +108,32 @@ def config(kind: str, folder, csv, gpus: int, training: dict | None = None, stra
         model["adapter"] = {"method": "lora", "r": 4, "alpha": 8, "dropout": 0.0}
     else:
         model["dropout"] = 0.0
-    return parse_run_config({
-        "name": f"ddp-{kind}", "model": model,
-        "data": {"dataset": "tabular", "path": str(csv), "id_column": "id", "validation_fraction": 0.18,
-                 "test_fraction": 0.18},
-        "training": {"epochs": 2, "batch_size": 16, "eval_batch_size": 16, "learning_rate": 1e-3,
-                     "head_learning_rate": 1e-3, "early_stopping_patience": None, "evaluations_per_epoch": 2,
-                     "group_by_length": False, "seed": 7, **(training or {})},
-        "resources": {"gpu_memory_gb": 1, "gpus": gpus, "strategy": strategy}})
+    return parse_run_config(
+        {
+            "name": f"ddp-{kind}",
+            "model": model,
+            "data": {
+                "dataset": "tabular",
+                "path": str(csv),
+                "id_column": "id",
+                "validation_fraction": 0.18,
+                "test_fraction": 0.18,
+            },
+            "training": {
+                "epochs": 2,
+                "batch_size": 16,
+                "eval_batch_size": 16,
+                "learning_rate": 1e-3,
+                "head_learning_rate": 1e-3,
+                "early_stopping_patience": None,
+                "evaluations_per_epoch": 2,
+                "group_by_length": False,
+                "seed": 7,
+                **(training or {}),
+            },
+            "resources": {"gpu_memory_gb": 1, "gpus": gpus, "strategy": strategy},
+        }
+    )
 
 
 def manifest_of(folder) -> dict:
@@ -141,9 +176,11 @@ def test_a_dead_rank_is_named_ahead_of_the_ranks_that_lost_it(tmp_path):
     (tmp_path / "torchrun.log").write_text(
         "Root Cause (first observed failure):\n[0]:\n  time      : 2026\n  host      : h\n"
         "  rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 10)\n"
-        "[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : 1 (pid: 11)\n")
-    (tmp_path / "error-rank0.json").write_text(json.dumps(
-        {"rank": 0, "type": "DistBackendError", "message": "[gloo] Connection closed by peer", "time": 1.0}))
+        "[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : 1 (pid: 11)\n"
+    )
+    (tmp_path / "error-rank0.json").write_text(
+        json.dumps({"rank": 0, "type": "DistBackendError", "message": "[gloo] Connection closed by peer", "time": 1.0})
+    )
     assert distributed.failure(tmp_path, 2).startswith("rank 1 of 2 died without an error (exit code 1")
 
 
@@ -156,8 +193,9 @@ def test_two_gloo_ranks_reach_the_logits_of_one_process_and_publish_once(kind, t
     single = pipeline.train_config(config(kind, tiny[kind], csv, gpus=1), open_store(tmp_path / "single"))
     store = open_store(tmp_path / "store")
     events = []
-    staging, run_id = distributed.launch(config(kind, tiny[kind], csv, gpus=2), str(tmp_path / "store"),
-                                         progress=events.append)
+    staging, run_id = distributed.launch(
+        config(kind, tiny[kind], csv, gpus=2), str(tmp_path / "store"), progress=events.append
+    )
     pipeline.publish_run(store, staging, run_id)
 
     assert store.list_runs() == [run_id]  # exactly one run, from rank 0
@@ -175,13 +213,17 @@ def test_two_gloo_ranks_reach_the_logits_of_one_process_and_publish_once(kind, t
     assert entry["ranks"][0]["device_usage"]["pid"] != entry["ranks"][1]["device_usage"]["pid"]
     assert {e["event"] for e in events} >= {"begin", "evaluate", "end"}  # rank 0's progress reached the parent
     worst = float(np.abs(two.logits("validation")[1] - one.logits("validation")[1]).max())
-    print(f"\n{kind}: max |logit diff| {worst:.2e}; samples/s 1 process {one.manifest['timing']['train_samples_per_second']}, "
-          f"2 gloo ranks {manifest['timing']['train_samples_per_second']}")
+    print(
+        f"\n{kind}: max |logit diff| {worst:.2e}; "
+        f"samples/s 1 process {one.manifest['timing']['train_samples_per_second']}, "
+        f"2 gloo ranks {manifest['timing']['train_samples_per_second']}"
+    )
 
 
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_run_naming_it_and_the_redispatched_run_resumes(tiny, csv, tmp_path, fast_timeout,
-                                                                                 monkeypatch):
+def test_a_killed_rank_ends_the_run_naming_it_and_the_redispatched_run_resumes(
+    tiny, csv, tmp_path, fast_timeout, monkeypatch
+):
     store = open_store(tmp_path / "store")
     cfg = config("encoder", tiny["encoder"], csv, gpus=2, training={"checkpoint_every_steps": 3})
     monkeypatch.setenv(ranks.FAULT_ENV, "1:5")  # rank 1 exits hard after step 5; checkpoint at 3 is stored
@@ -200,8 +242,12 @@ def test_a_killed_rank_ends_the_run_naming_it_and_the_redispatched_run_resumes(t
     assert store.list_runs() == ["crashed"] and store.latest_checkpoint("crashed") is None
     # Resumed on 2 ranks from rank 0's checkpoint: the weights of one uninterrupted process.
     single = pipeline.train_config(config("encoder", tiny["encoder"], csv, gpus=1), open_store(tmp_path / "single"))
-    np.testing.assert_allclose(read_run(store.run_folder("crashed")).logits("validation")[1],
-                               read_run(single.removeprefix("file://")).logits("validation")[1], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        read_run(store.run_folder("crashed")).logits("validation")[1],
+        read_run(single.removeprefix("file://")).logits("validation")[1],
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 def test_out_of_memory_on_a_rank_is_refused_saying_what_to_change(csv, tmp_path, monkeypatch):
@@ -213,16 +259,26 @@ def test_out_of_memory_on_a_rank_is_refused_saying_what_to_change(csv, tmp_path,
     # Rank 1 of 2, as torchrun would start it, minus the process group (the OOM comes before any collective).
     monkeypatch.setattr(ranks, "world", lambda: ranks.World(rank=1, local_rank=1, size=2))
     monkeypatch.setattr(ranks, "trainer_arguments", lambda cfg: {})
-    cfg = parse_run_config({"name": "ddp-oom", "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8},
-                            "data": {"dataset": "tabular", "path": str(csv), "id_column": "id"},
-                            "training": {"epochs": 1, "batch_size": 16, "early_stopping_patience": None},
-                            "resources": {"gpus": 2}})
+    cfg = parse_run_config(
+        {
+            "name": "ddp-oom",
+            "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8},
+            "data": {"dataset": "tabular", "path": str(csv), "id_column": "id"},
+            "training": {"epochs": 1, "batch_size": 16, "early_stopping_patience": None},
+            "resources": {"gpus": 2},
+        }
+    )
     data = load_data(cfg.data)
     family = build_family(cfg, data.schema, data.texts("train"), data.labels("train"))
     with pytest.raises(OutOfMemoryAtMinBatch) as info:
-        fit_module.fit(cfg, family, family.make_dataset(data.texts("train"), data.labels("train")),
-                       family.make_dataset(data.texts("validation"), data.labels("validation")), tmp_path / "work",
-                       train_labels=data.labels("train"))
+        fit_module.fit(
+            cfg,
+            family,
+            family.make_dataset(data.texts("train"), data.labels("train")),
+            family.make_dataset(data.texts("validation"), data.labels("validation")),
+            tmp_path / "work",
+            train_labels=data.labels("train"),
+        )
     message = str(info.value)
     assert "out of GPU memory on rank 1 at step 0 with 8 rows per rank" in message
     assert "batch halving is not done in distributed training. Lower training.batch_size" in message

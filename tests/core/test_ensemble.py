@@ -12,8 +12,12 @@ from emotion_core.thresholds import tune_thresholds
 
 
 def _manifest(name: str, macro_f1: float, run_id: str) -> dict:
-    return {"config_name": name, "run_id": run_id, "threshold_policy": "per_label",
-            "summary": {"validation": {"per_label": {"macro_f1": macro_f1}, "fixed": {"macro_f1": 0.99}}}}
+    return {
+        "config_name": name,
+        "run_id": run_id,
+        "threshold_policy": "per_label",
+        "summary": {"validation": {"per_label": {"macro_f1": macro_f1}, "fixed": {"macro_f1": 0.99}}},
+    }
 
 
 def test_top_k_best_validation_macro_f1_ties_by_name():
@@ -160,8 +164,14 @@ def test_stacking_learns_a_logistic_layer_and_is_cross_fitted():
 def _run_data(name: str, ids: list[str], logits: np.ndarray, truth: np.ndarray, names=("a", "b", "c", "d")):
     from emotion_core.analysis import RunData
 
-    return RunData(name, {"validation": ids, "test": ids}, {"validation": logits, "test": logits},
-                   {"validation": truth, "test": truth}, np.full(len(names), 0.5), list(names))
+    return RunData(
+        name,
+        {"validation": ids, "test": ids},
+        {"validation": logits, "test": logits},
+        {"validation": truth, "test": truth},
+        np.full(len(names), 0.5),
+        list(names),
+    )
 
 
 def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ranks_best(tmp_path):
@@ -172,13 +182,25 @@ def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ra
     y, good, noise, rng = _synthetic(n=600)
     ids = [f"r{i}" for i in range(600)]
     other = good + rng.normal(0, 0.3, good.shape)
-    arrays = {"good": _run_data("good", ids, good, y), "noise": _run_data("noise", ids, noise, y),
-              "subset": _run_data("subset", ids[:500], other[:500], y[:500]),
-              "relabelled": _run_data("relabelled", ids, other, 1 - y),
-              "other-labels": _run_data("other-labels", ids, other, y, names=("a", "b", "c", "e"))}
+    arrays = {
+        "good": _run_data("good", ids, good, y),
+        "noise": _run_data("noise", ids, noise, y),
+        "subset": _run_data("subset", ids[:500], other[:500], y[:500]),
+        "relabelled": _run_data("relabelled", ids, other, 1 - y),
+        "other-labels": _run_data("other-labels", ids, other, y, names=("a", "b", "c", "e")),
+    }
     scores = {"good": 0.6, "subset": 0.59, "relabelled": 0.58, "other-labels": 0.57, "noise": 0.2}
-    entries = [ReportEntry(name=n, status="completed", family="ffnn", run_id=f"id-{n}", validation_macro_f1=s,
-                           threshold_policy="per_label") for n, s in scores.items()]
+    entries = [
+        ReportEntry(
+            name=n,
+            status="completed",
+            family="ffnn",
+            run_id=f"id-{n}",
+            validation_macro_f1=s,
+            threshold_policy="per_label",
+        )
+        for n, s in scores.items()
+    ]
     entry, data, combiner = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=4, bootstrap_samples=200)
     assert entry.members == ["good", "noise"]  # the three better runs do not share good's validation set
     excluded = {e["name"]: e["reason"] for e in entry.ensemble["excluded"]}

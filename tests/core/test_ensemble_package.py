@@ -19,9 +19,11 @@ from helpers import assert_refused, write_tiny_tabular
 from emotion_core.errors import StoreError
 
 EMOTION = str(Path(sys.executable).with_name("emotion"))
-TINY = {"model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-        "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
-        "resources": {"gpu_memory_gb": 2}}
+TINY = {
+    "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+    "training": {"epochs": 3, "batch_size": 8, "early_stopping_patience": None, "checkpoint_every_steps": 0},
+    "resources": {"gpu_memory_gb": 2},
+}
 TEXTS = ["happy lovely day", "furious mad day", "calm fine day 7", "happy furious mad lovely"]
 
 
@@ -41,9 +43,13 @@ def compared(tmp_path_factory):
     store = LocalStore(folder / "store")
     runs = []
     for name, hidden, seed in (("tiny-a", 8, 0), ("tiny-b", 16, 3)):
-        raw = {"name": name, **TINY, "model": {**TINY["model"], "hidden_size": hidden},
-               "training": {**TINY["training"], "seed": seed},
-               "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")}}
+        raw = {
+            "name": name,
+            **TINY,
+            "model": {**TINY["model"], "hidden_size": hidden},
+            "training": {**TINY["training"], "seed": seed},
+            "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")},
+        }
         runs.append(read_run(train_config(parse_run_config(raw), store).removeprefix("file://")))
     cache = DataCache()
     report = store.staging("tiny-cmp")
@@ -52,9 +58,19 @@ def compared(tmp_path_factory):
     original_track = comparison.track
     comparison.track = lambda *args: {}  # W&B is not the point here
     try:
-        result = comparison.compare_set("tiny-cmp", outcomes, entries, store, report, "tiny-cmp-1", cache,
-                                        bootstrap_samples=100, ensemble_top_k=2,
-                                        champion=ChampionConfig(enabled=False), ensemble=EnsembleConfig(folds=3))
+        result = comparison.compare_set(
+            "tiny-cmp",
+            outcomes,
+            entries,
+            store,
+            report,
+            "tiny-cmp-1",
+            cache,
+            bootstrap_samples=100,
+            ensemble_top_k=2,
+            champion=ChampionConfig(enabled=False),
+            ensemble=EnsembleConfig(folds=3),
+        )
     finally:
         comparison.track = original_track
     return store, runs, result, folder
@@ -83,8 +99,12 @@ def test_compare_set_publishes_an_ensemble_package_with_its_facts(compared):
     manifest = json.loads((package / "manifest.json").read_text())
     assert manifest["kind"] == "ensemble" and manifest["family"] == "ensemble"
     assert {m["run_id"] for m in manifest["members"]} == {r.run_id for r in runs}
-    assert set(manifest["files"]) == {"labels.json", "ensemble.json", "probabilities/validation.parquet",
-                                      "probabilities/test.parquet"}
+    assert set(manifest["files"]) == {
+        "labels.json",
+        "ensemble.json",
+        "probabilities/validation.parquet",
+        "probabilities/test.parquet",
+    }
     fit = manifest["ensemble"]
     assert fit["method"] == "weighted_mean" and fit["folds"] == 3 and isinstance(fit["eligible"], bool)
     assert sum(fit["weights"]) == pytest.approx(1.0)
@@ -114,8 +134,9 @@ def test_predict_through_the_package_is_the_weighted_mean_of_calibrated_members(
     data = tmp_path / "texts.csv"
     pl.DataFrame({"id": [f"t{i}" for i in range(len(TEXTS))], "text": TEXTS}).write_csv(data)
     out = tmp_path / "pred.csv"
-    done = subprocess.run([EMOTION, "predict", str(package), str(data), "--out", str(out)], capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [EMOTION, "predict", str(package), str(data), "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     frame = pl.read_csv(out)
     assert frame["joy_prob"].to_numpy() == pytest.approx(probs[:, 0], abs=1e-6)
@@ -131,8 +152,12 @@ def test_a_tampered_package_is_refused(compared, tmp_path):
     (copy / "ensemble.json").write_text(json.dumps(payload))
     data = tmp_path / "texts.csv"
     pl.DataFrame({"text": TEXTS}).write_csv(data)
-    done = subprocess.run([EMOTION, "predict", str(copy), str(data), "--out", str(tmp_path / "o.csv")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [EMOTION, "predict", str(copy), str(data), "--out", str(tmp_path / "o.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_refused(done, "ensemble.json does not match the sha256")
     assert not (tmp_path / "o.csv").exists()
 
@@ -163,8 +188,9 @@ def test_members_come_from_the_same_store_and_are_untrusted(compared, tmp_path):
     lonely = LocalStore(tmp_path / "lonely")  # holds the package and one member only
     lonely.publish(runs[0].folder, runs[0].run_id)
     _republished(package, lonely)
-    missing = next(m for m in json.loads((package / "ensemble.json").read_text())["members"]
-                   if m["run_id"] != runs[0].run_id)["run_id"]
+    missing = next(
+        m for m in json.loads((package / "ensemble.json").read_text())["members"] if m["run_id"] != runs[0].run_id
+    )["run_id"]
     with pytest.raises(StoreError, match=f"member run {missing} cannot be loaded from .*not found"):
         load_predictor(lonely.run_folder(package.name))
 
@@ -194,8 +220,9 @@ def test_stacking_package_round_trip(compared, tmp_path):
     cache = DataCache()
     arrays = {r.config.name: run_data(r, cache.for_run(r)) for r in runs}
     entries = [entry_of_manifest(r.config.name, r.manifest) for r in runs]
-    entry, data, combiner = ensemble_of(entries, arrays, tmp_path, top_k=2, method="stacking", folds=3,
-                                        bootstrap_samples=100)
+    entry, data, combiner = ensemble_of(
+        entries, arrays, tmp_path, top_k=2, method="stacking", folds=3, bootstrap_samples=100
+    )
     assert combiner.method == "stacking" and entry.ensemble["method"] == "stacking"
     publish_ensemble(store, "tiny-stacked", entry, combiner, data)
     package = store.run_folder("tiny-stacked")
@@ -256,8 +283,12 @@ def test_package_round_trip_through_s3(compared, s3_bucket, tmp_path):
 
 def test_commands_that_need_one_trained_run_say_so_for_a_package(compared, tmp_path):
     store, _, _, _ = compared
-    done = subprocess.run([EMOTION, "export", str(store.run_folder("tiny-cmp-1-ensemble")), str(tmp_path / "hf")],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [EMOTION, "export", str(store.run_folder("tiny-cmp-1-ensemble")), str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert_refused(done, "is an ensemble package", "needs one trained run")
 
 
@@ -278,7 +309,9 @@ def test_a_proven_published_ensemble_challenges_the_champion_and_an_unproven_one
     entries = [entry_of_manifest(r.config.name, r.manifest) for r in runs]
     entry, data, _ = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=3, bootstrap_samples=100)
     arrays[entry.name] = data
-    published = replace(entry, run_id=package.name, validation_macro_f1=1.0, validation_score=1.0)  # the best score of the set
+    published = replace(
+        entry, run_id=package.name, validation_macro_f1=1.0, validation_score=1.0
+    )  # the best score of the set
 
     unproven = replace(published, ensemble={**entry.ensemble, "eligible": False})
     records = challenge_champions([*entries, unproven], arrays, fresh, cache, margin=0.0, alpha=0.05)

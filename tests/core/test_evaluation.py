@@ -222,8 +222,13 @@ def test_paired_bootstrap_matches_slow_loop():
     y, p = _random_case(n=50, n_labels=3, seed=9)
     a, b = (p >= 0.5).astype(int), (p >= 0.35).astype(int)
     idx = bootstrap_indices(len(y), 80, 4)
-    deltas = np.array([f1_score(y[r], a[r], average="macro", zero_division=0)
-                       - f1_score(y[r], b[r], average="macro", zero_division=0) for r in idx])
+    deltas = np.array(
+        [
+            f1_score(y[r], a[r], average="macro", zero_division=0)
+            - f1_score(y[r], b[r], average="macro", zero_division=0)
+            for r in idx
+        ]
+    )
     fast = paired_bootstrap(y, a, b, n=80, seed=4)
     assert fast["p_value"] == pytest.approx(np.mean(deltas <= 0))
     assert fast["low"] == pytest.approx(np.quantile(deltas, 0.025), abs=1e-12)
@@ -247,8 +252,17 @@ def test_evaluate_split_is_complete_and_json_serialisable():
     names = ["joy", "anger", "fear"]
     t = np.array([0.5, 0.4, 0.6])
     out = evaluate_split(y, p, t, names, bootstrap_n=200, seed=1)
-    assert set(out) == {"thresholds", "metrics", "macro_f1_ci", "micro_f1_ci", "jaccard_samples_ci", "pr_auc",
-                        "roc_auc", "brier", "ece"}
+    assert set(out) == {
+        "thresholds",
+        "metrics",
+        "macro_f1_ci",
+        "micro_f1_ci",
+        "jaccard_samples_ci",
+        "pr_auc",
+        "roc_auc",
+        "brier",
+        "ece",
+    }
     assert out["jaccard_samples_ci"]["estimate"] == pytest.approx(out["metrics"]["jaccard_samples"])
     assert out["thresholds"] == {"joy": 0.5, "anger": 0.4, "fear": 0.6}
     assert out["metrics"] == multilabel_metrics(y, apply_thresholds(p, t), names)
@@ -296,7 +310,10 @@ def test_paired_bootstrap_on_jaccard_matches_a_slow_reference():
     r = paired_bootstrap(y, good, bad, n=150, seed=2, metric="jaccard_samples")
     assert r["metric"] == "jaccard_samples" and "macro_f1_a" not in r
     assert r["score_a"] == pytest.approx(multilabel_metrics(y, good, names)["jaccard_samples"])
-    deltas = [multilabel_metrics(y[i], good[i], names)["jaccard_samples"]
-              - multilabel_metrics(y[i], bad[i], names)["jaccard_samples"] for i in bootstrap_indices(80, 150, 2)]
+    deltas = [
+        multilabel_metrics(y[i], good[i], names)["jaccard_samples"]
+        - multilabel_metrics(y[i], bad[i], names)["jaccard_samples"]
+        for i in bootstrap_indices(80, 150, 2)
+    ]
     assert r["p_value"] == pytest.approx(np.mean(np.array(deltas) <= 0))
     assert r["low"] == pytest.approx(np.quantile(deltas, 0.025)) and r["delta"] > 0.1

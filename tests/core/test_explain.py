@@ -101,7 +101,9 @@ def test_html_holds_every_text_and_label(tmp_path):
 def tiny_ffnn(schema: LabelSchema):
     texts = ["so happy today", "this makes me mad", "sad and tired", "happy happy", "mad at you", "meh"]
     labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
-    cfg = parse_run_config({"name": "f", "model": {"family": "ffnn", "max_features": 200, "min_df": 1, "hidden_size": 8}})
+    cfg = parse_run_config(
+        {"name": "f", "model": {"family": "ffnn", "max_features": 200, "min_df": 1, "hidden_size": 8}}
+    )
     torch.manual_seed(0)
     return cfg, build_family(cfg, schema, texts, labels)
 

@@ -24,8 +24,13 @@ EMOTION = str(Path(sys.executable).with_name("emotion"))
 sys.path.insert(0, str(Path(__file__).parent))
 from test_adapters import WORDS, _config, _tokenizer  # noqa: E402  (the same tiny models)
 
-TEXTS = ["i am so happy today", "this makes me furious", "i miss her so much it hurts",
-         "what a lovely surprise thank you", "meh"]
+TEXTS = [
+    "i am so happy today",
+    "this makes me furious",
+    "i miss her so much it hurts",
+    "what a lovely surprise thank you",
+    "meh",
+]
 PROB_TOL = 1e-5
 """Max |probability difference| between the export (pipeline) and the run's own prediction path."""
 
@@ -33,8 +38,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarnin
 
 
 def emotion(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env},
-                          timeout=600)
+    return subprocess.run(
+        [EMOTION, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, **env}, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,8 @@ def make_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export-runs")
     rows = ["id,text,joy,anger"] + [
-        f"r{i},{' '.join(WORDS[(i + k) % len(WORDS)] for k in range(4))},{i % 2},{int(i % 3 == 0)}" for i in range(60)]
+        f"r{i},{' '.join(WORDS[(i + k) % len(WORDS)] for k in range(4))},{i % 2},{int(i % 3 == 0)}" for i in range(60)
+    ]
     (root / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     made = {}
 
@@ -59,12 +66,26 @@ def make_run(tmp_path_factory):
                 torch.manual_seed(0)
                 AutoModel.from_config(_config(arch)).save_pretrained(base, safe_serialization=True)
                 _tokenizer(False).save_pretrained(base)
-            cfg = parse_run_config({
-                "name": f"tiny-{arch}-{pooling}", "model": {"family": "encoder", "model": str(base), "pooling": pooling,
-                                                             "max_length": 16, "adapter": adapter},
-                "data": {"dataset": "tabular", "path": str(root / "train.csv"), "id_column": "id"},
-                "training": {"epochs": 1, "batch_size": 8, "learning_rate": 1e-2, "head_learning_rate": 1e-2,
-                             "early_stopping_patience": None}})
+            cfg = parse_run_config(
+                {
+                    "name": f"tiny-{arch}-{pooling}",
+                    "model": {
+                        "family": "encoder",
+                        "model": str(base),
+                        "pooling": pooling,
+                        "max_length": 16,
+                        "adapter": adapter,
+                    },
+                    "data": {"dataset": "tabular", "path": str(root / "train.csv"), "id_column": "id"},
+                    "training": {
+                        "epochs": 1,
+                        "batch_size": 8,
+                        "learning_rate": 1e-2,
+                        "head_learning_rate": 1e-2,
+                        "early_stopping_patience": None,
+                    },
+                }
+            )
             made[key] = Path(train_config(cfg, open_store(root / "store")).removeprefix("file://"))
         return made[key]
 
@@ -81,8 +102,13 @@ def run_probs(run_folder: Path, texts=TEXTS) -> np.ndarray:
 def pipeline_probs(folder: Path, labels: list[str], texts=TEXTS, **kwargs) -> np.ndarray:
     from transformers import pipeline
 
-    clf = pipeline("text-classification", model=str(folder) if not kwargs else kwargs["model"],
-                   tokenizer=str(folder), top_k=None, truncation=True)
+    clf = pipeline(
+        "text-classification",
+        model=str(folder) if not kwargs else kwargs["model"],
+        tokenizer=str(folder),
+        top_k=None,
+        truncation=True,
+    )
     out = clf(list(texts))
     return np.array([[{d["label"]: d["score"] for d in row}[name] for name in labels] for row in out])
 
@@ -170,9 +196,14 @@ def test_cli_ffnn_run_is_refused(tmp_path):
     rows = ["id,text,joy"] + [f"r{i},{'happy' if i % 2 else 'calm'} day {i},{i % 2}" for i in range(40)]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     model = {"family": "ffnn", "max_features": 50, "hidden_size": 4, "min_df": 1}
-    cfg = parse_run_config({"name": "tiny-ffnn", "model": model,
-                            "data": {"dataset": "tabular", "path": str(tmp_path / "d.csv"), "id_column": "id"},
-                            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None}})
+    cfg = parse_run_config(
+        {
+            "name": "tiny-ffnn",
+            "model": model,
+            "data": {"dataset": "tabular", "path": str(tmp_path / "d.csv"), "id_column": "id"},
+            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
+        }
+    )
     run = train_config(cfg, open_store(tmp_path / "store")).removeprefix("file://")
     result = emotion("export", run, str(tmp_path / "hf"), "--no-calibration")
     assert result.returncode == 2 and "a ffnn run ships as its run folder" in result.stderr
@@ -207,9 +238,18 @@ def test_push_to_hub_uploads_the_folder_with_the_token(make_run, tmp_path, monke
 
 def test_cli_push_offline_is_a_clear_error_and_keeps_the_export(make_run, tmp_path):
     run = make_run("bert", "cls")
-    result = emotion("export", str(run), str(tmp_path / "hf"), "--no-calibration", "--push-to-hub", "me/emotions",
-                     HF_TOKEN="hf_secret_value", HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_ETAG_TIMEOUT="2",
-                     HF_HUB_DOWNLOAD_TIMEOUT="2")
+    result = emotion(
+        "export",
+        str(run),
+        str(tmp_path / "hf"),
+        "--no-calibration",
+        "--push-to-hub",
+        "me/emotions",
+        HF_TOKEN="hf_secret_value",
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HF_HUB_ETAG_TIMEOUT="2",
+        HF_HUB_DOWNLOAD_TIMEOUT="2",
+    )
     assert result.returncode == 2, result.stderr
     assert "push to the hub repo 'me/emotions' failed" in result.stderr and "Traceback" not in result.stderr
     assert "hf_secret_value" not in result.stderr + result.stdout

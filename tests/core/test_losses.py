@@ -43,7 +43,8 @@ def test_pos_weight_is_negatives_over_positives_floored_at_one_and_capped():
     expected = F.binary_cross_entropy_with_logits(LOGITS, LABELS, pos_weight=torch.tensor([1.0, 3.0, 30.0]))
     assert loss(kind="bce_pos_weight") == pytest.approx(float(expected), rel=1e-6)
     assert loss(kind="bce_pos_weight", pos_weight_max=2.0) == pytest.approx(
-        float(F.binary_cross_entropy_with_logits(LOGITS, LABELS, pos_weight=torch.tensor([1.0, 2.0, 2.0]))), rel=1e-6)
+        float(F.binary_cross_entropy_with_logits(LOGITS, LABELS, pos_weight=torch.tensor([1.0, 2.0, 2.0]))), rel=1e-6
+    )
     assert needs_train_labels(LossConfig(kind="bce_pos_weight"))
     assert needs_train_labels(LossConfig(kind="combined", weights={"bce_pos_weight": 1.0}))
     assert not needs_train_labels(LossConfig(kind="asl"))
@@ -55,10 +56,10 @@ def test_focal_down_weights_an_easy_example_by_hand():
     x, y = torch.tensor([[2.0]]), torch.tensor([[1.0]])
     p = sig(2.0)
     focal = float(build_loss(LossConfig(kind="focal", focal_gamma=2.0))(x, y))
-    assert focal == pytest.approx(-(1 - p) ** 2 * math.log(p), rel=1e-5)  # 0.0016 vs BCE 0.127
+    assert focal == pytest.approx(-((1 - p) ** 2) * math.log(p), rel=1e-5)  # 0.0016 vs BCE 0.127
     assert focal < 0.02 * float(build_loss(LossConfig())(x, y))
     alpha = float(build_loss(LossConfig(kind="focal", focal_gamma=2.0, focal_alpha=0.25))(x, torch.tensor([[0.0]])))
-    assert alpha == pytest.approx(-0.75 * p ** 2 * math.log(1 - p), rel=1e-5)  # a negative: weight 1 - alpha
+    assert alpha == pytest.approx(-0.75 * p**2 * math.log(1 - p), rel=1e-5)  # a negative: weight 1 - alpha
 
 
 def test_asl_clip_zeroes_easy_negatives_and_shifts_hard_ones_by_hand():
@@ -71,7 +72,7 @@ def test_asl_clip_zeroes_easy_negatives_and_shifts_hard_ones_by_hand():
     # p = sigmoid(1) = 0.731: p_m = 0.681, loss = -p_m^4 log(1 - p_m).
     q = sig(1.0) - 0.05
     hard = build_loss(LossConfig(kind="asl", asl_gamma_neg=4.0, asl_clip=0.05))(torch.tensor([[1.0]]), negative)
-    assert float(hard) == pytest.approx(-(q ** 4) * math.log(1 - q), rel=1e-5)
+    assert float(hard) == pytest.approx(-(q**4) * math.log(1 - q), rel=1e-5)
     # Positives: -(1 - p)^gamma_pos log p.
     pos = build_loss(LossConfig(kind="asl", asl_gamma_pos=1.0))(torch.tensor([[0.5]]), torch.tensor([[1.0]]))
     assert float(pos) == pytest.approx(-(1 - sig(0.5)) * math.log(sig(0.5)), rel=1e-5)
@@ -80,15 +81,28 @@ def test_asl_clip_zeroes_easy_negatives_and_shifts_hard_ones_by_hand():
 def test_combined_is_the_weighted_sum():
     cfg = dict(focal_gamma=2.0, asl_gamma_neg=3.0, asl_clip=0.1)
     expected = 0.3 * loss(kind="bce") + 0.5 * loss(kind="focal", **cfg) + 2.0 * loss(kind="asl", **cfg)
-    assert loss(kind="combined", weights={"bce": 0.3, "focal": 0.5, "asl": 2.0}, **cfg) == pytest.approx(expected, rel=1e-6)
-    assert loss(kind="combined", weights={"bce_pos_weight": 1.0, "bce": 0.0}) == pytest.approx(loss(kind="bce_pos_weight"))
+    assert loss(kind="combined", weights={"bce": 0.3, "focal": 0.5, "asl": 2.0}, **cfg) == pytest.approx(
+        expected, rel=1e-6
+    )
+    assert loss(kind="combined", weights={"bce_pos_weight": 1.0, "bce": 0.0}) == pytest.approx(
+        loss(kind="bce_pos_weight")
+    )
 
 
-@pytest.mark.parametrize("cfg", [
-    {"kind": "bce"}, {"kind": "bce_pos_weight"}, {"kind": "focal"}, {"kind": "focal", "focal_gamma": 0.5, "focal_alpha": 0.25},
-    {"kind": "asl"}, {"kind": "asl", "asl_gamma_neg": 0.5, "asl_gamma_pos": 0.5}, {"kind": "asl", "asl_clip": 0.0},
-    {"kind": "combined", "weights": {"bce_pos_weight": 1.0, "focal": 1.0, "asl": 1.0}},
-], ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"kind": "bce"},
+        {"kind": "bce_pos_weight"},
+        {"kind": "focal"},
+        {"kind": "focal", "focal_gamma": 0.5, "focal_alpha": 0.25},
+        {"kind": "asl"},
+        {"kind": "asl", "asl_gamma_neg": 0.5, "asl_gamma_pos": 0.5},
+        {"kind": "asl", "asl_clip": 0.0},
+        {"kind": "combined", "weights": {"bce_pos_weight": 1.0, "focal": 1.0, "asl": 1.0}},
+    ],
+    ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()),
+)
 def test_losses_and_gradients_stay_finite_at_extreme_logits(cfg):
     logits = torch.tensor([[1e4, -1e4, 0.0, 1e4, -1e4], [-1e4, 1e4, 30.0, 1e4, -1e4]], requires_grad=True)
     labels = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0], [0.0, 1.0, 0.0, 1.0, 0.0]])
@@ -145,8 +159,10 @@ def test_length_grouping_reads_lengths_through_the_oversampling_subset():
     from emotion_core.models.tokenized import TokenizedTexts
 
     lengths = [3, 9, 1, 5, 7, 2]
-    texts = TokenizedTexts({"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths]},
-                           np.eye(6, 2, dtype=np.float32))
+    texts = TokenizedTexts(
+        {"input_ids": [[1] * n for n in lengths], "attention_mask": [[1] * n for n in lengths]},
+        np.eye(6, 2, dtype=np.float32),
+    )
     indices = [0, 1, 1, 2, 3, 4, 5, 5, 5]
     subset = torch.utils.data.Subset(texts, indices)
     sampler = LengthGroupedSampler(4, dataset=subset)
@@ -156,15 +172,20 @@ def test_length_grouping_reads_lengths_through_the_oversampling_subset():
 
 # -- non-finite guard -----------------------------------------------------------------------------
 
+
 def test_non_finite_guard_raises_after_n_bad_logs_and_not_before():
     from emotion_core.training.guards import NonFiniteGuard
 
     guard = NonFiniteGuard(3, "cfg-x", learning_rate=5e-5, precision="bf16", max_grad_norm=1.0)
     state = SimpleNamespace(global_step=0)
-    logs = [{"loss": float("nan"), "grad_norm": 2.0}, {"loss": 0.3, "grad_norm": float("inf")},
-            {"loss": 0.3, "grad_norm": 1.0},  # a finite step resets the count
-            {"loss": float("nan")}, {"eval_loss": float("nan")},  # evaluation logs are not judged
-            {"loss": 0.3, "grad_norm": float("nan")}]
+    logs = [
+        {"loss": float("nan"), "grad_norm": 2.0},
+        {"loss": 0.3, "grad_norm": float("inf")},
+        {"loss": 0.3, "grad_norm": 1.0},  # a finite step resets the count
+        {"loss": float("nan")},
+        {"eval_loss": float("nan")},  # evaluation logs are not judged
+        {"loss": 0.3, "grad_norm": float("nan")},
+    ]
     for step, entry in enumerate(logs, 1):
         state.global_step = step
         guard.on_log(None, state, None, logs=entry)
@@ -210,8 +231,14 @@ def test_non_finite_guard_sees_every_step_loss_through_the_loss_path():
 # -- wiring into the Trainer ----------------------------------------------------------------------
 
 SCHEMA_NAMES = ("joy", "anger", "sadness")
-TEXTS = ["I am so happy today!", "This makes me furious.", "I miss her so much, it hurts.",
-         "What a lovely surprise, thank you!", "ugh, stop it", "meh"]
+TEXTS = [
+    "I am so happy today!",
+    "This makes me furious.",
+    "I miss her so much, it hurts.",
+    "What a lovely surprise, thank you!",
+    "ugh, stop it",
+    "meh",
+]
 TINY_LABELS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
 
 
@@ -219,8 +246,13 @@ def tiny_ffnn(training: dict | None = None):
     from emotion_core.labels import LabelSchema
     from emotion_core.models import build_family
 
-    cfg = parse_run_config({"name": "tiny", "model": {"family": "ffnn", "max_features": 500, "min_df": 1, "hidden_size": 8},
-                            "training": {"batch_size": 2, "epochs": 2, **(training or {})}})
+    cfg = parse_run_config(
+        {
+            "name": "tiny",
+            "model": {"family": "ffnn", "max_features": 500, "min_df": 1, "hidden_size": 8},
+            "training": {"batch_size": 2, "epochs": 2, **(training or {})},
+        }
+    )
     torch.manual_seed(0)
     return cfg, build_family(cfg, LabelSchema(SCHEMA_NAMES), TEXTS, TINY_LABELS)
 
@@ -235,7 +267,9 @@ def test_default_bce_through_compute_loss_func_equals_the_models_own_loss(tmp_pa
     batch = family.collate([dataset[i] for i in range(len(TEXTS))])
     with torch.no_grad():
         before = family.model(**batch)["loss"]  # what training optimised before compute_loss_func
-        after = trainer.compute_loss(family.model, dict(batch), num_items_in_batch=torch.tensor(batch["labels"].numel()))
+        after = trainer.compute_loss(
+            family.model, dict(batch), num_items_in_batch=torch.tensor(batch["labels"].numel())
+        )
     assert float(after) == float(before)
     # Evaluation still scores each batch's labels, and the model is called without them.
     prediction = trainer.predict(dataset)
@@ -271,17 +305,34 @@ def test_a_real_run_trains_with_asl_and_oversampling(data_dir, repo, tmp_path):
     from emotion_core.models import build_family
     from emotion_core.training.fit import fit
 
-    cfg = load_run_config(repo / "deployments" / "configs" / "ffnn-tfidf.yaml", {
-        "model": {"max_features": 3000, "hidden_size": 32},
-        "data": {"max_train_samples": 200, "max_validation_samples": 100, "max_test_samples": 100},
-        "training": {"epochs": 1, "batch_size": 16, "evaluations_per_epoch": 1, "loss": {"kind": "asl"},
-                     "oversample_rare": 1.0}})
+    cfg = load_run_config(
+        repo / "deployments" / "configs" / "ffnn-tfidf.yaml",
+        {
+            "model": {"max_features": 3000, "hidden_size": 32},
+            "data": {"max_train_samples": 200, "max_validation_samples": 100, "max_test_samples": 100},
+            "training": {
+                "epochs": 1,
+                "batch_size": 16,
+                "evaluations_per_epoch": 1,
+                "loss": {"kind": "asl"},
+                "oversample_rare": 1.0,
+            },
+        },
+    )
     data = load_data(cfg.data)
     texts, labels = data.texts("train"), data.labels("train")
     family = build_family(cfg, data.schema, texts, labels)
-    stats = fit(cfg, family, family.make_dataset(texts, labels),
-                family.make_dataset(data.texts("validation"), data.labels("validation")), tmp_path, train_labels=labels)
-    losses = [h["loss"] for h in stats.log_history if "loss" in h] + [h["eval_loss"] for h in stats.log_history if "eval_loss" in h]
+    stats = fit(
+        cfg,
+        family,
+        family.make_dataset(texts, labels),
+        family.make_dataset(data.texts("validation"), data.labels("validation")),
+        tmp_path,
+        train_labels=labels,
+    )
+    losses = [h["loss"] for h in stats.log_history if "loss" in h] + [
+        h["eval_loss"] for h in stats.log_history if "eval_loss" in h
+    ]
     assert losses and all(math.isfinite(v) for v in losses)
     assert stats.steps > math.ceil(200 / 16)  # the epoch holds more than the 200 rows (235 at seed 42)
     assert stats.best_validation_macro_f1 is not None and stats.train_samples_per_second > 0

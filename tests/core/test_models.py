@@ -14,8 +14,14 @@ from emotion_core.training.batch_logits import predict_logits
 from emotion_core.training.optimizer import adamw
 
 SCHEMA = LabelSchema(("joy", "anger", "sadness"))
-TEXTS = ["I am so happy today!", "This makes me furious.", "I miss her so much, it hurts.",
-         "What a lovely surprise, thank you!", "ugh, stop it", "meh"]
+TEXTS = [
+    "I am so happy today!",
+    "This makes me furious.",
+    "I miss her so much, it hurts.",
+    "What a lovely surprise, thank you!",
+    "ugh, stop it",
+    "meh",
+]
 LABELS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.float32)
 
 
@@ -43,7 +49,9 @@ def test_mean_pooling_ignores_padding(minilm):
     _, family = minilm
     family.model.eval()
     alone = family.collate([family.make_dataset(["so happy"], None)[0]])
-    padded = family.collate([family.make_dataset(["so happy", "a much longer sentence that forces padding here"], None)[i] for i in (0, 1)])
+    padded = family.collate(
+        [family.make_dataset(["so happy", "a much longer sentence that forces padding here"], None)[i] for i in (0, 1)]
+    )
     assert padded["input_ids"].shape[1] > alone["input_ids"].shape[1]
     with torch.no_grad():
         a = family.model(**alone)["logits"][0]
@@ -72,7 +80,9 @@ def test_minilm_real_training_step_lowers_loss_on_the_batch(minilm):
         losses.append(out["loss"].item())
     assert all(np.isfinite(losses))
     assert losses[-1] < losses[0]
-    assert not torch.equal(body_before, model.body.encoder.layer[0].attention.self.query.weight)  # the body is fine-tuned too
+    assert not torch.equal(
+        body_before, model.body.encoder.layer[0].attention.self.query.weight
+    )  # the body is fine-tuned too
 
 
 def test_minilm_save_and_load_give_identical_logits(minilm, tmp_path):
@@ -95,7 +105,9 @@ def test_predict_logits_keeps_input_order(minilm):
 
 
 def test_ffnn_features_model_save_load(tmp_path):
-    cfg = parse_run_config({"name": "f", "model": {"family": "ffnn", "max_features": 500, "min_df": 1, "hidden_size": 8}})
+    cfg = parse_run_config(
+        {"name": "f", "model": {"family": "ffnn", "max_features": 500, "min_df": 1, "hidden_size": 8}}
+    )
     torch.manual_seed(0)
     family = build_family(cfg, SCHEMA, TEXTS, LABELS)
     rows = family.make_dataset(TEXTS, LABELS)
@@ -139,5 +151,7 @@ def test_in_training_validation_scores_align_with_labels_under_length_grouping(m
     reported = trainer.evaluate()["eval_macro_f1"]
     probs = sigmoid(predict_logits(family, texts, batch_size=48))
     y = labels.astype(np.int64)
-    expected = multilabel_metrics(y, apply_thresholds(probs, tune_thresholds(y, probs, "per_label")), ["a", "b", "c"])["macro_f1"]
+    expected = multilabel_metrics(y, apply_thresholds(probs, tune_thresholds(y, probs, "per_label")), ["a", "b", "c"])[
+        "macro_f1"
+    ]
     assert reported == pytest.approx(expected, abs=1e-6)

@@ -68,7 +68,7 @@ def test_a_failing_sample_never_escapes_the_thread(monkeypatch, caplog):
 
 def test_cuda_branch_with_a_faked_device_and_no_nvml(monkeypatch):
     """No GPU here: fake torch.cuda to check the keys and that missing NVML is a note, not an error."""
-    gib = 1024 ** 3
+    gib = 1024**3
     util_calls = []
 
     def no_nvml(index):
@@ -77,12 +77,16 @@ def test_cuda_branch_with_a_faked_device_and_no_nvml(monkeypatch):
 
     cuda = torch.cuda
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    for name, fake in {"is_available": lambda: True, "current_device": lambda: 0,
-                       "get_device_name": lambda i: "Fake GPU 16GB",
-                       "get_device_properties": lambda i: SimpleNamespace(total_memory=16 * gib),
-                       "mem_get_info": lambda i: (12 * gib, 16 * gib),
-                       "memory_allocated": lambda i: 3 * gib, "max_memory_allocated": lambda i: 5 * gib,
-                       "utilization": no_nvml}.items():
+    for name, fake in {
+        "is_available": lambda: True,
+        "current_device": lambda: 0,
+        "get_device_name": lambda i: "Fake GPU 16GB",
+        "get_device_properties": lambda i: SimpleNamespace(total_memory=16 * gib),
+        "mem_get_info": lambda i: (12 * gib, 16 * gib),
+        "memory_allocated": lambda i: 3 * gib,
+        "max_memory_allocated": lambda i: 5 * gib,
+        "utilization": no_nvml,
+    }.items():
         monkeypatch.setattr(cuda, name, fake)
 
     with DeviceMonitor(interval_s=0.02) as monitor:
@@ -99,6 +103,7 @@ def test_cuda_branch_with_a_faked_device_and_no_nvml(monkeypatch):
 
 
 # -- progress events in a real Trainer run ------------------------------------------------------------
+
 
 class _RandomTokens(torch.utils.data.Dataset):
     def __init__(self, rows: int = 24, length: int = 8) -> None:
@@ -117,13 +122,33 @@ def _train(tmp_path, callback, steps: int = 6, eval_steps: int | None = None):
     from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=64, num_labels=2))
-    evaluation = {"eval_strategy": "steps", "eval_steps": eval_steps, "per_device_eval_batch_size": 8} if eval_steps else {}
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4, logging_steps=1,
-                             report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, **evaluation)
-    trainer = Trainer(model=model, args=args, train_dataset=_RandomTokens(), eval_dataset=_RandomTokens(8),
-                      callbacks=[callback])
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=2,
+        )
+    )
+    evaluation = (
+        {"eval_strategy": "steps", "eval_steps": eval_steps, "per_device_eval_batch_size": 8} if eval_steps else {}
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        **evaluation,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=_RandomTokens(), eval_dataset=_RandomTokens(8), callbacks=[callback]
+    )
     return trainer.train()
 
 

@@ -36,16 +36,31 @@ def test_run_folder_is_complete(ffnn_run):
     uri, store = ffnn_run
     run = read_run(uri)
     folder = run.folder
-    for name in ["manifest.json", "config.yaml", "labels.json", "thresholds.json", "metrics.json", "data_report.json",
-                 "train_log.json", "calibration.json", "model/model.safetensors", "model/featurizer.json",
-                 "logits/validation.parquet", "logits/test.parquet"]:
+    for name in [
+        "manifest.json",
+        "config.yaml",
+        "labels.json",
+        "thresholds.json",
+        "metrics.json",
+        "data_report.json",
+        "train_log.json",
+        "calibration.json",
+        "model/model.safetensors",
+        "model/featurizer.json",
+        "logits/validation.parquet",
+        "logits/test.parquet",
+    ]:
         assert (folder / name).is_file(), name
     assert not (folder / "checkpoints").exists()
     assert store.list_runs() == [run.run_id]
     assert not list((store.root / ".staging").iterdir())
     m = run.manifest
     assert m["status"] == "completed" and m["family"] == "ffnn" and m["config_name"] == "ffnn-tfidf"
-    assert m["data"]["hash"].startswith("sha256:") and m["data"]["rows"] == {"train": 3000, "validation": 600, "test": 400}
+    assert m["data"]["hash"].startswith("sha256:") and m["data"]["rows"] == {
+        "train": 3000,
+        "validation": 600,
+        "test": 400,
+    }
     assert m["timing"]["train_samples_per_second"] > 0 and m["timing"]["epochs_completed"] > 0
     assert m["memory"]["peak_rss_mb"] > 100
     assert m["versions"]["torch"].startswith("2.13") and "transformers" in m["versions"]
@@ -75,7 +90,9 @@ def test_metrics_say_which_thresholds_and_learn_something(ffnn_run):
 
     data = load_data(run.config.data)
     prior = np.tile(data.labels("train").mean(axis=0), (len(data.split("validation")), 1))
-    baseline = evaluate_policies(list(run.schema.names), data.labels("validation").astype(int), prior)["validation"]["per_label"]
+    baseline = evaluate_policies(list(run.schema.names), data.labels("validation").astype(int), prior)["validation"][
+        "per_label"
+    ]
     assert val["per_label"]["macro_f1"] > baseline["macro_f1"] + 0.1
     assert val["per_label"]["micro_f1"] > baseline["micro_f1"] + 0.1
     # Stored logits reproduce the stored test metrics at the stored thresholds.
@@ -98,10 +115,13 @@ def test_predict_on_a_trained_run_matches_stored_logits(ffnn_run, data_dir, tmp_
     shipped = run.calibration()
     names = list(run.schema.names)
     # Default: the run's shipped calibration; --no-calibration: raw sigmoid at thresholds.json's.
-    for calibration, expected, cut in ((True, shipped.probabilities(logits), shipped.thresholds),
-                                       (False, sigmoid(logits), run.thresholds())):
-        out = predict_file(uri, data_dir / "goemotions" / "dev.tsv", tmp_path / f"preds-{calibration}.csv",
-                           calibration=calibration)
+    for calibration, expected, cut in (
+        (True, shipped.probabilities(logits), shipped.thresholds),
+        (False, sigmoid(logits), run.thresholds()),
+    ):
+        out = predict_file(
+            uri, data_dir / "goemotions" / "dev.tsv", tmp_path / f"preds-{calibration}.csv", calibration=calibration
+        )
         frame = pl.read_csv(out, schema_overrides={"id": pl.Utf8})
         assert frame.columns == ["id", *names, *[f"{n}_prob" for n in names]]
         assert frame.height == 5426
@@ -114,7 +134,10 @@ def test_predict_on_a_trained_run_matches_stored_logits(ffnn_run, data_dir, tmp_
 
 def test_failed_run_leaves_nothing_in_the_store(data_dir, repo, tmp_path):
     store = open_store(tmp_path / "store")
-    cfg = load_run_config(repo / "deployments" / "configs" / "minilm.yaml", {"model": {"model": "no-such-org/no-such-model"}, **{"data": SMALL["data"]}})
+    cfg = load_run_config(
+        repo / "deployments" / "configs" / "minilm.yaml",
+        {"model": {"model": "no-such-org/no-such-model"}, **{"data": SMALL["data"]}},
+    )
     with pytest.raises(ModelError, match="no-such-org/no-such-model"):
         pipeline.train_config(cfg, store)
     assert store.list_runs() == [] and list((store.root / ".staging").iterdir()) == []
@@ -148,10 +171,14 @@ def test_same_config_same_result_whatever_ran_before(data_dir, repo, tmp_path):
 
     import torch
 
-    cfg = load_run_config(repo / "deployments" / "configs" / "ffnn-tfidf.yaml", {
-        "model": {"max_features": 3000, "hidden_size": 16},
-        "data": {"max_train_samples": 800, "max_validation_samples": 200, "max_test_samples": 100},
-        "training": {"epochs": 1}})
+    cfg = load_run_config(
+        repo / "deployments" / "configs" / "ffnn-tfidf.yaml",
+        {
+            "model": {"max_features": 3000, "hidden_size": 16},
+            "data": {"max_train_samples": 800, "max_validation_samples": 200, "max_test_samples": 100},
+            "training": {"epochs": 1},
+        },
+    )
     first = read_run(pipeline.train_config(cfg, open_store(tmp_path / "a")))
     torch.rand(1000), np.random.rand(7), random.random()  # what an earlier run in the process might do
     second = read_run(pipeline.train_config(cfg, open_store(tmp_path / "b")))
@@ -190,10 +217,12 @@ def test_semeval_run_is_tuned_selected_and_served_on_jaccard(data_dir, repo, tmp
     assert any("#" in texts[i] or "@" in texts[i] for i in ids)  # the raw split really has tags and mentions
     tweets = tmp_path / "tweets.csv"
     pl.DataFrame({"id": ids, "text": [texts[i] for i in ids]}).write_csv(tweets)
-    frame = pl.read_csv(predict_file(uri, tweets, tmp_path / "p.csv", calibration=False),
-                        schema_overrides={"id": pl.Utf8})
-    np.testing.assert_allclose(frame.select([f"{n}_prob" for n in run.schema.names]).to_numpy(), sigmoid(logits),
-                               atol=2e-6)
+    frame = pl.read_csv(
+        predict_file(uri, tweets, tmp_path / "p.csv", calibration=False), schema_overrides={"id": pl.Utf8}
+    )
+    np.testing.assert_allclose(
+        frame.select([f"{n}_prob" for n in run.schema.names]).to_numpy(), sigmoid(logits), atol=2e-6
+    )
     # The Kaggle-style file of the unlabelled test split; with at-least-one, no tweet is left without a label.
     result = submit_run(uri, tmp_path / "E-c_en_pred.csv")
     assert result["rows"] == len(raw.split("predict")) > 3000

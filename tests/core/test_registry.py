@@ -43,14 +43,20 @@ def run_data(name: str, truth: np.ndarray, preds: np.ndarray, order: slice = sli
     """A run whose logits give exactly ``preds`` at threshold 0.5 (rows reordered by ``order``)."""
     ids = [f"r{i}" for i in range(len(truth))][order]
     logits = np.where(preds == 1, 4.0, -4.0).astype(np.float32)[order]
-    return RunData(name, {"test": ids}, {"test": logits}, {"test": truth[order]},
-                   np.full(len(LABELS), 0.5), list(LABELS))
+    return RunData(
+        name, {"test": ids}, {"test": logits}, {"test": truth[order]}, np.full(len(LABELS), 0.5), list(LABELS)
+    )
 
 
 def entry(run_id: str, f1: float, name: str | None = None) -> dict:
     """The report entry fields ``decide`` reads."""
-    return {"name": name or run_id.split("-")[0], "run_id": run_id, "status": "completed", "validation_macro_f1": f1,
-            "dataset_key": KEY}
+    return {
+        "name": name or run_id.split("-")[0],
+        "run_id": run_id,
+        "status": "completed",
+        "validation_macro_f1": f1,
+        "dataset_key": KEY,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,11 @@ def paired(truth):
     champion = run_data("champ", truth, noisy(truth, 0.25, 1))
     better = run_data("better", truth, noisy(truth, 0.05, 2), order=slice(None, None, -1))  # other row order
     worse = run_data("worse", truth, noisy(truth, 0.40, 3))
-    return {"better": paired_vs_champion(better, champion, n=500), "worse": paired_vs_champion(worse, champion, n=500),
-            "same": paired_vs_champion(champion, champion, n=500)}
+    return {
+        "better": paired_vs_champion(better, champion, n=500),
+        "worse": paired_vs_champion(worse, champion, n=500),
+        "same": paired_vs_champion(champion, champion, n=500),
+    }
 
 
 # --------------------------------------------------------------------------- decide
@@ -75,7 +84,9 @@ def test_first_completed_run_is_promoted():
 def test_clearly_better_challenger_is_promoted(paired):
     result = paired["better"]
     assert result["rows"] == ROWS and result["delta"] > 0.1 and result["p_value"] < 0.01
-    decision = decide(entry("champ-1", 0.40), entry("better-2", 0.48), margin=CFG.margin, alpha=CFG.alpha, paired=result)
+    decision = decide(
+        entry("champ-1", 0.40), entry("better-2", 0.48), margin=CFG.margin, alpha=CFG.alpha, paired=result
+    )
     assert decision.promoted, decision.reason
     assert decision.challenger_macro_f1 == 0.48 and decision.champion_macro_f1 == 0.40
     assert decision.p_value == result["p_value"] and decision.margin == 0.005 and decision.test_rows == ROWS
@@ -92,19 +103,26 @@ def test_worse_challenger_is_not_promoted(paired):
 
 
 def test_equal_within_margin_is_not_promoted_even_if_significant(paired):
-    decision = decide(entry("champ-1", 0.400), entry("better-2", 0.403), margin=CFG.margin, alpha=CFG.alpha,
-                      paired=paired["better"])
+    decision = decide(
+        entry("champ-1", 0.400), entry("better-2", 0.403), margin=CFG.margin, alpha=CFG.alpha, paired=paired["better"]
+    )
     assert not decision.promoted
     assert "(+0.0030) is not above the margin 0.0050" in decision.reason and "alpha" not in decision.reason
 
 
 def test_better_on_validation_but_not_significant_on_test(paired):
     assert paired["same"]["p_value"] == 1.0  # identical predictions: delta 0 on every resample
-    decision = decide(entry("champ-1", 0.40), entry("same-2", 0.45), margin=CFG.margin, alpha=CFG.alpha,
-                      paired=paired["same"])
+    decision = decide(
+        entry("champ-1", 0.40), entry("same-2", 0.45), margin=CFG.margin, alpha=CFG.alpha, paired=paired["same"]
+    )
     assert not decision.promoted and "p = 1.000 is not below alpha 0.05" in decision.reason
-    no_test = decide(entry("champ-1", 0.40), entry("x-2", 0.45), margin=CFG.margin, alpha=CFG.alpha,
-                     paired={"skipped": "no test rows shared with the champion"})
+    no_test = decide(
+        entry("champ-1", 0.40),
+        entry("x-2", 0.45),
+        margin=CFG.margin,
+        alpha=CFG.alpha,
+        paired={"skipped": "no test rows shared with the champion"},
+    )
     assert not no_test.promoted and "no paired bootstrap" in no_test.reason and "no test rows shared" in no_test.reason
 
 
@@ -121,12 +139,23 @@ def test_dataset_keys_separate_datasets_and_label_schemas():
     assert KEY.startswith("goemotions-") and len(KEY) == len("goemotions-") + 12
     assert dataset_key("semeval2018-ec", LABELS) != KEY
     assert dataset_key("goemotions", list(reversed(LABELS))) != KEY
-    manifest = {"run_id": "ffnn-1", "config_name": "ffnn", "status": "completed", "threshold_policy": "global",
-                "summary": {"validation": {"global": {"macro_f1": 0.42}}},
-                "data": {"dataset": "goemotions", "labels": LABELS}}
-    assert candidate_from_manifest(manifest) == {"name": "ffnn", "run_id": "ffnn-1", "status": "completed",
-                                                 "metric": "macro_f1", "validation_score": 0.42,
-                                                 "validation_macro_f1": 0.42, "dataset_key": KEY}
+    manifest = {
+        "run_id": "ffnn-1",
+        "config_name": "ffnn",
+        "status": "completed",
+        "threshold_policy": "global",
+        "summary": {"validation": {"global": {"macro_f1": 0.42}}},
+        "data": {"dataset": "goemotions", "labels": LABELS},
+    }
+    assert candidate_from_manifest(manifest) == {
+        "name": "ffnn",
+        "run_id": "ffnn-1",
+        "status": "completed",
+        "metric": "macro_f1",
+        "validation_score": 0.42,
+        "validation_macro_f1": 0.42,
+        "dataset_key": KEY,
+    }
 
 
 def test_config_defaults_and_validation():
@@ -158,8 +187,11 @@ def backend(request, tmp_path):
             (store.root / key).write_bytes(body)
 
         def raw_runs() -> dict[str, bytes]:
-            return {p.relative_to(store.root).as_posix(): p.read_bytes() for p in (store.root / "runs").rglob("*")
-                    if p.is_file()}
+            return {
+                p.relative_to(store.root).as_posix(): p.read_bytes()
+                for p in (store.root / "runs").rglob("*")
+                if p.is_file()
+            }
 
         return Backend(store, raw_put, raw_runs)
     bucket = request.getfixturevalue("s3_bucket")
@@ -205,7 +237,13 @@ def test_documents_are_conditional_and_never_touch_runs(backend):
     store.write_document("registry/a/b.json", {"k": True})
     assert store.list_documents("registry") == ["registry/a/b.json", "registry/x.json"]
     assert store.list_documents("registry/a/") == ["registry/a/b.json"] and store.list_documents("nothing") == []
-    for bad in ("runs/r1/manifest.json", "reports/x/index.json", "/etc/x.json", "registry/../runs/x.json", ".staging/x"):
+    for bad in (
+        "runs/r1/manifest.json",
+        "reports/x/index.json",
+        "/etc/x.json",
+        "registry/../runs/x.json",
+        ".staging/x",
+    ):
         with pytest.raises(StoreError, match="document key"):
             store.write_document(bad, {})
 
@@ -230,14 +268,22 @@ def test_decisions_are_recorded_in_order_and_the_pointer_follows_promotions(back
 
     log = registry.decisions(KEY)
     assert [(d["challenger_run_id"], d["promoted"], d["champion_run_id"]) for d in log] == [
-        ("first-1", True, None), ("worse-2", False, "first-1"), ("better-3", True, "first-1"), ("close-4", False, "better-3")]
+        ("first-1", True, None),
+        ("worse-2", False, "first-1"),
+        ("better-3", True, "first-1"),
+        ("close-4", False, "better-3"),
+    ]
     assert [d["decided_at"] for d in log] == sorted(d["decided_at"] for d in log) and len({d["key"] for d in log}) == 4
-    assert all(d["key"].startswith(f"registry/{KEY}/decisions/") and d["key"].endswith(f"-{d['challenger_run_id']}.json")
-               for d in log)
+    assert all(
+        d["key"].startswith(f"registry/{KEY}/decisions/") and d["key"].endswith(f"-{d['challenger_run_id']}.json")
+        for d in log
+    )
     assert "margin" in log[3]["reason"] and log[2]["p_value"] == paired["better"]["p_value"]
 
     champion = registry.champion(KEY)
-    assert champion["run_id"] == "better-3" and champion["validation_macro_f1"] == 0.48 and champion["dataset_key"] == KEY
+    assert (
+        champion["run_id"] == "better-3" and champion["validation_macro_f1"] == 0.48 and champion["dataset_key"] == KEY
+    )
     assert champion["decision_key"] == log[2]["key"] and champion["decision"] == log[2]
     assert champion["promoted_at"] == log[2]["decided_at"]
     # Another dataset (another label schema) has its own champion.
@@ -252,10 +298,16 @@ def test_the_champions_run_files_are_never_rewritten(backend, paired):
     assert any(k.endswith("runs/champ-1/model/model.safetensors") for k in before)
     publish(store, "loser-2")
     publish(store, "winner-3")
-    registry.record(decide(registry.champion(KEY), entry("loser-2", 0.30), margin=CFG.margin, alpha=CFG.alpha,
-                           paired=paired["worse"]))
-    registry.record(decide(registry.champion(KEY), entry("winner-3", 0.48), margin=CFG.margin, alpha=CFG.alpha,
-                           paired=paired["better"]))
+    registry.record(
+        decide(
+            registry.champion(KEY), entry("loser-2", 0.30), margin=CFG.margin, alpha=CFG.alpha, paired=paired["worse"]
+        )
+    )
+    registry.record(
+        decide(
+            registry.champion(KEY), entry("winner-3", 0.48), margin=CFG.margin, alpha=CFG.alpha, paired=paired["better"]
+        )
+    )
     assert registry.champion(KEY)["run_id"] == "winner-3"
     after = backend.raw_runs()
     assert {k: v for k, v in after.items() if "/champ-1/" in k} == {k: v for k, v in before.items() if "/champ-1/" in k}
@@ -275,8 +327,13 @@ def test_stale_or_unpublished_promotions_are_refused(backend):
         other.record(second)
     assert one.champion(KEY)["run_id"] == "a-1" and len(one.decisions(KEY)) == 1
     # A run that was never published cannot become champion.
-    ghost = decide(None, {**entry("ghost-3", 0.5), "dataset_key": dataset_key("semeval2018-ec", LABELS)},
-                   margin=CFG.margin, alpha=CFG.alpha, paired=None)
+    ghost = decide(
+        None,
+        {**entry("ghost-3", 0.5), "dataset_key": dataset_key("semeval2018-ec", LABELS)},
+        margin=CFG.margin,
+        alpha=CFG.alpha,
+        paired=None,
+    )
     with pytest.raises(StoreError, match="ghost-3 is not a complete run"):
         one.record(ghost)
 
@@ -293,7 +350,9 @@ def test_a_corrupt_registry_document_names_its_key(backend):
     with pytest.raises(StoreError, match=rf"registry/{KEY}\.json .*expected a JSON object"):
         registry.record(decide(None, entry("a-1", 0.4), margin=CFG.margin, alpha=CFG.alpha, paired=None))
     backend.raw_put(f"registry/{KEY}/decisions/20250101T000000000000Z-a-1.json", b"{}")
-    with pytest.raises(StoreError, match=rf"registry/{KEY}/decisions/20250101T000000000000Z-a-1\.json .*not a decision"):
+    with pytest.raises(
+        StoreError, match=rf"registry/{KEY}/decisions/20250101T000000000000Z-a-1\.json .*not a decision"
+    ):
         registry.decisions(KEY)
 
 
@@ -306,7 +365,9 @@ def test_a_promotion_racing_another_writer_loses_at_the_conditional_write(backen
     seen = registry._champion_versioned(KEY)  # what this writer read (champion a-1, and its version)
     decision = decide(seen[0], entry("c-3", 0.48), margin=CFG.margin, alpha=CFG.alpha, paired=paired["better"])
     # Meanwhile another writer promotes b-2 over a-1.
-    Registry(store).record(decide(seen[0], entry("b-2", 0.47), margin=CFG.margin, alpha=CFG.alpha, paired=paired["better"]))
+    Registry(store).record(
+        decide(seen[0], entry("b-2", 0.47), margin=CFG.margin, alpha=CFG.alpha, paired=paired["better"])
+    )
     monkeypatch.setattr(registry, "_champion_versioned", lambda key: seen)  # this writer still holds its old read
     with pytest.raises(DocumentConflict, match=rf"registry/{KEY}\.json changed since it was read"):
         registry.record(decision)
@@ -321,8 +382,13 @@ def test_a_promotion_racing_another_writer_loses_at_the_conditional_write(backen
 def test_gate_uses_the_official_metric_and_reads_old_macro_f1_documents():
     paired = {"p_value": 0.01, "delta": 0.03, "rows": 684}
     old_champion = {"run_id": "old", "name": "ffnn", "validation_macro_f1": 0.50}  # written before metrics existed
-    jaccard = {"run_id": "new", "name": "minilm", "metric": "jaccard_samples", "validation_score": 0.56,
-               "validation_macro_f1": 0.45}
+    jaccard = {
+        "run_id": "new",
+        "name": "minilm",
+        "metric": "jaccard_samples",
+        "validation_score": 0.56,
+        "validation_macro_f1": 0.45,
+    }
     decision = decide(old_champion, jaccard, margin=0.005, alpha=0.05, paired=paired, dataset_key="semeval-x")
     # Jaccard 0.56 is not compared with macro-F1 0.50: the paired test on Jaccard decides.
     assert decision.promoted and decision.metric == "jaccard_samples" and decision.champion_score is None

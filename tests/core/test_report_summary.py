@@ -16,7 +16,6 @@ import polars as pl
 import pytest
 
 from emotion_core.calibration import calibrate_run
-from emotion_core.report.plots import reliability_diagram
 from emotion_core.evaluation import evaluate_split, paired_bootstrap
 from emotion_core.metrics import multilabel_metrics, sigmoid
 from emotion_core.report import (
@@ -33,7 +32,7 @@ from emotion_core.report import (
     write_plots,
     write_report,
 )
-from emotion_core.report.plots import _full_peft_groups
+from emotion_core.report.plots import _full_peft_groups, reliability_diagram
 from emotion_core.thresholds import apply_thresholds, tune_thresholds
 
 NAMES = ["joy", "anger", "fear", "surprise"]
@@ -60,13 +59,24 @@ def _entry(name, method, params, val, test, rng, noise, scale):
     thresholds = tune_thresholds(y_v, sigmoid(z_v), "per_label")
     val_f1 = multilabel_metrics(y_v, apply_thresholds(sigmoid(z_v), thresholds), NAMES)["macro_f1"]
     entry = {
-        "name": name, "status": "completed", "error": None, "family": "encoder", "method": method,
-        "model": "roberta-base", "run_id": f"run-{name[:8]}", "trainable_params": params, "total_params": 124_645_632,
-        "train_seconds": np.float64(321.5), "train_samples_per_s": 88.25, "peak_memory_mb": 2048.0,
+        "name": name,
+        "status": "completed",
+        "error": None,
+        "family": "encoder",
+        "method": method,
+        "model": "roberta-base",
+        "run_id": f"run-{name[:8]}",
+        "trainable_params": params,
+        "total_params": 124_645_632,
+        "train_seconds": np.float64(321.5),
+        "train_samples_per_s": 88.25,
+        "peak_memory_mb": 2048.0,
         "validation_macro_f1": val_f1,
         "test": evaluate_split(y_t, sigmoid(z_t), thresholds, NAMES, bootstrap_n=300, seed=0),
         "calibration": calibrate_run(z_v, y_v, z_t, y_t, NAMES),
-        "paired_vs_best": None, "explanation": None, "files": {},
+        "paired_vs_best": None,
+        "explanation": None,
+        "files": {},
     }
     return entry, apply_thresholds(sigmoid(z_t), thresholds)
 
@@ -79,8 +89,13 @@ def entries() -> list[dict]:
     weak, pred_weak = _entry(WEAK, "lora", 887_812, val, test, rng, noise=1.4, scale=1.0)
     assert good["validation_macro_f1"] > weak["validation_macro_f1"]  # the data makes GOOD the best
     weak["paired_vs_best"] = paired_bootstrap(test[1], pred_weak, pred_good, n=300, seed=0)
-    good["explanation"] = {"html": SHAP, "json": f"models/{GOOD}/shap.json", "texts": 8, "seconds_per_text": 0.42,
-                           "cached": False}
+    good["explanation"] = {
+        "html": SHAP,
+        "json": f"models/{GOOD}/shap.json",
+        "texts": 8,
+        "seconds_per_text": 0.42,
+        "cached": False,
+    }
     good["files"] = {"reliability": RELIABILITY}
     failed = {"name": FAILED, "status": "failed", "error": "CUDA out of memory | tried <16 GiB> & more"}
     # Input order deliberately not the ranking: failed first, weak before good.
@@ -100,9 +115,15 @@ def test_summary_table_ranks_best_first_and_keeps_failed_last(entries):
         test = by_name[row["model"]]["test"]
         cal = by_name[row["model"]]["calibration"]
         assert (row["test_macro_f1"], row["test_macro_f1_low"], row["test_macro_f1_high"]) == (
-            test["macro_f1_ci"]["estimate"], test["macro_f1_ci"]["low"], test["macro_f1_ci"]["high"])
+            test["macro_f1_ci"]["estimate"],
+            test["macro_f1_ci"]["low"],
+            test["macro_f1_ci"]["high"],
+        )
         assert (row["test_micro_f1"], row["test_micro_f1_low"], row["test_micro_f1_high"]) == (
-            test["micro_f1_ci"]["estimate"], test["micro_f1_ci"]["low"], test["micro_f1_ci"]["high"])
+            test["micro_f1_ci"]["estimate"],
+            test["micro_f1_ci"]["low"],
+            test["micro_f1_ci"]["high"],
+        )
         assert row["test_macro_f1_low"] < row["test_macro_f1"] < row["test_macro_f1_high"]
         assert row["test_jaccard"] == test["metrics"]["jaccard_samples"]
         assert row["test_subset_accuracy"] == test["metrics"]["subset_accuracy"]
@@ -172,8 +193,12 @@ def test_plots_are_pngs_and_skip_when_nothing_to_plot(entries, tmp_path):
 
 def test_write_report_is_self_contained_and_escaped(entries, tmp_path):
     good = entries[2]
-    reliability_diagram(good["calibration"]["reliability"]["test"]["before"],
-                        good["calibration"]["reliability"]["test"]["after"], tmp_path / RELIABILITY, GOOD)
+    reliability_diagram(
+        good["calibration"]["reliability"]["test"]["before"],
+        good["calibration"]["reliability"]["test"]["after"],
+        tmp_path / RELIABILITY,
+        GOOD,
+    )
     (tmp_path / SHAP).write_text("<html>shap</html>", encoding="utf-8")
     extra = {"champion": f"{GOOD} promoted", "decision": {"p_value": 0.01, "beats_current": True}}
     paths = write_report(entries, tmp_path, "Comparison <set>", set_name="gpu & more", extra=extra)
@@ -195,7 +220,7 @@ def test_write_report_is_self_contained_and_escaped(entries, tmp_path):
     assert "<b>x</b>" not in page and "roberta-lora &lt;b&gt;x&lt;/b&gt;" in page
     assert "Comparison &lt;set&gt;" in page and "gpu &amp; more" in page
     assert "CUDA out of memory | tried &lt;16 GiB&gt; &amp; more" in page
-    assert f'<a href="{SHAP}">' in page and page.count("<a href=\"models/") == 1
+    assert f'<a href="{SHAP}">' in page and page.count('<a href="models/') == 1
     ci = good["test"]["macro_f1_ci"]
     assert f"{ci['estimate']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]" in page
     assert "champion" in page and "&quot;beats_current&quot;: true" in page
@@ -214,8 +239,11 @@ def test_write_report_is_self_contained_and_escaped(entries, tmp_path):
 
 
 def test_write_report_never_links_outside_and_handles_all_failed(entries, tmp_path):
-    outside = {**entries[2], "explanation": {"html": "https://example.org/shap.html", "texts": 1},
-               "files": {"reliability": "../elsewhere.png"}}
+    outside = {
+        **entries[2],
+        "explanation": {"html": "https://example.org/shap.html", "texts": 1},
+        "files": {"reliability": "../elsewhere.png"},
+    }
     page = write_report([outside], tmp_path / "a", "t", set_name="s")["html"].read_text(encoding="utf-8")
     assert 'href="https://' not in page and "<code>https://example.org/shap.html</code>" in page
     assert page.count("<img ") == 5  # plots only; the reliability path outside the folder is ignored

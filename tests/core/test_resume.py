@@ -26,15 +26,29 @@ ROWS = 320
 
 
 def small_config(training: dict | None = None, name: str = "resume-ffnn"):
-    return parse_run_config({
-        "name": name,
-        "model": {"family": "ffnn", "max_features": 2000, "hidden_size": 32},
-        "data": {"dataset": "goemotions", "max_train_samples": ROWS, "max_validation_samples": 160,
-                 "max_test_samples": 80},
-        "training": {"epochs": 2, "batch_size": 32, "learning_rate": 0.002, "head_learning_rate": 0.002,
-                     "early_stopping_patience": None, "evaluations_per_epoch": 2, "group_by_length": False,
-                     **(training or {})},
-        "resources": {"gpu_memory_gb": 2}})
+    return parse_run_config(
+        {
+            "name": name,
+            "model": {"family": "ffnn", "max_features": 2000, "hidden_size": 32},
+            "data": {
+                "dataset": "goemotions",
+                "max_train_samples": ROWS,
+                "max_validation_samples": 160,
+                "max_test_samples": 80,
+            },
+            "training": {
+                "epochs": 2,
+                "batch_size": 32,
+                "learning_rate": 0.002,
+                "head_learning_rate": 0.002,
+                "early_stopping_patience": None,
+                "evaluations_per_epoch": 2,
+                "group_by_length": False,
+                **(training or {}),
+            },
+            "resources": {"gpu_memory_gb": 2},
+        }
+    )
 
 
 def manifest_of(staging) -> dict:
@@ -84,7 +98,8 @@ class Interrupted(Exception):
 
 @pytest.mark.slow
 def test_an_interrupted_run_resumes_from_its_store_checkpoint_and_matches_an_uninterrupted_one(
-        data_dir, tmp_path, monkeypatch):
+    data_dir, tmp_path, monkeypatch
+):
     cfg = small_config({"checkpoint_every_steps": 6})  # 10 steps an epoch, 20 in all; validation every 5
     store = open_store(tmp_path / "store")
     upload = RunCheckpoints.upload
@@ -119,8 +134,11 @@ def test_an_interrupted_run_resumes_from_its_store_checkpoint_and_matches_an_uni
     # schedule, RNG and data position all came back with the checkpoint).
     straight = open_store(tmp_path / "straight")
     uri = pipeline.train_config(cfg, straight, run_id="straight")
-    np.testing.assert_allclose(read_run(uri).logits("validation")[1],
-                               read_run(store.run_folder("interrupted")).logits("validation")[1], atol=1e-5)
+    np.testing.assert_allclose(
+        read_run(uri).logits("validation")[1],
+        read_run(store.run_folder("interrupted")).logits("validation")[1],
+        atol=1e-5,
+    )
 
 
 @pytest.mark.slow
@@ -130,7 +148,9 @@ def test_a_checkpoint_of_another_config_is_not_resumed(data_dir, tmp_path):
     (folder / "trainer").mkdir(parents=True)
     (folder / "trainer" / "trainer_state.json").write_text("{}")
     store.put_checkpoint("reused-id", 4, folder, {"fingerprint": "another-config", "step": 4})
-    staging, _ = pipeline.train_run(small_config({"checkpoint_every_steps": 50, "epochs": 1}), store, run_id="reused-id")
+    staging, _ = pipeline.train_run(
+        small_config({"checkpoint_every_steps": 50, "epochs": 1}), store, run_id="reused-id"
+    )
     assert manifest_of(staging)["resumed_from_step"] is None
 
 
@@ -146,7 +166,9 @@ def oom_above(monkeypatch, rows: int, after_calls: int = 0) -> list[int]:
     def limited(self, indices, offsets, weights, labels=None):
         if self.training:
             if offsets.numel() > rows and len(seen) >= after_calls:
-                raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 2.00 GiB ({offsets.numel()} rows, injected)")
+                raise torch.OutOfMemoryError(
+                    f"CUDA out of memory. Tried to allocate 2.00 GiB ({offsets.numel()} rows, injected)"
+                )
             seen.append(offsets.numel())
         return forward(self, indices, offsets, weights, labels)
 
@@ -160,8 +182,10 @@ def test_out_of_memory_halves_the_batch_keeps_the_effective_batch_and_is_recorde
     cfg = small_config()
     staging, _ = pipeline.train_run(cfg, open_store(tmp_path / "store"))
     manifest = manifest_of(staging)
-    assert manifest["oom_adjustments"] == [{"step": 0, "batch_size": 16, "gradient_accumulation_steps": 2},
-                                           {"step": 0, "batch_size": 8, "gradient_accumulation_steps": 4}]
+    assert manifest["oom_adjustments"] == [
+        {"step": 0, "batch_size": 16, "gradient_accumulation_steps": 2},
+        {"step": 0, "batch_size": 8, "gradient_accumulation_steps": 4},
+    ]
     assert manifest["batching"] == {"batch_size": 32, "per_device_batch_size": 8, "gradient_accumulation_steps": 4}
     # The effective batch is unchanged: as many optimizer steps as with 32 rows a step, every row once an epoch.
     assert manifest["timing"]["steps"] == math.ceil(ROWS / 32) * 2

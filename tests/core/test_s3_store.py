@@ -31,7 +31,9 @@ def stage_run(store, run_id: str) -> None:
 
 def count_puts(store: S3Store) -> list[str]:
     calls: list[str] = []
-    store.client.meta.events.register("before-parameter-build.s3.PutObject", lambda params, **_: calls.append(params["Key"]))
+    store.client.meta.events.register(
+        "before-parameter-build.s3.PutObject", lambda params, **_: calls.append(params["Key"])
+    )
     return calls
 
 
@@ -80,12 +82,17 @@ def test_checkpoints_marker_last_latest_only_verified_and_deleted(s3_bucket, s3_
         (folder / "trainer" / "optimizer.pt").write_bytes(bytes([step % 256]) * 3000)
         (folder / "best").mkdir()
         (folder / "best" / "model.safetensors").write_bytes(b"w" * 100)
-        assert store.put_checkpoint("r1", step, folder, {"step": step}) == f"s3://{s3_bucket}/team/checkpoints/r1/checkpoint-{step}"
+        assert (
+            store.put_checkpoint("r1", step, folder, {"step": step})
+            == f"s3://{s3_bucket}/team/checkpoints/r1/checkpoint-{step}"
+        )
     assert puts[-1] == "team/checkpoints/r1/checkpoint-100/checkpoint.json"  # the marker is written last
     listed = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="team/checkpoints/")["Contents"])
-    assert listed == ["team/checkpoints/r1/checkpoint-100/best/model.safetensors",
-                      "team/checkpoints/r1/checkpoint-100/checkpoint.json",
-                      "team/checkpoints/r1/checkpoint-100/trainer/optimizer.pt"]  # the older one is gone
+    assert listed == [
+        "team/checkpoints/r1/checkpoint-100/best/model.safetensors",
+        "team/checkpoints/r1/checkpoint-100/checkpoint.json",
+        "team/checkpoints/r1/checkpoint-100/trainer/optimizer.pt",
+    ]  # the older one is gone
     # A newer upload that died before its marker is invisible.
     client.put_object(Bucket=s3_bucket, Key="team/checkpoints/r1/checkpoint-150/trainer/optimizer.pt", Body=b"half")
     marker = store.latest_checkpoint("r1")
@@ -133,8 +140,11 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-TINY = {"model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1},
-        "data": {"max_train_samples": 1000, "max_validation_samples": 300, "max_test_samples": 300}}
+TINY = {
+    "model": {"max_features": 5000, "hidden_size": 32},
+    "training": {"epochs": 1},
+    "data": {"max_train_samples": 1000, "max_validation_samples": 300, "max_test_samples": 300},
+}
 
 
 def test_pipeline_publishes_to_s3_and_predicts_from_the_uri(s3_bucket, data_dir, repo, tmp_path):
@@ -176,7 +186,9 @@ def test_publish_failure_keeps_the_trained_run(data_dir, repo, tmp_path, monkeyp
 
     assert f"emotion publish {kept} --store" in info.value.args[0]
     emotion = str(Path(sys.executable).with_name("emotion"))
-    result = subprocess.run([emotion, "publish", kept, "--store", str(tmp_path / "recovered")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [emotion, "publish", kept, "--store", str(tmp_path / "recovered")], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     recovered = open_store(tmp_path / "recovered")
     assert len(recovered.list_runs()) == 1 and recovered.list_runs()[0].startswith("ffnn-tfidf-")

@@ -53,7 +53,9 @@ def test_refuses_to_publish_without_manifest_and_republish_is_idempotent(tmp_pat
     (tmp_path / "s" / "runs" / "r4").mkdir()
     store.publish(stage(store, "r4"), "r4")
     assert store.list_runs() == ["r3", "r4"]
-    assert list((tmp_path / "s" / ".staging").iterdir()) == [p for p in (tmp_path / "s" / ".staging").iterdir() if p.name.startswith("r2")]
+    assert list((tmp_path / "s" / ".staging").iterdir()) == [
+        p for p in (tmp_path / "s" / ".staging").iterdir() if p.name.startswith("r2")
+    ]
 
 
 def test_unsupported_scheme_and_missing_run(tmp_path):

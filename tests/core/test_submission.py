@@ -19,22 +19,41 @@ from emotion_core.runs import Run
 from emotion_core.submission import submission_from_file, write_submission
 
 HEADER = "ID,anger,anticipation,disgust,fear,joy,love,optimism,pessimism,sadness,surprise,trust"
-TEXTS = ["so angry right now", "can't wait for tomorrow", "gross", "scared of the dark", "pure joy", "love you",
-         "it will get better", "nothing ever works", "so sad", "wow, didn't expect that", "I believe in you"]
+TEXTS = [
+    "so angry right now",
+    "can't wait for tomorrow",
+    "gross",
+    "scared of the dark",
+    "pure joy",
+    "love you",
+    "it will get better",
+    "nothing ever works",
+    "so sad",
+    "wow, didn't expect that",
+    "I believe in you",
+]
 
 
 def make_run(folder, names=LABELS, thresholds=None, texts=TEXTS) -> Run:
     """A complete enough run folder: config, labels, an FFNN model (built, untrained) and thresholds."""
     schema = LabelSchema(tuple(names))
-    cfg = parse_run_config({"name": "sub", "data": {"dataset": "semeval2018-ec"},
-                            "model": {"family": "ffnn", "max_features": 500, "min_df": 1, "hidden_size": 8}})
+    cfg = parse_run_config(
+        {
+            "name": "sub",
+            "data": {"dataset": "semeval2018-ec"},
+            "model": {"family": "ffnn", "max_features": 500, "min_df": 1, "hidden_size": 8},
+        }
+    )
     torch.manual_seed(0)
-    family = build_family(cfg, schema, list(texts), np.eye(len(names), dtype=np.float32)[np.arange(len(texts)) % len(names)])
+    family = build_family(
+        cfg, schema, list(texts), np.eye(len(names), dtype=np.float32)[np.arange(len(texts)) % len(names)]
+    )
     (folder / "model").mkdir(parents=True)
     family.save(folder / "model")
     chosen = thresholds if thresholds is not None else {n: 0.5 for n in names}
-    (folder / "thresholds.json").write_text(json.dumps(
-        {"policy": "per_label", "thresholds": {"per_label": chosen, "fixed": {n: 0.5 for n in names}}}))
+    (folder / "thresholds.json").write_text(
+        json.dumps({"policy": "per_label", "thresholds": {"per_label": chosen, "fixed": {n: 0.5 for n in names}}})
+    )
     return Run(folder, {"run_id": "sub-20260101T000000Z-0123abcd"}, cfg, schema)
 
 
@@ -62,9 +81,9 @@ def test_submission_of_the_real_unlabelled_test_file(tmp_path, semeval_dir):
 def test_thresholds_and_temperatures_change_the_cells_as_expected(tmp_path):
     run = make_run(tmp_path / "run", thresholds={n: 0.7 for n in LABELS})
     z = np.full((3, 11), -4.0)
-    z[0, LABELS.index("joy")] = 1.0        # p = 0.731; with T = 2: 0.622
-    z[1, LABELS.index("anger")] = 0.2      # p = 0.550
-    z[2, LABELS.index("trust")] = 3.0      # p = 0.953; with T = 2: 0.818
+    z[0, LABELS.index("joy")] = 1.0  # p = 0.731; with T = 2: 0.622
+    z[1, LABELS.index("anger")] = 0.2  # p = 0.550
+    z[2, LABELS.index("trust")] = 3.0  # p = 0.953; with T = 2: 0.818
     ids = ["2018-En-1", "2018-En-3", "2018-En-2"]
     cells = lambda path: np.array([[int(c) for c in r[1:]] for r in read_csv(path)[1]])  # noqa: E731
 
@@ -81,8 +100,9 @@ def test_thresholds_and_temperatures_change_the_cells_as_expected(tmp_path):
     assert lower["rows_without_label"] == 0
 
     temps = {n: 2.0 for n in LABELS}  # calibrate_run's shape: {label: T}
-    scaled = write_submission(run, None, ids, tmp_path / "c.csv", thresholds={n: 0.7 for n in LABELS},
-                              temperatures=temps, logits=z)
+    scaled = write_submission(
+        run, None, ids, tmp_path / "c.csv", thresholds={n: 0.7 for n in LABELS}, temperatures=temps, logits=z
+    )
     expected = np.zeros((3, 11), dtype=int)
     expected[2, LABELS.index("trust")] = 1  # joy fell to 0.622 < 0.7; trust stays above
     np.testing.assert_array_equal(cells(tmp_path / "c.csv"), expected)
@@ -123,8 +143,9 @@ def test_mismatches_are_named(tmp_path):
     with pytest.raises(ValueError, match="duplicate ids: 1"):
         write_submission(run, ["a", "b"], ["1", "1"], tmp_path / "x.csv")
     with pytest.raises(ValueError, match=r"thresholds: missing labels \['trust'\]"):
-        write_submission(run, None, ["1"], tmp_path / "x.csv", thresholds={n: 0.5 for n in LABELS[:-1]},
-                         logits=np.zeros((1, 11)))
+        write_submission(
+            run, None, ["1"], tmp_path / "x.csv", thresholds={n: 0.5 for n in LABELS[:-1]}, logits=np.zeros((1, 11))
+        )
     with pytest.raises(ValueError, match="temperatures must have one value per label"):
         write_submission(run, None, ["1"], tmp_path / "x.csv", temperatures=[1.0, 2.0], logits=np.zeros((1, 11)))
     with pytest.raises(ValueError, match="also a label name"):
@@ -140,8 +161,9 @@ def test_a_run_with_the_at_least_one_rule_labels_every_tweet(tmp_path):
     assert empty["rows_without_label"] == len(TEXTS)
     payload = json.loads((run.folder / "thresholds.json").read_text())
     tables = {**payload["thresholds"], "global_at_least_one": payload["thresholds"]["per_label"]}
-    (run.folder / "thresholds.json").write_text(json.dumps({**payload, "policy": "global_at_least_one",
-                                                            "at_least_one": True, "thresholds": tables}))
+    (run.folder / "thresholds.json").write_text(
+        json.dumps({**payload, "policy": "global_at_least_one", "at_least_one": True, "thresholds": tables})
+    )
     result = write_submission(run, TEXTS, ids, tmp_path / "one.csv")
     _, rows = read_csv(tmp_path / "one.csv")
     assert result["rows_without_label"] == 0 and all(r[1:].count("1") == 1 for r in rows)

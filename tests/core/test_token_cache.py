@@ -20,8 +20,16 @@ import pytest
 from emotion_core.models import token_cache
 from emotion_core.models.tokenized import text_io
 
-TEXTS = ["i am so happy today", "this makes me furious", "i miss her so much it hurts",
-         "what a lovely surprise thank you", "ugh stop it", "meh", "Ünïcode \u2603 and \x00 nul", ""]
+TEXTS = [
+    "i am so happy today",
+    "this makes me furious",
+    "i miss her so much it hurts",
+    "what a lovely surprise thank you",
+    "ugh stop it",
+    "meh",
+    "Ünïcode \u2603 and \x00 nul",
+    "",
+]
 WORDS = sorted({w for t in TEXTS for w in t.lower().split()})
 LABELS = np.eye(len(TEXTS), 3, dtype=np.float32)
 
@@ -44,9 +52,17 @@ def _tiny():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]", model_input_names=["input_ids", "attention_mask"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -235,8 +251,15 @@ print(json.dumps({"cache": data.cache, "stats": token_cache.stats.as_dict(), "en
 
 
 def _child(folder: str, max_length: int, texts: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _CHILD, folder, str(max_length)], input=json.dumps(texts),
-                          capture_output=True, text=True, env=dict(os.environ), timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, folder, str(max_length)],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -280,8 +303,10 @@ def test_goemotions_train_miss_then_hit_timing(cache_env, minilm, goemotions_dir
     hit = make_dataset(texts, labels)
     hit_seconds = time.perf_counter() - started
     (path,) = _files(cache_env)
-    print(f"\nGoEmotions train ({len(texts)} texts, MiniLM, max_length 128): miss {miss_seconds:.2f}s, "
-          f"hit {hit_seconds:.2f}s ({miss_seconds / hit_seconds:.1f}x), file {path.stat().st_size / 1e6:.1f} MB")
+    print(
+        f"\nGoEmotions train ({len(texts)} texts, MiniLM, max_length 128): miss {miss_seconds:.2f}s, "
+        f"hit {hit_seconds:.2f}s ({miss_seconds / hit_seconds:.1f}x), file {path.stat().st_size / 1e6:.1f} MB"
+    )
     assert (miss.cache, hit.cache) == ("miss", "hit")
     assert hit.encodings == miss.encodings
     assert hit_seconds < miss_seconds

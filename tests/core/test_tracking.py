@@ -15,23 +15,39 @@ from emotion_core import tracking
 KEY = "0123456789abcdef0123456789abcdef01234567"  # a fake W&B API key (40 hex characters)
 
 MANIFEST = {
-    "run_id": "minilm-20260101T000000Z-abcdef12", "family": "encoder", "model": "minilm",
+    "run_id": "minilm-20260101T000000Z-abcdef12",
+    "family": "encoder",
+    "model": "minilm",
     "config": {"name": "minilm", "model": {"family": "encoder", "model": "minilm"}, "training": {"epochs": 2}},
     "data": {"dataset": "goemotions"},
     "timing": {"wall_seconds": 12.5, "train_seconds": 10.0},
     "parameters": {"trainable": 100, "total": 1000, "trainable_percent": 10.0},
     "summary": {"test": {"per_label": {"macro_f1": 0.42}}},
 }
-EVALUATION = {"test": {"per_label": {"macro_f1": 0.4321, "no_positive_predictions": False,
-                                     "labels_never_predicted": ["fear"],
-                                     "per_label": {"joy": {"f1": 0.6, "support": 12}}}}}
+EVALUATION = {
+    "test": {
+        "per_label": {
+            "macro_f1": 0.4321,
+            "no_positive_predictions": False,
+            "labels_never_predicted": ["fear"],
+            "per_label": {"joy": {"f1": 0.6, "support": 12}},
+        }
+    }
+}
 
 
 @pytest.fixture
 def wandb_env(tmp_path, monkeypatch):
     """No W&B variables set: the defaults under ``tmp_path/wandb`` are what is tested."""
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR",
-                "WANDB_SILENT"):
+    for var in (
+        "WANDB_MODE",
+        "WANDB_API_KEY",
+        "WANDB_DIR",
+        "WANDB_CACHE_DIR",
+        "WANDB_DATA_DIR",
+        "WANDB_CONFIG_DIR",
+        "WANDB_SILENT",
+    ):
         monkeypatch.delenv(var, raising=False)
     return tmp_path / "wandb"
 
@@ -46,8 +62,8 @@ def wandb_records(path: Path) -> list:
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pending += data[pos + 7:pos + 7 + length]
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last piece of one
             record = pb.Record()
@@ -87,8 +103,12 @@ def test_mode_follows_the_environment(monkeypatch, wandb_env):
 def test_environment_defaults_only_fill_what_is_unset(monkeypatch, wandb_env, tmp_path):
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "mine"))
     dirs = tracking.prepare_environment(wandb_env)
-    assert dirs == {"WANDB_DIR": str(wandb_env), "WANDB_CACHE_DIR": str(tmp_path / "mine"),
-                    "WANDB_DATA_DIR": str(wandb_env / "data"), "WANDB_CONFIG_DIR": str(wandb_env / "config")}
+    assert dirs == {
+        "WANDB_DIR": str(wandb_env),
+        "WANDB_CACHE_DIR": str(tmp_path / "mine"),
+        "WANDB_DATA_DIR": str(wandb_env / "data"),
+        "WANDB_CONFIG_DIR": str(wandb_env / "config"),
+    }
     assert all(Path(p).is_dir() for p in dirs.values())
     import os
 
@@ -113,8 +133,10 @@ def test_offline_run_and_summary_table_are_written_under_wandb_dir(wandb_env, mo
     config = config_of(run_dir)
     assert config["model"] == {"family": "encoder", "model": "minilm"} and config["training"] == {"epochs": 2}
 
-    rows = [{"model": "minilm", "macro_f1": 0.43, "flags": ["fear never predicted"]},
-            {"model": "ffnn", "macro_f1": 0.38, "error": None}]
+    rows = [
+        {"model": "minilm", "macro_f1": 0.43, "flags": ["fear never predicted"]},
+        {"model": "ffnn", "macro_f1": 0.38, "error": None},
+    ]
     table = tracking.log_summary(rows, "set-a", directory=wandb_env)  # a second W&B run in the same process
     assert table["status"] == "logged" and table["rows"] == 2
     assert table["columns"] == ["model", "macro_f1", "flags", "error"]
@@ -164,7 +186,9 @@ def test_real_offline_run_with_a_key_keeps_it_out_of_logs_and_files(monkeypatch,
 def test_flatten_keeps_numbers_only(wandb_env):
     import numpy as np
 
-    flat = tracking.flatten({"a": {"b": 1, "c": "text", "d": [1, 2], "e": float("nan"), "f": np.float32(0.5)}, "g": True})
+    flat = tracking.flatten(
+        {"a": {"b": 1, "c": "text", "d": [1, 2], "e": float("nan"), "f": np.float32(0.5)}, "g": True}
+    )
     assert flat == {"a/b": 1, "a/f": 0.5, "g": True}
     assert tracking.redact(f"token {KEY}") == f"token {KEY}"  # no key in the environment: nothing to redact
 
@@ -196,8 +220,11 @@ def test_training_streams_its_curves_to_the_named_project(monkeypatch, wandb_env
     records = wandb_records(file)
     [run] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.project == "team-emotions" and run.display_name == "live-curves"
-    history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-               for r in records if r.WhichOneof("record_type") == "history"]
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     losses = [row["train/loss"] for row in history if "train/loss" in row]
     evals = [row["eval/macro_f1"] for row in history if "eval/macro_f1" in row]
     assert losses and all(loss > 0 for loss in losses)  # curves while training, one point per logging step

@@ -22,8 +22,10 @@ from emotion_core.training.optimizer import param_groups
 SCHEMA = LabelSchema(("joy", "anger", "neutral"))
 TEXTS = ["i am so happy today", "this makes me furious", "meh", "what a lovely surprise thank you so much"]
 LABELS = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=np.float32)
-CHAT = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +37,21 @@ def tiny_lm(tmp_path_factory):
     words = set()
     for spec in prompts.DEFAULTS.values():
         words |= set(spec.template.replace('"', " ").replace("?", " ").replace(".", " ").replace(":", " ").split())
-    words |= {w for t in TEXTS for w in t.split()} | {"yes", "no", "|", "<", ">", "system", "user", "assistant",
-                                                       "particular", "emotion", "(a", "neutral", "tone)"}
+    words |= {w for t in TEXTS for w in t.split()} | {
+        "yes",
+        "no",
+        "|",
+        "<",
+        ">",
+        "system",
+        "user",
+        "assistant",
+        "particular",
+        "emotion",
+        "(a",
+        "neutral",
+        "tone)",
+    }
     vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "</s>"] + sorted(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
@@ -45,18 +60,31 @@ def tiny_lm(tmp_path_factory):
     tokenizer.chat_template = CHAT
     folder = tmp_path_factory.mktemp("tiny-lm")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=256, pad_token_id=0,
-                         eos_token_id=2, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=2,
+        bos_token_id=None,
+    )
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 
 
 def cfg_for(folder, **model):
-    return parse_run_config({"name": "zs", "model": {"family": "zero_shot", "model": str(folder), "batch_size": 5,
-                                                     "max_length": 96, **model},
-                             "data": {"dataset": "goemotions"}})
+    return parse_run_config(
+        {
+            "name": "zs",
+            "model": {"family": "zero_shot", "model": str(folder), "batch_size": 5, "max_length": 96, **model},
+            "data": {"dataset": "goemotions"},
+        }
+    )
 
 
 def batch_of(family, texts=TEXTS):
@@ -85,8 +113,9 @@ def test_logits_are_the_yes_no_log_odds_at_the_answer_position(tiny_lm):
     assert ((out.answer_mass > 0) & (out.answer_mass <= 1)).all()
     # The prompt went through the chat template and asks about each label's phrase; the text sits between.
     tokenizer = family_tokenizer(tiny_lm)
-    head, tail = prompts.render_prompt(tokenizer, prompts.prompt_spec("goemotions"),
-                                       prompts.label_phrase("goemotions", "neutral"), "")
+    head, tail = prompts.render_prompt(
+        tokenizer, prompts.prompt_spec("goemotions"), prompts.label_phrase("goemotions", "neutral"), ""
+    )
     assert head.startswith("<|system|>") and tail.endswith("<|assistant|> ")
     assert "no particular emotion" in tail and family.model.tails[2] == tokenizer.encode(tail, add_special_tokens=False)
 
@@ -150,12 +179,15 @@ def test_texts_are_cut_to_fit_max_length_and_a_too_small_budget_is_a_config_erro
         zero_shot.build(cfg_for(tiny_lm, max_length=20), SCHEMA, TEXTS, LABELS)
 
 
-@pytest.mark.parametrize("template,message", [
-    ('"{text}" about {label}? {label}', r"needs \{label\} exactly once"),
-    ("no text here {label}", r"needs \{text\} exactly once"),
-    ("{text} {label} {mood}", r"unknown field\(s\) \{mood\}"),
-    ("{text} {label", "not a valid template"),
-])
+@pytest.mark.parametrize(
+    "template,message",
+    [
+        ('"{text}" about {label}? {label}', r"needs \{label\} exactly once"),
+        ("no text here {label}", r"needs \{text\} exactly once"),
+        ("{text} {label} {mood}", r"unknown field\(s\) \{mood\}"),
+        ("{text} {label", "not a valid template"),
+    ],
+)
 def test_malformed_templates_are_refused_before_loading(template, message):
     with pytest.raises(ConfigError, match=message):  # when the config is read, at the latest before the model loads
         zero_shot.build(cfg_for("no/such-model-anywhere", template=template), SCHEMA, TEXTS, LABELS)
@@ -179,6 +211,7 @@ def test_answer_tokens_pair_yes_and_no_variants():
 
 # --- the real offline instruct model -------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_smollm2_converts_once_and_answers_yes_or_no_on_real_texts(data_dir, tmp_path_factory):
     """SmolLM2-135M-Instruct from the GGUF: a plain safetensors folder; its answers are mostly yes/no tokens."""
@@ -188,11 +221,18 @@ def test_smollm2_converts_once_and_answers_yes_or_no_on_real_texts(data_dir, tmp
     from emotion_core.models import gguf_cache
 
     folder = gguf_cache.smollm2_folder()  # the user cache: converted once per machine (~20-50 s)
-    assert {"config.json", "model.safetensors", "tokenizer_config.json", "conversion.json"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer_config.json", "conversion.json"} <= {
+        p.name for p in folder.iterdir()
+    }
     assert AutoConfig.from_pretrained(folder).model_type == "llama"
     assert gguf_cache.smollm2_folder() == folder  # second call: no conversion
-    cfg = parse_run_config({"name": "zs", "model": {"family": "zero_shot", "model": "smollm2", "batch_size": 28},
-                            "data": {"dataset": "goemotions", "max_validation_samples": 6}})
+    cfg = parse_run_config(
+        {
+            "name": "zs",
+            "model": {"family": "zero_shot", "model": "smollm2", "batch_size": 28},
+            "data": {"dataset": "goemotions", "max_validation_samples": 6},
+        }
+    )
     data = load_data(cfg.data)
     family = zero_shot.build(cfg, data.schema, [], None)
     texts = data.texts("validation")

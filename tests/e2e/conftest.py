@@ -21,8 +21,15 @@ def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, ex
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     saved_env, saved_workers = dict(stack.extra_env), stack.cpu_workers
     stack.cpu_workers = 2
-    stack.extra_env.update({"EMOTION_STORE": f"s3://{bucket}/nightly", "EMOTION_S3_ENDPOINT_URL": s3_endpoint,
-                            "EMOTION_CACHE_DIR": str(cache_dir), "EMOTION_DATA_DIR": str(data_dir), **(extra_env or {})})
+    stack.extra_env.update(
+        {
+            "EMOTION_STORE": f"s3://{bucket}/nightly",
+            "EMOTION_S3_ENDPOINT_URL": s3_endpoint,
+            "EMOTION_CACHE_DIR": str(cache_dir),
+            "EMOTION_DATA_DIR": str(data_dir),
+            **(extra_env or {}),
+        }
+    )
     try:
         stack.apply_pools()
         stack.deploy()

@@ -29,8 +29,14 @@ TIMEOUT_S = 70  # silence after which the parent declares a child dead
 
 @pytest.fixture(scope="module")
 def crash_stack(prefect_stack, s3_endpoint, data_dir, tmp_path_factory, workers_on_s3):
-    with workers_on_s3(prefect_stack, s3_endpoint, data_dir, tmp_path_factory.mktemp("cache"), "crash",
-                       {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}) as bucket:
+    with workers_on_s3(
+        prefect_stack,
+        s3_endpoint,
+        data_dir,
+        tmp_path_factory.mktemp("cache"),
+        "crash",
+        {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)},
+    ) as bucket:
         yield prefect_stack, bucket
 
 
@@ -45,16 +51,23 @@ def flow_run(stack, flow_run_id: str) -> dict:
 
 
 def children_of(stack, parent_id: str) -> list[dict]:
-    return api(stack, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}, "sort": "START_TIME_ASC"})
+    return api(
+        stack,
+        "/flow_runs/filter",
+        {"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}, "sort": "START_TIME_ASC"},
+    )
 
 
 def keys(s3, bucket: str, prefix: str) -> list[str]:
-    return [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-            for o in page.get("Contents", [])]
+    return [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for o in page.get("Contents", [])
+    ]
 
 
 def kill_worker_running(pid: int) -> tuple[str, list[int]]:
-    """SIGKILL the `prefect worker start` process above ``pid`` and every process under it; returns its name and the pids."""
+    """SIGKILL the `prefect worker start` process above ``pid`` and every process under it; its name and the pids."""
     import psutil
 
     process = psutil.Process(pid)
@@ -72,12 +85,17 @@ def kill_worker_running(pid: int) -> tuple[str, list[int]]:
 
 
 def start_and_kill_after_first_checkpoint(stack, s3, bucket: str, kill) -> dict:
-    """Trigger train-all on tiny-resume, wait for the child's first checkpoint in the store, ``kill(pid)`` its process."""
+    """Trigger train-all on tiny-resume, wait for the child's first checkpoint in the store, ``kill(pid)`` it."""
     from prefect.deployments import run_deployment
 
     started = time.monotonic()
-    parent = stack.run_with_api(run_deployment, "train-all/nightly", timeout=0, as_subflow=False, parameters={
-        "config_set": str(SETS / "tiny-resume.yaml"), "heartbeat_timeout_s": TIMEOUT_S})
+    parent = stack.run_with_api(
+        run_deployment,
+        "train-all/nightly",
+        timeout=0,
+        as_subflow=False,
+        parameters={"config_set": str(SETS / "tiny-resume.yaml"), "heartbeat_timeout_s": TIMEOUT_S},
+    )
     deadline = time.monotonic() + 300
     while True:
         children = children_of(stack, str(parent.id))
@@ -95,8 +113,15 @@ def start_and_kill_after_first_checkpoint(stack, s3, bucket: str, kill) -> dict:
     markers = [k for k in keys(s3, bucket, f"nightly/checkpoints/{run_id}/") if k.endswith("/checkpoint.json")]
     step = json.loads(s3.get_object(Bucket=bucket, Key=markers[-1])["Body"].read())["step"]
     assert step > 0
-    return {"parent": str(parent.id), "child": child, "run_id": run_id, "step": step, "killed": killed,
-            "started": started, "killed_at": killed_at}
+    return {
+        "parent": str(parent.id),
+        "child": child,
+        "run_id": run_id,
+        "step": step,
+        "killed": killed,
+        "started": started,
+        "killed_at": killed_at,
+    }
 
 
 def wait_final(stack, flow_run_id: str, timeout_s: float = 600) -> dict:
@@ -119,7 +144,10 @@ def test_a_killed_worker_child_is_detected_redispatched_and_resumes_from_its_che
 
     final = wait_final(stack, kill["parent"])
     attempts = children_of(stack, kill["parent"])
-    assert final["state_type"] == "COMPLETED", (final["state"], [(c["name"], c["state_type"], c["state"]["message"]) for c in attempts])
+    assert final["state_type"] == "COMPLETED", (
+        final["state"],
+        [(c["name"], c["state_type"], c["state"]["message"]) for c in attempts],
+    )
 
     # Two flow runs of the one config, same run id: the killed one marked crashed by the parent, the second completed.
     assert [c["name"] for c in attempts] == ["train-model-tiny-resume"] * 2
@@ -141,17 +169,23 @@ def test_a_killed_worker_child_is_detected_redispatched_and_resumes_from_its_che
     assert not keys(s3, bucket, f"nightly/checkpoints/{run_id}/")  # published: checkpoints deleted
 
     # The children table records the attempts.
-    table = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["children-tiny-resume"]},
-                                                               "flow_run_id": {"any_": [kill["parent"]]}}})
+    table = api(
+        stack,
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["children-tiny-resume"]}, "flow_run_id": {"any_": [kill["parent"]]}}},
+    )
     rows = table[0]["data"]
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert rows[0]["attempts"] == 2 and rows[0]["state"] == "COMPLETED" and child["id"] in rows[0]["earlier_attempts"]
-    print(f"\nkilled {killed_worker} (pids {pids}) after the checkpoint at step {checkpoint_step}, "
-          f"{kill['killed_at'] - kill['started']:.0f}s after the trigger; parent done {done_after:.0f}s after the kill")
+    print(
+        f"\nkilled {killed_worker} (pids {pids}) after the checkpoint at step {checkpoint_step}, "
+        f"{kill['killed_at'] - kill['started']:.0f}s after the trigger; parent done {done_after:.0f}s after the kill"
+    )
 
 
 def test_a_child_whose_process_is_killed_is_reported_crashed_and_redispatched_at_once(crash_stack, s3_endpoint):
-    """Only the flow-run process dies; its worker reports CRASHED and the parent re-dispatches without waiting for heartbeats."""
+    """Only the flow-run process dies; its worker reports CRASHED and the parent re-dispatches at once (no heartbeat
+    wait)."""
     import psutil
 
     stack, bucket = crash_stack
@@ -167,9 +201,14 @@ def test_a_child_whose_process_is_killed_is_reported_crashed_and_redispatched_at
     kill = start_and_kill_after_first_checkpoint(stack, s3, bucket, kill_process)
     final = wait_final(stack, kill["parent"])
     attempts = children_of(stack, kill["parent"])
-    assert final["state_type"] == "COMPLETED", (final["state"], [(c["name"], c["state_type"], c["state"]["message"]) for c in attempts])
+    assert final["state_type"] == "COMPLETED", (
+        final["state"],
+        [(c["name"], c["state_type"], c["state"]["message"]) for c in attempts],
+    )
     first, second = attempts
-    assert first["state_type"] == "CRASHED" and "no heartbeat" not in (first["state"]["message"] or "")  # the worker said so
+    assert first["state_type"] == "CRASHED" and "no heartbeat" not in (
+        first["state"]["message"] or ""
+    )  # the worker said so
     # Re-dispatched as soon as the worker reported it, well before a heartbeat timeout could have fired.
     from datetime import datetime
 

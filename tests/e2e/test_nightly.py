@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
@@ -55,14 +55,40 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
     stack, bucket = nightly
     env = {**stack.env()}
     # The command users run, as they run it.
-    result = subprocess.run([str(Path(sys.executable).with_name("prefect")), "deployment", "run", "train-all/nightly",
-                             "--param", f"config_set={SETS / 'tiny-pair.yaml'}", "--watch", "--watch-timeout", "600"],
-                            env=env, cwd=repo, capture_output=True, text=True, timeout=700)
+    result = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "deployment",
+            "run",
+            "train-all/nightly",
+            "--param",
+            f"config_set={SETS / 'tiny-pair.yaml'}",
+            "--watch",
+            "--watch-timeout",
+            "600",
+        ],
+        env=env,
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=700,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Completed" in result.stdout
-    parent = api(stack, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [
-        httpx.get(f"{stack.api_url}/deployments/name/train-all/nightly").json()["id"]]}, "state": {"type": {"any_": ["COMPLETED"]}}},
-        "sort": "END_TIME_DESC", "limit": 1})[0]
+    parent = api(
+        stack,
+        "/flow_runs/filter",
+        {
+            "flow_runs": {
+                "deployment_id": {
+                    "any_": [httpx.get(f"{stack.api_url}/deployments/name/train-all/nightly").json()["id"]]
+                },
+                "state": {"type": {"any_": ["COMPLETED"]}},
+            },
+            "sort": "END_TIME_DESC",
+            "limit": 1,
+        },
+    )[0]
     assert parent["work_pool_name"] == "orchestration"
 
     children = children_of(stack, parent["id"])
@@ -87,19 +113,32 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
     assert all(m["device_usage"]["samples"] >= 1 for m in manifests)
 
     # The summary artifact is readable from the API and lists both configs.
-    summary = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["comparison-tiny-pair"]},
-                                                                 "flow_run_id": {"any_": [parent["id"]]}}})
-    assert len(summary) == 1 and "tiny-ffnn-b" in summary[0]["data"] and f"s3://{bucket}/nightly/reports/" in summary[0]["data"]
+    summary = api(
+        stack,
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["comparison-tiny-pair"]}, "flow_run_id": {"any_": [parent["id"]]}}},
+    )
+    assert (
+        len(summary) == 1
+        and "tiny-ffnn-b" in summary[0]["data"]
+        and f"s3://{bucket}/nightly/reports/" in summary[0]["data"]
+    )
     table = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["comparison-table-tiny-pair"]}}})
     assert {row["config"] for row in _table_rows(table[0])} == {"tiny-ffnn", "tiny-ffnn-b", "ensemble-top2"}
     # The analysed report went to the bucket too: the HTML page, its plots and each model's calibration.
     report = summary[0]["data"].split(f"s3://{bucket}/")[1].split("/report.html")[0]
     listing = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket, Prefix=report)
     keys = {o["Key"] for o in listing["Contents"]}
-    assert {f"{report}/report.html", f"{report}/summary.csv", f"{report}/models/tiny-ffnn/calibration.json",
-            f"{report}/models/tiny-ffnn-b/shap.html"} <= keys
+    assert {
+        f"{report}/report.html",
+        f"{report}/summary.csv",
+        f"{report}/models/tiny-ffnn/calibration.json",
+        f"{report}/models/tiny-ffnn-b/shap.html",
+    } <= keys
     # Each child published progress to a progress artifact.
-    progress = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["progress-tiny-ffnn", "progress-tiny-ffnn-b"]}}})
+    progress = api(
+        stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["progress-tiny-ffnn", "progress-tiny-ffnn-b"]}}}
+    )
     assert {p["key"] for p in progress} == {"progress-tiny-ffnn", "progress-tiny-ffnn-b"}
     assert all(float(p["data"]) == 100.0 for p in progress if p["flow_run_id"] in {c["id"] for c in children})
 
@@ -119,10 +158,13 @@ def test_the_schedule_created_upcoming_runs(nightly):
     scheduled = []
     deadline = time.monotonic() + 60
     while len(scheduled) < 2 and time.monotonic() < deadline:
-        scheduled = api(stack, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
-                                                                   "state": {"type": {"any_": ["SCHEDULED"]}}}})
+        scheduled = api(
+            stack,
+            "/flow_runs/filter",
+            {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}},
+        )
         time.sleep(2)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     starts = sorted(datetime.fromisoformat(r["expected_start_time"]) for r in scheduled)
     assert len(starts) >= 2 and starts[0] > now
     assert all(s.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Berlin")).hour == 2 for s in starts)
@@ -143,18 +185,28 @@ def test_a_failing_child_fails_the_parent_by_name_and_the_rest_completes(nightly
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     assert s3.list_objects_v2(Bucket=bucket, Prefix=f"nightly/runs/{bad}/").get("KeyCount", 0) == 0
     # The summary still comes out, with the failed config as a failed row.
-    summary = api(stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["comparison-tiny-with-bad-model"]},
-                                                                 "flow_run_id": {"any_": [str(run.id)]}}})
+    summary = api(
+        stack,
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["comparison-tiny-with-bad-model"]}, "flow_run_id": {"any_": [str(run.id)]}}},
+    )
     assert len(summary) == 1
-    assert "failed" in summary[0]["data"] and "no-such-model" in summary[0]["data"] and "tiny-ffnn" in summary[0]["data"]
+    assert (
+        "failed" in summary[0]["data"] and "no-such-model" in summary[0]["data"] and "tiny-ffnn" in summary[0]["data"]
+    )
 
 
 def test_cancelling_the_parent_cancels_its_children(nightly):
     stack, _ = nightly
     from prefect.deployments import run_deployment
 
-    parent = stack.run_with_api(run_deployment, "train-all/nightly", parameters={"config_set": str(SETS / "slow-pair.yaml")},
-                                timeout=0, as_subflow=False)
+    parent = stack.run_with_api(
+        run_deployment,
+        "train-all/nightly",
+        parameters={"config_set": str(SETS / "slow-pair.yaml")},
+        timeout=0,
+        as_subflow=False,
+    )
     deadline = time.monotonic() + 240
     while True:  # both children training
         children = children_of(stack, str(parent.id))
@@ -162,7 +214,11 @@ def test_cancelling_the_parent_cancels_its_children(nightly):
             break
         assert time.monotonic() < deadline, children
         time.sleep(2)
-    api(stack, f"/flow_runs/{parent.id}/set_state", {"state": {"type": "CANCELLING", "message": "test cancels"}, "force": True})
+    api(
+        stack,
+        f"/flow_runs/{parent.id}/set_state",
+        {"state": {"type": "CANCELLING", "message": "test cancels"}, "force": True},
+    )
     deadline = time.monotonic() + 180
     while True:
         children = children_of(stack, str(parent.id))

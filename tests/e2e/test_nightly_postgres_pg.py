@@ -30,8 +30,12 @@ def pg_nightly(postgres_url, s3_endpoint, data_dir, tmp_path_factory, workers_on
     from emotion_cli.stack import Stack
 
     state = tmp_path_factory.mktemp("pg-nightly")
-    stack = Stack(port=_free_port(), state_dir=state, database=postgres_url, extra_env={
-        "PREFECT_HOME": str(state / "home"), "PREFECT_WORKER_QUERY_SECONDS": "2"})
+    stack = Stack(
+        port=_free_port(),
+        state_dir=state,
+        database=postgres_url,
+        extra_env={"PREFECT_HOME": str(state / "home"), "PREFECT_WORKER_QUERY_SECONDS": "2"},
+    )
     try:
         stack.start_server()
         with workers_on_s3(stack, s3_endpoint, data_dir, tmp_path_factory.mktemp("cache"), "pg") as bucket:
@@ -50,13 +54,18 @@ def test_nightly_on_a_postgresql_backed_server(pg_nightly, postgres_url):
     run = trigger(stack, "train-all/nightly", {"config_set": str(SETS / "tiny-pair.yaml")}, timeout_s=600)
     print(f"train-all/nightly on tiny-pair, server on PostgreSQL: {time.monotonic() - started:.1f} s wall")
     assert run.state.is_completed(), run.state.message
-    children = httpx.post(f"{stack.api_url}/flow_runs/filter", timeout=30,
-                          json={"flow_runs": {"parent_flow_run_id": {"any_": [str(run.id)]}}}).json()
+    children = httpx.post(
+        f"{stack.api_url}/flow_runs/filter",
+        timeout=30,
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [str(run.id)]}}},
+    ).json()
     assert sorted(c["state_type"] for c in children) == ["COMPLETED", "COMPLETED"]
     assert all(c["work_pool_name"] == "gpu" for c in children)
     # The parent and its children are rows of PostgreSQL's flow_run table.
-    assert sorted(state for _, state in flow_run_states(postgres_url, [str(run.id)] + [c["id"] for c in children])) \
+    assert (
+        sorted(state for _, state in flow_run_states(postgres_url, [str(run.id)] + [c["id"] for c in children]))
         == ["COMPLETED"] * 3
+    )
 
 
 def flow_run_states(url: str, ids: list[str]) -> list[tuple[str, str]]:
@@ -69,8 +78,9 @@ def flow_run_states(url: str, ids: list[str]) -> list[tuple[str, str]]:
     async def query():
         connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
-            rows = await connection.fetch("SELECT id, state_type FROM flow_run WHERE id = ANY($1::uuid[])",
-                                          [uuid.UUID(i) for i in ids])
+            rows = await connection.fetch(
+                "SELECT id, state_type FROM flow_run WHERE id = ANY($1::uuid[])", [uuid.UUID(i) for i in ids]
+            )
         finally:
             await connection.close()
         return [(str(row["id"]), str(row["state_type"])) for row in rows]

@@ -16,9 +16,13 @@ import pytest
 
 from emotion_core.config import ResourcesConfig
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif("gpus" not in ResourcesConfig.model_fields,
-                                 reason="resources.gpus is not in the config schema yet (issue 13, items 1-3)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        "gpus" not in ResourcesConfig.model_fields,
+        reason="resources.gpus is not in the config schema yet (issue 13, items 1-3)",
+    ),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 SETS = REPO / "tests" / "data" / "sets"
@@ -31,10 +35,26 @@ def two_card_stack(prefect_stack, s3_endpoint, data_dir, tmp_path_factory, worke
 
     with workers_on_s3(prefect_stack, s3_endpoint, data_dir, tmp_path_factory.mktemp("cache"), "x2") as bucket:
         log = open(tmp_path_factory.mktemp("x2-worker") / "worker.log", "ab")
-        worker = subprocess.Popen([sys.executable, str(REPO / "deployments" / "gpu_workers.py"), "--pool", "gpu",
-                                   "--cpu-workers", "1", "--gpus-per-worker", "2", "--name-prefix", "x2"],
-                                  env=prefect_stack.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, start_new_session=True)
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "deployments" / "gpu_workers.py"),
+                "--pool",
+                "gpu",
+                "--cpu-workers",
+                "1",
+                "--gpus-per-worker",
+                "2",
+                "--name-prefix",
+                "x2",
+            ],
+            env=prefect_stack.env(),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             prefect_stack.wait_for_workers({"gpu": 3})
             yield prefect_stack, bucket
@@ -44,16 +64,19 @@ def two_card_stack(prefect_stack, s3_endpoint, data_dir, tmp_path_factory, worke
 
 
 def children_of(stack, parent_id: str) -> list[dict]:
-    response = httpx.post(f"{stack.api_url}/flow_runs/filter",
-                          json={"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}}, timeout=30)
+    response = httpx.post(
+        f"{stack.api_url}/flow_runs/filter",
+        json={"flow_runs": {"parent_flow_run_id": {"any_": [parent_id]}}},
+        timeout=30,
+    )
     response.raise_for_status()
     return response.json()
 
 
 def test_a_two_gpu_config_reaches_a_two_card_worker(two_card_stack, s3_endpoint):
+    from emotion_cli.stack import trigger
     from emotion_core.runs import read_run
     from emotion_core.store import open_store
-    from emotion_cli.stack import trigger
 
     stack, bucket = two_card_stack
     run = trigger(stack, "train-all/nightly", {"config_set": str(SETS / "tiny-two-gpus.yaml")}, timeout_s=600)

@@ -103,8 +103,9 @@ def test_a_failed_nightly_run_posts_to_the_webhook_once_per_failure(prefect_serv
 
     receiver = Receiver()
     block = f"test-nightly-alerts-{uuid.uuid4().hex[:8]}"
-    CustomWebhookNotificationBlock(name="nightly", url=receiver.url,
-                                   json_data={"text": "{{subject}}\n{{body}}"}).save(block)
+    CustomWebhookNotificationBlock(name="nightly", url=receiver.url, json_data={"text": "{{subject}}\n{{body}}"}).save(
+        block
+    )
     for _ in range(2):  # idempotent: the second call updates, it does not add
         lines = apply_automations(notify_block=f"custom-webhook/{block}", heartbeat_timeout_s=0)
     assert lines[0] == f"automation '{NOTIFY_NAME}' updated (block custom-webhook/{block})"
@@ -129,12 +130,19 @@ def test_a_failed_nightly_run_posts_to_the_webhook_once_per_failure(prefect_serv
 
 def post_heartbeat(api_url: str, flow_run, flow_name: str) -> None:
     """A ``prefect.flow-run.heartbeat`` event as a flow-run process emits it (resource and related flow)."""
-    event = {"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(),
-             "event": "prefect.flow-run.heartbeat",
-             "resource": {"prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
-                          "prefect.resource.name": flow_run.name},
-             "related": [{"prefect.resource.id": f"prefect.flow.{flow_run.flow_id}", "prefect.resource.role": "flow",
-                          "prefect.resource.name": flow_name}]}
+    event = {
+        "id": str(uuid.uuid4()),
+        "occurred": datetime.now(UTC).isoformat(),
+        "event": "prefect.flow-run.heartbeat",
+        "resource": {"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.name": flow_run.name},
+        "related": [
+            {
+                "prefect.resource.id": f"prefect.flow.{flow_run.flow_id}",
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": flow_name,
+            }
+        ],
+    }
     httpx.post(f"{api_url}/events", json=[event], timeout=10).raise_for_status()
 
 

@@ -17,8 +17,17 @@ NOW = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
 
 
 def child(state: str, since_s: float, name: str = "c") -> Child:
-    return Child(name, f"{name}-run", "gpu-small", uuid.uuid4(), 0.1, state=state, state_since=NOW - timedelta(seconds=since_s),
-                 parameters={"config": f"{name}.yaml", "run_id": f"{name}-run"}, tags=["train-all"])
+    return Child(
+        name,
+        f"{name}-run",
+        "gpu-small",
+        uuid.uuid4(),
+        0.1,
+        state=state,
+        state_since=NOW - timedelta(seconds=since_s),
+        parameters={"config": f"{name}.yaml", "run_id": f"{name}-run"},
+        tags=["train-all"],
+    )
 
 
 class FakeEvents:
@@ -29,17 +38,26 @@ class FakeEvents:
     def read_events(self, filter, limit):
         assert limit <= 50  # the API refuses bigger pages (422)
         self.filters.append(filter)
-        events = [SimpleNamespace(resource=SimpleNamespace(id=f"prefect.flow-run.{c.flow_run_id}")) for c in self.beating]
+        events = [
+            SimpleNamespace(resource=SimpleNamespace(id=f"prefect.flow-run.{c.flow_run_id}")) for c in self.beating
+        ]
         return SimpleNamespace(events=events, next_page=None)
 
 
 def test_only_children_silent_for_longer_than_the_timeout_are_dead():
-    alive, dead, fresh, queued, done = (child("RUNNING", 300, "alive"), child("RUNNING", 300, "dead"),
-                                        child("RUNNING", 20, "fresh"), child("SCHEDULED", 900, "queued"),
-                                        child("COMPLETED", 900, "done"))
+    alive, dead, fresh, queued, done = (
+        child("RUNNING", 300, "alive"),
+        child("RUNNING", 300, "dead"),
+        child("RUNNING", 20, "fresh"),
+        child("SCHEDULED", 900, "queued"),
+        child("COMPLETED", 900, "done"),
+    )
     stuck_pending = child("PENDING", 200, "pending")
     client = FakeEvents(beating=[alive])
-    assert silent_children(client, [alive, dead, fresh, queued, done, stuck_pending], 90, now=NOW) == [dead, stuck_pending]
+    assert silent_children(client, [alive, dead, fresh, queued, done, stuck_pending], 90, now=NOW) == [
+        dead,
+        stuck_pending,
+    ]
     (query,) = client.filters
     assert query.event.name == ["prefect.flow-run.heartbeat"]
     assert set(query.resource.id) == {f"prefect.flow-run.{c.flow_run_id}" for c in (alive, dead, stuck_pending)}
@@ -59,13 +77,21 @@ def test_a_crashed_child_is_redispatched_with_the_same_run_id_and_its_attempts_r
     crashed.message = "no heartbeat for 90s"
     first = crashed.flow_run_id
     dispatch.redispatch("train-model/gpu", crashed, logging.getLogger("test"))
-    (deployment, spec, tags, key), = calls
-    assert deployment == "train-model/gpu" and spec["parameters"]["run_id"] == "minilm-run" and spec["queue"] == "gpu-small"
+    ((deployment, spec, tags, key),) = calls
+    assert (
+        deployment == "train-model/gpu"
+        and spec["parameters"]["run_id"] == "minilm-run"
+        and spec["queue"] == "gpu-small"
+    )
     assert key == "minilm-run-attempt-2" and tags == ["train-all"]
     assert crashed.attempts == 2 and crashed.state == "SCHEDULED" and crashed.flow_run_id != first
     crashed.state = "COMPLETED"
     outcome = crashed.outcome().to_dict()  # the children table's row
-    assert outcome["attempts"] == 2 and str(first) in outcome["earlier_attempts"] and "no heartbeat" in outcome["earlier_attempts"]
+    assert (
+        outcome["attempts"] == 2
+        and str(first) in outcome["earlier_attempts"]
+        and "no heartbeat" in outcome["earlier_attempts"]
+    )
     assert "status" not in outcome  # the last attempt completed: the config did not fail
 
 
@@ -96,10 +122,14 @@ class FakeRuns:
             states = self.script[flow_run_id]
             kind = states.pop(0) if len(states) > 1 else states[0]
             kind, _, message = kind.partition(":")  # "FAILED:<message>" scripts a message
-            state = SimpleNamespace(type=SimpleNamespace(value=kind), message=message or f"{kind.lower()} here",
-                                    timestamp=NOW)
-            runs.append(SimpleNamespace(id=flow_run_id, name="train-model-x", state=state, created=NOW, start_time=NOW,
-                                        end_time=None))
+            state = SimpleNamespace(
+                type=SimpleNamespace(value=kind), message=message or f"{kind.lower()} here", timestamp=NOW
+            )
+            runs.append(
+                SimpleNamespace(
+                    id=flow_run_id, name="train-model-x", state=state, created=NOW, start_time=NOW, end_time=None
+                )
+            )
         return runs
 
     def set_flow_run_state(self, flow_run_id, state, force):
@@ -111,13 +141,25 @@ def test_wait_redispatches_crashed_children_up_to_the_attempts_and_never_failed_
 
     crashing, failing = child("SCHEDULED", 0, "crashing"), child("SCHEDULED", 0, "failing")
     second, third = uuid.uuid4(), uuid.uuid4()
-    fake = FakeRuns({crashing.flow_run_id: ["RUNNING", "CRASHED"], failing.flow_run_id: ["RUNNING", "FAILED"],
-                     second: ["RUNNING", "CRASHED"], third: ["COMPLETED"]})
+    fake = FakeRuns(
+        {
+            crashing.flow_run_id: ["RUNNING", "CRASHED"],
+            failing.flow_run_id: ["RUNNING", "FAILED"],
+            second: ["RUNNING", "CRASHED"],
+            third: ["COMPLETED"],
+        }
+    )
     new_ids = iter([second, third])
     monkeypatch.setattr(prefect, "get_client", lambda sync_client: fake)
-    monkeypatch.setattr(dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=next(new_ids)))
-    dispatch.wait_for_children([crashing, failing], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2)
-    assert crashing.attempts == 2 and crashing.state == "CRASHED" and crashing.flow_run_id == second  # one re-dispatch only
+    monkeypatch.setattr(
+        dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=next(new_ids))
+    )
+    dispatch.wait_for_children(
+        [crashing, failing], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2
+    )
+    assert (
+        crashing.attempts == 2 and crashing.state == "CRASHED" and crashing.flow_run_id == second
+    )  # one re-dispatch only
     assert failing.attempts == 1 and failing.state == "FAILED"
     assert next(new_ids) == third  # never asked for a third flow run
 
@@ -129,11 +171,16 @@ def test_a_silent_running_child_is_marked_crashed_then_redispatched(monkeypatch)
     replacement = uuid.uuid4()
     fake = FakeRuns({silent.flow_run_id: ["RUNNING"], replacement: ["COMPLETED"]})
     monkeypatch.setattr(prefect, "get_client", lambda sync_client: fake)
-    monkeypatch.setattr(dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=replacement))
-    monkeypatch.setattr(dispatch, "silent_children", lambda client, children, timeout_s: [c for c in children if c.state == "RUNNING"])
+    monkeypatch.setattr(
+        dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=replacement)
+    )
+    monkeypatch.setattr(
+        dispatch, "silent_children", lambda client, children, timeout_s: [c for c in children if c.state == "RUNNING"]
+    )
     monkeypatch.setattr(dispatch.time, "monotonic", iter(range(0, 10_000, 100)).__next__)  # every poll: a check is due
-    dispatch.wait_for_children([silent], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2,
-                               heartbeat_timeout_s=90)
+    dispatch.wait_for_children(
+        [silent], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2, heartbeat_timeout_s=90
+    )
     first = silent.earlier[0]["flow_run_id"]
     assert fake.forced == [(uuid.UUID(first), "CRASHED", True)]
     assert "no heartbeat for 90s" in silent.earlier[0]["message"]
@@ -147,12 +194,20 @@ def test_a_distributed_child_whose_rank_died_is_redispatched_but_not_one_whose_c
 
     died, raised = child("SCHEDULED", 0, "rank-died"), child("SCHEDULED", 0, "rank-raised")
     second = uuid.uuid4()
-    fake = FakeRuns({died.flow_run_id: ["RUNNING", f"FAILED:RankFailed: config 'x': rank 1 of 2 {RANK_DIED} (exit code 1)"],
-                     raised.flow_run_id: ["RUNNING", "FAILED:RankFailed: config 'x': rank 1 of 2 raised ValueError"],
-                     second: ["COMPLETED"]})
+    fake = FakeRuns(
+        {
+            died.flow_run_id: ["RUNNING", f"FAILED:RankFailed: config 'x': rank 1 of 2 {RANK_DIED} (exit code 1)"],
+            raised.flow_run_id: ["RUNNING", "FAILED:RankFailed: config 'x': rank 1 of 2 raised ValueError"],
+            second: ["COMPLETED"],
+        }
+    )
     new_ids = iter([second])
     monkeypatch.setattr(prefect, "get_client", lambda sync_client: fake)
-    monkeypatch.setattr(dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=next(new_ids)))
-    dispatch.wait_for_children([died, raised], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2)
+    monkeypatch.setattr(
+        dispatch, "_dispatch", lambda deployment, spec, tags, idempotency_key: SimpleNamespace(id=next(new_ids))
+    )
+    dispatch.wait_for_children(
+        [died, raised], 0, logging.getLogger("test"), deployment="train-model/gpu", max_attempts=2
+    )
     assert died.attempts == 2 and died.state == "COMPLETED" and died.flow_run_id == second  # resumed by a new attempt
     assert raised.attempts == 1 and raised.state == "FAILED"

@@ -16,13 +16,18 @@ def test_train_model_flow_trains_on_two_ranks_and_publishes_one_run(prefect_serv
     from flows.train_model import train_model
 
     monkeypatch.setenv("EMOTION_DDP_TIMEOUT_S", "60")
-    rows = ["id,text,joy,anger"] + [f"r{i},{'happy lovely' if i % 2 else 'calm'} {'mad' if i % 3 == 0 else 'fine'} day,"
-                                    f"{i % 2},{int(i % 3 == 0)}" for i in range(80)]
+    rows = ["id,text,joy,anger"] + [
+        f"r{i},{'happy lovely' if i % 2 else 'calm'} {'mad' if i % 3 == 0 else 'fine'} day,{i % 2},{int(i % 3 == 0)}"
+        for i in range(80)
+    ]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    config = {"name": "ddp-flow", "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-              "data": {"dataset": "tabular", "path": str(tmp_path / "train.csv"), "id_column": "id"},
-              "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
-              "resources": {"gpu_memory_gb": 2, "gpus": 2}}
+    config = {
+        "name": "ddp-flow",
+        "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+        "data": {"dataset": "tabular", "path": str(tmp_path / "train.csv"), "id_column": "id"},
+        "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
+        "resources": {"gpu_memory_gb": 2, "gpus": 2},
+    }
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
 
     uri = train_model(config=str(tmp_path / "ddp.yaml"), store=f"s3://{s3_bucket}/ddp", run_id="ddp-flow-run")

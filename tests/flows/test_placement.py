@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_a_config_goes_to_the_smallest_cards_that_hold_it():
     queues = queue_capacities("gpu")
-    assert queues == {"gpu-large": {"min_gpu_memory_gb": 40.0, "gpus": 1},
-                      "gpu-small": {"min_gpu_memory_gb": 16.0, "gpus": 1},
-                      "gpu-large-x2": {"min_gpu_memory_gb": 40.0, "gpus": 2},
-                      "gpu-large-x4": {"min_gpu_memory_gb": 40.0, "gpus": 4}}
+    assert queues == {
+        "gpu-large": {"min_gpu_memory_gb": 40.0, "gpus": 1},
+        "gpu-small": {"min_gpu_memory_gb": 16.0, "gpus": 1},
+        "gpu-large-x2": {"min_gpu_memory_gb": 40.0, "gpus": 2},
+        "gpu-large-x4": {"min_gpu_memory_gb": 40.0, "gpus": 4},
+    }
     assert queue_for("ffnn", 2, queues) == "gpu-small"
     assert queue_for("roberta", 16, queues) == "gpu-small"
     assert queue_for("deberta", 24, queues) == "gpu-large"
@@ -39,21 +42,26 @@ def test_a_config_goes_to_workers_with_exactly_its_card_count():
         queue_for("llama-70b", 40, queues, gpus=8)
     message = str(info.value)
     assert "config 'llama-70b': resources.gpus=8, gpu_memory_gb=40 fits no work queue" in message
-    assert ("the queues offer: gpu-small (1 x >= 16 GiB), gpu-large (1 x >= 40 GiB), gpu-large-x2 (2 x >= 40 GiB), "
-            "gpu-large-x4 (4 x >= 40 GiB)") in message
+    assert (
+        "the queues offer: gpu-small (1 x >= 16 GiB), gpu-large (1 x >= 40 GiB), gpu-large-x2 (2 x >= 40 GiB), "
+        "gpu-large-x4 (4 x >= 40 GiB)"
+    ) in message
     assert "--gpus-per-worker" in message
     with pytest.raises(ConfigError, match="resources.gpus=2, gpu_memory_gb=90 fits no work queue"):
         queue_for("huge", 90, queues, gpus=2)
 
 
-@pytest.mark.parametrize("queue, error", [
-    ({"min_gpu_memory_gb": 40, "gpus": 0}, "work queue 'q': gpus must be a whole number of cards >= 1, got 0"),
-    ({"min_gpu_memory_gb": 40, "gpus": 1.5}, "gpus must be a whole number of cards >= 1, got 1.5"),
-    ({"min_gpu_memory_gb": 40, "gpus": True}, "gpus must be a whole number of cards >= 1, got True"),
-    ({"min_gpu_memory_gb": 40, "gpus": "2"}, "gpus must be a whole number of cards >= 1, got '2'"),
-    ({"min_gpu_memory_gb": "big"}, "work queue 'q': min_gpu_memory_gb must be a positive number of GiB, got 'big'"),
-    ({"min_gpu_memory_gb": -1}, "min_gpu_memory_gb must be a positive number of GiB, got -1"),
-])
+@pytest.mark.parametrize(
+    "queue, error",
+    [
+        ({"min_gpu_memory_gb": 40, "gpus": 0}, "work queue 'q': gpus must be a whole number of cards >= 1, got 0"),
+        ({"min_gpu_memory_gb": 40, "gpus": 1.5}, "gpus must be a whole number of cards >= 1, got 1.5"),
+        ({"min_gpu_memory_gb": 40, "gpus": True}, "gpus must be a whole number of cards >= 1, got True"),
+        ({"min_gpu_memory_gb": 40, "gpus": "2"}, "gpus must be a whole number of cards >= 1, got '2'"),
+        ({"min_gpu_memory_gb": "big"}, "work queue 'q': min_gpu_memory_gb must be a positive number of GiB, got 'big'"),
+        ({"min_gpu_memory_gb": -1}, "min_gpu_memory_gb must be a positive number of GiB, got -1"),
+    ],
+)
 def test_a_malformed_queue_is_refused_naming_it(tmp_path, queue, error):
     import yaml
 
@@ -70,14 +78,15 @@ def test_shipped_configs_all_have_a_queue():
 
     _, entries = load_config_set(REPO / "deployments" / "sets" / "gpu.yaml")
     queues = queue_capacities("gpu")
-    assert {queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, e.config.resources.gpus)
-            for e in entries} <= set(queues)
+    assert {
+        queue_for(e.config.name, e.config.resources.gpu_memory_gb, queues, e.config.resources.gpus) for e in entries
+    } <= set(queues)
 
 
 def test_child_run_ids_are_unique_per_parent_and_readable():
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    t = datetime(2026, 11, 25, 2, 0, tzinfo=timezone.utc)
+    t = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
     a = child_run_id("minilm", t, "0a1b2c3d-1111-2222-3333-444455556666")
     assert a == "minilm-20261125T020000Z-0a1b2c3d"
     assert a != child_run_id("minilm", t, "99999999-1111-2222-3333-444455556666")
@@ -95,9 +104,11 @@ def test_one_worker_per_gpu_pinned_to_its_card_and_serving_the_queues_it_can_hol
     import yaml
 
     queues = yaml.safe_load((REPO / "deployments" / "pools" / "pools.yaml").read_text())["gpu"]["queues"]
-    gpus = [{"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.6},
-            {"index": 1, "name": "NVIDIA L4", "memory_gib": 22.5},
-            {"index": 2, "name": "Quadro 8GB", "memory_gib": 8.0}]
+    gpus = [
+        {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_gib": 79.6},
+        {"index": 1, "name": "NVIDIA L4", "memory_gib": 22.5},
+        {"index": 2, "name": "Quadro 8GB", "memory_gib": 8.0},
+    ]
     commands = workers.worker_commands("gpu", queues, gpus, cpu_workers=1, prefix="gpu")
     assert len(commands) == 2  # the 8 GiB card holds no queue: no worker
     (h100, h100_env), (l4, l4_env) = commands
@@ -156,7 +167,9 @@ def test_prefect_yaml_deploys_without_prompts():
     import yaml
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    assert spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $EMOTION_PROJECT_DIR }}"
+    assert (
+        spec["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $EMOTION_PROJECT_DIR }}"
+    )
     by_name = {d["name"]: d for d in spec["deployments"]}
     assert set(by_name) == {"nightly", "gpu", "batch"} and all("schedules" in d for d in by_name.values())
     assert by_name["nightly"]["work_pool"]["name"] != by_name["gpu"]["work_pool"]["name"]  # same pool deadlocks
@@ -181,8 +194,10 @@ def test_each_child_requests_its_cards_as_the_gpu_count_job_variable(monkeypatch
     monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
     from flows.dispatch import redispatch, start_children
 
-    specs = [{"config": "one", "run_id": "r1", "queue": "gpu-small", "parameters": {}},
-             {"config": "two", "run_id": "r2", "queue": "gpu-large-x2", "gpus": 2, "gpu_memory_gb": 40, "parameters": {}}]
+    specs = [
+        {"config": "one", "run_id": "r1", "queue": "gpu-small", "parameters": {}},
+        {"config": "two", "run_id": "r2", "queue": "gpu-large-x2", "gpus": 2, "gpu_memory_gb": 40, "parameters": {}},
+    ]
     children = start_children("train-model/gpu", specs, tags=[])
     two = {"gpu_count": 2, "gpu_memory_mib_gt": "40959"}  # nodes with more than 40 GiB - 1 MiB of GPU memory
     assert [c["job_variables"] for c in calls] == [{"gpu_count": 1}, two]

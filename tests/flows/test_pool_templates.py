@@ -146,12 +146,15 @@ def _invalid_schema(t):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("break_it, message", [
-    (_undeclared_placeholder, "undeclared variable(s): priority_class"),
-    (_default_of_wrong_type, "Validation failed for work pool's job variable defaults"),
-    (_default_below_minimum, "0 is less than the minimum of 1"),
-    (_invalid_schema, "Invalid schema"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (_undeclared_placeholder, "undeclared variable(s): priority_class"),
+        (_default_of_wrong_type, "Validation failed for work pool's job variable defaults"),
+        (_default_below_minimum, "0 is less than the minimum of 1"),
+        (_invalid_schema, "Invalid schema"),
+    ],
+)
 def test_server_rejects_a_broken_template(prefect_server, template, break_it, message):
     import httpx
     from prefect.client.orchestration import get_client
@@ -175,8 +178,9 @@ def test_the_pod_needs_nodes_whose_gpus_have_the_configs_memory(template):
     pod = pod_spec(template["job_configuration"]["job_manifest"])
     (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     # GPU feature discovery's label, in MiB per card; Kubernetes compares label values as integers for Gt.
-    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.memory", "operator": "Gt",
-                                         "values": ["{{ gpu_memory_mib_gt }}"]}]
+    assert term["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["{{ gpu_memory_mib_gt }}"]}
+    ]
     variable = template["variables"]["properties"]["gpu_memory_mib_gt"]
     assert (variable["type"], variable["default"]) == ("string", "0")  # Kubernetes wants strings in values
 
@@ -196,8 +200,9 @@ def test_prefect_renders_the_gpu_memory_affinity(prefect_server, template):
 
     def expression(values):
         pod = pod_spec(asyncio.run(render(values)).job_manifest)
-        return pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-            "nodeSelectorTerms"][0]["matchExpressions"][0]
+        return pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][
+            0
+        ]["matchExpressions"][0]
 
     # A config with resources.gpu_memory_gb = 40 on 2 cards: nodes with more than 40959 MiB per card.
     assert expression({"gpu_count": 2, "gpu_memory_mib_gt": "40959"})["values"] == ["40959"]

@@ -44,8 +44,9 @@ def pg_stack(postgres_url, tmp_path_factory):
     from emotion_cli.stack import Stack
 
     state = tmp_path_factory.mktemp("pg-stack")
-    stack = Stack(port=_free_port(), state_dir=state, database=postgres_url,
-                  extra_env={"PREFECT_HOME": str(state / "home")})
+    stack = Stack(
+        port=_free_port(), state_dir=state, database=postgres_url, extra_env={"PREFECT_HOME": str(state / "home")}
+    )
     started = time.monotonic()
     try:
         stack.start_server()
@@ -80,8 +81,8 @@ def test_server_on_postgresql_answers_and_stores_flow_runs_there(pg_stack, postg
 
 
 def test_stack_up_prints_the_database_redacted_and_refuses_other_schemes():
-    from emotion_core.errors import EmotionError
     from emotion_cli.stack import Stack, database_url
+    from emotion_core.errors import EmotionError
 
     assert database_url("postgresql://prefect:pw@db:5432/prefect") == "postgresql+asyncpg://prefect:pw@db:5432/prefect"
     with pytest.raises(EmotionError, match=r"--database 'mysql://\*\*\*@db/prefect': expected postgresql"):

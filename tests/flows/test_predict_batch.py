@@ -22,8 +22,9 @@ def test_the_flow_scores_a_file_in_the_store_with_the_champion(prefect_server, t
     (store.root / "data").mkdir()
     texts_frame(1200).write_parquet(store.root / "data/reviews.parquet")
 
-    result = predict_batch(input_key="data/reviews.parquet", run="champion:tabular", store=str(store.root),
-                           chunk_rows=500)
+    result = predict_batch(
+        input_key="data/reviews.parquet", run="champion:tabular", store=str(store.root), chunk_rows=500
+    )
     assert result["run_id"] == run_id and (result["rows"], result["chunks"], result["computed"]) == (1200, 3, 3)
     assert result["output_key"] == "data/reviews.predictions.parquet"
     import polars as pl
@@ -31,8 +32,9 @@ def test_the_flow_scores_a_file_in_the_store_with_the_champion(prefect_server, t
     out = pl.read_parquet(store.root / "data/reviews.predictions.parquet")
     assert out.columns == ["id", "joy", "anger", "joy_prob", "anger_prob"] and out["id"][1199] == "t1199"
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            name=FlowRunFilterName(any_=["predict-data/reviews.parquet"])))
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["predict-data/reviews.parquet"]))
+        )
     assert [r.state.type.value for r in runs] == ["COMPLETED"]
 
 

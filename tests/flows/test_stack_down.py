@@ -14,8 +14,8 @@ import time
 import psutil
 import pytest
 
-from emotion_core.processes import pid_alive
 from emotion_cli.stack import Stack
+from emotion_core.processes import pid_alive
 
 
 @pytest.fixture

@@ -23,7 +23,9 @@ def objects(endpoint: str, bucket: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def test_store_down_for_a_while_then_back_the_run_completes(prefect_server, data_dir, s3_endpoint, s3_bucket, s3_gate, monkeypatch):
+def test_store_down_for_a_while_then_back_the_run_completes(
+    prefect_server, data_dir, s3_endpoint, s3_bucket, s3_gate, monkeypatch
+):
     from flows.train_model import train_model
 
     monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", f"http://127.0.0.1:{s3_gate.port}")
@@ -33,7 +35,9 @@ def test_store_down_for_a_while_then_back_the_run_completes(prefect_server, data
     opener.start()
     started = time.monotonic()
     try:
-        uri = train_model(config=str(TINY), store=f"s3://{s3_bucket}/outage", run_id="outage-then-back", publish_retries=2)
+        uri = train_model(
+            config=str(TINY), store=f"s3://{s3_bucket}/outage", run_id="outage-then-back", publish_retries=2
+        )
     finally:
         opener.cancel()
     assert uri == f"s3://{s3_bucket}/outage/runs/outage-then-back"
@@ -44,11 +48,15 @@ def test_store_down_for_a_while_then_back_the_run_completes(prefect_server, data
     from emotion_core.store import open_store
 
     monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", s3_endpoint)
-    run = read_run(open_store(f"s3://{s3_bucket}/outage").run_folder("outage-then-back"))  # sha256 of every file checked
+    run = read_run(
+        open_store(f"s3://{s3_bucket}/outage").run_folder("outage-then-back")
+    )  # sha256 of every file checked
     assert run.manifest["status"] == "completed"
 
 
-def test_store_that_stays_down_fails_clearly_with_nothing_published(prefect_server, data_dir, s3_endpoint, s3_bucket, s3_gate, monkeypatch):
+def test_store_that_stays_down_fails_clearly_with_nothing_published(
+    prefect_server, data_dir, s3_endpoint, s3_bucket, s3_gate, monkeypatch
+):
     from emotion_core.errors import StoreError
     from flows.train_model import train_model
 

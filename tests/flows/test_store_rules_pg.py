@@ -35,8 +35,9 @@ def child_deployment(prefect_server):
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=name, type="process"))
         flow_id = client.create_flow_from_name("train-model")
-        deployment_id = client.create_deployment(flow_id=flow_id, name=name, work_pool_name=name,
-                                                 entrypoint="flows/train_model.py:train_model")
+        deployment_id = client.create_deployment(
+            flow_id=flow_id, name=name, work_pool_name=name, entrypoint="flows/train_model.py:train_model"
+        )
     yield f"train-model/{name}", deployment_id
     with get_client(sync_client=True) as client:
         for run in child_runs(prefect_server, deployment_id):
@@ -46,8 +47,9 @@ def child_deployment(prefect_server):
 
 
 def child_runs(stack, deployment_id) -> list[dict]:
-    response = httpx.post(f"{stack.api_url}/flow_runs/filter",
-                          json={"deployments": {"id": {"any_": [str(deployment_id)]}}}, timeout=30)
+    response = httpx.post(
+        f"{stack.api_url}/flow_runs/filter", json={"deployments": {"id": {"any_": [str(deployment_id)]}}}, timeout=30
+    )
     response.raise_for_status()
     return response.json()
 
@@ -68,44 +70,75 @@ def one_queue() -> dict:
     return {"gpu-any": {"min_gpu_memory_gb": 80, "gpus": 1}}  # every config of the set fits it
 
 
-def test_local_store_with_deployment_dispatch_fails_before_any_child(prefect_server, child_deployment,
-                                                                      stop_at_dispatch, tmp_path, monkeypatch):
+def test_local_store_with_deployment_dispatch_fails_before_any_child(
+    prefect_server, child_deployment, stop_at_dispatch, tmp_path, monkeypatch
+):
     from flows.train_all import train_all
 
     deployment, deployment_id = child_deployment
     for store in (str(tmp_path / "store"), f"file://{tmp_path / 'store'}"):
-        with pytest.raises(StoreError, match=r"is a local folder, but deployment dispatch .* use an object store "
-                                             r"\(--store s3://"):
-            train_all(config_set=str(TINY_SET), store=store, dispatch="deployment", child_deployment=deployment,
-                      queues=one_queue())
+        with pytest.raises(
+            StoreError,
+            match=r"is a local folder, but deployment dispatch .* use an object store "
+            r"\(--store s3://",
+        ):
+            train_all(
+                config_set=str(TINY_SET),
+                store=store,
+                dispatch="deployment",
+                child_deployment=deployment,
+                queues=one_queue(),
+            )
     assert child_runs(prefect_server, deployment_id) == []  # nothing dispatched
     assert not (tmp_path / "store").exists()  # nor written
     # Declared shared (the parameter, or the environment the embedded stack sets): dispatched as before.
     with pytest.raises(Dispatched):
-        train_all(config_set=str(TINY_SET), store=str(tmp_path / "store"), dispatch="deployment",
-                  child_deployment=deployment, queues=one_queue(), shared_filesystem=True)
+        train_all(
+            config_set=str(TINY_SET),
+            store=str(tmp_path / "store"),
+            dispatch="deployment",
+            child_deployment=deployment,
+            queues=one_queue(),
+            shared_filesystem=True,
+        )
     assert len(child_runs(prefect_server, deployment_id)) == 2
     monkeypatch.setenv("EMOTION_SHARED_FILESYSTEM", "1")
     with pytest.raises(Dispatched):
-        train_all(config_set=str(TINY_SET), store=str(tmp_path / "store"), dispatch="deployment",
-                  child_deployment=deployment, queues=one_queue())
+        train_all(
+            config_set=str(TINY_SET),
+            store=str(tmp_path / "store"),
+            dispatch="deployment",
+            child_deployment=deployment,
+            queues=one_queue(),
+        )
 
 
-def test_missing_bucket_is_named_before_any_child(prefect_server, child_deployment, stop_at_dispatch, s3_bucket,
-                                                  s3_endpoint):
+def test_missing_bucket_is_named_before_any_child(
+    prefect_server, child_deployment, stop_at_dispatch, s3_bucket, s3_endpoint
+):
     from flows.train_all import train_all
 
     deployment, deployment_id = child_deployment
     before = len(child_runs(prefect_server, deployment_id))
     missing = f"no-such-{uuid.uuid4().hex[:8]}"
     with pytest.raises(StoreError, match=f"bucket '{missing}' does not exist; create it first"):
-        train_all(config_set=str(TINY_SET), store=f"s3://{missing}/nightly", dispatch="deployment",
-                  child_deployment=deployment, queues=one_queue())
+        train_all(
+            config_set=str(TINY_SET),
+            store=f"s3://{missing}/nightly",
+            dispatch="deployment",
+            child_deployment=deployment,
+            queues=one_queue(),
+        )
     assert len(child_runs(prefect_server, deployment_id)) == before
     # An existing bucket passes the rules: the children are dispatched.
     with pytest.raises(Dispatched):
-        train_all(config_set=str(TINY_SET), store=f"s3://{s3_bucket}/nightly", dispatch="deployment",
-                  child_deployment=deployment, queues=one_queue())
+        train_all(
+            config_set=str(TINY_SET),
+            store=f"s3://{s3_bucket}/nightly",
+            dispatch="deployment",
+            child_deployment=deployment,
+            queues=one_queue(),
+        )
     assert len(child_runs(prefect_server, deployment_id)) == before + 2
 
 

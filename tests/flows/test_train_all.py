@@ -18,10 +18,14 @@ def tiny_set(tmp_path, repo):
         "name": "tiny",
         "overrides": {"data": TINY_DATA},
         "configs": [
-            {"path": str(configs / "ffnn-tfidf.yaml"),
-             "overrides": {"model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 2}}},
-            {"path": str(configs / "minilm.yaml"),
-             "overrides": {"name": "broken-model", "model": {"model": "no-such-org/no-such-model"}}},
+            {
+                "path": str(configs / "ffnn-tfidf.yaml"),
+                "overrides": {"model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 2}},
+            },
+            {
+                "path": str(configs / "minilm.yaml"),
+                "overrides": {"name": "broken-model", "model": {"model": "no-such-org/no-such-model"}},
+            },
         ],
     }
     path = tmp_path / "tiny.yaml"
@@ -57,13 +61,17 @@ def test_failed_child_is_reported_and_fails_the_parent(prefect_server, data_dir,
 
     # The comparison is published as Prefect artifacts on the run.
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["comparison-tiny", "comparison-table-tiny"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["comparison-tiny", "comparison-table-tiny"]))
+        )
     kinds = {a.key: a.type for a in artifacts}
     assert kinds == {"comparison-tiny": "markdown", "comparison-table-tiny": "table"}
     assert any("broken-model" in str(a.data) for a in artifacts)
 
 
-def test_train_model_flow_publishes_to_s3_with_a_credentials_block(prefect_server, data_dir, repo, s3_bucket, s3_endpoint, monkeypatch):
+def test_train_model_flow_publishes_to_s3_with_a_credentials_block(
+    prefect_server, data_dir, repo, s3_bucket, s3_endpoint, monkeypatch
+):
     """Credentials and endpoint from a saved Prefect AwsCredentials block; the run lands in S3."""
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
@@ -72,12 +80,19 @@ def test_train_model_flow_publishes_to_s3_with_a_credentials_block(prefect_serve
     from emotion_core.store import open_store
     from flows.train_model import train_model
 
-    AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
-                   aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint)).save("emotion-s3-test", overwrite=True)
+    AwsCredentials(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+        aws_client_parameters=AwsClientParameters(endpoint_url=s3_endpoint),
+    ).save("emotion-s3-test", overwrite=True)
     monkeypatch.setenv("EMOTION_AWS_CREDENTIALS_BLOCK", "emotion-s3-test")
     monkeypatch.delenv("EMOTION_S3_ENDPOINT_URL")  # the endpoint can only come from the block
-    uri = train_model(config=str(repo / "deployments" / "configs" / "ffnn-tfidf.yaml"), store=f"s3://{s3_bucket}/nightly",
-                      overrides={"data": TINY_DATA, "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1}})
+    uri = train_model(
+        config=str(repo / "deployments" / "configs" / "ffnn-tfidf.yaml"),
+        store=f"s3://{s3_bucket}/nightly",
+        overrides={"data": TINY_DATA, "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1}},
+    )
     assert uri.startswith(f"s3://{s3_bucket}/nightly/runs/ffnn-tfidf-")
     monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", s3_endpoint)
     run = read_run(uri)
@@ -87,7 +102,8 @@ def test_train_model_flow_publishes_to_s3_with_a_credentials_block(prefect_serve
 
 
 def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_server, data_dir, repo, tmp_path):
-    """Two real FFNN runs -> evaluation with CIs, calibration, SHAP, an ensemble, paired tests, report, artifacts, W&B."""
+    """Two real FFNN runs -> evaluation with CIs, calibration, SHAP, an ensemble, paired tests, report, artifacts,
+    W&B."""
     import json
     import os
     from pathlib import Path
@@ -98,10 +114,18 @@ def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_s
     from flows.train_all import train_all
 
     tiny = repo / "tests" / "data" / "sets" / "tiny-ffnn.yaml"
-    spec = {"name": "tiny-report", "report": {"bootstrap_samples": 200, "ensemble_top_k": 2},
-            "overrides": {"explain": {"n_texts": 3, "max_evals": 40, "top_labels": 2}},
-            "configs": [str(tiny), {"path": str(tiny), "overrides": {"name": "tiny-ffnn-wide", "model": {"hidden_size": 64},
-                                                                      "training": {"seed": 3}}}]}
+    spec = {
+        "name": "tiny-report",
+        "report": {"bootstrap_samples": 200, "ensemble_top_k": 2},
+        "overrides": {"explain": {"n_texts": 3, "max_evals": 40, "top_labels": 2}},
+        "configs": [
+            str(tiny),
+            {
+                "path": str(tiny),
+                "overrides": {"name": "tiny-ffnn-wide", "model": {"hidden_size": 64}, "training": {"seed": 3}},
+            },
+        ],
+    }
     set_path = tmp_path / "tiny-report.yaml"
     set_path.write_text(yaml.safe_dump(spec))
     wandb_before = set(Path(os.environ["WANDB_DIR"]).rglob("offline-run-*"))
@@ -112,8 +136,12 @@ def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_s
     table = pl.read_csv(report / "summary.csv")
     assert set(table["model"]) == {"tiny-ffnn", "tiny-ffnn-wide", "ensemble-top2"}
     assert (table["status"] == "completed").all()
-    assert ((table["test_macro_f1_low"] <= table["test_macro_f1"]) & (table["test_macro_f1"] <= table["test_macro_f1_high"])).all()
-    assert table["ece_flat_after"].is_not_null().sum() == 2  # the ensemble's members are calibrated, it is not re-scaled
+    assert (
+        (table["test_macro_f1_low"] <= table["test_macro_f1"]) & (table["test_macro_f1"] <= table["test_macro_f1_high"])
+    ).all()
+    assert (
+        table["ece_flat_after"].is_not_null().sum() == 2
+    )  # the ensemble's members are calibrated, it is not re-scaled
     best = table.sort("val_macro_f1", descending=True)["model"][0]
     assert summary["best"] == best
     others = table.filter(pl.col("model") != best)
@@ -127,18 +155,25 @@ def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_s
         shap = json.loads((models / "shap.json").read_text())
         assert shap["n_texts"] == 3 and len(shap["texts"]) == 3 and shap["seconds_per_text"] > 0
         assert (models / "shap.html").is_file()
-    same_texts = [[t["id"] for t in json.loads((report / "models" / n / "shap.json").read_text())["texts"]]
-                  for n in ("tiny-ffnn", "tiny-ffnn-wide")]
+    same_texts = [
+        [t["id"] for t in json.loads((report / "models" / n / "shap.json").read_text())["texts"]]
+        for n in ("tiny-ffnn", "tiny-ffnn-wide")
+    ]
     assert same_texts[0] == same_texts[1]  # every model explains the same sample
     html = (report / "report.html").read_text()
     assert html.count('<img src="data:image/png;base64,') >= 4 and 'href="models/tiny-ffnn/shap.html"' in html
     assert "http://" not in html and "https://" not in html
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["comparison-tiny-report", "comparison-table-tiny-report"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["comparison-tiny-report", "comparison-table-tiny-report"])
+            )
+        )
     by_key = {a.key: a for a in artifacts}
-    assert "ensemble-top2" in str(by_key["comparison-tiny-report"].data) and "report.html" in str(by_key["comparison-tiny-report"].data)
+    assert "ensemble-top2" in str(by_key["comparison-tiny-report"].data) and "report.html" in str(
+        by_key["comparison-tiny-report"].data
+    )
     rows = by_key["comparison-table-tiny-report"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert {row["config"] for row in rows} == {"tiny-ffnn", "tiny-ffnn-wide", "ensemble-top2"}
@@ -162,9 +197,12 @@ def test_nightly_champion_is_replaced_only_by_a_clearly_better_run(prefect_serve
     strong = {"name": "strong", "model": {"max_features": 20000, "hidden_size": 64}, "training": {"epochs": 3}}
 
     def nightly(entry: dict) -> dict:
-        spec = {"name": "nightly", "report": {"bootstrap_samples": 300, "ensemble_top_k": 0},
-                "overrides": {"data": data, "explain": {"n_texts": 0}},
-                "configs": [{"path": str(repo / "tests" / "data" / "sets" / "tiny-ffnn.yaml"), "overrides": entry}]}
+        spec = {
+            "name": "nightly",
+            "report": {"bootstrap_samples": 300, "ensemble_top_k": 0},
+            "overrides": {"data": data, "explain": {"n_texts": 0}},
+            "configs": [{"path": str(repo / "tests" / "data" / "sets" / "tiny-ffnn.yaml"), "overrides": entry}],
+        }
         path = tmp_path / "nightly.yaml"
         path.write_text(yaml.safe_dump(spec))
         return train_all(config_set=str(path), store=str(tmp_path / "store"))
@@ -178,7 +216,9 @@ def test_nightly_champion_is_replaced_only_by_a_clearly_better_run(prefect_serve
 
     second = nightly(strong)["champion_decisions"][0]
     assert second["promoted"], second["reason"]
-    assert second["champion_run_id"] == first[0]["challenger_run_id"] and second["p_value"] < 0.05 and second["delta"] > 0
+    assert (
+        second["champion_run_id"] == first[0]["challenger_run_id"] and second["p_value"] < 0.05 and second["delta"] > 0
+    )
 
     third = nightly(weak)["champion_decisions"][0]
     assert not third["promoted"] and "not promoted" in third["reason"] and "margin" in third["reason"]
@@ -187,6 +227,8 @@ def test_nightly_champion_is_replaced_only_by_a_clearly_better_run(prefect_serve
     assert registry.champion(key)["run_id"] == second["challenger_run_id"]
     assert [d["promoted"] for d in registry.decisions(key)] == [True, True, False]
     # the old champion's run is unchanged, byte for byte
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in weak_run.rglob("*") if p.is_file()} == weak_files
+    assert {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in weak_run.rglob("*") if p.is_file()
+    } == weak_files
     report = sorted((tmp_path / "store" / "reports").glob("nightly-*"))[-1]
     assert "not promoted" in json.loads((report / "summary.json").read_text())["extra"][f"champion of {key}"]

@@ -17,18 +17,27 @@ EMOTION = str(Path(sys.executable).with_name("emotion"))
 
 def run_emotion(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The ``emotion`` console script in a subprocess, from the repository root."""
-    return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})}, timeout=600)
+    return subprocess.run(
+        [EMOTION, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", **(env or {})},
+        timeout=600,
+    )
 
 
 @pytest.fixture
 def tiny_config(tmp_path) -> Path:
     """A tabular FFNN run config on 60 rows of its own CSV (no shared data sets)."""
     data = write_tiny_tabular(tmp_path / "tiny.csv")
-    config = {"name": "tiny-sec", "data": {"dataset": "tabular", "path": str(data), "id_column": "id"},
-              "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-              "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
-              "resources": {"gpu_memory_gb": 2}}
+    config = {
+        "name": "tiny-sec",
+        "data": {"dataset": "tabular", "path": str(data), "id_column": "id"},
+        "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+        "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
+        "resources": {"gpu_memory_gb": 2},
+    }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

@@ -34,16 +34,26 @@ def ffnn_run(tmp_path_factory) -> str:
 
     folder = tmp_path_factory.mktemp("ffnn-run")
     write_tiny_tabular(folder / "train.csv")
-    cfg = parse_run_config({"name": "tiny-out", "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
-                            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
-                            "resources": {"gpu_memory_gb": 2},
-                            "data": {"dataset": "tabular", "path": str(folder / "train.csv"), "id_column": "id"}})
+    cfg = parse_run_config(
+        {
+            "name": "tiny-out",
+            "model": {"family": "ffnn", "max_features": 200, "hidden_size": 8, "min_df": 1},
+            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
+            "resources": {"gpu_memory_gb": 2},
+            "data": {"dataset": "tabular", "path": str(folder / "train.csv"), "id_column": "id"},
+        }
+    )
     return train_config(cfg, open_store(folder / "store")).removeprefix("file://")
 
 
 def emotion(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EMOTION_CACHE_DIR": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {
+        **os.environ,
+        "EMOTION_CACHE_DIR": str(tmp_path / "cache"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+    }
     return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
@@ -105,18 +115,24 @@ def test_out_inside_the_run_folder_is_assert_refused(ffnn_run, tmp_path):
     (tmp_path / "in.csv").write_text(TEXTS, encoding="utf-8")
     target = Path(ffnn_run) / "thresholds.json"
     before = target.read_bytes()
-    assert_refused(predict(ffnn_run, tmp_path / "in.csv", target, tmp_path), "thresholds.json", "inside the input folder")
+    assert_refused(
+        predict(ffnn_run, tmp_path / "in.csv", target, tmp_path), "thresholds.json", "inside the input folder"
+    )
     assert target.read_bytes() == before
 
 
 def test_out_where_nothing_can_be_created_is_a_clear_error(ffnn_run, tmp_path):
     (tmp_path / "in.csv").write_text(TEXTS, encoding="utf-8")
-    assert_refused(predict(ffnn_run, tmp_path / "in.csv", Path("/proc/emotion-predictions.csv"), tmp_path),
-            "/proc/emotion-predictions.csv", "cannot write")
+    assert_refused(
+        predict(ffnn_run, tmp_path / "in.csv", Path("/proc/emotion-predictions.csv"), tmp_path),
+        "/proc/emotion-predictions.csv",
+        "cannot write",
+    )
     assert not list(Path("/proc").glob(".emotion-predictions.csv.*"))
 
 
 # -- class 8: ids kept ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name, header, sep", [("in.csv", "id", ","), ("in.tsv", "ID", "\t")])
 def test_predict_and_submit_keep_the_id_column(ffnn_run, tmp_path, name, header, sep):
@@ -136,10 +152,22 @@ def test_predict_and_submit_keep_the_id_column(ffnn_run, tmp_path, name, header,
 def test_an_explicit_id_column_wins_and_two_id_columns_are_ambiguous(ffnn_run, tmp_path):
     data = tmp_path / "in.csv"
     data.write_text("key,text,Id\nk1,happy,a\nk2,furious,b\n", encoding="utf-8")
-    result = emotion("submit", ffnn_run, "--out", str(tmp_path / "sub.csv"), "--no-calibrated", "--data", str(data),
-                     "--id-column", "key", tmp_path=tmp_path)
+    result = emotion(
+        "submit",
+        ffnn_run,
+        "--out",
+        str(tmp_path / "sub.csv"),
+        "--no-calibrated",
+        "--data",
+        str(data),
+        "--id-column",
+        "key",
+        tmp_path=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert pl.read_csv(tmp_path / "sub.csv", infer_schema=False)["key"].to_list() == ["k1", "k2"]
 
     data.write_text("id,text,ID\n1,happy,a\n2,furious,b\n", encoding="utf-8")
-    assert_refused(predict(ffnn_run, data, tmp_path / "pred.csv", tmp_path), "in.csv", "several id columns", "--id-column")
+    assert_refused(
+        predict(ffnn_run, data, tmp_path / "pred.csv", tmp_path), "in.csv", "several id columns", "--id-column"
+    )

@@ -97,8 +97,17 @@ def test_train_reusing_a_run_id_for_a_different_training_fails_clearly(tmp_path,
     first = emotion("train", str(tiny_config), "--store", str(store), "--run-id", "shared-id", env=cli_env)
     assert first.returncode == 0, first.stderr
     published = snapshot(store / "runs" / "shared-id")
-    second = emotion("train", str(tiny_config), "--store", str(store), "--run-id", "shared-id",
-                     "--set", "training.seed=7", env=cli_env)
+    second = emotion(
+        "train",
+        str(tiny_config),
+        "--store",
+        str(store),
+        "--run-id",
+        "shared-id",
+        "--set",
+        "training.seed=7",
+        env=cli_env,
+    )
     assert second.returncode == 2, second.stdout + second.stderr
     assert "run id shared-id exists in the store" in second.stderr and "run published" not in second.stdout
     assert "Traceback" not in second.stderr + second.stdout

@@ -51,15 +51,30 @@ def encoder_run(tmp_path_factory) -> Path:
     model.mkdir()
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(source / name, model / name)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(model)
-    rows = ["id,text,joy,anger"] + [f"r{i},{'happy' if i % 2 else 'calm'} {'furious' if i % 3 == 0 else 'fine'} day {i},"
-                                    f"{i % 2},{int(i % 3 == 0)}" for i in range(40)]
+    BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(model)
+    rows = ["id,text,joy,anger"] + [
+        f"r{i},{'happy' if i % 2 else 'calm'} {'furious' if i % 3 == 0 else 'fine'} day {i},{i % 2},{int(i % 3 == 0)}"
+        for i in range(40)
+    ]
     (root / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = parse_run_config({
-        "name": "tiny-encoder", "model": {"family": "encoder", "model": str(model), "max_length": 16},
-        "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None}, "resources": {"gpu_memory_gb": 2},
-        "data": {"dataset": "tabular", "path": str(root / "train.csv"), "id_column": "id"}})
+    cfg = parse_run_config(
+        {
+            "name": "tiny-encoder",
+            "model": {"family": "encoder", "model": str(model), "max_length": 16},
+            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
+            "resources": {"gpu_memory_gb": 2},
+            "data": {"dataset": "tabular", "path": str(root / "train.csv"), "id_column": "id"},
+        }
+    )
     return Path(train_config(cfg, open_store(root / "store")).removeprefix("file://"))
 
 
@@ -71,8 +86,10 @@ def planted_run(run: Path, target: Path, sentinel: Path, *, trust: bool) -> Path
     config = yaml.safe_load((target / "config.yaml").read_text(encoding="utf-8"))
     config["model"]["trust_remote_code"] = trust
     (target / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    for sub, auto_map in (("body", {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}),
-                          ("tokenizer", {"AutoTokenizer": [None, "evil.EvilTokenizer"]})):
+    for sub, auto_map in (
+        ("body", {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}),
+        ("tokenizer", {"AutoTokenizer": [None, "evil.EvilTokenizer"]}),
+    ):
         (target / "model" / sub / "evil.py").write_text(EVIL.format(sentinel=str(sentinel)), encoding="utf-8")
         name = "config.json" if sub == "body" else "tokenizer_config.json"
         payload = json.loads((target / "model" / sub / name).read_text(encoding="utf-8"))
@@ -84,8 +101,14 @@ def planted_run(run: Path, target: Path, sentinel: Path, *, trust: bool) -> Path
 
 
 def emotion(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf-modules"), "EMOTION_CACHE_DIR": str(tmp_path / "cache"),
-           "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(tmp_path / "hf-modules"),
+        "EMOTION_CACHE_DIR": str(tmp_path / "cache"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+    }
     return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
@@ -95,8 +118,11 @@ def test_a_run_asking_for_remote_code_is_refused_and_its_code_never_runs(encoder
     run = planted_run(encoder_run, tmp_path / "evil-run", sentinel, trust=True)
     (tmp_path / "in.csv").write_text("id,text\nq1,so happy\nq2,so angry\n", encoding="utf-8")
     out = tmp_path / "out.csv"
-    args = (("predict", str(run), str(tmp_path / "in.csv"), "--out", str(out)) if command == "predict" else
-            ("submit", str(run), "--out", str(out), "--no-calibrated", "--data", str(tmp_path / "in.csv")))
+    args = (
+        ("predict", str(run), str(tmp_path / "in.csv"), "--out", str(out))
+        if command == "predict"
+        else ("submit", str(run), "--out", str(out), "--no-calibrated", "--data", str(tmp_path / "in.csv"))
+    )
     result = emotion(*args, tmp_path=tmp_path)
 
     assert not sentinel.exists(), "code from the run folder was executed"
@@ -111,7 +137,9 @@ def test_an_auto_map_without_trust_is_never_imported(encoder_run, tmp_path):
     sentinel = tmp_path / "PWNED"
     run = planted_run(encoder_run, tmp_path / "mapped-run", sentinel, trust=False)
     (tmp_path / "in.csv").write_text("id,text\nq1,so happy\n", encoding="utf-8")
-    result = emotion("predict", str(run), str(tmp_path / "in.csv"), "--out", str(tmp_path / "out.csv"), tmp_path=tmp_path)
+    result = emotion(
+        "predict", str(run), str(tmp_path / "in.csv"), "--out", str(tmp_path / "out.csv"), tmp_path=tmp_path
+    )
     assert not sentinel.exists(), "code from the run folder was executed"
     assert result.returncode in (0, 2) and "Traceback" not in result.stderr, result.stderr[-3000:]
 

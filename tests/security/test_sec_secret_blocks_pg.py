@@ -33,8 +33,9 @@ def secret_blocks(prefect_stack, monkeypatch):
     """Two Secret blocks on the session's server, named in the settings; HF_TOKEN / WANDB_API_KEY unset here."""
     from prefect.blocks.system import Secret
 
-    names = {var: f"sec-{var.lower().replace('_', '-')}-{uuid.uuid4().hex[:6]}"
-             for var in ("HF_TOKEN", "WANDB_API_KEY")}
+    names = {
+        var: f"sec-{var.lower().replace('_', '-')}-{uuid.uuid4().hex[:6]}" for var in ("HF_TOKEN", "WANDB_API_KEY")
+    }
     Secret(value=HF_SENTINEL).save(names["HF_TOKEN"])
     Secret(value=WANDB_SENTINEL).save(names["WANDB_API_KEY"])
     monkeypatch.setenv("EMOTION_HF_TOKEN_SECRET", names["HF_TOKEN"])
@@ -44,11 +45,13 @@ def secret_blocks(prefect_stack, monkeypatch):
     return names
 
 
-def test_secrets_reach_training_only_and_are_never_written(prefect_stack, secret_blocks, tiny_config, tmp_path,
-                                                           monkeypatch, capfd):
+def test_secrets_reach_training_only_and_are_never_written(
+    prefect_stack, secret_blocks, tiny_config, tmp_path, monkeypatch, capfd
+):
+    from prefect.logging.handlers import APILogHandler
+
     import emotion_core.pipeline as pipeline
     from flows.train_model import train_model
-    from prefect.logging.handlers import APILogHandler
 
     seen = {}
     original = pipeline.train_run
@@ -72,8 +75,11 @@ def test_secrets_reach_training_only_and_are_never_written(prefect_stack, secret
     run = httpx.get(f"{prefect_stack.api_url}/flow_runs/{flow_run_id}", timeout=30).json()
     assert not any(n in str(run["parameters"]) for n in needles)
     APILogHandler().flush()
-    logs = httpx.post(f"{prefect_stack.api_url}/logs/filter", timeout=30,
-                      json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}).json()
+    logs = httpx.post(
+        f"{prefect_stack.api_url}/logs/filter",
+        timeout=30,
+        json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200},
+    ).json()
     text = "\n".join(entry["message"] for entry in logs)
     assert f"HF_TOKEN ({secret_blocks['HF_TOKEN']})" in text  # the logs were captured: they name the block only
     assert not any(n in text for n in needles)

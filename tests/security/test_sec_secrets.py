@@ -32,8 +32,14 @@ def closed_port() -> int:
 
 
 def emotion(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "EMOTION_CACHE_DIR": str(tmp_path / "cache"), "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_API_URL": f"http://127.0.0.1:{closed_port()}/api", "COLUMNS": "200", "NO_COLOR": "1"}
+    env = {
+        **os.environ,
+        "EMOTION_CACHE_DIR": str(tmp_path / "cache"),
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{closed_port()}/api",
+        "COLUMNS": "200",
+        "NO_COLOR": "1",
+    }
     return subprocess.run([EMOTION, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
@@ -62,8 +68,9 @@ def test_publish_store_with_credentials_is_refused_redacted(uri, redacted, run_f
 @pytest.mark.parametrize("uri, redacted", CREDENTIAL_URIS, ids=["s3", "file", "https"])
 def test_predict_run_with_credentials_is_refused_redacted(uri, redacted, tmp_path):
     (tmp_path / "in.csv").write_text("id,text\na,happy\n", encoding="utf-8")
-    result = emotion("predict", f"{uri}/runs/r1", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.csv"),
-                     tmp_path=tmp_path)
+    result = emotion(
+        "predict", f"{uri}/runs/r1", str(tmp_path / "in.csv"), "--out", str(tmp_path / "o.csv"), tmp_path=tmp_path
+    )
     assert_refused_redacted(result, f"{redacted}/runs/r1", tmp_path)
     assert not (tmp_path / "o.csv").exists()
 
@@ -139,9 +146,14 @@ def test_a_run_manifest_records_no_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     rows = ["text,joy"] + [f"{'happy' if i % 2 else 'calm'} day {i},{i % 2}" for i in range(30)]
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = parse_run_config({"name": "no-secrets", "model": {"family": "ffnn", "max_features": 50, "hidden_size": 4, "min_df": 1},
-                            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
-                            "data": {"dataset": "tabular", "path": str(tmp_path / "train.csv")}})
+    cfg = parse_run_config(
+        {
+            "name": "no-secrets",
+            "model": {"family": "ffnn", "max_features": 50, "hidden_size": 4, "min_df": 1},
+            "training": {"epochs": 1, "batch_size": 8, "early_stopping_patience": None},
+            "data": {"dataset": "tabular", "path": str(tmp_path / "train.csv")},
+        }
+    )
     folder = Path(train_config(cfg, open_store(tmp_path / "store")).removeprefix("file://"))
     for path in folder.rglob("*"):
         if path.is_file():

@@ -15,8 +15,23 @@ from emotion_core.errors import StoreError
 from emotion_core.runs import file_inventory
 from emotion_core.store import open_store, resolve_run_folder
 
-BAD_IDS = ["../../../x", "..", ".", "", ".hidden", "a/b", "a\\b", "a..b", "x" * 129, "a\0b", "a\nb", " a", "a b",
-           "-flag", "é"]
+BAD_IDS = [
+    "../../../x",
+    "..",
+    ".",
+    "",
+    ".hidden",
+    "a/b",
+    "a\\b",
+    "a..b",
+    "x" * 129,
+    "a\0b",
+    "a\nb",
+    " a",
+    "a b",
+    "-flag",
+    "é",
+]
 
 
 def write_run(folder: Path, run_id: str, files: dict[str, bytes] | None = None) -> Path:
@@ -83,12 +98,17 @@ def test_every_local_store_entry_point_refuses_a_bad_run_id(tmp_path, bad):
     from emotion_core.store import RunId
 
     store = open_store(tmp_path / "store")
-    calls = {"run_folder": lambda: store.run_folder(bad), "publish": lambda: store.publish(tmp_path, bad),
-             "has_run": lambda: store.has_run(bad), "latest_checkpoint": lambda: store.latest_checkpoint(bad),
-             "put_checkpoint": lambda: store.put_checkpoint(bad, 1, tmp_path, {}),
-             "fetch_checkpoint": lambda: store.fetch_checkpoint(bad, 1, tmp_path / "t"),
-             "delete_checkpoints": lambda: store.delete_checkpoints(bad), "staging": lambda: store.staging(bad)}
-    for name, call in calls.items():
+    calls = {
+        "run_folder": lambda: store.run_folder(bad),
+        "publish": lambda: store.publish(tmp_path, bad),
+        "has_run": lambda: store.has_run(bad),
+        "latest_checkpoint": lambda: store.latest_checkpoint(bad),
+        "put_checkpoint": lambda: store.put_checkpoint(bad, 1, tmp_path, {}),
+        "fetch_checkpoint": lambda: store.fetch_checkpoint(bad, 1, tmp_path / "t"),
+        "delete_checkpoints": lambda: store.delete_checkpoints(bad),
+        "staging": lambda: store.staging(bad),
+    }
+    for call in calls.values():
         with pytest.raises(StoreError, match="expected one plain name"):
             call()
     assert RunId.parse("tiny-sec-20260101T000000Z-1a2b3c4d") == "tiny-sec-20260101T000000Z-1a2b3c4d"

@@ -43,8 +43,10 @@ def train_tiny_store(folder: Path) -> TinyStore:
     from emotion_core.store import LocalStore
 
     store = LocalStore(folder / "store")
-    runs = [Path(train_tiny_run(folder, store, name, hidden).removeprefix("file://"))
-            for name, hidden in (("tiny-serve-a", 8), ("tiny-serve-b", 16))]
+    runs = [
+        Path(train_tiny_run(folder, store, name, hidden).removeprefix("file://"))
+        for name, hidden in (("tiny-serve-a", 8), ("tiny-serve-b", 16))
+    ]
     return TinyStore(folder / "store", tuple(runs))
 
 
@@ -56,8 +58,9 @@ class ServeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.TemporaryFile()
         command = [EMOTION, "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **(env or {})})
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
 
     def output(self) -> str:
         self.log.seek(0)

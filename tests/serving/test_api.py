@@ -17,8 +17,14 @@ from serve_helpers import EMOTION, free_port
 
 pytestmark = pytest.mark.slow  # tiny training runs and a real server process
 
-TEXTS = ["what a happy day", "so mad at this", "calm fine day", "happy and mad", "nothing at all",
-         "😀 happy\tmad ünïcödé"]
+TEXTS = [
+    "what a happy day",
+    "so mad at this",
+    "calm fine day",
+    "happy and mad",
+    "nothing at all",
+    "😀 happy\tmad ünïcödé",
+]
 
 
 def post(server, path: str, payload) -> httpx.Response:
@@ -29,8 +35,12 @@ def test_predict_gives_the_numbers_of_emotion_predict(served, tiny_store, tmp_pa
     data = tmp_path / "texts.csv"
     pl.DataFrame({"id": [f"t{i}" for i in range(len(TEXTS))], "text": TEXTS}).write_csv(data)
     out = tmp_path / "predicted.csv"
-    done = subprocess.run([EMOTION, "predict", str(tiny_store.runs[0]), str(data), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [EMOTION, "predict", str(tiny_store.runs[0]), str(data), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     expected = pl.read_csv(out)
 
@@ -64,8 +74,9 @@ def test_explain_gives_token_weights_that_add_up(served):
     response = post(served, "/explain", {"text": "so happy and so mad today"})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [e["label"] for e in body["explanations"]] == sorted(body["probabilities"], key=body["probabilities"].get,
-                                                                reverse=True)
+    assert [e["label"] for e in body["explanations"]] == sorted(
+        body["probabilities"], key=body["probabilities"].get, reverse=True
+    )
     for entry in body["explanations"]:
         assert "".join(entry["tokens"]).strip() == "so happy and so mad today"
         assert len(entry["values"]) == len(entry["tokens"])
@@ -128,8 +139,9 @@ BAD_REQUESTS = [  # case, method, path, headers, body (bytes), expected status
 ]
 
 
-@pytest.mark.parametrize(("case", "method", "path", "headers", "body", "status"), BAD_REQUESTS,
-                         ids=[row[0] for row in BAD_REQUESTS])
+@pytest.mark.parametrize(
+    ("case", "method", "path", "headers", "body", "status"), BAD_REQUESTS, ids=[row[0] for row in BAD_REQUESTS]
+)
 def test_bad_request_gets_a_clear_4xx(served, case, method, path, headers, body, status):
     response = httpx.request(method, f"{served.url}{path}", headers=headers, content=body, timeout=60)
     assert response.status_code == status, (case, response.status_code, response.text[:500])
@@ -178,8 +190,11 @@ def test_a_failing_model_call_gives_500_and_the_server_keeps_serving(tiny_store)
     real = load_model(tiny_store.runs[0])
     model = ServedModel(real.run, FailsOnBoom(real.predictor), "test")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(model, ServeSettings(max_wait_ms=50)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(model, ServeSettings(max_wait_ms=50)), host="127.0.0.1", port=port, log_level="warning"
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -23,11 +23,24 @@ def promote(store_root, run_id: str, over: str | None) -> None:
 
     store = LocalStore(store_root)
     manifest = json.loads((store.run_folder(run_id) / "manifest.json").read_text())
-    Registry(store).record(Decision(
-        dataset_key=dataset_key_of(manifest), promoted=True, reason="test: promoted by hand",
-        challenger_run_id=run_id, challenger_name=manifest["config_name"], challenger_macro_f1=0.9,
-        champion_run_id=over, champion_name=None, champion_macro_f1=None if over is None else 0.5,
-        margin=0.005, alpha=0.05, p_value=None, delta=None, test_rows=None))
+    Registry(store).record(
+        Decision(
+            dataset_key=dataset_key_of(manifest),
+            promoted=True,
+            reason="test: promoted by hand",
+            challenger_run_id=run_id,
+            challenger_name=manifest["config_name"],
+            challenger_macro_f1=0.9,
+            champion_run_id=over,
+            champion_name=None,
+            champion_macro_f1=None if over is None else 0.5,
+            margin=0.005,
+            alpha=0.05,
+            p_value=None,
+            delta=None,
+            test_rows=None,
+        )
+    )
 
 
 class Clients:

@@ -9,8 +9,9 @@ from serve_helpers import EMOTION, free_port
 
 
 def serve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([EMOTION, "serve", *args, "--port", str(free_port())], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [EMOTION, "serve", *args, "--port", str(free_port())], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_a_missing_run_is_refused(tmp_path):
@@ -18,8 +19,10 @@ def test_a_missing_run_is_refused(tmp_path):
 
 
 def test_a_dataset_without_champion_is_refused(tmp_path):
-    assert_refused(serve("champion:goemotions", "--store", str(tmp_path / "store")),
-                   "champion:goemotions: no champion of dataset 'goemotions'")
+    assert_refused(
+        serve("champion:goemotions", "--store", str(tmp_path / "store")),
+        "champion:goemotions: no champion of dataset 'goemotions'",
+    )
 
 
 def test_a_malformed_dataset_name_is_refused(tmp_path):
