@@ -73,36 +73,9 @@ SUMMARY_COLUMNS = [
     "run_id",
 ]
 
-_FLOATS = [
-    "trainable_pct",
-    "train_seconds",
-    "train_samples_per_s",
-    "peak_memory_mb",
-    "val_score",
-    "val_macro_f1",
-    "test_macro_f1",
-    "test_macro_f1_low",
-    "test_macro_f1_high",
-    "test_micro_f1",
-    "test_micro_f1_low",
-    "test_micro_f1_high",
-    "test_jaccard",
-    "test_jaccard_low",
-    "test_jaccard_high",
-    "test_subset_accuracy",
-    "ece_flat_before",
-    "ece_flat_after",
-    "ece_label_mean_before",
-    "ece_label_mean_after",
-    "pr_auc_macro",
-    "roc_auc_macro",
-    "brier",
-    "delta_vs_best",
-    "delta_low",
-    "delta_high",
-    "p_vs_best",
-]
 _INTS = ["trainable_params", "total_params"]
+_TEXT = {"model", "method", "family", "base_model", "metric", "status", "error", "run_id"}
+_FLOATS = [c for c in SUMMARY_COLUMNS if c not in _TEXT and c not in _INTS]
 
 
 def _is_failed(entry: dict) -> bool:
