@@ -1,7 +1,7 @@
 """After training: score, calibrate, ensemble and compare the runs of a config set, from their stored logits.
 
 Features
-- ``RunData``/``run_data``: a run's validation and test logits with the truth aligned by id; the truth
+- ``run_data``: a run's validation and test logits with the truth aligned by id (``run_scores.RunData``); the truth
   comes from reloading the run's data config, whose hash must equal the manifest's (``DataError``).
 - ``evaluate_run``: a run's ``ReportEntry``: test metrics with bootstrap CIs, temperature scaling,
   reliability diagram (files under ``models/<name>/`` of the report folder).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,28 +37,11 @@ from emotion_core.metrics import RANKING_METRICS, sigmoid
 from emotion_core.records import ReportEntry
 from emotion_core.registry import Registry, dataset_key_of, decide
 from emotion_core.report.plots import reliability_diagram
+from emotion_core.run_scores import RunData
 from emotion_core.runs import Run, read_run
 from emotion_core.thresholds import apply_thresholds
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunData:
-    """A run's logits and the aligned truth: ``ids[split]``, ``logits[split]`` (float32), ``truth[split]`` (0/1)."""
-
-    name: str
-    ids: dict[str, list[str]]
-    logits: dict[str, np.ndarray]
-    truth: dict[str, np.ndarray]
-    thresholds: np.ndarray
-    names: list[str]
-    probabilities: bool = False
-    """``logits`` hold probabilities already (the ensemble's calibrated mean), not logits."""
-    at_least_one: bool = False
-    """The run's rule gives every row a label (``thresholds.requires_one_label``)."""
-    metric: str = "macro_f1"
-    """The official metric its paired tests use."""
 
 
 class DataCache:
