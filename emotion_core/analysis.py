@@ -1,7 +1,7 @@
 """After training: score, calibrate, ensemble and compare the runs of a config set, from their stored logits.
 
 Features
-- ``RunData``/``run_data``: a run's validation and test logits with the truth aligned by id; the truth
+- ``run_data``: a run's validation and test logits with the truth aligned by id (``run_scores.RunData``); the truth
   comes from reloading the run's data config, whose hash must equal the manifest's (``DataError``).
 - ``evaluate_run``: a run's ``ReportEntry``: test metrics with bootstrap CIs, temperature scaling,
   reliability diagram (files under ``models/<name>/`` of the report folder).
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ import numpy as np
 from emotion_core.calibration import calibrate_run
 from emotion_core.data.dataset import EmotionData
 from emotion_core.data.load import load_data
-from emotion_core.ensemble import Combiner, cross_fit
+from emotion_core.ensemble import Combiner, CrossFit, cross_fit
 from emotion_core.ensemble import top_k as best_runs
 from emotion_core.errors import DataError, EmotionError
 from emotion_core.evaluation import align_labels, evaluate_split, paired_bootstrap
@@ -37,28 +37,11 @@ from emotion_core.metrics import RANKING_METRICS, sigmoid
 from emotion_core.records import ReportEntry
 from emotion_core.registry import Registry, dataset_key_of, decide
 from emotion_core.report.plots import reliability_diagram
+from emotion_core.run_scores import RunData
 from emotion_core.runs import Run, read_run
 from emotion_core.thresholds import apply_thresholds
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RunData:
-    """A run's logits and the aligned truth: ``ids[split]``, ``logits[split]`` (float32), ``truth[split]`` (0/1)."""
-
-    name: str
-    ids: dict[str, list[str]]
-    logits: dict[str, np.ndarray]
-    truth: dict[str, np.ndarray]
-    thresholds: np.ndarray
-    names: list[str]
-    probabilities: bool = False
-    """``logits`` hold probabilities already (the ensemble's calibrated mean), not logits."""
-    at_least_one: bool = False
-    """The run's rule gives every row a label (``thresholds.requires_one_label``)."""
-    metric: str = "macro_f1"
-    """The official metric its paired tests use."""
 
 
 class DataCache:
@@ -322,19 +305,17 @@ def ensemble_of(
         log.warning("no ensemble: fewer than two runs share the best run's validation set")
         return None
     members = [arrays[e.name] for e in ranked]
-    names, val_ids = members[0].names, members[0].ids["validation"]
+    val_ids = members[0].ids["validation"]
     folds = min(folds, len(val_ids) // 2)
     if folds < 2:
         log.warning("no ensemble: %d validation rows are too few to cross-fit", len(val_ids))
         return None
-    val_true = members[0].truth["validation"]
     val_logits = [rows_of(m.logits["validation"], m.ids["validation"], val_ids) for m in members]
-    policy = ranked[0].threshold_policy or "per_label"
-    metric = members[0].metric
+    policy, metric = ranked[0].threshold_policy or "per_label", members[0].metric
     fit = cross_fit(
         val_logits,
-        val_true,
-        names,
+        members[0].truth["validation"],
+        members[0].names,
         method=method,
         policy=policy,
         folds=folds,
@@ -343,7 +324,16 @@ def ensemble_of(
         seed=seed,
         metric=metric,
     )
-    combiner = fit.combiner
+    _log_not_eligible(ranked, fit, metric)
+    test_ids = common_ids(members, "test")
+    entry = _ensemble_entry(ranked, excluded, fit, policy, metric, rows=(len(val_ids), len(test_ids)))
+    data = _validation_data(entry.name, members[0], fit.combiner, val_logits)
+    if test_ids:
+        entry = _score_test(entry, data, members, fit.combiner, test_ids, report_folder, bootstrap_samples, seed)
+    return entry, data, fit.combiner
+
+
+def _log_not_eligible(ranked: list[ReportEntry], fit: CrossFit, metric: str) -> None:
     if not fit.eligible:
         log.info(
             "ensemble of %s: not ranked above its members (out-of-fold %s %.4f vs best member %.4f, p = %.3f)",
@@ -353,10 +343,14 @@ def ensemble_of(
             fit.member_oof_scores[fit.best_member],
             fit.paired["p_value"],
         )
-    test_ids = common_ids(members, "test")
-    name = f"ensemble-top{len(members)}"
-    entry = ReportEntry(
-        name=name,
+
+
+def _ensemble_entry(
+    ranked: list[ReportEntry], excluded: list[dict], fit: CrossFit, policy: str, metric: str, rows: tuple[int, int]
+) -> ReportEntry:
+    """The ensemble's report entry: its members' costs summed, its out-of-fold score as its validation score."""
+    return ReportEntry(
+        name=f"ensemble-top{len(ranked)}",
         status="completed",
         family="ensemble",
         method="ensemble",
@@ -376,32 +370,48 @@ def ensemble_of(
         validation_macro_f1=fit.oof_score if metric == "macro_f1" else None,
         dataset_key=ranked[0].dataset_key,
         members=[e.name for e in ranked],
-        rows={"validation": len(val_ids), "test": len(test_ids)},
+        rows={"validation": rows[0], "test": rows[1]},
         ensemble={**fit.summary(), "member_run_ids": [e.run_id for e in ranked], "excluded": excluded},
     )
-    data = RunData(
+
+
+def _validation_data(name: str, first: RunData, combiner: Combiner, val_logits: list[np.ndarray]) -> RunData:
+    """The ensemble's own ``RunData`` on the validation rows: probabilities (already calibrated), not logits."""
+    return RunData(
         name,
-        {"validation": val_ids},
+        {"validation": first.ids["validation"]},
         {"validation": combiner.probabilities(val_logits)},
-        {"validation": val_true},
+        {"validation": first.truth["validation"]},
         combiner.thresholds,
-        names,
+        first.names,
         probabilities=True,
-        metric=metric,
+        metric=first.metric,
     )
-    if test_ids:
-        test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
-        test_probs = combiner.probabilities([rows_of(m.logits["test"], m.ids["test"], test_ids) for m in members])
-        test = evaluate_split(
-            test_true, test_probs, combiner.thresholds, names, bootstrap_n=bootstrap_samples, seed=seed
-        )
-        folder = Path(report_folder) / "models" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "evaluation.json", test)
-        entry = replace(entry, test=test, files={"evaluation": f"models/{name}/evaluation.json"})
-        # The ensemble's own data for the paired tests: its ids, probabilities (already calibrated) and thresholds.
-        data.ids["test"], data.logits["test"], data.truth["test"] = test_ids, test_probs, test_true
-    return entry, data, combiner
+
+
+def _score_test(
+    entry: ReportEntry,
+    data: RunData,
+    members: list[RunData],
+    combiner: Combiner,
+    test_ids: list[str],
+    report_folder: Path,
+    bootstrap_samples: int,
+    seed: int,
+) -> ReportEntry:
+    """Evaluate the ensemble on the members' shared test rows (``models/<name>/evaluation.json``); add the test
+    split to ``data``; the entry with its test metrics."""
+    test_true = rows_of(members[0].truth["test"], members[0].ids["test"], test_ids)
+    test_probs = combiner.probabilities([rows_of(m.logits["test"], m.ids["test"], test_ids) for m in members])
+    test = evaluate_split(
+        test_true, test_probs, combiner.thresholds, data.names, bootstrap_n=bootstrap_samples, seed=seed
+    )
+    folder = Path(report_folder) / "models" / entry.name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "evaluation.json", test)
+    # The ensemble's own data for the paired tests: its ids, probabilities (already calibrated) and thresholds.
+    data.ids["test"], data.logits["test"], data.truth["test"] = test_ids, test_probs, test_true
+    return replace(entry, test=test, files={"evaluation": f"models/{entry.name}/evaluation.json"})
 
 
 def rankable(entry: ReportEntry) -> bool:

@@ -286,14 +286,7 @@ def predict_batch(
     batch_size: int = 128,
 ) -> BatchResult:
     """Score ``input_key`` of ``store`` with ``run`` (see the module docstring); returns what was written."""
-    if not isinstance(chunk_rows, int) or chunk_rows < 1:
-        raise DataError(f"chunk_rows must be a positive whole number, got {chunk_rows!r}")
-    input_key = objects.check_object_key(input_key, "input key")
-    output_key = objects.check_object_key(output_key or default_output_key(input_key), "output key")
-    if PurePosixPath(output_key).suffix.lower() not in _OUTPUT_SUFFIXES:
-        raise DataError("the output key must end in .csv or .parquet (its format)", file=output_key)
-    if output_key == input_key:
-        raise DataError("the output key is the input key; give another output key", file=output_key)
+    input_key, output_key = _checked_keys(input_key, output_key, chunk_rows)
     where = objects.object_name(store, input_key)
     predictor = load_predictor(resolve_run(store, run), calibration=calibration, batch_size=batch_size, store=store)
     path = objects.local_file(store, input_key)
@@ -321,37 +314,59 @@ def predict_batch(
             reused += 1
         else:
             _check_chunk(chunk, rows, where, text_name, id_name)
-            probs, predicted = predictor.predict(chunk["text"].to_list())
-            frame = prediction_frame(
-                list(predictor.run.schema.names), id_name or ROW_ID, chunk["id"].to_list(), probs, predicted
+            progress["chunks"][str(index)] = _save_part(
+                store, key, _chunk_predictions(predictor, chunk, id_name), local
             )
-            progress["chunks"][str(index)] = _save_part(store, key, frame, local)
             store.write_document(progress_key, progress)  # after the part: a recorded part always exists
             part, computed = local, computed + 1
         parts.append(part)
         rows += chunk.height
-        log.info(
-            "%s: chunk %d done (%d rows so far, %.0f rows/s)",
-            where,
-            index,
-            rows,
-            rows / max(time.monotonic() - started, 1e-9),
-        )
+        _log_progress(where, index, rows, started)
 
     uri = _publish_output(store, output_key, parts, work)
     objects.delete_folder(store, parts_folder)
     _remove_work(work)
-    rule = "calibrated" if predictor.calibrated else "uncalibrated"
+    result = BatchResult(output_key, uri, predictor.run.run_id, rows, len(parts), computed, reused)
+    _log_done(result, "calibrated" if predictor.calibrated else "uncalibrated")
+    return result
+
+
+def _checked_keys(input_key: str, output_key: str | None, chunk_rows: int) -> tuple[str, str]:
+    """The checked input and output keys (default output: ``default_output_key``); a bad chunk size or output key
+    is a ``DataError`` before anything is read."""
+    if not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise DataError(f"chunk_rows must be a positive whole number, got {chunk_rows!r}")
+    input_key = objects.check_object_key(input_key, "input key")
+    output_key = objects.check_object_key(output_key or default_output_key(input_key), "output key")
+    if PurePosixPath(output_key).suffix.lower() not in _OUTPUT_SUFFIXES:
+        raise DataError("the output key must end in .csv or .parquet (its format)", file=output_key)
+    if output_key == input_key:
+        raise DataError("the output key is the input key; give another output key", file=output_key)
+    return input_key, output_key
+
+
+def _chunk_predictions(predictor, chunk: pl.DataFrame, id_name: str | None) -> pl.DataFrame:
+    """The output table of one chunk (``predict.prediction_frame``): its ids, 0/1 labels and probabilities."""
+    probs, predicted = predictor.predict(chunk["text"].to_list())
+    names = list(predictor.run.schema.names)
+    return prediction_frame(names, id_name or ROW_ID, chunk["id"].to_list(), probs, predicted)
+
+
+def _log_progress(where: str, index: int, rows: int, started: float) -> None:
+    rate = rows / max(time.monotonic() - started, 1e-9)
+    log.info("%s: chunk %d done (%d rows so far, %.0f rows/s)", where, index, rows, rate)
+
+
+def _log_done(result: BatchResult, rule: str) -> None:
     log.info(
         "wrote %d predictions of run %s (%s) to %s: %d chunks scored, %d reused",
-        rows,
-        predictor.run.run_id,
+        result.rows,
+        result.run_id,
         rule,
-        uri,
-        computed,
-        reused,
+        result.uri,
+        result.computed,
+        result.reused,
     )
-    return BatchResult(output_key, uri, predictor.run.run_id, rows, len(parts), computed, reused)
 
 
 def _publish_output(store: ArtifactStore, output_key: str, parts: list[Path], work: Path) -> str:

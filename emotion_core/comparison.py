@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from emotion_core import tracking
-from emotion_core.analysis import DataCache, RunData, challenge_champions, ensemble_of, run_data, with_paired_tests
+from emotion_core.analysis import DataCache, challenge_champions, ensemble_of, run_data, with_paired_tests
 from emotion_core.config import ChampionConfig, EnsembleConfig
 from emotion_core.errors import EmotionError
 from emotion_core.records import ChildOutcome, ReportEntry
 from emotion_core.report import comparison_table, summary_markdown, summary_table, write_comparison, write_report
+from emotion_core.run_scores import RunData
 from emotion_core.runs import read_run
 from emotion_core.store.base import ArtifactStore
 

@@ -11,7 +11,7 @@ store's integrity checks apply as to any run):
 - ``is_ensemble``/``read_ensemble``: recognise and read a package (untrusted: every field checked, member ids
   are ``RunId``-validated). ``EnsemblePredictor``: texts -> (probabilities, labels), the interface of
   ``predict.RunPredictor``; its members are loaded from the store that holds the package.
-- ``ensemble_run_data``: the package's stored probabilities as ``analysis.RunData`` (an ensemble champion).
+- ``ensemble_run_data``: the package's stored probabilities as ``run_scores.RunData`` (an ensemble champion).
 
 Limits: members are runs (not ensembles) of the same store; every text goes through every member (latency is
 the members' sum); ``calibration=False`` does not apply (the temperatures are part of the fit).
@@ -34,6 +34,8 @@ from emotion_core.ensemble import METHODS, Combiner
 from emotion_core.errors import StoreError
 from emotion_core.files import atomic_write_text, write_json
 from emotion_core.labels import LabelSchema
+from emotion_core.run_model import load_run_family, run_logits
+from emotion_core.run_scores import RunData
 from emotion_core.runs import Run, file_inventory, read_run
 from emotion_core.store.base import MANIFEST, ArtifactStore, RunId
 
@@ -307,15 +309,11 @@ class EnsemblePredictor:
         return True
 
     def load(self) -> EnsemblePredictor:
-        from emotion_core.predict import load_run_family
-
         if self.families is None:
             self.families = [load_run_family(run) for run in self.members]
         return self
 
     def logits(self, texts) -> list[np.ndarray]:
-        from emotion_core.predict import run_logits
-
         texts = list(texts)
         return [
             run_logits(run, texts, self.batch_size, family=family)
@@ -341,9 +339,8 @@ def load_ensemble_predictor(
 
 
 def ensemble_run_data(folder: Path, store: ArtifactStore, data):
-    """``analysis.RunData`` of a published ensemble (its stored probabilities, truth from its first member's data
+    """``run_scores.RunData`` of a published ensemble (its stored probabilities, truth from its first member's data
     via ``data``, an ``analysis.DataCache``): how an ensemble champion is challenged."""
-    from emotion_core.analysis import RunData
     from emotion_core.evaluation import align_labels
 
     ensemble = read_ensemble(folder)

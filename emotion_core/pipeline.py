@@ -361,20 +361,11 @@ def _manifest(
         "started_at": clock.started_at.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "config": cfg.model_dump(mode="json"),
-        "data": {
-            "dataset": cfg.data.dataset,
-            "hash": data.data_hash,
-            "labels": list(data.schema.names),
-            "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")},
-        },
+        "data": _data_facts(cfg, data),
         "parameters": count_parameters(trained.family.model),
         "timing": _timing(stats, time.perf_counter() - clock.started),
         "precision": stats.precision,
-        "batching": {
-            "batch_size": cfg.training.batch_size,
-            "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
-            "gradient_accumulation_steps": stats.gradient_accumulation_steps,
-        },
+        "batching": _batching(cfg, stats),
         "resumed_from_step": stats.resumed_from_step,
         "oom_adjustments": stats.oom_adjustments,
         "memory": provenance.peak_memory(),
@@ -390,13 +381,37 @@ def _manifest(
         "summary": _summary(evaluation),
         "best_validation_macro_f1_during_training": stats.best_validation_macro_f1,
         "flags": quality_flags(evaluation, policy),
-        "calibration": {
-            "file": CALIBRATION_FILE,
-            "version": calibration["version"],
-            "validation_ece_flat": {
-                "before": calibration["ece_before"]["flat"],
-                "after": calibration["ece_after"]["flat"],
-            },
+        "calibration": _calibration_facts(calibration),
+    }
+
+
+def _data_facts(cfg: RunConfig, data: EmotionData) -> dict:
+    """Which data the run saw: dataset, content hash, labels and rows per split."""
+    return {
+        "dataset": cfg.data.dataset,
+        "hash": data.data_hash,
+        "labels": list(data.schema.names),
+        "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")},
+    }
+
+
+def _batching(cfg: RunConfig, stats: FitStats) -> dict:
+    """The effective batch: the configured size, what each device held, and the accumulation that made it up."""
+    return {
+        "batch_size": cfg.training.batch_size,
+        "per_device_batch_size": stats.per_device_batch_size or cfg.training.batch_size,
+        "gradient_accumulation_steps": stats.gradient_accumulation_steps,
+    }
+
+
+def _calibration_facts(calibration: dict) -> dict:
+    """Where the shipped calibration is, and the validation ECE before and after it."""
+    return {
+        "file": CALIBRATION_FILE,
+        "version": calibration["version"],
+        "validation_ece_flat": {
+            "before": calibration["ece_before"]["flat"],
+            "after": calibration["ece_after"]["flat"],
         },
     }
 

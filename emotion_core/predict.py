@@ -17,8 +17,8 @@ import numpy as np
 import polars as pl
 
 from emotion_core.data import read_prediction_input
-from emotion_core.errors import EmotionError, StoreError
 from emotion_core.outputs import check_output_file, write_output_atomically
+from emotion_core.run_model import load_run_family, run_logits
 from emotion_core.runs import read_run
 
 __all__ = [
@@ -32,39 +32,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def load_run_family(run):
-    """The run's saved model (``models.load_family``); a missing or damaged ``model/`` is a ``StoreError``."""
-    from emotion_core.models import load_family
-
-    try:
-        return load_family(run.config, run.schema, run.folder / "model")
-    except EmotionError:
-        raise
-    except Exception as exc:  # a missing or damaged file under model/: torch, safetensors and json raise many types
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "size mismatch" in str(exc):
-            detail = f"its weights do not fit the {len(run.schema)} labels of labels.json"
-        raise StoreError(
-            f"run '{run.folder}': cannot load the model in model/ ({detail}); the run folder is incomplete or damaged"
-        ) from None
-
-
-def run_logits(run, texts, batch_size: int = 128, family=None):
-    """Logits (n_texts, labels) of ``family`` (default: the run's saved model) for ``texts``, in input order."""
-    from emotion_core.data.preprocess import preprocess_texts
-    from emotion_core.training.batch_logits import predict_logits
-
-    family = family if family is not None else load_run_family(run)
-    # The run's own text normalisation (data.preprocess): the model was trained on normalised texts.
-    logits = predict_logits(family, preprocess_texts(texts, run.config.data.preprocess), batch_size)
-    if logits.ndim != 2 or logits.shape[1] != len(run.schema):
-        raise StoreError(
-            f"run '{run.folder}': the model gives {logits.shape[-1]} scores per text but labels.json "
-            f"lists {len(run.schema)} labels; the run folder is damaged"
-        )
-    return logits
 
 
 class RunPredictor:

@@ -189,18 +189,8 @@ def decide(
     ours, metric = _score(challenger, "challenger"), metric_of(challenger)
     name = METRIC_NAMES.get(metric, metric)
     key = dataset_key or challenger.get("dataset_key") or (champion or {}).get("dataset_key")
-    facts = {
-        "dataset_key": key,
-        "challenger_run_id": challenger["run_id"],
-        "challenger_name": challenger.get("name"),
-        "challenger_macro_f1": _macro_f1(challenger),
-        "margin": float(margin),
-        "alpha": float(alpha),
-        "metric": metric,
-        "challenger_score": ours,
-    }
+    facts = _challenger_facts(challenger, key, margin, alpha, metric, ours)
     label = challenger.get("name") or challenger["run_id"]
-
     if champion is None:
         return Decision(
             promoted=True,
@@ -217,53 +207,79 @@ def decide(
 
     theirs = _score(champion, "champion")
     same_metric = metric_of(champion) == metric
-    champ = {
-        "champion_run_id": champion.get("run_id"),
-        "champion_name": champion.get("name"),
-        "champion_macro_f1": _macro_f1(champion),
-        "champion_score": theirs if same_metric else None,
-    }
+    champ = _champion_facts(champion, theirs if same_metric else None)
     if challenger["run_id"] == champion.get("run_id"):
-        return Decision(
-            promoted=False,
-            p_value=None,
-            delta=None,
-            test_rows=None,
-            **facts,
-            **champ,
-            reason=f"not promoted: {label} is already the champion",
-        )
+        reason = f"not promoted: {label} is already the champion"
+        return Decision(promoted=False, p_value=None, delta=None, test_rows=None, **facts, **champ, reason=reason)
 
-    if same_metric:
-        gain = ours - theirs
-        score_text = f"validation {name} {ours:.4f} vs champion {theirs:.4f} ({gain:+.4f})"
-        problems = [] if gain > margin else [f"{score_text} is not above the margin {margin:.4f}"]
-        score_text += f" is above the margin {margin:.4f}"
-    else:  # a champion chosen on another metric: its validation score says nothing about this one
-        score_text = (
-            f"validation {name} {ours:.4f} (the champion was scored on {metric_of(champion)}: judged by the "
-            f"paired test only)"
-        )
-        problems = []
-    usable = paired is not None and "skipped" not in paired and paired.get("p_value") is not None
-    p_value = float(paired["p_value"]) if usable else None
-    delta = float(paired["delta"]) if usable and paired.get("delta") is not None else None
-    rows = paired.get("rows") if usable else None
-    if not usable:
-        why = f" ({paired['skipped']})" if paired and "skipped" in paired else ""
-        problems.append(f"no paired bootstrap against the champion on shared test rows{why}")
-    else:
-        where = f" on {rows} test rows" if rows else ""
-        change = f"test {name} delta {delta:+.4f}, " if delta is not None else ""
-        test_text = f"paired bootstrap{where}: {change}p = {p_value:.3f}"
-        if not p_value < alpha:
-            problems.append(f"{test_text} is not below alpha {alpha:g}")
+    score_text, problems = _validation_check(ours, theirs if same_metric else None, name, margin, metric_of(champion))
+    p_value, delta, rows, test_text, test_problems = _paired_check(paired, name, alpha)
+    problems += test_problems
     promoted = not problems
     if promoted:
         reason = f"promoted {label}: {score_text}, and {test_text} < alpha {alpha:g}"
     else:
         reason = f"not promoted {label}: " + "; ".join(problems)
     return Decision(promoted=promoted, p_value=p_value, delta=delta, test_rows=rows, **facts, **champ, reason=reason)
+
+
+def _challenger_facts(challenger: dict, key: str | None, margin: float, alpha: float, metric: str, ours: float) -> dict:
+    """The fields of a ``Decision`` that every outcome shares: the challenger's side and the rule's parameters."""
+    return {
+        "dataset_key": key,
+        "challenger_run_id": challenger["run_id"],
+        "challenger_name": challenger.get("name"),
+        "challenger_macro_f1": _macro_f1(challenger),
+        "margin": float(margin),
+        "alpha": float(alpha),
+        "metric": metric,
+        "challenger_score": ours,
+    }
+
+
+def _champion_facts(champion: dict, theirs: float | None) -> dict:
+    """The champion's side of a ``Decision``; ``theirs`` None: it was scored on another metric."""
+    return {
+        "champion_run_id": champion.get("run_id"),
+        "champion_name": champion.get("name"),
+        "champion_macro_f1": _macro_f1(champion),
+        "champion_score": theirs,
+    }
+
+
+def _validation_check(
+    ours: float, theirs: float | None, name: str, margin: float, champion_metric: str
+) -> tuple[str, list[str]]:
+    """The validation half of the rule: its text, and its problem when the gain is not above ``margin``.
+    ``theirs`` None (a champion chosen on another metric): its validation score says nothing about this one."""
+    if theirs is None:
+        text = (
+            f"validation {name} {ours:.4f} (the champion was scored on {champion_metric}: judged by the "
+            f"paired test only)"
+        )
+        return text, []
+    gain = ours - theirs
+    score_text = f"validation {name} {ours:.4f} vs champion {theirs:.4f} ({gain:+.4f})"
+    problems = [] if gain > margin else [f"{score_text} is not above the margin {margin:.4f}"]
+    return score_text + f" is above the margin {margin:.4f}", problems
+
+
+def _paired_check(
+    paired: dict | None, name: str, alpha: float
+) -> tuple[float | None, float | None, int | None, str | None, list[str]]:
+    """The paired-test half of the rule: ``(p_value, delta, rows, text, problems)``; no usable test is a problem."""
+    usable = paired is not None and "skipped" not in paired and paired.get("p_value") is not None
+    p_value = float(paired["p_value"]) if usable else None
+    delta = float(paired["delta"]) if usable and paired.get("delta") is not None else None
+    rows = paired.get("rows") if usable else None
+    if not usable:
+        why = f" ({paired['skipped']})" if paired and "skipped" in paired else ""
+        return p_value, delta, rows, None, [f"no paired bootstrap against the champion on shared test rows{why}"]
+    where = f" on {rows} test rows" if rows else ""
+    change = f"test {name} delta {delta:+.4f}, " if delta is not None else ""
+    test_text = f"paired bootstrap{where}: {change}p = {p_value:.3f}"
+    problems = [] if p_value < alpha else [f"{test_text} is not below alpha {alpha:g}"]
+    return p_value, delta, rows, test_text, problems
 
 
 # --------------------------------------------------------------------------- registry
@@ -353,20 +369,8 @@ class Registry:
         key = self._check(decision.dataset_key)
         pointer_key = self.champion_key(key)
         current, version = self._champion_versioned(key)
-        current_id = current["run_id"] if current else None
         if decision.promoted:
-            if decision.champion_run_id != current_id:
-                raise DocumentConflict(
-                    f"registry {pointer_key} in {self.store.uri}: the decision to promote "
-                    f"{decision.challenger_run_id} was made against champion "
-                    f"{decision.champion_run_id}, "
-                    f"but the champion is now {current_id}; decide again"
-                )
-            if decision.challenger_run_id not in self.store.list_runs():
-                raise StoreError(
-                    f"registry {pointer_key}: run {decision.challenger_run_id} is not a complete run of "
-                    f"{self.store.uri}; only published runs can become champion"
-                )
+            self._check_promotion(decision, pointer_key, current["run_id"] if current else None)
         stamp = self._stamp(key, now)
         record_key = f"{self.decisions_folder(key)}/{stamp.strftime(_STAMP)}-{decision.challenger_run_id}.json"
         record = {
@@ -376,22 +380,32 @@ class Registry:
             **decision.to_dict(),
         }
         if decision.promoted:
-            pointer = {
-                "registry_version": REGISTRY_VERSION,
-                "dataset_key": key,
-                "run_id": decision.challenger_run_id,
-                "name": decision.challenger_name,
-                "validation_macro_f1": decision.challenger_macro_f1,
-                "metric": decision.metric,
-                "validation_score": decision.challenger_score,
-                "promoted_at": stamp.isoformat(),
-                "decision_key": record_key,
-                "decision": record,
-            }
+            pointer = _pointer(decision, key, stamp, record)
             if version is None:
                 self.store.write_document(pointer_key, pointer, create_only=True)
             else:
                 self.store.write_document(pointer_key, pointer, if_match=version)
+        self._write_record(decision, pointer_key, record)
+        return record
+
+    def _check_promotion(self, decision: Decision, pointer_key: str, current_id: str | None) -> None:
+        """A promotion stands only against the champion it was decided on, and only for a published run."""
+        if decision.champion_run_id != current_id:
+            raise DocumentConflict(
+                f"registry {pointer_key} in {self.store.uri}: the decision to promote "
+                f"{decision.challenger_run_id} was made against champion "
+                f"{decision.champion_run_id}, "
+                f"but the champion is now {current_id}; decide again"
+            )
+        if decision.challenger_run_id not in self.store.list_runs():
+            raise StoreError(
+                f"registry {pointer_key}: run {decision.challenger_run_id} is not a complete run of "
+                f"{self.store.uri}; only published runs can become champion"
+            )
+
+    def _write_record(self, decision: Decision, pointer_key: str, record: dict) -> None:
+        """Log the decision record; after a promotion a failure names the champion document, which holds it."""
+        record_key = record["key"]
         try:
             self.store.write_document(record_key, record, create_only=True)
         except StoreError as exc:
@@ -402,4 +416,19 @@ class Registry:
                 f"record {record_key} could not be written ({exc}); the champion document holds the "
                 "decision"
             ) from None
-        return record
+
+
+def _pointer(decision: Decision, key: str, stamp: datetime, record: dict) -> dict:
+    """The champion document of a promotion: the new champion, its scores, and the decision that promoted it."""
+    return {
+        "registry_version": REGISTRY_VERSION,
+        "dataset_key": key,
+        "run_id": decision.challenger_run_id,
+        "name": decision.challenger_name,
+        "validation_macro_f1": decision.challenger_macro_f1,
+        "metric": decision.metric,
+        "validation_score": decision.challenger_score,
+        "promoted_at": stamp.isoformat(),
+        "decision_key": record["key"],
+        "decision": record,
+    }

@@ -5,7 +5,7 @@
   an all-lowercase tag (``#happyday``) stays one word (no dictionary segmentation).
 - Emoji ``keep`` or ``text``: each emoji becomes its Unicode name between spaces (``😂`` -> ``face with tears of
   joy``), from the standard library's ``unicodedata`` (variation selectors and joiners dropped).
-- Applied by ``load_data`` to every split and by ``predict.run_logits`` to every text a run predicts, from the
+- Applied by ``load_data`` to every split and by ``run_model.run_logits`` to every text a run predicts, from the
   run's own config, so training and serving see the same text.
 
 Limits: English-centric; emoji sequences (flags, skin tones, ZWJ families) become the names of their parts.

@@ -16,9 +16,15 @@ from pathlib import Path
 
 import polars as pl
 
-from emotion_core.data import goemotions, semeval, tabular
+from emotion_core.data.goemotions import hub_split as goemotions_hub_split
+from emotion_core.data.goemotions import read_goemotions
 from emotion_core.data.hashing import DataHasher
+from emotion_core.data.semeval import ID as SEMEVAL_ID
+from emotion_core.data.semeval import LABELS as SEMEVAL_LABELS
+from emotion_core.data.semeval import hub_split as semeval_hub_split
+from emotion_core.data.semeval import read_semeval
 from emotion_core.data.source import RawFile, SourceData
+from emotion_core.data.tabular import read_tabular
 from emotion_core.labels import LabelSchema
 
 DEFAULT_METRIC = "macro_f1"
@@ -61,13 +67,13 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec(
             name="goemotions",
-            read=lambda path, cfg, hasher: goemotions.read_goemotions(path, hasher),
+            read=lambda path, cfg, hasher: read_goemotions(path, hasher),
             folder="goemotions",
             hub=HubSource(
                 "google-research-datasets/go_emotions",
                 "simplified",
                 schema=lambda loaded: LabelSchema(tuple(loaded["train"].features["labels"].feature.names)),
-                to_raw=goemotions.hub_split,
+                to_raw=goemotions_hub_split,
                 id_column="id",
             ),
             labels="labels.txt beside the TSVs (hub: the dataset's label feature)",
@@ -76,14 +82,14 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="semeval2018-ec",
-            read=lambda path, cfg, hasher: semeval.read_semeval(path, hasher),
+            read=lambda path, cfg, hasher: read_semeval(path, hasher),
             folder="semeval2018-ec",
             hub=HubSource(
                 "SemEvalWorkshop/sem_eval_2018_task_1",
                 "subtask5.english",
-                schema=lambda loaded: LabelSchema(semeval.LABELS),
-                to_raw=lambda frame, role, file, schema: semeval.hub_split(frame, role, file),
-                id_column=semeval.ID,
+                schema=lambda loaded: LabelSchema(SEMEVAL_LABELS),
+                to_raw=lambda frame, role, file, schema: semeval_hub_split(frame, role, file),
+                id_column=SEMEVAL_ID,
             ),
             labels="the 11 official emotions (fixed order)",
             metric="jaccard_samples",  # the task's official score (Mohammad et al., 2018), micro/macro-F1 beside it
@@ -91,7 +97,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="tabular",
-            read=tabular.read_tabular,
+            read=read_tabular,
             folder=None,
             hub=None,
             labels="data.label_columns, else every column but text and id",

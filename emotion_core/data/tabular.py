@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Protocol
 
 import polars as pl
 
-from emotion_core.config import DataConfig
 from emotion_core.data.delimited import first_line, parse_delimited, read_file, separator_for
 from emotion_core.data.hashing import DataHasher
 from emotion_core.data.source import ROW, RawFile, SourceData
@@ -28,6 +28,18 @@ EXTENSIONS = (".csv", ".tsv", ".parquet")
 STEMS = {"train": ("train",), "validation": ("validation", "dev"), "test": ("test",)}
 ROW_ID = "row"
 RESERVED = ("id", "text", "split")
+
+
+class TableColumns(Protocol):
+    """The column settings the reader uses: ``config.DataConfig`` has them (typed structurally so that the
+    config, which validates dataset names against the registry of readers, is not imported back here)."""
+
+    text_column: str
+    id_column: str | None
+    label_columns: tuple[str, ...] | None
+    ignore_columns: tuple[str, ...]
+
+
 """Column names of ``EmotionData.table`` that a label may not take."""
 
 
@@ -67,7 +79,7 @@ def _require(columns: list[str], wanted: list[str], file: str, what: str) -> Non
 
 
 def read_tabular_file(
-    path: Path, role: str, cfg: DataConfig, labels: list[str] | None, row_prefix: str, hasher: DataHasher
+    path: Path, role: str, cfg: TableColumns, labels: list[str] | None, row_prefix: str, hasher: DataHasher
 ) -> tuple[RawFile, list[str]]:
     """Read one file; ``labels`` None means infer them from this (train) file. Returns the labels used."""
     file = str(path)
@@ -140,7 +152,7 @@ def find_tabular_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def read_tabular(path: Path, cfg: DataConfig, hasher: DataHasher) -> SourceData:
+def read_tabular(path: Path, cfg: TableColumns, hasher: DataHasher) -> SourceData:
     """Read a tabular file (train only) or folder (train + optional validation/test)."""
     if path.is_dir():
         files = find_tabular_files(path)

@@ -162,7 +162,7 @@ def test_stacking_learns_a_logistic_layer_and_is_cross_fitted():
 
 
 def _run_data(name: str, ids: list[str], logits: np.ndarray, truth: np.ndarray, names=("a", "b", "c", "d")):
-    from emotion_core.analysis import RunData
+    from emotion_core.run_scores import RunData
 
     return RunData(
         name,

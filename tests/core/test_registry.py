@@ -13,9 +13,10 @@ import boto3
 import numpy as np
 import pytest
 
-from emotion_core.analysis import RunData, paired_vs_champion
+from emotion_core.analysis import paired_vs_champion
 from emotion_core.errors import StoreError
 from emotion_core.registry import ChampionConfig, Decision, Registry, candidate_from_manifest, dataset_key, decide
+from emotion_core.run_scores import RunData
 from emotion_core.store import open_store
 from emotion_core.store.base import DocumentConflict
 
