@@ -121,7 +121,7 @@ def check_api(api_url: str, timeout_s: float = 10) -> str | None:
     return None if response.status_code == 200 else f"HTTP {response.status_code}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--api-url", help="Prefect API of the fleet (http://host:4200/api); default $PREFECT_API_URL")
     parser.add_argument("--pool", default="gpu")
@@ -134,23 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name-prefix", default="gpu")
     parser.add_argument("--pools-file", default=str(POOLS_FILE))
-    args = parser.parse_args(argv)
-    if args.gpus_per_worker < 1:
-        parser.error("--gpus-per-worker must be >= 1")
+    return parser
 
-    if args.api_url:
-        problem = check_api(args.api_url)
-        if problem:
-            print(f"--api-url {args.api_url}: the Prefect API does not answer ({problem})", file=sys.stderr)
-            return 2
-        os.environ["PREFECT_API_URL"] = args.api_url  # the workers' API
-    pools = yaml.safe_load(Path(args.pools_file).read_text(encoding="utf-8")) or {}
-    queues = (pools.get(args.pool) or {}).get("queues") or {}
-    if not queues:
-        print(f"{args.pools_file}: pool '{args.pool}' has no queues", file=sys.stderr)
-        return 2
-    gpus = detect_gpus()
-    commands = worker_commands(args.pool, queues, gpus, args.cpu_workers, args.name_prefix, args.gpus_per_worker)
+
+def start_workers(commands: list[tuple[list[str], dict]]) -> list[subprocess.Popen]:
+    """Start each ``(argv, extra env)`` of ``worker_commands``, saying which device and queues it gets."""
     workers = []
     for command, env in commands:
         served = command[command.index("--work-queue") + 1 :: 2]
@@ -160,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         workers.append(subprocess.Popen(command, env={**os.environ, **env}))
+    return workers
 
+
+def supervise(workers: list[subprocess.Popen]) -> int:
+    """Wait for the workers; SIGINT/SIGTERM stop them all (signalled again after 10 s). 0 if stopped or all ok."""
     stop_requested: list[float] = []
 
     def signal_workers() -> None:
@@ -182,6 +174,28 @@ def main(argv: list[str] | None = None) -> int:
             signal_workers()  # a Prefect worker needs a second signal to stop (it escalates to SIGKILL)
             escalated = True
     return 0 if stop_requested or all(w.returncode == 0 for w in workers) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.gpus_per_worker < 1:
+        parser.error("--gpus-per-worker must be >= 1")
+
+    if args.api_url:
+        problem = check_api(args.api_url)
+        if problem:
+            print(f"--api-url {args.api_url}: the Prefect API does not answer ({problem})", file=sys.stderr)
+            return 2
+        os.environ["PREFECT_API_URL"] = args.api_url  # the workers' API
+    pools = yaml.safe_load(Path(args.pools_file).read_text(encoding="utf-8")) or {}
+    queues = (pools.get(args.pool) or {}).get("queues") or {}
+    if not queues:
+        print(f"{args.pools_file}: pool '{args.pool}' has no queues", file=sys.stderr)
+        return 2
+    gpus = detect_gpus()
+    commands = worker_commands(args.pool, queues, gpus, args.cpu_workers, args.name_prefix, args.gpus_per_worker)
+    return supervise(start_workers(commands))
 
 
 if __name__ == "__main__":

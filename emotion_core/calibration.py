@@ -137,30 +137,17 @@ def calibrate_run(
     val_after = apply_temperatures(zv, temps)
     thresholds = tune_thresholds(yv, val_after, policy, metric=metric, shrinkage=shrinkage)
 
-    splits: dict[str, tuple[np.ndarray, np.ndarray]] = {"validation": (zv, yv)}
-    if test_logits is not None:
-        zt, yt = _logits_and_truth("test_logits", test_logits, "test_true", test_true)
-        if zt.shape[1] != zv.shape[1]:
-            raise ValueError(f"test_logits has {zt.shape[1]} label columns but val_logits has {zv.shape[1]}")
-        splits["test"] = (zt, yt)
-
+    splits = _splits(zv, yv, test_logits, test_true)
     ece_out: dict[str, dict | None] = {"validation": None, "test": None}
     nll_out: dict[str, dict | None] = {"validation": None, "test": None}
     bins_out: dict[str, dict | None] = {"validation": None, "test": None}
-    test_metrics = None
     for split, (z, y) in splits.items():
-        before, after = sigmoid(z), apply_temperatures(z, temps)
-        e_before, e_after = ece(y, before), ece(y, after)
-        ece_out[split] = {
-            "before": {"flat": e_before["flat"], "per_label_mean": e_before["per_label_mean"]},
-            "after": {"flat": e_after["flat"], "per_label_mean": e_after["per_label_mean"]},
-        }
-        bins_out[split] = {"before": e_before["bins"], "after": e_after["bins"]}
-        nll_out[split] = {"before": _bce(z, y), "after": _bce(z / temps[None, :], y)}
-        if split == "test":
-            test_metrics = multilabel_metrics(
-                y, apply_thresholds(after, thresholds, requires_one_label(policy)), label_names
-            )
+        ece_out[split], bins_out[split], nll_out[split] = _before_after(z, y, temps)
+    test_metrics = None
+    if "test" in splits:
+        zt, yt = splits["test"]
+        predicted = apply_thresholds(apply_temperatures(zt, temps), thresholds, requires_one_label(policy))
+        test_metrics = multilabel_metrics(yt, predicted, label_names)
 
     return {
         "method": "temperature_scaling_per_label",
@@ -173,6 +160,28 @@ def calibrate_run(
         "reliability": bins_out,
         "test_metrics": test_metrics,
     }
+
+
+def _splits(zv: np.ndarray, yv: np.ndarray, test_logits, test_true) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{"validation": (logits, truth)}``, plus ``"test"`` when test arrays are given (checked against validation)."""
+    splits = {"validation": (zv, yv)}
+    if test_logits is not None:
+        zt, yt = _logits_and_truth("test_logits", test_logits, "test_true", test_true)
+        if zt.shape[1] != zv.shape[1]:
+            raise ValueError(f"test_logits has {zt.shape[1]} label columns but val_logits has {zv.shape[1]}")
+        splits["test"] = (zt, yt)
+    return splits
+
+
+def _before_after(z: np.ndarray, y: np.ndarray, temps: np.ndarray) -> tuple[dict, dict, dict]:
+    """ECE (``{"flat", "per_label_mean"}``), reliability bins and NLL of one split, each ``{"before", "after"}``."""
+    e_before, e_after = ece(y, sigmoid(z)), ece(y, apply_temperatures(z, temps))
+    ece_entry = {
+        "before": {"flat": e_before["flat"], "per_label_mean": e_before["per_label_mean"]},
+        "after": {"flat": e_after["flat"], "per_label_mean": e_after["per_label_mean"]},
+    }
+    bins = {"before": e_before["bins"], "after": e_after["bins"]}
+    return ece_entry, bins, {"before": _bce(z, y), "after": _bce(z / temps[None, :], y)}
 
 
 def shipped_calibration(

@@ -191,30 +191,13 @@ def explain_texts(
     masker = _masker(tokenizer)
     explainer = shap.explainers.Partition(predict_proba, masker, output_names=names)
     rows, total = [], 0.0
-    for i, text in enumerate(texts):
-        top = np.argsort(-probs[i], kind="stable")[:k]
+    for text_id, text, text_probs in zip(ids, texts, probs):
+        top = np.argsort(-text_probs, kind="stable")[:k]
         started = time.perf_counter()
-        if not text.strip() or masker.shape(text)[1] < 2:  # shap cannot cluster fewer than two tokens
-            tokens, values, base, evaluations = _explain_short(predict_proba, masker, text, probs[i], top)
-        else:
-            with _seeded_numpy(seed):
-                exp = explainer([text], max_evals=max_evals, outputs=top, batch_size=batch_size, silent=True)
-            values, base, tokens = exp.values[0], np.atleast_1d(exp.base_values[0]), exp.data[0]
-            evaluations = int(getattr(explainer, "last_eval_count", 0))
+        explained = _shap_values(explainer, predict_proba, masker, text, text_probs, top, max_evals, batch_size, seed)
         seconds = time.perf_counter() - started
         total += seconds
-        rows.append(
-            {
-                "id": ids[i],
-                "text": text,
-                "seconds": round(seconds, 4),
-                "evaluations": evaluations,
-                "probs": {n: float(p) for n, p in zip(names, probs[i])},
-                "labels": [
-                    _label_entry(names[j], probs[i, j], base[c], tokens, values[:, c]) for c, j in enumerate(top)
-                ],
-            }
-        )
+        rows.append(_text_row(text_id, text, seconds, names, text_probs, top, explained))
     return {
         "texts": rows,
         "label_names": names,
@@ -228,6 +211,30 @@ def explain_texts(
         "seed": int(seed),
         "masker": masker_name(tokenizer),
         "shap_version": shap.__version__,
+    }
+
+
+def _shap_values(
+    explainer, predict_proba: PredictProba, masker, text: str, probs: np.ndarray, top, max_evals, batch_size, seed
+):
+    """``(tokens, values (tokens, k), base values (k,), model evaluations)`` of one text for the labels ``top``."""
+    if not text.strip() or masker.shape(text)[1] < 2:  # shap cannot cluster fewer than two tokens
+        return _explain_short(predict_proba, masker, text, probs, top)
+    with _seeded_numpy(seed):
+        exp = explainer([text], max_evals=max_evals, outputs=top, batch_size=batch_size, silent=True)
+    return exp.data[0], exp.values[0], np.atleast_1d(exp.base_values[0]), int(getattr(explainer, "last_eval_count", 0))
+
+
+def _text_row(text_id: str, text: str, seconds: float, names: list[str], probs: np.ndarray, top, explained) -> dict:
+    """One text's entry: its probabilities and, per label in ``top``, the SHAP values of its tokens."""
+    tokens, values, base, evaluations = explained
+    return {
+        "id": text_id,
+        "text": text,
+        "seconds": round(seconds, 4),
+        "evaluations": evaluations,
+        "probs": {n: float(p) for n, p in zip(names, probs)},
+        "labels": [_label_entry(names[j], probs[j], base[c], tokens, values[:, c]) for c, j in enumerate(top)],
     }
 
 
@@ -350,22 +357,10 @@ def explain_run(
     nothing is loaded or computed: ``{"n_texts": 0, "texts": [], "skipped": <why>, "cached": False}``.
     """
     run, family = _run_or_family(run_folder_or_family)
-    if budget is None:
-        budget = run.config.explain if run is not None else ExplainConfig()
-    elif not isinstance(budget, ExplainConfig):
-        budget = ExplainConfig.model_validate(budget)
+    budget = _budget(budget, run)
     if budget.n_texts == 0:
         return {"n_texts": 0, "texts": [], "skipped": "explain.n_texts is 0", "cached": False}
-    if run is not None:
-        model_key = f"run:{run.run_id}"
-        label_names = label_names if label_names is not None else run.schema.names
-        tokenizer = tokenizer if tokenizer is not None else run_tokenizer(run.folder)
-    else:
-        if label_names is None:
-            raise ValueError("label_names are required to explain an in-memory family")
-        model_key = f"weights:{weights_hash(family.model)}"
-        tokenizer = tokenizer if tokenizer is not None else getattr(family, "tokenizer", None)
-    label_names = [str(n) for n in label_names]
+    model_key, label_names, tokenizer = _model_identity(run, family, label_names, tokenizer)
     sample_ids, sample = sample_texts(ids, texts, budget.n_texts, budget.seed)
     key = cache_key(model_key, sample_ids, sample, label_names, budget, masker_name(tokenizer))
     path = Path(cache_dir) / f"explain-{key[:32]}.json"
@@ -389,21 +384,49 @@ def explain_run(
             batch_size=budget.batch_size,
             seed=budget.seed,
         )
-        atomic_write_text(
-            path, json.dumps({"key": key, "model": model_key, "explanation": result}, ensure_ascii=False) + "\n"
-        )
-        log.info(
-            "SHAP: %d texts of %s in %.1f s (%.2f s/text), cached at %s",
-            result["n_texts"],
-            model_key,
-            result["seconds"],
-            result["seconds_per_text"],
-            path,
-        )
+        _write_cache(path, key, model_key, result)
     result = {**result, "cached": cached, "cache_key": key, "cache_path": str(path), "model_key": model_key}
     if html_path is not None:
         result["html_path"] = str(render_html(result, html_path))
     return result
+
+
+def _budget(budget: ExplainConfig | dict | None, run) -> ExplainConfig:
+    """The budget as given (a config or its dict); unset: the run's ``explain`` config, else the defaults."""
+    if budget is None:
+        return run.config.explain if run is not None else ExplainConfig()
+    if not isinstance(budget, ExplainConfig):
+        return ExplainConfig.model_validate(budget)
+    return budget
+
+
+def _model_identity(run, family, label_names, tokenizer) -> tuple[str, list[str], Any]:
+    """``(model_key, label_names, tokenizer)``; a run's names and tokenizer default to its schema's and its own."""
+    if run is not None:
+        model_key = f"run:{run.run_id}"
+        label_names = label_names if label_names is not None else run.schema.names
+        tokenizer = tokenizer if tokenizer is not None else run_tokenizer(run.folder)
+    else:
+        if label_names is None:
+            raise ValueError("label_names are required to explain an in-memory family")
+        model_key = f"weights:{weights_hash(family.model)}"
+        tokenizer = tokenizer if tokenizer is not None else getattr(family, "tokenizer", None)
+    return model_key, [str(n) for n in label_names], tokenizer
+
+
+def _write_cache(path: Path, key: str, model_key: str, result: dict) -> None:
+    """Write a computed explanation to the cache atomically, and log its cost."""
+    atomic_write_text(
+        path, json.dumps({"key": key, "model": model_key, "explanation": result}, ensure_ascii=False) + "\n"
+    )
+    log.info(
+        "SHAP: %d texts of %s in %.1f s (%.2f s/text), cached at %s",
+        result["n_texts"],
+        model_key,
+        result["seconds"],
+        result["seconds_per_text"],
+        path,
+    )
 
 
 def _read_cache(path: Path, key: str) -> dict | None:

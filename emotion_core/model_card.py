@@ -70,28 +70,32 @@ def _calibration_lines(calibration: dict | None) -> list[str]:
     return lines
 
 
-def card_text(run, *, kind: str, model_type: str, check: float, calibration: dict | None, base: str | None) -> str:
-    """The whole card: front matter, then data, labels, metrics, calibration, thresholds, config, use and limits."""
-    test = _test_metrics(run)
-    names = list(run.schema.names)
-    data = run.manifest.get("data", {})
-    thresholds = dict(zip(names, map(float, run.thresholds())))
-    calibrated = (calibration or {}).get("thresholds") or {}
-    temps = (calibration or {}).get("temperatures") or {}
+PEFT_LOAD = (
+    "import json\nfrom peft import AutoPeftModelForSequenceClassification\n"
+    "kw = json.load(open('DIR/emotion_export.json'))['load_kwargs']\n"
+    "model = AutoPeftModelForSequenceClassification.from_pretrained('DIR', **kw)"
+)
+"""How to load an exported adapter (``DIR``: the export folder)."""
+PIPELINE_LOAD = (
+    "from transformers import pipeline\n"
+    "clf = pipeline('text-classification', model='DIR', top_k=None, truncation=True)\n"
+    "clf(['I am so happy for you!'])  # sigmoid probabilities per label"
+)
+"""How to load an exported full model (``DIR``: the export folder)."""
+LIMITS = [
+    "- Research and analysis of emotions expressed in short English texts similar to the training data.",
+    "- Not for decisions about people (hiring, health, moderation without review); emotion labels are "
+    "subjective and annotator agreement is modest.",
+    "- Quality drops on other domains, languages, long texts (truncated), sarcasm and rare emotions "
+    "(see the per-label metrics in the run).",
+]
+"""The card's "Intended use and limits" section."""
+
+
+def _intro_lines(run, test: dict, kind: str, model_type: str) -> list[str]:
+    """Front matter, title and the "Use" section."""
     front = yaml.safe_dump(card_metadata(run, test), sort_keys=False, allow_unicode=True)
-    if kind.startswith("peft"):
-        load = (
-            "import json\nfrom peft import AutoPeftModelForSequenceClassification\n"
-            "kw = json.load(open('DIR/emotion_export.json'))['load_kwargs']\n"
-            "model = AutoPeftModelForSequenceClassification.from_pretrained('DIR', **kw)"
-        )
-    else:
-        load = (
-            "from transformers import pipeline\n"
-            "clf = pipeline('text-classification', model='DIR', top_k=None, truncation=True)\n"
-            "clf(['I am so happy for you!'])  # sigmoid probabilities per label"
-        )
-    lines = [
+    return [
         "---",
         front.rstrip(),
         "---",
@@ -104,11 +108,17 @@ def card_text(run, *, kind: str, model_type: str, check: float, calibration: dic
         "## Use",
         "",
         "```python",
-        load,
+        PEFT_LOAD if kind.startswith("peft") else PIPELINE_LOAD,
         "```",
         "",
         f"Texts are truncated at {run.config.model.max_length} tokens, as in training (pass `truncation=True`).",
-        "",
+    ]
+
+
+def _data_lines(run) -> list[str]:
+    """The "Data" and "Labels" sections."""
+    data = run.manifest.get("data", {})
+    return [
         "## Data",
         "",
         f"- dataset: `{data.get('dataset')}`; data sha256: `{data.get('hash')}`",
@@ -116,8 +126,13 @@ def card_text(run, *, kind: str, model_type: str, check: float, calibration: dic
         "",
         "## Labels",
         "",
-        ", ".join(f"`{n}`" for n in names),
-        "",
+        ", ".join(f"`{n}`" for n in run.schema.names),
+    ]
+
+
+def _metric_lines(run, test: dict) -> list[str]:
+    """The "Test metrics" section."""
+    return [
         "## Test metrics",
         "",
         f"At the run's `{run.manifest.get('threshold_policy')}` thresholds (tuned on validation). Confidence intervals "
@@ -127,23 +142,27 @@ def card_text(run, *, kind: str, model_type: str, check: float, calibration: dic
         "| metric | test |",
         "|---|---|",
         *[f"| {n} | {float(test[n]):.4f} |" for n in HEADLINE if n in test],
-        "",
-        "## Calibration",
-        "",
-        *_calibration_lines(calibration),
-        "",
+    ]
+
+
+def _threshold_lines(run, calibration: dict | None) -> list[str]:
+    """The "Thresholds" section: per label, the run's threshold and, when calibrated, temperature and threshold."""
+    names = list(run.schema.names)
+    thresholds = dict(zip(names, map(float, run.thresholds())))
+    calibrated = (calibration or {}).get("thresholds") or {}
+    temps = (calibration or {}).get("temperatures") or {}
+    return [
         "## Thresholds",
         "",
         "| label | threshold | temperature | calibrated threshold |",
         "|---|---|---|---|",
         *[f"| {n} | {thresholds[n]:.3f} | {temps.get(n, '-')} | {calibrated.get(n, '-')} |" for n in names],
-        "",
-        "## Training config",
-        "",
-        "```yaml",
-        yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip(),
-        "```",
-        "",
+    ]
+
+
+def _export_lines(model_type: str, check: float, base: str | None) -> list[str]:
+    """The "Export" section: how the head was mapped, the export check, the adapter's base model."""
+    return [
         "## Export",
         "",
         f"The head is the run's linear layer on the first token (`pooling: cls`), written into {model_type}'s own "
@@ -154,14 +173,37 @@ def card_text(run, *, kind: str, model_type: str, check: float, calibration: dic
             if base
             else []
         ),
+    ]
+
+
+def card_text(run, *, kind: str, model_type: str, check: float, calibration: dict | None, base: str | None) -> str:
+    """The whole card: front matter, then data, labels, metrics, calibration, thresholds, config, use and limits."""
+    test = _test_metrics(run)
+    config = yaml.safe_dump(run.config.model_dump(mode="json"), sort_keys=False).rstrip()
+    lines = [
+        *_intro_lines(run, test, kind, model_type),
+        "",
+        *_data_lines(run),
+        "",
+        *_metric_lines(run, test),
+        "",
+        "## Calibration",
+        "",
+        *_calibration_lines(calibration),
+        "",
+        *_threshold_lines(run, calibration),
+        "",
+        "## Training config",
+        "",
+        "```yaml",
+        config,
+        "```",
+        "",
+        *_export_lines(model_type, check, base),
         "",
         "## Intended use and limits",
         "",
-        "- Research and analysis of emotions expressed in short English texts similar to the training data.",
-        "- Not for decisions about people (hiring, health, moderation without review); emotion labels are "
-        "subjective and annotator agreement is modest.",
-        "- Quality drops on other domains, languages, long texts (truncated), sarcasm and rare emotions "
-        "(see the per-label metrics in the run).",
+        *LIMITS,
     ]
     return "\n".join(lines) + "\n"
 

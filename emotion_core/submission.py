@@ -195,7 +195,6 @@ def submit_run(
     """
     check_output_file(out_path, [data_path] if data_path is not None else [])  # before any reading or predicting
     from emotion_core.analysis import DataCache
-    from emotion_core.errors import DataError
     from emotion_core.runs import read_run
 
     run = read_run(resolve_run_ref(run_ref, store))
@@ -203,13 +202,7 @@ def submit_run(
     # The dataset is read only when needed: the unlabelled split, or fitting an old run's calibration.
     needs_data = data_path is None or (calibrated and shipped is None)
     data = DataCache().for_run(run) if needs_data else None
-    thresholds = temperatures = None
-    source = None
-    if shipped is not None:
-        thresholds, temperatures, source = shipped.thresholds, shipped.temperatures, "shipped"
-    elif calibrated:
-        thresholds, temperatures = _fit_calibration(run, data)
-        source = "fitted"
+    thresholds, temperatures, source = _submission_calibration(run, shipped, calibrated, data)
     if data_path is not None:
         result = submission_from_file(
             run,
@@ -222,23 +215,40 @@ def submit_run(
             batch_size=batch_size,
         )
     else:
-        rows = data.split("predict")
-        if rows.height == 0:
-            raise DataError(
-                f"run {run.run_id}: its dataset '{run.config.data.dataset}' has no unlabelled test rows "
-                "(split 'predict'); pass the file to predict with --data"
-            )
-        result = write_submission(
-            run,
-            rows["text"].to_list(),
-            rows["id"].to_list(),
-            out_path,
-            thresholds,
-            data.id_column,
-            temperatures=temperatures,
-            batch_size=batch_size,
-        )
+        result = _submit_predict_split(run, data, out_path, thresholds, temperatures, batch_size)
     return {**result, "calibrated": calibrated, "calibration": source}
+
+
+def _submission_calibration(run, shipped, calibrated: bool, data) -> tuple[dict | None, dict | None, str | None]:
+    """``(thresholds, temperatures, source)``: the shipped calibration, else one fitted now, else the run's own."""
+    if shipped is not None:
+        return shipped.thresholds, shipped.temperatures, "shipped"
+    if calibrated:
+        thresholds, temperatures = _fit_calibration(run, data)
+        return thresholds, temperatures, "fitted"
+    return None, None, None
+
+
+def _submit_predict_split(run, data, out_path: str | Path, thresholds, temperatures, batch_size: int) -> dict:
+    """The submission of the unlabelled ``predict`` split of the run's dataset (an error when it has none)."""
+    from emotion_core.errors import DataError
+
+    rows = data.split("predict")
+    if rows.height == 0:
+        raise DataError(
+            f"run {run.run_id}: its dataset '{run.config.data.dataset}' has no unlabelled test rows "
+            "(split 'predict'); pass the file to predict with --data"
+        )
+    return write_submission(
+        run,
+        rows["text"].to_list(),
+        rows["id"].to_list(),
+        out_path,
+        thresholds,
+        data.id_column,
+        temperatures=temperatures,
+        batch_size=batch_size,
+    )
 
 
 def _fit_calibration(run, data) -> tuple[dict, dict]:

@@ -15,6 +15,7 @@ Limits
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,30 +211,10 @@ def _shorten(tokenizer, text: str, max_tokens: int) -> str:
 def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> Family:
     """The family for the prompt description ``saved`` (what ``save`` writes)."""
     spec: ZeroShotConfig = cfg.model
-    prompt = prompts.PromptSpec(**saved["prompt"])
     encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
-    heads, tails, parts = [], [], []
-    for name in schema.names:
-        phrase = saved["label_phrases"][name]
-        block = prompts.render_examples(prompt, phrase, [tuple(e) for e in saved["examples"].get(name, [])])
-        head, tail = prompts.render_prompt(tokenizer, prompt, phrase, block)
-        heads.append(encode(head))
-        tails.append(encode(tail))
-        parts.append([head, tail])
-    longest = max(len(h) + len(t) for h, t in zip(heads, tails))
-    budget = spec.max_length - longest
-    if budget < MIN_TEXT_TOKENS:
-        raise ConfigError(
-            f"config '{cfg.name}': model.max_length {spec.max_length} leaves {budget} tokens for the "
-            f"text (the longest prompt without it is {longest} tokens); raise model.max_length"
-            + (" or lower model.few_shot" if spec.few_shot else "")
-        )
-    yes_ids, no_ids, pairs = prompts.answer_token_ids(tokenizer)
-    if "yes_token_ids" in saved and (saved["yes_token_ids"], saved["no_token_ids"]) != (yes_ids, no_ids):
-        raise ModelError(
-            f"model '{spec.model}': its tokenizer maps yes/no to {yes_ids}/{no_ids}, "
-            f"the run was made with {saved['yes_token_ids']}/{saved['no_token_ids']}"
-        )
+    heads, tails, parts = _encoded_prompts(schema, saved, tokenizer, encode)
+    budget = _text_budget(cfg, heads, tails)
+    yes_ids, no_ids, pairs = _answer_ids(spec, saved, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model = YesNoClassifier(lm, heads, tails, yes_ids, no_ids, pad_id if pad_id is not None else 0, spec.batch_size)
     if torch.cuda.is_available():
@@ -252,6 +233,57 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
         ids = [encode(text)[:budget] for text in texts]
         return TokenizedTexts({"input_ids": ids}, None if labels is None else labels.astype(np.float32))
 
+    def save(folder: Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / SAVED).write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
+
+    return Family("zero_shot", model, make_dataset, _collate_for(model), save, has_lengths=True, trained=False)
+
+
+def _encoded_prompts(
+    schema: LabelSchema, saved: dict, tokenizer, encode
+) -> tuple[list[list[int]], list[list[int]], list[list[str]]]:
+    """Per label: the token ids of the prompt before and after the text, and those two strings."""
+    prompt = prompts.PromptSpec(**saved["prompt"])
+    heads, tails, parts = [], [], []
+    for name in schema.names:
+        phrase = saved["label_phrases"][name]
+        block = prompts.render_examples(prompt, phrase, [tuple(e) for e in saved["examples"].get(name, [])])
+        head, tail = prompts.render_prompt(tokenizer, prompt, phrase, block)
+        heads.append(encode(head))
+        tails.append(encode(tail))
+        parts.append([head, tail])
+    return heads, tails, parts
+
+
+def _text_budget(cfg: RunConfig, heads: list[list[int]], tails: list[list[int]]) -> int:
+    """Tokens left for the text in the longest prompt; a ``ConfigError`` below ``MIN_TEXT_TOKENS``."""
+    spec: ZeroShotConfig = cfg.model
+    longest = max(len(h) + len(t) for h, t in zip(heads, tails))
+    budget = spec.max_length - longest
+    if budget < MIN_TEXT_TOKENS:
+        raise ConfigError(
+            f"config '{cfg.name}': model.max_length {spec.max_length} leaves {budget} tokens for the "
+            f"text (the longest prompt without it is {longest} tokens); raise model.max_length"
+            + (" or lower model.few_shot" if spec.few_shot else "")
+        )
+    return budget
+
+
+def _answer_ids(spec: ZeroShotConfig, saved: dict, tokenizer) -> tuple[list[int], list[int], list[tuple[str, str]]]:
+    """``prompts.answer_token_ids`` of the tokenizer; a ``ModelError`` when they differ from the run's saved ones."""
+    yes_ids, no_ids, pairs = prompts.answer_token_ids(tokenizer)
+    if "yes_token_ids" in saved and (saved["yes_token_ids"], saved["no_token_ids"]) != (yes_ids, no_ids):
+        raise ModelError(
+            f"model '{spec.model}': its tokenizer maps yes/no to {yes_ids}/{no_ids}, "
+            f"the run was made with {saved['yes_token_ids']}/{saved['no_token_ids']}"
+        )
+    return yes_ids, no_ids, pairs
+
+
+def _collate_for(model: YesNoClassifier) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """Right-pad the texts' token ids with the model's pad id, with an attention mask (and labels when given)."""
+
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         width = max(1, max(len(item["input_ids"]) for item in items))
         ids = torch.full((len(items), width), model.pad_id, dtype=torch.long)
@@ -265,11 +297,7 @@ def _family(cfg: RunConfig, schema: LabelSchema, saved: dict, tokenizer, lm) -> 
             batch["labels"] = torch.from_numpy(np.stack([item["labels"] for item in items]).astype(np.float32))
         return batch
 
-    def save(folder: Path) -> None:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / SAVED).write_text(json.dumps(saved, indent=2, ensure_ascii=False), encoding="utf-8")
-
-    return Family("zero_shot", model, make_dataset, collate, save, has_lengths=True, trained=False)
+    return collate
 
 
 def describe(

@@ -70,6 +70,27 @@ def launch(
     Raises ``RankFailed`` naming the rank when one fails; the job folder (torchrun log, errors) is kept then.
     """
     gpus = cfg.resources.gpus
+    _check_launchable(cfg)
+    job = Path(tempfile.mkdtemp(prefix=f"emotion-ranks-{cfg.name[:40]}-"))
+    (job / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
+    (job / "context.json").write_text(json.dumps(context or {}), encoding="utf-8")
+    command = _torchrun_command(job, gpus, store_uri, run_id)
+    log.info("config %s: starting %d ranks (%s): %s", cfg.name, gpus, cfg.resources.strategy, " ".join(command))
+    started = time.perf_counter()
+    returncode = _run_forwarding_events(command, job, progress, env)
+    if returncode != 0:
+        raise RankFailed(
+            f"config '{cfg.name}': {failure(job, gpus)} (after {time.perf_counter() - started:.0f}s; "
+            f"torchrun log and rank errors kept in {job})"
+        )
+    result = json.loads((job / "result.json").read_text(encoding="utf-8"))
+    shutil.rmtree(job, ignore_errors=True)
+    return Path(result["staging"]), result["run_id"]
+
+
+def _check_launchable(cfg) -> None:
+    """Batch, strategy and GPU count checks, before any process starts."""
+    gpus = cfg.resources.gpus
     check_batch(cfg)
     check_strategy(cfg)
     visible = _visible_gpus()
@@ -78,10 +99,11 @@ def launch(
             f"config '{cfg.name}': resources.gpus={gpus} but this worker sees {visible} GPU(s) "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')})"
         )
-    job = Path(tempfile.mkdtemp(prefix=f"emotion-ranks-{cfg.name[:40]}-"))
-    (job / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")
-    (job / "context.json").write_text(json.dumps(context or {}), encoding="utf-8")
-    command = [
+
+
+def _torchrun_command(job: Path, gpus: int, store_uri: str, run_id: str | None) -> list[str]:
+    """The torchrun command line that starts ``gpus`` ranks of this module's ``main`` on the job folder."""
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -97,8 +119,15 @@ def launch(
         "--job",
         str(job),
     ] + (["--run-id", run_id] if run_id else [])
-    log.info("config %s: starting %d ranks (%s): %s", cfg.name, gpus, cfg.resources.strategy, " ".join(command))
-    started = time.perf_counter()
+
+
+def _run_forwarding_events(
+    command: list[str], job: Path, progress: Callable[[dict], None] | None, env: dict[str, str] | None
+) -> int:
+    """Run torchrun (output to ``torchrun.log``), forwarding rank 0's events; its exit code.
+
+    On any exception (an interrupt, a failing ``progress``) torchrun is terminated before re-raising.
+    """
     with open(job / "torchrun.log", "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         try:
@@ -111,14 +140,7 @@ def launch(
             proc.terminate()  # torchrun stops its ranks on SIGTERM
             proc.wait()
             raise
-    if proc.returncode != 0:
-        raise RankFailed(
-            f"config '{cfg.name}': {failure(job, gpus)} (after {time.perf_counter() - started:.0f}s; "
-            f"torchrun log and rank errors kept in {job})"
-        )
-    result = json.loads((job / "result.json").read_text(encoding="utf-8"))
-    shutil.rmtree(job, ignore_errors=True)
-    return Path(result["staging"]), result["run_id"]
+    return proc.returncode
 
 
 class _EventTail:

@@ -117,18 +117,10 @@ def build_trainer(
     """
     from transformers import Trainer, set_seed
 
-    from emotion_core.training.guards import NonFiniteGuard  # imports transformers: keep it lazy
-
     t = cfg.training
     set_seed(t.seed)
     precision = resolve_precision(t.precision)
-    guard = NonFiniteGuard(
-        t.max_nonfinite_steps,
-        cfg.name,
-        learning_rate=t.learning_rate,
-        precision=precision,
-        max_grad_norm=t.max_grad_norm,
-    )
+    guard = _nonfinite_guard(cfg, precision)
     compute_loss = trainer_loss(t.loss, train_labels, observe=guard.observe_loss)  # fails early without needed labels
     train_dataset = oversampled(train_dataset, train_labels, t)  # before counting steps: an epoch is the resampled set
     args = training_arguments(
@@ -155,6 +147,20 @@ def build_trainer(
         optimizers=(optimizer, None),  # the Trainer builds the linear warm-up/decay schedule on it
     )
     return trainer, precision
+
+
+def _nonfinite_guard(cfg: RunConfig, precision: str):
+    """The callback that stops a run after ``training.max_nonfinite_steps`` consecutive non-finite steps."""
+    from emotion_core.training.guards import NonFiniteGuard  # imports transformers: keep it lazy
+
+    t = cfg.training
+    return NonFiniteGuard(
+        t.max_nonfinite_steps,
+        cfg.name,
+        learning_rate=t.learning_rate,
+        precision=precision,
+        max_grad_norm=t.max_grad_norm,
+    )
 
 
 def training_arguments(
