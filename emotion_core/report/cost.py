@@ -87,7 +87,7 @@ def cost_rows(entries: list[dict]) -> list[dict]:
             row["pareto"] = not any(_dominates(other, row) for other in group if other is not row)
         candidates = [r for r in group if r["not_worse_than_best"]]
         if candidates:
-            latency = lambda r: r["inference_ms_per_text"] if r["inference_ms_per_text"] is not None else float("inf")  # noqa: E731
+            latency = lambda r: float("inf") if r["inference_ms_per_text"] is None else r["inference_ms_per_text"]
             min(candidates, key=lambda r: (r["device_hours"], latency(r)))["cheapest_not_worse"] = True
     return [{k: row[k] for k in COST_COLUMNS} for row in rows]
 

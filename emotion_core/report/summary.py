@@ -299,7 +299,7 @@ def display_rows(frame: pl.DataFrame, part: str = "all") -> tuple[list[str], lis
 def to_markdown(frame: pl.DataFrame) -> str:
     """Markdown table of a ``summary_table``: every displayed column, F1s with their 95 % CI."""
     headers, rows = display_rows(frame, "all")
-    escape = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731 - same rule as config_table.format_cell
+    escape = lambda text: text.replace("|", "\\|").replace("\n", " ")  # as config_table.format_cell
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(escape(c) for c in cells) + " |" for cells in rows]
     return "\n".join(lines) + "\n"
