@@ -13,9 +13,20 @@ Limits
 - Multi-label 0/1 targets only; everything is held in memory. No Prefect here: this is a plain library.
 """
 
-from emotion_core.data.dataset import EmotionData
-from emotion_core.data.load import load_data
-from emotion_core.data.load_report import DataReport
-from emotion_core.data.predict_input import read_prediction_input
+import importlib
 
-__all__ = ["DataReport", "EmotionData", "load_data", "read_prediction_input"]
+_EXPORTS = {
+    "DataReport": "emotion_core.data.load_report",
+    "EmotionData": "emotion_core.data.dataset",
+    "load_data": "emotion_core.data.load",
+    "read_prediction_input": "emotion_core.data.predict_input",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """The package's exports, imported on first use: importing a light submodule (``data.registry``) must not load
+    the readers and polars."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'emotion_core.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -10,22 +10,29 @@ Limits: metrics are keys of ``metrics.multilabel_metrics`` listed in ``metrics.R
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
-
-from emotion_core.data.goemotions import hub_split as goemotions_hub_split
-from emotion_core.data.goemotions import read_goemotions
-from emotion_core.data.hashing import DataHasher
-from emotion_core.data.semeval import ID as SEMEVAL_ID
-from emotion_core.data.semeval import LABELS as SEMEVAL_LABELS
-from emotion_core.data.semeval import hub_split as semeval_hub_split
-from emotion_core.data.semeval import read_semeval
-from emotion_core.data.source import RawFile, SourceData
-from emotion_core.data.tabular import read_tabular
 from emotion_core.labels import LabelSchema
+
+if TYPE_CHECKING:  # the readers need polars; the registry is read where polars is not installed (GPU ranks)
+    import polars as pl
+
+    from emotion_core.data.hashing import DataHasher
+    from emotion_core.data.source import RawFile, SourceData
+
+
+def _imported(module: str, function: str) -> Callable:
+    """``module.function``, imported at the first call, so reading the registry imports no reader."""
+
+    def call(*args):
+        return getattr(importlib.import_module(module), function)(*args)
+
+    return call
+
 
 DEFAULT_METRIC = "macro_f1"
 """Official metric of a dataset that declares none (``tabular`` without ``data.metric``)."""
@@ -67,13 +74,13 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec(
             name="goemotions",
-            read=lambda path, cfg, hasher: read_goemotions(path, hasher),
+            read=lambda path, cfg, hasher: _imported("emotion_core.data.goemotions", "read_goemotions")(path, hasher),
             folder="goemotions",
             hub=HubSource(
                 "google-research-datasets/go_emotions",
                 "simplified",
                 schema=lambda loaded: LabelSchema(tuple(loaded["train"].features["labels"].feature.names)),
-                to_raw=goemotions_hub_split,
+                to_raw=_imported("emotion_core.data.goemotions", "hub_split"),
                 id_column="id",
             ),
             labels="labels.txt beside the TSVs (hub: the dataset's label feature)",
@@ -82,14 +89,16 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="semeval2018-ec",
-            read=lambda path, cfg, hasher: read_semeval(path, hasher),
+            read=lambda path, cfg, hasher: _imported("emotion_core.data.semeval", "read_semeval")(path, hasher),
             folder="semeval2018-ec",
             hub=HubSource(
                 "SemEvalWorkshop/sem_eval_2018_task_1",
                 "subtask5.english",
-                schema=lambda loaded: LabelSchema(SEMEVAL_LABELS),
-                to_raw=lambda frame, role, file, schema: semeval_hub_split(frame, role, file),
-                id_column=SEMEVAL_ID,
+                schema=lambda loaded: LabelSchema(importlib.import_module("emotion_core.data.semeval").LABELS),
+                to_raw=lambda frame, role, file, schema: _imported("emotion_core.data.semeval", "hub_split")(
+                    frame, role, file
+                ),
+                id_column="ID",  # semeval.ID
             ),
             labels="the 11 official emotions (fixed order)",
             metric="jaccard_samples",  # the task's official score (Mohammad et al., 2018), micro/macro-F1 beside it
@@ -97,7 +106,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="tabular",
-            read=read_tabular,
+            read=_imported("emotion_core.data.tabular", "read_tabular"),
             folder=None,
             hub=None,
             labels="data.label_columns, else every column but text and id",
