@@ -84,7 +84,7 @@ def test_a_two_gpu_config_reaches_a_two_card_worker(two_card_stack, s3_endpoint)
     (child,) = children_of(stack, str(run.id))
     assert child["state_type"] == "COMPLETED" and child["work_pool_name"] == "gpu"
     assert child["work_queue_name"] == "gpu-large-x2"
-    assert child["job_variables"] == {"gpu_count": 2}  # what the Kubernetes template requests as nvidia.com/gpu
+    assert child["job_variables"] == {"gpu_count": 2, "gpu_memory_mib_gt": "2047"}  # nvidia.com/gpu; 2 GiB cards
     store = open_store(f"s3://{bucket}/nightly", endpoint_url=s3_endpoint)
     manifest = read_run(store.run_folder(child["parameters"]["run_id"])).manifest
     # Trained by the 2-card worker, the only one serving gpu-large-x2 (the default ones serve 1-card queues).
