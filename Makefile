@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 PORT ?= 4200
 
-.PHONY: install system-packages lint demo stop test test-fast clean
+.PHONY: install system-packages lint demo stop test test-install test-fast clean
 
 install: $(STAMP)
 
@@ -50,8 +50,11 @@ lint: $(STAMP)  ## ruff: lint and format check (CI runs this first)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) system-packages lint  ## ruff, then the whole test suite (CI runs this)
-	$(PY) -m pytest -q
+test: $(STAMP) system-packages lint  ## ruff, then the test suite (CI runs this); the clean-install test: test-install
+	$(PY) -m pytest -q -m "not install"
+
+test-install: $(STAMP)  ## deployments/setup_gpu_machine.sh --install-only into a clean virtualenv (~4 minutes)
+	$(PY) -m pytest -q -m install
 
 test-fast: $(STAMP)  ## everything except the tests marked slow
 	$(PY) -m pytest -q -m "not slow"

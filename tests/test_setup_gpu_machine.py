@@ -46,6 +46,7 @@ def test_the_docker_image_installs_with_the_same_script():
 
 
 @pytest.mark.slow
+@pytest.mark.install
 def test_install_only_builds_a_working_environment_without_the_checkout(tmp_path):
     venv = tmp_path / "venv"
     env = {
