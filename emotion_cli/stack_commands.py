@@ -29,6 +29,16 @@ def _database_option():
     )
 
 
+def _start_stack(port: int, cpu_workers: int, database: str | None):
+    """``emotion stack up``'s work, shared with ``emotion demo``: the stack, started, its lines printed."""
+    from emotion_cli.stack import Stack
+
+    stack = run_or_exit(Stack, port=port, cpu_workers=cpu_workers, database=database)
+    for line in run_or_exit(stack.up):
+        out.print(line, highlight=False, soft_wrap=True)
+    return stack
+
+
 @stack_app.command("up")
 def stack_up(
     port: int = typer.Option(4200, help=PORT_HELP),
@@ -36,11 +46,7 @@ def stack_up(
     database: str | None = _database_option(),
 ) -> None:
     """Start the local server, pools, workers and deployments (reuses what already runs)."""
-    from emotion_cli.stack import Stack
-
-    stack = run_or_exit(Stack, port=port, cpu_workers=cpu_workers, database=database)
-    for line in run_or_exit(stack.up):
-        out.print(line, highlight=False, soft_wrap=True)
+    _start_stack(port, cpu_workers, database)
     out.print("stop it with: emotion stack down  (or: make stop)", highlight=False)
 
 
@@ -60,11 +66,9 @@ def demo(
     database: str | None = _database_option(),
 ) -> None:
     """The main job: stack up, run train-all/nightly on a config set, wait, print the summary and UI URL."""
-    from emotion_cli.stack import Stack, latest_artifact, trigger
+    from emotion_cli.stack import latest_artifact, trigger
 
-    stack = run_or_exit(Stack, port=port, cpu_workers=cpu_workers, database=database)
-    for line in run_or_exit(stack.up):
-        out.print(line, highlight=False, soft_wrap=True)
+    stack = _start_stack(port, cpu_workers, database)
     run_or_exit(stack.wait_for_workers, {"orchestration": 1, "gpu": 1})
     from emotion_core.config import load_config_set
 
