@@ -109,6 +109,11 @@ def worker_commands(
         if memory is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in indices)
         commands.append((argv, env))
+    # The workers share the cores: torch's default (every core per process) oversubscribes them and starves
+    # the server and the other children. A value the user set wins.
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // max(len(commands), 1)))
+    for _, env in commands:
+        env["OMP_NUM_THREADS"] = threads
     return commands
 
 

@@ -99,8 +99,10 @@ def _workers_module():
     return module
 
 
-def test_one_worker_per_gpu_pinned_to_its_card_and_serving_the_queues_it_can_hold():
+def test_one_worker_per_gpu_pinned_to_its_card_and_serving_the_queues_it_can_hold(monkeypatch):
     workers = _workers_module()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)
     import yaml
 
     queues = yaml.safe_load((REPO / "deployments" / "pools" / "pools.yaml").read_text())["gpu"]["queues"]
@@ -122,6 +124,10 @@ def test_one_worker_per_gpu_pinned_to_its_card_and_serving_the_queues_it_can_hol
     assert len(cpu) == 2 and all("CUDA_VISIBLE_DEVICES" not in env for _, env in cpu)
     assert all(sorted(served(argv)) == ["gpu-large", "gpu-small"] for argv, _ in cpu)
     assert cpu[0][1]["EMOTION_WORKER_NAME"] != cpu[1][1]["EMOTION_WORKER_NAME"]
+    # The workers share the cores (16 here) instead of each taking all of them; the user's setting wins.
+    assert h100_env["OMP_NUM_THREADS"] == "8" and [env["OMP_NUM_THREADS"] for _, env in cpu] == ["8", "8"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert workers.worker_commands("gpu", queues, [], cpu_workers=2, prefix="gpu")[0][1]["OMP_NUM_THREADS"] == "3"
 
 
 def _served(argv):
