@@ -19,7 +19,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from isolation import cleanup, hidden_folders, isolated_command, leaked, read_audit
+from isolation import cleanup, isolated_command, leaked, read_audit
 
 pytestmark = [
     pytest.mark.slow,
@@ -49,8 +49,10 @@ def isolated(bucket: str, endpoint: str) -> str:
 @pytest.fixture
 def isolation(tmp_path, tmp_path_factory, data_dir):
     """Keyword arguments of ``isolated_command`` for one test (without argv and env)."""
-    # Beside the checkout (sibling checkouts, ../shared/data) and every pytest folder of this user are hidden too.
-    hide = [data_dir, tmp_path_factory.getbasetemp().parent]
+    # Beside the checkout (sibling checkouts, ../shared/data) and this user's pytest folders are hidden too; the
+    # tmpfs over ``pytest-of-<user>`` (0700) also lets the unprivileged user reach its workdir bound back below it.
+    basetemp = tmp_path_factory.getbasetemp()
+    hide = [data_dir, basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp]
     if REPO.parent != Path(REPO.anchor):
         hide.append(REPO.parent)
     kwargs = dict(
@@ -114,7 +116,6 @@ def test_isolated_worker_runs_flow_pulled_from_s3(isolation, prefect_stack, s3_e
     from emotion_cli.stack import _stop_group, trigger
 
     kwargs = isolation
-    hidden = hidden_folders(REPO, VENV, kwargs["hide"])
     bucket, pool, folder = f"iso-{uuid.uuid4().hex[:10]}", f"iso-{uuid.uuid4().hex[:8]}", "code/isolated"
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket=bucket)
@@ -166,7 +167,8 @@ def test_isolated_worker_runs_flow_pulled_from_s3(isolation, prefect_stack, s3_e
     report = json.loads(s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
     assert report["uid"] != 0
     assert Path(report["home"]) == kwargs["home"].resolve()
-    assert not any(Path(report["file"]).is_relative_to(h) for h in hidden)  # the code came from the pulled folder
+    pulled = Path(report["file"])  # the code came from the folder the flow run pulled, in the worker's own TMPDIR
+    assert pulled.is_relative_to(kwargs["home"].resolve()) and not pulled.is_relative_to(REPO), pulled
 
     audit = read_audit(kwargs["audit_log"])
     assert any(path.endswith("iso_flow.py") for _, path in audit), "the flow run's process was not audited"
