@@ -37,7 +37,7 @@ def _source(dataset: str) -> tuple[Path, str]:
     if not path.exists():
         known = ", ".join(name for name, s in DATASETS.items() if s.folder is not None)
         raise DataError(f"unknown dataset {dataset!r}: neither a registered dataset ({known}) nor a file or folder")
-    return path, "tabular" if path.is_file() else "<the format of these files>"
+    return path, "tabular" if path.is_file() else "<goemotions | semeval2018-ec | tabular>"
 
 
 @app.command()

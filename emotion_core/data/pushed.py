@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from emotion_core.errors import DataError
+from emotion_core.errors import DataError, EmotionError, StoreError
 
 FORMAT = "emotion-dataset/1"
 PREFIX = "datasets/sha256"
@@ -215,16 +215,26 @@ def _read_manifest(store, dataset_id: str) -> tuple[DatasetManifest, bytes]:
     return manifest, body
 
 
-def _verified(folder: Path, dataset_id: str) -> bool:
-    """A cached dataset folder whose manifest hashes to ``dataset_id`` and whose files match it."""
+def _verified(folder: Path, dataset_id: str) -> DatasetManifest | None:
+    """The manifest of a cached dataset folder that hashes to ``dataset_id`` and whose files match it; else None."""
     try:
         body = (folder / MANIFEST).read_bytes()
         if hashlib.sha256(body).hexdigest() != dataset_id:
-            return False
+            return None
         manifest = DatasetManifest.model_validate_json(body)
-        return all(_sha256_size(folder / "files" / e.name) == (e.sha256, e.size) for e in manifest.files)
+        files_match = all(_sha256_size(folder / "files" / e.name) == (e.sha256, e.size) for e in manifest.files)
+        return manifest if files_match else None
     except (OSError, ValidationError):
-        return False
+        return None
+
+
+def _cause(store, exc: Exception) -> str:
+    """``Type: first line`` of ``exc``, the endpoint redacted (botocore quotes it, credentials included)."""
+    from emotion_core.store.uris import redact_uri
+
+    cause = str(exc).splitlines()[0][:300] if str(exc) else ""
+    endpoint = getattr(store, "endpoint_url", None)
+    return f"{type(exc).__name__}: {cause.replace(endpoint, redact_uri(endpoint)) if endpoint else cause}"
 
 
 def _download(store, dataset_id: str, staging: Path) -> None:
@@ -236,7 +246,12 @@ def _download(store, dataset_id: str, staging: Path) -> None:
         key = f"{PREFIX}/{dataset_id}/files/{entry.name}"
         what = objects.object_name(store, key)
         with objects.open_object(store, key) as stream:
-            sha, size = _copy_bounded(stream, staging / "files" / entry.name, entry.size, what)
+            try:
+                sha, size = _copy_bounded(stream, staging / "files" / entry.name, entry.size, what)
+            except EmotionError:
+                raise
+            except Exception as exc:  # a connection lost mid-object, a full disk: named, not a traceback
+                raise StoreError(f"{what}: download failed ({_cause(store, exc)}); nothing was cached") from None
         if (sha, size) != (entry.sha256, entry.size):
             raise DataError(
                 f"sha256 {sha} ({size} bytes) does not match the dataset manifest's {entry.sha256} "
@@ -258,7 +273,8 @@ def fetch_dataset(ref: StoreRef, run_store=None) -> tuple[Path, str]:
     store = open_store(ref.store) if ref.store else run_store or open_store(default_store_uri())
     root = cache_root() / PREFIX
     folder = root / ref.dataset_id
-    if not _verified(folder, ref.dataset_id):
+    manifest = _verified(folder, ref.dataset_id)
+    if manifest is None:
         staging = root / ".staging" / f"{ref.dataset_id}.{uuid.uuid4().hex}"
         try:
             _download(store, ref.dataset_id, staging)
@@ -267,9 +283,13 @@ def fetch_dataset(ref: StoreRef, run_store=None) -> tuple[Path, str]:
             try:
                 os.rename(staging, folder)
             except OSError:
-                if not _verified(folder, ref.dataset_id):  # a concurrent reader's complete copy is as good
+                if _verified(folder, ref.dataset_id) is None:  # a concurrent reader's complete copy is as good
                     raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    files = sorted((folder / "files").iterdir())
-    return (files[0] if len(files) == 1 else folder / "files"), dataset_uri(store.uri, ref.dataset_id)
+        manifest = _verified(folder, ref.dataset_id)
+        if manifest is None:
+            raise DataError("the dataset changed in the cache while it was written; try again", file=str(folder))
+    files = manifest.files
+    path = folder / "files" / files[0].name if len(files) == 1 else folder / "files"
+    return path, dataset_uri(store.uri, ref.dataset_id)
