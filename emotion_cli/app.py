@@ -12,6 +12,7 @@
     emotion stack up | down                                      the local Prefect server, pools, workers, deployments
     emotion demo [SET]                                           stack up + train-all/nightly on SET, live progress
     emotion pools                                                create/update the work pools and automations
+    emotion data push DATASET [--store URI]                      upload a dataset once (sha256), for remote workers
 
 - A user error (``EmotionError``) prints one message, no traceback, and exits 2; a set with failed runs exits 1.
 - Heavy libraries are imported inside the commands, so ``emotion --help`` answers at once.
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import typer
 
-from emotion_cli import ship_commands, stack_commands
+from emotion_cli import data_commands, ship_commands, stack_commands
 from emotion_cli.console import fail, out, run_or_exit
 
 app = typer.Typer(
@@ -275,6 +276,7 @@ def check_config(paths: list[Path] = typer.Argument(..., help="Run configs or co
 
 
 stack_commands.register(app)  # demo, pools, stack up | down
+data_commands.register(app)  # data push
 
 
 def main() -> None:  # pragma: no cover - console entry point

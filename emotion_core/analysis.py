@@ -52,10 +52,11 @@ class DataCache:
         self._lock = threading.Lock()
 
     def for_run(self, run: Run) -> EmotionData:
-        key = json.dumps(run.config.data.model_dump(mode="json"), sort_keys=True)
+        cfg = _data_config(run)
+        key = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
         with self._lock:  # tasks may run in threads: read each dataset once
             if key not in self._loaded:
-                self._loaded[key] = load_data(run.config.data)
+                self._loaded[key] = load_data(cfg)
             data = self._loaded[key]
         expected = run.manifest["data"]["hash"]
         if data.data_hash != expected:
@@ -64,6 +65,19 @@ class DataCache:
                 f"trained on {expected}; the data files changed since, so its logits cannot be scored"
             )
         return data
+
+
+def _data_config(run: Run):
+    """The run's data config; a pushed dataset is read where the run read it (the manifest's full reference)."""
+    cfg, recorded = run.config.data, run.manifest["data"].get("store_ref")
+    if not cfg.store_ref or recorded is None:
+        return cfg
+    try:  # validated again: the manifest comes from the store
+        return type(cfg).model_validate({**cfg.model_dump(), "store_ref": recorded})
+    except ValueError:
+        raise DataError(
+            f"run {run.run_id}: its manifest's data.store_ref {str(recorded)[:200]!r} is not a dataset reference"
+        ) from None
 
 
 def run_data(run: Run, data: EmotionData) -> RunData:

@@ -89,6 +89,9 @@ class DataConfig(_Strict):
     """Tweet normalisation (users, URLs, hashtags, emoji); unset: texts as read."""
     path: str | None = None
     """File or folder to read. Unset: ``$EMOTION_DATA_DIR/<dataset>`` (goemotions, semeval2018-ec), else the hub."""
+    store_ref: str | None = None
+    """A dataset uploaded with ``emotion data push`` (instead of ``path``): ``sha256:<id>`` in the run's store, or
+    ``<store>/datasets/sha256/<id>``. Read into the cache and checked file by file against its sha256."""
     text_column: str = "text"
     """Tabular only: the column holding the text."""
     id_column: str | None = None
@@ -122,6 +125,22 @@ class DataConfig(_Strict):
         if value not in DATASETS:
             raise ValueError(f"unknown dataset {value!r}; registered: {', '.join(DATASETS)}")
         return value
+
+    @field_validator("store_ref")
+    @classmethod
+    def _store_ref(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from emotion_core.data.pushed import parse_ref  # lazy: the data package imports this module
+
+        parse_ref(value)
+        return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if self.path is not None and self.store_ref is not None:
+            raise ValueError("set data.path or data.store_ref, not both")
+        return self
 
 
 class LossConfig(_Strict):

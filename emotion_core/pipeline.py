@@ -138,7 +138,7 @@ def train_run(
     clock = _Clock(datetime.now(UTC), time.perf_counter())
     provenance.reset_peak_memory()
     with ranks.main_first():  # one rank fills the data cache
-        data = data if data is not None else load_data(cfg.data)
+        data = data if data is not None else load_data(cfg.data, store)  # a bare data.store_ref: this store
     run_id = ranks.broadcast(run_id or make_run_id(cfg, data.data_hash, clock.started_at))  # rank 0's clock decides
     main = ranks.is_main()
     staging = store.staging(run_id) if main else None
@@ -386,10 +386,11 @@ def _manifest(
 
 
 def _data_facts(cfg: RunConfig, data: EmotionData) -> dict:
-    """Which data the run saw: dataset, content hash, labels and rows per split."""
+    """Which data the run saw: dataset, content hash, pushed dataset read (if any), labels and rows per split."""
     return {
         "dataset": cfg.data.dataset,
         "hash": data.data_hash,
+        "store_ref": data.report.pushed,
         "labels": list(data.schema.names),
         "rows": {s: len(data.split(s)) for s in ("train", "validation", "test")},
     }

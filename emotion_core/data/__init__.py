@@ -2,7 +2,8 @@
 
 Features
 - ``load_data(cfg.data)`` -> ``EmotionData``: GoEmotions TSVs, SemEval-2018 E-c, or any CSV/TSV/Parquet
-  with 0/1 label columns; found via ``data.path``, ``$EMOTION_DATA_DIR`` or the Hugging Face hub.
+  with 0/1 label columns; found via ``data.path``, ``$EMOTION_DATA_DIR`` or the Hugging Face hub, or pushed to the
+  artefact store (``data.store_ref``, ``data.pushed``: content-addressed, verified into the cache).
 - Strict validation with errors naming file, row and column (``DataError``); ``invalid_rows: drop``
   removes bad rows and records each one in the ``DataReport``.
 - Missing validation/test splits are carved from train (seeded, multi-label stratified); subsets are

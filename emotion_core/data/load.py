@@ -1,8 +1,9 @@
 """``load_data``: locate, read, validate, split and subset a dataset into one ``EmotionData``.
 
-- Steps: locate -> read (the dataset's registered reader) -> row checks and the ``invalid_rows`` policy ->
-  tweet preprocessing (``data.preprocess``) -> carve missing splits (test, then validation, each a share of the
-  original train rows) -> seeded subsets (``max_*_samples``) -> table, report and hash.
+- Steps: locate (``data.path``, a pushed ``data.store_ref`` fetched and verified, the data folder, the hub) ->
+  read (the dataset's registered reader) -> row checks and the ``invalid_rows`` policy -> tweet preprocessing
+  (``data.preprocess``) -> carve missing splits (test, then validation, each a share of the original train rows)
+  -> seeded subsets (``max_*_samples``) -> table, report and hash.
 - Nothing is silent: dropped rows, carved splits and subsets are recorded in ``data.report``.
 
 Limits: everything is held in memory (GoEmotions, 49k rows, loads in about 2 s).
@@ -34,8 +35,7 @@ log = logging.getLogger(__name__)
 Part = tuple[pl.DataFrame, "np.ndarray | None"]
 
 
-def _read(cfg: DataConfig, hasher: DataHasher) -> SourceData:
-    location = locate(cfg)
+def _read(cfg: DataConfig, hasher: DataHasher, location) -> SourceData:
     if location.path is None:
         from emotion_core.data.hub import read_hub
 
@@ -97,14 +97,20 @@ def _split_frame(name: str, frame: pl.DataFrame, labels: np.ndarray | None, sche
     return frame.select("id", "text").with_columns(pl.lit(name, dtype=pl.Utf8).alias("split")).hstack(columns)
 
 
-def load_data(cfg: DataConfig) -> EmotionData:
-    """Read, validate, split and subset the data ``cfg`` describes (see the module docstring)."""
+def load_data(cfg: DataConfig, store=None) -> EmotionData:
+    """Read, validate, split and subset the data ``cfg`` describes (see the module docstring).
+
+    ``store``: the run's artefact store, where a bare ``data.store_ref`` is read (default ``$EMOTION_STORE``).
+    """
     started = time.perf_counter()
     hasher = DataHasher()
-    source = _read(cfg, hasher)
+    location = locate(cfg, store)
+    source = _read(cfg, hasher, location)
     rows_read = {raw.role: raw.rows_read for raw in source.raws}
     dropped = check_rows(source.raws, cfg.invalid_rows)
-    report = DataReport(files=dict(source.files), rows_read=rows_read, dropped=[p.to_dict() for p in dropped])
+    report = DataReport(
+        files=dict(source.files), rows_read=rows_read, dropped=[p.to_dict() for p in dropped], pushed=location.pushed
+    )
     for raw in source.raws:
         if raw.frame.height == 0:
             raise DataError(f"no rows left: all {raw.rows_read} row(s) were invalid and dropped", file=raw.file)
@@ -127,8 +133,9 @@ def load_data(cfg: DataConfig) -> EmotionData:
             report.rows_without_labels[name] = int((labels.sum(axis=1) == 0).sum())
     table = pl.concat(frames, how="vertical")
 
-    # Options that change which rows are used; the path is left out on purpose (same bytes, same hash).
-    hasher.add_options(cfg.model_dump(mode="json", exclude={"path"}))
+    # Options that change which rows are used; where the bytes come from is left out on purpose (same bytes, same
+    # hash: a pushed copy of a local file hashes like the file).
+    hasher.add_options(cfg.model_dump(mode="json", exclude={"path", "store_ref"}))
     data = EmotionData(
         table=table, schema=source.schema, report=report, data_hash=hasher.hexdigest(), id_column=source.id_column
     )

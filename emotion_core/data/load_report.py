@@ -33,6 +33,8 @@ class DataReport:
     """Split -> label -> positive rows."""
     rows_without_labels: dict[str, int] = field(default_factory=dict)
     """Split -> rows with no positive label (allowed; counted so it is visible)."""
+    pushed: str | None = None
+    """The pushed dataset read (``<store>/datasets/sha256/<id>``, from ``data.store_ref``); None otherwise."""
 
     def to_dict(self) -> dict:
         # asdict deep-copies, so callers can mutate the result without touching the report.

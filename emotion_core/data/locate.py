@@ -1,7 +1,9 @@
-"""Where a dataset's data comes from: ``data.path``, then ``$EMOTION_DATA_DIR/<folder>``, then the Hugging Face hub.
+"""Where a dataset's data comes from: ``data.path`` or ``data.store_ref``, then ``$EMOTION_DATA_DIR/<folder>``, then
+the Hugging Face hub.
 
 - Folder and hub source: the dataset's ``registry.DatasetSpec``. A ``data.path`` that does not exist is an
   error, never replaced by another source.
+- ``data.store_ref``: a pushed dataset, fetched into the cache and verified (``data.pushed``).
 - ``tried`` records why each local option did not apply, so a failed hub load says what to fix.
 
 Limits: a dataset without a folder (``tabular``) needs ``data.path``.
@@ -26,9 +28,17 @@ class Location:
     """Local file or folder; None means the hub."""
     tried: str = ""
     """Why no local data was used (for the hub's error message)."""
+    pushed: str | None = None
+    """The full reference (``<store>/datasets/sha256/<id>``) of a pushed dataset read from the cache."""
 
 
-def locate(cfg: DataConfig) -> Location:
+def locate(cfg: DataConfig, store=None) -> Location:
+    """``store``: the run's store, where a bare ``data.store_ref`` (``sha256:<id>``) is found."""
+    if cfg.store_ref:
+        from emotion_core.data.pushed import fetch_dataset, parse_ref
+
+        path, uri = fetch_dataset(parse_ref(cfg.store_ref), store)
+        return Location(path, pushed=uri)
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not path.exists():

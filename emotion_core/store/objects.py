@@ -6,6 +6,7 @@
   cache (re-downloaded when its ETag changes).
 - ``put_file``: publish a local file under a key in one step (local: temporary file + rename; S3: one upload,
   visible only once complete), so readers see the old object or the new one, never half of one.
+- ``open_object``: a binary stream of an object, read as it arrives (a reader can stop after the bytes it expects).
 - ``download_file``, ``delete_folder``: copies and clean-up of a job's own scratch objects.
 
 Limits: ``LocalStore`` and ``S3Store`` only; objects are not listed in any manifest (no integrity record).
@@ -13,6 +14,7 @@ Limits: ``LocalStore`` and ``S3Store`` only; objects are not listed in any manif
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -83,6 +85,23 @@ def _head(store, key: str) -> str:
         raise store._fail(f"checking {key}", exc) from None
     except Exception as exc:
         raise store._fail(f"checking {key}", exc) from None
+
+
+def open_object(store: ArtifactStore, key: str):
+    """A context manager giving a binary stream of the object ``key``; ``DataError`` naming it if there is none."""
+    if _is_local(store):
+        return local_file(store, key).open("rb")
+    from botocore.exceptions import ClientError
+
+    try:
+        body = store.client.get_object(Bucket=store.bucket, Key=store._key(key))["Body"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            raise DataError("not found in the store", file=object_name(store, key)) from None
+        raise store._fail(f"reading {key}", exc) from None
+    except Exception as exc:
+        raise store._fail(f"reading {key}", exc) from None
+    return contextlib.closing(body)
 
 
 def exists(store: ArtifactStore, key: str) -> bool:

@@ -604,4 +604,5 @@ def test_report_is_plain_json():
         "subsets",
         "label_counts",
         "rows_without_labels",
+        "pushed",
     }
