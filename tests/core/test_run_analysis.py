@@ -101,3 +101,16 @@ def test_a_changed_file_or_a_corrupt_index_is_refused(stored, tmp_path):
             read_analysis(store, entry.name, entry.run_id, tmp_path, SETTINGS)
     finally:
         index.write_bytes(kept)
+
+
+def test_the_same_analysis_round_trips_through_s3(stored, s3_bucket, tmp_path):
+    """Child and parent on different machines: the run and its analysis in S3 (moto over HTTP)."""
+    local, entry, child, _ = stored
+    s3 = open_store(f"s3://{s3_bucket}/fleet")
+    s3.publish(local.run_folder(entry.run_id), entry.run_id)
+    key = write_analysis(s3, entry, child, SETTINGS)
+    assert s3.read_document(key)["files"] == local.read_document(key)["files"]
+    read = read_analysis(s3, entry.name, entry.run_id, tmp_path / "report", SETTINGS)
+    assert read.to_dict() == entry.to_dict()
+    copied = tmp_path / "report" / "models" / entry.name / "reliability.png"
+    assert copied.read_bytes() == (child / "models" / entry.name / "reliability.png").read_bytes()
