@@ -10,8 +10,8 @@ deployment once to warm the workers' file caches, then once measured, and report
   the pipeline's own wall and training seconds (from the run's manifest);
 - overhead = trigger-to-completion minus the longest child's pipeline wall time, and the same
   against the sum of the children's times (what a sequential run would cost);
-- split into the analysis after the last child (evaluate-run, explain-run, compare-runs: parent end
-  minus the last child's end) and the orchestration proper (the rest).
+- split into the analysis after the last child (gather-analysis, compare-runs: parent end minus the last
+  child's end; each child evaluates and explains its own run before it ends) and the orchestration proper.
 Prints a table and writes JSON. Not a test: run it on demand (it takes a few minutes here).
 """
 
@@ -69,7 +69,7 @@ def measure(stack, config_set: Path) -> dict:
             }
         )
     longest = max(r["pipeline_wall_s"] for r in rows)
-    # After the last child: evaluate-run, explain-run (SHAP) and compare-runs (report, W&B) in the parent.
+    # After the last child: gather-analysis and compare-runs (report, W&B) in the parent (SHAP ran in the children).
     parent_run = httpx.get(f"{stack.api_url}/flow_runs/{parent.id}", timeout=30).json()
     last_child_end = max(datetime.fromisoformat(c["end_time"]) for c in children)
     analysis = (datetime.fromisoformat(parent_run["end_time"]) - last_child_end).total_seconds()

@@ -140,6 +140,10 @@ class ReportEntry:
     """The ``explain-run`` result (SHAP files), ``{"error"}`` if it failed, ``None`` if skipped."""
     files: dict[str, str] = field(default_factory=dict)
     """Files of this model under the report folder: ``evaluation``, ``calibration``, ``reliability``."""
+    evaluated_in: str | None = None
+    """Where its evaluation, calibration and explanation ran: ``child`` (the ``train-model`` flow run that trained
+    it, read back from the store) or ``parent`` (``train-all`` itself: an older run, or the child's results were
+    missing or unusable); ``None`` for the ensemble."""
 
     @classmethod
     def failure(cls, name: str, error: str, run_id: str | None = None) -> ReportEntry:

@@ -5,8 +5,11 @@ Features
   config on the gpu pool, placed by GPU count and memory (``flows.dispatch``); crashed children are
   re-dispatched (``child_attempts``) and resume from their last checkpoint. ``dispatch="local"``: the
   children run one after another in this process (no re-dispatch).
-- Then ``evaluate-run`` and ``explain-run`` per run and ``compare-runs`` (ensemble, paired tests, report in
-  the store, artifacts, W&B, champion/challenger per dataset).
+- Each child evaluates, calibrates and explains (SHAP) its run where the model is and stores the results beside
+  it (``emotion_core.run_analysis``); this flow gathers them (``gather-analysis``: validated, files checked
+  against their sha256), and runs ``evaluate-run`` and ``explain-run`` itself only for a run without usable
+  ones (an older run, a child whose evaluation failed: said in the log, ``evaluated_in`` of the entry).
+  Then ``compare-runs`` (ensemble, paired tests, report in the store, artifacts, W&B, champion/challenger).
 - A failed child is a failed row of the comparison and fails this flow at the end, naming its config.
   Cancelling this flow cancels its children. The ``children-<set>`` table records every outcome.
 
@@ -30,6 +33,7 @@ from emotion_core.config import ReportConfig, deep_merge, load_config_set
 from emotion_core.errors import RunFailed
 from emotion_core.models import preflight
 from emotion_core.records import ChildOutcome, ReportEntry
+from emotion_core.run_analysis import AnalysisSettings
 from emotion_core.settings import create_missing_bucket, default_store_uri
 from emotion_core.settings import shared_filesystem as shared_disk_declared
 from emotion_core.store import check_dispatch_store, is_local_store
@@ -44,7 +48,7 @@ from flows.dispatch import (
     wait_for_children,
 )
 from flows.train_model import train_model
-from tasks.analysis import compare_runs, evaluate_run, explain_run
+from tasks.analysis import compare_runs, evaluate_run, explain_run, gather_analysis
 from tasks.artifacts import artifact_key
 from tasks.storage import open_task_store
 
@@ -89,7 +93,8 @@ def train_all(
     check_store(store, dispatch, shared_filesystem or shared_disk_declared())
     logger = get_run_logger()
     spec, configs = load_checked_set(config_set, dataset, overrides)
-    planned = plan_children(configs, queues or queue_capacities("gpu"))
+    analysis = AnalysisSettings.of_report(spec.report).model_dump()  # each child evaluates its run with these
+    planned = [{**p, "analysis": analysis} for p in plan_children(configs, queues or queue_capacities("gpu"))]
     logger.info("config set %s: %d configs -> %s (%s dispatch)", spec.name, len(planned), store, dispatch)
     if dispatch == "deployment":
         outcomes = run_on_deployment(
@@ -146,7 +151,13 @@ def run_on_deployment(
         [
             {
                 **p,
-                "parameters": {"config": p["path"], "store": store, "overrides": p["overrides"], "run_id": p["run_id"]},
+                "parameters": {
+                    "config": p["path"],
+                    "store": store,
+                    "overrides": p["overrides"],
+                    "run_id": p["run_id"],
+                    "analysis": p["analysis"],
+                },
             }
             for p in planned
         ],
@@ -172,7 +183,12 @@ def run_in_process(planned: list[dict], store: str) -> list[ChildOutcome]:
     outcomes = []
     for p in planned:
         state = train_model(
-            config=p["path"], store=store, overrides=p["overrides"], run_id=p["run_id"], return_state=True
+            config=p["path"],
+            store=store,
+            overrides=p["overrides"],
+            run_id=p["run_id"],
+            analysis=p["analysis"],
+            return_state=True,
         )
         error = None
         if not state.is_completed():
@@ -195,19 +211,12 @@ def record_children(set_name: str, outcomes: list[ChildOutcome], logger) -> None
 
 
 def compare(set_name: str, report: ReportConfig, outcomes: list[ChildOutcome], store: str) -> dict:
-    """Evaluate and explain every run, then compare them all and publish the report; the ``compare-runs`` result."""
+    """Gather every run's evaluation and explanation, then compare them all and publish the report; the
+    ``compare-runs`` result."""
     report_name = f"{set_name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     report_dir = str(open_task_store(store).staging(report_name))
-    entries = [
-        ReportEntry.from_dict(
-            evaluate_run(o.config, o.run_id, store, report_dir, report.bootstrap_samples, report.seed)
-        )
-        for o in outcomes
-        if not o.failed
-    ]
-    entries = [
-        replace(e, explanation=explain_run(e.name, e.run_id, store, report_dir)) if e.completed else e for e in entries
-    ]
+    settings = AnalysisSettings.of_report(report).model_dump()
+    entries = [gathered_or_evaluated(o, store, report_dir, settings) for o in outcomes if not o.failed]
     return compare_runs(
         set_name,
         [o.to_dict() for o in outcomes],
@@ -221,6 +230,21 @@ def compare(set_name: str, report: ReportConfig, outcomes: list[ChildOutcome], s
         report.champion.model_dump(),
         report.ensemble.model_dump(),
     )
+
+
+def gathered_or_evaluated(outcome: ChildOutcome, store: str, report_dir: str, settings: dict) -> ReportEntry:
+    """The run's entry as its child stored it; else evaluated and explained here (the task logs which and why)."""
+    stored = gather_analysis(outcome.config, outcome.run_id, store, report_dir, settings)
+    if stored is not None:
+        return replace(ReportEntry.from_dict(stored), evaluated_in="child")
+    evaluated = evaluate_run(
+        outcome.config, outcome.run_id, store, report_dir, settings["bootstrap_samples"], settings["seed"]
+    )
+    entry = ReportEntry.from_dict(evaluated)
+    if not entry.completed:
+        return entry
+    explanation = explain_run(entry.name, entry.run_id, store, report_dir)
+    return replace(entry, explanation=explanation, evaluated_in="parent")
 
 
 def fail_if_any_failed(summary: dict, configs: int) -> None:

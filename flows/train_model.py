@@ -1,20 +1,27 @@
-"""Flow ``train-model``: one config file (+ overrides) -> one published run.
+"""Flow ``train-model``: one config file (+ overrides) -> one published run (evaluated and explained, for train-all).
 
 Deployed as ``train-model/gpu`` on the ``gpu`` work pool (one flow run per config, one per GPU);
-``train-all`` calls it in-process (local dispatch) or through that deployment.
+``train-all`` calls it in-process (local dispatch) or through that deployment, with ``analysis``: the child
+then evaluates, calibrates and explains (SHAP) the run where the model is and stores the results beside it
+(``emotion_core.run_analysis``); a failure there is logged and the parent evaluates the run itself.
 """
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, runtime
+from prefect import flow, get_run_logger, runtime
 
 from emotion_core.config import load_run_config
+from emotion_core.records import ReportEntry
+from emotion_core.run_analysis import AnalysisSettings
 from emotion_core.settings import default_store_uri
 from emotion_core.store import RunId
 from emotion_core.store.uris import check_uri
+from tasks.analysis import evaluate_run, explain_run, store_analysis
 from tasks.training import publish_run, train_config
 
 
@@ -35,15 +42,19 @@ def train_model(
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
     publish_retries: int = 3,
+    analysis: dict[str, Any] | None = None,
 ) -> str:
     """Validate ``config`` (a YAML path) with ``overrides`` merged in, train it, publish it; returns the run URI.
 
     ``run_id``: set by ``train-all`` so it can find the run again; ``publish_retries``: attempts after
-    the first to publish when the store is unreachable (delays 10 s, 20 s, 40 s, ...).
+    the first to publish when the store is unreachable (delays 10 s, 20 s, 40 s, ...); ``analysis``
+    (``run_analysis.AnalysisSettings``: the set's bootstrap samples and seed; set by ``train-all``): evaluate,
+    calibrate and explain the published run here and store the results beside it (None: not done).
     """
     store = check_uri(store or default_store_uri(), "store")  # the CLI refuses it before the flow run exists
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
+    settings = AnalysisSettings.model_validate(analysis) if analysis is not None else None  # before training
     cfg = load_run_config(config, overrides)
     if run_id is not None:
         from emotion_core.pipeline import published_run_uri
@@ -56,4 +67,20 @@ def train_model(
     publish = publish_run.with_options(
         retries=publish_retries, retry_delay_seconds=[10 * 2**i for i in range(max(publish_retries, 1))]
     )
-    return publish(staging, run_id, store)
+    uri = publish(staging, run_id, store)
+    if settings is not None:
+        analyse_published_run(cfg.name, run_id, store, settings)
+    return uri
+
+
+def analyse_published_run(name: str, run_id: str, store: str, settings: AnalysisSettings) -> None:
+    """Evaluate, calibrate and explain the run where its model is, then store the results beside it (never fatal:
+    without them the parent evaluates the run itself)."""
+    with tempfile.TemporaryDirectory(prefix="emotion-analysis-") as folder:
+        evaluated = evaluate_run(name, run_id, store, folder, settings.bootstrap_samples, settings.seed)
+        entry = ReportEntry.from_dict(evaluated)
+        if not entry.completed:  # logged by the task; the parent tries again and reports the failure
+            get_run_logger().warning("config %s: nothing stored, the parent will evaluate run %s", name, run_id)
+            return
+        entry = replace(entry, explanation=explain_run(name, run_id, store, folder))
+        store_analysis(entry.to_dict(), store, folder, settings.model_dump())

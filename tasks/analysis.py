@@ -1,9 +1,10 @@
-"""Tasks after training: ``evaluate-run`` and ``explain-run`` per run, then ``compare-runs`` for the set.
+"""Tasks after training: ``evaluate-run``, ``explain-run`` and ``store-analysis`` per run (in the child that trained
+it), ``gather-analysis`` per run and ``compare-runs`` for the set (in the parent).
 
-Thin wrappers over ``emotion_core.analysis``, ``emotion_core.explain`` and ``emotion_core.comparison``:
-records cross Prefect as plain dicts (``emotion_core.records``). One data cache per process: the runs of
-a set are scored against data read once. A failed evaluation becomes a failed row; a failed explanation
-or W&B upload is logged, never fatal.
+Thin wrappers over ``emotion_core.analysis``, ``emotion_core.explain``, ``emotion_core.run_analysis`` and
+``emotion_core.comparison``: records cross Prefect as plain dicts (``emotion_core.records``). One data cache per
+process: the runs of a set are scored against data read once. A failed evaluation becomes a failed row; a failed
+explanation, analysis upload or W&B upload is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -103,6 +104,53 @@ def explain_run(config_name: str, run_id: str, store_uri: str, report_dir: str) 
         "seconds_per_text": result["seconds_per_text"],
         "cached": result["cached"],
     }
+
+
+@task(name="store-analysis")
+def store_analysis(entry: dict, store_uri: str, report_dir: str, settings: dict) -> str | None:
+    """Store a completed entry's evaluation and explanation files beside its run (``run_analysis.write_analysis``);
+    the index key, or None if the store refused (logged: the parent then evaluates the run itself)."""
+    from emotion_core.run_analysis import AnalysisSettings, write_analysis
+    from tasks.training import run_context
+
+    logger = get_run_logger()
+    record = ReportEntry.from_dict(entry)
+    context = {k: v for k, v in run_context().items() if k in ("host", "worker", "flow_run_id", "cuda_visible_devices")}
+    try:
+        key = write_analysis(
+            open_task_store(store_uri), record, Path(report_dir), AnalysisSettings.model_validate(settings), context
+        )
+    except EmotionError as exc:
+        logger.error("config %s: evaluation not stored (the parent will evaluate it): %s", record.name, exc)
+        return None
+    logger.info("config %s: evaluation, calibration and explanation stored as %s", record.name, key)
+    return key
+
+
+@task(name="gather-analysis")
+def gather_analysis(config_name: str, run_id: str, store_uri: str, report_dir: str, settings: dict) -> dict | None:
+    """The report entry its child stored for a run (files copied into ``report_dir``); None, logged, if there is
+    none or it is unusable: the caller evaluates the run itself."""
+    from emotion_core.run_analysis import AnalysisSettings, read_analysis
+
+    logger = get_run_logger()
+    try:
+        entry = read_analysis(
+            open_task_store(store_uri), config_name, run_id, Path(report_dir), AnalysisSettings.model_validate(settings)
+        )
+    except EmotionError as exc:  # AnalysisUnusable names the file; an unreadable run fails in the evaluation too
+        logger.warning("config %s: stored evaluation unusable, evaluating run %s here: %s", config_name, run_id, exc)
+        return None
+    if entry is None:
+        logger.info(
+            "config %s: run %s has no stored evaluation (an older run, or its child's evaluation failed): "
+            "evaluating and explaining it here",
+            config_name,
+            run_id,
+        )
+        return None
+    logger.info("config %s: evaluation and explanation of run %s from its child", config_name, run_id)
+    return entry.to_dict()
 
 
 @task(name="compare-runs")

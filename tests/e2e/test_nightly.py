@@ -7,6 +7,7 @@ gpu-pool workers (CPU here), and the artefact store in a bucket of moto's S3 ser
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -122,6 +123,11 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
     assert len(workers) == 2 and all(w.startswith("gpu-") for w in workers), workers
     assert all(m["orchestration"]["work_pool"] == "gpu" for m in manifests)
     assert all(m["device_usage"]["samples"] >= 1 for m in manifests)
+    # Each child evaluated and explained its own run on its worker and stored the results beside it (index last).
+    for manifest in manifests:
+        index = store.read_document(f"analysis/{manifest['run_id']}/analysis.json")
+        assert index["context"]["worker"] == manifest["orchestration"]["worker"]
+        assert {"calibration.json", "shap.json"} <= set(index["files"])
 
     # The summary artifact is readable from the API and lists both configs.
     summary = api(
@@ -146,6 +152,9 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
         f"{report}/models/tiny-ffnn/calibration.json",
         f"{report}/models/tiny-ffnn-b/shap.html",
     } <= keys
+    summary_json = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=f"{report}/summary.json")
+    evaluated_in = {e["name"]: e.get("evaluated_in") for e in json.loads(summary_json["Body"].read())["entries"]}
+    assert evaluated_in == {"tiny-ffnn": "child", "tiny-ffnn-b": "child", "ensemble-top2": None}  # only gathered
     # Each child published progress to a progress artifact.
     progress = api(
         stack, "/artifacts/filter", {"artifacts": {"key": {"any_": ["progress-tiny-ffnn", "progress-tiny-ffnn-b"]}}}

@@ -101,11 +101,15 @@ def test_train_model_flow_publishes_to_s3_with_a_credentials_block(
     assert open_store(f"s3://{s3_bucket}/nightly").list_runs() == [run.run_id]
 
 
-def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_server, data_dir, repo, tmp_path):
-    """Two real FFNN runs -> evaluation with CIs, calibration, SHAP, an ensemble, paired tests, report, artifacts,
-    W&B."""
+def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(
+    prefect_server, data_dir, repo, tmp_path, caplog
+):
+    """Two real FFNN runs -> evaluation with CIs, calibration, SHAP (each in its child, stored beside the run), an
+    ensemble, paired tests, report, artifacts, W&B; a run without usable stored results is evaluated by the parent."""
     import json
+    import logging
     import os
+    import shutil
     from pathlib import Path
 
     from prefect.client.orchestration import get_client
@@ -181,6 +185,58 @@ def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(prefect_s
     # W&B, offline: one run per trained model and one for the summary table, each a local run folder.
     new_runs = set(Path(os.environ["WANDB_DIR"]).rglob("offline-run-*")) - wandb_before
     assert len(new_runs) == 3 and all(any(r.glob("*.wandb")) for r in new_runs)
+
+    # Each child evaluated, calibrated and explained its own run and stored the results beside it: the parent only
+    # gathered them (each entry says so) and the report holds the child's files byte for byte.
+    store_path = tmp_path / "store"
+    entries = {e["name"]: e for e in json.loads((report / "summary.json").read_text())["entries"]}
+    runs = {name: entries[name]["run_id"] for name in ("tiny-ffnn", "tiny-ffnn-wide")}
+    assert {name: entries[name]["evaluated_in"] for name in runs} == {"tiny-ffnn": "child", "tiny-ffnn-wide": "child"}
+    for name, run_id in runs.items():
+        stored = store_path / "analysis" / run_id
+        index = json.loads((stored / "analysis.json").read_text())
+        assert index["run_id"] == run_id and index["settings"] == {"bootstrap_samples": 200, "seed": 0}
+        assert set(index["files"]) == {
+            "evaluation.json", "calibration.json", "reliability.png", "shap.html", "shap.json"
+        } and index["explanation"]["texts"] == 3
+        for file in index["files"]:
+            assert (stored / file).read_bytes() == (report / "models" / name / file).read_bytes()
+
+    # Fallback: a run without stored results (an older run: deleted here) and one whose stored index is malformed
+    # are evaluated and explained by the parent, which says so in its log; the evaluation is the same.
+    from prefect import flow
+
+    from emotion_core.config import ReportConfig
+    from emotion_core.records import ChildOutcome
+    from flows.train_all import compare
+
+    shutil.rmtree(store_path / "analysis" / runs["tiny-ffnn"])
+    bad_index = store_path / "analysis" / runs["tiny-ffnn-wide"] / "analysis.json"
+    bad_index.write_text('{"format": 1, "files": "not a table"}')
+    outcomes = [ChildOutcome(config=name, run_id=run_id, state="COMPLETED") for name, run_id in runs.items()]
+
+    @flow
+    def compare_again() -> dict:
+        return compare("tiny-again", ReportConfig(bootstrap_samples=200, ensemble_top_k=2), outcomes, str(store_path))
+
+    task_logs = logging.getLogger("prefect.task_runs")  # Prefect's run loggers do not propagate to the root logger
+    task_logs.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
+            again = Path(compare_again()["report"].removeprefix("file://"))
+    finally:
+        task_logs.removeHandler(caplog.handler)
+    entries = {e["name"]: e for e in json.loads((again / "summary.json").read_text())["entries"]}
+    assert {name: entries[name]["evaluated_in"] for name in runs} == {"tiny-ffnn": "parent", "tiny-ffnn-wide": "parent"}
+    assert f"run {runs['tiny-ffnn']} has no stored evaluation" in caplog.text
+    assert "stored evaluation unusable" in caplog.text
+    assert f"analysis/{runs['tiny-ffnn-wide']}/analysis.json: malformed" in caplog.text  # names the file
+    for name in runs:
+        for file in ("evaluation.json", "calibration.json"):
+            assert (again / "models" / name / file).read_bytes() == (report / "models" / name / file).read_bytes()
+        assert json.loads((again / "models" / name / "shap.json").read_text())["texts"] == json.loads(
+            (report / "models" / name / "shap.json").read_text()
+        )["texts"]
 
 
 def test_nightly_champion_is_replaced_only_by_a_clearly_better_run(prefect_server, data_dir, repo, tmp_path):
