@@ -1,7 +1,9 @@
-"""Flow ``train-model``: one config file (+ overrides) -> one published run.
+"""Flow ``train-model``: one config (a YAML path, or its content from ``train-all``) + overrides -> one published run.
 
 Deployed as ``train-model/gpu`` on the ``gpu`` work pool (one flow run per config, one per GPU);
-``train-all`` calls it in-process (local dispatch) or through that deployment.
+``train-all`` calls it in-process (local dispatch) or through that deployment, passing the config's
+validated content (a worker has no checkout to read a path from) and its own ``code_version``: a child
+running other code fails before training (``CodeVersionMismatch``).
 """
 
 from __future__ import annotations
@@ -11,40 +13,69 @@ from typing import Any
 
 from prefect import flow, runtime
 
-from emotion_core.config import load_run_config
+from emotion_core.config import RunConfig, deep_merge, load_run_config, parse_run_config
+from emotion_core.errors import CodeVersionMismatch, ConfigError
+from emotion_core.provenance import code_version as own_code_version
 from emotion_core.settings import default_store_uri
 from emotion_core.store import RunId
 from emotion_core.store.uris import check_uri
 from tasks.training import publish_run, train_config
 
 
+def resolve_config(config: str | dict[str, Any], overrides: dict[str, Any] | None = None) -> RunConfig:
+    """A YAML path (CLI, local use) or a config mapping (from ``train-all``), ``overrides`` merged in, validated."""
+    if isinstance(config, dict):
+        name = config.get("name")
+        return parse_run_config(deep_merge(config, overrides or {}), f"config '{name}' (parameter 'config')")
+    if isinstance(config, str):
+        return load_run_config(config, overrides)
+    raise ConfigError(f"parameter 'config': expected a YAML path or a config mapping, got {type(config).__name__}")
+
+
+def check_code_version(expected: str | None) -> None:
+    """``CodeVersionMismatch`` naming both versions unless this process runs the code ``expected`` names."""
+    if expected is None:
+        return
+    own = own_code_version()
+    if own != expected:
+        raise CodeVersionMismatch(
+            f"this worker runs code {own}, its parent train-all runs {expected}: nothing was trained. "
+            f"Redeploy (the workers pull the code of the last deploy) and run train-all again"
+        )
+
+
 def _flow_run_name() -> str:
     """``train-model-<config name>`` (the file's stem if the config does not validate: the run fails anyway)."""
     params = runtime.flow_run.parameters
+    config = params["config"]
     try:
-        name = load_run_config(params["config"], params.get("overrides")).name
+        name = resolve_config(config, params.get("overrides")).name
     except Exception:
-        name = Path(params["config"]).stem
+        name = str(config.get("name")) if isinstance(config, dict) else Path(str(config)).stem
     return f"train-model-{name}"
 
 
 @flow(name="train-model", flow_run_name=_flow_run_name)
 def train_model(
-    config: str,
+    config: str | dict[str, Any],
     store: str | None = None,
     overrides: dict[str, Any] | None = None,
     run_id: str | None = None,
     publish_retries: int = 3,
+    code_version: str | None = None,
 ) -> str:
-    """Validate ``config`` (a YAML path) with ``overrides`` merged in, train it, publish it; returns the run URI.
+    """Validate ``config`` (a YAML path or a config mapping) with ``overrides`` merged in, train it, publish it;
+    returns the run URI.
 
     ``run_id``: set by ``train-all`` so it can find the run again; ``publish_retries``: attempts after
-    the first to publish when the store is unreachable (delays 10 s, 20 s, 40 s, ...).
+    the first to publish when the store is unreachable (delays 10 s, 20 s, 40 s, ...); ``code_version``:
+    the parent's ``provenance.code_version()`` (unset: not checked).
     """
+    check_code_version(code_version)  # first: other code must not even validate the config
     store = check_uri(store or default_store_uri(), "store")  # the CLI refuses it before the flow run exists
     if run_id is not None:
         run_id = RunId.parse(run_id, "run_id")  # before any work: it names folders in the store
-    cfg = load_run_config(config, overrides)
+    cfg = resolve_config(config, overrides)
     if run_id is not None:
         from emotion_core.pipeline import published_run_uri
         from tasks.storage import open_task_store
