@@ -18,6 +18,7 @@ from emotion_core.errors import CodeVersionMismatch, ConfigError
 from emotion_core.provenance import code_version
 
 REPO = Path(__file__).resolve().parents[2]
+EMOTION = str(Path(sys.executable).with_name("emotion"))
 PUSHED_TOP_LEVEL = {"emotion_core", "tasks", "flows", "emotion_cli", "deployments", "pyproject.toml"}
 
 
@@ -28,6 +29,23 @@ def test_the_fleet_file_has_the_root_deployments_with_s3_push_and_pull():
     assert list(fleet["push"][0]) == ["prefect_aws.deployments.steps.push_to_s3"]
     pull = fleet["pull"][0]["prefect_aws.deployments.steps.pull_from_s3"]
     assert pull["bucket"] == "{{ push-code.bucket }}" and pull["folder"] == "{{ push-code.folder }}"
+
+
+@pytest.mark.parametrize("uri", ["file:///tmp/code", "s3://", "/tmp/code"])
+def test_stack_up_refuses_a_code_store_that_is_not_s3_before_starting_anything(uri, tmp_path):
+    from helpers import assert_refused
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
+    result = subprocess.run(
+        [EMOTION, "stack", "up", "--port", "1", "--code-store", uri],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_refused(result, f"code store '{uri}': expected s3://bucket[/prefix]")
+    assert "--code-store" in subprocess.run([EMOTION, "stack", "up", "--help"], capture_output=True, text=True).stdout
 
 
 def test_a_config_mapping_is_validated_like_a_file_naming_the_field():
