@@ -111,6 +111,10 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
     assert len(workers) == 2 and all(w.startswith("gpu-") for w in workers), workers
     assert all(m["orchestration"]["work_pool"] == "gpu" for m in manifests)
     assert all(m["device_usage"]["samples"] >= 1 for m in manifests)
+    # The children got their config's content (no path into this checkout) and ran the parent's code.
+    assert all(isinstance(c["parameters"]["config"], dict) for c in children)
+    assert {m["code_version"] for m in manifests} == {c["parameters"]["code_version"] for c in children}
+    assert len({m["code_version"] for m in manifests}) == 1
 
     # The summary artifact is readable from the API and lists both configs.
     summary = api(
