@@ -2,6 +2,7 @@
 
     emotion stack up      server (SQLite, 127.0.0.1) + pools + automations + orchestration and gpu worker(s) + deploy
     emotion stack up --database postgresql+asyncpg://user@host:5432/prefect   the same on PostgreSQL
+    emotion stack up --code-store s3://bucket/code   deploy deployments/fleet/prefect.yaml: workers pull the code
     emotion demo          up, then `train-all/nightly` on cpu-demo, wait, print the summary and UI URL
     emotion stack down    stop everything `up` started
 
@@ -35,9 +36,11 @@ import httpx
 from emotion_core.errors import EmotionError
 from emotion_core.processes import pid_alive
 from emotion_core.settings import SHARED_FILESYSTEM_ENV, default_store_uri
-from emotion_core.store.uris import redact_uri
+from emotion_core.store.uris import check_uri, redact_uri
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+FLEET_PREFECT_FILE = PROJECT_DIR / "deployments" / "fleet" / "prefect.yaml"
+"""The deployments with ``push_to_s3`` / ``pull_from_s3`` of the code (``Stack.code_store``)."""
 DATABASE_ENV = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 logger = logging.getLogger(__name__)
 
@@ -60,10 +63,15 @@ class Stack:
     """Environment for the server, workers and deploy (e.g. S3 endpoint, credentials, store)."""
     database: str | None = None
     """SQLAlchemy URL of the server's database (``postgresql+asyncpg://...``); None: Prefect's SQLite."""
+    code_store: str | None = None
+    """``s3://bucket/prefix``: deploy ``FLEET_PREFECT_FILE``, the code pushed under ``prefix/<code version>``
+    (workers pull it, no checkout needed); None: the root ``prefect.yaml`` (workers run this checkout)."""
 
     def __post_init__(self) -> None:
         if self.database:
             self.database = database_url(self.database)
+        if self.code_store:
+            code_store_env(self.code_store)  # a bad URI fails here, before anything starts
 
     @property
     def ui_url(self) -> str:
@@ -182,13 +190,19 @@ class Stack:
 
         return self.run_with_api(apply_pools)
 
-    def deploy(self) -> None:
+    def deploy(self) -> str:
+        """``prefect deploy --all`` of the root ``prefect.yaml``, or of the fleet file with ``code_store``;
+        returns where the workers get the code from."""
         prefect = str(Path(sys.executable).with_name("prefect"))
-        result = subprocess.run(
-            [prefect, "--no-prompt", "deploy", "--all"], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True
-        )
+        argv, env, source = [prefect, "--no-prompt", "deploy", "--all"], self.env(), f"this checkout ({PROJECT_DIR})"
+        if self.code_store:
+            argv += ["--prefect-file", str(FLEET_PREFECT_FILE)]
+            env.update(code_store_env(self.code_store))
+            source = f"s3://{env['EMOTION_CODE_BUCKET']}/{env['EMOTION_CODE_FOLDER']}/ (pushed now)"
+        result = subprocess.run(argv, env=env, cwd=PROJECT_DIR, capture_output=True, text=True)
         if result.returncode != 0:
             raise StackError(f"prefect deploy --all failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return source
 
     def start_workers(self) -> None:
         prefect = str(Path(sys.executable).with_name("prefect"))
@@ -245,10 +259,12 @@ class Stack:
         self.start_server()
         lines = [f"server database: {redact_uri(self.database) if self.database else 'SQLite (PREFECT_HOME)'}"]
         lines += self.apply_pools()
-        self.deploy()
+        source = self.deploy()
         self.start_workers()
+        prefect_file = FLEET_PREFECT_FILE if self.code_store else PROJECT_DIR / "prefect.yaml"
         return lines + [
-            f"deployments: train-all/nightly, train-model/gpu, predict/batch (from {PROJECT_DIR / 'prefect.yaml'})",
+            f"deployments: train-all/nightly, train-model/gpu, predict/batch (from {prefect_file})",
+            f"code on the workers: {source}",
             f"UI: {self.ui_url}",
         ]
 
@@ -334,6 +350,20 @@ def _stop_group(pid: int, grace_s: float = 20) -> None:
             if not pid_alive(pid):
                 return
             time.sleep(0.2)
+
+
+def code_store_env(code_store: str) -> dict[str, str]:
+    """``EMOTION_CODE_BUCKET`` / ``EMOTION_CODE_FOLDER`` for ``FLEET_PREFECT_FILE`` from ``s3://bucket/prefix``: the
+    folder is ``prefix/<code version hex>``, so a new deploy never overwrites (or leaves stale files in) the code
+    that running flows pull."""
+    from emotion_core.provenance import code_version
+
+    scheme, sep, rest = check_uri(code_store, "code store").partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if not sep or scheme.lower() != "s3" or not bucket:
+        raise StackError(f"code store '{redact_uri(code_store)}': expected s3://bucket[/prefix]")
+    folder = "/".join(p for p in (prefix.strip("/"), code_version().removeprefix("sha256:")) if p)
+    return {"EMOTION_CODE_BUCKET": bucket, "EMOTION_CODE_FOLDER": folder}
 
 
 def trigger(stack: Stack, deployment: str, parameters: dict, timeout_s: float | None = None):

@@ -17,6 +17,11 @@ DATABASE_HELP = (
     "(password: ~/.pgpass or this variable, never the command line); default SQLite."
 )
 
+CODE_STORE_HELP = (
+    "s3://bucket/prefix: deploy deployments/fleet/prefect.yaml, pushing the code under prefix/<code version>; "
+    "workers pull it into a fresh folder (no checkout, no shared disk). Default: workers run this checkout."
+)
+
 
 def _database_option():
     return typer.Option(
@@ -29,11 +34,22 @@ def _database_option():
     )
 
 
-def _start_stack(port: int, cpu_workers: int, database: str | None):
+def _code_store_option():
+    return typer.Option(
+        None,
+        "--code-store",
+        envvar="EMOTION_CODE_STORE",
+        show_envvar=True,
+        show_default=False,
+        help=CODE_STORE_HELP,
+    )
+
+
+def _start_stack(port: int, cpu_workers: int, database: str | None, code_store: str | None = None):
     """``emotion stack up``'s work, shared with ``emotion demo``: the stack, started, its lines printed."""
     from emotion_cli.stack import Stack
 
-    stack = run_or_exit(Stack, port=port, cpu_workers=cpu_workers, database=database)
+    stack = run_or_exit(Stack, port=port, cpu_workers=cpu_workers, database=database, code_store=code_store)
     for line in run_or_exit(stack.up):
         out.print(line, highlight=False, soft_wrap=True)
     return stack
@@ -44,9 +60,10 @@ def stack_up(
     port: int = typer.Option(4200, help=PORT_HELP),
     cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
     database: str | None = _database_option(),
+    code_store: str | None = _code_store_option(),
 ) -> None:
     """Start the local server, pools, workers and deployments (reuses what already runs)."""
-    _start_stack(port, cpu_workers, database)
+    _start_stack(port, cpu_workers, database, code_store)
     out.print("stop it with: emotion stack down  (or: make stop)", highlight=False)
 
 
@@ -64,11 +81,12 @@ def demo(
     port: int = typer.Option(4200, help=PORT_HELP),
     cpu_workers: int = typer.Option(1, min=1, help="gpu-pool workers on a machine without GPUs."),
     database: str | None = _database_option(),
+    code_store: str | None = _code_store_option(),
 ) -> None:
     """The main job: stack up, run train-all/nightly on a config set, wait, print the summary and UI URL."""
     from emotion_cli.stack import latest_artifact, trigger
 
-    stack = _start_stack(port, cpu_workers, database)
+    stack = _start_stack(port, cpu_workers, database, code_store)
     run_or_exit(stack.wait_for_workers, {"orchestration": 1, "gpu": 1})
     from emotion_core.config import load_config_set
 

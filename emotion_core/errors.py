@@ -56,6 +56,11 @@ class RunFailed(EmotionError):
     """One or more runs of a config set failed; the message names each config and its error."""
 
 
+class CodeVersionMismatch(EmotionError):
+    """A child of ``train-all`` runs other code than its parent (``provenance.code_version``); the message names
+    both versions. Nothing is trained: one train-all compares runs of one code version only."""
+
+
 class TrainingDiverged(EmotionError):
     """Training stopped: the loss or the gradient norm stayed non-finite (NaN/inf) for several steps.
 

@@ -374,6 +374,7 @@ def _manifest(
         "distributed": ranks.manifest_entry(cfg, trained.rank_usages),
         "orchestration": context or {},
         "versions": provenance.package_versions(),
+        "code_version": provenance.code_version(),
         "git": provenance.git_commit(),
         "threshold_policy": policy,
         "threshold_selection": selection,

@@ -12,6 +12,9 @@ Features
   Then ``compare-runs`` (ensemble, paired tests, report in the store, artifacts, W&B, champion/challenger).
 - A failed child is a failed row of the comparison and fails this flow at the end, naming its config.
   Cancelling this flow cancels its children. The ``children-<set>`` table records every outcome.
+- Children get each config's validated content (not a path into this checkout) and this process's
+  ``code_version``: a child on other code fails before training, and a run whose manifest names another
+  code version is a failed row, not compared (a manifest without one counts as unknown and is compared).
 
 Limits
 - Store rules, checked before any dispatch: deployment dispatch needs a store every worker reaches
@@ -30,8 +33,9 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_table_artifact
 
 from emotion_core.config import ReportConfig, deep_merge, load_config_set
-from emotion_core.errors import RunFailed
+from emotion_core.errors import EmotionError, RunFailed
 from emotion_core.models import preflight
+from emotion_core.provenance import code_version
 from emotion_core.records import ChildOutcome, ReportEntry
 from emotion_core.run_analysis import AnalysisSettings
 from emotion_core.settings import create_missing_bucket, default_store_uri
@@ -102,6 +106,7 @@ def train_all(
         )
     else:
         outcomes = run_in_process(planned, store)
+    outcomes = check_code_versions(outcomes, store, code_version())
     record_children(spec.name, outcomes, logger)
     summary = compare(spec.name, spec.report, outcomes, store)
     fail_if_any_failed(summary, len(outcomes))
@@ -124,8 +129,7 @@ def plan_children(configs, queues: dict[str, Any]) -> list[dict]:
     return [
         {
             "config": e.config.name,
-            "path": os.path.normpath(e.path),
-            "overrides": e.overrides,
+            "content": e.config.model_dump(mode="json"),  # overrides merged in, validated
             "run_id": child_run_id(e.config.name, started, parent_id),
             "gpus": e.config.resources.gpus,
             "gpu_memory_gb": e.config.resources.gpu_memory_gb,
@@ -146,16 +150,17 @@ def run_on_deployment(
     logger,
 ) -> list[ChildOutcome]:
     """Dispatch every child to ``deployment`` at once and wait for all of them, re-dispatching crashed ones."""
+    version = code_version()
     children = start_children(
         deployment,
         [
             {
                 **p,
                 "parameters": {
-                    "config": p["path"],
+                    "config": p["content"],
                     "store": store,
-                    "overrides": p["overrides"],
                     "run_id": p["run_id"],
+                    "code_version": version,
                     "analysis": p["analysis"],
                 },
             }
@@ -183,10 +188,10 @@ def run_in_process(planned: list[dict], store: str) -> list[ChildOutcome]:
     outcomes = []
     for p in planned:
         state = train_model(
-            config=p["path"],
+            config=p["content"],
             store=store,
-            overrides=p["overrides"],
             run_id=p["run_id"],
+            code_version=code_version(),
             analysis=p["analysis"],
             return_state=True,
         )
@@ -196,6 +201,26 @@ def run_in_process(planned: list[dict], store: str) -> list[ChildOutcome]:
             error = f"{type(raised).__name__}: {raised}" if isinstance(raised, BaseException) else str(state.message)
         outcomes.append(ChildOutcome(config=p["config"], run_id=p["run_id"], state=state.type.value, error=error))
     return outcomes
+
+
+def check_code_versions(outcomes: list[ChildOutcome], store: str, expected: str) -> list[ChildOutcome]:
+    """The outcomes, each completed run whose manifest names another code version than ``expected`` turned into
+    a failed one naming the run and both versions (an unreadable manifest is left to the evaluation to report)."""
+    checked = []
+    for o in outcomes:
+        if not o.failed:
+            try:
+                found = open_task_store(store).read_manifest(o.run_id).get("code_version")
+            except EmotionError:
+                found = None
+            if isinstance(found, str) and found != expected:
+                o = replace(
+                    o,
+                    state="FAILED",
+                    error=f"run {o.run_id} was trained by code {found}, this train-all runs {expected}: not compared",
+                )
+        checked.append(o)
+    return checked
 
 
 def record_children(set_name: str, outcomes: list[ChildOutcome], logger) -> None:

@@ -65,8 +65,10 @@ def test_other_settings_or_another_run_are_refused(stored, tmp_path):
         (lambda index: index | {"files": {"../../x": index["files"]["calibration.json"]}}, "files"),
         (lambda index: index | {"format": "1"}, "format"),
         (lambda index: index | {"explanation": {"html": "/etc/passwd"}}, "malformed explanation"),
-        (lambda index: index | {"files": {k: v for k, v in index["files"].items() if k != "reliability.png"}},
-         "reliability.png"),
+        (
+            lambda index: index | {"files": {k: v for k, v in index["files"].items() if k != "reliability.png"}},
+            "reliability.png",
+        ),
     ],
 )
 def test_a_malformed_index_is_refused_naming_it(stored, tmp_path, damage, message):

@@ -128,6 +128,10 @@ def test_nightly_trains_two_children_in_parallel_on_the_gpu_pool(nightly, s3_end
         index = store.read_document(f"analysis/{manifest['run_id']}/analysis.json")
         assert index["context"]["worker"] == manifest["orchestration"]["worker"]
         assert {"calibration.json", "shap.json"} <= set(index["files"])
+    # The children got their config's content (no path into this checkout) and ran the parent's code.
+    assert all(isinstance(c["parameters"]["config"], dict) for c in children)
+    assert {m["code_version"] for m in manifests} == {c["parameters"]["code_version"] for c in children}
+    assert len({m["code_version"] for m in manifests}) == 1
 
     # The summary artifact is readable from the API and lists both configs.
     summary = api(

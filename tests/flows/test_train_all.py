@@ -196,9 +196,10 @@ def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(
         stored = store_path / "analysis" / run_id
         index = json.loads((stored / "analysis.json").read_text())
         assert index["run_id"] == run_id and index["settings"] == {"bootstrap_samples": 200, "seed": 0}
-        assert set(index["files"]) == {
-            "evaluation.json", "calibration.json", "reliability.png", "shap.html", "shap.json"
-        } and index["explanation"]["texts"] == 3
+        assert (
+            set(index["files"]) == {"evaluation.json", "calibration.json", "reliability.png", "shap.html", "shap.json"}
+            and index["explanation"]["texts"] == 3
+        )
         for file in index["files"]:
             assert (stored / file).read_bytes() == (report / "models" / name / file).read_bytes()
 
@@ -234,9 +235,10 @@ def test_train_all_evaluates_calibrates_explains_ensembles_and_reports(
     for name in runs:
         for file in ("evaluation.json", "calibration.json"):
             assert (again / "models" / name / file).read_bytes() == (report / "models" / name / file).read_bytes()
-        assert json.loads((again / "models" / name / "shap.json").read_text())["texts"] == json.loads(
-            (report / "models" / name / "shap.json").read_text()
-        )["texts"]
+        assert (
+            json.loads((again / "models" / name / "shap.json").read_text())["texts"]
+            == json.loads((report / "models" / name / "shap.json").read_text())["texts"]
+        )
 
 
 def test_nightly_champion_is_replaced_only_by_a_clearly_better_run(prefect_server, data_dir, repo, tmp_path):
