@@ -111,7 +111,8 @@ def start_and_kill_after_first_checkpoint(stack, s3, bucket: str, kill) -> dict:
     killed_at = time.monotonic()
     assert not keys(s3, bucket, f"nightly/runs/{run_id}/"), "the run finished before the kill: make it train longer"
     markers = [k for k in keys(s3, bucket, f"nightly/checkpoints/{run_id}/") if k.endswith("/checkpoint.json")]
-    step = json.loads(s3.get_object(Bucket=bucket, Key=markers[-1])["Body"].read())["step"]
+    # The newest checkpoint (keys sort as text: step 100 before step 50), the one a resumed run starts from.
+    step = max(json.loads(s3.get_object(Bucket=bucket, Key=k)["Body"].read())["step"] for k in markers)
     assert step > 0
     return {
         "parent": str(parent.id),
