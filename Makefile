@@ -50,8 +50,15 @@ lint: $(STAMP)  ## ruff: lint and format check (CI runs this first)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The end-to-end tests (tests/e2e: mostly waiting on workers, heartbeats and servers, with their own Prefect
+# server and S3 endpoint) run in a second pytest process beside the rest; both must pass. Their output follows.
 test: $(STAMP) system-packages lint  ## ruff, then the test suite (CI runs this); the clean-install test: test-install
-	$(PY) -m pytest -q -m "not install"
+	@mkdir -p .emotion; \
+	$(PY) -m pytest -q -m "not install" -p no:cacheprovider tests/e2e > .emotion/test-e2e.log 2>&1 & e2e=$$!; \
+	$(PY) -m pytest -q -m "not install" --ignore=tests/e2e; rest=$$?; \
+	wait $$e2e; e2e_status=$$?; \
+	echo "--- tests/e2e (ran beside the rest; exit $$e2e_status) ---"; cat .emotion/test-e2e.log; \
+	[ $$rest -eq 0 ] && [ $$e2e_status -eq 0 ]
 
 test-install: $(STAMP)  ## deployments/setup_gpu_machine.sh --install-only into a clean virtualenv (~4 minutes)
 	$(PY) -m pytest -q -m install

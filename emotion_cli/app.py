@@ -34,6 +34,24 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _store_credentials() -> None:
+    """With ``$EMOTION_AWS_CREDENTIALS_BLOCK`` set, every command (predict, submit, serve, export, runs...) reaches
+    ``s3://`` stores with that Prefect block's keys and endpoint, as training does; never printed."""
+    import os
+
+    if not os.environ.get("EMOTION_AWS_CREDENTIALS_BLOCK"):
+        return
+    from emotion_core.errors import StoreError
+    from tasks.storage import BLOCK_ENV, block_store_env
+
+    try:
+        os.environ.update(block_store_env("s3://"))  # this process only
+    except Exception as exc:  # no API, no such block: say which, not how
+        name = os.environ[BLOCK_ENV]
+        fail(StoreError(f"${BLOCK_ENV}={name}: the AwsCredentials block could not be loaded ({type(exc).__name__})"))
+
+
 def _console_without_user_tracebacks() -> None:
     """Prefect logs a failed task or flow run with its traceback. For a user error (``EmotionError``: the
     message already names the file, row or field) the console shows the message only; handlers that

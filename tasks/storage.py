@@ -31,8 +31,9 @@ def open_task_store(uri: str) -> ArtifactStore:
     return open_store(uri, session=block.get_boto3_session(), endpoint_url=block.aws_client_parameters.endpoint_url)
 
 
-def rank_store_env(uri: str) -> dict[str, str]:
-    """Environment that lets torchrun ranks (no Prefect there) open the store as this task would.
+def block_store_env(uri: str) -> dict[str, str]:
+    """Environment that lets a process without Prefect (torchrun ranks, the CLI's predict) open the store as a task
+    would.
 
     With a credentials block: its keys and endpoint as the standard ``AWS_*`` variables, passed to the
     child processes only (never logged or written); otherwise nothing (the ranks inherit boto3's chain).

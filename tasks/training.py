@@ -17,7 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from emotion_core.config import RunConfig
 from tasks.artifacts import artifact_key
 from tasks.secrets import secrets_in_env
-from tasks.storage import open_task_store, rank_store_env
+from tasks.storage import block_store_env, open_task_store
 
 # emotion_core.pipeline (torch, transformers) is imported inside the tasks: the train-all parent
 # imports this module too and only dispatches, so it starts in seconds, not ten.
@@ -120,7 +120,7 @@ def train_config(cfg: RunConfig, store_uri: str, run_id: str | None = None) -> t
                 run_id,
                 progress=ProgressReporter(cfg.name),
                 context=context,
-                env={**rank_store_env(store_uri), **secrets},
+                env={**block_store_env(store_uri), **secrets},
             )
             return str(staging), run_id
         store = open_task_store(store_uri)

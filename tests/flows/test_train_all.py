@@ -70,9 +70,10 @@ def test_failed_child_is_reported_and_fails_the_parent(prefect_server, data_dir,
 
 
 def test_train_model_flow_publishes_to_s3_with_a_credentials_block(
-    prefect_server, data_dir, repo, s3_bucket, s3_endpoint, monkeypatch
+    prefect_server, data_dir, repo, s3_bucket, s3_endpoint, monkeypatch, tmp_path
 ):
-    """Credentials and endpoint from a saved Prefect AwsCredentials block; the run lands in S3."""
+    """Credentials and endpoint from a saved Prefect AwsCredentials block; the run lands in S3, and the CLI's
+    predict reads it back with the same block."""
     from prefect_aws import AwsCredentials
     from prefect_aws.client_parameters import AwsClientParameters
 
@@ -94,6 +95,23 @@ def test_train_model_flow_publishes_to_s3_with_a_credentials_block(
         overrides={"data": TINY_DATA, "model": {"max_features": 5000, "hidden_size": 32}, "training": {"epochs": 1}},
     )
     assert uri.startswith(f"s3://{s3_bucket}/nightly/runs/ffnn-tfidf-")
+    # `emotion predict` on the s3:// run: keys and endpoint can only come from the block (none in its environment).
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    texts = tmp_path / "texts.csv"
+    texts.write_text("id,text\n1,I am so happy for you\n2,this is terrible news\n", encoding="utf-8")
+    hidden = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "EMOTION_S3_ENDPOINT_URL")
+    env = {**{k: v for k, v in os.environ.items() if k not in hidden}, "PREFECT_API_URL": prefect_server.api_url}
+    emotion = str(Path(sys.executable).with_name("emotion"))
+    out = tmp_path / "predictions.csv"
+    result = subprocess.run(
+        [emotion, "predict", uri, str(texts), "--out", str(out)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(out.read_text().splitlines()) == 3 and "testing" not in result.stdout + result.stderr
     monkeypatch.setenv("EMOTION_S3_ENDPOINT_URL", s3_endpoint)
     run = read_run(uri)
     assert run.manifest["config"]["data"]["max_train_samples"] == 1500
