@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import socket
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_tiny_tabular(path: Path, rows: int = 60) -> Path:
@@ -45,3 +49,18 @@ def train_tiny_run(folder: Path, store, name: str = "tiny", hidden_size: int = 8
         "data": {"dataset": "tabular", "id_column": "id", "path": str(folder / "train.csv")},
     }
     return train_config(parse_run_config(raw), store)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def gpu_workers_module():
+    """``deployments/gpu_workers.py`` (a script, not a package) loaded as a module."""
+    spec = importlib.util.spec_from_file_location("gpu_workers", REPO / "deployments" / "gpu_workers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

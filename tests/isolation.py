@@ -106,6 +106,24 @@ def isolated_command(
             "/bin/sh", str(script), *argv]  # fmt: skip
 
 
+def isolation_kwargs(folder: Path, *, checkout: Path, venv: Path, data_dir: Path, basetemp: Path) -> dict:
+    """Keyword arguments of ``isolated_command`` (without argv and env) for one process whose workdir, home and
+    audit log are under ``folder``. Hidden besides the checkout: the data folder, everything beside the checkout
+    (sibling checkouts, ../shared/data) and this user's pytest folders (the tmpfs over ``pytest-of-<user>``,
+    mode 0700, also lets the unprivileged user reach its own folders bound back below it)."""
+    hide = [data_dir, basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp]
+    if checkout.parent != Path(checkout.anchor):
+        hide.append(checkout.parent)
+    return dict(
+        checkout=checkout,
+        venv=venv,
+        workdir=folder / "work",
+        home=folder / "home",
+        audit_log=folder / "audit.log",
+        hide=hide,
+    )
+
+
 def hidden_folders(checkout: Path, venv: Path, hide: list[Path] | tuple[Path, ...] = ()) -> list[Path]:
     """What an isolated process cannot see: the checkout, the venv's editable targets, this user's HOME, ``hide``."""
     venv = Path(venv).resolve()

@@ -75,32 +75,29 @@ def local_file(store: ArtifactStore, key: str) -> Path:
 
 
 def _head(store, key: str) -> str:
-    from botocore.exceptions import ClientError
-
     try:
         return store.client.head_object(Bucket=store.bucket, Key=store._key(key))["ETag"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            raise DataError("not found in the store", file=object_name(store, key)) from None
-        raise store._fail(f"checking {key}", exc) from None
     except Exception as exc:
-        raise store._fail(f"checking {key}", exc) from None
+        raise _object_error(store, key, f"checking {key}", exc) from None
+
+
+def _object_error(store, key: str, operation: str, exc: Exception) -> Exception:
+    """``DataError`` naming the object when S3 says it does not exist, else the store's unreachable error."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+        return DataError("not found in the store", file=object_name(store, key))
+    return store._fail(operation, exc)
 
 
 def open_object(store: ArtifactStore, key: str):
     """A context manager giving a binary stream of the object ``key``; ``DataError`` naming it if there is none."""
     if _is_local(store):
         return local_file(store, key).open("rb")
-    from botocore.exceptions import ClientError
-
     try:
         body = store.client.get_object(Bucket=store.bucket, Key=store._key(key))["Body"]
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            raise DataError("not found in the store", file=object_name(store, key)) from None
-        raise store._fail(f"reading {key}", exc) from None
     except Exception as exc:
-        raise store._fail(f"reading {key}", exc) from None
+        raise _object_error(store, key, f"reading {key}", exc) from None
     return contextlib.closing(body)
 
 

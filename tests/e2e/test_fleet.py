@@ -14,7 +14,6 @@ publishes. Manifests name the code version and the worker; no worker opened a pa
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from isolation import cleanup, isolated_command, leaked, read_audit
+from helpers import free_port, gpu_workers_module
+from isolation import cleanup, isolated_command, isolation_kwargs, leaked, read_audit
 
 pytestmark = [
     pytest.mark.slow,
@@ -36,12 +36,6 @@ VENV = Path(sys.prefix)
 SETS = REPO / "tests" / "data" / "sets"
 PULL_DONE = "Deployment step 'pull_from_s3' completed successfully"
 PUSHED_TOP_LEVEL = {"emotion_core", "tasks", "flows", "emotion_cli", "deployments", "pyproject.toml"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(stack, path: str, body: dict) -> list[dict]:
@@ -72,12 +66,13 @@ def fleet(postgres_url, s3_endpoint, data_dir, tmp_path_factory):
     from emotion_cli.stack import Stack, _stop_group
     from emotion_core.data.pushed import push_dataset
     from emotion_core.store import open_store
+    from flows.dispatch import load_pools
 
     root = tmp_path_factory.mktemp("fleet")
     bucket = f"fleet-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
     stack = Stack(
-        port=_free_port(),
+        port=free_port(),
         state_dir=root / "stack",
         database=postgres_url,
         extra_env={
@@ -120,18 +115,12 @@ def fleet(postgres_url, s3_endpoint, data_dir, tmp_path_factory):
                 )
             )
 
-        workers_module = _load_gpu_workers()
-        for argv, extra in workers_module.worker_commands("gpu", _queues(), [], cpu_workers=2, prefix="fleet"):
+        queues = load_pools()["gpu"]["queues"]
+        for argv, extra in gpu_workers_module().worker_commands("gpu", queues, [], cpu_workers=2, prefix="fleet"):
             name = extra["EMOTION_WORKER_NAME"]
             folder = root / name
-            kwargs = dict(
-                checkout=REPO,
-                venv=VENV,
-                workdir=folder / "work",
-                home=folder / "home",
-                audit_log=folder / "audit.log",
-                hide=_hidden(data_dir, tmp_path_factory),
-            )
+            basetemp = tmp_path_factory.getbasetemp()
+            kwargs = isolation_kwargs(folder, checkout=REPO, venv=VENV, data_dir=data_dir, basetemp=basetemp)
             command = isolated_command(argv, env={**env, **extra}, **kwargs)
             commands.append(command)
             with open(folder.with_suffix(".log"), "ab") as log:
@@ -149,31 +138,6 @@ def fleet(postgres_url, s3_endpoint, data_dir, tmp_path_factory):
         for command in commands:
             cleanup(command)
         stack.down()
-
-
-def _load_gpu_workers():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_workers", REPO / "deployments" / "gpu_workers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _queues() -> dict:
-    import yaml
-
-    return yaml.safe_load((REPO / "deployments" / "pools" / "pools.yaml").read_text())["gpu"]["queues"]
-
-
-def _hidden(data_dir: Path, tmp_path_factory) -> list[Path]:
-    """The data folder, this user's pytest folders (0700: the tmpfs over them lets uid 65534 reach its own folders
-    bound back below) and everything beside the checkout (sibling checkouts, ../shared/data)."""
-    basetemp = tmp_path_factory.getbasetemp()
-    hide = [data_dir, basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp]
-    if REPO.parent != Path(REPO.anchor):
-        hide.append(REPO.parent)
-    return hide
 
 
 def test_nightly_on_a_fleet_that_shares_only_the_api_and_the_bucket(fleet, postgres_url, s3_endpoint):

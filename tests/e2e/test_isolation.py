@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from isolation import cleanup, isolated_command, leaked, read_audit
+from isolation import cleanup, isolated_command, isolation_kwargs, leaked, read_audit
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,21 +30,9 @@ VENV = Path(sys.prefix)
 @pytest.fixture
 def isolation(tmp_path, tmp_path_factory, data_dir):
     """Keyword arguments of ``isolated_command`` for one test (without argv and env)."""
-    # Beside the checkout (sibling checkouts, ../shared/data) and this user's pytest folders are hidden too; the
-    # tmpfs over ``pytest-of-<user>`` (0700) also lets the unprivileged user reach its workdir bound back below it.
-    basetemp = tmp_path_factory.getbasetemp()
-    hide = [data_dir, basetemp.parent if basetemp.parent.name.startswith("pytest-of-") else basetemp]
-    if REPO.parent != Path(REPO.anchor):
-        hide.append(REPO.parent)
-    kwargs = dict(
-        checkout=REPO,
-        venv=VENV,
-        workdir=tmp_path / "work",
-        home=tmp_path / "home",
-        audit_log=tmp_path / "audit.log",
-        hide=hide,
+    return isolation_kwargs(
+        tmp_path, checkout=REPO, venv=VENV, data_dir=data_dir, basetemp=tmp_path_factory.getbasetemp()
     )
-    return kwargs
 
 
 def test_isolated_python_sees_no_checkout(isolation):

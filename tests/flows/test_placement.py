@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from datetime import UTC
 from pathlib import Path
 
 import pytest
+from helpers import gpu_workers_module
 
 from emotion_core.errors import ConfigError
 from flows.dispatch import child_run_id, queue_capacities, queue_for
@@ -92,15 +92,8 @@ def test_child_run_ids_are_unique_per_parent_and_readable():
     assert a != child_run_id("minilm", t, "99999999-1111-2222-3333-444455556666")
 
 
-def _workers_module():
-    spec = importlib.util.spec_from_file_location("gpu_workers", REPO / "deployments" / "gpu_workers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_one_worker_per_gpu_pinned_to_its_card_and_serving_the_queues_it_can_hold(monkeypatch):
-    workers = _workers_module()
+    workers = gpu_workers_module()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(workers.os, "cpu_count", lambda: 16)
     import yaml
@@ -135,7 +128,7 @@ def _served(argv):
 
 
 def test_gpus_per_worker_groups_the_cards_and_serves_the_queues_of_that_card_count():
-    workers = _workers_module()
+    workers = gpu_workers_module()
     import yaml
 
     queues = yaml.safe_load((REPO / "deployments" / "pools" / "pools.yaml").read_text())["gpu"]["queues"]
@@ -159,7 +152,7 @@ def test_gpus_per_worker_groups_the_cards_and_serves_the_queues_of_that_card_cou
 
 def test_every_queue_has_a_worker_shape_that_serves_it():
     """A queue no worker shape serves would hold its runs forever: each is served by some K-card worker."""
-    workers = _workers_module()
+    workers = gpu_workers_module()
     import yaml
 
     queues = yaml.safe_load((REPO / "deployments" / "pools" / "pools.yaml").read_text())["gpu"]["queues"]

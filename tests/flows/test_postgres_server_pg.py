@@ -7,11 +7,11 @@ the way ``emotion stack up`` starts it, answers /api/health, and a flow run land
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 
 import pytest
+from helpers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +31,6 @@ def flow_runs_named(url: str, name: str) -> list[tuple[str, str]]:
     return asyncio.run(query())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def pg_stack(postgres_url, tmp_path_factory):
     """A Prefect server on the PostgreSQL cluster (its own port and state folder); yields (stack, cold start s)."""
@@ -45,7 +39,7 @@ def pg_stack(postgres_url, tmp_path_factory):
 
     state = tmp_path_factory.mktemp("pg-stack")
     stack = Stack(
-        port=_free_port(), state_dir=state, database=postgres_url, extra_env={"PREFECT_HOME": str(state / "home")}
+        port=free_port(), state_dir=state, database=postgres_url, extra_env={"PREFECT_HOME": str(state / "home")}
     )
     started = time.monotonic()
     try:
