@@ -139,6 +139,9 @@ def serve(
     max_texts: int = typer.Option(256, min=1, help="Texts per /predict request."),
     max_chars: int = typer.Option(10_000, min=1, help="Characters per text."),
     reload_every: float = typer.Option(30.0, min=0.1, help="champion:<dataset>: seconds between registry reads."),
+    max_connections: int = typer.Option(
+        128, min=2, help="Connections and requests in progress at once; over it a request gets 503."
+    ),
     calibration: bool = typer.Option(
         True,
         "--calibration/--no-calibration",
@@ -152,7 +155,11 @@ def serve(
     from emotion_core.serving.settings import ServeSettings
 
     settings = ServeSettings(
-        max_texts=max_texts, max_chars=max_chars, reload_every_s=reload_every, calibration=calibration
+        max_texts=max_texts,
+        max_chars=max_chars,
+        reload_every_s=reload_every,
+        calibration=calibration,
+        max_connections=max_connections,
     )
 
     def load():
@@ -180,7 +187,13 @@ def serve(
         highlight=False,
         soft_wrap=True,
     )
-    uvicorn.run(create_app(model, settings, champion), host=host, port=port, log_level="info")
+    uvicorn.run(
+        create_app(model, settings, champion),
+        host=host,
+        port=port,
+        log_level="info",
+        limit_concurrency=settings.max_connections,
+    )
 
 
 def register(app: typer.Typer) -> None:

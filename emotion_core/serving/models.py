@@ -140,6 +140,7 @@ def model_info(model: ServedModel) -> dict:
         "metrics": _plain(manifest.get("summary")),
         "threshold_policy": _plain(manifest.get("threshold_policy")),
         "code": {
+            "code_version": _plain(manifest.get("code_version")),
             "git_commit": _plain(git.get("commit")),
             "git_dirty": _plain(git.get("dirty")),
             "versions": _plain(versions),

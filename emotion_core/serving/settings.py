@@ -16,6 +16,8 @@ class ServeSettings(BaseModel):
     """Characters per text (``/predict`` and ``/explain``); longer: 413."""
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     """Request body size in bytes, checked while reading (a body is never held past this); larger: 413."""
+    max_connections: int = Field(128, ge=2)
+    """Connections and requests in progress at once (uvicorn's ``limit_concurrency``); over it a request gets 503."""
     max_batch_texts: int = Field(64, ge=1)
     """Texts scored in one model call, gathered across concurrent requests (one request's texts are never split)."""
     max_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import polars as pl
 import pytest
-from serve_helpers import EMOTION, free_port
+from serve_helpers import EMOTION, ServeProcess, free_port
 
 pytestmark = pytest.mark.slow  # tiny training runs and a real server process
 
@@ -63,6 +63,7 @@ def test_model_and_health_describe_the_run(served, tiny_store):
     assert info["run_id"] == tiny_store.run_ids[0] and info["dataset"] == "tabular"
     assert info["labels"] == ["joy", "anger"] and info["calibrated"] is True
     assert info["code"]["git_commit"] == manifest["git"]["commit"]
+    assert info["code"]["code_version"] == manifest["code_version"] and manifest["code_version"].startswith("sha256:")
     assert info["metrics"] == manifest["summary"]
     assert info["thresholds"] == calibration["thresholds"] and info["temperatures"] == calibration["temperatures"]
     assert info["limits"]["max_texts"] == 256
@@ -215,3 +216,23 @@ def test_a_failing_model_call_gives_500_and_the_server_keeps_serving(tiny_store)
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+def test_connections_over_the_limit_get_503_and_the_server_recovers(tiny_store):
+    import socket
+
+    server = ServeProcess(str(tiny_store.runs[0]), "--max-connections", "2").wait_ready()
+    try:
+        # uvicorn counts the open connections, the asking one included: one idle connection fills a limit of 2.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10):
+            refused = post(server, "/predict", {"texts": ["happy"]})
+            assert refused.status_code == 503, refused.text
+        for _ in range(50):  # the idle connection's close reaches the server shortly after
+            answer = post(server, "/predict", {"texts": ["happy"]})
+            if answer.status_code == 200:
+                break
+            threading.Event().wait(0.1)
+        assert answer.status_code == 200, answer.text
+        assert httpx.get(f"{server.url}/model", timeout=10).json()["limits"]["max_connections"] == 2
+    finally:
+        server.stop()
