@@ -197,9 +197,8 @@ def predict(
 def submit(
     run: str = typer.Argument(
         ...,
-        help="Run folder, file:// or s3:// URI of the chosen run, or "
-        "champion:<dataset> (the registry's champion, e.g. "
-        "champion:semeval2018-ec).",
+        help="Run folder, file:// or s3:// URI of the chosen run or ensemble package (or an exported ensemble "
+        "folder), or champion:<dataset> (the registry's champion, e.g. champion:semeval2018-ec).",
     ),
     store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
     out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
@@ -217,7 +216,8 @@ def submit(
     id_column: str | None = typer.Option(None, help=f"Id column of --data {ID_COLUMN_HELP}"),
     batch_size: int = typer.Option(128, min=1, help="Texts per forward pass."),
 ) -> None:
-    """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds."""
+    """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds
+    (an ensemble package: at its own thresholds; --no-calibration does not apply to it)."""
     from emotion_core.submission import submit_run
 
     def go():
@@ -241,6 +241,7 @@ def submit(
     kind = {
         "shipped": "calibrated thresholds (calibration.json)",
         "fitted": "calibrated thresholds (fitted now: the run has no calibration.json)",
+        "ensemble": "the ensemble's thresholds (ensemble.json)",
     }
     thresholds = kind.get(result.get("calibration"), "run thresholds")
     out.print(
