@@ -4,9 +4,10 @@
     emotion train-all SET [--store URI] [--set KEY=VALUE ...]    a config set, through the train-all flow
     emotion predict RUN DATA --out FILE [--no-calibration]       0/1 labels + (calibrated) probabilities as CSV
     emotion submit RUN --out FILE [--data FILE]                  a Kaggle-style SemEval E-c submission
+    emotion predict-batch KEY --run REF [--on-fleet]             score a file in the store in resumable chunks
     emotion runs [--store URI] [--dataset KEY]                   the store's runs and each dataset's champion
     emotion publish FOLDER --store URI                           publish a kept local run (after a store outage)
-    emotion export RUN DIR [--merge] [--push-to-hub REPO]        a Hugging Face folder + model card (encoder runs)
+    emotion export RUN DIR [--merge] [--push-to-hub REPO]        HF folder + card (encoder runs); an ensemble: portable
     emotion serve RUN|champion:DATASET [--host H] [--port P]     HTTP JSON API + page (docs/serving.md)
     emotion check-config PATH...                                 validate run configs or config sets
     emotion stack up | down                                      the local Prefect server, pools, workers, deployments
@@ -16,7 +17,8 @@
 
 - A user error (``EmotionError``) prints one message, no traceback, and exits 2; a set with failed runs exits 1.
 - Heavy libraries are imported inside the commands, so ``emotion --help`` answers at once.
-- Training commands are here; ``ship_commands`` holds runs/publish/export/serve, ``stack_commands`` stack/demo/pools.
+- Training commands are here; ``ship_commands`` holds runs/publish/export/serve, ``batch_commands`` predict-batch,
+  ``stack_commands`` stack/demo/pools.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import typer
 
-from emotion_cli import data_commands, ship_commands, stack_commands
+from emotion_cli import batch_commands, data_commands, ship_commands, stack_commands
 from emotion_cli.console import fail, out, run_or_exit
 
 app = typer.Typer(
@@ -253,6 +255,7 @@ def submit(
 
 
 ship_commands.register(app)  # runs, publish, export, serve
+batch_commands.register(app)  # predict-batch
 
 
 @app.command("check-config")
