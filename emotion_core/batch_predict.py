@@ -284,11 +284,10 @@ def predict_batch(
     text_column: str | None = None,
     id_column: str | None = None,
     batch_size: int = 128,
-    on_chunk: Callable[[int, int, bool], None] | None = None,
+    on_chunk: Callable[[int, int, bool], None] = lambda index, rows, reused: None,
 ) -> BatchResult:
-    """Score ``input_key`` of ``store`` with ``run`` (see the module docstring); returns what was written.
-
-    ``on_chunk(index, rows so far, reused)``: called after each chunk (``emotion predict-batch`` prints it)."""
+    """Score ``input_key`` of ``store`` with ``run`` (module docstring); ``on_chunk(index, rows so far, reused)``
+    after each chunk (``emotion predict-batch`` prints it). Returns what was written."""
     input_key, output_key = _checked_keys(input_key, output_key, chunk_rows)
     where = objects.object_name(store, input_key)
     predictor = load_predictor(resolve_run(store, run), calibration=calibration, batch_size=batch_size, store=store)
@@ -326,8 +325,7 @@ def predict_batch(
         parts.append(part)
         rows += chunk.height
         _log_progress(where, index, rows, started)
-        if on_chunk is not None:
-            on_chunk(index, rows, was_reused)
+        on_chunk(index, rows, was_reused)
 
     uri = _publish_output(store, output_key, parts, work)
     objects.delete_folder(store, parts_folder)

@@ -339,6 +339,8 @@ def test_export_is_self_contained_verified_and_refuses_escapes(compared, tmp_pat
     import yaml
 
     from emotion_core.predict import load_predictor
+    from emotion_core.serving.models import load_model
+    from emotion_core.submission import submit_run
 
     store, runs, _, _ = compared
     package = store.run_folder("tiny-cmp-1-ensemble")
@@ -364,6 +366,12 @@ def test_export_is_self_contained_verified_and_refuses_escapes(compared, tmp_pat
     frame = pl.read_csv(tmp_path / "pred.csv")
     assert frame.select("joy_prob", "anger_prob").to_numpy() == pytest.approx(expected, abs=1e-6)
     assert all(str(m.folder).startswith(str(moved)) for m in load_predictor(moved).members)
+    served = load_model(moved, batch_size=8)  # what `emotion serve DIR` loads
+    assert served.run.run_id == package.name
+    assert served.predictor.predict(TEXTS)[0] == pytest.approx(expected[: len(TEXTS)], abs=1e-9)
+    submitted = submit_run(moved, tmp_path / "sub.csv", data_path=texts)
+    assert pl.read_csv(tmp_path / "sub.csv")["joy"].to_list() == frame["joy"].to_list()
+    assert submitted["calibration"] == "ensemble"
 
     done = _cli("export", package, moved)
     assert_refused(done, "already exists and is not an empty folder")
