@@ -293,8 +293,7 @@ def ensemble_card_text(ensemble, members) -> str:
         "```",
         "",
         f"## Method\n\n{method}: {rule}, then one threshold per label (policy `{manifest.get('threshold_policy')}`). "
-        f"Fitted out of fold on validation ({fit.get('folds', '?')} folds; out-of-fold macro-F1 "
-        f"{fit.get('oof_score', '?')}).",
+        f"Weights (or stacker) and thresholds cross-fitted on validation ({fit.get('folds', '?')} folds).",
         "",
         "## Labels",
         "",
@@ -312,8 +311,14 @@ def ensemble_card_text(ensemble, members) -> str:
         "",
         "## Metrics",
         "",
-        f"Macro-F1 recorded in `{package}/manifest.json` (`summary`): "
-        f"{json.dumps(manifest.get('summary') or {}, sort_keys=True)}",
+        f"Macro-F1 at its thresholds, as recorded in `{package}/manifest.json` (validation: out of fold).",
+        "",
+        "| split | macro-F1 |",
+        "|---|---|",
+        *[
+            f"| {m['dataset']['split']} | {m['metrics'][0]['value']:.4f} |"
+            for m in ensemble_card_metadata(ensemble)["model-index"][0]["results"]
+        ],
         "",
         "## Layout",
         "",
