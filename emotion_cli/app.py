@@ -4,9 +4,10 @@
     emotion train-all SET [--store URI] [--set KEY=VALUE ...]    a config set, through the train-all flow
     emotion predict RUN DATA --out FILE [--no-calibration]       0/1 labels + (calibrated) probabilities as CSV
     emotion submit RUN --out FILE [--data FILE]                  a Kaggle-style SemEval E-c submission
+    emotion predict-batch KEY --run REF [--on-fleet]             score a file in the store in resumable chunks
     emotion runs [--store URI] [--dataset KEY]                   the store's runs and each dataset's champion
     emotion publish FOLDER --store URI                           publish a kept local run (after a store outage)
-    emotion export RUN DIR [--merge] [--push-to-hub REPO]        a Hugging Face folder + model card (encoder runs)
+    emotion export RUN DIR [--merge] [--push-to-hub REPO]        HF folder + card (encoder runs); an ensemble: portable
     emotion serve RUN|champion:DATASET [--host H] [--port P]     HTTP JSON API + page (docs/serving.md)
     emotion check-config PATH...                                 validate run configs or config sets
     emotion stack up | down                                      the local Prefect server, pools, workers, deployments
@@ -16,7 +17,8 @@
 
 - A user error (``EmotionError``) prints one message, no traceback, and exits 2; a set with failed runs exits 1.
 - Heavy libraries are imported inside the commands, so ``emotion --help`` answers at once.
-- Training commands are here; ``ship_commands`` holds runs/publish/export/serve, ``stack_commands`` stack/demo/pools.
+- Training commands are here; ``ship_commands`` holds runs/publish/export/serve, ``batch_commands`` predict-batch,
+  ``stack_commands`` stack/demo/pools.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import typer
 
-from emotion_cli import data_commands, ship_commands, stack_commands
+from emotion_cli import batch_commands, data_commands, ship_commands, stack_commands
 from emotion_cli.console import fail, out, run_or_exit
 
 app = typer.Typer(
@@ -197,9 +199,8 @@ def predict(
 def submit(
     run: str = typer.Argument(
         ...,
-        help="Run folder, file:// or s3:// URI of the chosen run, or "
-        "champion:<dataset> (the registry's champion, e.g. "
-        "champion:semeval2018-ec).",
+        help="Run folder, file:// or s3:// URI of the chosen run or ensemble package (or an exported ensemble "
+        "folder), or champion:<dataset> (the registry's champion, e.g. champion:semeval2018-ec).",
     ),
     store: str | None = typer.Option(None, help="Store of champion:<dataset> (default $EMOTION_STORE)."),
     out_path: Path = typer.Option(..., "--out", help="Submission CSV to write (ID + one 0/1 column per label)."),
@@ -217,7 +218,8 @@ def submit(
     id_column: str | None = typer.Option(None, help=f"Id column of --data {ID_COLUMN_HELP}"),
     batch_size: int = typer.Option(128, min=1, help="Texts per forward pass."),
 ) -> None:
-    """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds."""
+    """Write a Kaggle-style submission (SemEval E-c: ID,anger,...,trust) from a run, at its calibrated thresholds
+    (an ensemble package: at its own thresholds; --no-calibration does not apply to it)."""
     from emotion_core.submission import submit_run
 
     def go():
@@ -241,6 +243,7 @@ def submit(
     kind = {
         "shipped": "calibrated thresholds (calibration.json)",
         "fitted": "calibrated thresholds (fitted now: the run has no calibration.json)",
+        "ensemble": "the ensemble's thresholds (ensemble.json)",
     }
     thresholds = kind.get(result.get("calibration"), "run thresholds")
     out.print(
@@ -252,6 +255,7 @@ def submit(
 
 
 ship_commands.register(app)  # runs, publish, export, serve
+batch_commands.register(app)  # predict-batch
 
 
 @app.command("check-config")

@@ -87,7 +87,9 @@ def publish(
 
 
 def export(
-    run: str = typer.Argument(..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls)."),
+    run: str = typer.Argument(
+        ..., help="Run folder or file:// / s3:// URI (an encoder run, pooling: cls), or an ensemble package."
+    ),
     dest: Path = typer.Argument(..., help="New folder to write (must not exist, or be empty)."),
     merge: bool = typer.Option(False, "--merge", help="Adapter runs: write the merged plain model."),
     calibration: bool = typer.Option(
@@ -99,12 +101,15 @@ def export(
         None, "--push-to-hub", help="Also upload to this hub repo (token: $HF_TOKEN)."
     ),
 ) -> None:
-    """Export a run as a Hugging Face folder (transformers / peft, no remote code) with a model card."""
+    """Export a run as a Hugging Face folder (transformers / peft, no remote code) with a model card; an ensemble
+    package as a self-contained folder (package + member runs + card) that emotion predict / serve load."""
     from emotion_core import export as ex
     from emotion_core.runs import read_run
 
     def go():
         ex.check_destination(dest)  # before any model is loaded
+        if _names_ensemble(run):
+            return _export_ensemble(run, dest, merge, calibration, base_model, push_to_hub)
         loaded = read_run(run)
         ex.check_exportable(loaded, merge)  # before the data is read for calibration
         fitted = ex.run_calibration(loaded) if calibration else None
@@ -114,14 +119,52 @@ def export(
         return result
 
     result = run_or_exit(go)
-    out.print(
-        f"exported {result['run_id']} ({result['kind']}, {result['model_type']}) to {result['folder']}; "
-        f"max |logit diff| to the run: {result['max_abs_logit_diff']:.2e}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    if "members" in result:
+        out.print(
+            f"exported ensemble {result['run_id']} with its {len(result['members'])} member runs to "
+            f"{result['folder']} (emotion predict / serve load it with no store)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        out.print(
+            f"exported {result['run_id']} ({result['kind']}, {result['model_type']}) to {result['folder']}; "
+            f"max |logit diff| to the run: {result['max_abs_logit_diff']:.2e}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if result.get("pushed"):
         out.print(f"pushed: {result['pushed']}", highlight=False, soft_wrap=True)
+
+
+def _names_ensemble(ref: str) -> bool:
+    """Whether ``ref`` names a published ensemble package (verified; a bad reference: the run reader says why)."""
+    from emotion_core.ensemble_package import is_ensemble
+    from emotion_core.errors import StoreError
+    from emotion_core.store import resolve_run_folder
+
+    try:
+        return is_ensemble(resolve_run_folder(ref))
+    except StoreError:
+        return False
+
+
+def _export_ensemble(ref: str, dest: Path, merge: bool, calibration: bool, base_model, push_to_hub) -> dict:
+    """``ensemble_export.export_ensemble``, then the same hub upload as a run's export (the whole folder)."""
+    from emotion_core import export as ex
+    from emotion_core.ensemble_export import export_ensemble
+
+    refused = [flag for flag, used in (("--merge", merge), ("--no-calibration", not calibration),
+                                       ("--base-model", base_model)) if used]
+    if refused:
+        raise ex.ExportError(
+            f"{', '.join(refused)}: does not apply to an ensemble package (its members are exported as run "
+            "folders, and their temperatures are part of the ensemble's fit); nothing was written"
+        )
+    result = export_ensemble(ref, dest)
+    if push_to_hub:
+        result["pushed"] = ex.push_to_hub(dest, push_to_hub)
+    return result
 
 
 def serve(

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -284,8 +284,10 @@ def predict_batch(
     text_column: str | None = None,
     id_column: str | None = None,
     batch_size: int = 128,
+    on_chunk: Callable[[int, int, bool], None] = lambda index, rows, reused: None,
 ) -> BatchResult:
-    """Score ``input_key`` of ``store`` with ``run`` (see the module docstring); returns what was written."""
+    """Score ``input_key`` of ``store`` with ``run`` (module docstring); ``on_chunk(index, rows so far, reused)``
+    after each chunk (``emotion predict-batch`` prints it). Returns what was written."""
     input_key, output_key = _checked_keys(input_key, output_key, chunk_rows)
     where = objects.object_name(store, input_key)
     predictor = load_predictor(resolve_run(store, run), calibration=calibration, batch_size=batch_size, store=store)
@@ -309,7 +311,8 @@ def predict_batch(
     for index, chunk in enumerate(_chunks(path, where, text_name, id_name, chunk_rows)):
         key, local = f"{parts_folder}/part-{index:06d}.parquet", work / f"part-{index:06d}.parquet"
         part = _reusable(store, key, recorded[index], chunk.height, local) if index in recorded else None
-        if part is not None:
+        was_reused = part is not None
+        if was_reused:
             progress["chunks"][str(index)] = recorded[index]
             reused += 1
         else:
@@ -322,6 +325,7 @@ def predict_batch(
         parts.append(part)
         rows += chunk.height
         _log_progress(where, index, rows, started)
+        on_chunk(index, rows, was_reused)
 
     uri = _publish_output(store, output_key, parts, work)
     objects.delete_folder(store, parts_folder)

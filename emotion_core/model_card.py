@@ -211,3 +211,123 @@ def card_text(run, *, kind: str, model_type: str, check: float, calibration: dic
 def write_card(path: Path, run, **kwargs) -> None:
     """Write the card to ``path`` atomically."""
     atomic_write_text(Path(path), card_text(run, **kwargs))
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+def ensemble_card_metadata(ensemble) -> dict:
+    """The hub's YAML front matter of an exported ensemble: labels, members, method, the metrics it has."""
+    manifest = ensemble.manifest
+    dataset = (manifest.get("data") or {}).get("dataset")
+    policy = manifest.get("threshold_policy")
+    summary = manifest.get("summary") or {}
+    results = []
+    for split in ("validation", "test"):
+        value = ((summary.get(split) or {}).get(policy) or {}).get("macro_f1")
+        if isinstance(value, (int, float)):
+            results.append(
+                {
+                    "task": {"type": "text-classification", "name": "Multi-label emotion classification"},
+                    "dataset": {"type": dataset, "name": dataset, "split": split},
+                    "metrics": [{"type": "macro_f1", "value": round(float(value), 4), "name": f"{split} macro_f1"}],
+                }
+            )
+    return {
+        "license": "other",  # placeholder: set it to the members' base models' and the data's licences
+        "library_name": "emotion-pipeline",
+        "pipeline_tag": "text-classification",
+        "tags": ["emotion", "multi-label-classification", "emotion-pipeline", "ensemble"],
+        "datasets": [dataset] if dataset else [],
+        "labels": list(ensemble.schema.names),
+        "ensemble": {
+            "method": ensemble.combiner.method,
+            "members": [str(m) for m in ensemble.member_ids],
+            "weights": None if ensemble.combiner.weights is None else [float(w) for w in ensemble.combiner.weights],
+        },
+        "model-index": [{"name": str(ensemble.run_id), "results": results}],
+    }
+
+
+def _ensemble_member_lines(ensemble, members) -> list[str]:
+    """The "Members" table: run id, config, family, weight (weighted mean) and each label's temperature."""
+    names = list(ensemble.schema.names)
+    weights = ensemble.combiner.weights
+    lines = ["| member run | config | family | weight | temperatures |", "|---|---|---|---|---|"]
+    for k, run in enumerate(members):
+        weight = "-" if weights is None else f"{float(weights[k]):.4f}"
+        temps = ", ".join(f"{n} {float(t):.3f}" for n, t in zip(names, ensemble.combiner.temperatures[k]))
+        lines.append(f"| `{run.run_id}` | {run.config.name} | {run.config.model.family} | {weight} | {temps} |")
+    return lines
+
+
+def ensemble_card_text(ensemble, members) -> str:
+    """The card of an exported ensemble (``ensemble_package.EnsembleRun`` and its member ``Run``s)."""
+    front = yaml.safe_dump(ensemble_card_metadata(ensemble), sort_keys=False, allow_unicode=True)
+    manifest = ensemble.manifest
+    fit = manifest.get("ensemble") or {}
+    method = ensemble.combiner.method
+    rule = (
+        "weighted mean of the members' calibrated probabilities (`sigmoid(logit / T)`)"
+        if method == "weighted_mean"
+        else "logistic stacking of the members' calibrated probabilities (coefficients in `ensemble.json`)"
+    )
+    names = list(ensemble.schema.names)
+    package = f"runs/{ensemble.run_id}"
+    lines = [
+        "---",
+        front.rstrip(),
+        "---",
+        "",
+        f"# {manifest.get('config_name') or ensemble.run_id}: multi-label emotion ensemble",
+        "",
+        f"Ensemble `{ensemble.run_id}` of emotion-pipeline, exported with its {len(members)} member runs. "
+        "It needs no artefact store: every file is checked against its run's `manifest.json` (sha256) when loaded.",
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "emotion predict DIR texts.csv --out predictions.csv   # 0/1 per label + probabilities",
+        "emotion serve DIR                                     # HTTP JSON API (docs/serving.md)",
+        "emotion submit DIR --data test.txt --out submission.csv",
+        "```",
+        "",
+        f"## Method\n\n{method}: {rule}, then one threshold per label (policy `{manifest.get('threshold_policy')}`). "
+        f"Weights (or stacker) and thresholds cross-fitted on validation ({fit.get('folds', '?')} folds).",
+        "",
+        "## Labels",
+        "",
+        ", ".join(f"`{n}`" for n in names),
+        "",
+        "## Members",
+        "",
+        *_ensemble_member_lines(ensemble, members),
+        "",
+        "## Thresholds",
+        "",
+        "| label | threshold |",
+        "|---|---|",
+        *[f"| {n} | {float(t):.3f} |" for n, t in zip(names, ensemble.combiner.thresholds)],
+        "",
+        "## Metrics",
+        "",
+        f"Macro-F1 at its thresholds, as recorded in `{package}/manifest.json` (validation: out of fold).",
+        "",
+        "| split | macro-F1 |",
+        "|---|---|",
+        *[
+            f"| {m['dataset']['split']} | {m['metrics'][0]['value']:.4f} |"
+            for m in ensemble_card_metadata(ensemble)["model-index"][0]["results"]
+        ],
+        "",
+        "## Layout",
+        "",
+        f"`export.json` names the package; `{package}/` holds it (`ensemble.json`: method, members, temperatures, "
+        "weights or stacker, thresholds); `runs/<member>/` holds each member run.",
+        "",
+        "## Intended use and limits",
+        "",
+        *LIMITS,
+        "- Every text goes through every member: latency and memory are the members' sum.",
+    ]
+    return "\n".join(lines) + "\n"

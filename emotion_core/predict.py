@@ -5,7 +5,8 @@
 - Calibrated by default (the run's ``calibration.json``: ``sigmoid(logit / T)`` and its thresholds);
   ``calibration=False``, or a run without one (logged), gives ``sigmoid(logit)`` at ``thresholds.json``.
 - ``load_predictor``: a run's ``RunPredictor``, or an ``ensemble_package.EnsemblePredictor`` when the reference
-  names a published ensemble (members loaded from the same store): both have ``run``, ``predict``, ``load``.
+  names a published ensemble (members loaded from the same store) or an exported one (``ensemble_export``):
+  both have ``run``, ``thresholds``, ``predict``, ``load``.
 """
 
 from __future__ import annotations
@@ -92,11 +93,17 @@ def prediction_frame(
 
 
 def load_predictor(ref, *, calibration: bool = True, batch_size: int = 128, store=None):
-    """The predictor of the run or ensemble package ``ref`` (folder, ``file://``/``s3://`` URI); an ensemble's
-    members come from ``store``, else from the store holding it. ``StoreError`` if anything is missing or damaged."""
+    """The predictor of the run or ensemble package ``ref`` (folder, ``file://``/``s3://`` URI, or an exported
+    ensemble folder); an ensemble's members come from ``store``, else from the store holding it (an export: from
+    the export only). ``StoreError`` if anything is missing or damaged."""
+    from emotion_core.ensemble_export import exported_package
     from emotion_core.ensemble_package import is_ensemble, load_ensemble_predictor
     from emotion_core.store import resolve_run_folder
 
+    exported = exported_package(ref)
+    if exported is not None:  # self-contained: never a member from anywhere else
+        folder, own = exported
+        return load_ensemble_predictor(folder, folder, calibration=calibration, batch_size=batch_size, store=own)
     folder = resolve_run_folder(ref)  # verified against its manifest
     if is_ensemble(folder):
         return load_ensemble_predictor(ref, folder, calibration=calibration, batch_size=batch_size, store=store)

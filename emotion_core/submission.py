@@ -1,9 +1,11 @@
 """Kaggle-style SemEval-2018 E-c submission: ``ID`` then one 0/1 column per emotion, one row per tweet.
 
 - ``submit_run``: the ``emotion submit`` command: the run's unlabelled ``predict`` split (or a file), at the
-  run's calibrated thresholds by default (fitted now on validation for runs without ``calibration.json``).
+  run's calibrated thresholds by default (fitted now on validation for runs without ``calibration.json``); an
+  ensemble package (published, exported or a champion) at its own thresholds (its temperatures are its fit).
 - ``write_submission``: predicts (or takes logits), thresholds, and writes ``ID,anger,...,trust`` atomically in
   the order of ``ids``; columns in the official order when the labels are SemEval's, else the run's order.
+  The model is a run, or a predictor (``predict.load_predictor``: probabilities + its own thresholds).
 - ``submission_from_file``: the same for a prediction input file (e.g. ``test-unlabelled.txt``).
 
 Limits: 0/1 columns only (probabilities: ``predict``); the official scorer wants tabs: ``sep="\\t"``.
@@ -63,31 +65,35 @@ def write_submission(
     sep: str = ",",
     inputs: Sequence[str | Path] = (),
 ) -> dict:
-    """Write the submission of ``run`` (a ``Run``, run folder or URI) for ``texts`` identified by ``ids``.
+    """Write the submission of ``run`` for ``texts`` identified by ``ids``.
 
+    ``run``: a ``Run``, run folder or URI; or a predictor (``predict.load_predictor``: an ensemble package), whose
+    own probabilities and thresholds decide (then ``thresholds``, ``temperatures`` and ``logits`` must be None).
     ``inputs``: files the output must never replace (the run's folder is always one).
 
     ``logits``: (n, L) in the run's label order, instead of predicting ``texts`` (then ``texts`` may
     be None). Returns ``{"path", "rows", "columns", "positives" ({label: rows predicted 1}),
     "rows_without_label", "thresholds" ({label: t}), "temperatures" ({label: T} or None)}``.
     """
-    from emotion_core.calibration import apply_temperatures
-    from emotion_core.metrics import sigmoid
     from emotion_core.runs import Run, read_run
-    from emotion_core.thresholds import apply_thresholds
 
-    run = run if isinstance(run, Run) else read_run(run)
+    predictor = run if hasattr(run, "predict") else None
+    run = predictor.run if predictor is not None else run if isinstance(run, Run) else read_run(run)
     ids = [str(i) for i in ids]
     names = list(run.schema.names)
     _check_rows(ids, texts, logits, len(names))
     columns = column_order(names)
     if id_column in columns:
         raise ValueError(f"id column {id_column!r} is also a label name")
-    cut = per_label(run.thresholds() if thresholds is None else thresholds, names, "thresholds")
-    temps = None if temperatures is None else per_label(temperatures, names, "temperatures")
-    z = np.asarray(logits, dtype=np.float64) if logits is not None else run_logits(run, texts, batch_size)
-    probs = sigmoid(z) if temps is None else apply_temperatures(z, temps)
-    predicted = apply_thresholds(probs, cut, run.at_least_one())
+    if predictor is not None:
+        if thresholds is not None or temperatures is not None or logits is not None:
+            raise ValueError("a predictor decides with its own probabilities and thresholds: pass texts only")
+        cut, temps = per_label(predictor.thresholds, names, "thresholds"), None
+        predicted = predictor.predict(list(texts))[1]
+    else:
+        cut = per_label(run.thresholds() if thresholds is None else thresholds, names, "thresholds")
+        temps = None if temperatures is None else per_label(temperatures, names, "temperatures")
+        predicted = _run_decisions(run, texts, logits, cut, temps, batch_size)
 
     import polars as pl
 
@@ -106,6 +112,17 @@ def write_submission(
         "thresholds": {n: float(t) for n, t in zip(names, cut)},
         "temperatures": None if temps is None else {n: float(t) for n, t in zip(names, temps)},
     }
+
+
+def _run_decisions(run, texts, logits, cut: np.ndarray, temps: np.ndarray | None, batch_size: int) -> np.ndarray:
+    """0/1 labels of a run: its logits (given, or predicted for ``texts``), calibrated by ``temps``, at ``cut``."""
+    from emotion_core.calibration import apply_temperatures
+    from emotion_core.metrics import sigmoid
+    from emotion_core.thresholds import apply_thresholds
+
+    z = np.asarray(logits, dtype=np.float64) if logits is not None else run_logits(run, texts, batch_size)
+    probs = sigmoid(z) if temps is None else apply_temperatures(z, temps)
+    return apply_thresholds(probs, cut, run.at_least_one())
 
 
 def _check_rows(ids: list[str], texts, logits, n_labels: int) -> None:
@@ -157,18 +174,28 @@ def submission_from_file(
 
 
 def resolve_run_ref(run_ref, store: str | None = None):
-    """``champion:<dataset>`` -> the champion run's folder in ``store`` (default ``$EMOTION_STORE``), as
-    ``emotion serve`` resolves it; any other reference unchanged."""
+    """``(reference, store)``: ``champion:<dataset>`` -> the champion's folder in ``store`` (default
+    ``$EMOTION_STORE``, as ``emotion serve`` resolves it) and that store (an ensemble's members come from it);
+    any other reference unchanged, with None."""
     from emotion_core.serving.models import CHAMPION_PREFIX, ChampionSource
 
     if not str(run_ref).startswith(CHAMPION_PREFIX):
-        return run_ref
+        return run_ref, None
     from emotion_core.settings import default_store_uri
 
     champion = ChampionSource(store or default_store_uri(), str(run_ref).removeprefix(CHAMPION_PREFIX))
     run_id = champion.current()
     log.info("champion of %s: run %s", champion.key, run_id)
-    return champion.store.run_folder(run_id)
+    return champion.store.run_folder(run_id), champion.store
+
+
+def _names_ensemble(ref) -> bool:
+    """Whether ``ref`` names an ensemble package, published or exported (verified on the way)."""
+    from emotion_core.ensemble_export import exported_package
+    from emotion_core.ensemble_package import is_ensemble
+    from emotion_core.store import resolve_run_folder
+
+    return exported_package(ref) is not None or is_ensemble(resolve_run_folder(ref))
 
 
 def submit_run(
@@ -197,7 +224,10 @@ def submit_run(
     from emotion_core.analysis import DataCache
     from emotion_core.runs import read_run
 
-    run = read_run(resolve_run_ref(run_ref, store))
+    ref, source = resolve_run_ref(run_ref, store)
+    if _names_ensemble(ref):
+        return _submit_ensemble(ref, source, out_path, data_path, calibrated, batch_size, text_column, id_column)
+    run = read_run(ref)
     shipped = run.calibration() if calibrated else None
     # The dataset is read only when needed: the unlabelled split, or fitting an old run's calibration.
     needs_data = data_path is None or (calibrated and shipped is None)
@@ -219,6 +249,31 @@ def submit_run(
     return {**result, "calibrated": calibrated, "calibration": source}
 
 
+def _submit_ensemble(
+    ref, store, out_path, data_path, calibrated: bool, batch_size: int, text_column, id_column
+) -> dict:
+    """``submit_run`` for an ensemble package: its probabilities at its thresholds (members from ``store``, else
+    the package's own store or export); rows from ``data_path``, else its first member's ``predict`` split."""
+    from emotion_core.analysis import DataCache
+    from emotion_core.errors import ConfigError
+    from emotion_core.predict import load_predictor
+
+    if not calibrated:
+        raise ConfigError(
+            f"'{ref}' is an ensemble package: --no-calibration does not apply (the members' temperatures are part "
+            "of its fit); nothing was written"
+        )
+    predictor = load_predictor(ref, batch_size=batch_size, store=store)
+    if data_path is not None:
+        result = submission_from_file(
+            predictor, data_path, out_path, text_column=text_column, id_column=id_column, batch_size=batch_size
+        )
+    else:
+        data = DataCache().for_run(predictor.members[0])  # the members share the dataset and its labels
+        result = _submit_predict_split(predictor, data, out_path, None, None, batch_size)
+    return {**result, "calibrated": True, "calibration": "ensemble"}
+
+
 def _submission_calibration(run, shipped, calibrated: bool, data) -> tuple[dict | None, dict | None, str | None]:
     """``(thresholds, temperatures, source)``: the shipped calibration, else one fitted now, else the run's own."""
     if shipped is not None:
@@ -230,13 +285,16 @@ def _submission_calibration(run, shipped, calibrated: bool, data) -> tuple[dict 
 
 
 def _submit_predict_split(run, data, out_path: str | Path, thresholds, temperatures, batch_size: int) -> dict:
-    """The submission of the unlabelled ``predict`` split of the run's dataset (an error when it has none)."""
+    """The submission of the unlabelled ``predict`` split of the run's (or predictor's) dataset (an error when it
+    has none)."""
     from emotion_core.errors import DataError
 
     rows = data.split("predict")
     if rows.height == 0:
+        owner = run.members[0] if hasattr(run, "predict") else run  # a predictor: an ensemble, by its first member
         raise DataError(
-            f"run {run.run_id}: its dataset '{run.config.data.dataset}' has no unlabelled test rows "
+            f"run {run.run.run_id if owner is not run else run.run_id}: its dataset "
+            f"'{owner.config.data.dataset}' has no unlabelled test rows "
             "(split 'predict'); pass the file to predict with --data"
         )
     return write_submission(

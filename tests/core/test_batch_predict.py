@@ -228,3 +228,57 @@ def test_s3_store_scores_resumes_and_publishes_in_one_put(tiny, s3_bucket, monke
     assert pl.read_parquet(tmp_path / "got.parquet").equals(pl.read_parquet(local.root / expected.output_key))
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="team/data/")["Contents"]]
     assert sorted(keys) == ["team/data/s3.parquet", "team/data/s3.predictions.parquet"]  # parts cleaned up
+
+
+def test_the_cli_scores_locally_like_emotion_predict_and_names_a_bad_column(tiny, tmp_path):
+    """``emotion predict-batch`` (real CLI): a line per chunk, the output URI, ``emotion predict``'s bytes."""
+    store, run_id = tiny
+    data = put_input(store, "data/cli.csv", texts_frame(700))
+    done = subprocess.run(
+        [EMOTION, "predict-batch", "data/cli.csv", "--run", run_id, "--store", str(store.root), "--chunk-rows", "300"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith("chunk")] == [
+        "chunk 0",
+        "chunk 1",
+        "chunk 2",
+    ]
+    assert f"written: {(store.root / 'data/cli.predictions.csv').as_uri()}" in done.stdout
+    expected = emotion_predict(store.run_folder(run_id), data, tmp_path / "expected.csv")
+    assert (store.root / "data/cli.predictions.csv").read_text() == expected
+
+    bad = subprocess.run(
+        [EMOTION, "predict-batch", "data/cli.csv", "--run", run_id, "--store", store.root, "--text-column", "body"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    from helpers import assert_refused
+
+    assert_refused(bad, "'body'", "data/cli.csv")
+    assert len((bad.stderr).strip().splitlines()) == 1
+    missing = subprocess.run(
+        [EMOTION, "predict-batch", "data/none.csv", "--run", run_id, "--store", str(store.root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert_refused(missing, "data/none.csv", "not found")
+
+
+def test_fleet_parameters_are_the_flows_with_an_absolute_checked_store(tmp_path, monkeypatch):
+    import inspect
+
+    from emotion_cli.batch_commands import batch_parameters
+    from flows.predict_batch import predict_batch as flow
+
+    monkeypatch.chdir(tmp_path)
+    params = batch_parameters("data/x.csv", "champion:tabular", "rel-store", chunk_rows=10, id_column="ID")
+    assert set(params) == set(inspect.signature(flow.fn).parameters)
+    assert params["store"] == (tmp_path / "rel-store").as_uri() and params["chunk_rows"] == 10
+    assert params["id_column"] == "ID" and params["calibration"] is True and params["output_key"] is None
+    with pytest.raises(StoreError, match="credentials in a URI are refused"):
+        batch_parameters("data/x.csv", "r", "s3://AKIAXX:secret@bucket/team")

@@ -17,6 +17,7 @@ import pytest
 from helpers import assert_refused, write_tiny_tabular
 
 from emotion_core.errors import StoreError
+from emotion_core.store import LocalStore
 
 EMOTION = str(Path(sys.executable).with_name("emotion"))
 TINY = {
@@ -281,15 +282,115 @@ def test_package_round_trip_through_s3(compared, s3_bucket, tmp_path):
     assert all(str(m.folder).startswith(str(tmp_path / "cache")) for m in from_s3.members)  # members from S3
 
 
-def test_commands_that_need_one_trained_run_say_so_for_a_package(compared, tmp_path):
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([EMOTION, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_run_options_of_export_are_refused_for_a_package(compared, tmp_path):
     store, _, _, _ = compared
-    done = subprocess.run(
-        [EMOTION, "export", str(store.run_folder("tiny-cmp-1-ensemble")), str(tmp_path / "hf")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert_refused(done, "is an ensemble package", "needs one trained run")
+    done = _cli("export", store.run_folder("tiny-cmp-1-ensemble"), tmp_path / "hf", "--merge")
+    assert_refused(done, "--merge: does not apply to an ensemble package", "nothing was written")
+    assert not (tmp_path / "hf").exists()
+
+
+def _semeval_file(path: Path) -> Path:
+    """A SemEval E-c style test file (``ID``, ``Tweet``; tab-separated) over ``TEXTS``."""
+    lines = ["ID\tTweet", *(f"2018-En-{i:05d}\t{t}" for i, t in enumerate(TEXTS))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_submit_an_ensemble_is_what_predict_gives_and_keeps_the_id_column(compared, tmp_path):
+    from emotion_core.registry import Registry, candidate_from_manifest, decide
+    from emotion_core.store import LocalStore
+    from emotion_core.submission import submit_run
+
+    store, runs, _, _ = compared
+    package = store.run_folder("tiny-cmp-1-ensemble")
+    data = _semeval_file(tmp_path / "E-c-test.txt")
+    done = _cli("submit", package, "--data", data, "--out", tmp_path / "sub.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the ensemble's thresholds" in done.stdout
+    done = _cli("predict", package, data, "--out", tmp_path / "pred.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    submission, predicted = pl.read_csv(tmp_path / "sub.csv"), pl.read_csv(tmp_path / "pred.csv")
+    assert submission.columns == ["ID", "joy", "anger"]
+    assert submission["ID"].to_list() == [f"2018-En-{i:05d}" for i in range(len(TEXTS))] == predicted["ID"].to_list()
+    assert submission.select("joy", "anger").equals(predicted.select("joy", "anger").cast(pl.Int64))
+    assert submission.select("joy", "anger").to_numpy().sum() > 0  # the comparison is not of two empty tables
+
+    # champion:<dataset> that is an ensemble: members from the champion's store, the same submission
+    fresh = LocalStore(tmp_path / "fresh")
+    for run in runs:
+        fresh.publish(run.folder, run.run_id)
+    fresh.publish(package, package.name)
+    candidate = candidate_from_manifest(json.loads((package / "manifest.json").read_text()))
+    Registry(fresh).record(decide(None, candidate, margin=0.0, alpha=0.05, paired=None))
+    result = submit_run("champion:tabular", tmp_path / "champ.csv", data_path=data, store=fresh.uri)
+    assert result["calibration"] == "ensemble"
+    assert pl.read_csv(tmp_path / "champ.csv").equals(submission)
+
+    done = _cli("submit", package, "--data", data, "--out", tmp_path / "raw.csv", "--no-calibration")
+    assert_refused(done, "is an ensemble package: --no-calibration does not apply")
+    assert not (tmp_path / "raw.csv").exists()
+
+
+def test_export_is_self_contained_verified_and_refuses_escapes(compared, tmp_path):
+    import yaml
+
+    from emotion_core.predict import load_predictor
+    from emotion_core.serving.models import load_model
+    from emotion_core.submission import submit_run
+
+    store, runs, _, _ = compared
+    package = store.run_folder("tiny-cmp-1-ensemble")
+    dest = tmp_path / "export"
+    done = _cli("export", package, dest)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in dest.iterdir()) == ["README.md", "export.json", "runs"]
+    assert sorted(p.name for p in (dest / "runs").iterdir()) == sorted([package.name, *(r.run_id for r in runs)])
+    card = (dest / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["labels"] == ["joy", "anger"] and sorted(meta["ensemble"]["members"]) == sorted(r.run_id for r in runs)
+    assert meta["ensemble"]["method"] == "weighted_mean" and sum(meta["ensemble"]["weights"]) == pytest.approx(1)
+    assert "## Thresholds" in card and "## Intended use and limits" in card
+
+    # the store is gone for this prediction: the copy of the whole store is moved away
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(dest), moved)
+    texts = tmp_path / "five.csv"
+    pl.DataFrame({"id": [f"t{i}" for i in range(5)], "text": [*TEXTS, "ok"]}).write_csv(texts)
+    done = _cli("predict", moved, texts, "--out", tmp_path / "pred.csv")
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = load_predictor(package).predict([*TEXTS, "ok"])[0]
+    frame = pl.read_csv(tmp_path / "pred.csv")
+    assert frame.select("joy_prob", "anger_prob").to_numpy() == pytest.approx(expected, abs=1e-6)
+    assert all(str(m.folder).startswith(str(moved)) for m in load_predictor(moved).members)
+    served = load_model(moved, batch_size=8)  # what `emotion serve DIR` loads
+    assert served.run.run_id == package.name
+    assert served.predictor.predict(TEXTS)[0] == pytest.approx(expected[: len(TEXTS)], abs=1e-9)
+    submitted = submit_run(moved, tmp_path / "sub.csv", data_path=texts)
+    assert pl.read_csv(tmp_path / "sub.csv")["joy"].to_list() == frame["joy"].to_list()
+    assert submitted["calibration"] == "ensemble"
+
+    done = _cli("export", package, moved)
+    assert_refused(done, "already exists and is not an empty folder")
+
+    member = moved / "runs" / runs[0].run_id
+    weights = next(p for p in sorted(member.rglob("*")) if p.is_file() and p.name != "manifest.json")
+    weights.write_bytes(weights.read_bytes() + b"tampered")
+    done = _cli("predict", moved, texts, "--out", tmp_path / "p2.csv")
+    assert_refused(done, "does not match the sha256")
+    assert not (tmp_path / "p2.csv").exists()
+
+    evil = LocalStore(tmp_path / "evil")
+    for run in runs:
+        evil.publish(run.folder, run.run_id)
+    _republished(package, evil, lambda p: p["members"][0].update(run_id="../" + p["members"][0]["run_id"]))
+    done = _cli("export", evil.run_folder(package.name), tmp_path / "escaped")
+    assert_refused(done, "members[0].run_id '../")
+    assert not (tmp_path / "escaped").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".escaped")] == []  # no temp folder left
 
 
 def test_a_proven_published_ensemble_challenges_the_champion_and_an_unproven_one_does_not(compared, tmp_path):

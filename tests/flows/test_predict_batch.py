@@ -48,3 +48,50 @@ def test_the_local_stack_deploys_predict_batch_on_the_gpu_pool(prefect_server):
     assert deployment.work_pool_name == "gpu" and deployment.work_queue_name == "gpu-small"
     assert deployment.entrypoint == "flows/predict_batch.py:predict_batch"
     assert set(deployment.parameter_openapi_schema["required"]) == {"input_key", "run"}
+
+
+def test_the_cli_on_fleet_creates_a_predict_batch_flow_run_with_its_parameters(prefect_server, tmp_path):
+    """``emotion predict-batch --on-fleet`` (real CLI) schedules a run of the deployment and does not wait for it.
+
+    The deployment is registered here without a worker when an earlier test did not deploy it: the flow run
+    stays scheduled, and its parameters are what the worker would get."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment_id = client.read_deployment_by_name("predict/batch").id
+        except ObjectNotFound:
+            flow_id = client.create_flow_from_name("predict")
+            deployment_id = client.create_deployment(flow_id=flow_id, name="batch")
+    emotion = str(Path(sys.executable).with_name("emotion"))
+    done = subprocess.run(
+        [emotion, "predict-batch", "data/x.parquet", "--run", "champion:tabular", "--store", str(tmp_path / "s"),
+         "--chunk-rows", "123", "--id-column", "ID", "--no-calibration", "--on-fleet",
+         "--port", str(prefect_server.port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=prefect_server.env(),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    flow_run_id = re.search(r"flow run ([0-9a-f-]{36}) of predict/batch", done.stdout).group(1)
+    assert f"{prefect_server.ui_url}/runs/flow-run/{flow_run_id}" in done.stdout
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+    assert flow_run.deployment_id == deployment_id
+    assert flow_run.parameters == {
+        "input_key": "data/x.parquet",
+        "run": "champion:tabular",
+        "store": (tmp_path / "s").resolve().as_uri(),
+        "chunk_rows": 123,
+        "output_key": None,
+        "calibration": False,
+        "text_column": None,
+        "id_column": "ID",
+    }
