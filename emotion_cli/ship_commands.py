@@ -154,8 +154,11 @@ def _export_ensemble(ref: str, dest: Path, merge: bool, calibration: bool, base_
     from emotion_core import export as ex
     from emotion_core.ensemble_export import export_ensemble
 
-    refused = [flag for flag, used in (("--merge", merge), ("--no-calibration", not calibration),
-                                       ("--base-model", base_model)) if used]
+    refused = [
+        flag
+        for flag, used in (("--merge", merge), ("--no-calibration", not calibration), ("--base-model", base_model))
+        if used
+    ]
     if refused:
         raise ex.ExportError(
             f"{', '.join(refused)}: does not apply to an ensemble package (its members are exported as run "

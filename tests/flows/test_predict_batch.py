@@ -71,9 +71,23 @@ def test_the_cli_on_fleet_creates_a_predict_batch_flow_run_with_its_parameters(p
             deployment_id = client.create_deployment(flow_id=flow_id, name="batch")
     emotion = str(Path(sys.executable).with_name("emotion"))
     done = subprocess.run(
-        [emotion, "predict-batch", "data/x.parquet", "--run", "champion:tabular", "--store", str(tmp_path / "s"),
-         "--chunk-rows", "123", "--id-column", "ID", "--no-calibration", "--on-fleet",
-         "--port", str(prefect_server.port)],
+        [
+            emotion,
+            "predict-batch",
+            "data/x.parquet",
+            "--run",
+            "champion:tabular",
+            "--store",
+            str(tmp_path / "s"),
+            "--chunk-rows",
+            "123",
+            "--id-column",
+            "ID",
+            "--no-calibration",
+            "--on-fleet",
+            "--port",
+            str(prefect_server.port),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
