@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)  ## the main job: local Prefect server + pools + workers, train-all/nightly on cpu-demo, local store
-	$(VENV)/bin/emotion demo deployments/sets/cpu-demo.yaml --port $(PORT)
+	$(VENV)/bin/emotion demo deployments/sets/cpu-demo.yaml --port $(PORT) --cpu-workers 2
 
 stop:  ## stop the server and workers that `make demo` left running (for the UI)
 	$(VENV)/bin/emotion stack down --port $(PORT)
