@@ -24,7 +24,7 @@ def emotion(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_check_config_ok_and_errors(tmp_path):
     ok = emotion("check-config", "deployments/sets/cpu-demo.yaml", "deployments/configs/minilm.yaml")
     assert ok.returncode == 0, ok.stderr
-    assert "set 'cpu-demo', 4 configs" in ok.stdout and "ok  minilm: encoder minilm on goemotions" in ok.stdout
+    assert "set 'cpu-demo', 5 configs" in ok.stdout and "ok  minilm: encoder minilm on goemotions" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "b", "model": {"family": "encoder"}, "training": {"lr": 1}}))
     result = emotion("check-config", str(bad))

@@ -36,16 +36,24 @@ def test_shipped_configs_and_sets_validate():
         assert load_run_config(path).explain.n_texts > 0, path.name
     spec, entries = load_config_set(REPO / "deployments" / "sets" / "cpu-demo.yaml")
     assert spec.name == "cpu-demo"
-    assert [e.config.name for e in entries] == ["ffnn-tfidf", "minilm-demo", "minilm-lora-demo", "smollm2-zero-shot"]
-    demo = entries[1].config
-    assert demo.data.max_train_samples == 6000 and demo.training.epochs == 1
+    assert [e.config.name for e in entries] == [
+        "smollm2-zero-shot",
+        "ffnn-tfidf",
+        "smollm2-lora-demo",
+        "minilm-lora-demo",
+        "minilm-demo",
+    ]
+    demo = entries[4].config
+    assert demo.data.max_train_samples == 4000 and demo.training.epochs == 1
     assert isinstance(demo.model, EncoderConfig) and demo.model.model == "minilm"
     _, gpu = load_config_set(REPO / "deployments" / "sets" / "gpu.yaml")
     assert {"roberta-base", "distilbert-base-uncased", "distilroberta-base", "deberta-v3-base"} <= {
         e.config.name for e in gpu
     }
-    assert entries[2].config.model.adapter.method == "lora" and entries[3].config.model.family == "zero_shot"
-    assert entries[3].config.explain.n_texts == 0 and entries[0].config.explain.n_texts == 8
+    assert entries[3].config.model.adapter.method == "lora" and entries[0].config.model.family == "zero_shot"
+    # every family of the product: FFNN, encoder full and LoRA, decoder LoRA, zero-shot; each explained
+    assert entries[2].config.model.family == "decoder" and entries[2].config.model.adapter.method == "lora"
+    assert entries[0].config.explain.n_texts == 1 and entries[1].config.explain.n_texts == 8
     # The gpu set names the seeds' systems: full and LoRA encoders, LoRA/QLoRA/IA3 decoders, a zero-shot LLM.
     methods = {
         e.config.name: (e.config.model.family, getattr(getattr(e.config.model, "adapter", None), "method", None))
