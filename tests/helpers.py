@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import time
+from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,3 +68,23 @@ def gpu_workers_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def pause_nightly_schedule(stack, seen: dict | None = None) -> None:
+    """Pause ``train-all/nightly``'s schedule (Prefect deletes its auto-scheduled runs): a test session that spans
+    the schedule's hour must not start a real nightly on the test workers (one did at 01:00 UTC, taking the
+    orchestration slots and the cores). ``seen``: first wait for the scheduler's upcoming runs (up to 60 s) and
+    keep them there (``runs``, and ``at``: when they were read) for the test of the schedule."""
+    deployment = httpx.get(f"{stack.api_url}/deployments/name/train-all/nightly", timeout=30).json()
+    if seen is not None:
+        query = {
+            "flow_runs": {"deployment_id": {"any_": [deployment["id"]]}, "state": {"type": {"any_": ["SCHEDULED"]}}}
+        }
+        runs: list = []
+        deadline = time.monotonic() + 60
+        while len(runs) < 2 and time.monotonic() < deadline:
+            runs = httpx.post(f"{stack.api_url}/flow_runs/filter", json=query, timeout=30).json()
+            if len(runs) < 2:
+                time.sleep(1)
+        seen.update(runs=runs, at=datetime.now(UTC), deployment=deployment)
+    httpx.post(f"{stack.api_url}/deployments/{deployment['id']}/pause_deployment", timeout=30).raise_for_status()

@@ -7,11 +7,21 @@ from contextlib import contextmanager
 
 import boto3
 import pytest
+from helpers import pause_nightly_schedule
 
 
 @contextmanager
-def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, extra_env: dict | None = None):
-    """Pools, deployments, an orchestration worker and two gpu-pool workers storing into a new bucket; yields it.
+def _workers_on_s3(
+    stack,
+    s3_endpoint: str,
+    data_dir,
+    cache_dir,
+    prefix: str,
+    extra_env: dict | None = None,
+    schedule_seen: dict | None = None,
+):
+    """Pools, deployments (the nightly schedule paused), an orchestration worker and two gpu-pool workers storing
+    into a new bucket; yields it. ``schedule_seen``: see ``helpers.pause_nightly_schedule``.
 
     The server stays up for other tests; the workers are stopped and the stack's settings restored.
     """
@@ -33,6 +43,7 @@ def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, ex
     try:
         stack.apply_pools()
         stack.deploy()
+        pause_nightly_schedule(stack, schedule_seen)
         stack.start_workers()
         stack.wait_for_workers({"orchestration": 1, "gpu": 2})
         yield bucket
@@ -50,5 +61,6 @@ def _workers_on_s3(stack, s3_endpoint: str, data_dir, cache_dir, prefix: str, ex
 
 @pytest.fixture(scope="session")
 def workers_on_s3():
-    """``workers_on_s3(stack, s3_endpoint, data_dir, cache_dir, prefix, extra_env=None)``: a context manager."""
+    """``workers_on_s3(stack, s3_endpoint, data_dir, cache_dir, prefix, extra_env=None, schedule_seen=None)``: a
+    context manager."""
     return _workers_on_s3

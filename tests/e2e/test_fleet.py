@@ -23,7 +23,7 @@ from pathlib import Path
 import boto3
 import httpx
 import pytest
-from helpers import free_port, gpu_workers_module
+from helpers import free_port, gpu_workers_module, pause_nightly_schedule
 from isolation import cleanup, isolated_command, isolation_kwargs, leaked, read_audit
 
 pytestmark = [
@@ -87,6 +87,7 @@ def fleet(postgres_url, s3_endpoint, data_dir, tmp_path_factory):
         stack.start_server()
         stack.apply_pools()
         stack.deploy()  # the fleet file: pushes the code to s3://<bucket>/code/<code version>
+        pause_nightly_schedule(stack)  # no real nightly on these workers if the test spans the schedule's hour
         pushed = push_dataset(data_dir / "goemotions", open_store(f"s3://{bucket}/nightly", endpoint_url=s3_endpoint))
         env = _worker_env(stack, s3_endpoint, bucket)
 
