@@ -74,44 +74,6 @@ def predict_batch(
     port: int = typer.Option(4200, help="--on-fleet: port of the local stack's Prefect server."),
 ) -> None:
     """Score a file in the store in resumable chunks (as the predict/batch flow), here or --on-fleet."""
-    if on_fleet:
-        _trigger(input_key, run, store, output_key, chunk_rows, text_column, id_column, calibration, port)
-        return
-
-    def go():
-        from emotion_core.batch_predict import predict_batch as score
-        from emotion_core.settings import default_store_uri
-        from emotion_core.store import open_store
-
-        def progress(index: int, rows: int, reused: bool) -> None:
-            what = "reused from an earlier attempt" if reused else "scored"
-            out.print(f"chunk {index}: {what} ({rows} rows so far)", highlight=False)
-
-        return score(
-            open_store(store or default_store_uri()),
-            input_key,
-            run,
-            output_key=output_key,
-            chunk_rows=chunk_rows,
-            calibration=calibration,
-            text_column=text_column,
-            id_column=id_column,
-            on_chunk=progress,
-        )
-
-    result = run_or_exit(go)
-    out.print(
-        f"{result.rows} predictions of run {result.run_id} written: {result.uri} "
-        f"({result.computed} chunks scored, {result.reused} reused)",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-def _trigger(input_key, run, store, output_key, chunk_rows, text_column, id_column, calibration, port) -> None:
-    """A ``predict/batch`` flow run with these parameters on the stack at ``port``; prints its id and UI URL."""
-    from emotion_cli.stack import Stack, StackError, trigger
-
     parameters = run_or_exit(
         batch_parameters,
         input_key,
@@ -123,6 +85,36 @@ def _trigger(input_key, run, store, output_key, chunk_rows, text_column, id_colu
         text_column=text_column,
         id_column=id_column,
     )
+    if on_fleet:
+        _trigger(parameters, port)
+        return
+
+    def progress(index: int, rows: int, reused: bool) -> None:
+        what = "reused from an earlier attempt" if reused else "scored"
+        out.print(f"chunk {index}: {what} ({rows} rows so far)", highlight=False)
+
+    def go():
+        from emotion_core.batch_predict import predict_batch as score
+        from emotion_core.store import open_store
+
+        local = dict(parameters)  # the flow's parameters, scored in this process
+        return score(
+            open_store(local.pop("store")), local.pop("input_key"), local.pop("run"), **local, on_chunk=progress
+        )
+
+    result = run_or_exit(go)
+    out.print(
+        f"{result.rows} predictions of run {result.run_id} written: {result.uri} "
+        f"({result.computed} chunks scored, {result.reused} reused)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _trigger(parameters: dict, port: int) -> None:
+    """A ``predict/batch`` flow run with ``parameters`` on the stack at ``port``; prints its id and UI URL."""
+    from emotion_cli.stack import Stack, StackError, trigger
+
     stack = Stack(port=port)
 
     def go():

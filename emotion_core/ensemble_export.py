@@ -18,7 +18,6 @@ Limits: a local folder (no ``s3://`` exports); copies every member's weights (th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -37,7 +36,7 @@ def export_ensemble(ref, dest: str | Path, *, store=None) -> dict:
     and the member ids. ``ExportError`` if ``dest`` is not new or empty; ``StoreError`` if anything is damaged.
     """
     from emotion_core.ensemble_package import is_ensemble, member_store, read_ensemble, read_members
-    from emotion_core.export import ExportError, check_destination
+    from emotion_core.export import ExportError, building, check_destination
     from emotion_core.model_card import ensemble_card_text
     from emotion_core.store import LocalStore, resolve_run_folder
 
@@ -47,10 +46,7 @@ def export_ensemble(ref, dest: str | Path, *, store=None) -> dict:
         raise ExportError(f"'{ref}' is not an ensemble package")
     ensemble = read_ensemble(folder)  # member ids validated here: '../x' is refused before anything is copied
     members = read_members(ensemble, store if store is not None else member_store(ref, folder))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with building(dest) as tmp:
         target = LocalStore(tmp)
         for run in members:
             target.publish(run.folder, run.run_id)  # copied, then verified against the member's manifest
@@ -59,12 +55,6 @@ def export_ensemble(ref, dest: str | Path, *, store=None) -> dict:
         write_json(tmp / EXPORT_FILE, {"format": EXPORT_FORMAT, "kind": "ensemble", "run_id": ensemble.run_id})
         exported = read_ensemble(target.run_folder(ensemble.run_id))
         (tmp / "README.md").write_text(ensemble_card_text(exported, members), encoding="utf-8")
-        if dest.exists():
-            dest.rmdir()  # empty (checked above)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"run_id": str(ensemble.run_id), "folder": str(dest), "members": [str(m) for m in ensemble.member_ids]}
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +60,23 @@ def check_destination(dest: str | Path) -> Path:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ExportError(f"{dest}: already exists and is not an empty folder; export writes a new folder")
     return dest
+
+
+@contextmanager
+def building(dest: Path) -> Iterator[Path]:
+    """A fresh folder beside ``dest`` (``check_destination``'d) to build an export in; renamed to ``dest`` when the
+    block succeeds, removed when it fails: ``dest`` never holds half an export."""
+    tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if dest.exists():
+            dest.rmdir()  # empty (checked by check_destination)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def check_exportable(run, merge: bool) -> None:
@@ -255,18 +274,9 @@ def export_run(
     with torch.no_grad():
         diff = _check_same(run, family, exported, tokenizer)
     extras = emotion_keys(run, calibration, model_type, diff, kind)
-    tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with building(dest) as tmp:
         _save_export(tmp, run, exported, tokenizer, extras, kind, base_model)
         _write_card(tmp, run, kind, model_type, diff, calibration, base_model)
-        if dest.exists():
-            dest.rmdir()  # empty (checked above)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {
         "run_id": run.run_id,
         "kind": kind,
