@@ -173,6 +173,7 @@ def entry_of_manifest(name: str, manifest: dict) -> ReportEntry:
         dataset_key=dataset_key_of(manifest),
         metric=manifest_metric(manifest),
         validation_score=manifest["summary"]["validation"][policy][manifest_metric(manifest)],
+        validation_held_out=_number_or_none((manifest.get("threshold_selection") or {}).get("held_out_score")),
     )
 
 
@@ -305,9 +306,11 @@ def ensemble_of(
     alpha: float = 0.05,
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    suffix: str = "",
 ) -> tuple[ReportEntry, RunData, Combiner] | None:
-    """The cross-fitted ensemble of the best runs (``ensemble.cross_fit``): its entry, its data and its fitted
-    combiner; None with fewer than two members or too few validation rows.
+    """The cross-fitted ensemble of the best runs (``ensemble.cross_fit``): its entry (named
+    ``ensemble-top<k><suffix>``), its data and its fitted combiner; None with fewer than two members or too few
+    validation rows.
 
     Its ``validation_macro_f1`` is the out-of-fold score; ``ensemble["eligible"]`` says whether it may rank
     above its members (``rankable``). Test probabilities come from the combiner refitted on all validation rows.
@@ -340,7 +343,7 @@ def ensemble_of(
     )
     _log_not_eligible(ranked, fit, metric)
     test_ids = common_ids(members, "test")
-    entry = _ensemble_entry(ranked, excluded, fit, policy, metric, rows=(len(val_ids), len(test_ids)))
+    entry = _ensemble_entry(ranked, excluded, fit, policy, metric, rows=(len(val_ids), len(test_ids)), suffix=suffix)
     data = _validation_data(entry.name, members[0], fit.combiner, val_logits)
     if test_ids:
         entry = _score_test(entry, data, members, fit.combiner, test_ids, report_folder, bootstrap_samples, seed)
@@ -360,11 +363,17 @@ def _log_not_eligible(ranked: list[ReportEntry], fit: CrossFit, metric: str) -> 
 
 
 def _ensemble_entry(
-    ranked: list[ReportEntry], excluded: list[dict], fit: CrossFit, policy: str, metric: str, rows: tuple[int, int]
+    ranked: list[ReportEntry],
+    excluded: list[dict],
+    fit: CrossFit,
+    policy: str,
+    metric: str,
+    rows: tuple[int, int],
+    suffix: str = "",
 ) -> ReportEntry:
     """The ensemble's report entry: its members' costs summed, its out-of-fold score as its validation score."""
     return ReportEntry(
-        name=f"ensemble-top{len(ranked)}",
+        name=f"ensemble-top{len(ranked)}{suffix}",
         status="completed",
         family="ensemble",
         method="ensemble",
@@ -381,6 +390,7 @@ def _ensemble_entry(
         threshold_policy=policy,
         metric=metric,
         validation_score=fit.oof_score,
+        validation_held_out=fit.oof_score,
         validation_macro_f1=fit.oof_score if metric == "macro_f1" else None,
         dataset_key=ranked[0].dataset_key,
         members=[e.name for e in ranked],

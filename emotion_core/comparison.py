@@ -24,6 +24,7 @@ from emotion_core import tracking
 from emotion_core.analysis import DataCache, challenge_champions, ensemble_of, run_data, with_paired_tests
 from emotion_core.config import ChampionConfig, EnsembleConfig
 from emotion_core.errors import EmotionError
+from emotion_core.metrics import METRIC_NAMES
 from emotion_core.records import ChildOutcome, ReportEntry
 from emotion_core.report import comparison_table, summary_markdown, summary_table, write_comparison, write_report
 from emotion_core.run_scores import RunData
@@ -98,7 +99,7 @@ def compare_set(
     """Compare ``outcomes`` (one per config) using ``entries`` (the ``evaluate_run`` results); publish the report."""
     champion = champion or ChampionConfig()
     models = collect_models(outcomes, entries, store, data)
-    ensemble = add_ensemble(
+    ensembles = add_ensembles(
         models,
         report_folder,
         top_k=ensemble_top_k,
@@ -127,7 +128,8 @@ def compare_set(
     tracked = track(set_name, models, rows, frame.to_dicts())
     title = f"Comparison: {set_name}"
     write_comparison(comparison_table(models.compared), report_folder, title)
-    write_report(rows, report_folder, title, set_name=set_name, extra=report_extras(best, decisions, ensemble, tracked))
+    extra = report_extras(best, decisions, ensembles, tracked)
+    write_report(rows, report_folder, title, set_name=set_name, extra=extra)
     report_uri = store.publish_report(report_folder, report_name)
     return Comparison(
         report_uri=report_uri,
@@ -170,6 +172,32 @@ def collect_models(
     return models
 
 
+def add_ensembles(models: _Models, report_folder: Path, *, run_id: str, **options) -> list[ReportEntry]:
+    """``add_ensemble`` once per dataset of the set (``ensemble_groups``); the package of each is published as
+    ``runs/<run_id><suffix>``. Returns the ensembles made."""
+    made = []
+    for suffix, rows in ensemble_groups(models):
+        entry = add_ensemble(models, report_folder, run_id=f"{run_id}{suffix}", rows=rows, suffix=suffix, **options)
+        made += [entry] if entry else []
+    return made
+
+
+def ensemble_groups(models: _Models) -> list[tuple[str, list[ReportEntry]]]:
+    """The runs of each dataset with at least two evaluated runs, and the suffix of its ensemble's name: none for a
+    set over one dataset, ``-<dataset>`` (``-<dataset key>`` when two keys share a dataset name) otherwise."""
+    groups: dict[str, list[ReportEntry]] = {}
+    for row in models.rows:
+        if row.completed and row.name in models.arrays and row.dataset_key:
+            groups.setdefault(row.dataset_key, []).append(row)
+    groups = {key: rows for key, rows in groups.items() if len(rows) >= 2}
+    if len(groups) <= 1:
+        return [("", list(models.rows))]
+    names = [key.rsplit("-", 1)[0] for key in groups]
+    return [
+        (f"-{name}" if names.count(name) == 1 else f"-{key}", rows) for name, (key, rows) in zip(names, groups.items())
+    ]
+
+
 def add_ensemble(
     models: _Models,
     report_folder: Path,
@@ -181,13 +209,15 @@ def add_ensemble(
     store: ArtifactStore | None = None,
     run_id: str | None = None,
     created_by: str = "",
+    rows: list[ReportEntry] | None = None,
+    suffix: str = "",
 ) -> ReportEntry | None:
-    """Add the cross-fitted ensemble of the best runs to ``models`` (a row and its data) and publish it as
-    ``runs/<run_id>`` of ``store`` (``settings.publish``; a failed publish is logged, the row stays);
-    None with fewer than two runs."""
+    """Add the cross-fitted ensemble of the best of ``rows`` (default: every row) to ``models`` (a row and its data)
+    and publish it as ``runs/<run_id>`` of ``store`` (``settings.publish``; a failed publish is logged, the row
+    stays); None with fewer than two runs."""
     settings = settings or EnsembleConfig()
     made = ensemble_of(
-        models.rows,
+        models.rows if rows is None else rows,
         models.arrays,
         report_folder,
         top_k=top_k,
@@ -196,6 +226,7 @@ def add_ensemble(
         alpha=settings.alpha,
         bootstrap_samples=bootstrap_samples,
         seed=seed,
+        suffix=suffix,
     )
     if made is None:
         return None
@@ -228,26 +259,29 @@ def track(set_name: str, models: _Models, rows: list[dict], summary_rows: list[d
     return tracked
 
 
+def _ensemble_fact(ensemble: ReportEntry) -> str:
+    fit = ensemble.ensemble
+    best, p_value = fit["member_oof_scores"][fit["best_member"]], fit["paired_vs_best_member"]["p_value"]
+    return (
+        f"{ensemble.name}: {', '.join(ensemble.members)} ({fit['method']}, {fit['folds']}-fold cross-fitted: "
+        f"out-of-fold {METRIC_NAMES.get(ensemble.metric, ensemble.metric)} "
+        f"{fit['oof_score']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
+        f"{'ranked' if fit['eligible'] else 'not ranked above its members'}"
+        f"{'; package ' + ensemble.run_id if ensemble.run_id else ''})"
+    )
+
+
 def report_extras(
-    best: str | None, decisions: list[dict], ensemble: ReportEntry | None, tracked: dict[str, str | None]
+    best: str | None, decisions: list[dict], ensembles: list[ReportEntry], tracked: dict[str, str | None]
 ) -> dict[str, str | None]:
-    """The report's "extra" facts: best model, champion decisions, ensemble members, W&B runs."""
+    """The report's "extra" facts: best model, champion decisions, the ensembles' members, W&B runs."""
     champions = {
         f"champion of {d['dataset_key']}": ("PROMOTED " if d["promoted"] else "kept: ") + d["reason"] for d in decisions
     }
-    members = f"{ensemble.name}: {', '.join(ensemble.members)}" if ensemble else "none (fewer than 2 runs)"
-    if ensemble:
-        fit = ensemble.ensemble
-        best, p_value = fit["member_oof_scores"][fit["best_member"]], fit["paired_vs_best_member"]["p_value"]
-        members += (
-            f" ({fit['method']}, {fit['folds']}-fold cross-fitted: out-of-fold macro-F1 "
-            f"{fit['oof_score']:.4f} vs best member {best:.4f}, p = {p_value:.3f}; "
-            f"{'ranked' if fit['eligible'] else 'not ranked above its members'}"
-            f"{'; package ' + ensemble.run_id if ensemble.run_id else ''})"
-        )
+    facts = [_ensemble_fact(e) for e in ensembles]
     return {
         "best model (validation macro-F1)": best or "n/a",
         **champions,
-        "ensemble": members,
+        "ensemble": "; ".join(facts) if facts else "none (fewer than 2 runs)",
         **{f"W&B {k}": v for k, v in tracked.items()},
     }

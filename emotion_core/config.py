@@ -163,6 +163,8 @@ class LossConfig(_Strict):
     """ASL probability margin: easy negatives below it contribute nothing."""
     weights: dict[Literal["bce", "bce_pos_weight", "focal", "asl"], float] = {}
     """``combined`` only: loss kind -> weight, e.g. ``{bce: 0.5, asl: 0.5}``."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """Targets become ``y (1 - e) + e / 2`` before any loss kind (0: off)."""
 
     @model_validator(mode="after")
     def _combined_weights(self) -> LossConfig:
@@ -187,6 +189,10 @@ class TrainingConfig(_Strict):
     """Peak learning rate of the pretrained body (and of every layer of a from-scratch model)."""
     head_learning_rate: float = Field(1e-3, gt=0, lt=1)
     """Peak learning rate of the newly initialised classification head."""
+    layer_decay: float = Field(1.0, gt=0, le=1)
+    """Layer-wise learning-rate decay of a pretrained body with numbered blocks: block i of n learns at
+    ``learning_rate * layer_decay ** (n - i)``, the embeddings one step lower (1: every body weight at
+    ``learning_rate``; no effect on models without numbered blocks)."""
     weight_decay: float = Field(0.01, ge=0)
     """Decoupled weight decay (not applied to biases and norms)."""
     warmup_ratio: float = Field(0.06, ge=0, lt=1)

@@ -288,12 +288,21 @@ def _write_run(
 
 
 def _policy_selection(cfg: RunConfig, data: EmotionData, val_logits, metric: str) -> dict:
-    """The run's threshold policy: the configured one, or for ``auto`` the winner on held-out validation folds."""
-    if cfg.threshold_policy != AUTO:
-        return {"policy": cfg.threshold_policy, "metric": metric, "configured": cfg.threshold_policy}
+    """The run's threshold policy: the configured one, or for ``auto`` the winner on held-out validation folds; and
+    ``held_out_score``, its ``metric`` on each validation fold at thresholds tuned on the others (the in-sample score
+    overstates test by what tuning fitted to noise)."""
+    configured = cfg.threshold_policy
     chosen = choose_policy(
-        data.labels("validation"), sigmoid(val_logits), metric, shrinkage=cfg.threshold_shrinkage, seed=cfg.data.seed
+        data.labels("validation"),
+        sigmoid(val_logits),
+        metric,
+        shrinkage=cfg.threshold_shrinkage,
+        seed=cfg.data.seed,
+        **({} if configured == AUTO else {"candidates": [configured]}),
     )
+    chosen["held_out_score"] = chosen["scores"][chosen["policy"]]
+    if configured != AUTO:
+        return chosen | {"configured": configured}
     log.info(
         "threshold policy %s chosen for %s on held-out validation folds (%s)",
         chosen["policy"],

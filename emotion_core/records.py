@@ -121,6 +121,9 @@ class ReportEntry:
     """The dataset's official metric (``data.registry.official_metric``): what ranks the models."""
     validation_score: float | None = None
     """Validation ``metric`` at the run's thresholds: what ranks the models (test is only reported)."""
+    validation_held_out: float | None = None
+    """Validation ``metric`` on held-out folds, each at thresholds tuned on the others (the ensemble: out of fold):
+    what test is likely to show; the in-sample score above overstates it. Runs from before it was recorded: None."""
     dataset_key: str | None = None
     """``registry.dataset_key`` of its data (which champion a run challenges; the ensemble: its members')."""
     members: list[str] | None = None

@@ -46,6 +46,7 @@ SUMMARY_COLUMNS = [
     "peak_memory_mb",
     "metric",
     "val_score",
+    "val_held_out",
     "val_macro_f1",
     "test_macro_f1",
     "test_macro_f1_low",
@@ -149,6 +150,7 @@ def summary_row(entry: dict) -> dict:
         "peak_memory_mb": entry.get("peak_memory_mb"),
         "metric": entry.get("metric") or "macro_f1",
         "val_score": validation_score(entry),
+        "val_held_out": entry.get("validation_held_out"),
         "val_macro_f1": entry.get("validation_macro_f1"),
         "test_macro_f1": _get(test, "macro_f1_ci", "estimate"),
         "test_macro_f1_low": _get(test, "macro_f1_ci", "low"),
@@ -232,6 +234,7 @@ QUALITY = [
     ("model", _plain("model")),
     ("method", _plain("method")),
     ("ranked by (validation)", lambda r: f"{METRIC_NAMES.get(r['metric'], r['metric'])} {format_cell(r['val_score'])}"),
+    ("held out (5 folds)", _plain("val_held_out")),
     ("val macro-F1", _plain("val_macro_f1")),
     (
         "test macro-F1 [95% CI]",

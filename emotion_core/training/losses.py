@@ -7,6 +7,7 @@ Features
 - ``bce``; ``bce_pos_weight`` (positives weighted by ``clip(neg/pos, 1, pos_weight_max)`` per label);
   ``focal`` (Lin et al. 2017); ``asl`` (Ridnik et al. 2021: easy negatives below ``asl_clip`` add 0);
   ``combined``: a weighted sum (not renormalised). ``focal`` with gamma 0 and ``asl`` with 0/0/0 are BCE.
+- ``label_smoothing`` e: every kind sees the targets ``y (1 - e) + e / 2``.
 - Written with ``logsigmoid`` in float32: finite values and gradients for logits of any size.
 
 Limits
@@ -122,6 +123,8 @@ def build_loss(cfg: LossConfig, train_labels: np.ndarray | None = None) -> LossF
         if logits.shape != labels.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} differ in shape")
         logits, labels = logits.float(), labels.to(device=logits.device, dtype=torch.float32)
+        if cfg.label_smoothing:
+            labels = labels * (1.0 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
         if len(parts) == 1 and parts[0][0] == 1.0:
             return parts[0][1](logits, labels)
         return sum(weight * fn(logits, labels) for weight, fn in parts)

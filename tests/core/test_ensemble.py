@@ -218,3 +218,47 @@ def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ra
     assert order[0] == "good" and order[-1] == entry.name
     proven = ReportEntry(**{**entry.__dict__, "ensemble": {**entry.ensemble, "eligible": True}})
     assert with_paired_tests([*entries, proven], arrays, bootstrap_samples=100)[1] == entry.name
+
+
+def test_a_set_over_two_datasets_gets_one_ensemble_per_dataset(tmp_path):
+    from emotion_core.comparison import _Models, add_ensembles
+    from emotion_core.records import ReportEntry
+
+    y, good, noise, rng = _synthetic(n=400)
+    ids = [f"r{i}" for i in range(400)]
+    other = good + rng.normal(0, 0.5, good.shape)
+    arrays = {
+        "go-a": _run_data("go-a", ids, good, y),
+        "go-b": _run_data("go-b", ids, other, y),
+        "se-a": _run_data("se-a", ids[:300], other[:300], y[:300], names=("w", "x", "y", "z")),
+        "se-b": _run_data("se-b", ids[:300], good[:300], y[:300], names=("w", "x", "y", "z")),
+        "lone": _run_data("lone", ids, noise, y),
+    }
+    keys = {"go": "goemotions-aaaaaaaaaaaa", "se": "semeval2018-ec-bbbbbbbbbbbb", "lo": "tabular-cccccccccccc"}
+    # validation scores on different metrics: the highest belongs to SemEval, yet GoEmotions gets its own ensemble
+    scores = {"go-a": 0.5, "go-b": 0.45, "se-a": 0.7, "se-b": 0.65, "lone": 0.9}
+    rows = [
+        ReportEntry(
+            name=n,
+            status="completed",
+            family="ffnn",
+            run_id=f"id-{n}",
+            validation_macro_f1=s,
+            threshold_policy="per_label",
+            dataset_key=keys[n[:2]],
+        )
+        for n, s in scores.items()
+    ]
+    models = _Models(rows=list(rows), compared=[], arrays=dict(arrays), evaluated=set(scores))
+    made = add_ensembles(models, tmp_path, run_id="r-ensemble", top_k=3, bootstrap_samples=100, seed=0, store=None)
+    assert {e.name: e.members for e in made} == {
+        "ensemble-top2-goemotions": ["go-a", "go-b"],
+        "ensemble-top2-semeval2018-ec": ["se-a", "se-b"],
+    }
+    assert [r.name for r in models.rows[-2:]] == ["ensemble-top2-goemotions", "ensemble-top2-semeval2018-ec"]
+    assert made[1].rows == {"validation": 300, "test": 300} and made[1].dataset_key == keys["se"]
+
+    one = _Models(rows=rows[:2], compared=[], arrays=dict(arrays), evaluated=set(scores))  # one dataset: as before
+    assert [e.name for e in add_ensembles(one, tmp_path, run_id="r", top_k=3, bootstrap_samples=100, seed=0)] == [
+        "ensemble-top2"
+    ]

@@ -30,6 +30,18 @@ def sig(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
+def test_label_smoothing_moves_targets_towards_one_half_for_every_kind():
+    smooth = LABELS * 0.9 + 0.05
+    assert loss(kind="bce", label_smoothing=0.1) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(LOGITS, smooth)), rel=1e-6
+    )
+    assert loss(kind="focal", focal_gamma=0.0, label_smoothing=0.1) == pytest.approx(
+        loss(kind="bce", label_smoothing=0.1), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="label_smoothing"):
+        LossConfig(label_smoothing=0.5)
+
+
 def test_bce_equals_torch_and_special_cases_reduce_to_it():
     bce = float(F.binary_cross_entropy_with_logits(LOGITS, LABELS))
     assert loss(kind="bce") == pytest.approx(bce, rel=1e-6)

@@ -11,7 +11,7 @@ from emotion_core.labels import LabelSchema
 from emotion_core.models import build_family, load_family
 from emotion_core.models.family import label_prior_logits
 from emotion_core.training.batch_logits import predict_logits
-from emotion_core.training.optimizer import adamw
+from emotion_core.training.optimizer import adamw, layer_depths, param_groups
 
 SCHEMA = LabelSchema(("joy", "anger", "sadness"))
 TEXTS = [
@@ -83,6 +83,23 @@ def test_minilm_real_training_step_lowers_loss_on_the_batch(minilm):
     assert not torch.equal(
         body_before, model.body.encoder.layer[0].attention.self.query.weight
     )  # the body is fine-tuned too
+
+
+def test_layer_wise_lr_decay_on_minilm(minilm):
+    cfg, family = minilm
+    training = cfg.training.model_copy(update={"layer_decay": 0.5, "learning_rate": 1e-4})
+    lr_of = {id(p): g["lr"] for g in param_groups(family, training) for p in g["params"]}
+    named = dict(family.model.named_parameters())
+    lr = lambda name: lr_of[id(named[name])]  # noqa: E731
+    # 6 blocks: block 5 at 1e-4 * 0.5, block 0 at 1e-4 * 0.5**6, embeddings 0.5**7; the new head keeps its own rate.
+    assert lr("body.encoder.layer.5.attention.self.query.weight") == pytest.approx(5e-5)
+    assert lr("body.encoder.layer.0.output.dense.bias") == pytest.approx(1e-4 * 0.5**6)
+    assert lr("body.embeddings.word_embeddings.weight") == pytest.approx(1e-4 * 0.5**7)
+    assert lr("head.weight") == 1e-3
+    assert len(lr_of) == sum(p.requires_grad for p in named.values())  # every trainable weight, once
+    # decay 1 (the default): the body in one rate, as before
+    assert {g["lr"] for g in param_groups(family, cfg.training)} == {5e-5, 1e-3}
+    assert layer_depths(["features.weight", "hidden.bias"]) == {}  # no numbered blocks (the FFNN): no decay
 
 
 def test_minilm_save_and_load_give_identical_logits(minilm, tmp_path):
