@@ -102,15 +102,22 @@ def ranked_entries(entries: list[dict]) -> list[dict]:
 
     # A set over several datasets (the gpu set: GoEmotions and SemEval E-c): each dataset ranked on its own,
     # datasets in order of first appearance (an ensemble, without a dataset key, joins its members' dataset).
+    of_name = {entry.get("name"): entry.get("dataset_key") for entry in entries}
+
+    def dataset(entry: dict):
+        if entry.get("dataset_key") is None and entry.get("members"):  # an ensemble's dict carries none
+            return of_name.get(entry["members"][0])
+        return entry.get("dataset_key")
+
     order: dict = {}
     for entry in entries:
-        order.setdefault(entry.get("dataset_key"), len(order))
+        order.setdefault(dataset(entry), len(order))
 
     def key(item: tuple[int, dict]) -> tuple:
         position, entry = item
         score = validation_score(entry)
         unranked = entry.get("family") == "ensemble" and (entry.get("ensemble") or {}).get("eligible") is False
-        return (_is_failed(entry), order[entry.get("dataset_key")], unranked, score is None, -(score or 0.0), position)
+        return (_is_failed(entry), order[dataset(entry)], unranked, score is None, -(score or 0.0), position)
 
     return [e for _, e in sorted(enumerate(entries), key=key)]
 

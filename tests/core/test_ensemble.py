@@ -257,6 +257,12 @@ def test_a_set_over_two_datasets_gets_one_ensemble_per_dataset(tmp_path):
     }
     assert [r.name for r in models.rows[-2:]] == ["ensemble-top2-goemotions", "ensemble-top2-semeval2018-ec"]
     assert made[1].rows == {"validation": 300, "test": 300} and made[1].dataset_key == keys["se"]
+    # The report lists each ensemble with its own dataset's runs (its dict carries no dataset key of its own).
+    from emotion_core.report.summary import ranked_entries
+
+    order = [e["name"] for e in ranked_entries([r.to_dict() for r in models.rows])]
+    assert set(order[:3]) == {"go-a", "go-b", "ensemble-top2-goemotions"}
+    assert set(order[3:6]) == {"se-a", "se-b", "ensemble-top2-semeval2018-ec"} and order[6] == "lone"
 
     one = _Models(rows=rows[:2], compared=[], arrays=dict(arrays), evaluated=set(scores))  # one dataset: as before
     assert [e.name for e in add_ensembles(one, tmp_path, run_id="r", top_k=3, bootstrap_samples=100, seed=0)] == [
