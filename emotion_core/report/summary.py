@@ -72,10 +72,11 @@ SUMMARY_COLUMNS = [
     "status",
     "error",
     "run_id",
+    "dataset",
 ]
 
 _INTS = ["trainable_params", "total_params"]
-_TEXT = {"model", "method", "family", "base_model", "metric", "status", "error", "run_id"}
+_TEXT = {"model", "method", "family", "base_model", "metric", "status", "error", "run_id", "dataset"}
 _FLOATS = [c for c in SUMMARY_COLUMNS if c not in _TEXT and c not in _INTS]
 
 
@@ -95,6 +96,18 @@ def ranking_metrics(entries: list[dict]) -> list[str]:
     return [METRIC_NAMES.get(m, m) for m in sorted(found)]
 
 
+def dataset_of(entries: list[dict]) -> Callable[[dict], str | None]:
+    """``entry -> dataset key``: a run's own; an ensemble's dict carries none, it takes its first member's."""
+    of_name = {entry.get("name"): entry.get("dataset_key") for entry in entries}
+
+    def dataset(entry: dict) -> str | None:
+        if entry.get("dataset_key") is None and entry.get("members"):
+            return of_name.get(entry["members"][0])
+        return entry.get("dataset_key")
+
+    return dataset
+
+
 def ranked_entries(entries: list[dict]) -> list[dict]:
     """Completed entries by validation score on the official metric (best first; a missing score after the
     scored; an ensemble that did not beat its best member out of fold after the runs), then failed ones, each group
@@ -102,13 +115,7 @@ def ranked_entries(entries: list[dict]) -> list[dict]:
 
     # A set over several datasets (the gpu set: GoEmotions and SemEval E-c): each dataset ranked on its own,
     # datasets in order of first appearance (an ensemble, without a dataset key, joins its members' dataset).
-    of_name = {entry.get("name"): entry.get("dataset_key") for entry in entries}
-
-    def dataset(entry: dict):
-        if entry.get("dataset_key") is None and entry.get("members"):  # an ensemble's dict carries none
-            return of_name.get(entry["members"][0])
-        return entry.get("dataset_key")
-
+    dataset = dataset_of(entries)
     order: dict = {}
     for entry in entries:
         order.setdefault(dataset(entry), len(order))
@@ -190,7 +197,8 @@ def summary_row(entry: dict) -> dict:
 def summary_table(entries: list[dict]) -> pl.DataFrame:
     """One row per entry (``SUMMARY_COLUMNS``), ordered as ``ranked_entries``: best validation
     macro-F1 first, failed rows last with their error."""
-    rows = [summary_row(e) for e in ranked_entries(entries)]
+    dataset = dataset_of(entries)
+    rows = [summary_row(e) | {"dataset": dataset(e)} for e in ranked_entries(entries)]
     schema = {c: pl.Float64 if c in _FLOATS else pl.Int64 if c in _INTS else pl.String for c in SUMMARY_COLUMNS}
     # Built column-wise with an explicit schema: an all-failed set (every number None) still has typed columns.
     return pl.DataFrame({c: [r[c] for r in rows] for c in SUMMARY_COLUMNS}, schema=schema)
@@ -227,7 +235,7 @@ def _before_after(before: str, after: str) -> Callable[[dict], str]:
 def _delta(row: dict) -> str:
     if row["delta_vs_best"] is None:
         # The best model is the reference of every paired test; a failed one has none.
-        return "reference" if row["status"] == "completed" and row.get("_rank") == 1 else ""
+        return "reference" if row["status"] == "completed" and row.get("_rank") == 1 else ""  # 1 per dataset
     d, lo, hi = row["delta_vs_best"], row["delta_low"], row["delta_high"]
     return f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else f"{d:+.3f}"
 
@@ -300,8 +308,10 @@ def display_rows(frame: pl.DataFrame, part: str = "all") -> tuple[list[str], lis
     """Headers and formatted cells of ``frame`` (a ``summary_table``) for ``display_columns(part)``."""
     columns = display_columns(part)
     rows = []
-    for rank, row in enumerate(frame.iter_rows(named=True), start=1):
-        row["_rank"] = rank
+    seen: dict = {}
+    for row in frame.iter_rows(named=True):
+        # Rank within the row's dataset: a set over several datasets has a best (the reference) for each.
+        seen[row["dataset"]] = row["_rank"] = seen.get(row["dataset"], 0) + 1
         rows.append([fmt(row) for _, fmt in columns])
     return [h for h, _ in columns], rows
 

@@ -159,6 +159,18 @@ def test_summary_markdown_shows_ci_and_escapes_pipes(entries):
     assert all(line.count(" | ") == lines[0].count(" | ") for line in lines[2:] if "\\|" not in line)
 
 
+def test_a_set_over_two_datasets_has_a_reference_per_dataset(entries):
+    """The gpu and cpu-best sets rank GoEmotions and SemEval apart: each dataset's best is its own reference."""
+    good, weak = ({**e, "dataset_key": "goemotions-aaaaaaaaaaaa"} for e in entries[2:0:-1])
+    other = {**good, "name": "on-semeval", "dataset_key": "semeval2018-ec-bbbbbbbbbbbb"}
+    ensemble = {**weak, "name": "ensemble-top2", "family": "ensemble", "members": [GOOD, WEAK], "dataset_key": None}
+    frame = summary_table([other, weak, ensemble, good])
+    assert frame["model"].to_list() == ["on-semeval", GOOD, WEAK, "ensemble-top2"]  # datasets in order of appearance
+    assert frame["dataset"].to_list() == ["semeval2018-ec-bbbbbbbbbbbb"] + ["goemotions-aaaaaaaaaaaa"] * 3
+    lines = summary_markdown(frame).splitlines()[2:]
+    assert ["reference" in line for line in lines] == [True, True, False, False]
+
+
 def test_existing_comparison_table_still_works(tmp_path):
     frame = comparison_table([{"config": "a", "status": "failed", "error": "boom"}])
     assert frame["error"].to_list() == ["boom"] and "boom" in to_markdown(frame)
