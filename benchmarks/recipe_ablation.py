@@ -109,16 +109,21 @@ def scored(run, cache, policy: str | None = None) -> dict:
     held_out = choose_policy(yv, pv, metric, shrinkage=k, **({} if policy == "auto" else {"candidates": [policy]}))
     policy = held_out["policy"]  # auto: the policy it chose
     cuts, one = tune_thresholds(yv, pv, policy, metric=metric, shrinkage=k), requires_one_label(policy)
-    val, test = apply_thresholds(pv, cuts, one), apply_thresholds(pt, cuts, one)
+    preds = {"validation": apply_thresholds(pv, cuts, one), "test": apply_thresholds(pt, cuts, one)}
+    return _result(metric, policy, held_out["scores"][policy], yv, yt, preds, arrays.ids["test"])
+
+
+def _result(metric: str, policy: str, held_out: float, yv, yt, preds: dict, test_ids: list) -> dict:
+    """What a row and the paired tests need of one model: scores, test predictions, truth and ids."""
     return {
         "metric": metric,
         "policy": policy,
-        "validation": metric_score(yv, val, metric),
-        "validation_held_out": held_out["scores"][policy],
-        "test": metric_score(yt, test, metric),
-        "test_preds": test,
+        "validation": metric_score(yv, preds["validation"], metric),
+        "validation_held_out": held_out,
+        "test": metric_score(yt, preds["test"], metric),
+        "test_preds": preds["test"],
         "test_truth": yt,
-        "test_ids": arrays.ids["test"],
+        "test_ids": test_ids,
     }
 
 
@@ -149,17 +154,8 @@ def sklearn_logistic(run, cache, grid: list[float]) -> tuple[dict, float]:
             best = (score, c, probs)
     score, c, probs = best
     cuts = tune_thresholds(y["validation"], probs["validation"], "per_label", metric=metric)
-    test = apply_thresholds(probs["test"], cuts)
-    out = {
-        "metric": metric,
-        "policy": f"per_label (C={c})",
-        "validation": metric_score(y["validation"], apply_thresholds(probs["validation"], cuts), metric),
-        "validation_held_out": score,
-        "test": metric_score(y["test"], test, metric),
-        "test_preds": test,
-        "test_truth": y["test"],
-        "test_ids": data.ids("test"),
-    }
+    preds = {split: apply_thresholds(probs[split], cuts) for split in probs}
+    out = _result(metric, f"per_label (C={c})", score, y["validation"], y["test"], preds, data.ids("test"))
     return out, time.monotonic() - started
 
 
@@ -195,11 +191,11 @@ def run_plan(plan: dict, store) -> dict:
     cache, rows = DataCache(), []
     recipe = deep_merge(load_yaml(Path(plan["base"]).read_text()), plan["overrides"])
     steps = list(enumerate(plan["steps"]))
-    is_threshold = lambda step: bool(step[1][1]) and set(step[1][1]) <= THRESHOLD_KEYS  # noqa: E731
+    only_thresholds = {i for i, (_, overrides) in steps if overrides and set(overrides) <= THRESHOLD_KEYS}
     current = current_run = None
-    for i, (name, overrides) in [s for s in steps if not is_threshold(s)] + [s for s in steps if is_threshold(s)]:
+    for i, (name, overrides) in sorted(steps, key=lambda step: step[0] in only_thresholds):  # stable: models first
         candidate = deep_merge(recipe, overrides)
-        if is_threshold((i, (name, overrides))):  # same model, thresholds re-tuned on its validation logits
+        if i in only_thresholds:  # same model, thresholds re-tuned on its validation logits
             run, seconds = current_run, 0.0
             s = scored(run, cache, candidate["threshold_policy"])
         else:
@@ -217,16 +213,13 @@ def run_plan(plan: dict, store) -> dict:
     for name, overrides in plan.get("baselines", []):
         if "sklearn_lr" in overrides:
             s, seconds = sklearn_logistic(current_run, cache, overrides["sklearn_lr"])
-            rows.append(
-                row(f"baseline: {name} (delta, p: final recipe minus it)", s, seconds, compare(current, s), None)
-            )
-            continue
-        candidate = {**deep_merge(recipe, overrides), "model": overrides["model"]}  # another model, same data
-        candidate["name"] = f"{plan['overrides']['name']}-base-{slug(name)}"
-        run, seconds = train(candidate, store)
-        s = scored(run, cache)
-        versus = compare(current, s)  # the final recipe minus the baseline
-        rows.append(row(f"baseline: {name} (delta, p: final recipe minus it)", s, seconds, versus, None))
+        else:
+            candidate = {**deep_merge(recipe, overrides), "model": overrides["model"]}  # another model, same data
+            candidate["name"] = f"{plan['overrides']['name']}-base-{slug(name)}"
+            run, seconds = train(candidate, store)
+            s = scored(run, cache)
+        # the final recipe minus the baseline
+        rows.append(row(f"baseline: {name} (delta, p: final recipe minus it)", s, seconds, compare(current, s), None))
     recipe["name"] = plan["overrides"]["name"]
     return {"rows": rows, "final_recipe": recipe, "final_run": current_run.run_id, "metric": current["metric"]}
 

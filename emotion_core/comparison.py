@@ -177,7 +177,7 @@ def add_ensembles(models: _Models, report_folder: Path, *, run_id: str, **option
     ``runs/<run_id><suffix>``. Returns the ensembles made."""
     made = []
     for suffix, rows in ensemble_groups(models):
-        entry = add_ensemble(models, report_folder, run_id=f"{run_id}{suffix}", rows=rows, suffix=suffix, **options)
+        entry = add_ensemble(models, rows, report_folder, run_id=f"{run_id}{suffix}", suffix=suffix, **options)
         made += [entry] if entry else []
     return made
 
@@ -200,6 +200,7 @@ def ensemble_groups(models: _Models) -> list[tuple[str, list[ReportEntry]]]:
 
 def add_ensemble(
     models: _Models,
+    rows: list[ReportEntry],
     report_folder: Path,
     *,
     top_k: int,
@@ -209,15 +210,14 @@ def add_ensemble(
     store: ArtifactStore | None = None,
     run_id: str | None = None,
     created_by: str = "",
-    rows: list[ReportEntry] | None = None,
     suffix: str = "",
 ) -> ReportEntry | None:
-    """Add the cross-fitted ensemble of the best of ``rows`` (default: every row) to ``models`` (a row and its data)
-    and publish it as ``runs/<run_id>`` of ``store`` (``settings.publish``; a failed publish is logged, the row
-    stays); None with fewer than two runs."""
+    """Add the cross-fitted ensemble of the best of ``rows`` to ``models`` (a row and its data) and publish it as
+    ``runs/<run_id>`` of ``store`` (``settings.publish``; a failed publish is logged, the row stays); None with
+    fewer than two runs."""
     settings = settings or EnsembleConfig()
     made = ensemble_of(
-        models.rows if rows is None else rows,
+        rows,
         models.arrays,
         report_folder,
         top_k=top_k,

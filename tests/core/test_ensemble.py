@@ -174,6 +174,24 @@ def _run_data(name: str, ids: list[str], logits: np.ndarray, truth: np.ndarray, 
     )
 
 
+def _entries(scores: dict[str, float], dataset_key=lambda name: None) -> list:
+    """Completed ffnn report entries with these validation macro-F1 scores (per-label thresholds)."""
+    from emotion_core.records import ReportEntry
+
+    return [
+        ReportEntry(
+            name=n,
+            status="completed",
+            family="ffnn",
+            run_id=f"id-{n}",
+            validation_macro_f1=s,
+            threshold_policy="per_label",
+            dataset_key=dataset_key(n),
+        )
+        for n, s in scores.items()
+    ]
+
+
 def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ranks_best(tmp_path):
     from emotion_core.analysis import ensemble_of, rankable, with_paired_tests
     from emotion_core.records import ReportEntry
@@ -190,17 +208,7 @@ def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ra
         "other-labels": _run_data("other-labels", ids, other, y, names=("a", "b", "c", "e")),
     }
     scores = {"good": 0.6, "subset": 0.59, "relabelled": 0.58, "other-labels": 0.57, "noise": 0.2}
-    entries = [
-        ReportEntry(
-            name=n,
-            status="completed",
-            family="ffnn",
-            run_id=f"id-{n}",
-            validation_macro_f1=s,
-            threshold_policy="per_label",
-        )
-        for n, s in scores.items()
-    ]
+    entries = _entries(scores)
     entry, data, combiner = ensemble_of(entries, arrays, tmp_path, top_k=2, folds=4, bootstrap_samples=200)
     assert entry.members == ["good", "noise"]  # the three better runs do not share good's validation set
     excluded = {e["name"]: e["reason"] for e in entry.ensemble["excluded"]}
@@ -222,7 +230,6 @@ def test_members_share_the_full_validation_set_and_an_unproven_ensemble_never_ra
 
 def test_a_set_over_two_datasets_gets_one_ensemble_per_dataset(tmp_path):
     from emotion_core.comparison import _Models, add_ensembles
-    from emotion_core.records import ReportEntry
 
     y, good, noise, rng = _synthetic(n=400)
     ids = [f"r{i}" for i in range(400)]
@@ -237,18 +244,7 @@ def test_a_set_over_two_datasets_gets_one_ensemble_per_dataset(tmp_path):
     keys = {"go": "goemotions-aaaaaaaaaaaa", "se": "semeval2018-ec-bbbbbbbbbbbb", "lo": "tabular-cccccccccccc"}
     # validation scores on different metrics: the highest belongs to SemEval, yet GoEmotions gets its own ensemble
     scores = {"go-a": 0.5, "go-b": 0.45, "se-a": 0.7, "se-b": 0.65, "lone": 0.9}
-    rows = [
-        ReportEntry(
-            name=n,
-            status="completed",
-            family="ffnn",
-            run_id=f"id-{n}",
-            validation_macro_f1=s,
-            threshold_policy="per_label",
-            dataset_key=keys[n[:2]],
-        )
-        for n, s in scores.items()
-    ]
+    rows = _entries(scores, dataset_key=lambda name: keys[name[:2]])
     models = _Models(rows=list(rows), compared=[], arrays=dict(arrays), evaluated=set(scores))
     made = add_ensembles(models, tmp_path, run_id="r-ensemble", top_k=3, bootstrap_samples=100, seed=0, store=None)
     assert {e.name: e.members for e in made} == {
